@@ -1,0 +1,1 @@
+"""Configuration models and YAML loading (mappings, API, journal, feeds)."""

@@ -1,0 +1,462 @@
+"""The mapping file: how to read one feed's export and how to build each event field.
+
+An administrator writes one YAML file per feed (see config/README.md). Everything that can be
+checked without the data file is checked here, at load, with the file, line and key of each
+problem — a wrong mapping must not surface at 2 a.m. on record 40,000.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from batch.config.yamlload import ConfigError, load_yaml_file, load_yaml_text, validate_model
+from batch.contract import (
+    DEFAULT_STATUS_NOT_DISCONNECTED,
+    STATUS_CONNECTED,
+    STATUS_DISCONNECTED,
+)
+from batch.timeparse import FormatError, compile_format
+from batch.xmlpaths import clark_steps, xpath_problem
+
+EVENT_FIELDS = ("id", "usageplacecode", "customernumber", "contract_no", "time", "status", "description")
+INVOICE_FIELDS = ("invoicenumber", "jobid")
+DEFAULT_REQUIRED = frozenset({"usageplacecode", "time", "status"})
+DEFAULT_TIME_ZONE = "Europe/Helsinki"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvOptions(Strict):
+    """How a CSV (or other delimited text) export is laid out."""
+
+    encoding: str = Field("utf-8", description="Text encoding; a byte order mark in the file wins (utf-8-sig, utf-16).")
+    delimiter: str = Field(",", description="One character; write '\\t' for tab.")
+    quotechar: str | None = Field('"', description="One character, or null for files without quoting.")
+    escapechar: str | None = Field(None, description="One character that escapes the delimiter/quote, or null.")
+    doublequote: bool = Field(True, description="A doubled quote inside a quoted field stands for one quote.")
+    header_line: int | None = Field(
+        1, ge=1, description="Line number (1-based) of the header row; lines above it are skipped. null: no header."
+    )
+    columns: list[str] | None = Field(
+        None, description="Column names for a file without a header row (needs header_line: null)."
+    )
+    skip_lines: int = Field(0, ge=0, description="Banner lines before the first data row, for files without a header.")
+    skip_footer: int = Field(0, ge=0, description="Trailing lines (summary, record count) that are not records.")
+    skip_blank_lines: bool = Field(True, description="Ignore lines that are empty.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, utf-16, cp1252, iso-8859-1)") from None
+        return value
+
+    @field_validator("delimiter", "quotechar", "escapechar")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError(f"must be exactly one character (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _header_or_columns(self) -> "CsvOptions":
+        if self.header_line is None and not self.columns:
+            raise ValueError("a file without a header row (header_line: null) needs 'columns'")
+        if self.header_line is not None and self.skip_lines:
+            raise ValueError("skip_lines is for files without a header; with a header use header_line to skip banners")
+        if self.columns is not None and len(set(self.columns)) != len(self.columns):
+            raise ValueError("columns has a name twice")
+        if self.quotechar is not None and self.quotechar == self.delimiter:
+            raise ValueError("quotechar and delimiter must differ")
+        return self
+
+
+class XmlOptions(Strict):
+    """How an XML export is laid out."""
+
+    record_path: str = Field(
+        ..., description="Path to the record elements: '/p:Root/p:Events/p:Event' or '//p:Event' (no predicates)."
+    )
+    namespaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="Prefix -> namespace URI. The key '' names the default namespace, so unprefixed names match it.",
+    )
+
+    @field_validator("record_path")
+    @classmethod
+    def _streamable_path(cls, value: str) -> str:
+        if not re.fullmatch(r"(//?[\w.:-]+)+", value) or value.startswith("///"):
+            raise ValueError(
+                "record_path must be a plain element path such as /Export/Events/Event or //Event "
+                "(no predicates, wildcards or functions: records are streamed)"
+            )
+        return value
+
+
+class ValueSpec(Strict):
+    """Where a value comes from and how it is cleaned; shared by event fields and invoice parts."""
+
+    column: str | None = Field(None, description="CSV column name.")
+    xpath: str | None = Field(None, description="XPath relative to the record element (XML feeds).")
+    const: str | int | None = Field(None, description="A constant value.")
+    template: str | None = Field(
+        None, description="Text with {column} (CSV) or {xpath} (XML) placeholders, e.g. '{Date} {Time}'."
+    )
+    trim: bool = Field(True, description="Strip spaces around the value.")
+    map: dict[str, str] | None = Field(None, description="Value map, e.g. {K: disconnected}.")
+    map_ignore_case: bool = Field(False, description="Look values up in 'map' without regard to case.")
+    map_default: str | None = Field(
+        None, description="Used for values that are not in 'map' (otherwise such a value makes the record invalid)."
+    )
+    default: str | int | None = Field(None, description="Used when the value is empty.")
+    required: bool | None = Field(None, description="An empty value makes the record invalid.")
+    pattern: str | None = Field(None, description="Regular expression the whole value must match, e.g. '\\d{18}'.")
+    split: str | None = Field(None, description="Invoices from paired columns: separator inside the cell, e.g. ','.")
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _codes_as_text(cls, value: Any) -> Any:
+        # status codes are often numbers (1: disconnected); a map compares text with text
+        if isinstance(value, dict):
+            return {_as_text(k): _as_text(v) for k, v in value.items()}
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            names = template_sources(value)
+            if not names:
+                raise ValueError("a template needs at least one {placeholder}; use 'const' for fixed text")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ValueSpec":
+        given = [k for k in ("column", "xpath", "const", "template") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of column, xpath, const, template (got {', '.join(given)})")
+        if self.map_default is not None and self.map is None:
+            raise ValueError("map_default needs a 'map'")
+        if self.map_ignore_case and self.map:
+            folded = [k.casefold() for k in self.map]
+            if len(set(folded)) != len(folded):
+                raise ValueError("map has keys that differ only in case, but map_ignore_case is on")
+        return self
+
+    def sources(self) -> list[str]:
+        if self.column is not None:
+            return [self.column]
+        if self.xpath is not None:
+            return [self.xpath]
+        if self.template is not None:
+            return template_sources(self.template)
+        return []
+
+
+class TimeSpec(ValueSpec):
+    formats: list[str] = Field(
+        default_factory=lambda: ["%Y-%m-%d %H:%M:%S"],
+        description="Input formats tried in order (strftime codes, %z for offsets like +01:00 or Z).",
+    )
+    source_time_zone: str | None = Field(
+        None, description="Zone of times without an offset (default: the mapping's time_zone)."
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _valid_formats(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one format")
+        for fmt in value:
+            try:
+                compile_format(fmt)
+            except FormatError as exc:
+                raise ValueError(f"format {fmt!r}: {exc}") from None
+        return value
+
+    @field_validator("source_time_zone")
+    @classmethod
+    def _valid_zone(cls, value: str | None) -> str | None:
+        return check_zone(value) if value is not None else None
+
+
+class IdSpec(ValueSpec):
+    generate: bool = Field(
+        False, description="Derive the id from the event's content (same record -> same id in any file)."
+    )
+    prefix: str = Field("", description="Text put before a generated id.")
+
+    @model_validator(mode="after")
+    def _generate_alone(self) -> "IdSpec":
+        if self.generate and self.sources():
+            raise ValueError("generate: true takes no column/xpath/template")
+        return self
+
+
+class DescriptionSpec(ValueSpec):
+    default_by_status: dict[str, str] | None = Field(
+        None, description="Description used when the record has none, chosen by the event's status."
+    )
+
+
+class Fields(Strict):
+    id: IdSpec | None = None
+    usageplacecode: ValueSpec | None = None
+    customernumber: ValueSpec | None = None
+    contract_no: ValueSpec | None = None
+    time: TimeSpec | None = None
+    status: ValueSpec | None = None
+    description: DescriptionSpec | None = None
+
+
+class Invoices(Strict):
+    """Where an event's invoices come from."""
+
+    mode: Literal["columns", "rows", "elements"] = Field(
+        ...,
+        description=(
+            "columns: paired cells split on a separator ('1001|1002' with '71|72'); "
+            "rows: one row per invoice, rows with the same event id merged into one event; "
+            "elements: repeated XML elements."
+        ),
+    )
+    element: str | None = Field(None, description="elements: XPath of the repeated invoice element, relative to the record.")
+    invoicenumber: ValueSpec
+    jobid: ValueSpec | None = None
+
+
+class Statuses(Strict):
+    not_disconnected: str = Field(
+        DEFAULT_STATUS_NOT_DISCONNECTED,
+        description="Value of 'status' for a usage place that could not be disconnected (agreed with Ropo).",
+    )
+
+
+class Mapping(Strict):
+    """One feed's mapping file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_ref: str | None = Field(None, alias="$schema", description="JSON Schema for editors; ignored.")
+    name: str | None = Field(None, description="A short name for the feed (default: the file name).")
+    format: Literal["csv", "xml"]
+    csv: CsvOptions | None = None
+    xml: XmlOptions | None = None
+    time_zone: str = Field(DEFAULT_TIME_ZONE, description="Zone that event times are written in.")
+    statuses: Statuses = Field(default_factory=Statuses)
+    fields: Fields
+    invoices: Invoices | None = None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _valid_zone(cls, value: str) -> str:
+        return check_zone(value)
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> "Mapping":
+        problems = list(mapping_problems(self))
+        if problems:
+            # one ValueError per model; the loader reports each separately through `_problems`
+            raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
+        return self
+
+    @property
+    def feed_options(self) -> CsvOptions | XmlOptions:
+        return self.csv if self.format == "csv" else self.xml  # type: ignore[return-value]
+
+    def status_vocabulary(self) -> tuple[str, ...]:
+        return (STATUS_CONNECTED, STATUS_DISCONNECTED, self.statuses.not_disconnected)
+
+
+def _as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def template_sources(template: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r}: {exc}") from None
+
+
+def check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (e.g. Europe/Helsinki, UTC)") from None
+    return value
+
+
+def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
+    """Cross-field rules that no single key can check. Returns (key path, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    fmt = mapping.format
+    if fmt == "csv" and mapping.csv is None:
+        mapping = mapping.model_copy(update={"csv": CsvOptions()})
+    if fmt == "xml" and mapping.xml is None:
+        problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
+    if fmt == "csv" and mapping.xml is not None:
+        problems.append(("xml", "this is a CSV feed (format: csv); remove the 'xml' section"))
+    if fmt == "xml" and mapping.csv is not None:
+        problems.append(("csv", "this is an XML feed (format: xml); remove the 'csv' section"))
+
+    specs: list[tuple[str, ValueSpec]] = [
+        (f"fields.{name}", spec) for name in EVENT_FIELDS if (spec := getattr(mapping.fields, name)) is not None
+    ]
+    if mapping.invoices is not None:
+        specs += [
+            (f"invoices.{name}", spec)
+            for name in INVOICE_FIELDS
+            if (spec := getattr(mapping.invoices, name)) is not None
+        ]
+    for path, spec in specs:
+        if fmt == "csv" and spec.xpath is not None:
+            problems.append((path, "'xpath' is for XML feeds; this feed is CSV: use 'column'"))
+        if fmt == "xml" and spec.column is not None:
+            problems.append((path, "'column' is for CSV feeds; this feed is XML: use 'xpath'"))
+        is_id = isinstance(spec, IdSpec) and spec.generate
+        if not is_id and not spec.sources() and spec.const is None and spec.default is None:
+            problems.append((path, "say where the value comes from: column, xpath, const or template"))
+        if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices.mode == "columns"):
+            problems.append((path, "'split' is only for invoices with mode: columns"))
+
+    for name in DEFAULT_REQUIRED:
+        spec = getattr(mapping.fields, name)
+        if spec is None:
+            problems.append(
+                (f"fields.{name}", f"'{name}' is needed for every event: map it (or give a const/default)")
+            )
+
+    status = mapping.fields.status
+    vocabulary = set(mapping.status_vocabulary())
+    if status is not None:
+        targets = list((status.map or {}).values()) + [v for v in (status.map_default, status.const, status.default) if v]
+        for value in targets:
+            if str(value) not in vocabulary:
+                problems.append(
+                    ("fields.status", f"status value {value!r} is not one of {', '.join(sorted(vocabulary))}")
+                )
+    description = mapping.fields.description
+    if description is not None and description.default_by_status:
+        for key in description.default_by_status:
+            if key not in vocabulary:
+                problems.append(
+                    ("fields.description.default_by_status", f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
+                )
+
+    if fmt == "xml" and mapping.xml is not None:
+        problems.extend(_xpath_problems(mapping.xml, specs, mapping.invoices))
+
+    invoices = mapping.invoices
+    if invoices is not None:
+        if invoices.mode == "elements":
+            if fmt != "xml":
+                problems.append(("invoices.mode", "mode 'elements' is for XML feeds; use 'columns' or 'rows'"))
+            if not invoices.element:
+                problems.append(("invoices.element", "mode 'elements' needs 'element' (XPath of the repeated element)"))
+        elif invoices.element is not None:
+            problems.append(("invoices.element", f"'element' is only for mode 'elements' (mode is {invoices.mode!r})"))
+        if invoices.mode == "columns":
+            for name in INVOICE_FIELDS:
+                spec = getattr(invoices, name)
+                if spec is not None and spec.sources() and spec.split is None:
+                    problems.append((f"invoices.{name}", "mode 'columns' needs 'split' (the separator inside the cell)"))
+        if invoices.mode == "rows":
+            id_spec = mapping.fields.id
+            if id_spec is None or id_spec.generate or not id_spec.sources():
+                problems.append(
+                    ("invoices.mode", "mode 'rows' merges rows by event id: map fields.id from the file")
+                )
+    return problems
+
+
+def _xpath_problems(xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None) -> list:
+    problems = []
+    try:
+        clark_steps(xml.record_path, xml.namespaces)
+    except KeyError as exc:
+        problems.append(("xml.record_path", str(exc.args[0])))
+    expressions = [(path, source) for path, spec in specs for source in spec.sources()]
+    if invoices is not None and invoices.element:
+        expressions.append(("invoices.element", invoices.element))
+    for path, expression in expressions:
+        reason = xpath_problem(expression, xml.namespaces)
+        if reason:
+            problems.append((path, f"{expression!r}: {reason}"))
+    return problems
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    """Load and check a mapping file; raises ConfigError listing every problem with its line."""
+    return _check(load_yaml_file(path))
+
+
+def load_mapping_text(text: str, file: str = "<mapping>") -> Mapping:
+    return _check(load_yaml_text(text, file))
+
+
+def _check(loaded) -> Mapping:
+    if not isinstance(loaded.data, dict):
+        raise ConfigError([loaded.problem((), "a mapping file must be a YAML mapping (key: value lines)")])
+    try:
+        mapping = validate_model(Mapping, loaded)
+    except ConfigError as exc:
+        raise ConfigError(_split_cross_field(exc.problems, loaded)) from None
+    if mapping.format == "csv" and mapping.csv is None:
+        mapping = mapping.model_copy(update={"csv": CsvOptions()})
+    return mapping
+
+
+def _split_cross_field(problems, loaded):
+    """Cross-field problems arrive as one multi-line message at the top; give each its own line."""
+    result = []
+    for problem in problems:
+        lines = problem.message.split("\n")
+        if problem.path == "" and all(": " in line for line in lines) and len(lines) >= 1 and _looks_like_paths(lines):
+            for line in lines:
+                path, message = line.split(": ", 1)
+                result.append(loaded.problem(tuple(_parse_path(path)), message))
+        else:
+            result.append(problem)
+    result.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return result
+
+
+def _looks_like_paths(lines: list[str]) -> bool:
+    return all(re.fullmatch(r"[\w.]+", line.split(": ", 1)[0]) for line in lines)
+
+
+def _parse_path(path: str) -> list[Any]:
+    return path.split(".")
+
+
+def mapping_json_schema() -> dict[str, Any]:
+    """JSON Schema of the mapping format, for editors (VS Code's YAML extension) and `schema`."""
+    schema = Mapping.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "usageplace-batch mapping"
+    return schema

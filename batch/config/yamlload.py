@@ -1,0 +1,223 @@
+"""YAML loading that remembers where every key came from.
+
+PyYAML's safe loader gives plain data but forgets line numbers and silently keeps the last of
+two equal keys. Configuration errors must point at the file, line and key at fault, so this
+module composes the node tree, converts it to plain data itself, and keeps a map from each
+key path to its position. Pydantic's error locations are then translated back to lines.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+KeyPath = tuple  # tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class LoadedYaml:
+    file: str
+    data: Any
+    positions: dict[KeyPath, tuple[int, int]]  # key path -> (line, column), both 1-based
+
+    def position(self, path: KeyPath) -> tuple[int | None, int | None]:
+        """Position of the deepest existing prefix of `path` (a missing key points at its parent)."""
+        for end in range(len(path), -1, -1):
+            found = self.positions.get(tuple(path[:end]))
+            if found:
+                return found
+        return (None, None)
+
+    def problem(self, path: KeyPath, message: str) -> ConfigProblem:
+        line, column = self.position(path)
+        return ConfigProblem(self.file, line, column, format_path(path), message)
+
+
+def format_path(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def load_yaml_text(text: str, file: str) -> LoadedYaml:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(file, line, column, "", f"not valid YAML: {reason}")]) from None
+    positions: dict[KeyPath, tuple[int, int]] = {}
+    problems: list[ConfigProblem] = []
+    if node is None:
+        return LoadedYaml(file, None, positions)
+    data = _to_data(node, (), positions, problems, file)
+    if problems:
+        raise ConfigError(problems)
+    return LoadedYaml(file, data, positions)
+
+
+def load_yaml_file(path: str | Path) -> LoadedYaml:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(str(path), None, None, "", "file not found")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem(str(path), None, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), None, None, "", f"cannot read: {exc.strerror}")]) from None
+    return load_yaml_text(text, str(path))
+
+
+def _to_data(node: yaml.Node, path: KeyPath, positions: dict, problems: list, file: str) -> Any:
+    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                problems.append(_problem_at(file, key_node, path, "YAML merge keys (<<) are not supported here"))
+                continue
+            key = _construct_scalar(key_node)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                problems.append(_problem_at(file, key_node, path, "keys must be plain text"))
+                continue
+            if key in result:
+                first = positions.get(path + (key,), ("?",))[0]
+                problems.append(
+                    _problem_at(file, key_node, path + (key,), f"duplicate key (first given on line {first})")
+                )
+                continue
+            result[key] = _to_data(value_node, path + (key,), positions, problems, file)
+            # the key's own line, not its value's: that is where a person looks
+            positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(item, path + (i,), positions, problems, file) for i, item in enumerate(node.value)]
+    return _construct_scalar(node)
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _construct_scalar(node: yaml.Node) -> Any:
+    """Resolve a scalar as yaml.safe_load would, except that only true/false are booleans.
+
+    YAML 1.1 also reads yes/no/on/off/y/n as booleans, which turns a status code such as NO or
+    OFF into False behind an administrator's back; YAML 1.2 dropped that and so do we.
+    """
+    if node.tag == _BOOL_TAG and str(node.value).lower() not in ("true", "false"):
+        return str(node.value)
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _problem_at(file: str, node: yaml.Node, path: KeyPath, message: str) -> ConfigProblem:
+    return ConfigProblem(file, node.start_mark.line + 1, node.start_mark.column + 1, format_path(path), message)
+
+
+def validate_model(model: type[BaseModel], loaded: LoadedYaml, context: dict | None = None) -> Any:
+    """Validate loaded YAML against a pydantic model; every error comes back with its line."""
+    try:
+        return model.model_validate(loaded.data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation(exc, loaded, model)) from None
+
+
+def problems_from_validation(exc: ValidationError, loaded: LoadedYaml, model: type[BaseModel]) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key" + _did_you_mean(model, loc)
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        elif error["type"] in ("value_error", "assertion_error"):
+            message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        elif "input" in error and not isinstance(error["input"], (dict, list)):
+            message = f"{message} (got {error['input']!r})"
+        problems.append(loaded.problem(loc, message))
+    problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the chosen union member's name (e.g. 'str', 'function-after[...]') into locations
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "list[str]", "dict[str,str]"})
+
+
+def _did_you_mean(model: type[BaseModel], loc: KeyPath) -> str:
+    owner = _model_at(model, loc[:-1])
+    if owner is None or not loc:
+        return ""
+    known = sorted(field.alias or name for name, field in owner.model_fields.items())
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (allowed here: {', '.join(known)})"
+
+
+def _model_at(model: type[BaseModel], path: KeyPath) -> type[BaseModel] | None:
+    """Walk model fields along `path` to find which model a key belongs to."""
+    import typing
+
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _model_in_annotation(field.annotation, typing)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_in_annotation(annotation: Any, typing: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in_annotation(arg, typing)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,521 @@
+"""Records -> UsageplaceEvent dicts, or the precise reasons a record cannot become one. Pure.
+
+A Mapping (the administrator's YAML) is compiled once into small functions, one per field, so
+that the per-record work is plain dictionary and string operations. `MappingRun` holds what
+one file needs across chunks: the ids seen so far (duplicates within a file are errors) and,
+for invoices given one row per invoice, the event still being assembled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from batch.config.mapping import (
+    DEFAULT_REQUIRED,
+    EVENT_FIELDS,
+    IdSpec,
+    Mapping,
+    TimeSpec,
+    ValueSpec,
+)
+from batch.events import EVENT_KEYS, Rules, check_event
+from batch.records import Chunk, XmlPlan
+from batch.timeparse import TimeConverter
+
+_MISSING = object()  # a column that the record does not have (too few fields)
+_VALUE_PREVIEW = 80
+
+
+@dataclass(slots=True)
+class RecordError:
+    line: int
+    field: str
+    source: str | None
+    value: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "source": self.source, "value": self.value, "message": self.message}
+
+    def __str__(self) -> str:
+        where = f"{self.field}"
+        if self.source:
+            where += f" (from {self.source}"
+            where += f", value {_preview(self.value)})" if self.value is not None else ")"
+        return f"line {self.line}: {where}: {self.message}"
+
+
+@dataclass(slots=True)
+class MappedRecord:
+    line: int
+    event: dict[str, Any] | None
+    errors: list[RecordError] = field(default_factory=list)
+    # what could be read of an invalid record (id, usageplacecode, status), for receipts
+    partial: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.event is not None
+
+
+def _preview(value: str | None) -> str:
+    if value is None:
+        return "none"
+    text = value if len(value) <= _VALUE_PREVIEW else value[:_VALUE_PREVIEW] + "…"
+    return repr(text)
+
+
+class _Problem(Exception):
+    """One field's value is unusable: message plus the raw value at fault."""
+
+    def __init__(self, message: str, value: str | None):
+        self.message = message
+        self.value = value
+
+
+# --- compiling one value spec --------------------------------------------------------------------
+
+Getter = Callable[[list], Any]  # row -> raw value (str | None | _MISSING)
+
+
+def _source_label(spec: ValueSpec, is_xml: bool) -> str | None:
+    if spec.column is not None:
+        return f"column '{spec.column}'"
+    if spec.xpath is not None:
+        return f"xpath '{spec.xpath}'"
+    if spec.template is not None:
+        return f"template '{spec.template}'"
+    if spec.const is not None:
+        return "const"
+    return None
+
+
+def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
+    if spec.const is not None:
+        constant = str(spec.const)
+        return lambda row: constant
+    if spec.template is not None:
+        parts = [
+            (literal, index[name] if name else None) for literal, name, _, _ in string.Formatter().parse(spec.template)
+        ]
+
+        def template(row: list) -> Any:
+            out = []
+            for literal, position in parts:
+                out.append(literal)
+                if position is not None:
+                    value = row[position] if position < len(row) else _MISSING
+                    if value is _MISSING:
+                        return _MISSING
+                    out.append(value or "")
+            return "".join(out)
+
+        return template
+    sources = spec.sources()
+    if not sources:
+        return lambda row: None
+    position = index[sources[0]]
+    return lambda row: row[position] if position < len(row) else _MISSING
+
+
+class _Value:
+    """A compiled ValueSpec: raw value -> cleaned, mapped, typed value (None when empty)."""
+
+    def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool, converter=None, integer=False):
+        self.name = name
+        self.spec = spec
+        self.required = required
+        self.source = _source_label(spec, is_xml)
+        self.trim = spec.trim
+        self.default = None if spec.default is None else str(spec.default)
+        self.pattern = None
+        if spec.pattern:
+            import re
+
+            self.pattern = re.compile(spec.pattern)
+        self.map = None
+        if spec.map is not None:
+            self.map = {(k.casefold() if spec.map_ignore_case else k): v for k, v in spec.map.items()}
+        self.fold = spec.map_ignore_case
+        self.map_default = spec.map_default
+        self.converter: TimeConverter | None = converter
+        self.integer = integer
+
+    def clean(self, raw: Any) -> Any:
+        """raw -> final value, or None for an empty optional value; raises _Problem."""
+        if raw is _MISSING:
+            raise _Problem("the record has fewer fields than the header", None)
+        value = raw
+        if value is not None and self.trim:
+            value = value.strip()
+        if not value:
+            if self.default is None:
+                if self.required:
+                    raise _Problem("is required but empty", raw)
+                return None
+            value = self.default
+        if self.map is not None:
+            mapped = self.map.get(value.casefold() if self.fold else value)
+            if mapped is None:
+                if self.map_default is None:
+                    known = ", ".join(repr(k) for k in self.spec.map)  # type: ignore[union-attr]
+                    raise _Problem(f"value is not in the map (expected one of {known})", raw)
+                mapped = self.map_default
+            value = mapped
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise _Problem(f"does not match the pattern {self.spec.pattern!r}", raw)
+        if self.converter is not None:
+            converted, reason = self.converter.convert(value)
+            if converted is None:
+                raise _Problem(reason or "not a date/time", raw)
+            return converted
+        if self.integer:
+            text = value.replace(" ", "").replace("\u00a0", "")
+            if not (text.isdigit() or (text[:1] in "+-" and text[1:].isdigit())) or not text.isascii():
+                raise _Problem("expected a whole number", raw)
+            return int(text)
+        return value
+
+
+# --- the compiled mapping ------------------------------------------------------------------------
+
+
+class CompiledMapping:
+    """A checked Mapping turned into per-field functions; reusable for any number of files."""
+
+    def __init__(self, mapping: Mapping):
+        self.mapping = mapping
+        self.is_xml = mapping.format == "xml"
+        self.rules = Rules(
+            statuses=mapping.status_vocabulary(),
+            not_disconnected=mapping.statuses.not_disconnected,
+            required=frozenset(
+                name for name in EVENT_FIELDS if _is_required(name, getattr(mapping.fields, name))
+            ),
+        )
+        self.field_specs: list[tuple[str, ValueSpec]] = [
+            (name, spec) for name in EVENT_FIELDS if (spec := getattr(mapping.fields, name)) is not None
+        ]
+        id_spec = mapping.fields.id
+        self.generate_id = isinstance(id_spec, IdSpec) and id_spec.generate
+        self.id_prefix = id_spec.prefix if isinstance(id_spec, IdSpec) else ""
+        self.invoices = mapping.invoices
+        description = mapping.fields.description
+        self.default_description = dict(description.default_by_status or {}) if description else {}
+
+    # what the readers must deliver
+    def sources(self) -> list[str]:
+        names: list[str] = []
+        for _, spec in self.field_specs:
+            names += spec.sources()
+        if self.invoices is not None and self.invoices.mode != "elements":
+            for spec in (self.invoices.invoicenumber, self.invoices.jobid):
+                if spec is not None:
+                    names += spec.sources()
+        return list(dict.fromkeys(names))
+
+    def required_columns(self) -> list[str]:
+        return self.sources()
+
+    def xml_plan(self) -> XmlPlan:
+        groups = []
+        if self.invoices is not None and self.invoices.mode == "elements":
+            parts = [self.invoices.invoicenumber.xpath or ""]
+            parts.append(self.invoices.jobid.xpath if self.invoices.jobid and self.invoices.jobid.xpath else "")
+            groups.append((self.invoices.element or "", [p for p in parts if p]))
+        return XmlPlan(texts=self.sources(), groups=groups)
+
+    def start(self) -> "MappingRun":
+        return MappingRun(self)
+
+
+def _is_required(name: str, spec: ValueSpec | None) -> bool:
+    if spec is not None and spec.required is not None:
+        return spec.required
+    return name in DEFAULT_REQUIRED
+
+
+@dataclass
+class _Bound:
+    """A compiled mapping bound to one file's column layout."""
+
+    columns: list[str]
+    fields: list[tuple[str, _Value, Getter]]
+    invoice_parts: list[tuple[_Value, Getter]]  # invoicenumber[, jobid] for columns/rows modes
+    invoice_group: int | None  # index of the repeated-element group (elements mode)
+    invoice_values: list[_Value]
+
+
+class MappingRun:
+    """Maps the records of one file, chunk after chunk. Not thread-safe; one per file."""
+
+    def __init__(self, compiled: CompiledMapping):
+        self.compiled = compiled
+        self._bound: _Bound | None = None
+        self._seen_ids: dict[str, int] = {}
+        self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
+        self._open_fields: dict[str, Any] = {}
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def map_chunk(self, chunk: Chunk) -> list[MappedRecord]:
+        bound = self._bind(chunk.columns)
+        out: list[MappedRecord] = []
+        rows_mode = self.compiled.invoices is not None and self.compiled.invoices.mode == "rows"
+        for line, row in zip(chunk.lines, chunk.rows):
+            broken = chunk.broken.get(line) if chunk.broken else None
+            if broken is not None:
+                record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, broken)])
+                out.extend(self._close_open() if rows_mode else ())
+                out.append(record)
+                continue
+            if not self.compiled.is_xml and len(row) != len(bound.columns):
+                shape = _shape_problem(row, bound.columns)
+                if shape is not None:
+                    record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, shape)])
+                    out.extend(self._close_open() if rows_mode else ())
+                    out.append(record)
+                    continue
+            record, invoice = self._map_row(bound, line, row)
+            if rows_mode:
+                out.extend(self._collect(record, invoice))
+            else:
+                out.append(self._finish(record))
+        return out
+
+    def finish(self) -> list[MappedRecord]:
+        """Records still held back at the end of the file (rows mode)."""
+        return self._close_open()
+
+    def map_all(self, chunks: Iterable[Chunk]) -> list[MappedRecord]:
+        out: list[MappedRecord] = []
+        for chunk in chunks:
+            out.extend(self.map_chunk(chunk))
+        out.extend(self.finish())
+        return out
+
+    # -- binding ------------------------------------------------------------------------------------
+
+    def _bind(self, columns: list[str]) -> _Bound:
+        if self._bound is not None and self._bound.columns is columns:
+            return self._bound
+        compiled = self.compiled
+        index = {name: i for i, name in reversed(list(enumerate(columns)))}
+        fields = []
+        for name, spec in compiled.field_specs:
+            if name == "id" and compiled.generate_id:
+                continue
+            converter = None
+            if isinstance(spec, TimeSpec):
+                mapping = compiled.mapping
+                converter = TimeConverter(
+                    spec.formats, spec.source_time_zone or mapping.time_zone, mapping.time_zone
+                )
+            value = _Value(name, spec, name in compiled.rules.required, compiled.is_xml, converter)
+            fields.append((name, value, _getter(spec, index)))
+        parts, values, group = [], [], None
+        invoices = compiled.invoices
+        if invoices is not None:
+            specs = [("invoicenumber", invoices.invoicenumber, False), ("jobid", invoices.jobid, True)]
+            for name, spec, integer in specs:
+                if spec is None:
+                    continue
+                value = _Value(f"invoices.{name}", spec, False, compiled.is_xml, integer=integer)
+                values.append(value)
+                if invoices.mode != "elements":
+                    parts.append((value, _getter(spec, index)))
+            if invoices.mode == "elements":
+                group = index[invoices.element or ""]
+        self._bound = _Bound(columns, fields, parts, group, values)
+        return self._bound
+
+    # -- one row ------------------------------------------------------------------------------------
+
+    def _map_row(self, bound: _Bound, line: int, row: list) -> tuple[MappedRecord, dict | None]:
+        event: dict[str, Any] = {}
+        errors: list[RecordError] = []
+        origin: dict[str, tuple[str | None, Any]] = {}
+        for name, value, get in bound.fields:
+            raw = get(row)
+            origin[name] = (value.source, raw)
+            try:
+                cleaned = value.clean(raw)
+            except _Problem as problem:
+                errors.append(RecordError(line, name, value.source, _text(problem.value), problem.message))
+                continue
+            if cleaned is not None:
+                event[name] = cleaned
+        if "description" not in event and self.compiled.default_description:
+            default = self.compiled.default_description.get(event.get("status", ""))
+            if default is not None:
+                event["description"] = default
+        invoice = None
+        if self.compiled.invoices is not None:
+            mode = self.compiled.invoices.mode
+            if mode == "columns":
+                event["invoices"] = self._split_invoices(bound, line, row, errors)
+            elif mode == "elements":
+                event["invoices"] = self._element_invoices(bound, line, row, errors)
+            else:
+                invoice = self._row_invoice(bound, line, row, errors)
+        record = MappedRecord(line, event, errors)
+        record.partial = {k: event[k] for k in ("id", "usageplacecode", "status") if k in event}
+        record.event = event
+        self._origin = origin
+        return record, invoice
+
+    def _finish(self, record: MappedRecord) -> MappedRecord:
+        """Generate the id, check the contract and business rules, catch repeated ids."""
+        event = record.event
+        assert event is not None
+        if self.compiled.generate_id:
+            event["id"] = self.compiled.id_prefix + content_id(event)
+            record.partial["id"] = event["id"]
+        ordered = {key: event[key] for key in EVENT_KEYS if key in event}
+        if not record.errors:
+            for violation in check_event(ordered, self.compiled.rules):
+                source, raw = self._origin.get(violation.field, (None, None))
+                record.errors.append(RecordError(record.line, violation.field, source, _text(raw), violation.message))
+        event_id = ordered.get("id")
+        if event_id:
+            first = self._seen_ids.setdefault(event_id, record.line)
+            if first != record.line:
+                source, raw = self._origin.get("id", (None, event_id))
+                record.errors.append(
+                    RecordError(record.line, "id", source, _text(raw), f"event id is used again (first on line {first})")
+                )
+        record.event = None if record.errors else ordered
+        return record
+
+    # -- invoices -----------------------------------------------------------------------------------
+
+    def _split_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
+        separator_of = {
+            "invoicenumber": self.compiled.invoices.invoicenumber.split,  # type: ignore[union-attr]
+            "jobid": self.compiled.invoices.jobid.split if self.compiled.invoices.jobid else None,  # type: ignore[union-attr]
+        }
+        columns: list[tuple[_Value, list[str]]] = []
+        for value, get in bound.invoice_parts:
+            raw = get(row)
+            if raw is _MISSING:
+                errors.append(RecordError(line, value.name, value.source, None, "the record has fewer fields than the header"))
+                return []
+            text = (raw or "").strip()
+            separator = separator_of[value.name.split(".", 1)[1]] or ","
+            items = [item for item in text.split(separator)] if text else []
+            if text and not all(item.strip() for item in items):
+                errors.append(RecordError(line, value.name, value.source, raw, f"has an empty item between '{separator}' separators"))
+                return []
+            columns.append((value, items))
+        counts = {len(items) for _, items in columns}
+        if len(counts) > 1:
+            detail = ", ".join(f"{value.name} has {len(items)}" for value, items in columns)
+            errors.append(
+                RecordError(line, "invoices", " + ".join(v.source or "" for v, _ in columns), None,
+                            f"paired invoice columns differ in length ({detail})")
+            )
+            return []
+        return self._invoice_dicts(line, [(value, items) for value, items in columns], errors)
+
+    def _element_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
+        elements = row[bound.invoice_group] if bound.invoice_group is not None else []
+        columns = [(value, [parts[i] for parts in elements]) for i, value in enumerate(bound.invoice_values)]
+        return self._invoice_dicts(line, columns, errors)
+
+    def _invoice_dicts(self, line: int, columns: list[tuple[_Value, list]], errors: list[RecordError]) -> list[dict]:
+        if not columns:
+            return []
+        invoices: list[dict] = [{} for _ in columns[0][1]]
+        for value, items in columns:
+            key = value.name.split(".", 1)[1]
+            for position, raw in enumerate(items):
+                try:
+                    cleaned = value.clean(raw)
+                except _Problem as problem:
+                    errors.append(
+                        RecordError(line, f"invoices[{position}].{key}", value.source, _text(problem.value), problem.message)
+                    )
+                    continue
+                if cleaned is not None:
+                    invoices[position][key] = cleaned
+        return invoices
+
+    def _row_invoice(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> dict | None:
+        invoice: dict[str, Any] = {}
+        for value, get in bound.invoice_parts:
+            raw = get(row)
+            try:
+                cleaned = value.clean(raw)
+            except _Problem as problem:
+                errors.append(RecordError(line, value.name, value.source, _text(problem.value), problem.message))
+                continue
+            if cleaned is not None:
+                invoice[value.name.split(".", 1)[1]] = cleaned
+        return invoice or None
+
+    # -- rows mode: merging consecutive rows of one event -------------------------------------------
+
+    def _collect(self, record: MappedRecord, invoice: dict | None) -> list[MappedRecord]:
+        event = record.event or {}
+        event_id = event.get("id")
+        current = self._open
+        if current is not None and event_id and current.event is not None and current.event.get("id") == event_id:
+            self._merge_into(current, record, invoice)
+            return []
+        closed = self._close_open()
+        record.event = event
+        event["invoices"] = [invoice] if invoice else []
+        self._open = record
+        self._open_origin = self._origin
+        return closed
+
+    def _merge_into(self, current: MappedRecord, record: MappedRecord, invoice: dict | None) -> None:
+        assert current.event is not None and record.event is not None
+        for key, value in record.event.items():
+            if key != "invoices" and current.event.get(key, value) != value:
+                current.errors.append(
+                    RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
+                                f"differs from line {current.line} of the same event id ({_text(current.event[key])!r})")
+                )
+        current.errors.extend(record.errors)
+        if invoice:
+            current.event["invoices"].append(invoice)
+
+    def _close_open(self) -> list[MappedRecord]:
+        if self._open is None:
+            return []
+        record, self._open = self._open, None
+        self._origin = self._open_origin
+        return [self._finish(record)]
+
+
+def _shape_problem(row: list, columns: list[str]) -> str | None:
+    """A CSV record with fewer fields than the header, or extra fields that are not empty."""
+    if len(row) < len(columns):
+        missing = ", ".join(repr(name) for name in columns[len(row):])
+        return f"the record has {len(row)} fields but the header has {len(columns)} (no value for {missing})"
+    if any(value.strip() for value in row[len(columns):]):
+        return f"the record has {len(row)} fields but the header has {len(columns)}: is a delimiter inside an unquoted value?"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is _MISSING:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def content_id(event: dict[str, Any]) -> str:
+    """The id of an event that has none in the file: the same content always gives the same id.
+
+    sha256 over the event's JSON without its id (keys sorted, no spaces, UTF-8), as 32 hex
+    characters. The file name, line and record order do not enter it, so a record that comes
+    again in another file gets the same id — and is recognised as a duplicate.
+    """
+    body = {key: value for key, value in event.items() if key != "id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]

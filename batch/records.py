@@ -1,0 +1,27 @@
+"""What readers hand to the mapper: chunks of raw records with their line numbers. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Chunk:
+    """A batch of records. rows[i] holds the values named by `columns`, read from line lines[i]."""
+
+    columns: list[str]
+    lines: list[int] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    # line -> why the record could not even be split into fields (broken quoting)
+    broken: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+@dataclass(frozen=True)
+class XmlPlan:
+    """What to take from each XML record element: texts by XPath, and repeated groups of parts."""
+
+    texts: list[str]
+    groups: list[tuple[str, list[str]]] = field(default_factory=list)  # (element xpath, part xpaths)

@@ -1,0 +1,121 @@
+"""XPath expressions of a mapping, compiled once into fast extractors.
+
+Most mappings use plain child paths ('Code', 'p:Invoices/p:Invoice', '@id', 'Place/@code').
+lxml's ElementPath (`find`) evaluates those several times faster than a full XPath engine, and
+it understands a default namespace; anything else (functions, predicates with XPath syntax,
+axes) goes to `etree.XPath`, where a default namespace needs an explicit prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from lxml import etree
+
+Extractor = Callable[[etree._Element], "str | None"]
+
+_SIMPLE_STEP = r"(?:[A-Za-z_][\w.-]*:)?[A-Za-z_][\w.-]*"
+_SIMPLE_PATH = re.compile(rf"(?:\./)?{_SIMPLE_STEP}(?:/{_SIMPLE_STEP})*")
+_ATTRIBUTE = re.compile(rf"@({_SIMPLE_STEP})")
+
+
+def xpath_problem(expr: str, namespaces: dict[str, str]) -> str | None:
+    """Why `expr` cannot be used (None: it can)."""
+    try:
+        compile_text_extractor(expr, namespaces)
+    except (etree.XPathSyntaxError, etree.XPathEvalError, SyntaxError, KeyError) as exc:
+        return f"not a usable XPath: {exc}"
+    for prefix in re.findall(r"(?<![\w@:'\"])([A-Za-z_][\w.-]*):(?![:/])", _strip_strings(expr)):
+        if prefix not in namespaces:
+            return f"namespace prefix '{prefix}' is not declared in xml.namespaces"
+    return None
+
+
+def _strip_strings(expr: str) -> str:
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "''", expr)
+
+
+def _element_namespaces(namespaces: dict[str, str]) -> dict:
+    result = {prefix: uri for prefix, uri in namespaces.items() if prefix}
+    if namespaces.get(""):
+        result[None] = namespaces[""]
+    return result
+
+
+def _xpath_namespaces(namespaces: dict[str, str]) -> dict[str, str]:
+    return {prefix: uri for prefix, uri in namespaces.items() if prefix}
+
+
+def compile_text_extractor(expr: str, namespaces: dict[str, str]) -> Extractor:
+    """element -> text of the first match (None when nothing matches)."""
+    element_ns = _element_namespaces(namespaces)
+    expr = expr.strip()
+    attribute = _ATTRIBUTE.fullmatch(expr)
+    if attribute:
+        return _attribute_getter(attribute.group(1), namespaces)
+    if "/@" in expr:
+        path, _, attr = expr.rpartition("/@")
+        if _SIMPLE_PATH.fullmatch(path) and re.fullmatch(_SIMPLE_STEP, attr):
+            get_attr = _attribute_getter(attr, namespaces)
+
+            def path_attribute(element: etree._Element) -> str | None:
+                found = element.find(path, element_ns)
+                return None if found is None else get_attr(found)
+
+            return path_attribute
+    if _SIMPLE_PATH.fullmatch(expr):
+        return lambda element: element.findtext(expr, None, element_ns)
+    compiled = etree.XPath(expr, namespaces=_xpath_namespaces(namespaces), smart_strings=False)
+
+    def general(element: etree._Element) -> str | None:
+        return _first_text(compiled(element))
+
+    return general
+
+
+def compile_element_finder(expr: str, namespaces: dict[str, str]) -> Callable[[etree._Element], list]:
+    """element -> every element the path matches (for repeated elements such as invoices)."""
+    expr = expr.strip()
+    if _SIMPLE_PATH.fullmatch(expr):
+        element_ns = _element_namespaces(namespaces)
+        return lambda element: element.findall(expr, element_ns)
+    compiled = etree.XPath(expr, namespaces=_xpath_namespaces(namespaces))
+    return lambda element: [node for node in compiled(element) if isinstance(node, etree._Element)]
+
+
+def _attribute_getter(name: str, namespaces: dict[str, str]) -> Extractor:
+    if ":" in name:
+        prefix, local = name.split(":", 1)
+        name = f"{{{namespaces[prefix]}}}{local}"
+    return lambda element: element.get(name)
+
+
+def _first_text(result: object) -> str | None:
+    if isinstance(result, list):
+        if not result:
+            return None
+        result = result[0]
+    if isinstance(result, etree._Element):
+        return result.text or ""
+    if isinstance(result, bool):
+        return "true" if result else "false"
+    if isinstance(result, float):
+        return str(int(result)) if result.is_integer() else str(result)
+    return None if result is None else str(result)
+
+
+def clark_steps(record_path: str, namespaces: dict[str, str]) -> list[tuple[bool, str]]:
+    """'/p:A//B' -> [(False, '{uri}A'), (True, '{default}B')]; True means 'at any depth below'."""
+    steps = []
+    for match in re.finditer(r"(//?)([^/]+)", record_path):
+        descendant, name = match.group(1) == "//", match.group(2)
+        if ":" in name:
+            prefix, local = name.split(":", 1)
+            if prefix not in namespaces:
+                raise KeyError(f"namespace prefix '{prefix}' is not declared in xml.namespaces")
+            tag = f"{{{namespaces[prefix]}}}{local}"
+        else:
+            tag = f"{{{namespaces['']}}}{name}" if namespaces.get("") else name
+        steps.append((descendant, tag))
+    return steps
