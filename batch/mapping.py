@@ -23,6 +23,7 @@ from batch.config.mapping import (
     ValueSpec,
 )
 from batch.events import EVENT_KEYS, Rules, check_event
+from batch.fastpath import build_fast_mapper
 from batch.records import Chunk, XmlPlan
 from batch.timeparse import TimeConverter
 
@@ -248,6 +249,7 @@ class _Bound:
     invoice_parts: list[tuple[_Value, Getter]]  # invoicenumber[, jobid] for columns/rows modes
     invoice_group: int | None  # index of the repeated-element group (elements mode)
     invoice_values: list[_Value]
+    fast: Callable[[list], dict | None] | None = None  # see batch.fastpath
 
 
 class MappingRun:
@@ -266,7 +268,15 @@ class MappingRun:
         bound = self._bind(chunk.columns)
         out: list[MappedRecord] = []
         rows_mode = self.compiled.invoices is not None and self.compiled.invoices.mode == "rows"
+        fast = bound.fast
+        seen = self._seen_ids
         for line, row in zip(chunk.lines, chunk.rows):
+            if fast is not None:
+                event = fast(row)
+                # a repeated id goes the general way, which reports it
+                if event is not None and seen.setdefault(event.get("id") or line, line) == line:
+                    out.append(MappedRecord(line, event))
+                    continue
             broken = chunk.broken.get(line) if chunk.broken else None
             if broken is not None:
                 record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, broken)])
@@ -331,7 +341,41 @@ class MappingRun:
             if invoices.mode == "elements":
                 group = index[invoices.element or ""]
         self._bound = _Bound(columns, fields, parts, group, values)
+        self._bound.fast = self._fast_mapper(self._bound, index)
         return self._bound
+
+    def _fast_mapper(self, bound: _Bound, index: dict[str, int]):
+        compiled = self.compiled
+        invoices = compiled.invoices
+        if invoices is not None and invoices.mode == "rows":
+            return None  # merging rows needs the general path's state
+        fields = [(name, value, _getter_description(value.spec, index)) for name, value, _ in bound.fields]
+        invoice_plan = None
+        if invoices is not None:
+            specs = [s for s in (invoices.invoicenumber, invoices.jobid) if s is not None]
+            invoice_plan = {
+                "mode": invoices.mode,
+                "parts": [
+                    (
+                        value.name.split(".", 1)[1],
+                        value,
+                        ("element",) if invoices.mode == "elements" else _getter_description(spec, index),
+                    )
+                    for value, spec in zip(bound.invoice_values, specs)
+                ],
+                "separators": [spec.split or "," for spec in specs],
+                "group": bound.invoice_group,
+            }
+        prefix = compiled.id_prefix
+        return build_fast_mapper(
+            columns=None if compiled.is_xml else len(bound.columns),
+            fields=fields,
+            invoices=invoice_plan,
+            statuses=compiled.rules.statuses,
+            not_disconnected=compiled.rules.not_disconnected,
+            default_description=compiled.default_description,
+            generate_id=(lambda event: prefix + content_id(event)) if compiled.generate_id else None,
+        )
 
     # -- one row ------------------------------------------------------------------------------------
 
@@ -491,6 +535,19 @@ class MappingRun:
         record, self._open = self._open, None
         self._origin = self._open_origin
         return [self._finish(record)]
+
+
+def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
+    """How batch.fastpath reads a value: the same choices as _getter, as data."""
+    if spec.const is not None:
+        return ("const", str(spec.const))
+    if spec.template is not None:
+        return (
+            "template",
+            [(literal, index[name] if name else None) for literal, name, _, _ in string.Formatter().parse(spec.template)],
+        )
+    sources = spec.sources()
+    return ("column", index[sources[0]]) if sources else ("none",)
 
 
 def _shape_problem(row: list, columns: list[str]) -> str | None:

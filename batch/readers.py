@@ -23,7 +23,7 @@ from lxml import etree
 
 from batch.config.mapping import CsvOptions, XmlOptions
 from batch.records import Chunk, XmlPlan
-from batch.xmlpaths import clark_steps, compile_element_finder, compile_text_extractor
+from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
 DEFAULT_CHUNK_SIZE = 5000
 # A field longer than this is almost always an unclosed quote that swallowed the file.
@@ -109,7 +109,10 @@ def read_csv(
     except UnicodeError as exc:  # e.g. utf-16 without a byte order mark
         raise FileError(f"cannot decode the file as {encoding}: {exc} (for utf-16 without a BOM use utf-16-le or utf-16-be)", 1) from None
     finally:
-        text.detach()
+        try:
+            text.detach()  # hand the caller's stream back open
+        except ValueError:
+            pass  # the caller closed it already
 
 
 def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int) -> Iterator[Chunk]:
@@ -203,9 +206,9 @@ def read_xml(
     namespaces = dict(options.namespaces)
     steps = clark_steps(options.record_path, namespaces)
     matches_path = _path_matcher(steps)
-    texts = [compile_text_extractor(expr, namespaces) for expr in plan.texts]
+    texts = compile_row_extractor(plan.texts, namespaces)
     groups = [
-        (compile_element_finder(element, namespaces), [compile_text_extractor(p, namespaces) for p in parts])
+        (compile_element_finder(element, namespaces), compile_row_extractor(parts, namespaces))
         for element, parts in plan.groups
     ]
     columns = list(plan.texts) + [element for element, _ in plan.groups]
@@ -225,9 +228,9 @@ def read_xml(
         for _, element in parser_events:
             if not matches_path(element):
                 continue
-            row: list = [extract(element) for extract in texts]
+            row = texts(element)
             for find, parts in groups:
-                row.append([[part(found) for part in parts] for found in find(element)])
+                row.append([parts(found) for found in find(element)])
             chunk.lines.append(element.sourceline or 0)
             chunk.rows.append(row)
             _release(element)
@@ -258,6 +261,10 @@ def _refuse_doctype(head: bytes) -> None:
 
 def _path_matcher(steps: list[tuple[bool, str]]):
     """Does an element's chain of ancestors match the record path?"""
+    if len(steps) == 1 and steps[0][0]:
+        return lambda element: True  # '//Event': the parser's tag filter already chose
+    if not any(descendant for descendant, _ in steps):
+        return _absolute_matcher([tag for _, tag in steps])
     pattern = "".join(("\x00(?:[^\x00]*\x00)*?" if descendant else "\x00") + re.escape(tag) for descendant, tag in steps)
     if not steps[0][0]:
         pattern = "^" + pattern
@@ -270,6 +277,20 @@ def _path_matcher(steps: list[tuple[bool, str]]):
             chain.append(parent.tag)
             parent = parent.getparent()
         return compiled.search("\x00" + "\x00".join(reversed(chain))) is not None
+
+    return matches
+
+
+def _absolute_matcher(tags: list[str]):
+    expected = list(reversed(tags))
+
+    def matches(element: etree._Element) -> bool:
+        node = element
+        for tag in expected:
+            if node is None or node.tag != tag:
+                return False
+            node = node.getparent()
+        return node is None
 
     return matches
 

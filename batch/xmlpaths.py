@@ -9,7 +9,7 @@ axes) goes to `etree.XPath`, where a default namespace needs an explicit prefix.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from lxml import etree
 
@@ -74,12 +74,74 @@ def compile_text_extractor(expr: str, namespaces: dict[str, str]) -> Extractor:
     return general
 
 
+def compile_row_extractor(exprs: list[str], namespaces: dict[str, str]) -> Callable[[etree._Element], list]:
+    """element -> [text of each expression]; one pass over the children serves every expression
+    that names a direct child ('Customer', 'UsagePlace/@code'), the commonest case by far."""
+    plans: list[tuple[str, Any]] = []
+    for expr in exprs:
+        expr = expr.strip()
+        child, attr = _direct_child(expr, namespaces)
+        if child is not None:
+            plans.append(("child", (child, attr)))
+        else:
+            plans.append(("other", compile_text_extractor(expr, namespaces)))
+    wants_children = any(kind == "child" for kind, _ in plans)
+
+    def extract(element: etree._Element) -> list:
+        children: dict[str, etree._Element] = {}
+        if wants_children:
+            for node in element:
+                tag = node.tag
+                if tag not in children and isinstance(tag, str):
+                    children[tag] = node
+        row = []
+        for kind, how in plans:
+            if kind == "child":
+                node = children.get(how[0])
+                if node is None:
+                    row.append(None)
+                elif how[1] is None:
+                    row.append(node.text or "")
+                else:
+                    row.append(node.get(how[1]))
+            else:
+                row.append(how(element))
+        return row
+
+    return extract
+
+
+def _direct_child(expr: str, namespaces: dict[str, str]) -> tuple[str | None, str | None]:
+    """'p:Name' or 'Name/@attr' -> (Clark tag, Clark attribute or None); (None, None) otherwise."""
+    path, attr = expr, None
+    if "/@" in expr:
+        path, _, attr = expr.rpartition("/@")
+        if not re.fullmatch(_SIMPLE_STEP, attr):
+            return None, None
+    if path.startswith("./"):
+        path = path[2:]
+    if not re.fullmatch(_SIMPLE_STEP, path):
+        return None, None
+    return _clark(path, namespaces, element=True), (_clark(attr, namespaces, element=False) if attr else None)
+
+
+def _clark(name: str, namespaces: dict[str, str], element: bool) -> str:
+    """'p:Name' -> '{uri}Name'; unprefixed element names take the default namespace, attributes none."""
+    if ":" in name:
+        prefix, local = name.split(":", 1)
+        return f"{{{namespaces[prefix]}}}{local}"
+    if element and namespaces.get(""):
+        return f"{{{namespaces['']}}}{name}"
+    return name
+
+
 def compile_element_finder(expr: str, namespaces: dict[str, str]) -> Callable[[etree._Element], list]:
     """element -> every element the path matches (for repeated elements such as invoices)."""
     expr = expr.strip()
     if _SIMPLE_PATH.fullmatch(expr):
-        element_ns = _element_namespaces(namespaces)
-        return lambda element: element.findall(expr, element_ns)
+        steps = expr[2:] if expr.startswith("./") else expr
+        clark_path = "/".join(_clark(step, namespaces, element=True) for step in steps.split("/"))
+        return lambda element: element.findall(clark_path)
     compiled = etree.XPath(expr, namespaces=_xpath_namespaces(namespaces))
     return lambda element: [node for node in compiled(element) if isinstance(node, etree._Element)]
 
