@@ -224,8 +224,13 @@ def read_xml(
         remove_pis=True,
     )
     chunk = Chunk(columns)
+    checked_dtd = False
     try:
         for _, element in parser_events:
+            if not checked_dtd:
+                # the prolog probe above sees only the buffered head; the parsed document is the authority
+                _refuse_parsed_dtd(element)
+                checked_dtd = True
             if not matches_path(element):
                 continue
             row = texts(element)
@@ -249,14 +254,25 @@ def _refuse_doctype(head: bytes) -> None:
         probe = head.decode("utf-16", errors="ignore").encode("ascii", errors="ignore")
     elif b"\x00" in head[:4]:
         probe = head.replace(b"\x00", b"")
-    # only the prolog matters: stop at the first element start tag
+    # only the prolog matters: stop at the first element start tag (comments may hold '<a')
+    probe = re.sub(rb"<!--.*?(?:-->|$)", b"", probe, flags=re.DOTALL)
     prolog_end = re.search(rb"<[A-Za-z_]", probe)
     if _DOCTYPE.search(probe[: prolog_end.start()] if prolog_end else probe):
-        raise FileError(
-            "the XML has a DOCTYPE; documents with DTDs or entity declarations are refused "
-            "(they can expand to gigabytes or read local files). Export without a DOCTYPE.",
-            1,
-        )
+        raise _doctype_error()
+
+
+def _refuse_parsed_dtd(element: etree._Element) -> None:
+    docinfo = element.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise _doctype_error()
+
+
+def _doctype_error() -> FileError:
+    return FileError(
+        "the XML has a DOCTYPE; documents with DTDs or entity declarations are refused "
+        "(they can expand to gigabytes or read local files). Export without a DOCTYPE.",
+        1,
+    )
 
 
 def _path_matcher(steps: list[tuple[bool, str]]):
