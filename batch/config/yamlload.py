@@ -172,11 +172,19 @@ def problems_from_validation(exc: ValidationError, loaded: LoadedYaml, model: ty
             message = "required key is missing"
         elif error["type"] in ("value_error", "assertion_error"):
             message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        elif "input" in error and not isinstance(error["input"], (dict, list)):
+        elif "input" in error and not isinstance(error["input"], (dict, list)) and not _is_secret_path(loc):
             message = f"{message} (got {error['input']!r})"
         problems.append(loaded.problem(loc, message))
     problems.sort(key=lambda p: (p.line or 0, p.column or 0))
     return problems
+
+
+_SECRET_WORDS = ("apicode", "token", "password", "passphrase", "secret")
+
+
+def _is_secret_path(loc: KeyPath) -> bool:
+    """Never echo what was written under a secret's key: it may be the secret itself."""
+    return any(isinstance(part, str) and any(word in part.lower() for word in _SECRET_WORDS) for part in loc)
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -1,0 +1,414 @@
+"""Deliver events: bounded concurrency, per-usage-place order, rate limit, retries.
+
+Ordering rule: events with the same ``usageplacecode`` are sent one after another in
+input order, never concurrently — the next one leaves only when the previous one is
+final (accepted or rejected). A transient failure keeps the place blocked while the
+event waits for its retry. If an event of a place ends ``failed``, the later events of
+that place are not sent in this run (they would overtake it) and end ``failed`` too.
+Events without a usageplacecode have no ordering constraint.
+
+Threads: ``max_in_flight`` worker threads send; the thread that calls :func:`deliver`
+reads ``items`` lazily, schedules retries, and calls ``on_result`` — so a journal can
+use its own SQLite connection in the callback. Delivery keeps no state of its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from batch.config.api import DeliverySettings
+from batch.ropo import SendKind, SendResult
+
+log = logging.getLogger(__name__)
+
+
+class State(str, Enum):
+    ACCEPTED = "accepted"  # 2xx: final
+    REJECTED = "rejected"  # permanent 4xx: final
+    FAILED = "failed"      # transient errors outlasted the attempt budget or the deadline
+    PENDING = "pending"    # not finished because delivery stopped (stop event, auth failure)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event to send. ``key`` is opaque here (the journal's row id)."""
+
+    key: Any
+    usageplacecode: str | None
+    body: bytes | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: State
+    attempts: int           # POSTs made for this event in this run
+    status: int | None      # last HTTP status, None if there was no answer
+    message: str = ""
+
+
+@dataclass
+class DeliveryReport:
+    counts: dict[State, int] = field(default_factory=lambda: {s: 0 for s in State})
+    elapsed: float = 0.0
+    stopped: bool = False         # the stop event ended the run early
+    deadline_hit: bool = False
+    auth_error: str | None = None  # credentials refused: everything left is pending
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Sender(Protocol):
+    def send_event(self, event: bytes | Mapping[str, Any]) -> SendResult: ...
+
+
+OnResult = Callable[[Outgoing, Outcome], None]
+
+
+def backoff_delay(attempt: int, settings: DeliverySettings,
+                  retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    delay = min(settings.backoff_cap, settings.backoff_base * (2 ** (attempt - 1)))
+    delay *= 1.0 - settings.backoff_jitter * (rng or random).random()
+    return max(delay, retry_after or 0.0)
+
+
+class TokenBucket:
+    """A thread-safe token bucket: ``rate`` per second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Take one token, waiting as needed. False if ``stop`` was set while waiting."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1.0  # a reservation: later callers queue behind this one
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait <= 0:
+            return True
+        if stop is None:
+            time.sleep(wait)
+            return True
+        return not stop.wait(wait)
+
+
+@dataclass(eq=False)
+class _Task:
+    item: Outgoing
+    place: Hashable
+    attempts: int = 0
+    status: int | None = None
+    message: str = ""
+
+    def outcome(self, state: State, message: str | None = None) -> Outcome:
+        return Outcome(state, self.attempts, self.status,
+                       self.message if message is None else message)
+
+    def cut_short(self, state: State, reason: str) -> Outcome:
+        """The outcome of a task the run ended before it was final."""
+        if self.attempts == 0:
+            return self.outcome(state, f"not sent: {reason}")
+        return self.outcome(state, f"{reason} after {self.attempts} attempt(s); "
+                                   f"last: {self.message}")
+
+
+_END = object()
+STOP_POLL = 0.1  # seconds: how soon the caller notices a set stop event
+
+
+class _Run:
+    """The scheduler of one deliver() call. All fields are guarded by ``lock``."""
+
+    def __init__(self, client: Sender, settings: DeliverySettings, stop: threading.Event,
+                 deadline: float | None, window: int) -> None:
+        self.client = client
+        self.settings = settings
+        self.stop = stop
+        self.deadline = deadline
+        self.window = window
+        self.limiter = (TokenBucket(settings.rate_limit, settings.rate_burst)
+                        if settings.rate_limit else None)
+        self.rng = random.Random()
+        self.lock = threading.Lock()
+        self.work_cv = threading.Condition(self.lock)  # workers wait here for a ready place
+        self.main_cv = threading.Condition(self.lock)  # the caller waits here for news
+        self.queues: dict[Hashable, deque[_Task]] = {}
+        self.ready: deque[Hashable] = deque()  # places whose head task may be sent now
+        self.delayed: list[tuple[float, int, Hashable]] = []  # (due, seq, place) retries
+        self.seq = itertools.count()
+        self.done: list[tuple[_Task, Outcome]] = []
+        self.in_flight = 0
+        self.buffered = 0        # tasks read from input and not yet reported
+        self.hold_until = 0.0    # after a 429 with Retry-After nobody sends before this
+        self.closing = False
+        self.halt: State | None = None  # set when the run ends early: what the rest become
+        self.halt_reason = ""
+        self.auth_error: str | None = None
+        self.deadline_hit = False
+
+    # ---- caller side (all under lock unless noted) ----------------------------------
+
+    def add(self, item: Outgoing) -> None:
+        place: Hashable = item.usageplacecode or ("no place", next(self.seq))
+        task = _Task(item, place)
+        self.buffered += 1
+        if self.halt is not None:
+            self.done.append((task, task.cut_short(self.halt, self.halt_reason)))
+            return
+        queue = self.queues.get(place)
+        if queue is None:
+            self.queues[place] = deque((task,))
+            self.ready.append(place)
+            self.work_cv.notify()
+        else:
+            queue.append(task)
+
+    def promote_due(self, now: float) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, place = heapq.heappop(self.delayed)
+            self.ready.append(place)
+            self.work_cv.notify()
+
+    def halt_now(self, state: State, reason: str) -> None:
+        """End the run early: every task not in flight becomes ``state``."""
+        if self.halt is None:
+            self.halt, self.halt_reason = state, reason
+        # A queued place is either ready, waiting for a retry, or has its head in flight;
+        # an in-flight head is finished (and its place dropped) by its worker.
+        waiting = set(self.ready).union(place for _, _, place in self.delayed)
+        self.ready.clear()
+        self.delayed.clear()
+        for place in waiting:
+            self._drop_place(place, self.halt, self.halt_reason)
+
+    def wait_timeout(self, now: float) -> float | None:
+        due = [self.delayed[0][0]] if self.delayed else []
+        if self.deadline is not None and self.halt is None:
+            due.append(self.deadline)
+        return max(0.0, min(due) - now) if due else None
+
+    # ---- worker side -------------------------------------------------------------------
+
+    def take(self) -> _Task | None:
+        with self.lock:
+            while True:
+                if self.ready:
+                    pause = self.hold_until - time.monotonic()
+                    if pause <= 0:
+                        place = self.ready.popleft()
+                        task = self.queues[place][0]
+                        task.attempts += 1
+                        self.in_flight += 1
+                        return task
+                    self.work_cv.wait(pause)
+                elif self.closing:
+                    return None
+                else:
+                    self.work_cv.wait()
+
+    def finish(self, task: _Task, result: SendResult | None) -> None:
+        """Record the result of one attempt (None: not sent because of the stop event)."""
+        with self.lock:
+            self.in_flight -= 1
+            if result is None:
+                task.attempts -= 1
+                if self.halt is None:
+                    self.halt_now(State.PENDING, "delivery stopped")
+                self._final(task, self.halt, task.cut_short(self.halt, self.halt_reason).message)
+            else:
+                task.status, task.message = result.status, result.message
+                self._settle(task, result)
+            self.main_cv.notify()
+
+    def _settle(self, task: _Task, result: SendResult) -> None:
+        if result.kind is SendKind.ACCEPTED:
+            self._final(task, State.ACCEPTED, "")
+        elif result.kind is SendKind.REJECTED:
+            self._final(task, State.REJECTED)
+        elif result.kind is SendKind.AUTH:
+            self.auth_error = result.message
+            self.halt_now(State.PENDING, result.message)
+            self._final(task, State.PENDING)
+        elif self.halt is not None:
+            self._final(task, self.halt, task.cut_short(self.halt, self.halt_reason).message)
+        else:
+            self._retry_or_fail(task, result)
+
+    def _retry_or_fail(self, task: _Task, result: SendResult) -> None:
+        now = time.monotonic()
+        if task.attempts >= self.settings.max_attempts:
+            self._fail_place(task, f"gave up after {task.attempts} attempts: {result.message}")
+            return
+        delay = backoff_delay(task.attempts, self.settings, result.retry_after, self.rng)
+        if self.deadline is not None and now + delay >= self.deadline:
+            self._fail_place(task, f"file deadline reached after {task.attempts} attempts: "
+                                   f"{result.message}")
+            return
+        if result.status == 429 and result.retry_after:
+            self.hold_until = max(self.hold_until, now + result.retry_after)
+        log.debug("event %s: %s, retry %d in %.2f s", task.item.key, result.message,
+                  task.attempts + 1, delay)
+        heapq.heappush(self.delayed, (now + delay, next(self.seq), task.place))
+
+    def _fail_place(self, task: _Task, message: str) -> None:
+        """The head failed: it and the rest of its place (which must not overtake) fail."""
+        queue = self.queues.pop(task.place)
+        queue.popleft()  # the head is ``task``
+        self.done.append((task, task.outcome(State.FAILED, message)))
+        held = f"an earlier event of usage place {task.item.usageplacecode} failed"
+        for rest in queue:
+            self.done.append((rest, rest.cut_short(State.FAILED, held)))
+
+    def _final(self, task: _Task, state: State, message: str | None = None) -> None:
+        """Report the head task of its place and let the next one of the place go."""
+        queue = self.queues[task.place]
+        queue.popleft()
+        self.done.append((task, task.outcome(state, message)))
+        if not queue:
+            del self.queues[task.place]
+        elif self.halt is None:
+            self.ready.append(task.place)
+            self.work_cv.notify()
+        else:
+            self._drop_place(task.place, self.halt, self.halt_reason)
+
+    def _drop_place(self, place: Hashable, state: State, reason: str) -> None:
+        for task in self.queues.pop(place, ()):
+            self.done.append((task, task.cut_short(state, reason)))
+
+
+def _worker(run: _Run) -> None:
+    while True:
+        task = run.take()
+        if task is None:
+            return
+        try:
+            if run.limiter is not None and not run.limiter.acquire(run.stop):
+                run.finish(task, None)
+                continue
+            if run.halt is not None or run.stop.is_set():  # unlocked read of a flag
+                run.finish(task, None)
+                continue
+            result = run.client.send_event(task.item.body)
+        except Exception as exc:  # a bug in a sender must not lose the item
+            log.exception("sending event %s failed unexpectedly", task.item.key)
+            result = SendResult(SendKind.TRANSIENT, None, f"internal error: {type(exc).__name__}")
+        run.finish(task, result)
+
+
+def deliver(
+    items: Iterable[Outgoing],
+    client: Sender,
+    settings: DeliverySettings,
+    on_result: OnResult,
+    *,
+    stop: threading.Event | None = None,
+    deadline: float | None = None,
+    window: int | None = None,
+) -> DeliveryReport:
+    """Send every item and call ``on_result(item, outcome)`` exactly once per item.
+
+    ``on_result`` runs in the calling thread. ``stop``: when set, no new attempt starts,
+    in-flight ones finish, and every unfinished item (including unread input) is
+    reported ``pending``. ``deadline``: a ``time.monotonic()`` instant; default
+    now + ``settings.deadline_seconds``; after it, unfinished items are ``failed``.
+    ``window``: how many items are read ahead of the ones finished (default
+    max(1000, 100 * max_in_flight)). If ``on_result`` raises, delivery stops, in-flight
+    requests finish unreported, and the exception propagates (those events may be sent
+    again by a later run: at-least-once).
+    """
+    started = time.monotonic()
+    if deadline is None and settings.deadline_seconds is not None:
+        deadline = started + settings.deadline_seconds
+    stop = stop or threading.Event()
+    run = _Run(client, settings, stop, deadline,
+               window or max(1000, 100 * settings.max_in_flight))
+    report = DeliveryReport()
+    workers = [threading.Thread(target=_worker, args=(run,), daemon=True,
+                                name=f"deliver-{i}") for i in range(settings.max_in_flight)]
+    for thread in workers:
+        thread.start()
+    try:
+        _dispatch(run, iter(items), on_result, report)
+    finally:
+        with run.lock:
+            run.closing = True
+            if run.halt is None and run.queues:  # only after an exception in on_result
+                run.halt_now(State.PENDING, "delivery aborted")
+            run.work_cv.notify_all()
+        for thread in workers:
+            thread.join()
+    report.elapsed = time.monotonic() - started
+    report.stopped = stop.is_set()
+    report.deadline_hit = run.deadline_hit
+    report.auth_error = run.auth_error
+    return report
+
+
+def _dispatch(run: _Run, items: Iterator[Outgoing], on_result: OnResult,
+              report: DeliveryReport) -> None:
+    exhausted = False
+    while True:
+        exhausted = _feed(run, items, exhausted)
+        with run.lock:
+            now = time.monotonic()
+            _check_halt(run, now)
+            run.promote_due(now)
+            if not run.done:
+                if exhausted and run.buffered == 0:
+                    return
+                if not exhausted and (run.buffered < run.window or run.halt is not None):
+                    continue  # read more input
+                timeout = run.wait_timeout(now)
+                # Poll the stop event too: it has no way to wake this condition.
+                run.main_cv.wait(STOP_POLL if timeout is None else min(timeout, STOP_POLL))
+            finished, run.done = run.done, []
+            run.buffered -= len(finished)
+        for task, outcome in finished:
+            report.counts[outcome.state] += 1
+            on_result(task.item, outcome)
+
+
+def _feed(run: _Run, items: Iterator[Outgoing], exhausted: bool) -> bool:
+    """Read input while the window has room; True when the input is used up."""
+    if exhausted:
+        return True
+    while True:
+        with run.lock:
+            if run.buffered >= run.window and run.halt is None:
+                return False
+        item = next(items, _END)
+        if item is _END:
+            return True
+        with run.lock:
+            run.add(item)  # type: ignore[arg-type]
+            if run.done and run.halt is None:
+                return False  # report as we go
+
+
+def _check_halt(run: _Run, now: float) -> None:
+    if run.halt is not None:
+        return
+    if run.stop.is_set():
+        run.halt_now(State.PENDING, "delivery stopped")
+    elif run.deadline is not None and now >= run.deadline:
+        run.deadline_hit = True
+        run.halt_now(State.FAILED, "the file deadline was reached")

@@ -1,0 +1,356 @@
+"""The Ropo One API client: a token, one event per call, and what the answer means.
+
+One ``requests.Session`` with a connection pool sized for the delivery concurrency is
+shared by all threads. The token is cached under a lock, renewed ``token_renew_margin``
+seconds before it expires (the JWT ``exp`` claim when readable, else the configured
+lifetime), and renewed once more when an event POST answers 401.
+
+Secrets (the API code, tokens) never appear in log records, exception texts or
+``SendResult`` messages: every text that may echo server output goes through
+:meth:`RopoClient.redact`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
+
+from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 300  # characters of a non-problem error body kept in a message
+REDACTED = "***"
+_USER_AGENT = "usageplace-batch"
+
+
+class SendKind(str, Enum):
+    ACCEPTED = "accepted"    # 2xx
+    REJECTED = "rejected"    # permanent 4xx: this event will never be accepted as it is
+    TRANSIENT = "transient"  # network error, timeout, 408, 429, 5xx: try again later
+    AUTH = "auth"            # credentials refused: a configuration problem, not the event's
+
+
+@dataclass(frozen=True)
+class SendResult:
+    kind: SendKind
+    status: int | None  # HTTP status of the event POST (or of /token for AUTH); None: no answer
+    message: str = ""
+    retry_after: float | None = None  # seconds, from Retry-After
+
+    @property
+    def final(self) -> bool:
+        return self.kind in (SendKind.ACCEPTED, SendKind.REJECTED)
+
+
+class AuthError(Exception):
+    """Ropo One refused the credentials (or the token endpoint answered nonsense)."""
+
+    def __init__(self, message: str, status: int | None = None,
+                 error_id: int | None = None, error_text: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+        self.error_text = error_text
+
+
+class TokenUnavailable(Exception):
+    """The token endpoint could not be reached or answered 5xx/408/429: transient."""
+
+    def __init__(self, message: str, status: int | None, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def encode_event(event: Mapping[str, Any] | bytes) -> bytes:
+    """The JSON body of one event (bytes are passed through untouched)."""
+    if isinstance(event, bytes):
+        return event
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(Retry().parse_retry_after(value)))
+    except InvalidHeader:
+        return None
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, read without verification; None if absent."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+class RopoClient:
+    """Thread-safe client for ``POST /token`` and ``POST /usageplace/event``.
+
+    ``pool_size`` should be at least the number of threads that send at once.
+    ``transient_statuses``: statuses retried by the caller (5xx always are transient).
+    ``env``: where ``${ENV_VAR}`` secret references are looked up (default os.environ).
+    """
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        pool_size: int = 8,
+        transient_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._credentials: Credentials = settings.credentials(env)
+        self._transient = frozenset(transient_statuses)
+        self._event_url = f"{settings.base_url}/usageplace/event"
+        self._token_url = f"{settings.base_url}/token"
+        self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._verify = settings.verify
+        self._session = self._make_session(pool_size)
+        self._token_lock = threading.Lock()
+        self._token: str | None = None
+        self._token_renew_at = 0.0  # time.monotonic() after which the token is renewed
+        self._secrets_lock = threading.Lock()
+        self._static_secrets = tuple(self._credentials.secrets())
+        self._recent_tokens: deque[str] = deque(maxlen=8)  # fetched tokens, for redaction
+        if self._credentials.token is not None:
+            self._token = self._credentials.token.get_secret_value()
+            self._token_renew_at = float("inf")
+        self.tokens_fetched = 0
+
+    def _make_session(self, pool_size: int) -> requests.Session:
+        session = requests.Session()
+        # +1: a token request can run while every sender holds a connection.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size) + 1,
+                              max_retries=0)  # POST is not idempotent: the caller retries
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        # Proxies from the environment (HTTPS_PROXY, NO_PROXY) are honoured; ``verify`` is
+        # passed on every request so REQUESTS_CA_BUNDLE cannot override ca_bundle.
+        session.headers.update({"User-Agent": _USER_AGENT, "Accept": "application/json"})
+        return session
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> RopoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RopoClient(base_url={self.settings.base_url!r})"
+
+    # ---- secrets -------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` with every known secret (API code, tokens) replaced by ***."""
+        with self._secrets_lock:
+            secrets = [*self._static_secrets, *self._recent_tokens]
+        for secret in secrets:
+            if secret and secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _remember_token(self, token: str) -> None:
+        with self._secrets_lock:
+            self._recent_tokens.append(token)
+
+    # ---- token -----------------------------------------------------------------------
+
+    def authenticate(self) -> None:
+        """Fetch a fresh token now (a start-up check).
+
+        Raises AuthError when the credentials are refused, TokenUnavailable when the
+        token endpoint cannot be reached or answers 5xx/408/429. A fixed token is not checked.
+        """
+        if self._credentials.token is not None:
+            return
+        self._bearer(force=True)
+
+    def _bearer(self, force: bool = False, stale: str | None = None) -> str:
+        """A valid token. ``stale``: the token a 401 refused (renewed only if still current)."""
+        with self._token_lock:
+            if self._credentials.token is not None:
+                return self._token  # type: ignore[return-value]
+            current = self._token
+            valid = current is not None and time.monotonic() < self._token_renew_at
+            # A 401 with ``stale`` renews only if no other thread has renewed meanwhile.
+            if valid and not force and current != stale:
+                return current  # type: ignore[return-value]
+            token, lifetime = self._fetch_token()
+            self._token = token
+            self._token_renew_at = time.monotonic() + max(
+                0.0, lifetime - self.settings.token_renew_margin
+            )
+            return token
+
+    def _fetch_token(self) -> tuple[str, float]:
+        creds = self._credentials
+        assert creds.cid is not None and creds.apicode is not None
+        body = {"cid": creds.cid, "apicode": creds.apicode.get_secret_value()}
+        log.debug("requesting a token for cid %s", creds.cid)
+        try:
+            response = self._session.post(self._token_url, json=body, timeout=self._timeout,
+                                          verify=self._verify)
+        except requests.RequestException as exc:
+            raise TokenUnavailable(
+                f"token request failed: {self._describe(exc)}", None, None) from None
+        with response:
+            status = response.status_code
+            if status == 400:
+                raise self._auth_error(response)
+            if status >= 500 or status in (408, 429):
+                raise TokenUnavailable(
+                    f"token request answered HTTP {status}", status,
+                    parse_retry_after(response.headers.get("Retry-After")))
+            if not 200 <= status < 300:
+                raise AuthError(f"token request answered HTTP {status}", status=status)
+            token = _token_from(response)
+        if token is None:
+            raise AuthError(f"token response (HTTP {status}) has no token", status=status)
+        self._remember_token(token)
+        self.tokens_fetched += 1
+        lifetime = self.settings.token_lifetime
+        exp = jwt_expiry(token)
+        if exp is not None:
+            lifetime = min(lifetime, exp - time.time())
+        log.debug("token received, renewing in %.0f s", lifetime - self.settings.token_renew_margin)
+        return token, lifetime
+
+    def _auth_error(self, response: requests.Response) -> AuthError:
+        error_id: int | None = None
+        error_text: str | None = None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            raw_id, raw_text = payload.get("errorId"), payload.get("errorText")
+            error_id = raw_id if isinstance(raw_id, int) else None
+            error_text = self.redact(str(raw_text)) if raw_text is not None else None
+        detail = ": ".join(str(p) for p in (
+            f"errorId {error_id}" if error_id is not None else None, error_text) if p)
+        message = (f"Ropo One refused the credentials for cid {self._credentials.cid} "
+                   f"(HTTP 400{': ' + detail if detail else ''}); check cid and apicode")
+        return AuthError(message, status=400, error_id=error_id, error_text=error_text)
+
+    # ---- events ----------------------------------------------------------------------
+
+    def send_event(self, event: Mapping[str, Any] | bytes) -> SendResult:
+        """POST one event and classify the answer. Never raises for HTTP or network trouble."""
+        body = encode_event(event)
+        try:
+            token = self._bearer()
+            response = self._post_event(body, token)
+            if response is not None and response.status_code == 401:
+                response.close()
+                if self._credentials.token is not None:
+                    return SendResult(SendKind.AUTH, 401, "the configured token was refused (401)")
+                log.debug("event POST answered 401, renewing the token once")
+                token = self._bearer(stale=token)
+                response = self._post_event(body, token)
+        except AuthError as exc:
+            return SendResult(SendKind.AUTH, exc.status, str(exc))
+        except TokenUnavailable as exc:
+            return SendResult(SendKind.TRANSIENT, exc.status, str(exc), exc.retry_after)
+        except requests.RequestException as exc:
+            return SendResult(SendKind.TRANSIENT, None, self._describe(exc))
+        with response:
+            return self._classify(response)
+
+    def _post_event(self, body: bytes, token: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return self._session.post(self._event_url, data=body, headers=headers,
+                                  timeout=self._timeout, verify=self._verify)
+
+    def _classify(self, response: requests.Response) -> SendResult:
+        status = response.status_code
+        if 200 <= status < 300:
+            return SendResult(SendKind.ACCEPTED, status)
+        if status == 401:
+            return SendResult(SendKind.AUTH, 401, "token refused (401) even after renewal")
+        message = self._problem_message(response)
+        if status >= 500 or status in self._transient:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return SendResult(SendKind.TRANSIENT, status, message, retry_after)
+        return SendResult(SendKind.REJECTED, status, message)
+
+    def _problem_message(self, response: requests.Response) -> str:
+        """``title: detail`` of an HttpApiProblem, else the start of the raw body."""
+        status = response.status_code
+        text = response.text
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            parts = [str(payload[k]) for k in ("title", "detail") if payload.get(k)]
+            if parts:
+                return self.redact(f"HTTP {status}: " + ": ".join(parts))
+        snippet = " ".join(text.split())
+        if len(snippet) > MESSAGE_LIMIT:
+            snippet = snippet[:MESSAGE_LIMIT] + "..."
+        reason = response.reason or ""
+        return self.redact(f"HTTP {status} {reason}" + (f": {snippet}" if snippet else ""))
+
+    def _describe(self, exc: requests.RequestException) -> str:
+        if isinstance(exc, requests.ConnectTimeout):
+            kind = "connect timeout"
+        elif isinstance(exc, requests.ReadTimeout):
+            kind = "read timeout"
+        elif isinstance(exc, requests.ConnectionError):
+            kind = "connection error"
+        else:
+            kind = type(exc).__name__
+        return self.redact(f"{kind}: {_root_cause(exc)}")
+
+
+def _token_from(response: requests.Response) -> str | None:
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    token = payload.get("token") if isinstance(payload, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception's text, which is the readable one in requests' chains."""
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    if seen.args and isinstance(seen.args[-1], BaseException):
+        seen = seen.args[-1]
+    text = str(seen) or type(seen).__name__
+    return text[:MESSAGE_LIMIT]
