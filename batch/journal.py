@@ -1,0 +1,721 @@
+"""The journal: the SQLite state of files and events.
+
+Every event of a file is recorded here before anything is sent, and every delivery
+result is recorded as soon as it is known, so that a restart after a crash or a kill
+continues where the work stopped and never re-sends an event Ropo One accepted.
+
+One SQLite file (path given by the caller), WAL mode, schema created on first use and
+versioned with ``PRAGMA user_version``.
+
+Concurrency
+    One connection per ``Journal``, shared by the threads of the process behind a lock
+    (delivery reports results from worker threads); every write is one ``BEGIN IMMEDIATE``
+    transaction. Several processes may open the same file: SQLite's file locks serialise
+    their writers and ``busy_timeout`` makes a writer wait instead of failing.
+
+Durability (what "recorded" means)
+    ``synchronous=NORMAL`` (the default): when a write method returns, its transaction is
+    committed to the WAL file through the OS, so it survives a crash or SIGKILL of the
+    process at any later moment. It does not yet survive a power loss or OS crash: that
+    takes an fsync, which costs milliseconds; doing one per result would cap recording
+    at a few hundred results per second on ordinary disks. ``flush()`` is the barrier that
+    makes every change committed so far survive power loss too; ``finish_file`` calls
+    it, and a caller must call it before acknowledging anything outside (receipt,
+    archive move). Open with ``synchronous="FULL"`` to fsync every commit instead.
+    The database is consistent after any crash in either mode (SQLite's WAL guarantee).
+
+What it cannot prevent
+    A crash between Ropo One's 2xx and ``record_result`` leaves the event pending, so it
+    is sent again after the restart: the window is one HTTP response, and it is inherent
+    to an API without an idempotency key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+# --------------------------------------------------------------------------- states
+
+EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate"]
+FileState = Literal["processing", "done", "error", "skipped"]
+ResultOutcome = Literal["accepted", "rejected", "failed"]
+
+#: Every event state, in the order receipts and summaries list them.
+OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")
+RESULT_OUTCOMES: frozenset[str] = frozenset({"accepted", "rejected", "failed"})
+#: States from which an event may still be (re)sent and may take a delivery result.
+SENDABLE_STATES: tuple[str, ...] = ("pending", "failed")
+FILE_FINAL_STATES: frozenset[str] = frozenset({"done", "error", "skipped"})
+
+PAGE_SIZE = 5000
+
+
+class JournalError(Exception):
+    """The journal cannot do what was asked (schema too new, misuse, inconsistent state)."""
+
+
+class FileInProgress(JournalError):
+    """The same file content is being processed right now by another live process."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One mapped record, to be recorded before sending.
+
+    ``error`` set means the record is invalid (mapping or validation failed): it is stored
+    with state ``invalid`` and that message, and never sent.
+    """
+
+    line: int
+    event_id: str | None
+    usageplacecode: str | None
+    status: str | None
+    payload: Mapping[str, Any] | None
+    error: str | None = None
+
+    @classmethod
+    def valid(cls, line: int, payload: Mapping[str, Any]) -> NewEvent:
+        return cls(line, _opt_str(payload.get("id")), _opt_str(payload.get("usageplacecode")),
+                   _opt_str(payload.get("status")), payload)
+
+    @classmethod
+    def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None) -> NewEvent:
+        """An invalid record; ``payload`` is whatever part of the event could be mapped."""
+        partial = payload or {}
+        return cls(line, _opt_str(partial.get("id")), _opt_str(partial.get("usageplacecode")),
+                   _opt_str(partial.get("status")), payload, error)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of delivering one event (accepted only after a 2xx)."""
+
+    file_id: int
+    line: int
+    outcome: ResultOutcome
+    http_status: int | None = None
+    message: str | None = None
+    attempts: int = 1  # HTTP attempts this result took; added to the stored count
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    file_id: int
+    line: int
+    event_id: str | None
+    usageplacecode: str | None
+    status: str | None
+    state: str
+    attempts: int
+    http_status: int | None
+    message: str | None
+    payload_json: str | None
+    payload_sha256: str | None
+    updated_at: datetime
+
+    @property
+    def outcome(self) -> str:
+        """The receipt's name for the state (they are the same words)."""
+        return self.state
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        return None if self.payload_json is None else json.loads(self.payload_json)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: int
+    name: str
+    sha256: str
+    size: int
+    feed: str
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    counts: dict[str, int]
+    recorded: bool  # all events of the file are in the journal (mark_recorded was called)
+    original_id: int | None  # for a skipped file: the completed file with the same content
+    owner: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FILE_FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class BeginResult:
+    """What ``begin_file`` found: ``new`` -> process; ``resumed`` -> continue the unfinished
+    file (events may already be recorded, some sent); ``already_processed`` -> send nothing,
+    write the file-level receipt of ``file`` (state ``skipped``, its ``error`` says why)."""
+
+    file: FileRecord
+    outcome: Literal["new", "resumed", "already_processed"]
+    original: FileRecord | None = None
+
+
+# --------------------------------------------------------------------------- schema
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT    NOT NULL,
+        sha256        TEXT    NOT NULL,
+        size          INTEGER NOT NULL,
+        feed          TEXT    NOT NULL,
+        state         TEXT    NOT NULL
+                      CHECK (state IN ('processing', 'done', 'error', 'skipped')),
+        started_at    TEXT    NOT NULL,
+        finished_at   TEXT,
+        recorded_at   TEXT,
+        error         TEXT,
+        original_id   INTEGER REFERENCES files(id),
+        owner         TEXT    NOT NULL,
+        n_accepted    INTEGER NOT NULL DEFAULT 0,
+        n_rejected    INTEGER NOT NULL DEFAULT 0,
+        n_invalid     INTEGER NOT NULL DEFAULT 0,
+        n_failed      INTEGER NOT NULL DEFAULT 0,
+        n_duplicate   INTEGER NOT NULL DEFAULT 0,
+        n_pending     INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX files_by_content ON files (feed, sha256, state)",
+    """
+    CREATE TABLE events (
+        file_id         INTEGER NOT NULL REFERENCES files(id),
+        line            INTEGER NOT NULL,
+        event_id        TEXT,
+        usageplacecode  TEXT,
+        status          TEXT,
+        payload         TEXT,
+        payload_sha256  TEXT,
+        state           TEXT    NOT NULL
+                        CHECK (state IN ('pending', 'accepted', 'rejected', 'invalid',
+                                         'failed', 'duplicate')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        http_status     INTEGER,
+        message         TEXT,
+        updated_at      TEXT    NOT NULL,
+        PRIMARY KEY (file_id, line)
+    )
+    """,
+    # A full (not partial) index: event_id never changes, so recording a result does not
+    # touch it, and it serves both the cross-file and the within-file duplicate checks.
+    "CREATE INDEX events_by_event_id ON events (event_id)",
+    "CREATE INDEX events_failed ON events (file_id, line) WHERE state = 'failed'",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+#: MIGRATIONS[i] takes the schema from version i to version i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+
+# --------------------------------------------------------------------------- SQL (pure)
+
+_FILE_COLUMNS = (
+    "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
+    " original_id, owner, n_accepted, n_rejected, n_invalid, n_failed, n_duplicate, n_pending"
+)
+_EVENT_COLUMNS = (
+    "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
+    " payload, payload_sha256, updated_at"
+)
+
+SQL_INSERT_EVENT = """
+    INSERT OR IGNORE INTO events
+        (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
+         state, message, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+SQL_RECORD_RESULT = """
+    UPDATE events
+       SET state = ?, http_status = ?, message = ?, attempts = attempts + ?, updated_at = ?
+     WHERE file_id = ? AND line = ? AND state IN ('pending', 'failed')
+"""
+
+# An event whose id some other event already got accepted with (any file, including an
+# earlier line of this one) is a duplicate and is never sent.
+SQL_MARK_ALREADY_ACCEPTED = """
+    UPDATE events
+       SET state = 'duplicate', updated_at = :now,
+           message = (SELECT 'event id already accepted: file ' || quote(f.name)
+                             || ', line ' || a.line
+                             || CASE WHEN a.payload_sha256 IS NOT events.payload_sha256
+                                     THEN ', with different content' ELSE '' END
+                        FROM events AS a INDEXED BY events_by_event_id JOIN files AS f ON f.id = a.file_id
+                       WHERE a.event_id = events.event_id AND a.state = 'accepted'
+                       ORDER BY a.file_id, a.line LIMIT 1)
+     WHERE file_id = :file_id AND line BETWEEN :first AND :last
+       AND state IN ('pending', 'failed') AND event_id IS NOT NULL
+       AND EXISTS (SELECT 1 FROM events AS a INDEXED BY events_by_event_id
+                    WHERE a.event_id = events.event_id AND a.state = 'accepted')
+"""
+
+# A later line repeating an event id of an earlier valid line of the same file would send
+# the id twice; it is marked duplicate of that line. INDEXED BY: without statistics the
+# planner would walk the primary key over all earlier lines (quadratic in the file).
+SQL_MARK_REPEATED_IN_FILE = """
+    UPDATE events
+       SET state = 'duplicate', updated_at = :now,
+           message = 'same event id as line ' ||
+                     (SELECT min(b.line) FROM events AS b INDEXED BY events_by_event_id
+                       WHERE b.event_id = events.event_id AND b.file_id = events.file_id
+                         AND b.line < events.line AND b.state <> 'invalid')
+     WHERE file_id = :file_id AND line BETWEEN :first AND :last
+       AND state IN ('pending', 'failed') AND event_id IS NOT NULL
+       AND EXISTS (SELECT 1 FROM events AS b INDEXED BY events_by_event_id
+                    WHERE b.event_id = events.event_id AND b.file_id = events.file_id
+                      AND b.line < events.line AND b.state <> 'invalid')
+"""
+
+SQL_COUNT_BY_STATE = "SELECT state, count(*) FROM events WHERE file_id = ? GROUP BY state"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_text(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("journal times must be timezone-aware")
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def from_text(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def canonical_json(payload: Mapping[str, Any]) -> str:
+    """The JSON text stored and sent: compact, UTF-8 (not \\u-escaped), keys in mapping order."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """A hash of the content, independent of key order, to tell same from different content."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, ...]:
+    """The SQL_INSERT_EVENT parameters for one mapped record."""
+    if event.payload is None:
+        payload_json = digest = None
+    else:
+        payload_json, digest = canonical_json(event.payload), payload_digest(event.payload)
+    if event.error is not None:
+        state = "invalid"
+    elif event.payload is None:
+        raise ValueError(f"line {event.line}: a valid event needs a payload")
+    else:
+        state = "pending"
+    return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
+            payload_json, digest, state, event.error, now)
+
+
+def result_params(result: Result, now: str) -> tuple[Any, ...]:
+    """The SQL_RECORD_RESULT parameters for one delivery result."""
+    if result.outcome not in RESULT_OUTCOMES:
+        raise ValueError(f"not a delivery outcome: {result.outcome!r}")
+    if result.attempts < 0:
+        raise ValueError("attempts cannot be negative")
+    return (result.outcome, result.http_status, result.message, result.attempts, now,
+            result.file_id, result.line)
+
+
+def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for state, number in rows:
+        counts[state] = number
+    return counts
+
+
+def file_from_row(row: Sequence[Any]) -> FileRecord:
+    (id_, name, sha256, size, feed, state, started, finished, error, recorded, original,
+     owner, *numbers) = row
+    return FileRecord(
+        id=id_, name=name, sha256=sha256, size=size, feed=feed, state=state,
+        started_at=from_text(started), finished_at=from_text(finished), error=error,
+        counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
+        original_id=original, owner=owner,
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> EventRecord:
+    (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
+     digest, updated) = row
+    return EventRecord(file_id, line, event_id, code, status, state, attempts, http_status,
+                       message, payload, digest, from_text(updated))
+
+
+def already_processed_message(original: FileRecord) -> str:
+    when = original.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC") if original.finished_at else "?"
+    return (f"Already processed: this file has the same content as {original.name!r}, "
+            f"finished {when}; nothing was sent again.")
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_other_live_process(owner: str) -> bool:
+    """True if ``owner`` names another process on this host that is still running."""
+    host, _, pid_text = owner.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another host cannot share a SQLite WAL file; treat as gone
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class Journal:
+    """The journal in one SQLite file; safe to share between the threads of a process."""
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+                 busy_timeout_s: float = 30.0, clock: Callable[[], datetime] = utc_now) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout_s = busy_timeout_s
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                     isolation_level=None, check_same_thread=False)
+        try:
+            self._configure()
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _configure(self) -> None:
+        self._enable_wal()
+        self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+
+    def _enable_wal(self) -> None:
+        # Switching a new database to WAL can fail with "database is locked" without the
+        # busy handler being called (two processes creating the file at once), so retry.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if mode.lower() != "wal":
+            raise JournalError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+
+    def _migrate(self) -> None:
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        with self._write() as conn:  # IMMEDIATE: two processes never create it twice
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self.path}: journal schema version {version} is newer "
+                                   f"than this program supports ({SCHEMA_VERSION})")
+            for steps in MIGRATIONS[version:]:
+                for statement in steps:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on success (see the module's durability note)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _now(self) -> str:
+        return to_text(self.clock())
+
+    # -- durability
+
+    def flush(self) -> None:
+        """Durability barrier: every change committed so far survives power loss after this.
+
+        Commits a tiny write with ``synchronous=FULL``, which fsyncs the WAL file and with
+        it every frame committed before (by any connection).
+        """
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._write() as conn:
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('flushed_at', ?)",
+                                 (self._now(),))
+            finally:
+                self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
+
+    # -- files
+
+    def begin_file(self, name: str, sha256: str, size: int, feed: str,
+                   force: bool = False) -> BeginResult:
+        """Register a file before processing it; see ``BeginResult`` for the three outcomes.
+
+        Same content = same ``sha256`` in the same ``feed``. A completed (``done``) file with
+        that content makes this one ``already_processed`` (recorded as ``skipped``) unless
+        ``force``; an unfinished one (crash, kill, resume after an exception) is returned to
+        be resumed, whatever ``force`` says; ``error`` files do not count (the content is
+        processed anew once the cause is fixed). Raises ``FileInProgress`` if the unfinished
+        file belongs to another live process. Forcing does not send an event twice: ids
+        already accepted become ``duplicate`` when the events are recorded.
+        """
+        now = self._now()
+        with self._write() as conn:
+            unfinished = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
+                " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
+            if unfinished is not None:
+                record = file_from_row(unfinished)
+                if owner_is_other_live_process(record.owner):
+                    raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
+                                         f"#{record.id}) is being processed by {record.owner}")
+                conn.execute("UPDATE files SET owner = ? WHERE id = ?", (this_process(), record.id))
+                return BeginResult(self._file(conn, record.id), "resumed")
+
+            done = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
+                " AND state = 'done' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
+            if done is not None and not force:
+                original = file_from_row(done)
+                file_id = conn.execute(
+                    "INSERT INTO files (name, sha256, size, feed, state, started_at, finished_at,"
+                    " error, original_id, owner) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)",
+                    (name, sha256, size, feed, now, now, already_processed_message(original),
+                     original.id, this_process())).lastrowid
+                return BeginResult(self._file(conn, file_id), "already_processed", original)
+
+            file_id = conn.execute(
+                "INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
+                " VALUES (?, ?, ?, ?, 'processing', ?, ?)",
+                (name, sha256, size, feed, now, this_process())).lastrowid
+            return BeginResult(self._file(conn, file_id), "new")
+
+    def mark_recorded(self, file_id: int) -> None:
+        """Say that every record of the file is now in the journal (a resume may skip reading)."""
+        with self._write() as conn:
+            conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, ?) WHERE id = ?",
+                         (self._now(), file_id))
+
+    def finish_file(self, file_id: int, state: Literal["done", "error"],
+                    error: str | None = None) -> FileRecord:
+        """Close the file: state, finish time, counts per outcome from its events; then flush().
+
+        ``done`` is refused while events are still pending (they would never be sent).
+        """
+        if state not in ("done", "error"):
+            raise ValueError(f"a file finishes as done or error, not {state!r}")
+        with self._write() as conn:
+            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
+            if state == "done" and counts["pending"]:
+                raise JournalError(f"file #{file_id}: {counts['pending']} events still pending")
+            changed = conn.execute(
+                "UPDATE files SET state = ?, finished_at = ?, error = ?, n_accepted = ?,"
+                " n_rejected = ?, n_invalid = ?, n_failed = ?, n_duplicate = ?, n_pending = ?"
+                " WHERE id = ?",
+                (state, self._now(), error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
+            if not changed:
+                raise JournalError(f"no file #{file_id}")
+        self.flush()
+        return self.get_file(file_id)
+
+    def refresh_counts(self, file_id: int) -> FileRecord:
+        """Recompute a finished file's counts (after ``retry`` delivered some failed events)."""
+        with self._write() as conn:
+            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
+            conn.execute("UPDATE files SET n_accepted = ?, n_rejected = ?, n_invalid = ?,"
+                         " n_failed = ?, n_duplicate = ?, n_pending = ? WHERE id = ?",
+                         (*(counts[o] for o in OUTCOMES), file_id))
+        return self.get_file(file_id)
+
+    def get_file(self, file_id: int) -> FileRecord:
+        with self._lock:
+            return self._file(self._conn, file_id)
+
+    def _file(self, conn: sqlite3.Connection, file_id: int) -> FileRecord:
+        row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"no file #{file_id}")
+        record = file_from_row(row)
+        if record.state == "processing":  # stored counts are set at finish; show live ones
+            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
+            record = replace(record, counts=live)
+        return record
+
+    def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]:
+        """The latest files, newest first, optionally of one feed."""
+        where, params = ("WHERE feed = ?", (feed, limit)) if feed is not None else ("", (limit,))
+        with self._lock:
+            ids = [row[0] for row in self._conn.execute(
+                f"SELECT id FROM files {where} ORDER BY id DESC LIMIT ?", params)]
+            return [self._file(self._conn, file_id) for file_id in ids]
+
+    def file_counts(self, file_id: int) -> dict[str, int]:
+        """Live counts per outcome from the events table."""
+        return counts_from_rows(self._read(SQL_COUNT_BY_STATE, (file_id,)))
+
+    # -- events
+
+    def record_events(self, file_id: int, events: Iterable[NewEvent]) -> int:
+        """Record mapped events (one transaction), before anything is sent.
+
+        Idempotent on (file, line): a resumed run recording the same lines again changes
+        nothing. Events whose id was already accepted (or repeats an earlier line of this
+        file) become ``duplicate``. Returns the number of rows newly inserted.
+        """
+        now = self._now()
+        params = [event_insert_params(file_id, event, now) for event in events]
+        if not params:
+            return 0
+        lines = [p[1] for p in params]
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(SQL_INSERT_EVENT, params)
+            inserted = conn.total_changes - before
+            self._mark_duplicates(conn, file_id, min(lines), max(lines), now)
+        return inserted
+
+    def mark_duplicates(self, file_id: int) -> int:
+        """Mark the file's unsent events whose id was accepted meanwhile; returns how many."""
+        with self._write() as conn:
+            return self._mark_duplicates(conn, file_id, None, None, self._now())
+
+    @staticmethod
+    def _mark_duplicates(conn: sqlite3.Connection, file_id: int, first: int | None,
+                         last: int | None, now: str) -> int:
+        bounds = {"file_id": file_id, "now": now,
+                  "first": -(2**63) if first is None else first,
+                  "last": 2**63 - 1 if last is None else last}
+        marked = conn.execute(SQL_MARK_ALREADY_ACCEPTED, bounds).rowcount
+        return marked + conn.execute(SQL_MARK_REPEATED_IN_FILE, bounds).rowcount
+
+    def to_send(self, file_id: int, include_failed: bool = False) -> Iterator[EventRecord]:
+        """The events still to deliver (pending; and failed, for a retry), in record order.
+
+        First marks as duplicate those whose id got accepted meanwhile (e.g. by another file),
+        so a retry never re-sends an accepted id. Read lazily in pages; results recorded
+        while iterating do not disturb it.
+        """
+        self.mark_duplicates(file_id)
+        states = SENDABLE_STATES if include_failed else ("pending",)
+        marks = ", ".join("?" for _ in states)
+        return self._paged_events(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND state IN ({marks})"
+            " AND line > ? ORDER BY line LIMIT ?", (file_id, *states))
+
+    def file_events(self, file_id: int) -> Iterator[EventRecord]:
+        """Every event of the file in record order (for the receipt), read lazily in pages."""
+        return self._paged_events(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line > ?"
+            " ORDER BY line LIMIT ?", (file_id,))
+
+    def _paged_events(self, sql: str, params: tuple[Any, ...]) -> Iterator[EventRecord]:
+        # Keyset pagination on line: the lock is held per page only, so worker threads can
+        # record results while a caller walks a large file.
+        after = -(2**63)
+        while True:
+            rows = self._read(sql, (*params, after, PAGE_SIZE))
+            yield from (event_from_row(row) for row in rows)
+            if len(rows) < PAGE_SIZE:
+                return
+            after = rows[-1][1]
+
+    def failed_events(self, file_id: int | None = None) -> list[EventRecord]:
+        """Events whose delivery failed (transient errors outlasted retries), by file and line."""
+        where, params = ("AND file_id = ?", (file_id,)) if file_id is not None else ("", ())
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
+                          " ORDER BY file_id, line", params)
+        return [event_from_row(row) for row in rows]
+
+    def accepted_elsewhere(self, event_id: str) -> EventRecord | None:
+        """The first accepted event with this id, if any (indexed lookup)."""
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?"
+                          " AND state = 'accepted' ORDER BY file_id, line LIMIT 1", (event_id,))
+        return event_from_row(rows[0]) if rows else None
+
+    def get_event(self, file_id: int, line: int) -> EventRecord | None:
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line = ?",
+                          (file_id, line))
+        return event_from_row(rows[0]) if rows else None
+
+    # -- results
+
+    def record_result(self, file_id: int, line: int, outcome: ResultOutcome, *,
+                      http_status: int | None = None, message: str | None = None,
+                      attempts: int = 1) -> bool:
+        """Record one delivery result; committed when this returns (survives SIGKILL).
+
+        Applies only to an event still pending or failed; returns False otherwise (already
+        final, or no such event), so a late or repeated result never overwrites ``accepted``.
+        """
+        return self.record_results(
+            [Result(file_id, line, outcome, http_status, message, attempts)]) == 1
+
+    def record_results(self, results: Iterable[Result]) -> int:
+        """Record several results in one transaction (same guarantee); returns how many applied."""
+        now = self._now()
+        params = [result_params(result, now) for result in results]
+        if not params:
+            return 0
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(SQL_RECORD_RESULT, params)
+            return conn.total_changes - before

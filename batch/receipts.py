@@ -1,0 +1,231 @@
+"""Receipts: what happened to each record of an input file, for the legacy system.
+
+One receipt per input file, two files written atomically next to each other:
+
+- ``<input name>.receipt.csv``: a header and one row per record (line, event id, usage
+  place code, status, outcome, HTTP status, message), in the dialect and encoding the
+  caller gives (the feed defaults them to the input's); for a file-level failure or an
+  already processed file, one row that says so in a sentence;
+- ``<input name>.receipt.json``: the summary (counts per outcome, file, times, error).
+
+The CSV is written first and the JSON last, so a present JSON means a complete receipt.
+Row building is pure; the writers only stream rows into ``fsutil.atomic_writer``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from batch.fsutil import atomic_writer
+
+RECEIPT_COLUMNS: tuple[str, ...] = (
+    "line", "event_id", "usageplacecode", "status", "outcome", "http_status", "message",
+)
+OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")
+
+#: The outcome word of the single row of a file-level receipt, by file state.
+FILE_LEVEL_OUTCOMES: Mapping[str, str] = {"error": "file_error", "skipped": "already_processed"}
+
+# OWASP CSV injection: a cell starting with one of these may be run as a formula.
+FORMULA_TRIGGERS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+# A plain negative number cannot run anything, and event ids / codes must reach the legacy
+# system unchanged when they can, so "-5" or "-12.50" stays as it is.
+_PLAIN_NEGATIVE_NUMBER = re.compile(r"-\d+(?:[.,]\d+)?")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class EventOutcome(Protocol):
+    """What a receipt row needs of an event (``journal.EventRecord`` has it)."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def event_id(self) -> str | None: ...
+    @property
+    def usageplacecode(self) -> str | None: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def http_status(self) -> int | None: ...
+    @property
+    def message(self) -> str | None: ...
+
+
+class FileInfo(Protocol):
+    """What a summary needs of a file (``journal.FileRecord`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def feed(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptFormat:
+    """The receipt's CSV dialect and encoding."""
+
+    delimiter: str = ","
+    quotechar: str = '"'
+    lineterminator: str = "\r\n"
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptNames:
+    csv: str
+    json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPaths:
+    csv: Path
+    json: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
+    line: int | None
+    event_id: str | None
+    usageplacecode: str | None
+    status: str | None
+    outcome: str
+    http_status: int | None
+    message: str | None
+
+    def cells(self) -> list[str]:
+        """The row as CSV cells: empty for None, formula triggers neutralised."""
+        values = (self.line, self.event_id, self.usageplacecode, self.status, self.outcome,
+                  self.http_status, self.message)
+        return [neutralise_cell("" if value is None else str(value)) for value in values]
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def receipt_names(input_name: str) -> ReceiptNames:
+    """The receipt file names for an input file name (the one place that decides them)."""
+    name = os.path.basename(input_name)
+    if not name:
+        raise ValueError(f"not a file name: {input_name!r}")
+    return ReceiptNames(csv=f"{name}.receipt.csv", json=f"{name}.receipt.json")
+
+
+def neutralise_cell(text: str) -> str:
+    """Prefix a single quote to a cell a spreadsheet would run as a formula."""
+    if text.startswith(FORMULA_TRIGGERS) and not _PLAIN_NEGATIVE_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def receipt_row(event: EventOutcome) -> ReceiptRow:
+    return ReceiptRow(event.line, event.event_id, event.usageplacecode, event.status,
+                      event.outcome, event.http_status, event.message)
+
+
+def file_level_row(file: FileInfo) -> ReceiptRow:
+    """The single row of a receipt for a file that was not processed record by record."""
+    outcome = FILE_LEVEL_OUTCOMES.get(file.state)
+    if outcome is None:
+        raise ValueError(f"{file.name}: a file in state {file.state!r} has no file-level receipt")
+    return ReceiptRow(None, None, None, None, outcome, None, one_line(file.error or outcome))
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace runs (newlines included) so a message reads as one line."""
+    return " ".join(text.split())
+
+
+def summary(file: FileInfo, names: ReceiptNames) -> dict[str, Any]:
+    """The JSON summary of a receipt."""
+    counts = {outcome: int(file.counts.get(outcome, 0)) for outcome in OUTCOMES}
+    finished = file.finished_at
+    duration = None if finished is None else round((finished - file.started_at).total_seconds(), 3)
+    return {
+        "file": file.name,
+        "sha256": file.sha256,
+        "size": file.size,
+        "feed": file.feed,
+        "state": file.state,
+        "started": file.started_at.isoformat(),
+        "finished": None if finished is None else finished.isoformat(),
+        "duration_seconds": duration,
+        "records": sum(counts.values()),
+        "counts": counts,
+        "error": file.error,
+        "receipt": names.csv,
+    }
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_csv_rows(handle: BinaryIO, rows: Iterable[ReceiptRow], fmt: ReceiptFormat) -> None:
+    """Stream the header and rows into a binary file in ``fmt``'s dialect and encoding.
+
+    Characters the encoding cannot hold become its replacement character ('?').
+    """
+    text = io.TextIOWrapper(handle, encoding=fmt.encoding, errors="replace", newline="")
+    try:
+        writer = csv.writer(text, delimiter=fmt.delimiter, quotechar=fmt.quotechar,
+                            lineterminator=fmt.lineterminator, quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(RECEIPT_COLUMNS)
+        writer.writerows(row.cells() for row in rows)
+        text.flush()
+    finally:
+        text.detach()  # the caller owns (and closes) the binary file
+
+
+def summary_bytes(document: Mapping[str, Any]) -> bytes:
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def write_receipt(directory: str | os.PathLike[str], file: FileInfo,
+                  events: Iterable[EventOutcome],
+                  fmt: ReceiptFormat = ReceiptFormat()) -> ReceiptPaths:
+    """Write the receipt of a processed file: one row per event (in the order given)."""
+    return _write(Path(directory), file, (receipt_row(event) for event in events), fmt)
+
+
+def write_file_level_receipt(directory: str | os.PathLike[str], file: FileInfo,
+                             fmt: ReceiptFormat = ReceiptFormat()) -> ReceiptPaths:
+    """Write the receipt of a file-level failure (state ``error``) or an already processed
+    file (state ``skipped``): one row whose message is ``file.error``, and the summary."""
+    return _write(Path(directory), file, iter([file_level_row(file)]), fmt)
+
+
+def _write(directory: Path, file: FileInfo, rows: Iterator[ReceiptRow],
+           fmt: ReceiptFormat) -> ReceiptPaths:
+    names = receipt_names(file.name)
+    paths = ReceiptPaths(directory / names.csv, directory / names.json)
+    with atomic_writer(paths.csv) as handle:
+        write_csv_rows(handle, rows, fmt)
+    with atomic_writer(paths.json) as handle:
+        handle.write(summary_bytes(summary(file, names)))
+    return paths

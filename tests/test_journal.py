@@ -1,0 +1,495 @@
+"""The journal on real SQLite files, with real threads, processes and SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch import journal as journal_module
+from batch.journal import (
+    SCHEMA_VERSION,
+    FileInProgress,
+    Journal,
+    JournalError,
+    NewEvent,
+    Result,
+)
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def event(line: int, event_id: str, code: str = "643007572062443672", **extra: object) -> NewEvent:
+    payload = {"id": event_id, "usageplacecode": code, "status": "disconnected", **extra}
+    return NewEvent.valid(line, payload)
+
+
+def states(journal: Journal, file_id: int) -> dict[int, str]:
+    return {e.line: e.state for e in journal.file_events(file_id)}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "journal.sqlite"
+
+
+@pytest.fixture
+def journal(db: Path) -> Iterator[Journal]:
+    with Journal(db) as j:
+        yield j
+
+
+def new_file(journal: Journal, name: str = "a.csv", sha: str = SHA_A, feed: str = "feed") -> int:
+    begun = journal.begin_file(name, sha, 100, feed)
+    assert begun.outcome == "new"
+    return begun.file.id
+
+
+def run_child(db: Path, body: str) -> subprocess.Popen[str]:
+    """Start a Python child with ``j`` = Journal(db) open, running ``body``."""
+    code = "import sys, time\nfrom batch.journal import *\n" \
+           f"j = Journal({str(db)!r})\n" + textwrap.dedent(body)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def kill(child: subprocess.Popen[str]) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_schema_is_created_on_first_use_in_wal_mode(journal: Journal, db: Path) -> None:
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"files", "events", "meta"} <= tables
+
+
+def test_reopening_keeps_the_data(db: Path) -> None:
+    with Journal(db) as first:
+        file_id = new_file(first)
+        first.record_events(file_id, [event(1, "E1")])
+    with Journal(db) as second:
+        assert [e.event_id for e in second.file_events(file_id)] == ["E1"]
+
+
+def test_a_newer_schema_is_refused(db: Path) -> None:
+    Journal(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(JournalError, match="newer"):
+        Journal(db)
+
+
+def test_synchronous_mode_is_normal_by_default_and_restored_after_flush(journal: Journal) -> None:
+    normal = 1
+    assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+    journal.flush()
+    assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+
+
+# --------------------------------------------------------------------------- begin_file
+
+
+def test_an_unfinished_file_with_the_same_content_is_resumed(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
+    again = journal.begin_file("a.csv", SHA_A, 100, "feed")
+    assert again.outcome == "resumed"
+    assert again.file.id == file_id
+    assert again.file.counts["pending"] == 2
+
+
+def test_a_completed_file_with_the_same_content_is_already_processed(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.finish_file(file_id, "done")
+    again = journal.begin_file("renamed.csv", SHA_A, 100, "feed")
+    assert again.outcome == "already_processed"
+    assert again.original is not None and again.original.id == file_id
+    assert again.file.id != file_id
+    assert again.file.state == "skipped"
+    assert again.file.original_id == file_id
+    assert again.file.error.startswith("Already processed")
+    assert "'a.csv'" in again.file.error
+    assert journal.recent_files(1)[0].id == again.file.id  # the admin sees the second drop
+
+
+def test_force_processes_a_completed_content_again(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.finish_file(file_id, "done")
+    forced = journal.begin_file("a.csv", SHA_A, 100, "feed", force=True)
+    assert forced.outcome == "new" and forced.file.id != file_id
+
+
+def test_content_is_recognised_per_feed_and_errors_do_not_count(journal: Journal) -> None:
+    first = new_file(journal, feed="one")
+    journal.finish_file(first, "done")
+    assert journal.begin_file("a.csv", SHA_A, 100, "two").outcome == "new"
+    failed = new_file(journal, sha=SHA_B)
+    journal.finish_file(failed, "error", "missing required column 'usageplacecode'")
+    assert journal.begin_file("a.csv", SHA_B, 100, "feed").outcome == "new"
+
+
+def test_a_file_owned_by_another_live_process_is_not_resumed(db: Path) -> None:
+    child = run_child(db, f"""
+        j.begin_file("a.csv", {SHA_A!r}, 100, "feed")
+        print("begun", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        assert child.stdout.readline().strip() == "begun", child.stderr.read()
+        with Journal(db) as journal:
+            with pytest.raises(FileInProgress):
+                journal.begin_file("a.csv", SHA_A, 100, "feed")
+            kill(child)
+            assert journal.begin_file("a.csv", SHA_A, 100, "feed").outcome == "resumed"
+    finally:
+        if child.poll() is None:
+            kill(child)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_recording_events_is_idempotent_per_line(journal: Journal) -> None:
+    file_id = new_file(journal)
+    batch = [event(1, "E1"), event(2, "E2"), NewEvent.invalid(3, "time: column 'Pvm' value 'x'")]
+    assert journal.record_events(file_id, batch) == 3
+    assert journal.record_events(file_id, batch) == 0
+    assert journal.record_events(file_id, [event(4, "E4"), *batch]) == 1
+    assert states(journal, file_id) == {1: "pending", 2: "pending", 3: "invalid", 4: "pending"}
+
+
+def test_invalid_events_keep_their_message_and_are_never_to_send(journal: Journal) -> None:
+    file_id = new_file(journal)
+    message = "time: column 'Pvm' value '32.13.2024' is not a date (formats: %d.%m.%Y)"
+    journal.record_events(file_id, [NewEvent.invalid(7, message, {"id": "E7"}), event(8, "E8")])
+    invalid = journal.get_event(file_id, 7)
+    assert (invalid.state, invalid.message, invalid.event_id) == ("invalid", message, "E7")
+    assert [e.line for e in journal.to_send(file_id)] == [8]
+
+
+def test_a_valid_event_needs_a_payload(journal: Journal) -> None:
+    file_id = new_file(journal)
+    with pytest.raises(ValueError):
+        journal.record_events(file_id, [NewEvent(1, "E1", None, None, None)])
+
+
+def test_payload_is_stored_as_json_with_a_content_hash(journal: Journal) -> None:
+    file_id = new_file(journal)
+    payload = {"id": "E1", "usageplacecode": "U1", "invoices": [{"jobid": 12, "invoicenumber": "Ä1"}]}
+    journal.record_events(file_id, [NewEvent.valid(1, payload),
+                                    NewEvent.valid(2, dict(reversed(payload.items())) | {"id": "E2"})])
+    first, second = journal.file_events(file_id)
+    assert first.payload == payload
+    assert '"Ä1"' in first.payload_json  # not \\u-escaped
+    assert first.usageplacecode == "U1"
+    assert len(first.payload_sha256) == 64 and first.payload_sha256 != second.payload_sha256
+    same_content_other_order = NewEvent.valid(1, dict(reversed(payload.items())))
+    assert journal_module.event_insert_params(1, same_content_other_order, "t")[6] == first.payload_sha256
+
+
+def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(line, f"E{line}") for line in (5, 1, 3, 2, 4)])
+    assert [e.line for e in journal.to_send(file_id)] == [1, 2, 3, 4, 5]
+    journal.record_result(file_id, 2, "failed", http_status=503, message="Service Unavailable")
+    journal.record_result(file_id, 3, "accepted", http_status=200)
+    journal.record_result(file_id, 4, "rejected", http_status=400, message="Bad Request")
+    assert [e.line for e in journal.to_send(file_id)] == [1, 5]
+    assert [e.line for e in journal.to_send(file_id, include_failed=True)] == [1, 2, 5]
+
+
+def test_iteration_is_paged_and_tolerates_results_recorded_meanwhile(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_module, "PAGE_SIZE", 3)
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 11)])
+    seen = []
+    for pending in journal.to_send(file_id):
+        seen.append(pending.line)
+        journal.record_result(file_id, pending.line, "accepted", http_status=200)
+    assert seen == list(range(1, 11))
+    assert [e.line for e in journal.file_events(file_id)] == list(range(1, 11))
+    assert list(journal.to_send(file_id)) == []
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_an_event_id_accepted_in_an_earlier_file_is_a_duplicate(journal: Journal) -> None:
+    first = new_file(journal, "monday.csv", SHA_A)
+    journal.record_events(first, [event(1, "E1"), event(2, "E2")])
+    journal.record_result(first, 1, "accepted", http_status=200)
+    journal.record_result(first, 2, "rejected", http_status=400, message="Bad Request")
+
+    second = new_file(journal, "tuesday.csv", SHA_B)
+    journal.record_events(second, [event(10, "E1"), event(11, "E2"), event(12, "E1", description="x")])
+    dup = journal.get_event(second, 10)
+    assert dup.state == "duplicate"
+    assert dup.message == "event id already accepted: file 'monday.csv', line 1"
+    assert journal.get_event(second, 11).state == "pending"  # only accepted ids count
+    assert journal.get_event(second, 12).message.endswith("with different content")
+    assert [e.line for e in journal.to_send(second)] == [11]
+    assert journal.accepted_elsewhere("E1").file_id == first
+    assert journal.accepted_elsewhere("E2") is None
+
+
+def test_a_repeated_event_id_within_a_file_is_sent_once(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [NewEvent.invalid(1, "bad", {"id": "E1"}), event(2, "E1")])
+    journal.record_events(file_id, [event(3, "E1")])  # a later chunk
+    assert states(journal, file_id) == {1: "invalid", 2: "pending", 3: "duplicate"}
+    assert journal.get_event(file_id, 3).message == "same event id as line 2"
+
+
+def test_retry_never_resends_an_id_accepted_meanwhile_by_another_file(journal: Journal) -> None:
+    first = new_file(journal, "monday.csv", SHA_A)
+    journal.record_events(first, [event(1, "E1")])
+    journal.record_result(first, 1, "failed", http_status=503, message="down", attempts=5)
+    journal.finish_file(first, "done")
+
+    second = new_file(journal, "tuesday.csv", SHA_B)
+    journal.record_events(second, [event(1, "E1")])
+    journal.record_result(second, 1, "accepted", http_status=200)
+
+    assert list(journal.to_send(first, include_failed=True)) == []
+    assert journal.get_event(first, 1).state == "duplicate"
+    assert journal.refresh_counts(first).counts["duplicate"] == 1
+
+
+def test_the_duplicate_lookup_uses_the_event_id_index(journal: Journal) -> None:
+    for sql in (journal_module.SQL_MARK_ALREADY_ACCEPTED, journal_module.SQL_MARK_REPEATED_IN_FILE):
+        plan = " ".join(row[3] for row in journal._conn.execute(
+            "EXPLAIN QUERY PLAN " + sql, {"file_id": 1, "first": 1, "last": 2, "now": "t"}))
+        assert "USING INDEX events_by_event_id (event_id=?)" in plan
+        assert "SCAN" not in plan
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_results_record_status_message_and_attempts(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
+    assert journal.record_result(file_id, 1, "failed", http_status=503, message="down", attempts=3)
+    assert journal.record_result(file_id, 1, "accepted", http_status=200, attempts=2)
+    assert journal.record_result(file_id, 2, "rejected", http_status=422,
+                                 message="Unprocessable: usageplacecode unknown")
+    accepted, rejected = journal.file_events(file_id)
+    assert (accepted.state, accepted.http_status, accepted.attempts) == ("accepted", 200, 5)
+    assert (rejected.state, rejected.http_status, rejected.message) == (
+        "rejected", 422, "Unprocessable: usageplacecode unknown")
+
+
+def test_a_late_result_never_overwrites_a_final_state(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), NewEvent.invalid(2, "bad")])
+    assert journal.record_result(file_id, 1, "accepted", http_status=200)
+    assert not journal.record_result(file_id, 1, "failed", http_status=503)
+    assert not journal.record_result(file_id, 2, "accepted", http_status=200)
+    assert not journal.record_result(file_id, 99, "accepted", http_status=200)
+    assert states(journal, file_id) == {1: "accepted", 2: "invalid"}
+
+
+def test_only_delivery_outcomes_are_results(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1")])
+    with pytest.raises(ValueError):
+        journal.record_result(file_id, 1, "duplicate")  # type: ignore[arg-type]
+
+
+def test_record_results_applies_a_batch_in_one_call(journal: Journal) -> None:
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 5)])
+    applied = journal.record_results([Result(file_id, 1, "accepted", 200),
+                                      Result(file_id, 2, "rejected", 400, "Bad Request"),
+                                      Result(file_id, 2, "accepted", 200),  # too late: rejected
+                                      Result(file_id, 3, "failed", None, "timeout")])
+    assert applied == 3
+    assert states(journal, file_id) == {1: "accepted", 2: "rejected", 3: "failed", 4: "pending"}
+
+
+def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
+    file_id = new_file(journal)
+    lines = range(1, 4001)
+    journal.record_events(file_id, [event(line, f"E{line}") for line in lines])
+    errors: list[BaseException] = []
+
+    def deliver(part: list[int]) -> None:
+        try:
+            for line in part:
+                outcome = "accepted" if line % 4 else "rejected"
+                assert journal.record_result(file_id, line, outcome, http_status=200)
+                journal.file_counts(file_id)  # readers interleave with writers
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=deliver, args=(list(lines)[k::8],)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    finished = journal.finish_file(file_id, "done")
+    assert finished.counts == {"accepted": 3000, "rejected": 1000, "invalid": 0, "failed": 0,
+                               "duplicate": 0, "pending": 0}
+
+
+def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
+    body = """
+        name = "{name}"
+        file_id = j.begin_file(name, name.ljust(64, "0"), 1, "feed").file.id
+        j.record_events(file_id, [NewEvent.valid(n, {{"id": name + str(n)}}) for n in range(1, 1501)])
+        for n in range(1, 1501):
+            assert j.record_result(file_id, n, "accepted", http_status=200)
+        j.finish_file(file_id, "done")
+        print("ok", flush=True)
+    """
+    children = [run_child(db, body.format(name=name)) for name in ("p1", "p2")]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and out.strip() == "ok", err
+    with Journal(db) as journal:
+        files = journal.recent_files(10)
+        assert sorted(f.name for f in files) == ["p1", "p2"]
+        assert all(f.state == "done" and f.counts["accepted"] == 1500 for f in files)
+
+
+# --------------------------------------------------------------------------- crash recovery
+
+
+def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
+    with Journal(db) as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 101)])
+    child = run_child(db, f"""
+        for line in range(1, 41):
+            j.record_result({file_id}, line, "accepted", http_status=200)
+        j.record_result({file_id}, 41, "failed", http_status=503, message="down", attempts=4)
+        print("recorded", flush=True)
+        time.sleep(60)
+    """)
+    assert child.stdout.readline().strip() == "recorded", child.stderr.read()
+    kill(child)
+
+    with Journal(db) as journal:
+        resumed = journal.begin_file("a.csv", SHA_A, 100, "feed")
+        assert resumed.outcome == "resumed" and resumed.file.id == file_id
+        assert resumed.file.counts == {"accepted": 40, "rejected": 0, "invalid": 0, "failed": 1,
+                                       "duplicate": 0, "pending": 59}
+        failed = journal.get_event(file_id, 41)
+        assert (failed.attempts, failed.http_status, failed.message) == (4, 503, "down")
+        assert [e.line for e in journal.to_send(file_id)] == list(range(42, 101))
+
+
+def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(db: Path) -> None:
+    """The child reports each line after record_result returned; it is killed mid-stream.
+
+    Every reported line must be accepted, and nothing beyond the one result that may have
+    been committed between the last report and the kill.
+    """
+    with Journal(db) as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 50_001)])
+    child = run_child(db, f"""
+        for line in range(1, 50_001):
+            j.record_result({file_id}, line, "accepted", http_status=200)
+            print(line, flush=True)
+    """)
+    reported = [int(child.stdout.readline()) for _ in range(3000)]
+    kill(child)
+    reported += [int(line) for line in child.stdout.read().split()]
+
+    with Journal(db) as journal:
+        accepted = [e.line for e in journal.file_events(file_id) if e.state == "accepted"]
+    assert reported == list(range(1, len(reported) + 1))
+    assert accepted[: len(reported)] == reported
+    assert len(accepted) - len(reported) in (0, 1)
+    assert len(accepted) < 50_000, "the kill came too late to test anything"
+
+
+def test_a_kill_during_bulk_recording_leaves_whole_batches(db: Path) -> None:
+    with Journal(db) as journal:
+        file_id = new_file(journal)
+    child = run_child(db, f"""
+        for chunk in range(200):
+            j.record_events({file_id}, [NewEvent.valid(chunk * 1000 + n, {{"id": f"E{{chunk}}-{{n}}"}})
+                                        for n in range(1000)])
+            print(chunk, flush=True)
+    """)
+    reported = [int(child.stdout.readline()) for _ in range(5)]
+    kill(child)
+    reported += [int(line) for line in child.stdout.read().split()]
+
+    with Journal(db) as journal:
+        rows = journal.file_counts(file_id)["pending"]
+    assert rows % 1000 == 0
+    assert rows // 1000 - len(reported) in (0, 1)
+    assert rows < 200_000, "the kill came too late to test anything"
+
+
+# --------------------------------------------------------------------------- finishing, listing
+
+
+def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
+    seed = new_file(journal, "old.csv", SHA_B)
+    journal.record_events(seed, [event(1, "OLD")])
+    journal.record_result(seed, 1, "accepted", http_status=200)
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), event(2, "E2"), event(3, "E3"),
+                                    NewEvent.invalid(4, "bad"), event(5, "OLD")])
+    journal.mark_recorded(file_id)
+    journal.record_result(file_id, 1, "accepted", http_status=200)
+    journal.record_result(file_id, 2, "rejected", http_status=400, message="Bad")
+    with pytest.raises(JournalError, match="pending"):
+        journal.finish_file(file_id, "done")
+    journal.record_result(file_id, 3, "failed", message="timeout")
+    finished = journal.finish_file(file_id, "done")
+    assert finished.state == "done" and finished.finished and finished.recorded
+    assert finished.finished_at >= finished.started_at
+    assert finished.counts == {"accepted": 1, "rejected": 1, "invalid": 1, "failed": 1,
+                               "duplicate": 1, "pending": 0}
+
+
+def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
+    file_id = new_file(journal)
+    finished = journal.finish_file(file_id, "error", "missing required column 'usageplacecode'")
+    assert (finished.state, finished.error) == ("error", "missing required column 'usageplacecode'")
+    with pytest.raises(ValueError):
+        journal.finish_file(file_id, "processing")  # type: ignore[arg-type]
+
+
+def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: Journal) -> None:
+    ids = [new_file(journal, f"f{n}.csv", str(n) * 64, feed="x" if n % 2 else "y") for n in range(5)]
+    journal.record_events(ids[4], [event(1, "E1"), event(2, "E2")])
+    journal.record_result(ids[4], 1, "accepted", http_status=200)
+    recent = journal.recent_files(3)
+    assert [f.id for f in recent] == ids[:1:-1]
+    assert recent[0].counts["accepted"] == 1 and recent[0].counts["pending"] == 1
+    assert [f.name for f in journal.recent_files(10, feed="x")] == ["f3.csv", "f1.csv"]
+
+
+def test_failed_events_across_files_and_per_file(journal: Journal) -> None:
+    first, second = new_file(journal, "a.csv", SHA_A), new_file(journal, "b.csv", SHA_B)
+    for file_id in (first, second):
+        journal.record_events(file_id, [event(1, f"{file_id}-1"), event(2, f"{file_id}-2")])
+        journal.record_result(file_id, 2, "failed", http_status=500, message="oops")
+    assert [(e.file_id, e.line) for e in journal.failed_events()] == [(first, 2), (second, 2)]
+    assert [(e.file_id, e.line) for e in journal.failed_events(second)] == [(second, 2)]
+    assert journal.failed_events(second)[0].payload["id"] == f"{second}-2"  # enough to retry
