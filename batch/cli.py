@@ -193,27 +193,21 @@ class _TablePrinter:
                 invoices = ", ".join(
                     f"{i.get('invoicenumber', '?')}/{i.get('jobid', '-')}" for i in event.get("invoices", [])
                 )
+                cells = (event.get(key, "") for key in ("id", "usageplacecode", "time", "status"))
+                # values come from the file: '[/x]' in a description is text, not rich markup
                 table.add_row(
-                    str(record.line), event.get("id", ""), event.get("usageplacecode", ""), event.get("time", ""),
-                    event.get("status", ""), invoices, event.get("description", ""),
+                    str(record.line), *(_escape(cell) for cell in cells), _escape(invoices),
+                    _escape(event.get("description", "")),
                 )
             else:
                 partial = record.partial
-                problems = "\n".join(_problem_text(error) for error in record.errors)
+                problems = "\n".join(error.describe() for error in record.errors)
                 table.add_row(
-                    str(record.line), partial.get("id", ""), partial.get("usageplacecode", ""), "",
+                    str(record.line), _escape(partial.get("id", "")), _escape(partial.get("usageplacecode", "")), "",
                     "[red]invalid[/red]", "", f"[red]{_escape(problems)}[/red]",
                 )
         self.console.print(table)
         self.rows = []
-
-
-def _problem_text(error: Any) -> str:
-    text = error.field
-    if error.source:
-        text += f" ({error.source}"
-        text += f" = {error.value!r})" if error.value is not None else ")"
-    return f"{text}: {error.message}"
 
 
 def _escape(text: str) -> str:
@@ -234,6 +228,237 @@ def schema(output: Path | None) -> None:
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
+
+
+# --- delivery ---------------------------------------------------------------------------------------
+
+CONFIG_OPTION = click.option(
+    "--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The service configuration (see config/service.yaml).",
+)
+
+
+def _load_service(path: Path) -> Any:
+    from batch.config.service import load_service_config
+    from batch.config.yamlload import ConfigError
+
+    try:
+        return load_service_config(path)
+    except ConfigError as exc:
+        raise Unusable(f"the configuration cannot be used:\n{exc}") from None
+
+
+def _open_runtime(path: Path) -> Any:
+    from batch.config.api import SecretResolutionError
+    from batch.runtime import Runtime
+
+    loaded = _load_service(path)
+    try:
+        return Runtime(loaded)
+    except SecretResolutionError as exc:
+        raise Unusable(str(exc)) from None
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@CONFIG_OPTION
+@click.option("--feed", help="The feed the file belongs to (default: the one whose patterns match).")
+@click.option("--receipts", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the receipt (default: the feed's outbox, else beside FILE).")
+@click.option("--force", is_flag=True, help="Process even if the same content was processed before.")
+def process(file: Path, config_path: Path, feed: str | None, receipts: Path | None, force: bool) -> None:
+    """Process one FILE end to end: map, journal, deliver, receipt.
+
+    Exit 0: every record accepted; 1: some were not (invalid, rejected, failed) or the file was
+    already processed; 2: it could not run (unusable file or configuration, credentials refused).
+    """
+    from batch.runtime import FeedNotFound
+
+    with _open_runtime(config_path) as runtime:
+        try:
+            settings = runtime.feed_for(file.name, feed)
+        except FeedNotFound as exc:
+            raise Unusable(str(exc)) from None
+        receipt_dir = receipts or runtime.outbox(settings) or file.parent
+        receipt_dir.mkdir(parents=True, exist_ok=True)
+        with _progress() as progress:
+            outcome = runtime.processor.process(
+                file, runtime.feeds[settings.name], receipt_dir, force=force, progress=progress
+            )
+        _report_outcome(file.name, outcome)
+    raise SystemExit(_exit_code(outcome))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--file-id", type=int, help="Only this file (an id from `status`); default: every file with failed events.")
+def retry(config_path: Path, file_id: int | None) -> None:
+    """Send failed events again (those whose transient errors outlasted the retries)."""
+    from batch.pipeline import failed_file_ids
+
+    with _open_runtime(config_path) as runtime:
+        ids = failed_file_ids(runtime.journal, file_id)
+        if not ids:
+            click.echo("no failed events to retry", err=True)
+            return
+        worst = EXIT_OK
+        for one in ids:
+            record = runtime.journal.get_file(one)
+            settings = runtime.settings(record.feed)
+            receipt_dir = runtime.outbox(settings) or Path.cwd()
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+            with _progress() as progress:
+                outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress)
+            _report_outcome(record.name, outcome)
+            worst = max(worst, _exit_code(outcome))
+    raise SystemExit(worst)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many files.")
+@click.option("--feed", help="Only this feed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
+    """Recent files with their counts per outcome, from the journal."""
+    from batch.journal import Journal
+
+    loaded = _load_service(config_path)
+    journal_path = loaded.config.journal
+    if not journal_path.exists():
+        click.echo(f"no journal yet at {journal_path}: nothing has been processed", err=True)
+        return
+    with Journal(journal_path) as journal:
+        files = journal.recent_files(limit, feed)
+    if as_json:
+        for record in files:
+            click.echo(json.dumps(_file_summary(record), ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate", "pending"):
+        table.add_column(name, no_wrap=name != "file")
+    for record in files:
+        counts = record.counts
+        table.add_row(
+            str(record.id), record.feed, record.name, record.state, record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")),
+        )
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _file_summary(record: Any) -> dict[str, Any]:
+    return {
+        "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
+        "sha256": record.sha256, "started": record.started_at.isoformat(),
+        "finished": record.finished_at.isoformat() if record.finished_at else None,
+        "counts": dict(record.counts), "error": record.error,
+    }
+
+
+def _exit_code(outcome: Any) -> int:
+    if outcome.status in ("error", "auth_failed", "interrupted"):
+        return EXIT_UNUSABLE
+    return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
+
+
+def _report_outcome(name: str, outcome: Any) -> None:
+    counts = outcome.counts
+    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending") if counts.get(key))
+    if outcome.status == "done":
+        click.echo(f"{name}: {shown or 'no records'}")
+    elif outcome.status == "skipped":
+        click.echo(f"{name}: not sent: {outcome.message}")
+    elif outcome.status == "error":
+        click.echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
+    elif outcome.status == "auth_failed":
+        click.echo(f"{name}: Ropo One refused the credentials: {outcome.message} ({shown}; rerun to continue)", err=True)
+    else:
+        click.echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
+    if outcome.receipt is not None:
+        click.echo(f"  receipt: {outcome.receipt.csv}")
+
+
+class _progress:
+    """A rich progress bar on a terminal; silent otherwise (cron, pipes, tests)."""
+
+    def __enter__(self) -> Any:
+        from batch.pipeline import Progress
+
+        if not sys.stderr.isatty():
+            self.bar = None
+            return Progress()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self.bar.start()
+        reading = self.bar.add_task("reading", total=None)
+        tasks: dict[str, Any] = {}
+
+        def delivery_start(total: int) -> None:
+            self.bar.update(reading, visible=False)
+            tasks["send"] = self.bar.add_task("sending", total=total)
+
+        return Progress(
+            on_recorded=lambda n: self.bar.update(reading, completed=n),
+            on_delivery_start=delivery_start,
+            on_result=lambda outcome: self.bar.advance(tasks["send"]) if "send" in tasks else None,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --- sandbox and demo ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Keep accepted events in DIR/accepted.jsonl.")
+@click.option("--token-ttl", default=7200.0, show_default=True, help="Seconds a token lives.")
+def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float) -> None:
+    """Run a local stand-in for the Ropo One API until Ctrl-C (for demos and tests)."""
+    from batch.sandbox import serve
+
+    def ready(running: Any) -> None:
+        click.echo(f"Ropo One sandbox listening at {running.base_url}", err=True)
+        click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox.py)", err=True)
+
+    serve(host, port, data_dir, token_ttl=token_ttl, on_ready=ready)
+
+
+@main.command()
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help="Use this folder (default: a new temporary one).")
+def demo(workspace: Path | None) -> None:
+    """Run every sample through the pipeline against a local sandbox; no configuration needed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batch.demo import run_demo
+
+    if workspace is not None:
+        workspace.mkdir(parents=True, exist_ok=True)
+    result = run_demo(workspace, echo=lambda text: click.echo(text, err=True))
+    table = Table(title="usageplace-batch demo", header_style="bold")
+    for name in ("file", "result", "accepted", "rejected", "invalid", "failed", "duplicate", "receipt"):
+        table.add_column(name, overflow="fold")
+    for label, outcome in result.outcomes:
+        counts = outcome.counts
+        receipt = outcome.receipt.csv.name if outcome.receipt else ""
+        table.add_row(
+            label, outcome.status, *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")), receipt,
+        )
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+    click.echo(f"The sandbox accepted {result.sandbox_accepted} events ({result.sandbox_duplicates} repeats).")
+    click.echo(f"Workspace: {result.workspace}")
+    click.echo(f"  receipts:   {result.workspace}/inbox/*/outbox/")
+    click.echo(f"  journal:    usageplace-batch status --config {result.workspace}/service.yaml")
+    click.echo(f"  try again:  usageplace-batch process {result.workspace}/inbox/finnish_cp1252/finnish_cp1252.csv "
+               f"--config {result.workspace}/service.yaml")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -42,12 +42,16 @@ class RecordError:
     def as_dict(self) -> dict[str, Any]:
         return {"field": self.field, "source": self.source, "value": self.value, "message": self.message}
 
-    def __str__(self) -> str:
-        where = f"{self.field}"
+    def describe(self) -> str:
+        """The problem without its line: "status (column 'Tila' = 'X'): value is not in the map ..."."""
+        text = self.field
         if self.source:
-            where += f" (from {self.source}"
-            where += f", value {_preview(self.value)})" if self.value is not None else ")"
-        return f"line {self.line}: {where}: {self.message}"
+            text += f" ({self.source}"
+            text += f" = {_preview(self.value)})" if self.value is not None else ")"
+        return f"{text}: {self.message}"
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.describe()}"
 
 
 @dataclass(slots=True)
@@ -178,7 +182,10 @@ class _Value:
             text = value.replace(" ", "").replace("\u00a0", "")
             if not (text.isdigit() or (text[:1] in "+-" and text[1:].isdigit())) or not text.isascii():
                 raise _Problem("expected a whole number", raw)
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+                raise _Problem("expected a whole number (this one has too many digits)", raw) from None
         return value
 
 
@@ -272,11 +279,18 @@ class MappingRun:
         seen = self._seen_ids
         for line, row in zip(chunk.lines, chunk.rows):
             if fast is not None:
-                event = fast(row)
+                try:
+                    event = fast(row)
+                except Exception:  # noqa: BLE001 - the general path below is the authority
+                    event = None
                 # a repeated id goes the general way, which reports it
-                if event is not None and seen.setdefault(event.get("id") or line, line) == line:
-                    out.append(MappedRecord(line, event))
-                    continue
+                if event is not None:
+                    event_id = event.get("id")
+                    if not event_id or event_id not in seen:
+                        if event_id:
+                            seen[event_id] = line
+                        out.append(MappedRecord(line, event))
+                        continue
             broken = chunk.broken.get(line) if chunk.broken else None
             if broken is not None:
                 record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, broken)])
@@ -426,8 +440,11 @@ class MappingRun:
                 record.errors.append(RecordError(record.line, violation.field, source, _text(raw), violation.message))
         event_id = ordered.get("id")
         if event_id:
-            first = self._seen_ids.setdefault(event_id, record.line)
-            if first != record.line:
+            # membership, not line equality: records of a one-line XML file all share line 1
+            first = self._seen_ids.get(event_id)
+            if first is None:
+                self._seen_ids[event_id] = record.line
+            else:
                 source, raw = self._origin.get("id", (None, event_id))
                 record.errors.append(
                     RecordError(record.line, "id", source, _text(raw), f"event id is used again (first on line {first})")

@@ -1,0 +1,162 @@
+"""The service configuration: the API, delivery limits, the journal, logging, and the feeds.
+
+Checked at load like mappings are (file, line, key of every problem), including every feed's
+mapping file. Relative paths (mappings, journal, key files, known_hosts, local inboxes) are
+taken relative to the configuration file, so a config directory can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from batch.config.api import ApiSettings, DeliverySettings
+from batch.config.mapping import Mapping, load_mapping
+from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
+from batch.inbox.base import InboxSettings, LocalLocation, parse_location
+
+
+class ReceiptOptions(BaseModel):
+    """The receipt CSV's dialect; each key defaults to the input file's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoding: str | None = Field(None, description="Default: the input's encoding (utf-8 for XML).")
+    delimiter: str | None = Field(None, description="Default: the input's delimiter (',' for XML).")
+    quotechar: str = '"'
+    line_ending: Literal["crlf", "lf"] = "crlf"
+
+
+class FeedSettings(InboxSettings):
+    """One feed: where its files arrive (the inbox keys), how they are mapped, and the receipt."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name used in logs, journal and metrics.")
+    mapping: Path = Field(..., description="The feed's mapping file (relative to this file).")
+    receipt: ReceiptOptions = Field(default_factory=ReceiptOptions)
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["plain", "json"] = "plain"
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_ref: str | None = Field(None, alias="$schema")
+    api: ApiSettings
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    journal: Path = Field(Path("var/journal.sqlite3"), description="The SQLite journal (relative to this file).")
+    staging_dir: Path = Field(Path("var/staging"), description="Where SFTP downloads are kept while processed.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
+    feeds: list[FeedSettings] = Field(..., min_length=1)
+
+    @field_validator("feeds")
+    @classmethod
+    def _unique_names(cls, feeds: list[FeedSettings]) -> list[FeedSettings]:
+        names = [feed.name for feed in feeds]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"feed names must be unique: {', '.join(doubled)}")
+        return feeds
+
+    @model_validator(mode="after")
+    def _distinct_inboxes(self) -> "ServiceConfig":
+        inboxes = [feed.inbox for feed in self.feeds]
+        doubled = sorted({inbox for inbox in inboxes if inboxes.count(inbox) > 1})
+        if doubled:
+            raise ValueError(f"two feeds watch the same inbox ({', '.join(doubled)}): each inbox belongs to one feed")
+        return self
+
+    def feed(self, name: str) -> FeedSettings:
+        for feed in self.feeds:
+            if feed.name == name:
+                return feed
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class LoadedService:
+    """A checked configuration with its paths made absolute and every feed's mapping loaded."""
+
+    path: Path
+    config: ServiceConfig
+    mappings: dict[str, Mapping]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_service_config(path: str | Path) -> LoadedService:
+    path = Path(path).resolve()
+    return _check(load_yaml_file(path), path)
+
+
+def load_service_config_text(text: str, path: str | Path) -> LoadedService:
+    path = Path(path).resolve()
+    return _check(load_yaml_text(text, str(path)), path)
+
+
+def _check(loaded, path: Path) -> LoadedService:
+    if not isinstance(loaded.data, dict):
+        raise ConfigError([loaded.problem((), "a service configuration must be a YAML mapping (key: value lines)")])
+    config = validate_model(ServiceConfig, loaded)
+    config = _absolute_paths(config, path.parent)
+    problems: list[ConfigProblem] = []
+    mappings: dict[str, Mapping] = {}
+    for index, feed in enumerate(config.feeds):
+        try:
+            mappings[feed.name] = load_mapping(feed.mapping)
+        except ConfigError as exc:
+            problems.append(loaded.problem(("feeds", index, "mapping"), f"the mapping {feed.mapping} has problems:"))
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return LoadedService(path, config, mappings)
+
+
+def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
+    def absolute(value: Path | None) -> Path | None:
+        return None if value is None else (value if value.is_absolute() else (base / value))
+
+    feeds = []
+    for feed in config.feeds:
+        update = {
+            "mapping": absolute(feed.mapping),
+            "known_hosts": absolute(feed.known_hosts),
+            "private_key_file": absolute(feed.private_key_file),
+            "key_passphrase_file": absolute(feed.key_passphrase_file),
+            "password_file": absolute(feed.password_file),
+        }
+        location = parse_location(feed.inbox)
+        if isinstance(location, LocalLocation) and not location.path.is_absolute():
+            update["inbox"] = str(base / location.path)
+        feeds.append(feed.model_copy(update=update))
+    api = config.api
+    api_update = {}
+    for key in ("apicode_file", "token_file", "ca_bundle"):
+        value = getattr(api, key, None)
+        if value is not None:
+            api_update[key] = absolute(Path(value))
+    return config.model_copy(
+        update={
+            "journal": absolute(config.journal),
+            "staging_dir": absolute(config.staging_dir),
+            "feeds": feeds,
+            "api": api.model_copy(update=api_update) if api_update else api,
+        }
+    )

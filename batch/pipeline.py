@@ -1,0 +1,222 @@
+"""One file, end to end: register, read + map into the journal, deliver, receipt.
+
+The journal is what makes this safe to kill at any moment: every record is journaled before
+anything is sent, every result as soon as it is known, and a rerun on the same content
+resumes the unfinished file instead of starting over. Nothing here knows where the file came
+from: the service (or the `process` command) hands over a local path and a receipt folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+from batch.config.api import DeliverySettings
+from batch.config.mapping import Mapping
+from batch.config.service import ReceiptOptions
+from batch.delivery import DeliveryReport, Outcome, Outgoing, State, deliver
+from batch.extract import mapped_chunks
+from batch.journal import FileRecord, Journal, NewEvent
+from batch.mapping import CompiledMapping, MappedRecord
+from batch.readers import DEFAULT_CHUNK_SIZE, FileError
+from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
+from batch.ropo import RopoClient
+
+log = logging.getLogger(__name__)
+
+FileStatus = Literal["done", "error", "skipped", "interrupted", "auth_failed"]
+HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FeedRuntime:
+    """What processing needs of a feed: its name, its compiled mapping, its receipt format."""
+
+    name: str
+    compiled: CompiledMapping
+    receipt_format: ReceiptFormat
+
+    @classmethod
+    def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> "FeedRuntime":
+        return cls(name, CompiledMapping(mapping), receipt_format_for(mapping, options or ReceiptOptions()))
+
+
+def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptFormat:
+    """The receipt speaks the input's dialect unless the feed says otherwise."""
+    encoding, delimiter = "utf-8", ","
+    if mapping.format == "csv" and mapping.csv is not None:
+        encoding, delimiter = mapping.csv.encoding, mapping.csv.delimiter
+    return ReceiptFormat(
+        delimiter=options.delimiter or delimiter,
+        quotechar=options.quotechar,
+        lineterminator="\r\n" if options.line_ending == "crlf" else "\n",
+        encoding=options.encoding or encoding,
+    )
+
+
+@dataclass
+class FileOutcome:
+    """How processing one file ended, for the caller to report, archive and set exit codes."""
+
+    status: FileStatus
+    file: FileRecord | None
+    receipt: ReceiptPaths | None = None
+    message: str | None = None
+    delivery: DeliveryReport | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.file.counts) if self.file else {}
+
+    @property
+    def all_accepted(self) -> bool:
+        """Every record ended accepted (or was a duplicate of an accepted one)."""
+        if self.status != "done":
+            return False
+        counts = self.counts
+        return not any(counts.get(outcome, 0) for outcome in ("rejected", "invalid", "failed", "pending"))
+
+    @property
+    def final(self) -> bool:
+        """The input can be archived (done/skipped) or put in error/; otherwise leave it to resume."""
+        return self.status in ("done", "error", "skipped")
+
+
+@dataclass
+class Progress:
+    """Callbacks for a progress display; every one optional."""
+
+    on_recorded: Callable[[int], None] | None = None  # records journaled so far
+    on_delivery_start: Callable[[int], None] | None = None  # events to send
+    on_result: Callable[[Outcome], None] | None = None
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while block := stream.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def new_event(record: MappedRecord) -> NewEvent:
+    if record.event is not None:
+        return NewEvent.valid(record.line, record.event)
+    return NewEvent.invalid(record.line, "; ".join(error.describe() for error in record.errors), record.partial or None)
+
+
+@dataclass
+class Processor:
+    """Processes files with one journal, one API client and one set of delivery limits."""
+
+    journal: Journal
+    client: RopoClient
+    delivery: DeliverySettings
+    stop: threading.Event = field(default_factory=threading.Event)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def process(
+        self,
+        path: Path,
+        feed: FeedRuntime,
+        receipt_dir: Path,
+        *,
+        name: str | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> FileOutcome:
+        """Process the file at `path` (its name as dropped: `name`, default the path's)."""
+        name = name or path.name
+        progress = progress or Progress()
+        sha256, size = file_digest(path)
+        begun = self.journal.begin_file(name, sha256, size, feed.name, force=force)
+        file = begun.file
+        if begun.outcome == "already_processed":
+            log.info("%s: already processed as %s; nothing sent", name, begun.original.name if begun.original else "?")
+            receipt = write_file_level_receipt(receipt_dir, file, feed.receipt_format)
+            return FileOutcome("skipped", file, receipt, file.error)
+        if begun.outcome == "resumed":
+            log.info("%s: resuming file #%d after an interruption", name, file.id)
+
+        if not file.recorded:
+            try:
+                self._record(path, file.id, feed, progress)
+            except FileError as exc:
+                message = f"{name}: {exc}"
+                log.error("%s", message)
+                file = self.journal.finish_file(file.id, "error", error=str(exc))
+                receipt = write_file_level_receipt(receipt_dir, file, feed.receipt_format)
+                return FileOutcome("error", file, receipt, str(exc))
+            self.journal.mark_recorded(file.id)
+        return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False)
+
+    def retry(self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None) -> FileOutcome:
+        """Send a file's failed (and any pending) events again, then rewrite its receipt."""
+        return self._deliver_and_finish(file_id, feed, receipt_dir, progress or Progress(), include_failed=True)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _record(self, path: Path, file_id: int, feed: FeedRuntime, progress: Progress) -> None:
+        """Read and map the whole file into the journal before anything is sent.
+
+        A file-level fault (bad encoding, broken XML) half-way through raises FileError; the
+        events recorded so far were never sent, and the file ends in error."""
+        recorded = 0
+        with open(path, "rb") as stream:
+            for records in mapped_chunks(feed.compiled, stream, self.chunk_size):
+                self.journal.record_events(file_id, (new_event(record) for record in records))
+                recorded += len(records)
+                if progress.on_recorded:
+                    progress.on_recorded(recorded)
+
+    def _deliver_and_finish(
+        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool
+    ) -> FileOutcome:
+        journal = self.journal
+        if progress.on_delivery_start:
+            counts = journal.file_counts(file_id)
+            progress.on_delivery_start(counts["pending"] + (counts["failed"] if include_failed else 0))
+        items = (
+            Outgoing(event.line, event.usageplacecode, event.payload_json.encode("utf-8"))
+            for event in journal.to_send(file_id, include_failed=include_failed)
+            if event.payload_json is not None
+        )
+
+        def on_result(item: Outgoing, outcome: Outcome) -> None:
+            if outcome.state is not State.PENDING:  # pending: stopped before it was sent
+                journal.record_result(
+                    file_id, item.key, outcome.state.value,
+                    http_status=outcome.status, message=outcome.message or None, attempts=outcome.attempts,
+                )
+            if progress.on_result:
+                progress.on_result(outcome)
+
+        report = deliver(items, self.client, self.delivery, on_result, stop=self.stop)
+        if report.auth_error:
+            journal.flush()
+            file = journal.get_file(file_id)
+            return FileOutcome("auth_failed", file, None, report.auth_error, report)
+        if report.stopped and journal.file_counts(file_id)["pending"]:
+            journal.flush()
+            return FileOutcome("interrupted", journal.get_file(file_id), None, "stopped before every event was sent", report)
+        file = journal.get_file(file_id)
+        if file.finished:
+            file = journal.refresh_counts(file_id)
+            journal.flush()
+        else:
+            file = journal.finish_file(file_id, "done")
+        receipt = write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format)
+        return FileOutcome("done", file, receipt, None, report)
+
+
+def failed_file_ids(journal: Journal, file_id: int | None) -> list[int]:
+    """Files with failed events (one file, or all)."""
+    ids: Iterable[int] = (event.file_id for event in journal.failed_events(file_id))
+    return sorted(set(ids))
+
