@@ -79,9 +79,12 @@ def build_fast_mapper(
         src.add(1, f"if f_status == {not_disconnected!r} and not {'f_description' if 'description' in present else 'None'}: return None")
     # the event, keys in the contract's order, empty optional values left out
     src.add(1, "e = {}")
+    always = {key for key, value, _ in fields if value.required or value.default is not None}
     for key in EVENT_KEYS:
         if key == "invoices" and invoices is not None:
             src.add(1, "e['invoices'] = inv")
+        elif key in always:
+            src.add(1, f"e[{key!r}] = f_{key}")
         elif key in present:
             src.add(1, f"if f_{key} is not None: e[{key!r}] = f_{key}")
     if generate_id is not None:
@@ -113,12 +116,18 @@ def _emit_get(src: _Source, indent: int, var: str, getter: tuple, xml: bool) -> 
         src.add(indent, f"{var} = ''")
 
 
-def _emit_clean(src: _Source, indent: int, var: str, value: Any) -> None:
-    """Mirror of mapping._Value.clean for the success path; `return None` wherever clean raises."""
-    if value.trim:
+def _emit_clean(src: _Source, indent: int, var: str, value: Any, nonempty: bool = False) -> None:
+    """Mirror of mapping._Value.clean for the success path; `return None` wherever clean raises.
+
+    `nonempty`: an empty value is an error whatever the spec says (an item between separators).
+    """
+    if value.trim or nonempty:
         src.add(indent, f"{var} = {var}.strip()")
     src.add(indent, f"if not {var}:")
-    if value.default is not None:
+    if nonempty:
+        src.add(indent + 1, "return None")
+        body_indent = indent
+    elif value.default is not None:
         src.add(indent + 1, f"{var} = {value.default!r}")
         body_indent = indent
     elif value.required:
@@ -141,8 +150,8 @@ def _emit_clean(src: _Source, indent: int, var: str, value: Any) -> None:
         pattern = src.const(value.pattern, "pat")
         src.add(body_indent, f"if {pattern}.fullmatch({var}) is None: return None")
     if value.converter is not None:
-        convert = src.const(value.converter.convert, "conv")
-        src.add(body_indent, f"{var} = {convert}({var})[0]")
+        convert = src.const(value.converter.convert_text, "conv")
+        src.add(body_indent, f"{var} = {convert}({var})")
         src.add(body_indent, f"if {var} is None: return None")
     if value.integer:
         # the general path also accepts spaces inside and a sign: leave those to it
@@ -177,8 +186,7 @@ def _emit_invoices(src: _Source, indent: int, invoices: dict, xml: bool) -> None
     for key, value, _ in parts:
         var = f"i_{key}"
         # an empty item between separators is an error in the general path
-        src.add(indent + 1, f"if not {var}.strip(): return None")
-        _emit_clean(src, indent + 1, var, value)
+        _emit_clean(src, indent + 1, var, value, nonempty=True)
     _emit_invoice_append(src, indent + 1, parts)
 
 

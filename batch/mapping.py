@@ -12,6 +12,7 @@ import hashlib
 import json
 import string
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Iterable
 
 from batch.config.mapping import (
@@ -28,6 +29,9 @@ from batch.records import Chunk, XmlPlan
 from batch.timeparse import TimeConverter
 
 _MISSING = object()  # a column that the record does not have (too few fields)
+# shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
+_NO_ERRORS: tuple = ()
+_NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
 
 
@@ -58,9 +62,9 @@ class RecordError:
 class MappedRecord:
     line: int
     event: dict[str, Any] | None
-    errors: list[RecordError] = field(default_factory=list)
+    errors: list[RecordError] | tuple = field(default_factory=list)
     # what could be read of an invalid record (id, usageplacecode, status), for receipts
-    partial: dict[str, Any] = field(default_factory=dict)
+    partial: Any = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -289,7 +293,7 @@ class MappingRun:
                     if not event_id or event_id not in seen:
                         if event_id:
                             seen[event_id] = line
-                        out.append(MappedRecord(line, event))
+                        out.append(MappedRecord(line, event, _NO_ERRORS, _NO_PARTIAL))
                         continue
             broken = chunk.broken.get(line) if chunk.broken else None
             if broken is not None:

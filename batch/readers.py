@@ -16,7 +16,6 @@ import codecs
 import csv
 import io
 import re
-from collections import deque
 from typing import BinaryIO, Iterator
 
 from lxml import etree
@@ -62,6 +61,15 @@ def _buffered(stream: BinaryIO) -> io.BufferedReader:
     return stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[return-value]
 
 
+def _unwrap(buffered: BinaryIO, original: BinaryIO) -> None:
+    """Detach our own buffer from the caller's stream: collecting it would close their stream."""
+    if buffered is not original:
+        try:
+            buffered.detach()  # type: ignore[attr-defined]
+        except ValueError:
+            pass
+
+
 def _decode_error(exc: UnicodeDecodeError, stream: BinaryIO, encoding: str, start: int) -> FileError:
     line = _line_of_decode_error(stream, encoding, start)
     bad = exc.object[exc.start : exc.start + 4].hex(" ")
@@ -79,11 +87,19 @@ def _line_of_decode_error(stream: BinaryIO, encoding: str, start: int) -> int | 
     lines = 0
     while True:
         block = stream.read(1 << 16)
+        state = decoder.getstate()
         try:
             text = decoder.decode(block, final=not block)
-        except UnicodeDecodeError as exc:
-            good = decoder.__class__().decode(block[: exc.start], final=False) if exc.start else ""
-            return lines + good.count("\n") + 1
+        except UnicodeDecodeError:
+            # exc.start counts from what the codec saw (after a BOM, with bytes held over from the
+            # previous block), not from `block`: replay this block a byte at a time instead
+            decoder.setstate(state)
+            for i in range(len(block)):
+                try:
+                    lines += decoder.decode(block[i : i + 1], final=False).count("\n")
+                except UnicodeDecodeError:
+                    break
+            return lines + 1
         lines += text.count("\n")
         if not block:
             return None
@@ -98,7 +114,7 @@ def read_csv(
     required_columns: list[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Iterator[Chunk]:
-    stream = _buffered(stream)
+    original, stream = stream, _buffered(stream)
     start = stream.tell() if stream.seekable() else 0
     encoding = detect_encoding(stream.peek(4)[:4], options.encoding)
     text = io.TextIOWrapper(stream, encoding=encoding, newline="", errors="strict")
@@ -113,6 +129,7 @@ def read_csv(
             text.detach()  # hand the caller's stream back open
         except ValueError:
             pass  # the caller closed it already
+        _unwrap(stream, original)
 
 
 def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int) -> Iterator[Chunk]:
@@ -137,34 +154,54 @@ def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str]
         header = list(options.columns or [])
     _check_columns(header, required, options.header_line)
 
-    chunk = Chunk(header)
-    footer: deque[tuple[int, list | None, str | None]] = deque()
+    yield from _record_chunks(reader, header, skipped, options.skip_blank_lines, options.skip_footer, chunk_size)
+
+
+def _record_chunks(
+    reader, header: list[str], skipped: int, skip_blank: bool, footer: int, chunk_size: int
+) -> Iterator[Chunk]:
+    """Every record after the header, with the line where it starts, in chunks.
+
+    The last `footer` records are held back at each chunk's end and dropped at the end of
+    the file. A record whose quoting is broken is kept as an empty row plus the reason
+    (chunk.broken), and reading goes on with the next line: one bad record never stops the
+    others. This loop runs a million times for a large export, so it is kept flat.
+    """
+    lines: list[int] = []
+    rows: list[list] = []
+    broken: dict[int, str] = {}
     previous_end = reader.line_num
     while True:
         try:
-            row = next(reader)
-            problem = None
-        except StopIteration:
+            for row in reader:
+                line = skipped + previous_end + 1
+                previous_end = reader.line_num
+                if not row and skip_blank:
+                    continue
+                lines.append(line)
+                rows.append(row)
+                if len(lines) >= chunk_size + footer:
+                    yield _take(header, lines, rows, broken, len(lines) - footer)
+                    lines, rows = lines[-footer:] if footer else [], rows[-footer:] if footer else []
+                    broken = {line: why for line, why in broken.items() if line in lines}
             break
         except csv.Error as exc:
-            row, problem = None, f"cannot split the record into fields: {exc}"
-        line = skipped + previous_end + 1
-        previous_end = reader.line_num
-        if row is not None and not row and options.skip_blank_lines:
-            continue
-        footer.append((line, row, problem))
-        if len(footer) <= options.skip_footer:
-            continue
-        line, row, problem = footer.popleft()
-        if problem is not None:
-            chunk.broken[line] = problem
-        chunk.lines.append(line)
-        chunk.rows.append(row if row is not None else [])
-        if len(chunk.lines) >= chunk_size:
-            yield chunk
-            chunk = Chunk(header)
-    if chunk.lines:
-        yield chunk
+            line = skipped + previous_end + 1
+            previous_end = reader.line_num
+            broken[line] = f"cannot split the record into fields: {exc}"
+            lines.append(line)
+            rows.append([])
+    keep = len(lines) - footer
+    if keep > 0:
+        yield _take(header, lines, rows, broken, keep)
+
+
+def _take(header: list[str], lines: list[int], rows: list[list], broken: dict[int, str], count: int) -> Chunk:
+    taken = lines[:count] if count < len(lines) else lines
+    chunk = Chunk(header, taken, rows[:count] if count < len(rows) else rows)
+    if broken:
+        chunk.broken = {line: why for line, why in broken.items() if line <= taken[-1]}
+    return chunk
 
 
 def _read_header(reader, skipped: int) -> list[str]:
@@ -201,7 +238,14 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 def read_xml(
     stream: BinaryIO, options: XmlOptions, plan: XmlPlan, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[Chunk]:
-    stream = _buffered(stream)
+    original, stream = stream, _buffered(stream)
+    try:
+        yield from _xml_chunks(stream, options, plan, chunk_size)
+    finally:
+        _unwrap(stream, original)
+
+
+def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, chunk_size: int) -> Iterator[Chunk]:
     _refuse_doctype(stream.peek(1 << 16))
     namespaces = dict(options.namespaces)
     steps = clark_steps(options.record_path, namespaces)
@@ -243,7 +287,9 @@ def read_xml(
                 yield chunk
                 chunk = Chunk(columns)
     except etree.XMLSyntaxError as exc:
-        raise FileError(f"not well-formed XML: {_syntax_message(exc)}", exc.lineno or None) from None
+        log = parser_events.error_log  # this parse's errors (exc.error_log also holds earlier files')
+        line = exc.lineno or (log[0].line if len(log) else None)
+        raise FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None) from None
     if chunk.lines:
         yield chunk
 
@@ -320,6 +366,8 @@ def _release(element: etree._Element) -> None:
             del parent[0]
 
 
-def _syntax_message(exc: etree.XMLSyntaxError) -> str:
+def _syntax_message(exc: etree.XMLSyntaxError, log) -> str:
     message = str(exc.msg or exc)
+    if message == "no element found" and len(log):
+        message = log[0].message  # iterparse's summary hides the cause (e.g. an undefined entity)
     return re.sub(r", line \d+, column \d+$", "", message)

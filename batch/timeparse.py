@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 # code -> (regex group, description for error messages)
@@ -75,11 +76,35 @@ class TimeConverter:
         self._output = ZoneInfo(output_zone)
         self._same_zone = source_zone == output_zone
         self._cache: dict[str, tuple[str | None, str | None]] = {}
+        # the first formats that need no zone arithmetic get a fast path (see _wall_clock_parser)
+        self._fast = []
+        if self._same_zone:
+            for pattern in self._patterns:
+                parser = _wall_clock_parser(pattern)
+                if parser is None:
+                    break  # keep the formats' order: a later fast one must not win over this one
+                self._fast.append(parser)
 
     def expected(self) -> str:
         return "a time as " + " or ".join(repr(f) for f in self.formats)
 
+    def convert_text(self, text: str) -> str | None:
+        """Just the result (None when the text is not a valid time): the mapper's fast path."""
+        for fast in self._fast:
+            result = fast(text)
+            if result is _NOT_REAL:
+                break  # the first format that matches decides, as in the general path
+            if result is not None:
+                return result
+        return self.convert(text)[0]
+
     def convert(self, text: str) -> tuple[str | None, str | None]:
+        for fast in self._fast:
+            result = fast(text)
+            if result is _NOT_REAL:
+                break  # the first format that matches decides, as in the general path
+            if result is not None:
+                return result, None
         cached = self._cache.get(text)
         if cached is not None:
             return cached
@@ -110,11 +135,75 @@ class TimeConverter:
         except ValueError as exc:  # e.g. 31.2.2024 or hour 25
             return None, f"not a real date/time ({exc})"
         offset = parts.get("z")
-        if offset is not None:
-            moment = moment.replace(tzinfo=_parse_offset(offset)).astimezone(self._output)
-        elif not self._same_zone:
-            moment = moment.replace(tzinfo=self._source).astimezone(self._output)
+        try:
+            if offset is not None:
+                moment = moment.replace(tzinfo=_parse_offset(offset)).astimezone(self._output)
+            elif not self._same_zone:
+                moment = moment.replace(tzinfo=self._source).astimezone(self._output)
+        except (ValueError, OverflowError) as exc:  # offset +25:00; year 1 or 9999 pushed out of range
+            return None, f"not a real date/time ({exc})"
         return _format(moment), None
+
+
+_NOT_REAL: Any = object()  # a wall-clock parser's "this format matched, but not a real date/time"
+_WALL_CLOCK_CODES = {"Y", "y", "m", "d", "H", "M", "S"}
+
+
+def _wall_clock_parser(pattern: re.Pattern[str]):
+    """For a format with no offset, no 12-hour clock and no fraction, in an unchanged zone:
+    text -> 'YYYY-MM-DD HH:MM:SS' or None (no match, or not a real date/time: the general path
+    then explains why). The date and the time of day are checked and written once each and
+    remembered — an export has at most a few hundred distinct dates and 86,400 times of day.
+    """
+    names = set(pattern.groupindex)
+    if not names <= _WALL_CLOCK_CODES:
+        return None
+    index = pattern.groupindex
+    year_group, two_digit = (index["Y"], False) if "Y" in index else (index["y"], True)
+    month_group, day_group = index["m"], index["d"]
+    hour_group, minute_group, second_group = index.get("H"), index.get("M"), index.get("S")
+    dates: dict[tuple[str, str, str], str | None] = {}
+    times: dict[tuple, str | None] = {}
+
+    def date_text(year: str, month: str, day: str) -> str | None:
+        try:
+            moment = datetime(int(year) + (2000 if two_digit else 0), int(month), int(day))
+        except ValueError:
+            return None
+        return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+
+    def time_text(hour: str | None, minute: str | None, second: str | None) -> str | None:
+        h, m, s = int(hour or 0), int(minute or 0), int(second or 0)
+        if h > 23 or m > 59 or s > 59:
+            return None
+        return f"{h:02d}:{m:02d}:{s:02d}"
+
+    def parse(text: str) -> str | None:
+        match = pattern.fullmatch(text)
+        if match is None:
+            return None
+        groups = match.groups()
+        date_key = (groups[year_group - 1], groups[month_group - 1], groups[day_group - 1])
+        date = dates.get(date_key, False)
+        if date is False:
+            date = date_text(*date_key)
+            if len(dates) < 100_000:
+                dates[date_key] = date
+        time_key = (
+            groups[hour_group - 1] if hour_group else None,
+            groups[minute_group - 1] if minute_group else None,
+            groups[second_group - 1] if second_group else None,
+        )
+        clock = times.get(time_key, False)
+        if clock is False:
+            clock = time_text(*time_key)
+            if len(times) < 200_000:
+                times[time_key] = clock
+        if date is None or clock is None:
+            return _NOT_REAL  # matched, so no later format may: the general path says why
+        return f"{date} {clock}"
+
+    return parse
 
 
 def _format(moment: datetime) -> str:
@@ -131,4 +220,6 @@ def _parse_offset(text: str) -> timezone:
     sign = -1 if text[0] == "-" else 1
     digits = text[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"UTC offset {text} is out of range")
     return timezone(sign * timedelta(hours=hours, minutes=minutes))

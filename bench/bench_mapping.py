@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +34,16 @@ def generate_csv(path: Path, records: int) -> None:
         out.write("KATKAISUTAPAHTUMAT;Energiayhtiö Oy\r\nAjettu;6.2.2024 02:00\r\n")
         out.write("Tapahtumatunnus;Käyttöpaikka;Asiakasnro;Sopimusnro;Pvm;Klo;Tila;Laskunumerot;Toimeksiannot;Selite\r\n")
         lines = []
+        start = datetime(2024, 1, 1)
         for i in range(records):
+            # events spread over a year, (nearly) all at different seconds: no cache flatters this
+            moment = start + timedelta(seconds=(i * 31_557_599) // records)
             code = STATUS_CODES[i % 3]
             reason = ("Katkaistu etäyhteydellä", "Kytketty maksun jälkeen", "Mittari lukitussa tilassa")[i % 3]
             lines.append(
-                f"KT-{i:09d};6430075720{i:08d};A{i % 999999:06d};{i % 777777}b;{1 + i % 28}.{1 + i % 12}.2024;"
-                f"{i % 24}:{i % 60:02d}:{(i * 7) % 60:02d};{code};{5000000 + i},{6000000 + i};"
+                f"KT-{i:09d};6430075720{i:08d};ASIAKAS-{i % 999999:06d};SOP-{i % 777777}b;"
+                f"{moment.day}.{moment.month}.{moment.year};{moment.hour}:{moment.minute:02d}:{moment.second:02d};"
+                f"{code};{5000000 + i},{6000000 + i};"
                 f"{100 + i % 9000},{200 + i % 9000};{reason}\r\n"
             )
             if len(lines) == 10_000:
@@ -55,12 +60,14 @@ def generate_xml(path: Path, records: int) -> None:
         out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
         out.write('<Export xmlns="urn:example:erp:usageplace:1" xmlns:inv="urn:example:erp:invoice:1">\n<Events>\n')
         parts = []
+        start = datetime(2024, 1, 1)
         for i in range(records):
+            moment = start + timedelta(seconds=(i * 31_557_599) // records)
             status = statuses[i % 3]
             description = "<Description>Gate locked</Description>" if status == "notdisconnected" else ""
             parts.append(
                 f'<Event id="ERP-{i:09d}"><UsagePlace code="6430075720{i:08d}"/><Customer>X-{i % 99999}</Customer>'
-                f"<ContractNo>{i % 77777}a</ContractNo><Time>2024-02-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00+02:00</Time>"
+                f"<ContractNo>{i % 77777}a</ContractNo><Time>{moment:%Y-%m-%dT%H:%M:%S}+02:00</Time>"
                 f"<Status>{status}</Status>{description}<inv:Invoices>"
                 f'<inv:Invoice jobid="{9000 + i % 1000}"><inv:Number>{800000 + i}</inv:Number></inv:Invoice>'
                 f"</inv:Invoices></Event>\n"
