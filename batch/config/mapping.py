@@ -16,7 +16,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from batch.config.yamlload import ConfigError, load_yaml_file, load_yaml_text, validate_model
+from batch.config.yamlload import (
+    ConfigError,
+    LoadedYaml,
+    load_yaml_file,
+    load_yaml_text,
+    problems_from_validation,
+    validate_model,
+)
 from batch.contract import (
     DEFAULT_STATUS_NOT_DISCONNECTED,
     STATUS_CONNECTED,
@@ -341,7 +348,7 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices.mode == "columns"):
             problems.append((path, "'split' is only for invoices with mode: columns"))
 
-    for name in DEFAULT_REQUIRED:
+    for name in (n for n in EVENT_FIELDS if n in DEFAULT_REQUIRED):  # a stable order: sets vary per run
         spec = getattr(mapping.fields, name)
         if spec is None:
             problems.append(
@@ -375,6 +382,12 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
                 problems.append(("invoices.mode", "mode 'elements' is for XML feeds; use 'columns' or 'rows'"))
             if not invoices.element:
                 problems.append(("invoices.element", "mode 'elements' needs 'element' (XPath of the repeated element)"))
+            for name in INVOICE_FIELDS:
+                spec = getattr(invoices, name)
+                if fmt == "xml" and spec is not None and spec.xpath is None:
+                    problems.append(
+                        (f"invoices.{name}", "mode 'elements' reads each invoice with 'xpath' (relative to the element)")
+                    )
         elif invoices.element is not None:
             problems.append(("invoices.element", f"'element' is only for mode 'elements' (mode is {invoices.mode!r})"))
         if invoices.mode == "columns":
@@ -425,10 +438,79 @@ def _check(loaded) -> Mapping:
     try:
         mapping = validate_model(Mapping, loaded)
     except ConfigError as exc:
-        raise ConfigError(_split_cross_field(exc.problems, loaded)) from None
+        problems = _split_cross_field(exc.problems, loaded)
+        raise ConfigError(_with_hidden_problems(problems, loaded)) from None
     if mapping.format == "csv" and mapping.csv is None:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
     return mapping
+
+
+def _with_hidden_problems(problems: list, loaded: LoadedYaml, rounds: int = 4) -> list:
+    """Add the problems that the first ones hide, so that one `validate` run lists them all.
+
+    pydantic runs a model's cross-field checks only when every key of it is valid, so a single
+    wrong value would hide e.g. a status map that names an unknown status. Validate again
+    without the keys at fault; what is new (and not about a removed key) is reported too.
+    """
+    import copy
+
+    from pydantic import ValidationError
+
+    found = list(problems)
+    data = copy.deepcopy(loaded.data)
+    removed: list[tuple[str, ...]] = []
+    to_remove = [_key_of(p.path) for p in problems]
+    for _ in range(rounds):
+        progress = False
+        for key in to_remove:
+            if key and _remove_key(data, key):
+                removed.append(key)
+                progress = True
+        if not progress:
+            break
+        try:
+            Mapping.model_validate(data)
+            break
+        except ValidationError as exc:
+            again = problems_from_validation(exc, LoadedYaml(loaded.file, data, loaded.positions), Mapping)
+            again = _split_cross_field(again, loaded)
+        to_remove = []
+        for problem in again:
+            key = _key_of(problem.path)
+            if problem.message == "required key is missing":
+                if key in removed and len(key) > 1:
+                    to_remove.append(key[:-1])  # let the siblings of a removed required key be checked
+                continue
+            if problem in found or _about_removed(key, problem.message, removed):
+                continue
+            found.append(problem)
+            to_remove.append(key)
+    found.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return found
+
+
+def _key_of(path: str) -> tuple[str, ...]:
+    path = re.sub(r"\[\d+\].*$", "", path)  # a list item: the list's key
+    return tuple(path.split(".")) if path else ()
+
+
+def _about_removed(key: tuple[str, ...], message: str, removed: list[tuple[str, ...]]) -> bool:
+    """A problem that only exists because a key was taken out (the key itself, or its parent missing it)."""
+    for gone in removed:
+        if gone[: len(key)] == key and (len(gone) == len(key) or gone[-1] in message or gone[len(key)] in message):
+            return True
+    return False
+
+
+def _remove_key(data: Any, key: tuple[str, ...]) -> bool:
+    for part in key[:-1]:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    if isinstance(data, dict) and key[-1] in data:
+        del data[key[-1]]
+        return True
+    return False
 
 
 def _split_cross_field(problems, loaded):

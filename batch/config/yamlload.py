@@ -117,6 +117,9 @@ def _to_data(node: yaml.Node, path: KeyPath, positions: dict, problems: list, fi
                 problems.append(_problem_at(file, key_node, path, "YAML merge keys (<<) are not supported here"))
                 continue
             key = _construct_scalar(key_node)
+            if isinstance(key, (int, float)) and not isinstance(key, bool):
+                # keys are names or codes: '01', '010' and '0x1F' as written, not 1, 8 and 31
+                key = str(key_node.value)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 problems.append(_problem_at(file, key_node, path, "keys must be plain text"))
                 continue
