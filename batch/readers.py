@@ -345,14 +345,23 @@ def _path_matcher(steps: list[tuple[bool, str]]):
 
 def _absolute_matcher(tags: list[str]):
     expected = list(reversed(tags))
+    # records are siblings: once a parent is known to sit on the path, its next children need
+    # only the identity check (lxml keeps one proxy per node while we hold a reference to it)
+    verified: list[etree._Element | None] = [None]
 
     def matches(element: etree._Element) -> bool:
+        parent = element.getparent()
+        if parent is not None and parent is verified[0]:
+            return True
         node = element
         for tag in expected:
             if node is None or node.tag != tag:
                 return False
             node = node.getparent()
-        return node is None
+        if node is None:
+            verified[0] = parent
+            return True
+        return False
 
     return matches
 

@@ -235,3 +235,26 @@ def test_fast_and_general_time_parsing_agree(formats, text):
     general = _general(formats)
     assert fast.convert(text) == general.convert(text)
     assert fast.convert_text(text) == general.convert(text)[0]
+
+
+_ISO_TEXT = st.builds(
+    lambda y, mo, d, h, mi, s, sep, off: f"{y}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{off}",
+    st.sampled_from(["0001", "1999", "2024", "9999"]),
+    st.integers(0, 13), st.integers(0, 32), st.integers(0, 25), st.integers(0, 61), st.integers(0, 61),
+    st.sampled_from(["T", " "]),
+    st.sampled_from(["Z", "z", "+02:00", "-03:30", "+0200", "+14", "+01:75", "+24:00", "-00:00", "", "+5"]),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]),
+    st.sampled_from(["Europe/Helsinki", "UTC", "America/St_Johns"]),
+    _ISO_TEXT,
+)
+def test_iso_fast_path_agrees_with_the_general_path(fmt, zone, text):
+    """The fromisoformat shortcut must accept and produce exactly what the general parser does."""
+    fast = TimeConverter([fmt], "Europe/Helsinki", zone)
+    general = TimeConverter([fmt], "Europe/Helsinki", zone)
+    general._fast = []  # the general path only
+    assert fast.convert_text(text) == general.convert(text)[0]
