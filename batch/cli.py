@@ -113,7 +113,7 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     """Show the events that MAPPING makes of FILE, and why any record is invalid. Sends nothing."""
     from batch.config.mapping import load_mapping
     from batch.config.yamlload import ConfigError
-    from batch.extract import mapped_chunks
+    from batch.extract import mapped_file
     from batch.mapping import CompiledMapping
     from batch.readers import FileError
 
@@ -124,14 +124,14 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     counts = {"valid": 0, "invalid": 0}
     shown = 0
     printer = _JsonPrinter() if as_json else _TablePrinter(file)
+    _open_input(file).close()  # a clear message for a missing or unreadable file
     try:
-        with _open_input(file) as stream:
-            for records in mapped_chunks(compiled, stream):
-                for record in records:
-                    counts["valid" if record.ok else "invalid"] += 1
-                    if (limit is None or shown < limit) and not (errors_only and record.ok):
-                        printer.record(record)
-                        shown += 1
+        for records in mapped_file(compiled, file):
+            for record in records:
+                counts["valid" if record.ok else "invalid"] += 1
+                if (limit is None or shown < limit) and not (errors_only and record.ok):
+                    printer.record(record)
+                    shown += 1
     except FileError as exc:
         printer.flush()
         raise Unusable(f"{file}: {exc}") from None
@@ -327,9 +327,13 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     journal_path = loaded.config.journal
     if not journal_path.exists():
         click.echo(f"no journal yet at {journal_path}: nothing has been processed", err=True)
+        if not as_json:
+            _print_feeds(loaded, None, feed)
         return
     with Journal(journal_path) as journal:
         files = journal.recent_files(limit, feed)
+        if not as_json:
+            _print_feeds(loaded, journal, feed)
     if as_json:
         for record in files:
             click.echo(json.dumps(_file_summary(record), ensure_ascii=False))
@@ -459,6 +463,80 @@ def demo(workspace: Path | None) -> None:
     click.echo(f"  journal:    usageplace-batch status --config {result.workspace}/service.yaml")
     click.echo(f"  try again:  usageplace-batch process {result.workspace}/inbox/finnish_cp1252/finnish_cp1252.csv "
                f"--config {result.workspace}/service.yaml")
+
+
+# --- service ------------------------------------------------------------------------------------
+
+
+def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:
+    """The feeds of `status`: inbox, files waiting in processing/, the last file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batch.service import feed_overview
+
+    table = Table(title="feeds", header_style="bold")
+    for name in ("feed", "inbox", "in processing/", "last file"):
+        table.add_column(name, overflow="fold")
+    for row in feed_overview(loaded, journal):
+        if only is not None and row["feed"] != only:
+            continue
+        waiting = row.get("error") and f"unknown: {row['error']}" or (", ".join(row["in_processing"]) or "none")
+        last = row["last_file"]
+        shown = f"{last['name']} ({last['state']}, {last['started'][:19]})" if last else "-"
+        table.add_row(row["feed"], row["inbox"], _escape(waiting), _escape(shown))
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@main.command("run")
+@CONFIG_OPTION
+@click.option("--once", is_flag=True, help="Process what is ready in every feed, then exit (for cron).")
+@click.option("--reload-interval", default=2.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between checks of the configuration and mapping files for changes.")
+@click.pass_context
+def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interval: float) -> None:
+    """Watch every feed and process its files until SIGTERM/SIGINT (or, --once, until done).
+
+    Exit (--once): 0 every record accepted; 1 some were not (invalid, rejected, failed, or a
+    file already processed); 2 something could not run (inbox, credentials, unusable file).
+    Without --once: 0 after a SIGTERM/SIGINT.
+    """
+    from batch.config.api import SecretResolutionError
+    from batch.logs import setup_logging
+    from batch.service import Service
+
+    loaded = _load_service(config_path)
+    settings = loaded.config.logging
+    redactor = setup_logging("DEBUG" if ctx.obj.get("debug") else settings.level, settings.format)
+    try:
+        service = Service(loaded, once=once, reload_interval=reload_interval, redactor=redactor)
+    except SecretResolutionError as exc:
+        raise Unusable(str(exc)) from None
+    service.install_signal_handlers()
+    raise SystemExit(service.run())
+
+
+@main.command("validate-config")
+@CONFIG_OPTION
+def validate_config(config_path: Path) -> None:
+    """Check a service configuration and every mapping it names; print every problem.
+
+    Also resolves the secrets it refers to (environment variables, secret files) and checks
+    whether local inbox folders and known_hosts files exist (warnings: they may exist only on
+    the production host). Exit 1 when there is a problem.
+    """
+    from batch.service import check_service_config
+
+    loaded, problems, warnings = check_service_config(config_path)
+    for problem in problems:
+        click.echo(problem, err=True)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if problems:
+        click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
+        raise SystemExit(EXIT_PROBLEMS)
+    feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})" for feed in loaded.config.feeds)
+    click.echo(f"{config_path}: ok; API {loaded.config.api.base_url}; {len(loaded.config.feeds)} feed(s): {feeds}")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -6,12 +6,29 @@ service will send.
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from batch.gctune import fewer_collections
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
+
+
+def mapped_file(
+    compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | None = None
+) -> Iterator[list[MappedRecord]]:
+    """The mapped records of the file at `path`; a large CSV file is mapped on every core
+    (batch.parallel) with the same results as the sequential mapper."""
+    from batch import parallel  # only files that qualify pay for the import of multiprocessing
+
+    workers = parallel.workers_available() if workers is None else workers
+    segments = parallel.plan_segments(path, compiled.mapping, workers)
+    if segments is not None and len(segments) > 1:
+        with fewer_collections():
+            yield from parallel.parallel_mapped_chunks(compiled, path, segments, workers, chunk_size)
+        return
+    with open(path, "rb") as stream:
+        yield from mapped_chunks(compiled, stream, chunk_size)
 
 
 def mapped_chunks(
@@ -26,7 +43,7 @@ def mapped_chunks(
         assert mapping.csv is not None
         chunks = read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)
     run = compiled.start()
-    with _fewer_collections():
+    with fewer_collections():
         for chunk in chunks:
             records = run.map_chunk(chunk)
             if records:
@@ -34,17 +51,3 @@ def mapped_chunks(
         tail = run.finish()
         if tail:
             yield tail
-
-
-@contextmanager
-def _fewer_collections(threshold: int = 50_000) -> Iterator[None]:
-    """Mapping allocates millions of small dicts that live on; CPython's cyclic collector,
-    at its default threshold of 700 allocations, rescans them over and over and doubles the
-    time per record (12 -> 6 us measured). Nothing here makes reference cycles, so collect
-    less often while a file is mapped, and restore the setting afterwards."""
-    previous = gc.get_threshold()
-    gc.set_threshold(max(threshold, previous[0]), *previous[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)

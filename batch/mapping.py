@@ -31,7 +31,7 @@ from batch.timeparse import TimeConverter
 _MISSING = object()  # a column that the record does not have (too few fields)
 # shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
 _NO_ERRORS: tuple = ()
-_NO_PARTIAL: Any = MappingProxyType({})
+NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
 
 
@@ -219,6 +219,13 @@ class CompiledMapping:
         description = mapping.fields.description
         self.default_description = dict(description.default_by_status or {}) if description else {}
 
+    def id_source_label(self) -> str | None:
+        """Where event ids come from, as error messages name it (None when generated)."""
+        spec = self.mapping.fields.id
+        if spec is None or self.generate_id:
+            return None
+        return _source_label(spec, self.is_xml)
+
     # what the readers must deliver
     def sources(self) -> list[str]:
         names: list[str] = []
@@ -293,7 +300,7 @@ class MappingRun:
                     if not event_id or event_id not in seen:
                         if event_id:
                             seen[event_id] = line
-                        out.append(MappedRecord(line, event, _NO_ERRORS, _NO_PARTIAL))
+                        out.append(MappedRecord(line, event, _NO_ERRORS, NO_PARTIAL))
                         continue
             broken = chunk.broken.get(line) if chunk.broken else None
             if broken is not None:
@@ -449,9 +456,9 @@ class MappingRun:
             if first is None:
                 self._seen_ids[event_id] = record.line
             else:
-                source, raw = self._origin.get("id", (None, event_id))
+                # the id as mapped (batch.parallel reports repeats across segments the same way)
                 record.errors.append(
-                    RecordError(record.line, "id", source, _text(raw), f"event id is used again (first on line {first})")
+                    RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
                 )
         record.event = None if record.errors else ordered
         return record
@@ -556,6 +563,10 @@ class MappingRun:
         record, self._open = self._open, None
         self._origin = self._open_origin
         return [self._finish(record)]
+
+
+def duplicate_id_message(first_line: int) -> str:
+    return f"event id is used again (first on line {first_line})"
 
 
 def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:

@@ -19,7 +19,7 @@ from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
 from batch.delivery import DeliveryReport, Outcome, Outgoing, State, deliver
-from batch.extract import mapped_chunks
+from batch.extract import mapped_file
 from batch.journal import FileRecord, Journal, NewEvent
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import DEFAULT_CHUNK_SIZE, FileError
@@ -168,12 +168,11 @@ class Processor:
         A file-level fault (bad encoding, broken XML) half-way through raises FileError; the
         events recorded so far were never sent, and the file ends in error."""
         recorded = 0
-        with open(path, "rb") as stream:
-            for records in mapped_chunks(feed.compiled, stream, self.chunk_size):
-                self.journal.record_events(file_id, (new_event(record) for record in records))
-                recorded += len(records)
-                if progress.on_recorded:
-                    progress.on_recorded(recorded)
+        for records in mapped_file(feed.compiled, path, self.chunk_size):
+            self.journal.record_events(file_id, (new_event(record) for record in records))
+            recorded += len(records)
+            if progress.on_recorded:
+                progress.on_recorded(recorded)
 
     def _deliver_and_finish(
         self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool

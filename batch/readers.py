@@ -113,13 +113,39 @@ def read_csv(
     options: CsvOptions,
     required_columns: list[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    footer: int | None = None,
 ) -> Iterator[Chunk]:
+    """The records of a CSV file. `footer` overrides options.skip_footer (see batch.parallel)."""
+    return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size, footer))
+
+
+def read_csv_segment(
+    stream: BinaryIO, options: CsvOptions, header: list[str], first_line: int, footer: int, chunk_size: int
+) -> Iterator[Chunk]:
+    """The records of a part of a CSV file that starts at a record boundary on line `first_line`
+    (no banner, no header: those belong to the first part). Lines are the file's own."""
+
+    def records(text: io.TextIOWrapper) -> Iterator[Chunk]:
+        reader = _csv_reader(text, options)
+        return _record_chunks(reader, header, first_line - 1, options.skip_blank_lines, footer, chunk_size)
+
+    try:
+        yield from _decoded(stream, options, records)
+    except FileError as exc:
+        if exc.line is None:
+            raise
+        raise FileError(exc.message, first_line - 1 + exc.line) from None
+
+
+def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
+    """Decode `stream` as the options say and run `body(text)`; decoding problems become FileError."""
     original, stream = stream, _buffered(stream)
     start = stream.tell() if stream.seekable() else 0
     encoding = detect_encoding(stream.peek(4)[:4], options.encoding)
     text = io.TextIOWrapper(stream, encoding=encoding, newline="", errors="strict")
     try:
-        yield from _csv_chunks(text, options, required_columns, chunk_size)
+        yield from body(text)
     except UnicodeDecodeError as exc:
         raise _decode_error(exc, stream, encoding, start) from None
     except UnicodeError as exc:  # e.g. utf-16 without a byte order mark
@@ -132,12 +158,8 @@ def read_csv(
         _unwrap(stream, original)
 
 
-def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int) -> Iterator[Chunk]:
-    skipped = (options.header_line - 1) if options.header_line else options.skip_lines
-    for _ in range(skipped):
-        if not text.readline():
-            raise FileError(f"the file ends before line {skipped + 1}, where the records should start")
-    reader = csv.reader(
+def _csv_reader(text: io.TextIOWrapper, options: CsvOptions):
+    return csv.reader(
         text,
         delimiter=options.delimiter,
         quotechar=options.quotechar or '"',
@@ -146,6 +168,16 @@ def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str]
         doublequote=options.doublequote,
         strict=True,
     )
+
+
+def _csv_chunks(
+    text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int, footer: int | None
+) -> Iterator[Chunk]:
+    skipped = (options.header_line - 1) if options.header_line else options.skip_lines
+    for _ in range(skipped):
+        if not text.readline():
+            raise FileError(f"the file ends before line {skipped + 1}, where the records should start")
+    reader = _csv_reader(text, options)
     if options.header_line:
         header = _read_header(reader, skipped)
         if options.columns:
@@ -153,8 +185,8 @@ def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str]
     else:
         header = list(options.columns or [])
     _check_columns(header, required, options.header_line)
-
-    yield from _record_chunks(reader, header, skipped, options.skip_blank_lines, options.skip_footer, chunk_size)
+    footer = options.skip_footer if footer is None else footer
+    yield from _record_chunks(reader, header, skipped, options.skip_blank_lines, footer, chunk_size)
 
 
 def _record_chunks(

@@ -82,29 +82,35 @@ def generate_xml(path: Path, records: int) -> None:
 def run_phase(mapping_path: Path, data_path: Path) -> dict:
     """Read + map + validate + serialise every record, as the pipeline does before journaling."""
     from batch.config.mapping import load_mapping
-    from batch.extract import mapped_chunks
+    from batch.extract import mapped_file
+    from batch import parallel
     from batch.jsonenc import dumps_event
     from batch.mapping import CompiledMapping
 
     compiled = CompiledMapping(load_mapping(mapping_path))
     valid = invalid = serialised_bytes = 0
     started = time.perf_counter()
-    with open(data_path, "rb") as stream:
-        for records in mapped_chunks(compiled, stream):
-            for record in records:
-                if record.event is not None:
-                    valid += 1
-                    serialised_bytes += len(dumps_event(record.event))
-                else:
-                    invalid += 1
+    for records in mapped_file(compiled, data_path):
+        for record in records:
+            if record.event is not None:
+                valid += 1
+                serialised_bytes += len(dumps_event(record.event))
+            else:
+                invalid += 1
     elapsed = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # large CSV files are mapped on every core (batch.parallel): count the workers too, each at
+    # the largest worker's peak — an upper bound of what the processes held together
+    own_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    workers = parallel.workers_available() if worker_kb else 0
+    peak_kb = own_kb + workers * worker_kb
     return {
         "records": valid + invalid,
         "invalid": invalid,
         "seconds": round(elapsed, 3),
         "records_per_s": round((valid + invalid) / elapsed),
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        "workers": workers,
         "json_bytes": serialised_bytes,
     }
 
