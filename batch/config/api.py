@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from batch.config.envpath import expand_env_path
+
 TEST_BASE_URL = "https://rc.ropo24.fi/rest"
 PRODUCTION_BASE_URL = "https://ropo24.fi/rest"
 
@@ -142,6 +144,11 @@ class ApiSettings(BaseModel):
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
         return value.strip().rstrip("/")
+
+    @field_validator("apicode_file", "token_file", "ca_bundle", mode="before")
+    @classmethod
+    def _expand_path(cls, value: object) -> object:
+        return expand_env_path(value)  # ${CREDENTIALS_DIRECTORY}/ropo-apicode (systemd LoadCredential)
 
     @field_validator("apicode", "token")
     @classmethod

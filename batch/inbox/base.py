@@ -212,6 +212,13 @@ class InboxSettings(BaseModel):
     def _env_secret(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
         return _secret_from_env(value, info.field_name)
 
+    @field_validator("private_key_file", "key_passphrase_file", "password_file", "known_hosts", mode="before")
+    @classmethod
+    def _expand_path(cls, value: object) -> object:
+        from batch.config.envpath import expand_env_path
+
+        return expand_env_path(value)  # e.g. ${CREDENTIALS_DIRECTORY}/sftp-key (systemd LoadCredential)
+
     @field_validator("marker_suffixes")
     @classmethod
     def _suffixes(cls, value: list[str]) -> list[str]:

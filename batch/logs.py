@@ -1,0 +1,145 @@
+"""Logging for the service: plain or JSON lines, with secrets redacted in one place.
+
+`setup_logging` replaces the root logger's handlers with one stream handler that carries a
+`RedactingFilter`. A filter on the *handler* sees every record that reaches it, whatever
+logger it came from (ours, paramiko, urllib3 ...), so there is one place where secrets are
+removed: known values (the resolved API code, SFTP passphrases and passwords, anything a
+registered redactor such as `RopoClient.redact` knows, e.g. the tokens it was issued), and
+anything that looks like a Bearer token or a JWT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+REDACTED = "***"
+
+# "Authorization: Bearer abc.def" / "bearer abc" -> "Bearer ***"
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# header.payload.signature, each base64url; a JWT header always starts with eyJ ('{"').
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces secrets in every record; never drops a record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._redactors: list[Callable[[str], str]] = []
+
+    def add_secret(self, value: str | None) -> None:
+        """A secret value to remove from every record (short values are ignored: too many false hits)."""
+        if value and len(value) >= 4:
+            with self._lock:
+                self._values.add(value)
+
+    def add_secrets(self, values: Iterable[str | None]) -> None:
+        for value in values:
+            self.add_secret(value)
+
+    def add_redactor(self, redactor: Callable[[str], str]) -> None:
+        """A function that removes the secrets it knows (e.g. `RopoClient.redact`)."""
+        with self._lock:
+            self._redactors.append(redactor)
+
+    def redact(self, text: str) -> str:
+        with self._lock:
+            values = sorted(self._values, key=len, reverse=True)  # longest first: no partial leftovers
+            redactors = list(self._redactors)
+        for redactor in redactors:
+            try:
+                text = redactor(text)
+            except Exception:  # noqa: BLE001 - a broken redactor must not lose the record
+                pass
+        for value in values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+        return _JWT.sub(REDACTED, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: keep what there is
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = self.redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+            record.exc_info = None  # formatters use exc_text; the raw exception may hold secrets
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD_ATTRS and isinstance(value, str):
+                setattr(record, key, self.redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                document[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            document["exception"] = record.exc_text
+        if record.stack_info:
+            document["stack"] = record.stack_info
+        return json.dumps(document, ensure_ascii=False)
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
+
+
+def _not_watchdog_shutdown_noise(record: logging.LogRecord) -> bool:
+    # watchdog logs this at ERROR when its inotify thread is stopped while reading: harmless.
+    return not (record.name.startswith("watchdog.") and "called when the thread is inactive" in str(record.msg))
+
+
+def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | None = None) -> RedactingFilter:
+    """Route every log record through one handler with the redacting filter; returns the filter."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(make_formatter(fmt))
+    redactor = RedactingFilter()
+    handler.addFilter(_not_watchdog_shutdown_noise)
+    handler.addFilter(redactor)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Chatty libraries: paramiko logs every channel at INFO; urllib3 every connection at DEBUG.
+    logging.getLogger("paramiko").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    return redactor
+
+
+def apply_level(level: str) -> None:
+    logging.getLogger().setLevel(level)

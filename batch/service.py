@@ -1,0 +1,814 @@
+"""The long-running service: one worker thread per feed, hot reload, signals, health and metrics.
+
+Threads
+- one **feed worker** per feed: it owns the feed's Inbox (inboxes are not thread-safe) and its
+  own Processor (sharing the service's Journal and RopoClient, which are thread-safe). It
+  processes the feed's files oldest first, one at a time, so events keep their order across
+  files; feeds run side by side.
+- the **main thread** (`Service.run`) polls the configuration files for changes, starts and
+  retires workers, and on a stop request waits for the workers.
+- optionally a small **HTTP thread** for /healthz and /metrics (batch.metrics).
+
+A file's way through a worker
+
+    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts (SFTP:
+    written to staging, then uploaded CSV first, JSON last; local: straight into the outbox)
+    -> finish: done/skipped -> archive/, error (file-level) -> error/
+
+An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
+worker resumes what is in processing/ at start-up and after every reconnect, and the journal
+resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
+(InboxUnavailable) is logged and retried with backoff, never fatal; a receipt upload or an
+archive move that met a dead connection is redone after the reconnect without processing the
+file again. An unexpected error on one file is retried a few times, then the file goes to
+error/; it never stops the service.
+
+Reload: the service file and every mapping it names are hashed every few seconds; a change
+is loaded and checked in full (the same checks as `validate-config`, plus the credentials)
+before anything uses it. A valid change applies from the next file each worker starts; an
+invalid one is refused, every problem logged, and the previous configuration stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from batch.config.api import SecretResolutionError
+from batch.config.service import FeedSettings, LoadedService, load_service_config
+from batch.config.yamlload import ConfigError
+from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
+from batch.inbox.base import LocalLocation
+from batch.journal import FileInProgress, Journal
+from batch.logs import RedactingFilter, apply_level
+from batch.metrics import Metrics, MetricsServer
+from batch.pipeline import FeedRuntime, FileOutcome, Processor, Progress
+from batch.receipts import write_receipt
+from batch.ropo import RopoClient
+from batch.runtime import Runtime
+
+log = logging.getLogger("batch.service")
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
+DEFAULT_RELOAD_INTERVAL = 2.0
+FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
+ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
+AUTH_BACKOFF_SECONDS = 60.0
+OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_exit_code(outcome: FileOutcome) -> int:
+    """The `run --once` / `process` exit code one file's outcome calls for."""
+    if outcome.status in ("error", "auth_failed", "interrupted"):
+        return EXIT_UNUSABLE
+    return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _inbox_part(feed: FeedSettings) -> dict[str, Any]:
+    return feed.model_dump(include=set(InboxSettings.model_fields))
+
+
+def feed_secrets(feed: InboxSettings) -> list[str]:
+    """The SFTP secrets of a feed, resolved (for redaction)."""
+    found = []
+    for resolve in (feed.resolved_key_passphrase, feed.resolved_password):
+        try:
+            value = resolve()
+        except OSError:
+            continue
+        if value is not None:
+            found.append(value.get_secret_value())
+    return found
+
+
+class ConfigWatcher:
+    """Notices changes to the service file and its mappings (by content hash)."""
+
+    def __init__(self, loaded: LoadedService) -> None:
+        self.path = loaded.path
+        self._files = self._watched(loaded)
+        self._seen = self._fingerprint(self._files)
+
+    @staticmethod
+    def _watched(loaded: LoadedService) -> list[Path]:
+        return [loaded.path, *(feed.mapping for feed in loaded.config.feeds)]
+
+    @staticmethod
+    def _fingerprint(paths: list[Path]) -> dict[Path, str | None]:
+        prints: dict[Path, str | None] = {}
+        for path in paths:
+            try:
+                prints[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                prints[path] = None
+        return prints
+
+    def poll(self) -> LoadedService | ConfigError | None:
+        """None: nothing changed; a LoadedService: a checked new version; a ConfigError: refused."""
+        now = self._fingerprint(self._files)
+        if now == self._seen:
+            return None
+        self._seen = now  # an invalid version is reported once, not on every poll
+        try:
+            loaded = load_service_config(self.path)
+        except ConfigError as exc:
+            return exc
+        self._files = self._watched(loaded)
+        self._seen = self._fingerprint(self._files)
+        return loaded
+
+
+@dataclass
+class Generation:
+    """One valid configuration with what was built from it."""
+
+    number: int
+    loaded: LoadedService
+    client: RopoClient
+    feeds: dict[str, FeedRuntime]
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.loaded.config
+
+
+def build_client(loaded: LoadedService) -> RopoClient:
+    config = loaded.config
+    # every feed may have max_in_flight requests open at once
+    return RopoClient(config.api, pool_size=config.delivery.max_in_flight * len(config.feeds),
+                      transient_statuses=config.delivery.retry_statuses)
+
+
+def build_feeds(loaded: LoadedService) -> dict[str, FeedRuntime]:
+    return {feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
+            for feed in loaded.config.feeds}
+
+
+# --------------------------------------------------------------------------- metered client
+
+
+class _MeteredClient:
+    """Times every POST of an event for the latency histogram; otherwise the client itself."""
+
+    def __init__(self, client: RopoClient, metrics: Metrics, feed: str) -> None:
+        self._client = client
+        self._latency = metrics.latency.labels(feed)
+
+    def send_event(self, event: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._client.send_event(event)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+# --------------------------------------------------------------------------- feed worker
+
+
+@dataclass
+class _Finishing:
+    """A processed file whose receipt upload / archive move is still to be done."""
+
+    claimed: Claimed
+    ok: bool
+    receipts: list[Path] = field(default_factory=list)  # local receipt files to upload (SFTP)
+    staged: Path | None = None                          # the downloaded copy (SFTP)
+
+
+class _Backoff:
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum, self.failures = initial, maximum, 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(self.maximum, self.initial * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class FeedWorker(threading.Thread):
+    def __init__(self, service: "Service", name: str) -> None:
+        super().__init__(name=f"feed:{name}", daemon=True)
+        self.service = service
+        self.feed = name
+        self.state = "starting"
+        self.last_scan: str | None = None
+        self.last_file: str | None = None
+        self.last_status: str | None = None
+        self.last_error: str | None = None
+        self.exit_code = EXIT_OK
+        self.retired = False
+        self._give_up = False  # --once: this feed cannot go on (credentials refused, a file failed)
+        self._need_resume = True
+        self._generation = 0
+        self._settings: FeedSettings | None = None
+        self._runtime: FeedRuntime | None = None
+        self._processor: Processor | None = None
+        self._staging: Path | None = None
+        self._inbox: Inbox | None = None
+        self._unfinished: dict[str, _Finishing] = {}
+        self._attempts: dict[str, int] = {}
+        self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
+
+    # -- health
+
+    def health(self) -> dict[str, Any]:
+        return {"alive": self.is_alive(), "state": self.state, "last_scan": self.last_scan,
+                "last_file": self.last_file, "last_status": self.last_status, "last_error": self.last_error}
+
+    # -- configuration
+
+    @property
+    def settings(self) -> FeedSettings:
+        assert self._settings is not None
+        return self._settings
+
+    def _refresh(self) -> bool:
+        """Pick up a new configuration between files; False if this feed was removed."""
+        generation = self.service.generation
+        if generation.number == self._generation:
+            return True
+        try:
+            settings = generation.config.feed(self.feed)
+        except KeyError:
+            self.retired = True
+            return False
+        if self._settings is not None and _inbox_part(settings) != _inbox_part(self._settings):
+            log.info("feed %s: inbox settings changed; reopening the inbox", self.feed, extra={"feed": self.feed})
+            self._close_inbox()
+            self._need_resume = True
+        if self._generation:
+            log.info("feed %s: using configuration #%d from the next file", self.feed, generation.number,
+                     extra={"feed": self.feed})
+        self._settings = settings
+        self._runtime = generation.feeds[self.feed]
+        self._processor = Processor(
+            self.service.journal, _MeteredClient(generation.client, self.service.metrics, self.feed),  # type: ignore[arg-type]
+            generation.config.delivery, stop=self.service.stop,
+        )
+        self._staging = generation.config.staging_dir / self.feed
+        self._generation = generation.number
+        return True
+
+    def _open(self) -> Inbox:
+        if self._inbox is None:
+            self._inbox = open_inbox(self.settings)
+        return self._inbox
+
+    def _close_inbox(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            try:
+                inbox.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    @property
+    def _remote(self) -> bool:
+        return not isinstance(self.settings.location, LocalLocation)
+
+    # -- the loop
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a worker must say why it ended
+            self.state = "crashed"
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.exit_code = EXIT_UNUSABLE
+            log.exception("feed %s: the worker stopped on an unexpected error", self.feed, extra={"feed": self.feed})
+        finally:
+            self._close_inbox()
+            if self.state != "crashed":
+                self.state = "stopped"
+
+    def _loop(self) -> None:
+        service = self.service
+        stop = service.stop
+        once = service.once
+        self._need_resume = True
+        primed = False
+        inbox_failures = 0
+        backoff = _Backoff(1.0, 60.0)
+        while not stop.is_set() and not self._give_up:
+            if not self._refresh():
+                log.info("feed %s: removed from the configuration; worker ends", self.feed, extra={"feed": self.feed})
+                return
+            settings = self.settings
+            backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
+            try:
+                inbox = self._open()
+                if self._need_resume:
+                    self._resume(inbox)
+                    self._need_resume = False
+                    continue
+                candidates = inbox.scan()
+                self.last_scan = _now_iso()
+                service.metrics.queue.labels(self.feed).set(len(candidates))
+                service.metrics.last_scan.labels(self.feed).set(time.time())
+                backoff.reset()
+                inbox_failures = 0
+                if self.state in ("unavailable", "starting"):
+                    self.state = "idle"
+                if not candidates:
+                    if once:
+                        if not primed and not settings.marker_suffixes and settings.min_age_seconds > 0:
+                            primed = True  # files seen for the first time become ready after min_age
+                            stop.wait(settings.min_age_seconds + 0.05)
+                            continue
+                        return
+                    self.state = "idle"
+                    self._idle(inbox)
+                    continue
+                if stop.is_set():
+                    return
+                claimed = inbox.claim(candidates[0])
+                if claimed is not None:
+                    self._handle(inbox, claimed, resumed=False)
+            except (InboxError, OSError) as exc:
+                # InboxUnavailable: the connection dropped; HostKeyError / InboxError: refused,
+                # misconfigured (the key file, the folder) -- all may be fixed while we wait.
+                self._need_resume = True
+                inbox_failures += 1
+                self.state = "unavailable"
+                self.last_error = str(exc)
+                service.metrics.inbox_errors.labels(self.feed).inc()
+                level = logging.WARNING if isinstance(exc, InboxUnavailable) else logging.ERROR
+                if not isinstance(exc, (InboxUnavailable, HostKeyError)):
+                    self._close_inbox()  # e.g. a local folder that does not exist yet: reopen later
+                delay = backoff.next()
+                log.log(level, "feed %s: inbox problem: %s; retrying in %.1f s", self.feed, exc, delay,
+                        extra={"feed": self.feed})
+                if once and (not isinstance(exc, InboxUnavailable) or inbox_failures >= ONCE_INBOX_ATTEMPTS):
+                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    return
+                stop.wait(delay)
+
+    def _idle(self, inbox: Inbox) -> None:
+        """Wait for the next scan; wake at once on a stop request."""
+        deadline = time.monotonic() + self.settings.poll_interval_seconds
+        while not self.service.stop.is_set() and self.service.generation.number == self._generation:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._remote:
+                self.service.stop.wait(min(left, 0.5))
+            elif inbox.wait(min(left, 0.5)):
+                return  # a file was closed or moved in
+
+    def _resume(self, inbox: Inbox) -> None:
+        now = time.monotonic()
+        self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
+        for claimed in inbox.resume():
+            if self.service.stop.is_set() or self._give_up:
+                return
+            if claimed.name in self._others:
+                continue
+            if claimed.name not in self._unfinished:
+                log.info("feed %s: resuming %s from processing/", self.feed, claimed.name,
+                         extra={"feed": self.feed, "file": claimed.name})
+            self._handle(inbox, claimed, resumed=True)
+
+    # -- one file
+
+    def _handle(self, inbox: Inbox, claimed: Claimed, *, resumed: bool) -> None:
+        pending = self._unfinished.get(claimed.name)
+        if pending is not None:  # processed already; the receipt / archive step met a dead connection
+            self._complete(inbox, pending)
+            return
+        service, feed = self.service, self.feed
+        self.state = "processing"
+        self.last_file = claimed.source_name
+        extra = {"feed": feed, "file": claimed.name}
+        staged: Path | None = None
+        assert self._staging is not None and self._processor is not None and self._runtime is not None
+        try:
+            local = inbox.open_local(claimed, self._staging)
+            staged = local if self._remote else None
+            if self._remote:
+                receipt_dir = self._staging / "receipts"
+            else:
+                outbox = Runtime.outbox(self.settings)
+                assert outbox is not None
+                receipt_dir = outbox
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+            retries = service.metrics.retries.labels(feed)
+            progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
+            outcome = self._processor.process(local, self._runtime, receipt_dir, name=claimed.source_name,
+                                              progress=progress)
+        except (InboxError, OSError) as exc:
+            if isinstance(exc, InboxError) or not isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise  # the inbox: the loop backs off, reconnects and resumes the file
+            self._file_failed(inbox, claimed, exc, staged)
+            return
+        except FileInProgress as exc:
+            self._others[claimed.name] = time.monotonic()
+            log.info("feed %s: %s", feed, exc, extra=extra)
+            self._drop_staged(staged)
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the service
+            self._file_failed(inbox, claimed, exc, staged)
+            return
+        self._attempts.pop(claimed.name, None)
+        self._outcome(inbox, claimed, outcome, staged, resumed)
+
+    def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None,
+                 resumed: bool) -> None:
+        service, feed = self.service, self.feed
+        status = outcome.status
+        self.last_status = status
+        extra = {"feed": feed, "file": claimed.source_name, "status": status}
+        service.metrics.files.labels(feed, status).inc()
+        counts = outcome.counts
+        if status == "done":
+            for name in ("accepted", "rejected", "invalid", "failed", "duplicate"):
+                if counts.get(name):
+                    service.metrics.events.labels(feed, name).inc(counts[name])
+        if status == "skipped" and resumed and outcome.file is not None and outcome.file.original_id is not None:
+            # Killed after the journal closed the file but before the archive move: the first
+            # run's receipt (not an "already processed" one) is what the legacy system needs.
+            original = service.journal.get_file(outcome.file.original_id)
+            if original.name == outcome.file.name and outcome.receipt is not None:
+                receipt = write_receipt(outcome.receipt.csv.parent, original, service.journal.file_events(original.id),
+                                        self._runtime.receipt_format)  # type: ignore[union-attr]
+                outcome = FileOutcome("done", original, receipt, None)
+                status = "done"
+        shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
+                                                        "pending") if counts.get(k))
+        if outcome.final:
+            code = file_exit_code(outcome)
+            self.exit_code = max(self.exit_code, code)
+            level = logging.INFO if code == EXIT_OK else logging.WARNING
+            message = outcome.message if status != "done" else (shown or "no records")
+            log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
+            receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
+            finishing = _Finishing(claimed, status != "error", receipts, staged)
+            self._unfinished[claimed.name] = finishing
+            self._complete(inbox, finishing)
+            self.state = "idle"
+            return
+        self._drop_staged(staged)
+        if status == "interrupted":
+            log.info("feed %s: %s: interrupted (%s); left in processing/ to resume", feed, claimed.source_name,
+                     shown or "nothing sent", extra=extra)
+            if not service.stop.is_set():
+                self._need_resume = True
+            return
+        # auth_failed: Ropo One refused the credentials; nothing more can go out until fixed.
+        self.exit_code = EXIT_UNUSABLE
+        self.last_error = outcome.message
+        self.state = "auth_failed"
+        log.error("feed %s: %s: Ropo One refused the credentials: %s; the file stays in processing/ and is "
+                  "resumed in %.0f s", feed, claimed.source_name, outcome.message, AUTH_BACKOFF_SECONDS, extra=extra)
+        self._need_resume = True
+        if service.once:
+            self._give_up = True
+        else:
+            service.stop.wait(AUTH_BACKOFF_SECONDS)
+
+    def _complete(self, inbox: Inbox, finishing: _Finishing) -> None:
+        """Upload the receipt (SFTP) and move the original; may raise InboxUnavailable (redone later)."""
+        claimed = finishing.claimed
+        for path in finishing.receipts:
+            if path.exists():
+                inbox.put_receipt(path, path.name)
+        try:
+            target = inbox.finish(claimed, finishing.ok)
+        except FileNotFoundError:  # removed from processing/ by hand (or by another instance)
+            log.warning("feed %s: %s is no longer in processing/; nothing to move", self.feed, claimed.name,
+                        extra={"feed": self.feed})
+            target = "(gone)"
+        for path in finishing.receipts:
+            path.unlink(missing_ok=True)
+        self._drop_staged(finishing.staged)
+        self._unfinished.pop(claimed.name, None)
+        folder = "archive/" if finishing.ok else "error/"
+        log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
+
+    def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException, staged: Path | None) -> None:
+        extra = {"feed": self.feed, "file": claimed.name}
+        attempts = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
+        self._drop_staged(staged)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.service.once:
+            log.error("feed %s: %s failed: %s: %s; it stays in processing/ for the next run", self.feed,
+                      claimed.name, type(exc).__name__, exc, exc_info=exc, extra=extra)
+            self.exit_code = EXIT_UNUSABLE
+            self._give_up = True
+            return
+        if attempts < FILE_ATTEMPTS:
+            log.error("feed %s: %s failed (attempt %d of %d): %s: %s; trying again", self.feed, claimed.name,
+                      attempts, FILE_ATTEMPTS, type(exc).__name__, exc, exc_info=exc, extra=extra)
+            self._need_resume = True
+            self.service.stop.wait(min(30.0, 2.0 ** attempts))
+            return
+        log.error("feed %s: %s failed %d time(s): %s: %s; moved to error/", self.feed, claimed.name, attempts,
+                  type(exc).__name__, exc, exc_info=exc, extra=extra)
+        self._attempts.pop(claimed.name, None)
+        self.exit_code = EXIT_UNUSABLE
+        self.last_status = "error"
+        self.service.metrics.files.labels(self.feed, "error").inc()
+        finishing = _Finishing(claimed, False)
+        self._unfinished[claimed.name] = finishing
+        self._complete(inbox, finishing)
+
+    @staticmethod
+    def _drop_staged(staged: Path | None) -> None:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Service:
+    """Watches every feed of a configuration until `stop` is set (or, `once`, until all is done)."""
+
+    def __init__(self, loaded: LoadedService, *, once: bool = False,
+                 reload_interval: float = DEFAULT_RELOAD_INTERVAL,
+                 redactor: RedactingFilter | None = None) -> None:
+        self.once = once
+        self.reload_interval = reload_interval
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self.redactor = redactor
+        self._lock = threading.Lock()
+        self._signalled = False
+        config = loaded.config
+        config.journal.parent.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(config.journal)
+        try:
+            client = build_client(loaded)
+            self._generation = Generation(1, loaded, client, build_feeds(loaded))
+        except BaseException:
+            self.journal.close()
+            raise
+        self._clients = [client]
+        self._register_secrets(self._generation)
+        self.watcher = ConfigWatcher(loaded)
+        self.workers: dict[str, FeedWorker] = {}
+        self.metrics_server: MetricsServer | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> "Service":
+        return cls(load_service_config(path), **kwargs)
+
+    @property
+    def generation(self) -> Generation:
+        with self._lock:
+            return self._generation
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.generation.config
+
+    def _register_secrets(self, generation: Generation) -> None:
+        if self.redactor is None:
+            return
+        self.redactor.add_redactor(generation.client.redact)
+        for feed in generation.config.feeds:
+            self.redactor.add_secrets(feed_secrets(feed))
+
+    # -- signals
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT: stop claiming, let the in-flight file finish or journal it, exit 0."""
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self.stop.is_set():
+                log.warning("%s again: still finishing the files in flight", name)
+                return
+            self._signalled = True
+            log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- health
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        workers = dict(self.workers)
+        feeds = {name: worker.health() for name, worker in workers.items()}
+        healthy = bool(workers) and all(worker.is_alive() for worker in workers.values()) and not self.stop.is_set()
+        return healthy, {"configuration": self.generation.number, "feeds": feeds}
+
+    # -- running
+
+    def _start_worker(self, name: str) -> None:
+        worker = FeedWorker(self, name)
+        self.workers[name] = worker
+        worker.start()
+
+    def run(self) -> int:
+        config = self.config
+        if config.metrics is not None:
+            self.metrics_server = MetricsServer(config.metrics.host, config.metrics.port, self.metrics, self.health)
+            self.metrics_server.start()
+            host, port = self.metrics_server.address
+            log.info("health and metrics at http://%s:%d/healthz and /metrics", host, port)
+        log.info("watching %d feed(s): %s%s", len(config.feeds),
+                 ", ".join(f"{feed.name} ({feed.inbox})" for feed in config.feeds),
+                 " (once)" if self.once else "")
+        try:
+            for feed in config.feeds:
+                self._start_worker(feed.name)
+            while True:
+                if self.once:
+                    if not any(worker.is_alive() for worker in self.workers.values()):
+                        break
+                    if self.stop.wait(0.1):
+                        break
+                    continue
+                if self.stop.wait(self.reload_interval):
+                    break
+                self._reload()
+                self._check_workers()
+        finally:
+            self.stop.set()
+            for worker in list(self.workers.values()):
+                worker.join()
+            self.close()
+        codes = [worker.exit_code for worker in self.workers.values()]
+        if not self.once:
+            crashed = any(worker.state == "crashed" for worker in self.workers.values())
+            return EXIT_UNUSABLE if crashed and not self._signalled else EXIT_OK
+        return max(codes, default=EXIT_OK)
+
+    def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        for client in self._clients:
+            client.close()
+        self._clients = []
+        self.journal.close()
+        log.info("stopped")
+
+    def _check_workers(self) -> None:
+        for name, worker in list(self.workers.items()):
+            if worker.retired and not worker.is_alive():
+                del self.workers[name]
+
+    # -- reload
+
+    def _reload(self) -> None:
+        result = self.watcher.poll()
+        if result is None:
+            return
+        if isinstance(result, ConfigError):
+            self.metrics.reloads.labels("refused").inc()
+            log.error("configuration change refused; the previous configuration stays in force. Problems:\n%s",
+                      "\n".join(f"  {problem}" for problem in result.problems))
+            return
+        try:
+            generation = self._build_generation(result)
+        except (SecretResolutionError, ValueError, OSError) as exc:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("configuration change refused; the previous configuration stays in force: %s", exc)
+            return
+        old = self.generation
+        notes = []
+        if generation.config.journal != old.config.journal:
+            notes.append("journal")
+        if generation.config.metrics != old.config.metrics:
+            notes.append("metrics")
+        if generation.config.logging.format != old.config.logging.format:
+            notes.append("logging.format")
+        if generation.config.staging_dir != old.config.staging_dir:
+            notes.append("staging_dir")
+        if notes:
+            log.warning("configuration: a change of %s takes effect after a restart", ", ".join(notes))
+        apply_level(generation.config.logging.level)
+        with self._lock:
+            self._generation = generation
+        self._register_secrets(generation)
+        self.metrics.reloads.labels("applied").inc()
+        names = {feed.name for feed in generation.config.feeds}
+        for name in names - set(self.workers):
+            self._start_worker(name)
+        removed = set(self.workers) - names
+        log.info("configuration #%d applied: it is used from the next file%s", generation.number,
+                 f"; feeds removed after their current file: {', '.join(sorted(removed))}" if removed else "")
+
+    def _build_generation(self, loaded: LoadedService) -> Generation:
+        old = self.generation
+        if loaded.config.journal != old.config.journal:
+            loaded = LoadedService(loaded.path, loaded.config.model_copy(update={"journal": old.config.journal}),
+                                   loaded.mappings)
+        for feed in loaded.config.feeds:
+            feed.resolved_key_passphrase()
+            feed.resolved_password()
+        feeds = build_feeds(loaded)
+        if loaded.config.api == old.config.api and loaded.config.delivery == old.config.delivery \
+                and len(loaded.config.feeds) <= len(old.config.feeds):
+            client = old.client
+        else:
+            client = build_client(loaded)  # resolves the credentials: refused if they are missing
+            self._clients.append(client)
+        return Generation(old.number + 1, loaded, client, feeds)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[str, Any]]:
+    """Per feed: its inbox, the files waiting in processing/, the last file in the journal."""
+    rows = []
+    for feed in loaded.config.feeds:
+        row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None}
+        try:
+            quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
+                                            "mode": "polling"})
+            with open_inbox(quick) as inbox:
+                row["in_processing"] = [claimed.name for claimed in inbox.resume()]
+        except (InboxError, OSError) as exc:
+            row["error"] = str(exc)
+        if journal is not None:
+            recent = journal.recent_files(1, feed.name)
+            if recent:
+                last = recent[0]
+                row["last_file"] = {"name": last.name, "state": last.state,
+                                    "started": last.started_at.isoformat(), "counts": dict(last.counts)}
+        rows.append(row)
+    return rows
+
+
+def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], list[str]]:
+    """What `validate-config` reports: (the config, problems, warnings).
+
+    Problems: the config and every mapping (file, line, key), secrets that cannot be resolved.
+    Warnings: what may only exist on the production host (local inbox folders, known_hosts)."""
+    try:
+        loaded = load_service_config(path)
+    except ConfigError as exc:
+        return None, [str(problem) for problem in exc.problems] + _mapping_problems(Path(path)), []
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        loaded.config.api.credentials()
+    except SecretResolutionError as exc:
+        problems.append(f"{loaded.path}: api: {exc}")
+    for feed in loaded.config.feeds:
+        where = f"{loaded.path}: feeds[{feed.name}]"
+        try:
+            feed.resolved_key_passphrase()
+            feed.resolved_password()
+        except OSError as exc:
+            problems.append(f"{where}: cannot read a secret file: {exc.strerror or exc}")
+        location = feed.location
+        if isinstance(location, LocalLocation):
+            if not location.path.is_dir():
+                warnings.append(f"{where}: inbox: the folder {location.path} does not exist (yet)")
+        elif feed.known_hosts is not None and not feed.known_hosts.is_file() and not feed.accept_new_host_key:
+            warnings.append(f"{where}: known_hosts: {feed.known_hosts} does not exist: get the key with "
+                            f"ssh-keyscan -p {location.port} {location.host} and compare its fingerprint "
+                            "with the server's own (ssh-keygen -lf) before trusting it")
+    return loaded, problems, warnings
+
+
+def _mapping_problems(path: Path) -> list[str]:
+    """The mappings' own problems when the service file has some too (which stops the full check early)."""
+    from batch.config.mapping import load_mapping
+    from batch.config.yamlload import load_yaml_file
+
+    try:
+        data = load_yaml_file(path).data
+    except ConfigError:
+        return []
+    feeds = data.get("feeds") if isinstance(data, dict) else None
+    found: list[str] = []
+    seen: set[Path] = set()
+    for feed in feeds if isinstance(feeds, list) else []:
+        mapping = feed.get("mapping") if isinstance(feed, dict) else None
+        if not isinstance(mapping, str):
+            continue
+        mapping_path = (path.resolve().parent / mapping)
+        if mapping_path in seen:
+            continue
+        seen.add(mapping_path)
+        try:
+            load_mapping(mapping_path)
+        except ConfigError as exc:
+            found.extend(str(problem) for problem in exc.problems)
+    return found

@@ -1,0 +1,214 @@
+"""The service with an SFTP inbox: a real OpenSSH sshd on loopback, files dropped with the real
+`sftp` client the way legacy systems do, and the sandbox as Ropo One (contract-checked)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_sftp import wait_until
+from tests.service_helpers import ServiceProcess, ServiceThread, export, ids, receipt, run_once, write_config
+from tests.sshd import keygen
+
+
+@pytest.fixture
+def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+
+
+@pytest.fixture
+def sftp_config(tmp_path: Path, sshd, remote_inbox: Path, sandbox, apicode_env):
+    """write(**feed overrides, top=...) -> a service.yaml with one sftp:// feed on the test sshd."""
+
+    def write(top: dict[str, Any] | None = None, **overrides: Any) -> Path:
+        feed = {
+            "name": "remote",
+            "inbox": f"{sshd.url_prefix}{remote_inbox}",
+            "private_key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts),
+            "min_age_seconds": 0.5,
+            "poll_interval_seconds": 0.1,
+            "connect_timeout_seconds": 5,
+            "io_timeout_seconds": 10,
+            "reconnect_initial_seconds": 0.2,
+            "reconnect_max_seconds": 1,
+            **overrides,
+        }
+        return write_config(tmp_path / "etc", sandbox, [feed], **(top or {}))
+
+    return write
+
+
+def archived(inbox: Path, name: str) -> bool:
+    return (inbox / "archive" / name).exists() and (inbox / "outbox" / f"{name}.receipt.json").exists()
+
+
+def test_once_plain_put(dropper, remote_inbox: Path, sftp_config, sandbox) -> None:
+    dropper.put("plain.csv", export("P", 30))
+    code, runner = run_once(sftp_config())
+    assert code == 0, runner.logs.text
+    assert archived(remote_inbox, "plain.csv")
+    assert (remote_inbox / "outbox" / "plain.csv.receipt.csv").read_text().count("accepted") == 30
+    assert receipt(remote_inbox / "outbox", "plain.csv")["counts"]["accepted"] == 30
+    assert not list((remote_inbox / "processing").iterdir())
+    assert set(sandbox.accepted_ids) == ids("P", 30)
+
+
+def test_temp_name_then_rename(dropper, remote_inbox: Path, sftp_config, sandbox) -> None:
+    with ServiceThread(sftp_config()) as runner:
+        runner.wait_log("watching 1 feed")
+        dropper.put_then_rename("renamed.csv", export("R", 10))
+        dropper.put_then_rename("renamed2.csv", export("R2", 10), temp_name="renamed2.csv.filepart")
+        wait_until(lambda: archived(remote_inbox, "renamed.csv") and archived(remote_inbox, "renamed2.csv"), 30,
+                   what="both files processed")
+    assert set(sandbox.accepted_ids) == ids("R", 10) | ids("R2", 10)
+    assert not any(p.name.endswith((".part", ".filepart")) for p in (remote_inbox / "archive").iterdir())
+
+
+def test_slow_upload_is_not_picked_up_before_complete(dropper, remote_inbox: Path, sftp_config, sandbox) -> None:
+    data = export("S", 90)
+    cut = [data[:1000], data[1000:2500], data[2500:]]
+    with ServiceThread(sftp_config(min_age_seconds=2.0)) as runner:
+        runner.wait_log("watching 1 feed")
+        upload = dropper.slow_upload("slow.csv", cut)
+        try:
+            for _ in cut:
+                upload.send_next()
+                assert (remote_inbox / "slow.csv").exists(), "claimed before the upload was complete"
+        finally:
+            upload.close()
+        wait_until(lambda: archived(remote_inbox, "slow.csv"), 30, what="slow.csv processed")
+    assert receipt(remote_inbox / "outbox", "slow.csv")["counts"]["accepted"] == 90
+    assert (remote_inbox / "archive" / "slow.csv").read_bytes() == data
+
+
+def test_marker_file_after_the_data(dropper, remote_inbox: Path, sftp_config, sandbox) -> None:
+    with ServiceThread(sftp_config(marker_suffixes=[".done"], min_age_seconds=0.2)) as runner:
+        runner.wait_log("watching 1 feed")
+        dropper.put("marked.csv", export("M", 5))
+        gauge = runner.service.metrics.last_scan.labels("remote")
+        seen = gauge._value.get()
+        wait_until(lambda: gauge._value.get() > seen + 1.0, 30, what="a second of scans after the upload")
+        assert (remote_inbox / "marked.csv").exists(), "picked up without its marker"
+        dropper.put_marker("marked.csv")
+        wait_until(lambda: archived(remote_inbox, "marked.csv"), 30, what="marked.csv processed")
+    assert (remote_inbox / "archive" / "marked.csv.done").exists()
+    assert set(sandbox.accepted_ids) == ids("M", 5)
+
+
+def test_sshd_stopped_during_processing(dropper, remote_inbox: Path, sftp_config, sandbox, sshd) -> None:
+    sandbox.set_faults(latency_ms=50)
+    config = sftp_config(top={"delivery": {"max_in_flight": 2, "backoff_base": 0.05, "backoff_cap": 0.5}})
+    with ServiceThread(config) as runner:
+        dropper.put("during.csv", export("D", 80))
+        wait_until(lambda: len(sandbox.arrivals) >= 2, 30, what="delivery under way")
+        sshd.kill()  # the daemon and every session: the service's connection drops
+        assert not archived(remote_inbox, "during.csv"), "finished before the connection dropped"
+        # delivery goes on; the receipt upload meets the dead connection and is redone later
+        runner.wait_log("during.csv: done", timeout=60)
+        runner.wait_log("inbox problem")
+        assert runner.service.health()[0], "a feed thread died"
+        sshd.start()
+        wait_until(lambda: archived(remote_inbox, "during.csv"), 60, what="during.csv finished after sshd is back")
+        dropper.put("after.csv", export("A", 5))  # and the service keeps going
+        wait_until(lambda: archived(remote_inbox, "after.csv"), 30, what="after.csv processed")
+    assert receipt(remote_inbox / "outbox", "during.csv")["counts"]["accepted"] == 80
+    assert set(sandbox.accepted_ids) == ids("D", 80) | ids("A", 5)
+    assert runner.logs.text.count("during.csv: done") == 1  # not processed again after the reconnect
+    assert not list((remote_inbox / "processing").iterdir())
+
+
+def test_unknown_host_key_is_refused_and_the_service_keeps_running(
+        dropper, remote_inbox: Path, sftp_config, sandbox, sshd, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts_empty"
+    known_hosts.write_text("")
+    with ServiceThread(sftp_config(known_hosts=str(known_hosts))) as runner:
+        runner.wait_log("unknown host key")
+        line = next(m for m in runner.logs.messages() if "unknown host key" in m)
+        assert sshd.host_key_fingerprint in line and str(known_hosts) in line, line
+        dropper.put("waiting.csv", export("K", 3))
+        assert runner.service.health()[0]  # every feed thread alive
+        known_hosts.write_text(sshd.known_hosts.read_text())  # the administrator adds the checked key
+        wait_until(lambda: archived(remote_inbox, "waiting.csv"), 30, what="processed once the key is known")
+    assert set(sandbox.accepted_ids) == ids("K", 3)
+
+
+def test_two_instances_on_one_inbox_process_each_file_once(
+        dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path) -> None:
+    config = sftp_config(min_age_seconds=0.3)
+    env = {APICODE_ENV: sandbox.apicode}
+    first = ServiceProcess(config, tmp_path / "first.log", env=env)
+    second = ServiceProcess(config, tmp_path / "second.log", env=env)
+    try:
+        names = [f"batch{i}.csv" for i in range(8)]
+        for i, name in enumerate(names):
+            dropper.put(name, export(f"T{i}", 15))
+        wait_until(lambda: all(archived(remote_inbox, name) for name in names), 90, what="every file processed")
+    finally:
+        for proc in (first, second):
+            proc.signal(signal.SIGTERM)
+        codes = [first.wait(30), second.wait(30)]
+    assert codes == [0, 0], first.text() + second.text()
+    done = [line for proc in (first, second) for line in proc.text().splitlines() if ".csv: done" in line]
+    assert len(done) == 8, done
+    expected = set().union(*(ids(f"T{i}", 15) for i in range(8)))
+    arrived = [a.id for a in sandbox.arrivals]
+    assert sorted(arrived) == sorted(expected)  # each id sent exactly once
+    assert all((remote_inbox / "outbox" / f"{n}.receipt.json").exists() for n in names)
+
+
+def test_sigkill_mid_file_then_restart_loses_nothing(
+        dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path) -> None:
+    sandbox.set_faults(latency_ms=40)
+    config = sftp_config(top={"delivery": {"max_in_flight": 4, "backoff_base": 0.05, "backoff_cap": 0.5}})
+    env = {APICODE_ENV: sandbox.apicode}
+    dropper.put("killed.csv", export("X", 150))
+    service = ServiceProcess(config, tmp_path / "killed.log", env=env)
+    try:
+        wait_until(lambda: len(sandbox.accepted_ids) >= 20, 30, what="delivery under way")
+    finally:
+        service.kill()
+    # requests in flight at the kill still reach the sandbox: wait until each is answered
+    wait_until(lambda: all(a.finished for a in sandbox.arrivals), 30, what="requests in flight answered")
+    before_restart = set(sandbox.accepted_ids)
+    assert (remote_inbox / "processing" / "killed.csv").exists()
+    assert len(sandbox.accepted_ids) < 150
+
+    sandbox.set_faults()
+    restart = ServiceProcess(config, tmp_path / "restart.log", "--once", env=env)
+    assert restart.wait(60) == 0, restart.text()
+    assert archived(remote_inbox, "killed.csv")
+    assert set(sandbox.accepted_ids) == ids("X", 150)
+    counts = receipt(remote_inbox / "outbox", "killed.csv")["counts"]
+    assert counts["accepted"] + counts["duplicate"] == 150 and counts["pending"] == counts["failed"] == 0
+    # Only events Ropo One had accepted before the restart, whose answers the journal had not yet
+    # recorded (requests in flight, results not yet written), can be sent a second time.
+    assert set(sandbox.duplicates) <= before_restart, sandbox.duplicates
+    assert all(count == 1 for count in sandbox.duplicates.values()), sandbox.duplicates
+    print(f"sent again after SIGKILL: {len(sandbox.duplicates)}")
+
+
+def test_sftp_secrets_never_in_logs(dropper, remote_inbox: Path, sftp_config, sandbox, sshd, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    passphrase = "canary-passphrase-81c2"
+    key = keygen(tmp_path / "encrypted_key", passphrase=passphrase)
+    # the service logs in with the encrypted key; the dropper with the fixture's own key
+    sshd.authorized_keys.write_text((tmp_path / "encrypted_key.pub").read_text()
+                                    + Path(f"{sshd.client_key}.pub").read_text())
+    monkeypatch.setenv("TEST_SFTP_PASSPHRASE", passphrase)
+    config = sftp_config(private_key_file=str(key), key_passphrase="${TEST_SFTP_PASSPHRASE}")
+    with ServiceThread(config) as runner:
+        dropper.put("p.csv", export("Q", 3))
+        wait_until(lambda: archived(remote_inbox, "p.csv"), 30, what="p.csv processed")
+        # anything that reaches the log goes through the one filter, whoever logs it
+        logging.getLogger("paramiko.transport").error("leak attempt: %s / %s / Bearer %s", passphrase,
+                                                      sandbox.apicode, sandbox.issued_tokens()[-1])
+        runner.wait_log("leak attempt")
+    text = runner.logs.text
+    assert passphrase not in text and sandbox.apicode not in text
+    assert not any(token in text for token in sandbox.issued_tokens())
