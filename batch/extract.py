@@ -14,19 +14,8 @@ from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
 
 
-def mapped_file(
-    compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | None = None
-) -> Iterator[list[MappedRecord]]:
-    """The mapped records of the file at `path`; a large CSV file is mapped on every core
-    (batch.parallel) with the same results as the sequential mapper."""
-    from batch import parallel  # only files that qualify pay for the import of multiprocessing
-
-    workers = parallel.workers_available() if workers is None else workers
-    segments = parallel.plan_segments(path, compiled.mapping, workers)
-    if segments is not None and len(segments) > 1:
-        with fewer_collections():
-            yield from parallel.parallel_mapped_chunks(compiled, path, segments, workers, chunk_size)
-        return
+def mapped_file(compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[MappedRecord]]:
+    """The mapped records of the file at `path` (what the pipeline and `preview` read)."""
     with open(path, "rb") as stream:
         yield from mapped_chunks(compiled, stream, chunk_size)
 

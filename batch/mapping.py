@@ -456,7 +456,7 @@ class MappingRun:
             if first is None:
                 self._seen_ids[event_id] = record.line
             else:
-                # the id as mapped (batch.parallel reports repeats across segments the same way)
+                # the id as mapped (trimmed), like every other place that names an event id
                 record.errors.append(
                     RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
                 )

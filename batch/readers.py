@@ -113,29 +113,8 @@ def read_csv(
     options: CsvOptions,
     required_columns: list[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    *,
-    footer: int | None = None,
 ) -> Iterator[Chunk]:
-    """The records of a CSV file. `footer` overrides options.skip_footer (see batch.parallel)."""
-    return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size, footer))
-
-
-def read_csv_segment(
-    stream: BinaryIO, options: CsvOptions, header: list[str], first_line: int, footer: int, chunk_size: int
-) -> Iterator[Chunk]:
-    """The records of a part of a CSV file that starts at a record boundary on line `first_line`
-    (no banner, no header: those belong to the first part). Lines are the file's own."""
-
-    def records(text: io.TextIOWrapper) -> Iterator[Chunk]:
-        reader = _csv_reader(text, options)
-        return _record_chunks(reader, header, first_line - 1, options.skip_blank_lines, footer, chunk_size)
-
-    try:
-        yield from _decoded(stream, options, records)
-    except FileError as exc:
-        if exc.line is None:
-            raise
-        raise FileError(exc.message, first_line - 1 + exc.line) from None
+    return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size))
 
 
 def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
@@ -170,9 +149,7 @@ def _csv_reader(text: io.TextIOWrapper, options: CsvOptions):
     )
 
 
-def _csv_chunks(
-    text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int, footer: int | None
-) -> Iterator[Chunk]:
+def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str], chunk_size: int) -> Iterator[Chunk]:
     skipped = (options.header_line - 1) if options.header_line else options.skip_lines
     for _ in range(skipped):
         if not text.readline():
@@ -185,8 +162,7 @@ def _csv_chunks(
     else:
         header = list(options.columns or [])
     _check_columns(header, required, options.header_line)
-    footer = options.skip_footer if footer is None else footer
-    yield from _record_chunks(reader, header, skipped, options.skip_blank_lines, footer, chunk_size)
+    yield from _record_chunks(reader, header, skipped, options.skip_blank_lines, options.skip_footer, chunk_size)
 
 
 def _record_chunks(

@@ -83,7 +83,6 @@ def run_phase(mapping_path: Path, data_path: Path) -> dict:
     """Read + map + validate + serialise every record, as the pipeline does before journaling."""
     from batch.config.mapping import load_mapping
     from batch.extract import mapped_file
-    from batch import parallel
     from batch.jsonenc import dumps_event
     from batch.mapping import CompiledMapping
 
@@ -98,19 +97,13 @@ def run_phase(mapping_path: Path, data_path: Path) -> dict:
             else:
                 invalid += 1
     elapsed = time.perf_counter() - started
-    # large CSV files are mapped on every core (batch.parallel): count the workers too, each at
-    # the largest worker's peak — an upper bound of what the processes held together
-    own_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    workers = parallel.workers_available() if worker_kb else 0
-    peak_kb = own_kb + workers * worker_kb
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "records": valid + invalid,
         "invalid": invalid,
         "seconds": round(elapsed, 3),
         "records_per_s": round((valid + invalid) / elapsed),
         "peak_rss_mb": round(peak_kb / 1024, 1),
-        "workers": workers,
         "json_bytes": serialised_bytes,
     }
 
