@@ -450,22 +450,24 @@ def demo(workspace: Path | None) -> None:
     table = Table(title="usageplace-batch demo", header_style="bold")
     for name in ("file", "result", "accepted", "rejected", "invalid", "failed", "duplicate", "receipt"):
         table.add_column(name, overflow="fold")
-    for label, outcome in result.outcomes:
-        counts = outcome.counts
-        receipt = outcome.receipt.csv.name if outcome.receipt else ""
+    for file in result.files:
+        counts = file.counts
         table.add_row(
-            label, outcome.status, *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")), receipt,
+            file.label, file.state, *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")),
+            file.receipt.name if file.receipt else "",
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+    workspace_dir = result.workspace
     click.echo(f"The sandbox accepted {result.sandbox_accepted} events ({result.sandbox_duplicates} repeats).")
-    click.echo(f"Workspace: {result.workspace}")
-    click.echo(f"  receipts:   {result.workspace}/inbox/*/outbox/")
-    click.echo(f"  journal:    usageplace-batch status --config {result.workspace}/service.yaml")
-    click.echo(f"  try again:  usageplace-batch process {result.workspace}/inbox/finnish_cp1252/finnish_cp1252.csv "
-               f"--config {result.workspace}/service.yaml")
-
-
-# --- service ------------------------------------------------------------------------------------
+    click.echo(f"Workspace: {workspace_dir}")
+    click.echo(f"  receipts:  {workspace_dir}/inbox/*/outbox/   originals: {workspace_dir}/inbox/*/archive/")
+    click.echo(f"  journal:   usageplace-batch status --config {workspace_dir}/service.yaml")
+    click.echo(f"  drop more: cp samples/utf8_iso.csv {workspace_dir}/inbox/utf8_iso/another.csv")
+    click.echo(f"             usageplace-batch run --once --config {workspace_dir}/service.yaml")
+    click.echo("            (the sandbox has stopped: start one with `usageplace-batch sandbox --port PORT` and")
+    click.echo("             set api.base_url in service.yaml to it, or run the demo again)")
+    # the demo shows invalid and rejected records on purpose: it went well if it could run
+    raise SystemExit(EXIT_UNUSABLE if result.exit_code == EXIT_UNUSABLE else EXIT_OK)
 
 
 def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,18 +19,29 @@ from typing import Callable
 import yaml
 
 from batch.config.service import load_service_config
-from batch.pipeline import FileOutcome
+from batch.journal import Journal
+from batch.receipts import receipt_names
 from batch.runtime import Runtime
 from batch.sandbox import Faults, Sandbox
+from batch.service import Service
 
 APICODE_ENV = "USAGEPLACE_BATCH_DEMO_APICODE"
 REJECTED_PLACE = "643007572062443689"  # a place of samples/finnish_cp1252.csv that Ropo "does not know"
 
 
 @dataclass
+class DemoFile:
+    label: str
+    state: str  # the journal's file state: done, skipped, error, processing
+    counts: dict[str, int]
+    receipt: Path | None
+
+
+@dataclass
 class DemoRun:
     workspace: Path
-    outcomes: list[tuple[str, FileOutcome]]
+    files: list[DemoFile]
+    exit_code: int
     sandbox_accepted: int
     sandbox_duplicates: int
 
@@ -91,6 +103,8 @@ def run_demo(
     examples: tuple[Path, Path] | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoRun:
+    """Drop every sample into its feed's inbox (and one again under a new name), then let the
+    service process what is ready, exactly as `usageplace-batch run --once` would."""
     samples, mappings = examples or find_examples()
     pairs = sample_pairs(samples, mappings)
     if not pairs:
@@ -103,19 +117,43 @@ def run_demo(
         config_path = write_workspace(workspace, pairs, sandbox.base_url, sandbox.cid)
         os.environ[APICODE_ENV] = sandbox.apicode
         loaded = load_service_config(config_path)
-        outcomes: list[tuple[str, FileOutcome]] = []
-        drops = [(sample, sample.stem) for sample, _ in pairs] + [(pairs[0][0], pairs[0][0].stem)]
-        with Runtime(loaded) as runtime:
-            for number, (sample, feed_name) in enumerate(drops):
-                settings = runtime.settings(feed_name)
-                outbox = runtime.outbox(settings)
-                assert outbox is not None
-                outbox.mkdir(parents=True, exist_ok=True)
-                again = number >= len(pairs)
-                # the same content again under a new name, as a re-run export would be
-                dropped = Path(settings.inbox) / (f"{sample.stem}-again{sample.suffix}" if again else sample.name)
-                shutil.copy(sample, dropped)
-                label = dropped.name + (" (same content again)" if again else "")
-                outcome = runtime.processor.process(dropped, runtime.feeds[feed_name], outbox)
-                outcomes.append((label, outcome))
-        return DemoRun(workspace, outcomes, len(sandbox.accepted), sum(sandbox.duplicates.values()))
+        dropped = _drop(loaded, pairs)
+        exit_code = Service(loaded, once=True).run()
+        files = _results(loaded, dropped)
+        return DemoRun(workspace, files, exit_code, len(sandbox.accepted), sum(sandbox.duplicates.values()))
+
+
+def _drop(loaded, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
+    """Copy the samples into the inboxes; the first one also again, later, under a new name
+    (a re-run export: same content). Returns (feed, file name, label) in drop order."""
+    drops = [(sample, sample.stem, sample.name, sample.name) for sample, _ in pairs]
+    first = pairs[0][0]
+    again = f"{first.stem}-again{first.suffix}"
+    drops.append((first, first.stem, again, f"{again} (same content again)"))
+    now = time.time()
+    dropped = []
+    for number, (sample, feed, name, label) in enumerate(drops):
+        target = Path(loaded.config.feed(feed).inbox) / name
+        shutil.copy(sample, target)
+        os.utime(target, (now - 60 + number, now - 60 + number))  # oldest first: drop order
+        dropped.append((feed, name, label))
+    return dropped
+
+
+def _results(loaded, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
+    with Journal(loaded.config.journal) as journal:
+        latest = {(record.feed, record.name): record for record in reversed(journal.recent_files(1000))}
+    files = []
+    for feed, name, label in dropped:
+        record = latest.get((feed, name))
+        outbox = Runtime.outbox(loaded.config.feed(feed))
+        receipt = outbox / receipt_names(name).csv if outbox is not None else None
+        files.append(
+            DemoFile(
+                label,
+                record.state if record else "not processed",
+                dict(record.counts) if record else {},
+                receipt if receipt is not None and receipt.exists() else None,
+            )
+        )
+    return files

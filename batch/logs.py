@@ -118,11 +118,6 @@ def make_formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
 
 
-def _not_watchdog_shutdown_noise(record: logging.LogRecord) -> bool:
-    # watchdog logs this at ERROR when its inotify thread is stopped while reading: harmless.
-    return not (record.name.startswith("watchdog.") and "called when the thread is inactive" in str(record.msg))
-
-
 def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | None = None) -> RedactingFilter:
     """Route every log record through one handler with the redacting filter; returns the filter."""
     root = logging.getLogger()
@@ -131,7 +126,6 @@ def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | Non
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(make_formatter(fmt))
     redactor = RedactingFilter()
-    handler.addFilter(_not_watchdog_shutdown_noise)
     handler.addFilter(redactor)
     root.addHandler(handler)
     root.setLevel(level)
