@@ -340,6 +340,19 @@ class NameRules:
 # --------------------------------------------------------------------------- interface
 
 
+def left_in_processing(entries: list[FileStat], rules: "NameRules") -> list[Claimed]:
+    """The data files a previous run left in processing/, each with its marker, oldest first."""
+    names = {entry.name for entry in entries}
+    found = []
+    for entry in entries:
+        if not rules.is_data(entry.name):
+            continue
+        marker = next((m for m in rules.markers_for(entry.name) if m in names), None)
+        found.append(Claimed(entry.name, entry.name, entry.size, entry.mtime, marker))
+    found.sort(key=lambda claimed: (claimed.mtime, claimed.name))
+    return found
+
+
 class Inbox(abc.ABC):
     """One feed's inbox. Not thread-safe: use one instance per thread."""
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batch.inbox.base import (
+    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
@@ -267,16 +268,7 @@ class LocalInbox(Inbox):
         return target
 
     def resume(self) -> list[Claimed]:
-        entries = self._list(self.processing)
-        names = {e.name for e in entries}
-        found = []
-        for e in entries:
-            if not self._rules.is_data(e.name):
-                continue
-            marker = next((m for m in self._rules.markers_for(e.name) if m in names), None)
-            found.append(Claimed(e.name, e.name, e.size, e.mtime, marker))
-        found.sort(key=lambda c: (c.mtime, c.name))
-        return found
+        return left_in_processing(self._list(self.processing), self._rules)
 
     # -- content
 

@@ -33,6 +33,7 @@ from typing import TypeVar
 import paramiko
 
 from batch.inbox.base import (
+    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
@@ -333,16 +334,7 @@ class SftpInbox(Inbox):
         return self._readiness.observe(listing)
 
     def resume(self) -> list[Claimed]:
-        entries = self._run("resume", lambda sftp: self._list(sftp, self.processing))
-        names = {e.name for e in entries}
-        found = []
-        for e in entries:
-            if not self._rules.is_data(e.name):
-                continue
-            marker = next((m for m in self._rules.markers_for(e.name) if m in names), None)
-            found.append(Claimed(e.name, e.name, e.size, e.mtime, marker))
-        found.sort(key=lambda c: (c.mtime, c.name))
-        return found
+        return left_in_processing(self._run("resume", lambda sftp: self._list(sftp, self.processing)), self._rules)
 
     # ------------------------------------------------------------------ moves
 
