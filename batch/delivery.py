@@ -10,6 +10,12 @@ Events without a usageplacecode have no ordering constraint.
 Threads: ``max_in_flight`` worker threads send; the thread that calls :func:`deliver`
 reads ``items`` lazily, schedules retries, and calls ``on_result`` — so a journal can
 use its own SQLite connection in the callback. Delivery keeps no state of its own.
+
+In flight: an event counts against ``max_in_flight`` from the moment it is sent until its
+final outcome has been reported (``on_result``, then ``on_batch_done``, have returned) — not
+merely until the answer arrives. So at any moment at most ``max_in_flight`` events can have
+reached Ropo One without their result being recorded by the caller: that bounds what a
+crash (SIGKILL) can make a rerun send twice, however far recording lags behind sending.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Sender(Protocol):
 
 
 OnResult = Callable[[Outgoing, Outcome], None]
+OnBatchDone = Callable[[], None]
 
 
 def backoff_delay(attempt: int, settings: DeliverySettings,
@@ -117,6 +124,7 @@ class _Task:
     attempts: int = 0
     status: int | None = None
     message: str = ""
+    holds_slot: bool = False  # sent, final, and not yet reported: still counts as in flight
 
     def outcome(self, state: State, message: str | None = None) -> Outcome:
         return Outcome(state, self.attempts, self.status,
@@ -156,8 +164,10 @@ class _Run:
         self.seq = itertools.count()
         self.done: list[tuple[_Task, Outcome]] = []
         self.in_flight = 0
+        self.unreported = 0      # sent tasks that are final but not yet reported (hold a slot)
         self.buffered = 0        # tasks read from input and not yet reported
         self.hold_until = 0.0    # after a 429 with Retry-After nobody sends before this
+        self.slots = settings.max_in_flight
         self.closing = False
         self.halt: State | None = None  # set when the run ends early: what the rest become
         self.halt_reason = ""
@@ -210,7 +220,9 @@ class _Run:
     def take(self) -> _Task | None:
         with self.lock:
             while True:
-                if self.ready:
+                if self.closing and (not self.ready or self.halt is not None):
+                    return None
+                if self.ready and self.in_flight + self.unreported < self.slots:
                     pause = self.hold_until - time.monotonic()
                     if pause <= 0:
                         place = self.ready.popleft()
@@ -219,10 +231,20 @@ class _Run:
                         self.in_flight += 1
                         return task
                     self.work_cv.wait(pause)
-                elif self.closing:
-                    return None
                 else:
                     self.work_cv.wait()
+
+    def reported(self, tasks: list[_Task]) -> None:
+        """The caller has reported (recorded) these outcomes: free the slots they held."""
+        freed = 0
+        for task in tasks:
+            if task.holds_slot:
+                task.holds_slot = False
+                freed += 1
+        if freed:
+            with self.lock:
+                self.unreported -= freed
+                self.work_cv.notify(freed)
 
     def finish(self, task: _Task, result: SendResult | None) -> None:
         """Record the result of one attempt (None: not sent because of the stop event)."""
@@ -235,7 +257,11 @@ class _Run:
                 self._final(task, self.halt, task.cut_short(self.halt, self.halt_reason).message)
             else:
                 task.status, task.message = result.status, result.message
+                reported_before = len(self.done)
                 self._settle(task, result)
+                if any(done is task for done, _ in self.done[reported_before:]):
+                    task.holds_slot = True  # sent and final: in flight until reported
+                    self.unreported += 1
             self.main_cv.notify()
 
     def _settle(self, task: _Task, result: SendResult) -> None:
@@ -323,6 +349,7 @@ def deliver(
     stop: threading.Event | None = None,
     deadline: float | None = None,
     window: int | None = None,
+    on_batch_done: OnBatchDone | None = None,
 ) -> DeliveryReport:
     """Send every item and call ``on_result(item, outcome)`` exactly once per item.
 
@@ -331,9 +358,12 @@ def deliver(
     reported ``pending``. ``deadline``: a ``time.monotonic()`` instant; default
     now + ``settings.deadline_seconds``; after it, unfinished items are ``failed``.
     ``window``: how many items are read ahead of the ones finished (default
-    max(1000, 100 * max_in_flight)). If ``on_result`` raises, delivery stops, in-flight
-    requests finish unreported, and the exception propagates (those events may be sent
-    again by a later run: at-least-once).
+    max(1000, 100 * max_in_flight)). ``on_batch_done``: called (in the calling thread)
+    after each batch of ``on_result`` calls, e.g. to record the batch in one transaction;
+    an event's slot is freed only after it returns (see the module's note on in flight).
+    If ``on_result`` or ``on_batch_done`` raises, delivery stops, in-flight requests
+    finish unreported, and the exception propagates (those events may be sent again by a
+    later run: at-least-once).
     """
     started = time.monotonic()
     if deadline is None and settings.deadline_seconds is not None:
@@ -347,7 +377,7 @@ def deliver(
     for thread in workers:
         thread.start()
     try:
-        _dispatch(run, iter(items), on_result, report)
+        _dispatch(run, iter(items), on_result, on_batch_done, report)
     finally:
         with run.lock:
             run.closing = True
@@ -364,7 +394,7 @@ def deliver(
 
 
 def _dispatch(run: _Run, items: Iterator[Outgoing], on_result: OnResult,
-              report: DeliveryReport) -> None:
+              on_batch_done: OnBatchDone | None, report: DeliveryReport) -> None:
     exhausted = False
     while True:
         exhausted = _feed(run, items, exhausted)
@@ -385,6 +415,9 @@ def _dispatch(run: _Run, items: Iterator[Outgoing], on_result: OnResult,
         for task, outcome in finished:
             report.counts[outcome.state] += 1
             on_result(task.item, outcome)
+        if on_batch_done is not None:
+            on_batch_done()
+        run.reported([task for task, _ in finished])
 
 
 def _feed(run: _Run, items: Iterator[Outgoing], exhausted: bool) -> bool:

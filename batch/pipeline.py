@@ -20,7 +20,7 @@ from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
 from batch.delivery import DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.extract import mapped_file
-from batch.journal import FileRecord, Journal, NewEvent
+from batch.journal import FileRecord, Journal, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import DEFAULT_CHUNK_SIZE, FileError
 from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
@@ -187,16 +187,25 @@ class Processor:
             if event.payload_json is not None
         )
 
+        results: list[Result] = []
+
         def on_result(item: Outgoing, outcome: Outcome) -> None:
             if outcome.state is not State.PENDING:  # pending: stopped before it was sent
-                journal.record_result(
-                    file_id, item.key, outcome.state.value,
+                results.append(Result(
+                    file_id, item.key, outcome.state.value,  # type: ignore[arg-type]
                     http_status=outcome.status, message=outcome.message or None, attempts=outcome.attempts,
-                )
+                ))
             if progress.on_result:
                 progress.on_result(outcome)
 
-        report = deliver(items, self.client, self.delivery, on_result, stop=self.stop)
+        def on_batch_done() -> None:
+            # one transaction per batch of results; delivery counts these events as in flight
+            # until this returns, so a kill can make a rerun re-send at most max_in_flight
+            if results:
+                journal.record_results(results)
+                results.clear()
+
+        report = deliver(items, self.client, self.delivery, on_result, stop=self.stop, on_batch_done=on_batch_done)
         if report.auth_error:
             journal.flush()
             file = journal.get_file(file_id)

@@ -33,7 +33,11 @@ class Runtime:
         self.config.journal.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.config.journal)
         try:
-            self.client = RopoClient(self.config.api, pool_size=self.config.delivery.max_in_flight)
+            self.client = RopoClient(
+                self.config.api,
+                pool_size=self.config.delivery.max_in_flight,
+                transient_statuses=self.config.delivery.retry_statuses,
+            )
         except BaseException:
             self.journal.close()
             raise

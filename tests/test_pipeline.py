@@ -1,0 +1,577 @@
+"""One file end to end through Processor.process (what `process` and the service call), against
+the sandbox on loopback: token expiry, 401, 429, 5xx bursts, dropped connections, timeouts,
+permanent rejections, per-usage-place ordering, file-level faults, stop and resume.
+
+The helpers at the top (a workspace with a service.yaml and a simple CSV mapping, feed files,
+receipts) are shared with test_process_cli.py and test_crash.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batch.config.service import load_service_config
+from batch.journal import Journal
+from batch.pipeline import FileOutcome, Progress
+from batch.runtime import Runtime
+from batch.sandbox import DROP, DROP_AFTER, SLOW, Arrival, Faults, Sandbox
+from tests.fixtures_http import APICODE_ENV
+
+# --------------------------------------------------------------------------- shared helpers
+
+FEED = "simple"
+COLUMNS = ("id", "place", "customer", "time", "status", "description")
+SIMPLE_MAPPING = """\
+name: simple
+format: csv
+csv:
+  encoding: utf-8
+  delimiter: ","
+fields:
+  id: {column: id, required: true}
+  usageplacecode: {column: place}
+  customernumber: {column: customer}
+  time:
+    column: time
+    formats: ["%Y-%m-%d %H:%M:%S"]
+  status:
+    column: status
+    map: {K: disconnected, KY: connected, EK: not_disconnected}
+  description: {column: description}
+"""
+#: Delivery settings for tests: quick retries, so fault tests take milliseconds.
+FAST_DELIVERY: dict[str, Any] = {
+    "max_in_flight": 8, "max_attempts": 8, "backoff_base": 0.01, "backoff_cap": 0.05,
+}
+
+
+@dataclass
+class Workspace:
+    """A service configuration on disk: config, mapping, local inbox (receipts in inbox/outbox)."""
+
+    root: Path
+    config: Path
+    inbox: Path
+    journal: Path
+
+    @property
+    def outbox(self) -> Path:
+        return self.inbox / "outbox"
+
+    def receipt(self, name: str) -> Path:
+        return self.outbox / f"{name}.receipt.csv"
+
+    def summary(self, name: str) -> dict[str, Any]:
+        return json.loads((self.outbox / f"{name}.receipt.json").read_text("utf-8"))
+
+    def runtime(self) -> Runtime:
+        return Runtime(load_service_config(self.config))
+
+
+def write_workspace(
+    root: Path,
+    base_url: str,
+    cid: str,
+    *,
+    delivery: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
+    mapping_text: str = SIMPLE_MAPPING,
+    mapping_name: str = "simple",
+    apicode_env: str = APICODE_ENV,
+) -> Workspace:
+    """Write ROOT/service.yaml (one feed, `mapping_name`, local inbox ROOT/inbox)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mappings").mkdir(exist_ok=True)
+    (root / "mappings" / f"{mapping_name}.yaml").write_text(mapping_text, encoding="utf-8")
+    inbox = root / "inbox"
+    inbox.mkdir(exist_ok=True)
+    config = {
+        "api": {"base_url": base_url, "cid": cid, "apicode": "${" + apicode_env + "}",
+                "connect_timeout": 2.0, "read_timeout": 10.0, **(api or {})},
+        "delivery": {**FAST_DELIVERY, **(delivery or {})},
+        "journal": "var/journal.sqlite3",
+        "feeds": [{"name": mapping_name, "mapping": f"mappings/{mapping_name}.yaml",
+                   "inbox": "inbox", "patterns": ["*"], "min_age_seconds": 0}],
+    }
+    path = root / "service.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return Workspace(root, path, inbox, root / "var" / "journal.sqlite3")
+
+
+def make_rows(count: int, places: int, *, prefix: str = "E", start: int = 0,
+              shuffle_seed: int | None = None) -> list[dict[str, str]]:
+    """`count` valid records with unique ids; record i belongs to place i % places."""
+    rows = []
+    for i in range(start, start + count):
+        rows.append({
+            "id": f"{prefix}{i:06d}", "place": f"6430075720{i % places:08d}",
+            "customer": f"C{i % 997}", "time": f"2024-01-{1 + i % 28:02d} 10:{i % 60:02d}:00",
+            "status": ("K", "KY", "EK")[i % 3], "description": f"event {i}",
+        })
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    return rows
+
+
+def write_feed(path: Path, rows: Sequence[dict[str, str]], *, columns: Sequence[str] = COLUMNS,
+               encoding: str = "utf-8", delimiter: str = ",") -> Path:
+    with open(path, "w", encoding=encoding, newline="") as stream:
+        writer = csv.writer(stream, delimiter=delimiter, lineterminator="\r\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(column, "") for column in columns])
+    return path
+
+
+def read_receipt(path: Path, *, encoding: str = "utf-8", delimiter: str = ",") -> list[dict[str, str]]:
+    text = path.read_bytes().decode(encoding)
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+
+
+def by_place(arrivals: Sequence[Arrival]) -> dict[str, list[Arrival]]:
+    places: dict[str, list[Arrival]] = defaultdict(list)
+    for arrival in sorted(arrivals, key=lambda a: a.seq):
+        places[arrival.usageplacecode or ""].append(arrival)
+    return places
+
+
+def dedupe_consecutive(values: Sequence[str | None]) -> list[str | None]:
+    return [key for key, _ in itertools.groupby(values)]
+
+
+# --------------------------------------------------------------------------- fixtures here
+
+
+@pytest.fixture
+def workspace_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Workspace]:
+    """Workspace for a sandbox (the apicode is put in ${ROPO_TEST_APICODE})."""
+    counter = itertools.count()
+
+    def make(sandbox: Sandbox, **kwargs: Any) -> Workspace:
+        monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+        return write_workspace(tmp_path / f"ws{next(counter)}", sandbox.base_url, sandbox.cid, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[Runtime]]:
+    opened: list[Runtime] = []
+    yield opened
+    for runtime in opened:
+        runtime.close()
+
+
+@pytest.fixture
+def process_file(runtimes: list[Runtime]) -> Callable[..., FileOutcome]:
+    """process_file(ws, path, **kwargs): one Runtime per workspace, kept for the test."""
+    by_config: dict[Path, Runtime] = {}
+
+    def run(ws: Workspace, path: Path, **kwargs: Any) -> FileOutcome:
+        runtime = by_config.get(ws.config)
+        if runtime is None:
+            runtime = by_config[ws.config] = ws.runtime()
+            runtimes.append(runtime)
+        ws.outbox.mkdir(exist_ok=True)
+        feed = runtime.feeds[runtime.feed_for(path.name).name]
+        return runtime.processor.process(path, feed, ws.outbox, **kwargs)
+
+    return run
+
+
+def assert_all_accepted(ws: Workspace, outcome: FileOutcome, sandbox: Sandbox,
+                        rows: Sequence[dict[str, str]], name: str) -> list[dict[str, str]]:
+    """Journal, receipt and sandbox agree that every row was accepted; returns the receipt."""
+    ids = [row["id"] for row in rows]
+    assert outcome.status == "done", outcome.message
+    assert outcome.counts["accepted"] == len(rows), outcome.counts
+    assert outcome.all_accepted
+    receipt = read_receipt(ws.receipt(name))
+    assert [r["event_id"] for r in receipt] == ids
+    assert {r["outcome"] for r in receipt} == {"accepted"}
+    assert {r["http_status"] for r in receipt} == {"200"}
+    assert set(sandbox.accepted_ids) >= set(ids)
+    summary = ws.summary(name)
+    assert summary["state"] == "done" and summary["counts"]["accepted"] == len(rows)
+    return receipt
+
+
+def journal_events(ws: Workspace) -> list[Any]:
+    with Journal(ws.journal) as journal:
+        files = journal.recent_files(100)
+        return [event for file in reversed(files) for event in journal.file_events(file.id)]
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+def test_every_record_accepted_and_journal_receipt_sandbox_agree(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome], contract_check: Any) -> None:
+    sandbox = make_sandbox()
+    ws = workspace_for(sandbox)
+    rows = make_rows(200, 40)
+    path = write_feed(ws.inbox / "night.csv", rows)
+    outcome = process_file(ws, path)
+    assert_all_accepted(ws, outcome, sandbox, rows, "night.csv")
+    assert sorted(sandbox.accepted_ids) == sorted(r["id"] for r in rows)
+    assert sandbox.duplicates == {}
+    assert len(sandbox.arrivals) == 200
+    assert sandbox.tokens_issued == 1
+    assert contract_check.checked == 201  # one token request, 200 events
+    # the event sent is the mapped one
+    sent = {event["id"]: event for event in sandbox.accepted}
+    assert sent["E000007"] == {
+        "id": "E000007", "usageplacecode": "643007572000000007", "customernumber": "C7",
+        "time": "2024-01-08 10:07:00", "status": "connected", "description": "event 7",
+    }
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_token_expiring_mid_file_is_renewed_after_a_401(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    # No exp claim: the client cannot foresee the expiry and must react to the 401.
+    sandbox = make_sandbox(token_ttl=0.2, token_exp_claim=False,
+                           faults=Faults(latency_ms=5))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4}, api={"token_renew_margin": 0})
+    rows = make_rows(300, 60)  # >= 300 * 5 ms / 4 = 375 ms of latency alone: several token lives
+    outcome = process_file(ws, write_feed(ws.inbox / "long.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "long.csv")
+    refused = [a for a in sandbox.arrivals if a.status == 401]
+    assert refused, "the token never expired during the file"
+    assert sandbox.tokens_issued >= 2
+    # one renewal per expiry, not one per refused request: concurrent 401s share it
+    assert sandbox.tokens_issued <= len(refused) + 1
+    assert sandbox.duplicates == {}
+    assert len(sandbox.accepted_ids) == 300
+
+
+def test_token_with_exp_claim_is_renewed_before_it_expires(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    sandbox = make_sandbox(token_ttl=0.6, faults=Faults(latency_ms=5))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4}, api={"token_renew_margin": 0.3})
+    rows = make_rows(300, 60)
+    outcome = process_file(ws, write_feed(ws.inbox / "long.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "long.csv")
+    assert sandbox.tokens_issued >= 2
+
+
+def test_a_single_401_renews_the_token_once_and_the_event_is_accepted(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    sandbox = make_sandbox(faults=Faults(script=["ok"] * 10 + [401]))
+    ws = workspace_for(sandbox)
+    rows = make_rows(40, 40)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    assert [a.status for a in sandbox.arrivals].count(401) == 1
+    assert sandbox.tokens_issued == 2
+    assert len(sandbox.arrivals) == 41 and sandbox.duplicates == {}
+
+
+def test_refused_credentials_stop_the_file_and_a_rerun_continues(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    # the token endpoint refuses (400) after the tenth event: everything left stays pending
+    sandbox = make_sandbox(faults=Faults(script=["ok"] * 10 + [401], token_script=["ok", 400]))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 1})
+    rows = make_rows(30, 30)
+    path = write_feed(ws.inbox / "a.csv", rows)
+    outcome = process_file(ws, path)
+    assert outcome.status == "auth_failed"
+    assert outcome.receipt is None
+    assert outcome.counts["accepted"] == 10 and outcome.counts["pending"] == 20
+    # fixed: the same content resumes where it stopped and sends only the rest
+    outcome = process_file(ws, path)
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    assert sandbox.duplicates == {}
+
+
+# --------------------------------------------------------------------------- transient faults
+
+
+def test_429_with_retry_after_holds_every_sender_then_succeeds(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    sandbox = make_sandbox(faults=Faults(script=["ok"] * 20 + [429], retry_after="1"))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
+    rows = make_rows(60, 60)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    arrivals = sandbox.arrivals
+    limited = [a for a in arrivals if a.status == 429]
+    assert len(limited) == 1
+    answered = limited[0].finished
+    again = [a for a in arrivals if a.id == limited[0].id and a.seq > limited[0].seq]
+    assert [a.status for a in again] == [200]
+    assert again[0].started >= answered + 0.95
+    # nobody started a request while the Retry-After was running (only those already on their way)
+    assert not [a for a in arrivals if answered + 0.5 < a.started < answered + 0.95]
+    attempts = {e.event_id: e.attempts for e in journal_events(ws)}
+    assert attempts[limited[0].id] == 2
+
+
+def test_5xx_bursts_are_retried_until_accepted(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    script: list[int | str] = [503] * 12 + ["ok"] * 40 + [500] * 6 + ["ok"] * 20 + [502, 504] * 3
+    sandbox = make_sandbox(faults=Faults(script=script))
+    ws = workspace_for(sandbox, delivery={"max_attempts": 12})
+    rows = make_rows(150, 50)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    receipt = assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    errors = [a for a in sandbox.arrivals if a.status is not None and a.status >= 500]
+    assert len(errors) == 24
+    assert sandbox.duplicates == {}
+    events = journal_events(ws)
+    assert sum(e.attempts for e in events) == 150 + 24
+    assert {e.http_status for e in events} == {200} and {r["message"] for r in receipt} == {""}
+
+
+def test_dropped_connections_are_retried(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    # DROP: hung up before keeping the event; DROP_AFTER: kept, but the answer was lost
+    script: list[int | str] = ["ok"] * 5 + [DROP] * 3 + ["ok"] * 10 + [DROP_AFTER] * 2 + ["ok", DROP]
+    sandbox = make_sandbox(faults=Faults(script=script))
+    ws = workspace_for(sandbox)
+    rows = make_rows(80, 20)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    assert [a.status for a in sandbox.arrivals].count(None) == 6
+    # the lost answers are the one unavoidable repeat (no idempotency key): exactly those two
+    assert sum(sandbox.duplicates.values()) == 2
+    assert len(sandbox.accepted_ids) == 80
+
+
+def test_read_timeouts_are_retried(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    sandbox = make_sandbox(faults=Faults(script=["ok"] * 3 + [SLOW, SLOW], slow_ms=1500))
+    ws = workspace_for(sandbox, api={"read_timeout": 0.3}, delivery={"max_in_flight": 4})
+    rows = make_rows(30, 30)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    retried = [e for e in journal_events(ws) if e.attempts > 1]
+    assert len(retried) == 2 and all(e.attempts == 2 for e in retried)
+
+
+def test_transient_errors_outlasting_the_budget_fail_the_event_and_its_later_place_events(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    # one usage place: its POSTs go one after another; the 3rd and 4th are the 3rd event's two
+    sandbox = make_sandbox(faults=Faults(script=["ok", "ok", 503, 503]))
+    ws = workspace_for(sandbox, delivery={"max_attempts": 2})
+    rows = make_rows(6, 1)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert outcome.status == "done" and not outcome.all_accepted
+    assert outcome.counts["failed"] == 4 and outcome.counts["accepted"] == 2
+    receipt = read_receipt(ws.receipt("a.csv"))
+    assert [r["outcome"] for r in receipt] == ["accepted"] * 2 + ["failed"] * 4
+    assert receipt[2]["http_status"] == "503"
+    assert "gave up after 2 attempts" in receipt[2]["message"]
+    for later in receipt[3:]:  # they must not overtake the failed one: not sent at all
+        assert "earlier event of usage place" in later["message"]
+    assert [a.id for a in sandbox.arrivals] == [r["id"] for r in rows[:3]] + [rows[2]["id"]]
+
+
+def test_the_configured_retry_statuses_are_the_transient_ones(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    # 409 retried because the configuration says so; 429 is then a permanent refusal
+    sandbox = make_sandbox(faults=Faults(script=[409, 429]))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 1, "retry_statuses": [409, 503]})
+    rows = make_rows(3, 3)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    receipt = read_receipt(ws.receipt("a.csv"))
+    assert [(r["outcome"], r["http_status"]) for r in receipt] == [
+        ("accepted", "200"), ("rejected", "429"), ("accepted", "200")]
+    assert outcome.counts["rejected"] == 1
+    assert [a.status for a in sandbox.arrivals] == [409, 429, 200, 200]
+
+
+# --------------------------------------------------------------------------- permanent rejections
+
+
+def test_permanent_4xx_is_rejected_with_the_problem_title_and_detail(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    rows = make_rows(20, 5)
+    rejected_id = rows[3]["id"]
+    sandbox = make_sandbox(faults=Faults(
+        reject_ids=[rejected_id], reject_status=422, reject_title="Unknown usage place",
+        reject_detail="Usage place 643007572000000003 is not in Ropo One"))
+    ws = workspace_for(sandbox)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert outcome.status == "done" and not outcome.all_accepted
+    assert outcome.counts["rejected"] == 1 and outcome.counts["accepted"] == 19
+    message = "HTTP 422: Unknown usage place: Usage place 643007572000000003 is not in Ropo One"
+    receipt = {r["event_id"]: r for r in read_receipt(ws.receipt("a.csv"))}
+    assert receipt[rejected_id]["outcome"] == "rejected"
+    assert receipt[rejected_id]["http_status"] == "422"
+    assert receipt[rejected_id]["message"] == message
+    journaled = {e.event_id: e for e in journal_events(ws)}[rejected_id]
+    assert (journaled.state, journaled.http_status, journaled.message, journaled.attempts) == (
+        "rejected", 422, message, 1)
+    # a rejection is final: the place's later events were sent, and nothing was retried
+    assert [a.id for a in sandbox.arrivals].count(rejected_id) == 1
+    assert rows[8]["id"] in sandbox.accepted_ids  # same place (3), later in the file
+    assert ws.summary("a.csv")["counts"]["rejected"] == 1
+
+
+def test_a_rejection_without_a_problem_body_keeps_the_start_of_the_text(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    rows = make_rows(5, 5)
+    sandbox = make_sandbox(faults=Faults(reject_ids=[rows[0]["id"]], reject_status=409,
+                                         reject_raw_body="conflict:\n  event\tseen before"))
+    ws = workspace_for(sandbox)
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    row = read_receipt(ws.receipt("a.csv"))[0]
+    assert outcome.counts["rejected"] == 1
+    assert (row["outcome"], row["http_status"]) == ("rejected", "409")
+    assert row["message"] == "HTTP 409 Conflict: conflict: event seen before"
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def test_events_of_a_place_arrive_one_at_a_time_in_file_order_under_concurrency(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    sandbox = make_sandbox(faults=Faults(latency_ms=0.5, latency_jitter_ms=4, error_rate=0.1))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 8, "max_attempts": 30})
+    rows = make_rows(360, 30, shuffle_seed=7)  # places interleaved at random, 12 events each
+    outcome = process_file(ws, write_feed(ws.inbox / "a.csv", rows))
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    arrivals = sandbox.arrivals
+    file_order: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        file_order[row["place"]].append(row["id"])
+    places = by_place(arrivals)
+    assert set(places) == set(file_order)
+    for place, sent in places.items():
+        # never two requests of one place at once ...
+        for before, after in itertools.pairwise(sent):
+            assert before.finished <= after.started, (place, before, after)
+        # ... and in file order, retries included (a retry repeats the head, never skips it)
+        assert dedupe_consecutive([a.id for a in sent]) == file_order[place]
+        assert [a.id for a in sent if a.status == 200] == file_order[place]
+    # the test means something only if requests did overlap
+    events = sorted([(a.started, 1) for a in arrivals] + [(a.finished, -1) for a in arrivals])
+    assert max(itertools.accumulate(step for _, step in events)) > 1
+    assert [a.status for a in arrivals].count(503) > 0
+
+
+# --------------------------------------------------------------------------- file-level faults
+
+
+def test_a_fault_half_way_through_the_file_sends_nothing(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        runtimes: list[Runtime]) -> None:
+    sandbox = make_sandbox()
+    ws = workspace_for(sandbox)
+    path = write_feed(ws.inbox / "bad.csv", make_rows(200, 20))
+    with open(path, "ab") as stream:  # not UTF-8, after ten chunks of good records
+        stream.write("E999999,P,C,2024-01-01 10:00:00,K,K\u00e4ytt\u00f6paikka\r\n".encode("cp1252"))
+    runtime = ws.runtime()
+    runtimes.append(runtime)
+    runtime.processor.chunk_size = 20
+    recorded: list[int] = []
+    ws.outbox.mkdir()
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox,
+                                        progress=Progress(on_recorded=recorded.append))
+    assert outcome.status == "error"
+    assert recorded and recorded[-1] >= 100  # it did get half-way
+    assert sandbox.arrivals == [] and sandbox.tokens_issued == 0
+    rows = read_receipt(ws.receipt("bad.csv"))
+    assert len(rows) == 1 and rows[0]["outcome"] == "file_error"
+    assert "\n" not in rows[0]["message"] and rows[0]["message"]
+    assert outcome.file is not None and outcome.file.state == "error"
+
+
+# --------------------------------------------------------------------------- stop and resume
+
+
+def test_a_stopped_file_is_interrupted_and_resumed_without_resending(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        runtimes: list[Runtime]) -> None:
+    sandbox = make_sandbox(faults=Faults(latency_ms=2))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
+    rows = make_rows(300, 50)
+    path = write_feed(ws.inbox / "a.csv", rows)
+    ws.outbox.mkdir()
+    runtime = ws.runtime()
+    runtimes.append(runtime)
+    seen = itertools.count(1)
+
+    def on_result(_: Any) -> None:
+        if next(seen) == 50:
+            runtime.stop.set()
+
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox,
+                                        progress=Progress(on_result=on_result))
+    assert outcome.status == "interrupted" and outcome.receipt is None
+    assert 50 <= outcome.counts["accepted"] < 300
+    assert outcome.counts["pending"] == 300 - outcome.counts["accepted"]
+    sent_before = len(sandbox.arrivals)
+    runtime.stop.clear()
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    # a graceful stop finishes the requests in flight and journals them: nothing is sent twice
+    assert sandbox.duplicates == {}
+    assert len(sandbox.arrivals) == 300 and sent_before < 300
+
+
+# --------------------------------------------------------------------------- sent but not journaled
+
+
+def test_at_most_max_in_flight_events_are_sent_without_their_result_being_journaled(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        runtimes: list[Runtime]) -> None:
+    """What a SIGKILL can make a rerun send twice is bounded by max_in_flight, even when the
+    journal is slower than Ropo One: senders wait for results to be journaled."""
+    sandbox = make_sandbox(faults=Faults(latency_ms=1))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
+    rows = make_rows(200, 50)
+    path = write_feed(ws.inbox / "a.csv", rows)
+    ws.outbox.mkdir()
+    runtime = ws.runtime()
+    runtimes.append(runtime)
+    journal = runtime.journal
+    record_results = journal.record_results
+    committed = 0
+    gaps: list[int] = []
+
+    def slow_record_results(results: Any) -> int:
+        nonlocal committed
+        # every event that reached Ropo One is journaled, or one of the 4 in flight
+        gaps.append(sum(1 for a in sandbox.arrivals if a.status == 200) - committed)
+        time.sleep(0.01)  # a slow disk
+        applied = record_results(results)
+        committed += applied
+        return applied
+
+    journal.record_results = slow_record_results  # type: ignore[method-assign]
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    assert committed == 200
+    assert max(gaps) <= 4, gaps
+    assert len(gaps) < 200  # results are journaled in batches
