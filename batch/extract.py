@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterator
 
 from batch.gctune import fewer_collections
 from batch.mapping import CompiledMapping, MappedRecord
-from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
+from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
 
 
 def mapped_file(compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[MappedRecord]]:
@@ -28,6 +28,9 @@ def mapped_chunks(
     if mapping.format == "xml":
         assert mapping.xml is not None
         chunks = read_xml(stream, mapping.xml, compiled.xml_plan(), chunk_size)
+    elif mapping.format == "fixed":
+        assert mapping.fixed is not None
+        chunks = read_fixed(stream, mapping.fixed, compiled.required_columns(), chunk_size)
     else:
         assert mapping.csv is not None
         chunks = read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)

@@ -50,6 +50,8 @@ def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptForm
     encoding, delimiter = "utf-8", ","
     if mapping.format == "csv" and mapping.csv is not None:
         encoding, delimiter = mapping.csv.encoding, mapping.csv.delimiter
+    elif mapping.format == "fixed" and mapping.fixed is not None:
+        encoding = mapping.fixed.encoding
     return ReceiptFormat(
         delimiter=options.delimiter or delimiter,
         quotechar=options.quotechar,

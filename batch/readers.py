@@ -16,11 +16,12 @@ import codecs
 import csv
 import io
 import re
+from collections import deque
 from typing import BinaryIO, Iterator
 
 from lxml import etree
 
-from batch.config.mapping import CsvOptions, XmlOptions
+from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions
 from batch.records import Chunk, XmlPlan
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
@@ -135,6 +136,49 @@ def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
         except ValueError:
             pass  # the caller closed it already
         _unwrap(stream, original)
+
+
+def read_fixed(
+    stream: BinaryIO, options: FixedOptions, required_columns: list[str], chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[Chunk]:
+    """The records of a fixed-width file, one a line, cut by pandas.read_fwf at the declared columns."""
+    return _decoded(stream, options, lambda text: _fixed_chunks(text, options, chunk_size))
+
+
+def _fixed_chunks(text: io.TextIOWrapper, options: FixedOptions, chunk_size: int) -> Iterator[Chunk]:
+    import pandas as pd  # only fixed-width feeds pay for importing pandas
+
+    header = [column.name for column in options.columns]
+    frames = pd.read_fwf(
+        text,
+        colspecs=[(column.start - 1, column.start - 1 + column.width) for column in options.columns],
+        names=header,
+        header=None,
+        dtype=str,
+        na_filter=False,  # an empty column is '', never NaN
+        skiprows=options.skip_lines,
+        skip_blank_lines=False,  # every line keeps its place, so that a record's line is exact
+        chunksize=chunk_size,
+    )
+    line = options.skip_lines
+    held: deque[tuple[int, list]] = deque()  # the last skip_footer records
+    chunk = Chunk(header)
+    for frame in frames:
+        for row in frame.itertuples(index=False, name=None):
+            line += 1
+            if options.skip_blank_lines and not any(row):
+                continue
+            held.append((line, list(row)))
+            if len(held) <= options.skip_footer:
+                continue
+            record_line, values = held.popleft()
+            chunk.lines.append(record_line)
+            chunk.rows.append(values)
+            if len(chunk.lines) >= chunk_size:
+                yield chunk
+                chunk = Chunk(header)
+    if chunk.lines:
+        yield chunk
 
 
 def _csv_reader(text: io.TextIOWrapper, options: CsvOptions):

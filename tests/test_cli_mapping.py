@@ -66,7 +66,8 @@ def test_validate_shipped_mappings(capsys):
     code, out, err = run(["validate", *paths], capsys)
     assert code == 0
     assert err == ""
-    assert out.splitlines() == [f"{p}: ok ({'xml' if 'erp' in p.name else 'csv'}, 7 fields)" for p in paths]
+    formats = {"erp_export.yaml": "xml", "mainframe_fixed.yaml": "fixed"}
+    assert out.splitlines() == [f"{p}: ok ({formats.get(p.name, 'csv')}, 7 fields)" for p in paths]
 
 
 def test_validate_reports_every_problem_of_every_file(tmp_path, capsys):

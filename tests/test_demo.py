@@ -43,8 +43,8 @@ def test_demo_runs_every_sample_through_the_service(tmp_path):
     assert again["state"] == "skipped" and "same content as 'erp_export.xml'" in again["error"]
 
     accepted = [json.loads(line) for line in (workspace / "sandbox" / "accepted.jsonl").read_text().splitlines()]
-    assert len(accepted) == 13  # every valid event once; the rejected one and the re-drop not at all
-    assert len({event["id"] for event in accepted}) == 13
+    assert len(accepted) == 16  # every valid event once; the rejected one and the re-drop not at all
+    assert len({event["id"] for event in accepted}) == 16
 
     status = subprocess.run(
         [sys.executable, "-m", "batch", "status", "--config", str(workspace / "service.yaml"), "--json"],

@@ -142,8 +142,20 @@ INVALID = [
                  "message": "not a real date/time (hour must be in 0..23)"}]),
 ]
 
+MAINFRAME = [  # line 1 is the HDR record, line 4 is blank, line 6 the TRL record
+    (2, {"id": "MF00000101", "usageplacecode": "643007572062480001", "customernumber": "C0000101", "contract_no": "K-000101",
+         "invoices": [{"invoicenumber": "700100", "jobid": 51}, {"invoicenumber": "700101", "jobid": 52}],
+         "time": "2024-03-06 07:15:00", "status": "disconnected", "description": "Katkaistu mittarilta"}, []),
+    (3, {"id": "MF00000102", "usageplacecode": "643007572062480018", "customernumber": "C0000102", "contract_no": "K-000102",
+         "invoices": [], "time": "2024-03-06 09:30:15", "status": "connected", "description": "Usage place reconnected"}, []),
+    (5, {"id": "MF00000103", "usageplacecode": "643007572062480025", "customernumber": "C0000103", "contract_no": "K-000103",
+         "invoices": [{"invoicenumber": "700120", "jobid": 55}], "time": "2024-03-06 11:00:00", "status": "not_disconnected",
+         "description": "Asiakas ei päästänyt sisään"}, []),
+]
+
 EXPECTED = {
     "finnish_cp1252.csv": FINNISH,
+    "mainframe_fixed.txt": MAINFRAME,
     "erp_export.xml": ERP,
     "mds7_rows.txt": MDS7,
     "utf8_iso.csv": _with_generated_ids(UTF8_ISO_WITHOUT_IDS),

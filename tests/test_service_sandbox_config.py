@@ -11,7 +11,7 @@ from pathlib import Path
 from batch.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-FEEDS = {"finnish_cp1252.csv", "utf8_iso.csv", "mds7_rows.txt", "erp_export.xml", "invalid_records.csv"}
+FEEDS = {"finnish_cp1252.csv", "utf8_iso.csv", "mds7_rows.txt", "erp_export.xml", "invalid_records.csv", "mainframe_fixed.txt"}
 
 
 def test_shipped_sandbox_config_processes_every_sample(tmp_path):
@@ -41,4 +41,4 @@ def test_shipped_sandbox_config_processes_every_sample(tmp_path):
         assert (inbox / "archive" / name).is_file()
         assert (inbox / "outbox" / f"{name}.receipt.csv").is_file()
         assert not any((inbox / "processing").iterdir())
-    assert accepted == 14  # 4 + 3 + 3 + 3 + 1 valid events, each once
+    assert accepted == 17  # 4 + 3 + 3 + 3 + 1 + 3 valid events, each once

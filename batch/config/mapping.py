@@ -63,11 +63,7 @@ class CsvOptions(Strict):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, utf-16, cp1252, iso-8859-1)") from None
-        return value
+        return check_encoding(value)
 
     @field_validator("delimiter", "quotechar", "escapechar")
     @classmethod
@@ -86,6 +82,39 @@ class CsvOptions(Strict):
             raise ValueError("columns has a name twice")
         if self.quotechar is not None and self.quotechar == self.delimiter:
             raise ValueError("quotechar and delimiter must differ")
+        return self
+
+
+class FixedColumn(Strict):
+    name: str = Field(..., min_length=1, description="The name fields refer to with 'column:'.")
+    start: int = Field(..., ge=1, description="First character of the column (1-based).")
+    width: int = Field(..., ge=1, description="Number of characters.")
+
+
+class FixedOptions(Strict):
+    """How a fixed-width export (mainframe / COBOL record layout) is laid out: one record a line."""
+
+    encoding: str = Field("utf-8", description="Text encoding; a byte order mark in the file wins.")
+    columns: list[FixedColumn] = Field(..., min_length=1, description="The record layout, column by column.")
+    skip_lines: int = Field(0, ge=0, description="Banner lines before the first record.")
+    skip_footer: int = Field(0, ge=0, description="Trailing lines that are not records.")
+    skip_blank_lines: bool = Field(True, description="Ignore lines that are empty.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        return check_encoding(value)
+
+    @model_validator(mode="after")
+    def _layout(self) -> "FixedOptions":
+        names = [column.name for column in self.columns]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"column names must be unique: {', '.join(doubled)}")
+        spans = sorted((c.start, c.start + c.width - 1, c.name) for c in self.columns)
+        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+            if start <= end:
+                raise ValueError(f"columns {name!r} and {other!r} overlap (character {start})")
         return self
 
 
@@ -267,8 +296,9 @@ class Mapping(Strict):
 
     schema_ref: str | None = Field(None, alias="$schema", description="JSON Schema for editors; ignored.")
     name: str | None = Field(None, description="A short name for the feed (default: the file name).")
-    format: Literal["csv", "xml"]
+    format: Literal["csv", "xml", "fixed"]
     csv: CsvOptions | None = None
+    fixed: FixedOptions | None = None
     xml: XmlOptions | None = None
     time_zone: str = Field(DEFAULT_TIME_ZONE, description="Zone that event times are written in.")
     statuses: Statuses = Field(default_factory=Statuses)
@@ -289,8 +319,8 @@ class Mapping(Strict):
         return self
 
     @property
-    def feed_options(self) -> CsvOptions | XmlOptions:
-        return self.csv if self.format == "csv" else self.xml  # type: ignore[return-value]
+    def feed_options(self) -> CsvOptions | XmlOptions | FixedOptions:
+        return getattr(self, self.format)
 
     def status_vocabulary(self) -> tuple[str, ...]:
         return (STATUS_CONNECTED, STATUS_DISCONNECTED, self.statuses.not_disconnected)
@@ -307,12 +337,23 @@ def template_sources(template: str) -> list[str]:
         raise ValueError(f"template {template!r}: {exc}") from None
 
 
+def check_encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, utf-8-sig, utf-16, cp1252, iso-8859-1)") from None
+    return value
+
+
 def check_zone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {value!r} (e.g. Europe/Helsinki, UTC)") from None
     return value
+
+
+_FORMAT_NAMES = {"csv": "a CSV", "xml": "an XML", "fixed": "a fixed-width"}
 
 
 def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
@@ -323,10 +364,11 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
     if fmt == "xml" and mapping.xml is None:
         problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
-    if fmt == "csv" and mapping.xml is not None:
-        problems.append(("xml", "this is a CSV feed (format: csv); remove the 'xml' section"))
-    if fmt == "xml" and mapping.csv is not None:
-        problems.append(("csv", "this is an XML feed (format: xml); remove the 'csv' section"))
+    for section in ("csv", "xml", "fixed"):
+        if section != fmt and getattr(mapping, section) is not None:
+            problems.append((section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
+    if fmt == "fixed" and mapping.fixed is None:
+        problems.append(("fixed", "a fixed-width feed needs a 'fixed' section with its columns"))
 
     specs: list[tuple[str, ValueSpec]] = [
         (f"fields.{name}", spec) for name in EVENT_FIELDS if (spec := getattr(mapping.fields, name)) is not None
@@ -338,8 +380,13 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
             if (spec := getattr(mapping.invoices, name)) is not None
         ]
     for path, spec in specs:
-        if fmt == "csv" and spec.xpath is not None:
-            problems.append((path, "'xpath' is for XML feeds; this feed is CSV: use 'column'"))
+        if fmt != "xml" and spec.xpath is not None:
+            problems.append((path, f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
+        if fmt == "fixed" and mapping.fixed is not None:
+            declared = [column.name for column in mapping.fixed.columns]
+            for source in spec.sources():
+                if source not in declared:
+                    problems.append((path, f"column {source!r} is not in fixed.columns ({', '.join(declared)})"))
         if fmt == "xml" and spec.column is not None:
             problems.append((path, "'column' is for CSV feeds; this feed is XML: use 'xpath'"))
         is_id = isinstance(spec, IdSpec) and spec.generate
