@@ -15,6 +15,7 @@ and `resume()` for what a previous run left in processing/.
 from __future__ import annotations
 
 import abc
+import logging
 import fnmatch
 import os
 import posixpath
@@ -27,6 +28,8 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- errors
 
@@ -338,6 +341,18 @@ class NameRules:
 
 
 # --------------------------------------------------------------------------- interface
+
+
+def name_is_safe(name: str, refused: set[str], where: str) -> bool:
+    """False for a name that tries to leave the inbox (logged once per name; the file stays put)."""
+    try:
+        check_name(name)
+    except UnsafeNameError as exc:
+        if name not in refused:
+            refused.add(name)
+            log.error("%s: %s; the file is left where it is", where, exc)
+        return False
+    return True
 
 
 def left_in_processing(entries: list[FileStat], rules: "NameRules") -> list[Claimed]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batch.inbox.base import (
+    name_is_safe,
     left_in_processing,
     Candidate,
     Claimed,
@@ -194,14 +195,7 @@ class LocalInbox(Inbox):
                 self._readiness.note_changed(name)
 
     def _safe(self, name: str) -> bool:
-        try:
-            check_name(name)
-        except UnsafeNameError as exc:
-            if name not in self._refused:
-                self._refused.add(name)
-                log.error("inbox %s: %s; the file is left where it is", self.root, exc)
-            return False
-        return True
+        return name_is_safe(name, self._refused, f"inbox {self.root}")
 
     def _list(self, folder: Path) -> list[FileStat]:
         entries: list[FileStat] = []

@@ -33,6 +33,7 @@ from typing import TypeVar
 import paramiko
 
 from batch.inbox.base import (
+    name_is_safe,
     left_in_processing,
     Candidate,
     Claimed,
@@ -310,14 +311,7 @@ class SftpInbox(Inbox):
     # ------------------------------------------------------------------ scanning
 
     def _safe(self, name: str) -> bool:
-        try:
-            check_name(name)
-        except UnsafeNameError as exc:
-            if name not in self._refused:
-                self._refused.add(name)
-                log.error("%s: %s; the file is left where it is", self.location.display, exc)
-            return False
-        return True
+        return name_is_safe(name, self._refused, self.location.display)
 
     def _list(self, sftp: paramiko.SFTPClient, folder: str) -> list[FileStat]:
         entries = []
