@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import signal
 import threading
 import time

@@ -31,7 +31,6 @@ from batch.inbox.base import (
     InboxSettings,
     LocalLocation,
     NameRules,
-    UnsafeNameError,
     check_name,
     folder_path,
     stamped_name,

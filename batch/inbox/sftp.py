@@ -45,7 +45,6 @@ from batch.inbox.base import (
     InboxUnavailable,
     NameRules,
     SftpLocation,
-    UnsafeNameError,
     check_name,
     folder_path,
     stamped_name,
