@@ -298,3 +298,38 @@ def test_status_shows_the_feeds(tmp_path: Path, sandbox, apicode_env) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "waiting.csv" in proc.stdout and "s.csv (done" in proc.stdout and str(inbox) in proc.stdout
+
+
+def test_relative_key_file_is_found_beside_the_config_from_any_directory(tmp_path, monkeypatch):
+    """A relative private_key_file means beside the configuration, wherever the service is started."""
+    from batch.config.service import load_service_config
+    from batch.config.yamlload import ConfigError
+
+    config_dir = tmp_path / "etc"
+    (config_dir / "mappings").mkdir(parents=True)
+    (config_dir / "mappings" / "m.yaml").write_text(
+        "format: csv\nfields:\n  usageplacecode: {column: p}\n  time: {column: t}\n  status: {column: s}\n"
+    )
+    (config_dir / "known_hosts").write_text("")
+    (config_dir / "sftp-key").write_text("not really a key")
+    text = (
+        "api: {base_url: 'http://127.0.0.1:1/rest', cid: '1', apicode: '${UPB_TEST_APICODE}'}\n"
+        "feeds:\n"
+        "  - name: remote\n"
+        "    inbox: sftp://u@127.0.0.1:2222/drop\n"
+        "    mapping: mappings/m.yaml\n"
+        "    known_hosts: known_hosts\n"
+        "    private_key_file: sftp-key\n"
+    )
+    (config_dir / "service.yaml").write_text(text)
+    monkeypatch.setenv("UPB_TEST_APICODE", "x")
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    loaded = load_service_config(config_dir / "service.yaml")
+    assert loaded.config.feeds[0].private_key_file == config_dir / "sftp-key"
+
+    (config_dir / "service.yaml").write_text(text.replace("sftp-key", "missing-key"))
+    with pytest.raises(ConfigError) as error:
+        load_service_config(config_dir / "service.yaml")
+    assert [str(p) for p in error.value.problems] == [
+        f"{config_dir / 'service.yaml'}:7:5: feeds[0].private_key_file: {config_dir / 'missing-key'} is not a readable file"
+    ]

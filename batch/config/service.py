@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from batch.config.api import ApiSettings, DeliverySettings
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
-from batch.inbox.base import InboxSettings, LocalLocation, parse_location
+from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, parse_location
 
 
 class ReceiptOptions(BaseModel):
@@ -117,6 +117,11 @@ def _check(loaded, path: Path) -> LoadedService:
     config = validate_model(ServiceConfig, loaded)
     config = _absolute_paths(config, path.parent)
     problems: list[ConfigProblem] = []
+    for index, feed in enumerate(config.feeds):
+        for field in SECRET_FILE_FIELDS:
+            value = getattr(feed, field)
+            if value is not None and not value.is_file():
+                problems.append(loaded.problem(("feeds", index, field), f"{value} is not a readable file"))
     mappings: dict[str, Mapping] = {}
     for index, feed in enumerate(config.feeds):
         try:

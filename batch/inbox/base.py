@@ -161,6 +161,9 @@ def parse_location(inbox: str) -> LocalLocation | SftpLocation:
     return SftpLocation(unquote(parts.username), parts.hostname, port, posixpath.normpath(path))
 
 
+SECRET_FILE_FIELDS = ("private_key_file", "key_passphrase_file", "password_file")
+
+
 class InboxSettings(BaseModel):
     """The inbox of one feed: where files arrive, when they are ready, where they go."""
 
@@ -246,9 +249,10 @@ class InboxSettings(BaseModel):
             raise ValueError("give key_passphrase or key_passphrase_file, not both")
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
-        for path_field in ("private_key_file", "key_passphrase_file", "password_file"):
+        # a relative path means "beside the service configuration": the loader checks it once resolved
+        for path_field in SECRET_FILE_FIELDS:
             path = getattr(self, path_field)
-            if path is not None and not path.is_file():
+            if path is not None and path.is_absolute() and not path.is_file():
                 raise ValueError(f"{path_field}: {path} is not a readable file")
         if isinstance(location, SftpLocation):
             if self.known_hosts is None:
