@@ -666,6 +666,48 @@ def test_any_strings_in_any_column_give_an_event_or_errors(rows):
     assert _as_tuples(fast) == _as_tuples(general)
 
 
+# Mostly valid records with ids from a small pool: whole chunks take the bulk path of
+# MappingRun.map_chunk, and repeated ids fall within a chunk, across chunks, and next to
+# invalid records that claim an id first.
+_VALID_ROW = st.tuples(
+    st.sampled_from(["A", "B", "C", "D", "E", "F", " G ", ""]),
+    st.sampled_from(["6", "7", ""]),
+    st.sampled_from(["2024-02-05 06:30:00", "2024-02-31 06:30:00"]),
+    st.sampled_from(["connected", "disconnected", "nope"]),
+    st.sampled_from(["", "note"]),
+).map(list)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_VALID_ROW, min_size=1, max_size=12), st.lists(st.integers(1, 5), min_size=1, max_size=12))
+def test_chunked_bulk_path_agrees_with_the_general_path(rows, cuts):
+    columns = ["id", "code", "time", "status", "note"]
+    compiled = compile_mapping(BASE)
+    lines = list(range(2, 2 + len(rows)))
+    chunks, start = [], 0
+    for size in cuts * len(rows):
+        if start >= len(rows):
+            break
+        chunks.append(Chunk(columns, lines[start:start + size], [list(r) for r in rows[start:start + size]]))
+        start += size
+    fast = compiled.start().map_all(chunks)
+    general_run = compiled.start()
+    general_run._fast_mapper = lambda bound, index: None
+    general = general_run.map_all([Chunk(columns, lines, [list(r) for r in rows])])
+    assert _as_tuples(fast) == _as_tuples(general)
+
+
+def test_a_repeated_id_inside_an_otherwise_valid_chunk():
+    rows = [["A", "6", "2024-02-05 06:30:00", "connected", ""], ["B", "6", "2024-02-05 06:30:00", "connected", ""],
+            ["A", "7", "2024-02-05 06:30:00", "connected", ""]]
+    run = compile_mapping(BASE).start()
+    records = run.map_chunk(Chunk(["id", "code", "time", "status", "note"], [2, 3, 4], rows))
+    assert [r.ok for r in records] == [True, True, False]
+    assert records[2].errors[0].message == "event id is used again (first on line 2)"
+    later = run.map_chunk(Chunk(["id", "code", "time", "status", "note"], [5], [["B", "6", "2024-02-05 06:30:00", "connected", ""]]))
+    assert later[0].errors[0].message == "event id is used again (first on line 3)"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_rows_strategy(5))
 def test_generated_ids_any_input(rows):
