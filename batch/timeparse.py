@@ -35,6 +35,16 @@ class FormatError(ValueError):
 
 
 def compile_format(fmt: str) -> re.Pattern[str]:
+    pattern, seen = _translate(fmt)
+    if not ({"Y", "y"} & seen) or "m" not in seen or "d" not in seen:
+        raise FormatError("needs a year (%Y or %y), a month (%m) and a day (%d)")
+    if "I" in seen and "p" not in seen:
+        raise FormatError("%I (12-hour clock) needs %p (AM/PM)")
+    return re.compile(pattern)
+
+
+def _translate(fmt: str) -> tuple[str, set[str]]:
+    """A format -> (regular expression, the codes it uses)."""
     parts: list[str] = []
     seen: set[str] = set()
     i = 0
@@ -57,11 +67,7 @@ def compile_format(fmt: str) -> re.Pattern[str]:
         else:
             parts.append(r"\s+" if char == " " else re.escape(char))
             i += 1
-    if not ({"Y", "y"} & seen) or "m" not in seen or "d" not in seen:
-        raise FormatError("needs a year (%Y or %y), a month (%m) and a day (%d)")
-    if "I" in seen and "p" not in seen:
-        raise FormatError("%I (12-hour clock) needs %p (AM/PM)")
-    return re.compile("".join(parts))
+    return "".join(parts), seen
 
 
 class TimeConverter:
@@ -79,7 +85,7 @@ class TimeConverter:
         # the leading formats that have a fast parser get it (see _wall_clock_parser, _iso_parser)
         self._fast = []
         for fmt, pattern in zip(self.formats, self._patterns):
-            parser = _wall_clock_parser(pattern) if self._same_zone else None
+            parser = _wall_clock_parser(pattern, fmt) if self._same_zone else None
             parser = parser or _iso_parser(fmt, pattern, self._output)
             if parser is None:
                 break  # keep the formats' order: a later fast one must not win over this one
@@ -149,11 +155,13 @@ _NOT_REAL: Any = object()  # a wall-clock parser's "this format matched, but not
 _WALL_CLOCK_CODES = {"Y", "y", "m", "d", "H", "M", "S"}
 
 
-def _wall_clock_parser(pattern: re.Pattern[str]):
+def _wall_clock_parser(pattern: re.Pattern[str], fmt: str):
     """For a format with no offset, no 12-hour clock and no fraction, in an unchanged zone:
-    text -> 'YYYY-MM-DD HH:MM:SS' or None (no match, or not a real date/time: the general path
-    then explains why). The date and the time of day are checked and written once each and
-    remembered — an export has at most a few hundred distinct dates and 86,400 times of day.
+    text -> 'YYYY-MM-DD HH:MM:SS' or _NOT_REAL (matched, but no real date/time) or None (no
+    match; the general path then explains why). The date and the time of day are checked and
+    written once each and remembered — an export has at most a few hundred distinct dates and
+    86,400 times of day. A 'DATE TIME' format (one space between a date-only and a time-only
+    half, the usual case) looks its two halves up before any regular expression runs.
     """
     names = set(pattern.groupindex)
     if not names <= _WALL_CLOCK_CODES:
@@ -203,7 +211,44 @@ def _wall_clock_parser(pattern: re.Pattern[str]):
             return _NOT_REAL  # matched, so no later format may: the general path says why
         return f"{date} {clock}"
 
-    return parse
+    halves = _split_halves(fmt)
+    if halves is None:
+        return parse
+    date_half, time_half = halves
+    known_dates: dict[str, str] = {}  # a text that is exactly a real date of date_half -> its output
+    known_times: dict[str, str] = {}  # likewise for time_half
+
+    def parse_halves(text: str) -> str | None:
+        head, _, tail = text.partition(" ")
+        date = known_dates.get(head)
+        if date is not None:
+            clock = known_times.get(tail)
+            if clock is not None:
+                return date + " " + clock
+        result = parse(text)
+        if result is not None and result is not _NOT_REAL:
+            # remember each half only when it alone is exactly a date (a time), so that a
+            # hit above means: the whole text matches the format, with this very result
+            if head not in known_dates and len(known_dates) < 100_000 and date_half.fullmatch(head):
+                known_dates[head] = result[:10]
+            if tail not in known_times and len(known_times) < 200_000 and time_half.fullmatch(tail):
+                known_times[tail] = result[11:]
+        return result
+
+    return parse_halves
+
+
+def _split_halves(fmt: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    """'%d.%m.%Y %H:%M:%S' -> the patterns of its date half and its time half; None unless
+    the format is one date-only part, one space, one time-only part."""
+    date_fmt, space, time_fmt = fmt.partition(" ")
+    if not space or " " in time_fmt:
+        return None
+    date_pattern, date_codes = _translate(date_fmt)
+    time_pattern, time_codes = _translate(time_fmt)
+    if not date_codes <= {"Y", "y", "m", "d"} or not time_codes <= {"H", "M", "S"}:
+        return None
+    return re.compile(date_pattern), re.compile(time_pattern)
 
 
 _ISO_FORMATS = {"%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"}

@@ -258,3 +258,24 @@ def test_iso_fast_path_agrees_with_the_general_path(fmt, zone, text):
     general = TimeConverter([fmt], "Europe/Helsinki", zone)
     general._fast = []  # the general path only
     assert fast.convert_text(text) == general.convert(text)[0]
+
+
+# One converter per format list for the whole run, so the remembered date and time halves
+# are warm: a hit must give exactly what the general parser gives for the whole text.
+_WARM = {tuple(f): TimeConverter(f, HEL, HEL) for f in WALL_CLOCK_FORMATS + [["%Y%m%d %H%M%S"], ["%d\t%m.%Y %H:%M"]]}
+_HALVES_TEXT = st.builds(
+    lambda date, gap, clock: f"{date}{gap}{clock}",
+    st.sampled_from(["5.2.2024", "05.02.2024", "31.2.2024", "2024-02-05", "20240205", "2024125", "5\t2.2024", "5.2.2024\t", "x"]),
+    st.sampled_from([" ", "  ", "\t", " \t", ""]),
+    st.sampled_from(["6:30:00", "06:30", "25:00:00", "063000", "6:30:60", "6:30:00 ", "", " 6:30"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(sorted(_WARM)), st.one_of(_HALVES_TEXT, TIME_TEXT))
+def test_remembered_date_and_time_halves_agree_with_the_general_path(formats, text):
+    warm = _WARM[formats]
+    expected = _general(list(formats)).convert(text)
+    for _ in range(2):  # the second time from what the first one remembered
+        assert warm.convert_text(text) == expected[0]
+        assert warm.convert(text) == expected
