@@ -22,7 +22,7 @@ from batch.delivery import DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.extract import mapped_file
 from batch.journal import FileRecord, Journal, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
-from batch.readers import DEFAULT_CHUNK_SIZE, FileError
+from batch.readers import FileError
 from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.ropo import RopoClient
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FileStatus = Literal["done", "error", "skipped", "interrupted", "auth_failed"]
 HASH_BLOCK = 1 << 20
+JOURNAL_BATCH = 5000  # mapped records written to the journal in one transaction
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Processor:
     client: RopoClient
     delivery: DeliverySettings
     stop: threading.Event = field(default_factory=threading.Event)
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    journal_batch: int = JOURNAL_BATCH
 
     def process(
         self,
@@ -170,11 +171,20 @@ class Processor:
         A file-level fault (bad encoding, broken XML) half-way through raises FileError; the
         events recorded so far were never sent, and the file ends in error."""
         recorded = 0
-        for records in mapped_file(feed.compiled, path, self.chunk_size):
-            self.journal.record_events(file_id, (new_event(record) for record in records))
-            recorded += len(records)
-            if progress.on_recorded:
-                progress.on_recorded(recorded)
+        batch: list[MappedRecord] = []
+        for records in mapped_file(feed.compiled, path):
+            batch += records
+            if len(batch) >= self.journal_batch:
+                recorded += self._journal(file_id, batch, progress, recorded)
+                batch = []
+        if batch:
+            self._journal(file_id, batch, progress, recorded)
+
+    def _journal(self, file_id: int, batch: list[MappedRecord], progress: Progress, before: int) -> int:
+        self.journal.record_events(file_id, (new_event(record) for record in batch))
+        if progress.on_recorded:
+            progress.on_recorded(before + len(batch))
+        return len(batch)
 
     def _deliver_and_finish(
         self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool

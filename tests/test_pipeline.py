@@ -493,7 +493,7 @@ def test_a_fault_half_way_through_the_file_sends_nothing(
         stream.write("E999999,P,C,2024-01-01 10:00:00,K,K\u00e4ytt\u00f6paikka\r\n".encode("cp1252"))
     runtime = ws.runtime()
     runtimes.append(runtime)
-    runtime.processor.chunk_size = 20
+    runtime.processor.journal_batch = 20
     recorded: list[int] = []
     ws.outbox.mkdir()
     outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox,
