@@ -378,7 +378,7 @@ def _report_outcome(name: str, outcome: Any) -> None:
     elif outcome.status == "error":
         click.echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
     elif outcome.status == "auth_failed":
-        click.echo(f"{name}: Ropo One refused the credentials: {outcome.message} ({shown}; rerun to continue)", err=True)
+        click.echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
     else:
         click.echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
     if outcome.receipt is not None:
@@ -424,15 +424,24 @@ class _progress:
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Keep accepted events in DIR/accepted.jsonl.")
 @click.option("--token-ttl", default=7200.0, show_default=True, help="Seconds a token lives.")
-def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float) -> None:
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve HTTPS with this PEM certificate (chain); to try api.ca_bundle.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The certificate's PEM private key, if not in the --tls-cert file.")
+def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
+            tls_cert: Path | None, tls_key: Path | None) -> None:
     """Run a local stand-in for the Ropo One API until Ctrl-C (for demos and tests)."""
-    from batch.sandbox import serve
+    from batch.sandbox import serve, tls_context
+
+    if tls_key is not None and tls_cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
 
     def ready(running: Any) -> None:
         click.echo(f"Ropo One sandbox listening at {running.base_url}", err=True)
         click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox.py)", err=True)
 
-    serve(host, port, data_dir, token_ttl=token_ttl, on_ready=ready)
+    serve(host, port, data_dir, token_ttl=token_ttl, on_ready=ready, tls=tls)
 
 
 @main.command()

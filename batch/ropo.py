@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -220,6 +221,12 @@ class RopoClient:
         try:
             response = self._session.post(self._token_url, json=body, timeout=self._timeout,
                                           verify=self._verify)
+        except requests.exceptions.SSLError as exc:
+            untrusted = self._untrusted_server(exc)
+            if untrusted is not None:
+                raise AuthError(untrusted) from None
+            raise TokenUnavailable(
+                f"token request failed: {self._describe(exc)}", None, None) from None
         except requests.RequestException as exc:
             raise TokenUnavailable(
                 f"token request failed: {self._describe(exc)}", None, None) from None
@@ -281,6 +288,11 @@ class RopoClient:
             return SendResult(SendKind.AUTH, exc.status, str(exc))
         except TokenUnavailable as exc:
             return SendResult(SendKind.TRANSIENT, exc.status, str(exc), exc.retry_after)
+        except requests.exceptions.SSLError as exc:
+            untrusted = self._untrusted_server(exc)
+            if untrusted is not None:  # retrying cannot help: stop like refused credentials
+                return SendResult(SendKind.AUTH, None, untrusted)
+            return SendResult(SendKind.TRANSIENT, None, self._describe(exc))
         except requests.RequestException as exc:
             return SendResult(SendKind.TRANSIENT, None, self._describe(exc))
         with response:
@@ -321,6 +333,19 @@ class RopoClient:
         reason = response.reason or ""
         return self.redact(f"HTTP {status} {reason}" + (f": {snippet}" if snippet else ""))
 
+    def _untrusted_server(self, exc: requests.exceptions.SSLError) -> str | None:
+        """The message for a server certificate that failed verification; None for other TLS
+        trouble (a handshake cut short is a network fault and is retried)."""
+        problem = _certificate_problem(exc)
+        if problem is None:
+            return None
+        trust = (f"the CA bundle {self.settings.ca_bundle}" if self.settings.ca_bundle is not None
+                 else "the system's trusted CAs")
+        return self.redact(
+            f"the TLS certificate of {self.settings.base_url} could not be verified against "
+            f"{trust} ({problem}); nothing was sent. If Ropo One is reached through a "
+            f"TLS-inspecting proxy or a private CA, set api.ca_bundle to its PEM bundle")
+
     def _describe(self, exc: requests.RequestException) -> str:
         if isinstance(exc, requests.ConnectTimeout):
             kind = "connect timeout"
@@ -340,6 +365,23 @@ def _token_from(response: requests.Response) -> str | None:
         return None
     token = payload.get("token") if isinstance(payload, dict) else None
     return token if isinstance(token, str) and token else None
+
+
+def _certificate_problem(exc: BaseException, depth: int = 0) -> str | None:
+    """The verification failure (ssl.SSLCertVerificationError) somewhere in requests' and
+    urllib3's chain of wrapped exceptions, as text; None if there is none."""
+    if depth > 10:
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    inner = [arg for arg in exc.args if isinstance(arg, BaseException)]
+    inner += [e for e in (getattr(exc, "reason", None), exc.__cause__, exc.__context__)
+              if isinstance(e, BaseException)]
+    for nested in inner:
+        found = _certificate_problem(nested, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _root_cause(exc: BaseException) -> str:

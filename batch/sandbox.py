@@ -27,6 +27,8 @@ import random
 import secrets
 import signal
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -267,6 +269,7 @@ class Sandbox:
         data_dir: Path | str | None = None,
         request_hook: RequestHook | None = None,
         faults: Faults | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.cid = cid
         self.apicode = apicode
@@ -288,6 +291,12 @@ class Sandbox:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")
         self._server = _Server((host, port), _Handler, self)
+        self.tls = tls is not None
+        if tls is not None:
+            # the handshake runs in each connection's handler thread (see _Handler.setup),
+            # so a client that never completes it cannot hold up the accept loop
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle
@@ -302,7 +311,7 @@ class Sandbox:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}{PREFIX}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{PREFIX}"
 
     def start(self) -> Sandbox:
         if self._thread is None:
@@ -565,6 +574,12 @@ class _Server(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops the connection or refuses the TLS certificate is no server fault."""
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def track(self, conn: socket.socket, open_: bool) -> None:
         with self._connections_lock:
             (self._connections.add if open_ else self._connections.discard)(conn)
@@ -588,6 +603,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # a refused handshake ends here, quietly (handle_error)
         super().setup()
         self.server.track(self.connection, True)
 
@@ -689,6 +706,7 @@ def serve(
     token_ttl: float = 7200.0,
     faults: Faults | None = None,
     on_ready: Callable[[Sandbox], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Run a sandbox until SIGINT or SIGTERM (call from the main thread).
 
@@ -699,7 +717,7 @@ def serve(
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Sandbox(host=host, port=port, data_dir=data_dir, cid=cid, apicode=apicode,
-                     token_ttl=token_ttl, faults=faults) as sandbox:
+                     token_ttl=token_ttl, faults=faults, tls=tls) as sandbox:
             if on_ready is not None:
                 on_ready(sandbox)
             while not stop.wait(0.5):
@@ -722,6 +740,13 @@ def _main(argv: list[str] | None = None) -> None:
           on_ready=lambda sb: print(sb.base_url, flush=True))
 
 
+def tls_context(cert_file: Path | str, key_file: Path | str | None = None) -> ssl.SSLContext:
+    """A server TLS context from a PEM certificate (chain) and its key (may be in the same file)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+    return context
+
+
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Read back the accepted events a sandbox wrote to ``data_dir``."""
     with open(path, encoding="utf-8") as stream:
@@ -734,6 +759,6 @@ if __name__ == "__main__":
     _main()
 
 __all__ = [
-    "Arrival", "Faults", "RawRequest", "Sandbox", "serve", "compile_schema", "iter_jsonl",
+    "Arrival", "Faults", "RawRequest", "Sandbox", "serve", "compile_schema", "iter_jsonl", "tls_context",
     "DROP", "DROP_AFTER", "SLOW", "NORMAL", "DEFAULT_CID", "DEFAULT_APICODE",
 ]

@@ -472,11 +472,12 @@ class FeedWorker(threading.Thread):
             if not service.stop.is_set():
                 self._need_resume = True
             return
-        # auth_failed: Ropo One refused the credentials; nothing more can go out until fixed.
+        # auth_failed: Ropo One refused the credentials, or its TLS certificate was not trusted;
+        # nothing more can go out until that is fixed.
         self.exit_code = EXIT_UNUSABLE
         self.last_error = outcome.message
         self.state = "auth_failed"
-        log.error("feed %s: %s: Ropo One refused the credentials: %s; the file stays in processing/ and is "
+        log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
                   "resumed in %.0f s", feed, claimed.source_name, outcome.message, AUTH_BACKOFF_SECONDS, extra=extra)
         self._need_resume = True
         if service.once:
