@@ -1,7 +1,8 @@
 """A real OpenSSH sshd on a loopback port, owned by the caller (tests and the SFTP bench).
 
 The daemon runs in the foreground (`-D -e`) with its own host key, key-only login for
-root through a private `AuthorizedKeysFile`, and `internal-sftp`. `sftp_batch` drives the
+root through a private `AuthorizedKeysFile` (password logins for other accounts only with
+`passwords=True`), and `internal-sftp`. `sftp_batch` drives the
 real OpenSSH `sftp` client in batch mode, the way a legacy system drops files.
 """
 
@@ -76,7 +77,8 @@ class Sshd:
     """One sshd instance in `workdir`; `start()` may be called again after `kill()`/`stop()`
     and reuses the same port and host key (a restart, as far as a client can tell)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, passwords: bool = False) -> None:
+        self.passwords = passwords  # also allow password logins (root stays key-only)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
@@ -107,7 +109,7 @@ class Sshd:
                     f"AuthorizedKeysFile {self.authorized_keys}",
                     "PermitRootLogin prohibit-password",
                     "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
+                    f"PasswordAuthentication {'yes' if self.passwords else 'no'}",
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     "StrictModes no",

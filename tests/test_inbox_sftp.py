@@ -356,3 +356,66 @@ def test_resume_and_error_folder(make: Callable[..., SftpInbox], remote_inbox: P
     assert second.finish(claimed, ok=False) == "r.csv"
     assert (remote_inbox / "error" / "r.csv").read_text() == "resume me\n"
     assert second.resume() == []
+
+
+# ---------------------------------------------------------------- password login
+
+PASSWORD_USER = "upb-sftp-test"  # a system account for password logins only (no shell, no home)
+
+
+@pytest.fixture
+def password_account() -> Iterator[tuple[str, str]]:
+    """A local account with a fresh random password, for sshd's password authentication."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a local account for password logins needs root")
+    exists = subprocess.run(["id", PASSWORD_USER], capture_output=True).returncode == 0
+    if not exists:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", PASSWORD_USER], check=True, capture_output=True)
+    password = hashlib.sha256(os.urandom(16)).hexdigest()[:20]
+    subprocess.run(["chpasswd"], input=f"{PASSWORD_USER}:{password}\n", text=True, check=True, capture_output=True)
+    try:
+        yield PASSWORD_USER, password
+    finally:
+        subprocess.run(["passwd", "--lock", PASSWORD_USER], capture_output=True)  # no login left behind
+
+
+def test_password_login_from_env(password_account: tuple[str, str], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch, inboxes: list[SftpInbox]) -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    user, password = password_account
+    server = Sshd(tmp_path / "sshd", passwords=True)
+    server.start()
+    # pytest's folders are private to root: the account gets an inbox of its own
+    remote = Path(tempfile.mkdtemp(prefix="upb-password-inbox-"))
+    try:
+        account = pwd.getpwnam(user)
+        os.chown(remote, account.pw_uid, account.pw_gid)
+        data = payload(100_000, "password")
+        (remote / "p.csv").write_bytes(data)
+        os.utime(remote / "p.csv", (time.time() - 60, time.time() - 60))
+
+        def settings(secret: str) -> InboxSettings:
+            monkeypatch.setenv("FEED_SFTP_PASSWORD", secret)
+            return InboxSettings(inbox=f"sftp://{user}@{server.host}:{server.port}{remote}",
+                                 password="${FEED_SFTP_PASSWORD}", known_hosts=server.known_hosts,
+                                 min_age_seconds=0.1, connect_timeout_seconds=10, io_timeout_seconds=20)
+
+        wrong = SftpInbox(settings("not-" + password))
+        inboxes.append(wrong)
+        with pytest.raises(InboxError) as refused:
+            wrong.scan()
+        assert "password" in str(refused.value) and password not in str(refused.value)
+
+        inbox = SftpInbox(settings(password))
+        inboxes.append(inbox)
+        candidate = scan_until(inbox, "p.csv")
+        assert take(inbox, candidate, tmp_path / "staging") == data
+        assert (remote / "archive" / "p.csv").read_bytes() == data
+        assert (remote / "archive").stat().st_uid == account.pw_uid  # done as that account
+    finally:
+        server.kill()
+        shutil.rmtree(remote, ignore_errors=True)
