@@ -305,13 +305,41 @@ def retry(config_path: Path, file_id: int | None) -> None:
         for one in ids:
             record = runtime.journal.get_file(one)
             settings = runtime.settings(record.feed)
-            receipt_dir = runtime.outbox(settings) or Path.cwd()
+            # a local inbox: straight into its outbox; SFTP: staged here, then uploaded
+            outbox = runtime.outbox(settings)
+            receipt_dir = outbox or runtime.config.staging_dir / settings.name / "receipts"
             receipt_dir.mkdir(parents=True, exist_ok=True)
             with _progress() as progress:
                 outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress)
-            _report_outcome(record.name, outcome)
+            uploaded = None
+            if outbox is None and outcome.receipt is not None:
+                uploaded = _upload_receipt(settings, outcome.receipt)
+                if uploaded is None:
+                    worst = EXIT_UNUSABLE
+            _report_outcome(record.name, outcome, uploaded)
             worst = max(worst, _exit_code(outcome))
     raise SystemExit(worst)
+
+
+def _upload_receipt(settings: Any, receipt: Any) -> str | None:
+    """Put a rewritten receipt (CSV, then JSON) into an SFTP feed's outbox: where it went,
+    or None when the upload failed (the receipt then stays in the staging folder)."""
+    from batch.inbox import open_inbox
+    from batch.inbox.base import InboxError
+
+    inbox = open_inbox(settings)
+    try:
+        for path in (receipt.csv, receipt.json):
+            inbox.put_receipt(path, path.name)
+    except InboxError as exc:
+        click.echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt.csv.parent}", err=True)
+        return None
+    finally:
+        inbox.close()
+    for path in (receipt.csv, receipt.json):
+        path.unlink(missing_ok=True)
+    location = settings.location
+    return f"sftp://{location.user}@{location.host}:{location.port}{inbox.outbox}/{receipt.csv.name}"
 
 
 @main.command()
@@ -368,7 +396,7 @@ def _exit_code(outcome: Any) -> int:
     return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
 
 
-def _report_outcome(name: str, outcome: Any) -> None:
+def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
     counts = outcome.counts
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending") if counts.get(key))
     if outcome.status == "done":
@@ -382,7 +410,7 @@ def _report_outcome(name: str, outcome: Any) -> None:
     else:
         click.echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
     if outcome.receipt is not None:
-        click.echo(f"  receipt: {outcome.receipt.csv}")
+        click.echo(f"  receipt: {receipt_at or outcome.receipt.csv}")
 
 
 class _progress:

@@ -212,3 +212,47 @@ def test_sftp_secrets_never_in_logs(dropper, remote_inbox: Path, sftp_config, sa
     text = runner.logs.text
     assert passphrase not in text and sandbox.apicode not in text
     assert not any(token in text for token in sandbox.issued_tokens())
+
+
+def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
+        dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path, capsys) -> None:
+    from batch.cli import run
+
+    sandbox.set_faults(script=[503, 503, 503])  # the first three POSTs fail, and are not retried
+    config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}})
+    dropper.put("r.csv", export("R", 5))
+    code, runner = run_once(config)
+    assert code == 1, runner.logs.text
+    outbox = remote_inbox / "outbox"
+    assert receipt(outbox, "r.csv")["counts"]["failed"] > 0
+    capsys.readouterr()
+
+    assert run(["retry", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "r.csv: 5 accepted" in out
+    assert f"receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
+    assert receipt(outbox, "r.csv")["counts"] == {
+        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "pending": 0}
+    assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
+    assert set(sandbox.accepted_ids) == ids("R", 5)
+    assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind
+
+
+def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(
+        dropper, remote_inbox: Path, sftp_config, sandbox, sshd, tmp_path: Path, capsys) -> None:
+    from batch.cli import run
+
+    sandbox.set_faults(script=[503])
+    config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}},
+                         connect_timeout_seconds=2, reconnect_max_seconds=0.5)
+    dropper.put("d.csv", export("D", 3))
+    assert run_once(config)[0] == 1
+    sshd.kill()
+    capsys.readouterr()
+    assert run(["retry", "--config", str(config)]) == 2  # delivered, but the receipt did not reach the outbox
+    captured = capsys.readouterr()
+    kept = tmp_path / "etc" / "var" / "staging" / "remote" / "receipts"
+    assert "d.csv: 3 accepted" in captured.out
+    assert "the receipt could not be uploaded" in captured.err and str(kept) in captured.err
+    assert (kept / "d.csv.receipt.csv").read_text().count("accepted") == 3
+    assert (kept / "d.csv.receipt.json").exists()
