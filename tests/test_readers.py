@@ -402,6 +402,25 @@ def test_xml_default_namespace_attributes_children_and_repeated_elements():
     ]
 
 
+@pytest.mark.parametrize("path", ["inv:Invoices/inv:Invoice", "inv:Invoice", "./inv:Invoices/inv:Invoice/inv:Number",
+                                  "Invoices/Invoice", "inv:Invoices"])
+def test_repeated_elements_are_found_as_findall_finds_them(path):
+    from lxml import etree
+
+    from batch.xmlpaths import compile_element_finder
+
+    # several parent groups, a comment and a processing instruction between them, an element
+    # of the same local name in another namespace, nesting that must not be searched
+    record = etree.fromstring(
+        "<Event xmlns='urn:u' xmlns:inv='urn:i'><inv:Invoices><inv:Invoice n='1'><inv:Number>1</inv:Number>"
+        "<inv:Invoice n='nested'/></inv:Invoice><!-- c --><?pi x?><Invoice n='u'/><inv:Invoice n='2'/></inv:Invoices>"
+        "<Customer/><inv:Invoices><inv:Invoice n='3'><inv:Number>3a</inv:Number><inv:Number>3b</inv:Number>"
+        "</inv:Invoice></inv:Invoices><inv:Invoice n='direct'/></Event>")
+    found = compile_element_finder(path, NAMESPACES)(record)
+    expected = record.findall(path, {None: "urn:u", "inv": "urn:i"})
+    assert found == expected and (found or path == "Invoices/Invoice")
+
+
 def test_xml_descendant_record_path_matches_at_any_depth():
     rows = xml_rows(NS_XML, record_path="//Event", namespaces=NAMESPACES)
     assert [row[0] for _, row in rows] == ["1", "nested-not-a-record", "2"]
