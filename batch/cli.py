@@ -344,6 +344,28 @@ def _upload_receipt(settings: Any, receipt: Any) -> str | None:
 
 @main.command()
 @CONFIG_OPTION
+@click.option("--older-than-days", type=click.FloatRange(min=0, min_open=True),
+              help="Default: the configuration's journal_retention_days.")
+def prune(config_path: Path, older_than_days: float | None) -> None:
+    """Forget files that finished long ago, and their events (the service does this itself)."""
+    from batch.journal import Journal
+    from batch.service import prune_journal
+
+    loaded = _load_service(config_path)
+    days = older_than_days or loaded.config.journal_retention_days
+    if days is None:
+        click.echo("journal_retention_days is null (keep everything): give --older-than-days", err=True)
+        raise SystemExit(EXIT_PROBLEMS)
+    if not loaded.config.journal.exists():
+        click.echo(f"no journal yet at {loaded.config.journal}: nothing to prune", err=True)
+        return
+    with Journal(loaded.config.journal) as journal:
+        files, events = prune_journal(journal, days)
+    click.echo(f"forgot {files} file(s) and {events} event(s) finished more than {days:g} days ago")
+
+
+@main.command()
+@CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many files.")
 @click.option("--feed", help="Only this feed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")

@@ -287,6 +287,19 @@ SQL_MARK_REPEATED_IN_FILE = """
                       AND b.line < events.line AND b.state <> 'invalid')
 """
 
+# Finished files with nothing left to send or retry (the stored counts are final once a
+# file is finished; retry refreshes them).
+SQL_PRUNABLE_FILES = """
+    SELECT id FROM files
+     WHERE state IN ('done', 'error', 'skipped') AND finished_at < ?
+       AND n_pending = 0 AND n_failed = 0
+     ORDER BY id
+"""
+
+SQL_DELETE_EVENTS_OF_FILE = """
+    DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE file_id = ? LIMIT ?)
+"""
+
 SQL_COUNT_BY_STATE = "SELECT state, count(*) FROM events WHERE file_id = ? GROUP BY state"
 
 
@@ -585,6 +598,27 @@ class Journal:
                          " n_failed = ?, n_duplicate = ?, n_pending = ? WHERE id = ?",
                          (*(counts[o] for o in OUTCOMES), file_id))
         return self.get_file(file_id)
+
+    def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
+        """Forget the files that finished before ``finished_before`` with nothing left to send
+        or retry (no pending, no failed events), and their events; returns (files, events).
+
+        What is forgotten is no longer recognised: the same content dropped again is processed
+        anew, and its event ids are no longer duplicates. Events go in transactions of
+        ``batch_rows`` so that the writers of other threads and processes wait briefly.
+        """
+        file_ids = [row[0] for row in self._read(SQL_PRUNABLE_FILES, (to_text(finished_before),))]
+        events = 0
+        for file_id in file_ids:
+            while True:
+                with self._write() as conn:
+                    deleted = conn.execute(SQL_DELETE_EVENTS_OF_FILE, (file_id, batch_rows)).rowcount
+                    events += deleted
+                    if deleted < batch_rows:
+                        conn.execute("UPDATE files SET original_id = NULL WHERE original_id = ?", (file_id,))
+                        conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+                        break
+        return len(file_ids), events
 
     def get_file(self, file_id: int) -> FileRecord:
         with self._lock:

@@ -34,10 +34,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from batch.config.service import FeedSettings, LoadedService, load_service_confi
 from batch.config.yamlload import ConfigError
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
-from batch.journal import FileInProgress, Journal
+from batch.journal import FileInProgress, Journal, JournalError
 from batch.logs import RedactingFilter, apply_level
 from batch.metrics import Metrics, MetricsServer
 from batch.pipeline import FeedRuntime, FileOutcome, Processor, Progress
@@ -62,6 +63,7 @@ FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to err
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
+PRUNE_EVERY_SECONDS = 6 * 3600.0  # journal retention is applied at start and then this often
 
 
 def _now_iso() -> str:
@@ -567,6 +569,7 @@ class Service:
         self.watcher = ConfigWatcher(loaded)
         self.workers: dict[str, FeedWorker] = {}
         self.metrics_server: MetricsServer | None = None
+        self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> "Service":
@@ -631,6 +634,7 @@ class Service:
                  ", ".join(f"{feed.name} ({feed.inbox})" for feed in config.feeds),
                  " (once)" if self.once else "")
         try:
+            self._prune_journal()
             for feed in config.feeds:
                 self._start_worker(feed.name)
             while True:
@@ -644,6 +648,7 @@ class Service:
                     break
                 self._reload()
                 self._check_workers()
+                self._prune_journal()
         finally:
             self.stop.set()
             for worker in list(self.workers.values()):
@@ -664,6 +669,21 @@ class Service:
         self._clients = []
         self.journal.close()
         log.info("stopped")
+
+    def _prune_journal(self) -> None:
+        """Apply journal_retention_days when it is due (see Journal.prune)."""
+        days = self.config.journal_retention_days
+        if days is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        try:
+            files, events = prune_journal(self.journal, days)
+        except (sqlite3.Error, JournalError) as exc:  # e.g. locked too long: the files stay; next time
+            log.warning("journal: applying journal_retention_days failed: %s; trying again later", exc)
+            return
+        if files:
+            log.info("journal: forgot %d file(s) and %d event(s) finished more than %g days ago",
+                     files, events, days)
 
     def _check_workers(self) -> None:
         for name, worker in list(self.workers.items()):
@@ -727,6 +747,11 @@ class Service:
             client = build_client(loaded)  # resolves the credentials: refused if they are missing
             self._clients.append(client)
         return Generation(old.number + 1, loaded, client, feeds)
+
+
+def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:
+    """Forget what finished more than `retention_days` ago: (files, events) forgotten."""
+    return journal.prune(journal.clock() - timedelta(days=retention_days))
 
 
 # --------------------------------------------------------------------------- status

@@ -493,3 +493,75 @@ def test_failed_events_across_files_and_per_file(journal: Journal) -> None:
     assert [(e.file_id, e.line) for e in journal.failed_events()] == [(first, 2), (second, 2)]
     assert [(e.file_id, e.line) for e in journal.failed_events(second)] == [(second, 2)]
     assert journal.failed_events(second)[0].payload["id"] == f"{second}-2"  # enough to retry
+
+
+# --------------------------------------------------------------------------- retention
+
+
+class Clock:
+    def __init__(self) -> None:
+        from datetime import datetime, timezone
+
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self):  # noqa: ANN204
+        return self.now
+
+    def advance(self, days: float) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(days=days)
+
+
+def test_prune_forgets_only_old_files_with_nothing_left_to_send(db: Path) -> None:
+    from datetime import timedelta
+
+    clock = Clock()
+    with Journal(db, clock=clock) as journal:
+        old_done = new_file(journal, "old.csv", SHA_A)
+        journal.record_events(old_done, [event(n, f"O{n}") for n in range(1, 6)])
+        journal.record_results([Result(old_done, n, "accepted", http_status=200) for n in range(1, 6)])
+        journal.finish_file(old_done, "done")
+        old_skipped = journal.begin_file("again.csv", SHA_A, 100, "feed").file.id  # refers to old_done
+        old_failed = new_file(journal, "failed.csv", "c" * 64)
+        journal.record_events(old_failed, [event(1, "F1")])
+        journal.record_result(old_failed, 1, "failed", message="503")
+        journal.finish_file(old_failed, "done")
+        old_error = new_file(journal, "broken.csv", "d" * 64)
+        journal.finish_file(old_error, "error", error="not UTF-8")
+        unfinished = new_file(journal, "unfinished.csv", "e" * 64)
+        journal.record_events(unfinished, [event(1, "U1")])
+        clock.advance(30)
+        recent = new_file(journal, "recent.csv", SHA_B)
+        journal.record_events(recent, [event(1, "O1")])  # a duplicate of old.csv's O1
+        journal.finish_file(recent, "done")
+
+        assert journal.prune(clock.now - timedelta(days=10), batch_rows=2) == (3, 5)
+        left = {f.name for f in journal.recent_files(100)}
+        assert left == {"failed.csv", "unfinished.csv", "recent.csv"}
+        assert [e.state for e in journal.file_events(old_failed)] == ["failed"]  # can still be retried
+        assert journal.get_event(recent, 1).message == "event id already accepted: file 'old.csv', line 1"
+        assert journal.accepted_elsewhere("O1") is None  # forgotten: no longer a duplicate
+        assert journal.begin_file("old.csv", SHA_A, 100, "feed").outcome == "new"  # processed anew
+        with pytest.raises(JournalError):
+            journal.get_file(old_skipped)
+        assert journal.prune(clock.now - timedelta(days=10)) == (0, 0)
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT count(*) FROM events WHERE file_id IN (?, ?)", (old_done, old_error)).fetchone() == (0,)
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_prune_after_a_retry_emptied_the_failed_events(db: Path) -> None:
+    from datetime import timedelta
+
+    clock = Clock()
+    with Journal(db, clock=clock) as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(1, "E1")])
+        journal.record_result(file_id, 1, "failed", message="503")
+        journal.finish_file(file_id, "done")
+        clock.advance(100)
+        assert journal.prune(clock.now - timedelta(days=90)) == (0, 0)
+        journal.record_result(file_id, 1, "accepted", http_status=200)
+        journal.refresh_counts(file_id)
+        assert journal.prune(clock.now - timedelta(days=90)) == (1, 1)

@@ -333,3 +333,55 @@ def test_relative_key_file_is_found_beside_the_config_from_any_directory(tmp_pat
     assert [str(p) for p in error.value.problems] == [
         f"{config_dir / 'service.yaml'}:7:5: feeds[0].private_key_file: {config_dir / 'missing-key'} is not a readable file"
     ]
+
+
+# --------------------------------------------------------------------------- journal retention
+
+
+def _age_every_file(journal_path: Path, days: float) -> None:
+    """Pretend every file finished `days` ago (the journal keeps UTC ISO times)."""
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    then = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
+    with sqlite3.connect(journal_path) as raw:
+        raw.execute("UPDATE files SET finished_at = ?, started_at = ? WHERE finished_at IS NOT NULL", (then, then))
+
+
+def test_the_service_forgets_files_past_the_retention_at_start(tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}],
+                          journal_retention_days=30)
+    drop(inbox, "old.csv", export("old", 3))
+    assert run_once(config)[0] == 0
+    journal_path = tmp_path / "var" / "journal.sqlite3"
+    _age_every_file(journal_path, 31)
+    drop(inbox, "new.csv", export("new", 2))
+    code, runner = run_once(config)
+    assert code == 0
+    assert "journal: forgot 1 file(s) and 3 event(s) finished more than 30 days ago" in runner.logs.text
+    proc = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config), "--json"],
+                          capture_output=True, text=True)
+    assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == ["new.csv"]
+
+
+def test_prune_command(tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}],
+                          journal_retention_days=None)
+    drop(inbox, "a.csv", export("a", 4))
+    assert run_once(config)[0] == 0
+    _age_every_file(tmp_path / "var" / "journal.sqlite3", 10)
+
+    def prune(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "batch", "prune", "--config", str(config), *extra],
+                              capture_output=True, text=True)
+
+    refused = prune()
+    assert refused.returncode == 1 and "give --older-than-days" in refused.stderr
+    assert prune("--older-than-days", "11").stdout.strip() == "forgot 0 file(s) and 0 event(s) finished more than 11 days ago"
+    done = prune("--older-than-days", "9")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "forgot 1 file(s) and 4 event(s) finished more than 9 days ago"

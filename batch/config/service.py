@@ -59,6 +59,11 @@ class ServiceConfig(BaseModel):
     api: ApiSettings
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     journal: Path = Field(Path("var/journal.sqlite3"), description="The SQLite journal (relative to this file).")
+    journal_retention_days: float | None = Field(
+        90, gt=0,
+        description="Forget files (and their events) this many days after they finished with nothing left to "
+                    "retry; null keeps everything. Re-dropped files and repeated event ids are recognised "
+                    "within this window.")
     staging_dir: Path = Field(Path("var/staging"), description="Where SFTP downloads are kept while processed.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
