@@ -141,6 +141,11 @@ def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
         _unwrap(stream, original)
 
 
+# pandas costs about a millisecond per block it parses, whatever its size: it reads in large
+# blocks, which are then handed on in chunks of the usual size.
+FIXED_BLOCK_ROWS = 5000
+
+
 def read_fixed(
     stream: BinaryIO, options: FixedOptions, required_columns: list[str], chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[Chunk]:
@@ -161,7 +166,7 @@ def _fixed_chunks(text: io.TextIOWrapper, options: FixedOptions, chunk_size: int
         na_filter=False,  # an empty column is '', never NaN
         skiprows=options.skip_lines,
         skip_blank_lines=False,  # every line keeps its place, so that a record's line is exact
-        chunksize=chunk_size,
+        chunksize=max(chunk_size, FIXED_BLOCK_ROWS),
     )
     line = options.skip_lines
     held: deque[tuple[int, list]] = deque()  # the last skip_footer records
