@@ -132,7 +132,30 @@ def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | Non
     # Chatty libraries: paramiko logs every channel at INFO; urllib3 every connection at DEBUG.
     logging.getLogger("paramiko").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    threading.excepthook = log_thread_exception
     return redactor
+
+
+_threads_log = logging.getLogger("batch.threads")
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread is logged like everything else — one plain or JSON
+    line, redacted — instead of a raw traceback on stderr that would bypass both.
+
+    paramiko's SFTP prefetch thread ends this way whenever a connection drops mid-download;
+    the download reports that loss itself, so here it is only a debug note.
+    """
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    if "_prefetch_thread" in name and (issubclass(args.exc_type, (EOFError, OSError))
+                                       or args.exc_type.__module__.startswith("paramiko")):
+        _threads_log.debug("SFTP read-ahead thread %s ended with the connection: %s: %s",
+                           name, args.exc_type.__name__, args.exc_value)
+        return
+    _threads_log.error("thread %s ended with an unexpected error", name,
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def apply_level(level: str) -> None:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -223,6 +224,35 @@ def test_json_logs_are_json_lines_without_secrets(tmp_path: Path, make_sandbox) 
     for token in sandbox.issued_tokens():
         assert token not in text
     assert set(sandbox.accepted_ids) == ids("s", 5)
+
+
+def test_an_exception_that_ends_a_thread_is_logged_as_json_and_redacted() -> None:
+    # a child process: pytest installs its own threading.excepthook in the test process
+    code = textwrap.dedent("""
+        import threading
+        from batch.logs import setup_logging
+        redactor = setup_logging("DEBUG", "json")
+        redactor.add_secret("canary-passphrase-77")
+
+        def crash():
+            raise RuntimeError("key canary-passphrase-77 rejected")
+
+        def prefetch():
+            raise EOFError()
+
+        for target, name in ((crash, "worker"), (prefetch, "Thread-9 (_prefetch_thread)")):
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            thread.join()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    documents = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    crash, prefetch = documents
+    assert crash["level"] == "ERROR" and crash["message"] == "thread worker ended with an unexpected error"
+    assert "RuntimeError: key *** rejected" in crash["exception"]
+    assert prefetch["level"] == "DEBUG" and "ended with the connection: EOFError" in prefetch["message"]
+    assert "canary-passphrase-77" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- signals
