@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema
 from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping, MappingRun, content_id
+from batch.mapping import CompiledMapping, content_id
 from batch.records import Chunk
 
 EVENT_SCHEMA = component_schema("UsageplaceEvent")

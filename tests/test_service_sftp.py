@@ -230,7 +230,7 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
     assert run(["retry", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "r.csv: 5 accepted" in out
-    assert f"receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
+    assert "receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
     assert receipt(outbox, "r.csv")["counts"] == {
         "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "pending": 0}
     assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
