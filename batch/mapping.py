@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable
 

@@ -175,16 +175,18 @@ class Processor:
         for records in mapped_file(feed.compiled, path):
             batch += records
             if len(batch) >= self.journal_batch:
-                recorded += self._journal(file_id, batch, progress, recorded)
+                recorded = self._journal(file_id, batch, progress, recorded)
                 batch = []
         if batch:
             self._journal(file_id, batch, progress, recorded)
 
     def _journal(self, file_id: int, batch: list[MappedRecord], progress: Progress, before: int) -> int:
+        """Record a batch in one transaction; returns how many records are recorded so far."""
         self.journal.record_events(file_id, (new_event(record) for record in batch))
+        recorded = before + len(batch)
         if progress.on_recorded:
-            progress.on_recorded(before + len(batch))
-        return len(batch)
+            progress.on_recorded(recorded)
+        return recorded
 
     def _deliver_and_finish(
         self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool

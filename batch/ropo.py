@@ -221,13 +221,10 @@ class RopoClient:
         try:
             response = self._session.post(self._token_url, json=body, timeout=self._timeout,
                                           verify=self._verify)
-        except requests.exceptions.SSLError as exc:
+        except requests.RequestException as exc:
             untrusted = self._untrusted_server(exc)
             if untrusted is not None:
                 raise AuthError(untrusted) from None
-            raise TokenUnavailable(
-                f"token request failed: {self._describe(exc)}", None, None) from None
-        except requests.RequestException as exc:
             raise TokenUnavailable(
                 f"token request failed: {self._describe(exc)}", None, None) from None
         with response:
@@ -288,12 +285,10 @@ class RopoClient:
             return SendResult(SendKind.AUTH, exc.status, str(exc))
         except TokenUnavailable as exc:
             return SendResult(SendKind.TRANSIENT, exc.status, str(exc), exc.retry_after)
-        except requests.exceptions.SSLError as exc:
+        except requests.RequestException as exc:
             untrusted = self._untrusted_server(exc)
             if untrusted is not None:  # retrying cannot help: stop like refused credentials
                 return SendResult(SendKind.AUTH, None, untrusted)
-            return SendResult(SendKind.TRANSIENT, None, self._describe(exc))
-        except requests.RequestException as exc:
             return SendResult(SendKind.TRANSIENT, None, self._describe(exc))
         with response:
             return self._classify(response)
@@ -333,9 +328,11 @@ class RopoClient:
         reason = response.reason or ""
         return self.redact(f"HTTP {status} {reason}" + (f": {snippet}" if snippet else ""))
 
-    def _untrusted_server(self, exc: requests.exceptions.SSLError) -> str | None:
-        """The message for a server certificate that failed verification; None for other TLS
-        trouble (a handshake cut short is a network fault and is retried)."""
+    def _untrusted_server(self, exc: requests.RequestException) -> str | None:
+        """The message for a server certificate that failed verification; None for anything
+        else (a TLS handshake cut short is a network fault like any other, and is retried)."""
+        if not isinstance(exc, requests.exceptions.SSLError):
+            return None
         problem = _certificate_problem(exc)
         if problem is None:
             return None
