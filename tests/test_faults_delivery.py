@@ -8,18 +8,27 @@ is spent on the outage; every event ends accepted; at most max_in_flight are sen
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from batch.config.api import DeliverySettings
 from batch.delivery import CircuitBreaker, Outgoing, State, deliver
 from batch.pipeline import FileOutcome
 from batch.ropo import RopoClient
 from batch.sandbox import Faults, Sandbox
-from tests.fixtures_http import settings_for
+from tests.fixtures_http import APICODE_ENV, settings_for
+from tests.fixtures_sftp import wait_until
+from tests.service_helpers import ServiceThread, export, ids, receipt, write_config
 from tests.test_pipeline import (  # noqa: F401 - fixtures
     Workspace, journal_events, make_rows, process_file, read_receipt, runtimes, workspace_for, write_feed,
 )
@@ -120,3 +129,100 @@ def test_F6_breaker_threshold_null_keeps_the_old_behaviour(
     outcomes: list[Any] = []
     deliver(events(6), make_client(settings_for(sandbox)), settings, lambda item, o: outcomes.append(o))
     assert {o.state for o in outcomes} == {State.FAILED}
+
+
+# --------------------------------------------------------------------------- the service: health, metrics, retry
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _drop(inbox: Path, name: str, data: bytes) -> None:
+    (inbox / f".{name}.tmp").write_bytes(data)
+    os.rename(inbox / f".{name}.tmp", inbox / name)
+
+
+SERVICE_DELIVERY = {"max_in_flight": 4, "max_attempts": 2, "backoff_base": 0.05, "backoff_cap": 0.2,
+                    "backoff_jitter": 0.0, "breaker_threshold": 3, "breaker_probe_initial": 0.2,
+                    "breaker_probe_max": 0.5}
+
+
+def test_F6_healthz_and_metrics_say_when_a_feed_holds_for_the_api(
+        tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}],
+                          delivery=SERVICE_DELIVERY, metrics={"host": "127.0.0.1", "port": 0})
+    sandbox.set_faults(error_rate=1.0, error_status=503)
+    with ServiceThread(config) as runner:
+        runner.wait_log("health and metrics at")
+        base = "http://%s:%d" % runner.service.metrics_server.address
+        _drop(inbox, "held.csv", export("H", 20))
+        runner.wait_log("Ropo One is unreachable")
+        status, body = _get(f"{base}/healthz")
+        health = json.loads(body)
+        assert status == 503 and health["status"] == "unhealthy"
+        state = health["feeds"]["local"]["state"]
+        assert state.startswith("holding: api unreachable since 20"), state
+        assert state.endswith("Z (HTTP 503: Service Unavailable: Injected by the sandbox)"), state
+        assert health["problems"] == [f"local: {state}"]
+        assert 'usageplace_batch_api_holding{feed="local"} 1.0' in _get(f"{base}/metrics")[1]
+
+        sandbox.set_faults()  # the API is back
+        wait_until(lambda: (inbox / "archive" / "held.csv").exists(), 30, what="held.csv archived")
+        status, body = _get(f"{base}/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        metrics = _get(f"{base}/metrics")[1]
+        assert 'usageplace_batch_api_holding{feed="local"} 0.0' in metrics
+        assert 'usageplace_batch_inbox_unreachable{feed="local"} 0.0' in metrics
+    assert receipt(inbox / "outbox", "held.csv")["counts"]["accepted"] == 20
+    assert "Ropo One answers again; delivery resumes" in runner.logs.text
+
+
+def test_F6_healthz_says_when_the_inbox_is_unreachable(
+        tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "not-yet"
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox),
+                                               "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 0.5}],
+                          metrics={"host": "127.0.0.1", "port": 0})
+    with ServiceThread(config) as runner:
+        runner.wait_log("inbox problem")
+        base = "http://%s:%d" % runner.service.metrics_server.address
+        status, body = _get(f"{base}/healthz")
+        health = json.loads(body)
+        assert status == 503, body
+        state = health["feeds"]["local"]["state"]
+        assert state.startswith("unavailable: inbox unreachable (") and state.endswith("; last successful scan never")
+        assert str(inbox) in state
+        assert health["feeds"]["local"]["alive"]
+        assert 'usageplace_batch_inbox_unreachable{feed="local"} 1.0' in _get(f"{base}/metrics")[1]
+        inbox.mkdir()
+        wait_until(lambda: _get(f"{base}/healthz")[0] == 200, 30, what="healthy once the inbox exists")
+
+
+def test_F6_failed_events_are_sent_again_by_the_service_after_retry_failed_after(
+        tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}],
+                          delivery={**SERVICE_DELIVERY, "retry_failed_after": 1.0})
+    sandbox.set_faults(error_ids=["R-2"])  # about this one event only: it fails alone
+    with ServiceThread(config) as runner:
+        _drop(inbox, "r.csv", export("R", 5))
+        wait_until(lambda: (inbox / "archive" / "r.csv").exists(), 30, what="r.csv archived")
+        first = receipt(inbox / "outbox", "r.csv")["counts"]
+        assert (first["accepted"], first["failed"]) == (4, 1)
+        sandbox.set_faults()
+        runner.wait_log("r.csv: retried: done")
+    assert receipt(inbox / "outbox", "r.csv")["counts"]["accepted"] == 5
+    assert receipt(inbox / "outbox", "r.csv")["counts"]["failed"] == 0
+    assert set(sandbox.accepted_ids) == ids("R", 5)
+    assert "r.csv: sending its failed events again (delivery.retry_failed_after)" in runner.logs.text
