@@ -662,8 +662,8 @@ class Service:
         failed_before = self.journal.clock() - timedelta(seconds=after)
         for file_id in failed_file_ids(self.journal, None):
             record = self.journal.get_file(file_id)
-            if record.feed != worker.feed or self.stop.is_set():
-                continue
+            if record.feed != worker.feed or not record.finished or self.stop.is_set():
+                continue  # another feed's, or a file still being worked (here or by another instance)
             if any(event.updated_at > failed_before for event in self.journal.failed_events(file_id)):
                 continue  # failed too recently: next time
             extra = {"feed": worker.feed, "file": record.name}
