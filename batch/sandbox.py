@@ -671,7 +671,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:  # the connection was cut mid-request (e.g. by an outage): no request
+            raise ConnectionError(f"request body cut short: {len(body)} of {length} bytes")
+        return body
 
     def do_GET(self) -> None:
         self._dispatch("GET")
