@@ -7,6 +7,14 @@ event waits for its retry. If an event of a place ends ``failed``, the later eve
 that place are not sent in this run (they would overtake it) and end ``failed`` too.
 Events without a usageplacecode have no ordering constraint.
 
+Outages: a transient error is the event's own only while Ropo One answers other events. When
+``breaker_threshold`` different events in a row fail transiently (connection refused or reset,
+timeouts, DNS, 5xx or 429 on everything), a :class:`CircuitBreaker` opens: the run holds every
+event and sends one probe at a time with backoff; attempts made while it is open are not
+charged to any event's ``max_attempts``, and the hold does not run down the file's deadline.
+The first answer that is not transient closes it and delivery resumes. The breaker outlives
+one run: a feed's Processor keeps one, so the next file does not start by failing either.
+
 Threads: ``max_in_flight`` worker threads send; the thread that calls :func:`deliver`
 reads ``items`` lazily, schedules retries, and calls ``on_result`` — so a journal can
 use its own SQLite connection in the callback. Delivery keeps no state of its own.
@@ -91,6 +99,97 @@ def backoff_delay(attempt: int, settings: DeliverySettings,
     return max(delay, retry_after or 0.0)
 
 
+class CircuitBreaker:
+    """Is Ropo One reachable at all? Shared by the runs of one feed; thread-safe.
+
+    Closed: events go as usual. Opens when ``threshold`` different events in a row met a
+    transient error with no other answer in between. Open: nothing goes but one probe at a
+    time, ``probe_initial`` seconds after opening, the wait doubling up to ``probe_max``.
+    Any answer that is not transient closes it.
+    """
+
+    def __init__(self, settings: DeliverySettings | None = None) -> None:
+        self._lock = threading.Lock()
+        self._streak: set[int] = set()  # ids of the tasks that failed in a row
+        self.open_since: float | None = None  # time.time() when it opened; None: closed
+        self.reason = ""                # the last error that kept it open
+        self._opened = 0.0              # time.monotonic() when it opened
+        self._next_probe = 0.0
+        self._probe_wait = 0.0
+        self._probing = False
+        self.configure(settings or DeliverySettings())
+
+    def configure(self, settings: DeliverySettings) -> None:
+        self.threshold = settings.breaker_threshold
+        self.probe_initial = settings.breaker_probe_initial
+        self.probe_max = settings.breaker_probe_max
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_since is not None
+
+    def admit(self, now: float) -> bool | float:
+        """May a send go now? False: yes; True: yes, as the probe; a float: wait that long."""
+        if self.open_since is None:  # unlocked read: the hot path stays cheap
+            return False
+        with self._lock:
+            if self.open_since is None:
+                return False
+            if self._probing:
+                return max(0.05, self._probe_wait)
+            if now < self._next_probe:
+                return self._next_probe - now
+            self._probing = True
+            return True
+
+    def cancel_probe(self) -> None:
+        with self._lock:
+            self._probing = False
+
+    def failed(self, task: object, message: str, now: float, probe: bool) -> bool:
+        """A transient failure; True when it belongs to the outage (charge no event for it)."""
+        with self._lock:
+            if probe:
+                self._probing = False
+            if self.open_since is not None:
+                if probe:
+                    self.reason = message
+                    self._probe_wait = min(self.probe_max, self._probe_wait * 2)
+                    self._next_probe = now + self._probe_wait
+                    log.info("Ropo One is still unreachable (%s); next probe in %.0f s",
+                             message, self._probe_wait)
+                return True
+            if self.threshold is None:
+                return False
+            self._streak.add(id(task))
+            if len(self._streak) < self.threshold:
+                return False
+            self._streak.clear()
+            self.open_since, self._opened, self.reason = time.time(), now, message
+            self._probe_wait = self.probe_initial
+            self._next_probe = now + self._probe_wait
+        log.warning("Ropo One is unreachable (%d events in a row: %s); delivery holds every "
+                    "event and probes, the first time in %.0f s", self.threshold, message,
+                    self.probe_initial)
+        return True
+
+    def answered(self, now: float, probe: bool) -> bool:
+        """Ropo One answered (not transiently): close. True if it was open."""
+        if not probe and self.open_since is None and not self._streak:
+            return False  # the hot path: nothing to change
+        with self._lock:
+            if probe:
+                self._probing = False
+            self._streak.clear()
+            if self.open_since is None:
+                return False
+            held = now - self._opened
+            self.open_since = None
+            self._probing = False
+        log.info("Ropo One answers again; delivery resumes after holding %.1f s", held)
+        return True
+
+
 class TokenBucket:
     """A thread-safe token bucket: ``rate`` per second, up to ``burst`` at once."""
 
@@ -125,6 +224,12 @@ class _Task:
     status: int | None = None
     message: str = ""
     holds_slot: bool = False  # sent, final, and not yet reported: still counts as in flight
+    free: int = 0             # attempts the outage took, not charged to max_attempts
+    probe: bool = False       # the attempt in flight is the breaker's probe
+
+    @property
+    def charged(self) -> int:
+        return self.attempts - self.free
 
     def outcome(self, state: State, message: str | None = None) -> Outcome:
         return Outcome(state, self.attempts, self.status,
@@ -146,9 +251,11 @@ class _Run:
     """The scheduler of one deliver() call. All fields are guarded by ``lock``."""
 
     def __init__(self, client: Sender, settings: DeliverySettings, stop: threading.Event,
-                 deadline: float | None, window: int) -> None:
+                 deadline: float | None, window: int, breaker: CircuitBreaker) -> None:
         self.client = client
         self.settings = settings
+        self.breaker = breaker
+        self.held_since: float | None = None  # the breaker is open: the deadline is paused
         self.stop = stop
         self.deadline = deadline
         self.window = window
@@ -223,11 +330,17 @@ class _Run:
                 if self.closing and (not self.ready or self.halt is not None):
                     return None
                 if self.ready and self.in_flight + self.unreported < self.slots:
-                    pause = self.hold_until - time.monotonic()
+                    now = time.monotonic()
+                    pause = self.hold_until - now
                     if pause <= 0:
+                        gate = self.breaker.admit(now)
+                        if gate is not True and gate is not False:
+                            self.work_cv.wait(gate)  # held for an outage: wait for the probe
+                            continue
                         place = self.ready.popleft()
                         task = self.queues[place][0]
                         task.attempts += 1
+                        task.probe = gate
                         self.in_flight += 1
                         return task
                     self.work_cv.wait(pause)
@@ -250,7 +363,10 @@ class _Run:
         """Record the result of one attempt (None: not sent because of the stop event)."""
         with self.lock:
             self.in_flight -= 1
+            probe, task.probe = task.probe, False
             if result is None:
+                if probe:
+                    self.breaker.cancel_probe()
                 task.attempts -= 1
                 if self.halt is None:
                     self.halt_now(State.PENDING, "delivery stopped")
@@ -258,13 +374,22 @@ class _Run:
             else:
                 task.status, task.message = result.status, result.message
                 reported_before = len(self.done)
-                self._settle(task, result)
+                self._settle(task, result, probe)
                 if any(done is task for done, _ in self.done[reported_before:]):
                     task.holds_slot = True  # sent and final: in flight until reported
                     self.unreported += 1
             self.main_cv.notify()
 
-    def _settle(self, task: _Task, result: SendResult) -> None:
+    def _settle(self, task: _Task, result: SendResult, probe: bool) -> None:
+        now = time.monotonic()
+        if result.kind is not SendKind.TRANSIENT:
+            if self.breaker.answered(now, probe):
+                self.work_cv.notify_all()
+        elif self.breaker.failed(task, result.message, now, probe) and self.halt is None:
+            task.free += 1  # the outage's, not the event's: back in line for after the hold
+            self.ready.append(task.place)
+            self.work_cv.notify()
+            return
         if result.kind is SendKind.ACCEPTED:
             self._final(task, State.ACCEPTED, "")
         elif result.kind is SendKind.REJECTED:
@@ -280,10 +405,10 @@ class _Run:
 
     def _retry_or_fail(self, task: _Task, result: SendResult) -> None:
         now = time.monotonic()
-        if task.attempts >= self.settings.max_attempts:
+        if task.charged >= self.settings.max_attempts:
             self._fail_place(task, f"gave up after {task.attempts} attempts: {result.message}")
             return
-        delay = backoff_delay(task.attempts, self.settings, result.retry_after, self.rng)
+        delay = backoff_delay(task.charged, self.settings, result.retry_after, self.rng)
         if self.deadline is not None and now + delay >= self.deadline:
             self._fail_place(task, f"file deadline reached after {task.attempts} attempts: "
                                    f"{result.message}")
@@ -350,6 +475,7 @@ def deliver(
     deadline: float | None = None,
     window: int | None = None,
     on_batch_done: OnBatchDone | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> DeliveryReport:
     """Send every item and call ``on_result(item, outcome)`` exactly once per item.
 
@@ -361,6 +487,8 @@ def deliver(
     max(1000, 100 * max_in_flight)). ``on_batch_done``: called (in the calling thread)
     after each batch of ``on_result`` calls, e.g. to record the batch in one transaction;
     an event's slot is freed only after it returns (see the module's note on in flight).
+    ``breaker``: the feed's :class:`CircuitBreaker` (configured from ``settings`` here);
+    default: one for this run only.
     If ``on_result`` or ``on_batch_done`` raises, delivery stops, in-flight requests
     finish unreported, and the exception propagates (those events may be sent again by a
     later run: at-least-once).
@@ -369,8 +497,12 @@ def deliver(
     if deadline is None and settings.deadline_seconds is not None:
         deadline = started + settings.deadline_seconds
     stop = stop or threading.Event()
+    if breaker is None:
+        breaker = CircuitBreaker(settings)
+    else:
+        breaker.configure(settings)
     run = _Run(client, settings, stop, deadline,
-               window or max(1000, 100 * settings.max_in_flight))
+               window or max(1000, 100 * settings.max_in_flight), breaker)
     report = DeliveryReport()
     workers = [threading.Thread(target=_worker, args=(run,), daemon=True,
                                 name=f"deliver-{i}") for i in range(settings.max_in_flight)]
@@ -442,6 +574,15 @@ def _check_halt(run: _Run, now: float) -> None:
         return
     if run.stop.is_set():
         run.halt_now(State.PENDING, "delivery stopped")
-    elif run.deadline is not None and now >= run.deadline:
+        return
+    if run.breaker.is_open:  # holding for an outage does not run down the file's deadline
+        if run.held_since is None:
+            run.held_since = now
+        return
+    if run.held_since is not None:
+        if run.deadline is not None:
+            run.deadline += now - run.held_since
+        run.held_since = None
+    if run.deadline is not None and now >= run.deadline:
         run.deadline_hit = True
         run.halt_now(State.FAILED, "the file deadline was reached")

@@ -5,7 +5,14 @@
 logger it came from (ours, paramiko, urllib3 ...), so there is one place where secrets are
 removed: known values (the resolved API code, SFTP passphrases and passwords, anything a
 registered redactor such as `RopoClient.redact` knows, e.g. the tokens it was issued), and
-anything that looks like a Bearer token or a JWT.
+anything that looks like a credential: a Bearer or Basic authorization, a JWT, a
+``apicode=``/``token=``/``password=`` pair in a form body or query string, or the same key
+in JSON.
+
+:func:`redact_text` is that one redaction, and :func:`redact_and_cut` applies it *before* a
+text is shortened, so that no cut can leave the head of a secret behind. The API client
+uses both for every message it makes from a server's answer (problem detail, body excerpt,
+error text, Location), so logs, journal and receipts are redacted alike.
 """
 
 from __future__ import annotations
@@ -18,13 +25,47 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import IO, Any
+from urllib.parse import quote, quote_plus
 
 REDACTED = "***"
+CUT_MARK = "..."
 
-# "Authorization: Bearer abc.def" / "bearer abc" -> "Bearer ***"
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# "Authorization: Bearer abc.def" / "bearer abc" / "Basic dXNlcjpwYXNz" -> "Bearer ***"
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]+")
 # header.payload.signature, each base64url; a JWT header always starts with eyJ ('{"').
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_SECRET_KEYS = r"apicode|api_?key|access_token|refresh_token|token|password|passwd|passphrase|secret"
+# apicode=abc&cid=1 (a form body or a query string, also URL-encoded: apicode%3Dabc)
+_KEY_VALUE = re.compile(rf"(?i)\b({_SECRET_KEYS})(=|%3D)(?:(?!%26)[^&\s\"'<>,;])+")
+# "apicode": "abc" and \"apicode\":\"abc\" (JSON, also JSON inside a JSON string)
+_JSON_PAIR = re.compile(rf'(?i)(\\?"(?:{_SECRET_KEYS})\\?"\s*:\s*\\?")((?:[^"\\]|\\.)*?)(\\?")')
+
+
+def _forms(value: str) -> set[str]:
+    """A secret as it may appear in a text: itself, URL-encoded, JSON-escaped."""
+    return {value, quote(value, safe=""), quote_plus(value, safe=""), json.dumps(value)[1:-1]}
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with the known ``secrets`` (in any of their usual encodings) and anything that
+    looks like a credential replaced by ***. The one redaction of logs, journal and receipts."""
+    forms = {form for value in secrets if value for form in _forms(value)}
+    for form in sorted(forms, key=len, reverse=True):  # longest first: no partial leftovers
+        if form in text:
+            text = text.replace(form, REDACTED)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _JWT.sub(REDACTED, text)
+    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _JSON_PAIR.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(3)}", text)
+
+
+def redact_and_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """:func:`redact_text`, then at most ``limit`` characters (plus "..." when cut).
+
+    Redacting first is the point: a secret that straddles the cut is already *** and
+    cannot leave its first characters behind."""
+    text = redact_text(text, secrets)
+    return text if len(text) <= limit else text[:limit] + CUT_MARK
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
@@ -56,18 +97,14 @@ class RedactingFilter(logging.Filter):
 
     def redact(self, text: str) -> str:
         with self._lock:
-            values = sorted(self._values, key=len, reverse=True)  # longest first: no partial leftovers
+            values = list(self._values)
             redactors = list(self._redactors)
         for redactor in redactors:
             try:
                 text = redactor(text)
             except Exception:  # noqa: BLE001 - a broken redactor must not lose the record
                 pass
-        for value in values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-        return _JWT.sub(REDACTED, text)
+        return redact_text(text, values)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

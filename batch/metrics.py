@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,37 @@ class Metrics:
                                     "(connection lost, host key refused ...)", ["feed"], registry=r)
         self.reloads = Counter("usageplace_batch_config_reloads", "Configuration changes, applied or refused",
                                ["result"], registry=r)
+        self._feed_flags = _FeedFlags()
+        r.register(self._feed_flags)
+
+    def watch_feeds(self, source: FlagsFn) -> None:
+        """``source()``: per feed, {"api_holding": bool, "inbox_unreachable": bool}, read at each scrape."""
+        self._feed_flags.source = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
+FlagsFn = Callable[[], dict[str, dict[str, bool]]]
+
+
+class _FeedFlags:
+    """Gauges read from the service at scrape time: is a feed held up, and by what."""
+
+    GAUGES = (("api_holding", "1 while the feed holds delivery because Ropo One is unreachable (an outage)"),
+              ("inbox_unreachable", "1 while the feed's inbox cannot be reached (or is refused)"))
+
+    def __init__(self) -> None:
+        self.source: FlagsFn | None = None
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        flags = self.source() if self.source is not None else {}
+        for key, help_text in self.GAUGES:
+            gauge = GaugeMetricFamily(f"usageplace_batch_{key}", help_text, labels=["feed"])
+            for feed, values in flags.items():
+                gauge.add_metric([feed], 1.0 if values.get(key) else 0.0)
+            yield gauge
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Literal
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
-from batch.delivery import DeliveryReport, Outcome, Outgoing, State, deliver
+from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.extract import mapped_file
 from batch.journal import FileRecord, Journal, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
@@ -123,6 +123,7 @@ class Processor:
     delivery: DeliverySettings
     stop: threading.Event = field(default_factory=threading.Event)
     journal_batch: int = JOURNAL_BATCH
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)  # held across files (F6)
 
     def process(
         self,
@@ -219,7 +220,8 @@ class Processor:
                 journal.record_results(results)
                 results.clear()
 
-        report = deliver(items, self.client, self.delivery, on_result, stop=self.stop, on_batch_done=on_batch_done)
+        report = deliver(items, self.client, self.delivery, on_result, stop=self.stop, on_batch_done=on_batch_done,
+                         breaker=self.breaker)
         if report.auth_error:
             journal.flush()
             file = journal.get_file(file_id)

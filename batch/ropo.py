@@ -7,7 +7,23 @@ lifetime), and renewed once more when an event POST answers 401.
 
 Secrets (the API code, tokens) never appear in log records, exception texts or
 ``SendResult`` messages: every text that may echo server output goes through
-:meth:`RopoClient.redact`.
+:meth:`RopoClient.redact` (the log filter's patterns plus the known secret values) and is
+cut only after that (:func:`batch.logs.redact_and_cut`).
+
+Every request goes to the configured origin and nowhere else:
+
+- both URLs are built from the one parse of ``base_url`` (urllib3's, the parser that
+  connects), and each prepared request's scheme, host and port are checked against it
+  before it is sent;
+- a redirect is never followed (the session cannot follow one, and every send says so):
+  a 3xx on an event is a permanent rejection naming the status and the Location, a 3xx
+  on ``/token`` refuses delivery like refused credentials — cid and apicode are posted to
+  the configured ``/token`` only;
+- the session ignores the environment (``trust_env = False``): no ``~/.netrc`` credentials
+  replace the Authorization header. Two environment settings are still applied, on
+  purpose and explicitly: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (a proxy only relays
+  to the same origin) and, when ``api.ca_bundle`` is not set, ``REQUESTS_CA_BUNDLE`` (or
+  ``CURL_CA_BUNDLE``) as the trusted CAs.
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -26,16 +43,52 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader
+from urllib3.exceptions import InvalidHeader, LocationParseError
+from urllib3.util import Url, parse_url
 from urllib3.util.retry import Retry
 
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
+from batch.logs import REDACTED, redact_and_cut, redact_text
 
 log = logging.getLogger(__name__)
 
-MESSAGE_LIMIT = 300  # characters of a non-problem error body kept in a message
-REDACTED = "***"
+MESSAGE_LIMIT = 300  # characters of a server's text (problem, body, error, Location) kept in a message
+LOCATION_LIMIT = 120  # characters of a redirect's Location kept in a message
 _USER_AGENT = "usageplace-batch"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port) of ``url`` as urllib3 — which opens the connection — reads it."""
+    parts = parse_url(url)
+    scheme = (parts.scheme or "").lower()
+    return scheme, (parts.host or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def endpoint_urls(base_url: str) -> tuple[Origin, str, str]:
+    """The origin of ``base_url`` and the token and event URLs, built from that one parse."""
+    parts = parse_url(base_url)
+    origin = origin_of(base_url)
+    scheme, host, port = origin
+    path = (parts.path or "").rstrip("/")
+
+    def url(endpoint: str) -> str:
+        return Url(scheme=scheme, host=host, port=port, path=f"{path}/{endpoint}").url
+
+    return origin, url("token"), url("usageplace/event")
+
+
+class OffOriginRequest(Exception):
+    """A request was about to leave the configured origin (a bug or a hostile URL): not sent."""
+
+
+class _NoRedirectSession(requests.Session):
+    """A session that cannot follow a redirect, whatever a caller passes."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:  # noqa: ARG002
+        return None
 
 
 class SendKind(str, Enum):
@@ -127,10 +180,10 @@ class RopoClient:
         self.settings = settings
         self._credentials: Credentials = settings.credentials(env)
         self._transient = frozenset(transient_statuses)
-        self._event_url = f"{settings.base_url}/usageplace/event"
-        self._token_url = f"{settings.base_url}/token"
+        self._origin, self._token_url, self._event_url = endpoint_urls(settings.base_url)
         self._timeout = (settings.connect_timeout, settings.read_timeout)
-        self._verify = settings.verify
+        self._verify = _trusted_cas(settings)
+        self._proxies = requests.utils.get_environ_proxies(self._event_url)
         self._session = self._make_session(pool_size)
         self._token_lock = threading.Lock()
         self._token: str | None = None
@@ -144,14 +197,16 @@ class RopoClient:
         self.tokens_fetched = 0
 
     def _make_session(self, pool_size: int) -> requests.Session:
-        session = requests.Session()
+        session = _NoRedirectSession()
+        session.max_redirects = 0
+        # The environment is applied explicitly (proxies, CA bundle: see the module's note);
+        # trust_env would also let ~/.netrc replace the Authorization header.
+        session.trust_env = False
         # +1: a token request can run while every sender holds a connection.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size) + 1,
                               max_retries=0)  # POST is not idempotent: the caller retries
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        # Proxies from the environment (HTTPS_PROXY, NO_PROXY) are honoured; ``verify`` is
-        # passed on every request so REQUESTS_CA_BUNDLE cannot override ca_bundle.
         session.headers.update({"User-Agent": _USER_AGENT, "Accept": "application/json"})
         return session
 
@@ -172,13 +227,17 @@ class RopoClient:
     # ---- secrets -------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """``text`` with every known secret (API code, tokens) replaced by ***."""
+        """``text`` with every known secret (API code, tokens) and anything that looks like a
+        credential (the log filter's patterns) replaced by ***."""
+        return redact_text(text, self._secrets())
+
+    def redact_and_cut(self, text: str, limit: int = MESSAGE_LIMIT) -> str:
+        """:meth:`redact`, then at most ``limit`` characters: never cut before redacting."""
+        return redact_and_cut(text, limit, self._secrets())
+
+    def _secrets(self) -> list[str]:
         with self._secrets_lock:
-            secrets = [*self._static_secrets, *self._recent_tokens]
-        for secret in secrets:
-            if secret and secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+            return [*self._static_secrets, *self._recent_tokens]
 
     def _remember_token(self, token: str) -> None:
         with self._secrets_lock:
@@ -219,8 +278,7 @@ class RopoClient:
         body = {"cid": creds.cid, "apicode": creds.apicode.get_secret_value()}
         log.debug("requesting a token for cid %s", creds.cid)
         try:
-            response = self._session.post(self._token_url, json=body, timeout=self._timeout,
-                                          verify=self._verify)
+            response = self._post(self._token_url, json=body)
         except requests.RequestException as exc:
             untrusted = self._untrusted_server(exc)
             if untrusted is not None:
@@ -229,6 +287,10 @@ class RopoClient:
                 f"token request failed: {self._describe(exc)}", None, None) from None
         with response:
             status = response.status_code
+            if 300 <= status < 400:
+                raise AuthError(f"the token request was redirected ({self._redirect(response)}); "
+                                f"the redirect was refused and cid and apicode were sent nowhere "
+                                f"else: check api.base_url ({self._base_url_shown()})", status=status)
             if status == 400:
                 raise self._auth_error(response)
             if status >= 500 or status in (408, 429):
@@ -259,7 +321,7 @@ class RopoClient:
         if isinstance(payload, dict):
             raw_id, raw_text = payload.get("errorId"), payload.get("errorText")
             error_id = raw_id if isinstance(raw_id, int) else None
-            error_text = self.redact(str(raw_text)) if raw_text is not None else None
+            error_text = self.redact_and_cut(str(raw_text)) if raw_text is not None else None
         detail = ": ".join(str(p) for p in (
             f"errorId {error_id}" if error_id is not None else None, error_text) if p)
         message = (f"Ropo One refused the credentials for cid {self._credentials.cid} "
@@ -285,6 +347,8 @@ class RopoClient:
             return SendResult(SendKind.AUTH, exc.status, str(exc))
         except TokenUnavailable as exc:
             return SendResult(SendKind.TRANSIENT, exc.status, str(exc), exc.retry_after)
+        except OffOriginRequest as exc:
+            return SendResult(SendKind.AUTH, None, str(exc))
         except requests.RequestException as exc:
             untrusted = self._untrusted_server(exc)
             if untrusted is not None:  # retrying cannot help: stop like refused credentials
@@ -295,8 +359,34 @@ class RopoClient:
 
     def _post_event(self, body: bytes, token: str) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        return self._session.post(self._event_url, data=body, headers=headers,
-                                  timeout=self._timeout, verify=self._verify)
+        return self._post(self._event_url, data=body, headers=headers)
+
+    def _post(self, url: str, **kwargs: Any) -> requests.Response:
+        """POST to ``url`` (one of the two endpoint URLs), never anywhere else, never twice."""
+        prepared = self._session.prepare_request(requests.Request("POST", url, **kwargs))
+        self._check_origin(prepared.url or "")
+        return self._session.send(prepared, allow_redirects=False, timeout=self._timeout,
+                                  verify=self._verify, proxies=self._proxies)
+
+    def _check_origin(self, url: str) -> None:
+        try:
+            origin = origin_of(url)
+        except LocationParseError:
+            origin = ("", "", 0)
+        if origin != self._origin:
+            raise OffOriginRequest(self.redact_and_cut(
+                f"refused to send a request to {_strip_userinfo(url)}: it is not the configured "
+                f"origin {self._base_url_shown()}"))
+
+    def _base_url_shown(self) -> str:
+        return _strip_userinfo(self.settings.base_url)
+
+    def _redirect(self, response: requests.Response) -> str:
+        """``HTTP 302 Found to <Location>``, the Location without userinfo, redacted, cut."""
+        location = response.headers.get("Location")
+        shown = (self.redact_and_cut(_strip_userinfo(_printable(location)), LOCATION_LIMIT)
+                 if location else "(no Location)")
+        return f"HTTP {response.status_code} {_printable(response.reason or '')}".rstrip() + f" to {shown}"
 
     def _classify(self, response: requests.Response) -> SendResult:
         status = response.status_code
@@ -304,6 +394,10 @@ class RopoClient:
             return SendResult(SendKind.ACCEPTED, status)
         if status == 401:
             return SendResult(SendKind.AUTH, 401, "token refused (401) even after renewal")
+        if 300 <= status < 400:  # never followed: the API did not accept anything
+            return SendResult(SendKind.REJECTED, status,
+                              f"redirect refused: {self._redirect(response)}; the event was not "
+                              f"accepted (check api.base_url)")
         message = self._problem_message(response)
         if status >= 500 or status in self._transient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -321,12 +415,10 @@ class RopoClient:
         if isinstance(payload, dict):
             parts = [str(payload[k]) for k in ("title", "detail") if payload.get(k)]
             if parts:
-                return self.redact(f"HTTP {status}: " + ": ".join(parts))
-        snippet = " ".join(text.split())
-        if len(snippet) > MESSAGE_LIMIT:
-            snippet = snippet[:MESSAGE_LIMIT] + "..."
-        reason = response.reason or ""
-        return self.redact(f"HTTP {status} {reason}" + (f": {snippet}" if snippet else ""))
+                return f"HTTP {status}: " + self.redact_and_cut(_printable(": ".join(parts)))
+        snippet = self.redact_and_cut(_printable(" ".join(text.split())))
+        reason = _printable(response.reason or "")
+        return f"HTTP {status} {reason}" + (f": {snippet}" if snippet else "")
 
     def _untrusted_server(self, exc: requests.RequestException) -> str | None:
         """The message for a server certificate that failed verification; None for anything
@@ -339,7 +431,7 @@ class RopoClient:
         trust = (f"the CA bundle {self.settings.ca_bundle}" if self.settings.ca_bundle is not None
                  else "the system's trusted CAs")
         return self.redact(
-            f"the TLS certificate of {self.settings.base_url} could not be verified against "
+            f"the TLS certificate of {self._base_url_shown()} could not be verified against "
             f"{trust} ({problem}); nothing was sent. If Ropo One is reached through a "
             f"TLS-inspecting proxy or a private CA, set api.ca_bundle to its PEM bundle")
 
@@ -352,7 +444,7 @@ class RopoClient:
             kind = "connection error"
         else:
             kind = type(exc).__name__
-        return self.redact(f"{kind}: {_root_cause(exc)}")
+        return f"{kind}: {self.redact_and_cut(_printable(_root_cause(exc)))}"
 
 
 def _token_from(response: requests.Response) -> str | None:
@@ -391,5 +483,35 @@ def _root_cause(exc: BaseException) -> str:
         seen = inner
     if seen.args and isinstance(seen.args[-1], BaseException):
         seen = seen.args[-1]
-    text = str(seen) or type(seen).__name__
-    return text[:MESSAGE_LIMIT]
+    return str(seen) or type(seen).__name__  # cut by the caller, after redaction
+
+
+def _trusted_cas(settings: ApiSettings) -> str | bool:
+    """requests' ``verify``: api.ca_bundle, else REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, else the
+    system's CAs (what requests itself does with trust_env; never False)."""
+    if settings.ca_bundle is not None:
+        return str(settings.ca_bundle)
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
+def _strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@`` (whatever parser reads it)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority_end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            authority_end = min(authority_end, found)
+    authority = rest[:authority_end]
+    if "@" in authority:
+        authority = REDACTED + "@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{rest[authority_end:]}"
+
+
+def _printable(text: str) -> str:
+    """Control characters of a server's text escaped (\\x1b ...): they reach terminals."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -68,6 +68,7 @@ class Faults:
     token_script: list[int | str] = field(default_factory=list)  # the same, for POST /token
     error_rate: float = 0.0        # share of event POSTs answered with error_status
     error_status: int = 503
+    error_ids: list[str] = field(default_factory=list)  # answered error_status every time
     drop_rate: float = 0.0         # share of event POSTs dropped without an answer
     latency_ms: float = 0.0        # added to every event POST
     latency_jitter_ms: float = 0.0  # plus a uniform random 0..jitter
@@ -79,6 +80,11 @@ class Faults:
     reject_title: str = "Unprocessable event"
     reject_detail: str = "The usage place is not known to Ropo One"
     reject_raw_body: str | None = None  # if set, rejections answer this text/plain body instead
+    # An outage: at event arrival ``down_at_arrival`` (1-based) the server stops listening (that
+    # event's connection is dropped; new ones are refused) for ``down_seconds``, then listens
+    # again on the same port with everything it had accepted (see Sandbox.go_down / come_back).
+    down_at_arrival: int | None = None
+    down_seconds: float = 15.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Faults:
@@ -290,16 +296,23 @@ class Sandbox:
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")
-        self._server = _Server((host, port), _Handler, self)
+        self._tls_context = tls
         self.tls = tls is not None
-        if tls is not None:
-            # the handshake runs in each connection's handler thread (see _Handler.setup),
-            # so a client that never completes it cannot hold up the accept loop
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
-                                                  do_handshake_on_connect=False)
+        self._server = self._listen(host, port)
         self._thread: threading.Thread | None = None
+        self._lifecycle = threading.RLock()
+        self.outages = 0
 
     # ---- lifecycle
+
+    def _listen(self, host: str, port: int) -> _Server:
+        server = _Server((host, port), _Handler, self)
+        if self._tls_context is not None:
+            # the handshake runs in each connection's handler thread (see _Handler.setup),
+            # so a client that never completes it cannot hold up the accept loop
+            server.socket = self._tls_context.wrap_socket(server.socket, server_side=True,
+                                                          do_handshake_on_connect=False)
+        return server
 
     @property
     def host(self) -> str:
@@ -320,6 +333,38 @@ class Sandbox:
                                             name=f"sandbox:{self.port}", daemon=True)
             self._thread.start()
         return self
+
+    def go_down(self) -> None:
+        """An outage: stop listening and cut every open connection (state is kept)."""
+        with self._lifecycle:
+            if self._thread is None:
+                return
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+            self._server.server_close()
+            self._server.close_connections()
+            self.outages += 1
+
+    def come_back(self) -> None:
+        """Listen again on the same address after :meth:`go_down`."""
+        with self._lifecycle:
+            if self._thread is not None:
+                return
+            host, port = self._server.server_address[:2]
+            for _ in range(50):  # the old socket may linger for a moment
+                try:
+                    self._server = self._listen(host, port)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            self._thread = None
+        self.start()
+
+    def _outage(self, seconds: float) -> None:
+        self.go_down()
+        time.sleep(seconds)
+        self.come_back()
 
     def close(self) -> None:
         if self._thread is not None:
@@ -440,6 +485,11 @@ class Sandbox:
             self._arrivals.append(arrival)
             faults = self._faults
             action = self._next(self._script)
+        if faults.down_at_arrival is not None and arrival.seq == faults.down_at_arrival:
+            threading.Thread(target=self._outage, args=(faults.down_seconds,), daemon=True,
+                             name="sandbox-outage").start()
+            arrival.finished = time.monotonic()
+            return DROP
         try:
             reply = self._event_reply(handler, body, event, faults, action)
         except _Reply as early:
@@ -461,6 +511,8 @@ class Sandbox:
         if isinstance(action, int):
             return self._fault_reply(action)
         if action is None and faults.error_rate and self._random.random() < faults.error_rate:
+            return self._fault_reply(faults.error_status)
+        if event is not None and faults.error_ids and event.get("id") in faults.error_ids:
             return self._fault_reply(faults.error_status)
         self._authorise(handler.headers.get("Authorization"))
         event = self._validate(handler.headers.get("Content-Type"), body, event)
@@ -619,7 +671,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:  # the connection was cut mid-request (e.g. by an outage): no request
+            raise ConnectionError(f"request body cut short: {len(body)} of {length} bytes")
+        return body
 
     def do_GET(self) -> None:
         self._dispatch("GET")

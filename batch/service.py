@@ -23,6 +23,13 @@ archive move that met a dead connection is redone after the reconnect without pr
 file again. An unexpected error on one file is retried a few times, then the file goes to
 error/; it never stops the service.
 
+Faults: a feed whose delivery holds for an API outage (the delivery's circuit breaker) or
+whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
+``state``) and the ``usageplace_batch_api_holding`` / ``usageplace_batch_inbox_unreachable``
+gauges. Failed events are sent again by the service itself once they have been failed for
+``delivery.retry_failed_after`` seconds (`Service.retry_failed`, called by an idle worker;
+the same Processor.retry as the `retry` command).
+
 Reload: the service file and every mapping it names are hashed every few seconds; a change
 is loaded and checked in full (the same checks as `validate-config`, plus the credentials)
 before anything uses it. A valid change applies from the next file each worker starts; an
@@ -50,7 +57,7 @@ from batch.inbox.base import LocalLocation
 from batch.journal import FileInProgress, Journal, JournalError
 from batch.logs import RedactingFilter, apply_level
 from batch.metrics import Metrics, MetricsServer
-from batch.pipeline import FeedRuntime, FileOutcome, Processor, Progress
+from batch.pipeline import FeedRuntime, FileOutcome, Processor, Progress, failed_file_ids
 from batch.receipts import write_receipt
 from batch.ropo import RopoClient
 from batch.runtime import Runtime
@@ -64,6 +71,7 @@ ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving 
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
 PRUNE_EVERY_SECONDS = 6 * 3600.0  # journal retention is applied at start and then this often
+RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed events to send again
 
 
 def _now_iso() -> str:
@@ -338,6 +346,7 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = "idle"
+                    service.retry_failed(self, inbox)
                     self._idle(inbox)
                     continue
                 if stop.is_set():
@@ -570,6 +579,8 @@ class Service:
         self.workers: dict[str, FeedWorker] = {}
         self.metrics_server: MetricsServer | None = None
         self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
+        self._next_retry: dict[str, float] = {}  # feed -> time.monotonic() of its next failed-events check
+        self.metrics.watch_feeds(self._feed_flags)
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> "Service":
@@ -611,10 +622,67 @@ class Service:
     # -- health
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy: every feed thread runs and no feed is held up (API outage, inbox unreachable,
+        credentials refused); otherwise the problems, one line per feed, and 503."""
         workers = dict(self.workers)
-        feeds = {name: worker.health() for name, worker in workers.items()}
-        healthy = bool(workers) and all(worker.is_alive() for worker in workers.values()) and not self.stop.is_set()
-        return healthy, {"configuration": self.generation.number, "feeds": feeds}
+        feeds: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, worker in workers.items():
+            detail = worker.health()
+            trouble = feed_trouble(worker)
+            if trouble is not None:
+                detail["state"] = trouble
+                problems.append(f"{name}: {trouble}")
+            elif not worker.is_alive():
+                problems.append(f"{name}: the feed's thread is not running ({worker.state})")
+            feeds[name] = detail
+        healthy = bool(workers) and not problems and not self.stop.is_set()
+        body: dict[str, Any] = {"configuration": self.generation.number, "feeds": feeds}
+        if problems:
+            body["problems"] = problems
+        return healthy, body
+
+    def _feed_flags(self) -> dict[str, dict[str, bool]]:
+        """Per feed, for the gauges: holding for the API, inbox unreachable."""
+        return {name: {"api_holding": _breaker_open(worker), "inbox_unreachable": worker.state == "unavailable"}
+                for name, worker in dict(self.workers).items()}
+
+    # -- failed events
+
+    def retry_failed(self, worker: "FeedWorker", inbox: Inbox) -> None:
+        """Send the feed's failed events again once they have been failed for
+        ``delivery.retry_failed_after`` seconds, as the `retry` command does (Processor.retry,
+        then the rewritten receipt into the outbox). Called by the feed's worker when idle."""
+        after = self.config.delivery.retry_failed_after
+        processor, runtime = worker._processor, worker._runtime
+        now = time.monotonic()
+        if after is None or processor is None or runtime is None or now < self._next_retry.get(worker.feed, 0.0):
+            return
+        self._next_retry[worker.feed] = now + min(after, RETRY_FAILED_CHECK_SECONDS)
+        failed_before = self.journal.clock() - timedelta(seconds=after)
+        for file_id in failed_file_ids(self.journal, None):
+            record = self.journal.get_file(file_id)
+            if record.feed != worker.feed or not record.finished or self.stop.is_set():
+                continue  # another feed's, or a file still being worked (here or by another instance)
+            if any(event.updated_at > failed_before for event in self.journal.failed_events(file_id)):
+                continue  # failed too recently: next time
+            extra = {"feed": worker.feed, "file": record.name}
+            log.info("feed %s: %s: sending its failed events again (delivery.retry_failed_after)",
+                     worker.feed, record.name, extra=extra)
+            receipt_dir = (Runtime.outbox(worker.settings) if not worker._remote
+                           else self.config.staging_dir / worker.feed / "receipts")
+            assert receipt_dir is not None
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+            outcome = processor.retry(file_id, runtime, receipt_dir)
+            if outcome.receipt is not None and worker._remote:
+                for path in (outcome.receipt.csv, outcome.receipt.json):
+                    inbox.put_receipt(path, path.name)
+                    path.unlink(missing_ok=True)
+            counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
+            log.info("feed %s: %s: retried: %s: %s", worker.feed, record.name, outcome.status,
+                     outcome.message or counts, extra=extra)
+            if outcome.status != "done":  # stopped, or credentials refused: try again later
+                return
 
     # -- running
 
@@ -747,6 +815,26 @@ class Service:
             client = build_client(loaded)  # resolves the credentials: refused if they are missing
             self._clients.append(client)
         return Generation(old.number + 1, loaded, client, feeds)
+
+
+def _breaker_open(worker: FeedWorker) -> bool:
+    processor = worker._processor
+    return processor is not None and processor.breaker.is_open
+
+
+def feed_trouble(worker: FeedWorker) -> str | None:
+    """What holds a feed up, for /healthz; None when nothing does."""
+    processor = worker._processor
+    breaker = processor.breaker if processor is not None else None
+    if breaker is not None and breaker.open_since is not None:
+        since = datetime.fromtimestamp(breaker.open_since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"holding: api unreachable since {since} ({breaker.reason})"
+    if worker.state == "unavailable":
+        return (f"unavailable: inbox unreachable ({worker.last_error}); "
+                f"last successful scan {worker.last_scan or 'never'}")
+    if worker.state == "auth_failed":
+        return f"auth_failed: cannot deliver to Ropo One ({worker.last_error})"
+    return None
 
 
 def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:

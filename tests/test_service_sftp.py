@@ -112,7 +112,10 @@ def test_sshd_stopped_during_processing(dropper, remote_inbox: Path, sftp_config
         # delivery goes on; the receipt upload meets the dead connection and is redone later
         runner.wait_log("during.csv: done", timeout=60)
         runner.wait_log("inbox problem")
-        assert runner.service.health()[0], "a feed thread died"
+        healthy, detail = runner.service.health()
+        assert detail["feeds"]["remote"]["alive"], "a feed thread died"
+        if detail["feeds"]["remote"]["state"].startswith("unavailable"):  # F6: /healthz says so (503)
+            assert not healthy and "inbox unreachable" in detail["feeds"]["remote"]["state"]
         sshd.start()
         wait_until(lambda: archived(remote_inbox, "during.csv"), 60, what="during.csv finished after sshd is back")
         dropper.put("after.csv", export("A", 5))  # and the service keeps going
@@ -132,7 +135,9 @@ def test_unknown_host_key_is_refused_and_the_service_keeps_running(
         line = next(m for m in runner.logs.messages() if "unknown host key" in m)
         assert sshd.host_key_fingerprint in line and str(known_hosts) in line, line
         dropper.put("waiting.csv", export("K", 3))
-        assert runner.service.health()[0]  # every feed thread alive
+        healthy, detail = runner.service.health()
+        assert detail["feeds"]["remote"]["alive"]  # every feed thread alive
+        assert not healthy and detail["feeds"]["remote"]["state"].startswith("unavailable: inbox unreachable")
         known_hosts.write_text(sshd.known_hosts.read_text())  # the administrator adds the checked key
         wait_until(lambda: archived(remote_inbox, "waiting.csv"), 30, what="processed once the key is known")
     assert set(sandbox.accepted_ids) == ids("K", 3)

@@ -108,6 +108,16 @@ def test_ca_bundle_trusts_a_private_ca(tls_sandbox: Sandbox, ca_bundle: Path,
     assert tls_sandbox.accepted_ids == ["tls-1"]
 
 
+def test_D9_requests_ca_bundle_still_trusts_a_private_ca_without_trust_env(
+        tls_sandbox: Sandbox, ca_bundle: Path, client_for: Callable[..., RopoClient],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the session ignores the environment (no .netrc), but REQUESTS_CA_BUNDLE is applied on purpose
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle))
+    client = client_for(tls_sandbox)
+    assert client._session.trust_env is False
+    assert client.send_event(EVENT).kind is SendKind.ACCEPTED
+
+
 def test_a_certificate_for_another_host_is_refused(ca: trustme.CA, ca_bundle: Path,
                                                    client_for: Callable[..., RopoClient]) -> None:
     with https_sandbox(ca, "api.ropo.example") as sandbox:

@@ -205,6 +205,14 @@ class DeliverySettings(BaseModel):
     by a random share of up to ``backoff_jitter`` (0..1), and never sooner than the
     server's Retry-After. After ``max_attempts`` attempts, or when ``deadline_seconds``
     for the file has passed, the event is ``failed`` and can be retried in a later run.
+
+    An outage is one fault, not a failure of every event: when ``breaker_threshold``
+    different events in a row meet a transient error (no answer, a timeout, 5xx, 429 ...),
+    delivery holds the whole feed and sends one probe at a time, the first after
+    ``breaker_probe_initial`` seconds, doubling up to ``breaker_probe_max``; held and probe
+    attempts spend no event's ``max_attempts``, and the hold does not count against the
+    file's deadline. The service sends a feed's failed events again ``retry_failed_after``
+    seconds after they failed, as the ``retry`` command does (null: only ``retry``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -223,6 +231,17 @@ class DeliverySettings(BaseModel):
         default=DEFAULT_RETRY_STATUSES,
         description="HTTP statuses that are transient (5xx always are; 401 renews the token)",
     )
+    breaker_threshold: int | None = Field(
+        default=5, ge=2, le=1000,
+        description="Different events failing transiently in a row before delivery holds for "
+                    "an outage and probes (null: never hold)",
+    )
+    breaker_probe_initial: float = Field(default=1.0, gt=0, description="Seconds to the 1st probe")
+    breaker_probe_max: float = Field(default=15.0, gt=0, description="Longest wait between probes")
+    retry_failed_after: float | None = Field(
+        default=900.0, gt=0,
+        description="Seconds after which the service sends failed events again (null: off)",
+    )
 
     @field_validator("retry_statuses")
     @classmethod
@@ -236,4 +255,6 @@ class DeliverySettings(BaseModel):
     def _check_backoff(self) -> DeliverySettings:
         if self.backoff_cap < self.backoff_base:
             raise ValueError("backoff_cap must be >= backoff_base")
+        if self.breaker_probe_max < self.breaker_probe_initial:
+            raise ValueError("breaker_probe_max must be >= breaker_probe_initial")
         return self
