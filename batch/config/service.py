@@ -108,12 +108,12 @@ class LoadedService:
 
 def load_service_config(path: str | Path) -> LoadedService:
     path = Path(path).resolve()
-    return _check(load_yaml_file(path), path)
+    return _check(load_yaml_file(path, echo_values=False), path)
 
 
 def load_service_config_text(text: str, path: str | Path) -> LoadedService:
     path = Path(path).resolve()
-    return _check(load_yaml_text(text, str(path)), path)
+    return _check(load_yaml_text(text, str(path), echo_values=False), path)
 
 
 def _check(loaded, path: Path) -> LoadedService:
