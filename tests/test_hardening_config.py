@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.config.mapping import load_mapping, load_mapping_text
+from batch.config.mapping import load_mapping_text
 from batch.config.yamlload import ConfigError, load_yaml_text
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
@@ -144,6 +144,13 @@ def test_D5_hot_reload_of_a_mapping_with_a_custom_tag_never_stops_the_service(tm
         assert f"{mapping}:8:40: fields.description.default: the value '2024-02-30' is not a date/time" in text
         (inbox / "after.csv").write_bytes(export("after", 2))  # the previous mapping keeps working
         wait_until(lambda: (inbox / "archive" / "after.csv").exists(), 30, what="after.csv archived")
+        # the service file itself, the same way
+        good = config.read_text()
+        config.write_text(good.replace("read_timeout: 5.0", "read_timeout: !custom 5.0"))
+        wait_until(lambda: service.text().count("configuration change refused") >= 4, 30, what="refusal #4")
+        assert f"{config}:6:17: api.read_timeout: the YAML tag !custom is not accepted" in service.text()
+        config.write_text(good.replace("read_timeout: 5.0", "read_timeout: 2024-02-30"))
+        wait_until(lambda: service.text().count("configuration change refused") >= 5, 30, what="refusal #5")
         assert service.proc.poll() is None
     finally:
         service.signal(15)
