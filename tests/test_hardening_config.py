@@ -68,6 +68,13 @@ TAG_ONLY = "only plain values (text, numbers, true/false, null, dates), lists an
                                    "put it in quotes if it is meant as text"),
         ("!!int abc", "the value 'abc' is not an integer (invalid literal for int() with base 10: 'abc')"),
         ("!!float abc", "the value 'abc' is not a number (could not convert string to float: 'abc')"),
+        ("!!timestamp abc", "the value 'abc' is not a date/time; put it in quotes if it is meant as text"),
+        ("!!timestamp ''", "the value '' is not a date/time; put it in quotes if it is meant as text"),
+        ("!!int ''", "the value '' is not an integer"),
+        ("!!float '-'", "the value '-' is not a number (could not convert string to float: '')"),
+        ("!!int 0o9", "the value '0o9' is not an integer (invalid literal for int() with base 8: '0o9')"),
+        ("1" * 5000, "the value is not an integer (Exceeds the limit (4300 digits) for integer string conversion: "
+                     "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit)"),
     ],
 )
 def test_D5_yaml_construct_errors_are_config_problems_with_file_line_key(value: str, message: str) -> None:
@@ -608,3 +615,25 @@ def test_D11_a_bad_passphrase_leaves_the_feed_worker_running(tmp_path: Path, san
         assert "correct horse" not in runner.logs.text and "wrong battery" not in runner.logs.text
     finally:
         del os.environ[APICODE_ENV]
+
+
+def test_D18_D24_a_reload_with_a_bad_secret_or_ca_bundle_is_refused_and_the_service_runs_on(
+        tmp_path: Path, sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.service_helpers import ServiceThread
+
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    good = config.read_text()
+    empty = secret_file(tmp_path / "empty", "\n")
+    with ServiceThread(config, reload_interval=0.1) as runner:
+        runner.wait_log("watching 1 feed(s)")
+        config.write_text(good.replace("read_timeout: 5.0", "read_timeout: 5.0\n  ca_bundle: /dev/null"))
+        runner.wait_log("api.ca_bundle: /dev/null is not a file (a PEM bundle of CA certificates is expected)")
+        config.write_text(good.replace("patterns:", f"password_file: {empty}\n  patterns:"))
+        runner.wait_log(f"configuration change refused; the previous configuration stays in force: "
+                        f"feeds[local]: password_file: {empty} is empty")
+        (inbox / "on.csv").write_bytes(export("on", 2))
+        wait_until(lambda: (inbox / "archive" / "on.csv").exists(), 30, what="on.csv archived")
+        assert runner.service.generation.number == 1 and runner.thread.is_alive()

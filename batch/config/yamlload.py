@@ -250,8 +250,10 @@ def _to_data(
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _YAML_TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_YAML_TAG + name for name in ("str", "int", "float", "bool", "null", "timestamp")}
-# what constructing a plain value can raise: a bad date, !!int abc, a 5,000-digit number...
-_CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, ArithmeticError)
+# Constructing a plain value raises ValueError (2024-02-30, !!int abc, a 5,000-digit number) or, for
+# an explicit tag on a value it does not fit (!!timestamp abc, !!int ''), whatever PyYAML trips on.
+_CONSTRUCT_ERRORS = (Exception,)
+_EXPLAINED_ERRORS = (yaml.YAMLError, ValueError, OverflowError)  # their text says what is wrong
 
 
 def _refused_tag(node: yaml.Node) -> str | None:
@@ -281,10 +283,10 @@ def _construct_problem(node: yaml.Node, exc: Exception, echo: bool) -> str:
     """One line for a value its (explicit or implied) tag cannot hold, e.g. the date 2024-02-30."""
     kind = node.tag[len(_YAML_TAG):] if node.tag.startswith(_YAML_TAG) else node.tag
     what = {"timestamp": "a date/time", "int": "an integer", "float": "a number"}.get(kind, kind)
-    reason = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+    reason = getattr(exc, "problem", None) or str(exc) if isinstance(exc, _EXPLAINED_ERRORS) else ""
     value = f" {node.value!r}" if echo and len(str(node.value)) <= 80 else ""
     hint = "; put it in quotes if it is meant as text" if kind == "timestamp" else ""
-    return f"the value{value} is not {what} ({reason}){hint}"
+    return f"the value{value} is not {what}" + (f" ({reason})" if reason else "") + hint
 
 
 def _construct_scalar(node: yaml.Node) -> Any:
