@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import logging
 import fnmatch
+import os  # noqa: F401 - kept for the other helpers editing this module (merge safety); drop if unused after merge
 import posixpath
 import re
 import time
