@@ -722,14 +722,10 @@ class Service:
             return
         try:
             generation = self._build_generation(result)
-        except (SecretResolutionError, ValueError, OSError) as exc:
-            self.metrics.reloads.labels("refused").inc()
-            log.error("configuration change refused; the previous configuration stays in force: %s", exc)
-            return
         except Exception as exc:  # noqa: BLE001 - a changed configuration never stops the service
             self.metrics.reloads.labels("refused").inc()
-            log.error("configuration change refused; the previous configuration stays in force: %s: %s",
-                      type(exc).__name__, exc)
+            reason = exc if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            log.error("configuration change refused; the previous configuration stays in force: %s", reason)
             return
         for warning in secret_file_warnings(result):
             log.warning("%s", warning)

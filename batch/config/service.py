@@ -2,8 +2,9 @@
 
 Checked at load like mappings are (file, line, key of every problem), including every feed's
 mapping file and the API's CA bundle (it must load as a PEM bundle). Values written in this file
-are never quoted in a problem: a secret typed under the wrong key must not be echoed. Relative paths (mappings, journal, key files, known_hosts, local inboxes) are
-taken relative to the configuration file, so a config directory can be moved as a whole.
+are never quoted in a problem: a secret typed under the wrong key must not be echoed. Relative
+paths (mappings, journal, key files, known_hosts, local inboxes) are taken relative to the
+configuration file, so a config directory can be moved as a whole.
 """
 
 from __future__ import annotations
