@@ -6,7 +6,9 @@ Ropo One base URLs (Finland; from the contract's ``servers``):
 - production environment: https://ropo24.fi/rest
 
 Sweden and Norway have their own hosts. A local sandbox (``batch.sandbox``) listens on
-``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only.
+``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only. A base URL is
+only ``scheme://host[:port]/path`` that urllib.parse and urllib3 read alike (no user:password@,
+backslash, ``@``, ``%``, query or fragment): :attr:`ApiSettings.origin` is where every request goes.
 
 Secrets (the API code, or a fixed token) are never written literally in YAML. They are
 given either as ``${ENV_VAR}`` (the whole value, resolved from the environment) or as a
@@ -26,9 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
-
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,11 +36,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from batch.config.envpath import expand_env_path
-from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret
-
-__all__ = ["ApiSettings", "Credentials", "DeliverySettings", "SecretResolutionError", "resolve_secret"]
+# SecretResolutionError and resolve_secret are imported from here by callers and tests (re-exported)
+from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret  # noqa: F401
 
 TEST_BASE_URL = "https://rc.ropo24.fi/rest"
 PRODUCTION_BASE_URL = "https://ropo24.fi/rest"
