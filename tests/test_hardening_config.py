@@ -129,6 +129,20 @@ def test_D5_the_service_file_is_checked_the_same_way(tmp_path: Path, sandbox) ->
     ], proc.stderr
 
 
+def test_D5_duplicate_and_merge_keys_in_the_service_file_are_problems_at_their_line(tmp_path: Path, sandbox) -> None:
+    from batch.config.service import load_service_config
+
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(tmp_path / "inbox")}])
+    text = config.read_text().replace("  read_timeout: 5.0\n", "  read_timeout: 5.0\n  read_timeout: 6.0\n")
+    config.write_text(text.replace("delivery:\n", "delivery:\n  <<: {max_attempts: 2}\n"))
+    with pytest.raises(ConfigError) as info:
+        load_service_config(config)
+    assert [str(p) for p in info.value.problems] == [
+        f"{config}:7:3: api.read_timeout: duplicate key (first given on line 6)",
+        f"{config}:9:3: delivery: YAML merge keys (<<) are not supported here",
+    ]
+
+
 def test_D5_hot_reload_of_a_mapping_with_a_custom_tag_never_stops_the_service(tmp_path: Path, sandbox) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
