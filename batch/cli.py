@@ -93,6 +93,10 @@ def validate(mappings: tuple[Path, ...]) -> None:
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             continue
+        except Exception as exc:  # noqa: BLE001 - one file's surprise never hides the other files' problems
+            failed += 1
+            click.echo(f"{path}: cannot be checked: {type(exc).__name__}: {exc}", err=True)
+            continue
         click.echo(f"{path}: ok ({mapping.format}, {len(_mapped_fields(mapping))} fields)")
     if failed:
         click.echo(f"{failed} of {len(mappings)} mapping file(s) have problems", err=True)

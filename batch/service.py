@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.config.api import SecretResolutionError
-from batch.config.service import FeedSettings, LoadedService, load_service_config
+from batch.config.service import FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
@@ -92,13 +92,23 @@ def _inbox_part(feed: FeedSettings) -> dict[str, Any]:
     return feed.model_dump(include=set(InboxSettings.model_fields))
 
 
+def check_feed_secrets(loaded: LoadedService) -> None:
+    """Resolve every feed's SFTP secrets once; SecretResolutionError names the feed and the key."""
+    for feed in loaded.config.feeds:
+        try:
+            feed.resolved_key_passphrase()
+            feed.resolved_password()
+        except SecretResolutionError as exc:
+            raise SecretResolutionError(f"feeds[{feed.name}]: {exc}") from None
+
+
 def feed_secrets(feed: InboxSettings) -> list[str]:
     """The SFTP secrets of a feed, resolved (for redaction)."""
     found = []
     for resolve in (feed.resolved_key_passphrase, feed.resolved_password):
         try:
             value = resolve()
-        except OSError:
+        except SecretResolutionError:
             continue
         if value is not None:
             found.append(value.get_secret_value())
@@ -568,11 +578,14 @@ class Service:
         config.journal.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal)
         try:
+            check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
             client = build_client(loaded)
             self._generation = Generation(1, loaded, client, build_feeds(loaded))
         except BaseException:
             self.journal.close()
             raise
+        for warning in secret_file_warnings(loaded):
+            log.warning("%s", warning)
         self._clients = [client]
         self._register_secrets(self._generation)
         self.watcher = ConfigWatcher(loaded)
@@ -761,7 +774,13 @@ class Service:
     # -- reload
 
     def _reload(self) -> None:
-        result = self.watcher.poll()
+        try:
+            result = self.watcher.poll()
+        except Exception as exc:  # noqa: BLE001 - whatever a changed file holds, the service keeps running
+            self.metrics.reloads.labels("refused").inc()
+            log.error("configuration change refused; the previous configuration stays in force: "
+                      "the files could not be checked: %s: %s", type(exc).__name__, exc)
+            return
         if result is None:
             return
         if isinstance(result, ConfigError):
@@ -771,10 +790,13 @@ class Service:
             return
         try:
             generation = self._build_generation(result)
-        except (SecretResolutionError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a changed configuration never stops the service
             self.metrics.reloads.labels("refused").inc()
-            log.error("configuration change refused; the previous configuration stays in force: %s", exc)
+            reason = exc if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            log.error("configuration change refused; the previous configuration stays in force: %s", reason)
             return
+        for warning in secret_file_warnings(result):
+            log.warning("%s", warning)
         old = self.generation
         notes = []
         if generation.config.journal != old.config.journal:
@@ -804,9 +826,7 @@ class Service:
         if loaded.config.journal != old.config.journal:
             loaded = LoadedService(loaded.path, loaded.config.model_copy(update={"journal": old.config.journal}),
                                    loaded.mappings)
-        for feed in loaded.config.feeds:
-            feed.resolved_key_passphrase()
-            feed.resolved_password()
+        check_feed_secrets(loaded)
         feeds = build_feeds(loaded)
         if loaded.config.api == old.config.api and loaded.config.delivery == old.config.delivery \
                 and len(loaded.config.feeds) <= len(old.config.feeds):
@@ -877,7 +897,7 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
     except ConfigError as exc:
         return None, [str(problem) for problem in exc.problems] + _mapping_problems(Path(path)), []
     problems: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = secret_file_warnings(loaded)
     try:
         loaded.config.api.credentials()
     except SecretResolutionError as exc:
@@ -885,10 +905,10 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
     for feed in loaded.config.feeds:
         where = f"{loaded.path}: feeds[{feed.name}]"
         try:
-            feed.resolved_key_passphrase()
             feed.resolved_password()
-        except OSError as exc:
-            problems.append(f"{where}: cannot read a secret file: {exc.strerror or exc}")
+        except SecretResolutionError as exc:
+            problems.append(f"{where}: {exc}")
+        problems += [f"{where}: {problem}" for problem in _key_problems(feed)]
         location = feed.location
         if isinstance(location, LocalLocation):
             if not location.path.is_dir():
@@ -898,6 +918,23 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
                             f"ssh-keyscan -p {location.port} {location.host} and compare its fingerprint "
                             "with the server's own (ssh-keygen -lf) before trusting it")
     return loaded, problems, warnings
+
+
+def _key_problems(feed: FeedSettings) -> list[str]:
+    """The passphrase resolves and opens the private key (else the feed's worker would find out)."""
+    try:
+        passphrase = feed.resolved_key_passphrase()
+    except SecretResolutionError as exc:
+        return [str(exc)]
+    if feed.private_key_file is None or not feed.private_key_file.is_file():
+        return []  # a missing key file is a problem of the configuration itself
+    from batch.inbox.sftp import load_private_key
+
+    try:
+        load_private_key(feed.private_key_file, passphrase)
+    except InboxError as exc:
+        return [f"private_key_file: {exc}"]
+    return []
 
 
 def _mapping_problems(path: Path) -> list[str]:

@@ -290,7 +290,14 @@ def _example_env(tmp_path: Path) -> dict[str, str]:
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "ropo-apicode").write_text("example-apicode\n")
-    (creds / "sftp-key").write_text("not really a key\n")
+    # validate-config opens the key (D11): a real, unencrypted one
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    (creds / "sftp-key").write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    for secret in creds.iterdir():
+        secret.chmod(0o600)
     return {"CREDENTIALS_DIRECTORY": str(creds)}
 
 

@@ -6,20 +6,23 @@ Ropo One base URLs (Finland; from the contract's ``servers``):
 - production environment: https://ropo24.fi/rest
 
 Sweden and Norway have their own hosts. A local sandbox (``batch.sandbox``) listens on
-``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only.
+``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only. A base URL is
+only ``scheme://host[:port]/path`` that urllib.parse and urllib3 read alike (no user:password@,
+backslash, ``@``, ``%``, query or fragment): :attr:`ApiSettings.origin` is where every request goes.
 
 Secrets (the API code, or a fixed token) are never written literally in YAML. They are
 given either as ``${ENV_VAR}`` (the whole value, resolved from the environment) or as a
-path in ``apicode_file`` / ``token_file`` (the file's content, stripped). The models keep
-only the reference; :meth:`ApiSettings.credentials` resolves it when a client is built,
-so a configuration can be checked on a machine that does not hold the secrets.
+path in ``apicode_file`` / ``token_file``, by the rules every secret follows
+(:mod:`batch.config.secrets`). The models keep only the reference;
+:meth:`ApiSettings.credentials` resolves it when a client is built, so a configuration can be
+checked on a machine that does not hold the secrets.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +36,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from batch.config.envpath import expand_env_path
+# SecretResolutionError and resolve_secret are imported from here by callers and tests (re-exported)
+from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret  # noqa: F401
 
 TEST_BASE_URL = "https://rc.ropo24.fi/rest"
 PRODUCTION_BASE_URL = "https://ropo24.fi/rest"
 
 TOKEN_LIFETIME_SECONDS = 7200.0  # "A token lives 2 hours" (contract)
 
-_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _LOOPBACK_NAMES = {"localhost"}
-
-
-class SecretResolutionError(ValueError):
-    """A secret reference could not be resolved. The message never holds the secret."""
 
 
 @dataclass(frozen=True)
@@ -62,36 +64,6 @@ class Credentials:
         return [s.get_secret_value() for s in (self.apicode, self.token) if s is not None]
 
 
-def resolve_secret(
-    reference: SecretStr | None,
-    path: Path | None,
-    *,
-    field: str,
-    env: Mapping[str, str] | None = None,
-) -> SecretStr | None:
-    """Resolve ``${ENV_VAR}`` (``reference``) or a secret file (``path``) to its value."""
-    if reference is not None:
-        match = _ENV_REFERENCE.match(reference.get_secret_value())
-        if match is None:  # the validators make this unreachable, kept as a guard
-            raise SecretResolutionError(f"{field}: expected ${{ENV_VAR}}")
-        name = match.group(1)
-        value = (os.environ if env is None else env).get(name)
-        if value is None or not value.strip():
-            raise SecretResolutionError(f"{field}: environment variable {name} is not set")
-        return SecretStr(value.strip())
-    if path is not None:
-        try:
-            value = path.read_text("utf-8").strip()
-        except OSError as exc:
-            raise SecretResolutionError(
-                f"{field}_file: cannot read {path}: {exc.strerror or exc}"
-            ) from None
-        if not value:
-            raise SecretResolutionError(f"{field}_file: {path} is empty")
-        return SecretStr(value)
-    return None
-
-
 def _is_loopback(host: str) -> bool:
     if host.lower() in _LOOPBACK_NAMES:
         return True
@@ -99,6 +71,130 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class ApiOrigin:
+    """Where every request to Ropo One goes: scheme, host (lower case, IPv6 without brackets), port.
+
+    The HTTP client pins each request (and refuses any redirect) to this origin; :meth:`matches`
+    tells whether another URL (a request's, a Location header's) points at the same place, parsed
+    the way urllib3 parses what it connects to."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = _DEFAULT_PORTS[self.scheme]
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+
+    def matches(self, url: str) -> bool:
+        try:
+            parts = parse_url(url)
+        except LocationParseError:
+            return False
+        scheme = (parts.scheme or "").lower()
+        if scheme not in _DEFAULT_PORTS or parts.auth is not None:
+            return False
+        host = (parts.host or "").lower().strip("[]")
+        return (scheme, host, parts.port or _DEFAULT_PORTS[scheme]) == (self.scheme, self.host, self.port)
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+# an address that resolvers read as IPv4 (127.1, 0x7f.0.0.1, 2130706433) must be written as one
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_URL_SHAPE = re.compile(r"^(?P<scheme>[a-z]+)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:(?P<port>[0-9]{1,5}))?"
+                        r"(?P<path>/[A-Za-z0-9._~!$&'()*+,;=:/-]*)?$")
+_URL_EXAMPLE = "e.g. https://ropo24.fi/rest"
+
+
+def parse_base_url(value: str) -> tuple[str, ApiOrigin]:
+    """The base URL, normalised, and its origin; ValueError for anything two parsers could read apart.
+
+    The check and the HTTP client must see the same host: ``http://127.0.0.2:1\\@127.0.0.1:2/rest``
+    passed a urlsplit-based check as 127.0.0.1 while urllib3 connected to 127.0.0.2. So only a plain
+    ``scheme://host[:port][/path]`` is accepted (no user or password, backslash, ``@``, ``%``, query,
+    fragment, whitespace or control character, no dot segments), and urllib3 and urllib.parse must
+    agree on every part of it."""
+    text = value.strip()
+    if any(c == "\\" or c == "@" or c == "%" or ord(c) <= 32 or ord(c) >= 127 for c in text):
+        raise ValueError(f"must be a plain https:// URL ({_URL_EXAMPLE}): no user or password, backslash, "
+                         "'@', '%', space, control or non-ASCII character")
+    match = _URL_SHAPE.match(_lower_origin(text))
+    if match is None:
+        raise ValueError(f"must be an absolute https:// URL, scheme://host[:port]/path without query or fragment "
+                         f"({_URL_EXAMPLE})")
+    scheme, host, path = match["scheme"], match["host"], (match["path"] or "").rstrip("/")
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"must be an absolute https:// URL ({_URL_EXAMPLE})")
+    port = int(match["port"]) if match["port"] else _DEFAULT_PORTS[scheme]
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be 1..65535")
+    bare = host.strip("[]")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ValueError("the host in [brackets] must be an IPv6 address") from None
+    elif _NUMERIC_LABEL.match(host.rstrip(".").rsplit(".", 1)[-1]):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError("a numeric host must be an IPv4 address written as four decimal numbers, "
+                             "e.g. 127.0.0.1") from None
+    elif not _HOST_NAME.match(host):
+        raise ValueError("the host must be a DNS name (letters, digits, '-', '.') or an IP address")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError("the path must not contain . or .. segments")
+    if scheme == "http" and not _is_loopback(bare):
+        raise ValueError("plain http is allowed only for a loopback sandbox; use https")
+    origin = ApiOrigin(scheme, bare, port)
+    normalised = origin.url + path
+    _check_parsers_agree(normalised, origin, path)
+    return normalised, origin
+
+
+def _lower_origin(text: str) -> str:
+    """Scheme and host in lower case (both are case-insensitive), the path as written."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{authority.lower()}{slash}{path}"
+
+
+def _check_parsers_agree(url: str, origin: ApiOrigin, path: str) -> None:
+    """A backstop: urllib.parse (the check above) and urllib3 (the client) read the same URL."""
+    split = urlsplit(url)
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        raise ValueError("the HTTP client cannot parse this URL") from None
+    ours = (origin.scheme, origin.host, origin.port, path)
+    by_urllib = (split.scheme, split.hostname, split.port or _DEFAULT_PORTS[split.scheme], split.path.rstrip("/"))
+    by_urllib3 = (parsed.scheme, (parsed.host or "").strip("[]"), parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0),
+                  (parsed.path or "").rstrip("/"))
+    if not ours == by_urllib == by_urllib3 or split.username or parsed.auth:
+        raise ValueError("the URL is ambiguous: the HTTP client would read it differently; write scheme://host:port/path")
+
+
+def ca_bundle_problem(path: Path) -> str | None:
+    """Why a CA bundle cannot be used (loaded once, as the TLS client will), or None."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_file():
+        return f"{path} is not a file (a PEM bundle of CA certificates is expected)"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"{path} holds no usable PEM certificate ({exc.reason or exc})"
+    except (OSError, ValueError) as exc:
+        return f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+    return None
 
 
 class ApiSettings(BaseModel):
@@ -136,29 +232,17 @@ class ApiSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("must be an absolute https:// URL, e.g. https://ropo24.fi/rest")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError("plain http is allowed only for a loopback sandbox; use https")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        return value.strip().rstrip("/")
+        return parse_base_url(value)[0]
 
     @field_validator("apicode_file", "token_file", "ca_bundle", mode="before")
     @classmethod
     def _expand_path(cls, value: object) -> object:
         return expand_env_path(value)  # ${CREDENTIALS_DIRECTORY}/ropo-apicode (systemd LoadCredential)
 
-    @field_validator("apicode", "token")
+    @field_validator("apicode", "token", mode="before")
     @classmethod
-    def _check_reference(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not _ENV_REFERENCE.match(value.get_secret_value()):
-            raise ValueError(
-                "write the secret as ${ENV_VAR} or use the *_file key; "
-                "a literal secret is not allowed in configuration"
-            )
-        return value
+    def _check_reference(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
+        return check_reference(value, info.field_name)
 
     @model_validator(mode="after")
     def _check_auth_choice(self) -> ApiSettings:
@@ -179,6 +263,11 @@ class ApiSettings(BaseModel):
     @property
     def fixed_token(self) -> bool:
         return self.token is not None or self.token_file is not None
+
+    @property
+    def origin(self) -> ApiOrigin:
+        """Scheme, host and port of ``base_url``: every request must go there (see ApiOrigin.matches)."""
+        return parse_base_url(self.base_url)[1]
 
     @property
     def verify(self) -> str | bool:
@@ -215,7 +304,7 @@ class DeliverySettings(BaseModel):
     seconds after they failed, as the ``retry`` command does (null: only ``retry``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     max_in_flight: int = Field(default=8, ge=1, le=256, description="Concurrent requests")
     rate_limit: float | None = Field(default=None, gt=0, description="Events per second, at most")

@@ -1,8 +1,10 @@
 """The service configuration: the API, delivery limits, the journal, logging, and the feeds.
 
 Checked at load like mappings are (file, line, key of every problem), including every feed's
-mapping file. Relative paths (mappings, journal, key files, known_hosts, local inboxes) are
-taken relative to the configuration file, so a config directory can be moved as a whole.
+mapping file and the API's CA bundle (it must load as a PEM bundle). Values written in this file
+are never quoted in a problem: a secret typed under the wrong key must not be echoed. Relative
+paths (mappings, journal, key files, known_hosts, local inboxes) are taken relative to the
+configuration file, so a config directory can be moved as a whole.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch.config.api import ApiSettings, DeliverySettings
+from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
-from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, parse_location
+from batch.config.secrets import secret_file_warning
+from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
 
 class ReceiptOptions(BaseModel):
     """The receipt CSV's dialect; each key defaults to the input file's own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     encoding: str | None = Field(None, description="Default: the input's encoding (utf-8 for XML).")
     delimiter: str | None = Field(None, description="Default: the input's delimiter (',' for XML).")
@@ -39,21 +42,22 @@ class FeedSettings(InboxSettings):
 
 
 class LoggingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
 
 
 class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
 
 
 class ServiceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # hide_input_in_errors: no error text of the service configuration quotes a value (D17)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
     schema_ref: str | None = Field(None, alias="$schema")
     api: ApiSettings
@@ -108,12 +112,12 @@ class LoadedService:
 
 def load_service_config(path: str | Path) -> LoadedService:
     path = Path(path).resolve()
-    return _check(load_yaml_file(path), path)
+    return _check(load_yaml_file(path, echo_values=False), path)
 
 
 def load_service_config_text(text: str, path: str | Path) -> LoadedService:
     path = Path(path).resolve()
-    return _check(load_yaml_text(text, str(path)), path)
+    return _check(load_yaml_text(text, str(path), echo_values=False), path)
 
 
 def _check(loaded, path: Path) -> LoadedService:
@@ -122,11 +126,15 @@ def _check(loaded, path: Path) -> LoadedService:
     config = validate_model(ServiceConfig, loaded)
     config = _absolute_paths(config, path.parent)
     problems: list[ConfigProblem] = []
+    if config.api.ca_bundle is not None:  # a configuration error, never a transient TLS failure (D24)
+        problem = ca_bundle_problem(config.api.ca_bundle)
+        if problem:
+            problems.append(loaded.problem(("api", "ca_bundle"), problem))
     for index, feed in enumerate(config.feeds):
         for field in SECRET_FILE_FIELDS:
             value = getattr(feed, field)
             if value is not None and not value.is_file():
-                problems.append(loaded.problem(("feeds", index, field), f"{value} is not a readable file"))
+                problems.append(loaded.problem(("feeds", index, field), missing_secret_file(field, value)))
     mappings: dict[str, Mapping] = {}
     for index, feed in enumerate(config.feeds):
         try:
@@ -170,3 +178,18 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
             "api": api.model_copy(update=api_update) if api_update else api,
         }
     )
+
+
+def secret_file_warnings(loaded: LoadedService) -> list[str]:
+    """Secret files (API code or token, SFTP key, passphrase, password) open to group or others."""
+    api = loaded.config.api
+    found = [(f"{loaded.path}: api", api.apicode_file, "apicode_file"),
+             (f"{loaded.path}: api", api.token_file, "token_file")]
+    for feed in loaded.config.feeds:
+        found += [(f"{loaded.path}: feeds[{feed.name}]", getattr(feed, field), field) for field in SECRET_FILE_FIELDS]
+    warnings = []
+    for where, path, field in found:
+        warning = secret_file_warning(path, field)
+        if warning:
+            warnings.append(f"{where}: {warning}")
+    return warnings

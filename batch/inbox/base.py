@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import logging
 import fnmatch
-import os
+import os  # noqa: F401 - kept for the other helpers editing this module (merge safety); drop if unused after merge
 import posixpath
 import re
 import time
@@ -28,6 +28,8 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from batch.config.secrets import check_reference, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -90,37 +92,6 @@ class Claimed:
 
 # --------------------------------------------------------------------------- settings
 
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-
-
-def _secret_from_env(value: object, field: str) -> SecretStr | None:
-    """Secrets come from `${ENV_NAME}` only: a literal in the YAML file is refused.
-
-    The error messages never contain the value itself."""
-    if value is None:
-        return None
-    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if not isinstance(raw, str):
-        raise ValueError(f"{field} must be a string of the form ${{ENV_NAME}}")
-    match = _ENV_REF.match(raw)
-    if not match:
-        raise ValueError(
-            f"{field} must be a reference to an environment variable, ${{ENV_NAME}}, "
-            f"or use {field}_file; a literal secret is not accepted in configuration"
-        )
-    env_name = match.group(1)
-    resolved = os.environ.get(env_name)
-    if resolved is None:
-        raise ValueError(f"{field}: environment variable {env_name} is not set")
-    return SecretStr(resolved)
-
-
-def read_secret_file(path: Path) -> SecretStr:
-    """The first line of a secret file (a trailing newline is not part of the secret)."""
-    text = path.read_text(encoding="utf-8")
-    return SecretStr(text.splitlines()[0] if text else "")
-
-
 @dataclass(frozen=True)
 class LocalLocation:
     path: Path
@@ -162,6 +133,13 @@ def parse_location(inbox: str) -> LocalLocation | SftpLocation:
 
 
 SECRET_FILE_FIELDS = ("private_key_file", "key_passphrase_file", "password_file")
+
+
+def missing_secret_file(field: str, path: Path) -> str:
+    """The problem with a secret file that is not there; a secret's own file is not named (D17)."""
+    if field == "private_key_file":
+        return f"{path} is not a readable file"
+    return "the file it names is not a readable file (the path is not shown: it may be a secret typed here)"
 
 
 class InboxSettings(BaseModel):
@@ -216,7 +194,7 @@ class InboxSettings(BaseModel):
     @field_validator("key_passphrase", "password", mode="before")
     @classmethod
     def _env_secret(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
-        return _secret_from_env(value, info.field_name)
+        return check_reference(value, info.field_name)  # resolved when needed: resolved_*()
 
     @field_validator("private_key_file", "key_passphrase_file", "password_file", "known_hosts", mode="before")
     @classmethod
@@ -253,7 +231,7 @@ class InboxSettings(BaseModel):
         for path_field in SECRET_FILE_FIELDS:
             path = getattr(self, path_field)
             if path is not None and path.is_absolute() and not path.is_file():
-                raise ValueError(f"{path_field}: {path} is not a readable file")
+                raise ValueError(f"{path_field}: {missing_secret_file(path_field, path)}")
         if isinstance(location, SftpLocation):
             if self.known_hosts is None:
                 raise ValueError("an sftp:// inbox needs known_hosts (the file that holds the server's host key)")
@@ -270,14 +248,12 @@ class InboxSettings(BaseModel):
         return parse_location(self.inbox)
 
     def resolved_key_passphrase(self) -> SecretStr | None:
-        if self.key_passphrase_file is not None:
-            return read_secret_file(self.key_passphrase_file)
-        return self.key_passphrase
+        """The key passphrase, by the rules of every secret (batch.config.secrets). Raises SecretResolutionError."""
+        return resolve_secret(self.key_passphrase, self.key_passphrase_file, field="key_passphrase")
 
     def resolved_password(self) -> SecretStr | None:
-        if self.password_file is not None:
-            return read_secret_file(self.password_file)
-        return self.password
+        """The SFTP password, by the rules of every secret. Raises SecretResolutionError."""
+        return resolve_secret(self.password, self.password_file, field="password")
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import paramiko
+from pydantic import SecretStr
 
+from batch.config.secrets import SecretResolutionError
 from batch.inbox.base import (
     name_is_safe,
     left_in_processing,
@@ -95,6 +97,29 @@ def record_host_key(known_hosts: Path, host: str, port: int, key: paramiko.PKey)
                 if check.read(1) != b"\n":
                     f.write("\n")
         f.write(f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n")
+
+
+def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
+    """The private key in `path`, decrypted with `passphrase` if it is encrypted.
+
+    Every failure is an InboxError that names the file and says what to do, never the passphrase
+    (paramiko and cryptography raise TypeError, ValueError or SSHException, depending on the format)."""
+    try:
+        return paramiko.PKey.from_path(path, None)
+    except OSError as exc:
+        raise InboxError(f"cannot read private key {path}: {exc.strerror or exc}") from None
+    except (TypeError, paramiko.PasswordRequiredException):
+        pass  # encrypted (what paramiko 3+ says with a TypeError): decrypt it below
+    except (ValueError, paramiko.SSHException) as exc:
+        raise InboxError(f"cannot load private key {path}: not a private key in a format paramiko reads "
+                         f"(OpenSSH, or PEM RSA/ECDSA): {type(exc).__name__}") from None
+    if passphrase is None:
+        raise InboxError(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
+    try:
+        return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())
+    except (TypeError, ValueError, paramiko.SSHException, OSError):
+        raise InboxError(f"cannot decrypt private key {path} with the configured passphrase "
+                         "(key_passphrase / key_passphrase_file): is it the right one?") from None
 
 
 class SftpInbox(Inbox):
@@ -237,16 +262,11 @@ class SftpInbox(Inbox):
         s = self.settings
         if s.private_key_file is None:
             return None
-        passphrase = s.resolved_key_passphrase()
         try:
-            return paramiko.PKey.from_path(
-                s.private_key_file, passphrase.get_secret_value().encode() if passphrase is not None else None
-            )
-        except paramiko.PasswordRequiredException as exc:
-            raise InboxError(f"private key {s.private_key_file} is encrypted: set key_passphrase or key_passphrase_file") from exc
-        except (paramiko.SSHException, ValueError, OSError) as exc:
-            # paramiko's messages name the file and the problem, never the passphrase.
-            raise InboxError(f"cannot load private key {s.private_key_file}: {type(exc).__name__}: {exc}") from exc
+            passphrase = s.resolved_key_passphrase()
+        except SecretResolutionError as exc:
+            raise InboxError(f"cannot load private key {s.private_key_file}: {exc}") from None
+        return load_private_key(s.private_key_file, passphrase)
 
     def _authenticate(self, transport: paramiko.Transport, pkey: paramiko.PKey | None) -> None:
         s, loc = self.settings, self.location
@@ -254,7 +274,10 @@ class SftpInbox(Inbox):
             if pkey is not None:
                 transport.auth_publickey(loc.user, pkey)
             else:
-                password = s.resolved_password()
+                try:
+                    password = s.resolved_password()
+                except SecretResolutionError as exc:
+                    raise InboxError(f"{loc.display}: {exc}") from None
                 assert password is not None
                 transport.auth_password(loc.user, password.get_secret_value())
         except paramiko.AuthenticationException as exc:
