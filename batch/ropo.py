@@ -43,8 +43,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader, LocationParseError
-from urllib3.util import Url, parse_url
+from urllib3.exceptions import InvalidHeader
+from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
@@ -55,29 +55,13 @@ log = logging.getLogger(__name__)
 MESSAGE_LIMIT = 300  # characters of a server's text (problem, body, error, Location) kept in a message
 LOCATION_LIMIT = 120  # characters of a redirect's Location kept in a message
 _USER_AGENT = "usageplace-batch"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-Origin = tuple[str, str, int]  # scheme, host, port
-
-
-def origin_of(url: str) -> Origin:
-    """(scheme, host, port) of ``url`` as urllib3 — which opens the connection — reads it."""
-    parts = parse_url(url)
-    scheme = (parts.scheme or "").lower()
-    return scheme, (parts.host or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
-
-
-def endpoint_urls(base_url: str) -> tuple[Origin, str, str]:
-    """The origin of ``base_url`` and the token and event URLs, built from that one parse."""
-    parts = parse_url(base_url)
-    origin = origin_of(base_url)
-    scheme, host, port = origin
-    path = (parts.path or "").rstrip("/")
-
-    def url(endpoint: str) -> str:
-        return Url(scheme=scheme, host=host, port=port, path=f"{path}/{endpoint}").url
-
-    return origin, url("token"), url("usageplace/event")
+def endpoint_urls(settings: ApiSettings) -> tuple[str, str]:
+    """The token and event URLs, built from the configured origin (``ApiSettings.origin``, the
+    one parse of ``base_url`` that the configuration checked) and its path."""
+    path = (parse_url(settings.base_url).path or "").rstrip("/")
+    base = settings.origin.url + path
+    return f"{base}/token", f"{base}/usageplace/event"
 
 
 class OffOriginRequest(Exception):
@@ -180,7 +164,8 @@ class RopoClient:
         self.settings = settings
         self._credentials: Credentials = settings.credentials(env)
         self._transient = frozenset(transient_statuses)
-        self._origin, self._token_url, self._event_url = endpoint_urls(settings.base_url)
+        self._origin = settings.origin
+        self._token_url, self._event_url = endpoint_urls(settings)
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._verify = _trusted_cas(settings)
         self._proxies = requests.utils.get_environ_proxies(self._event_url)
@@ -369,11 +354,7 @@ class RopoClient:
                                   verify=self._verify, proxies=self._proxies)
 
     def _check_origin(self, url: str) -> None:
-        try:
-            origin = origin_of(url)
-        except LocationParseError:
-            origin = ("", "", 0)
-        if origin != self._origin:
+        if not self._origin.matches(url):
             raise OffOriginRequest(self.redact_and_cut(
                 f"refused to send a request to {_strip_userinfo(url)}: it is not the configured "
                 f"origin {self._base_url_shown()}"))

@@ -244,10 +244,12 @@ def test_D9_every_request_is_pinned_to_the_configured_origin(servers: Callable[.
                                                              client_for: Callable[..., RopoClient]) -> None:
     api = servers()
     client = client_for(api)
-    origin, token_url, event_url = endpoint_urls(api.base_url)
+    token_url, event_url = endpoint_urls(client.settings)
     assert (token_url, event_url) == (f"{api.base_url}/token", f"{api.base_url}/usageplace/event")
-    assert origin == ("http", "127.0.0.1", int(api.url.rsplit(":", 1)[1]))
-    for elsewhere in ("http://127.0.0.2:%d/rest/token" % origin[2], "https://127.0.0.1:%d/rest/token" % origin[2],
+    port = int(api.url.rsplit(":", 1)[1])
+    assert (client.settings.origin.scheme, client.settings.origin.host, client.settings.origin.port) == (
+        "http", "127.0.0.1", port)
+    for elsewhere in ("http://127.0.0.2:%d/rest/token" % port, "https://127.0.0.1:%d/rest/token" % port,
                       "http://127.0.0.1:1/rest/token", f"http://u:{APICODE}@127.0.0.3/rest/token"):
         with pytest.raises(OffOriginRequest) as refused:
             client._post(elsewhere, json={"cid": CID, "apicode": APICODE})
