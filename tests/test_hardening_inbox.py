@@ -213,3 +213,196 @@ def test_D6_a_name_that_is_not_utf8_is_processed_over_sftp(
     assert receipt_json(remote_inbox / "outbox", "latin\\xe4.csv")["file"] == "latin\\xe4.csv"
     assert "latin\\xe4.csv" in journal_names(config)
     assert set(sandbox.accepted_ids) == ids("R", 4) | ids("N", 2)
+
+
+# --------------------------------------------------------------------------- D19: symlinked own folders
+
+OWN = ("processing", "archive", "error", "outbox")
+
+
+def local_settings(inbox: Path, **overrides: Any) -> InboxSettings:
+    return InboxSettings(inbox=str(inbox), mode="polling", min_age_seconds=0, poll_interval_seconds=0.1, **overrides)
+
+
+def refusal(where: str, label: str, path: Path | str) -> str:
+    return (f"{where}: the {label} folder {path} is a symbolic link; the service's own folders must be real "
+            "folders, so it refuses to follow it (replace the link by a folder)")
+
+
+@pytest.mark.parametrize("label", OWN)
+def test_D19_an_own_folder_that_is_a_symlink_is_refused_local(tmp_path: Path, label: str) -> None:
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox.mkdir()
+    elsewhere.mkdir()
+    (inbox / label).symlink_to(elsewhere)
+    with pytest.raises(InboxError) as refused:
+        LocalInbox(local_settings(inbox))
+    assert str(refused.value) == refusal(f"inbox {inbox}", label, inbox / label)
+    # a dangling link, and a plain file where the folder should be
+    (inbox / label).unlink()
+    (inbox / label).symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InboxError, match="is a symbolic link"):
+        LocalInbox(local_settings(inbox))
+    assert not (tmp_path / "nowhere").exists()
+    (inbox / label).unlink()
+    (inbox / label).write_bytes(b"")
+    with pytest.raises(InboxError) as refused:
+        LocalInbox(local_settings(inbox))
+    assert str(refused.value) == f"inbox {inbox}: the {label} folder {inbox / label} is not a folder"
+    assert os.listdir(elsewhere) == []
+
+
+def test_D19_a_folder_between_the_inbox_and_an_own_folder_is_checked_too(tmp_path: Path) -> None:
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox.mkdir()
+    (elsewhere / "out").mkdir(parents=True)
+    (inbox / "receipts").symlink_to(elsewhere)
+    with pytest.raises(InboxError) as refused:
+        LocalInbox(local_settings(inbox, outbox_dir="receipts/out"))
+    assert str(refused.value) == refusal(f"inbox {inbox}", "receipts/out", inbox / "receipts")
+
+
+def test_D19_the_configured_inbox_itself_may_be_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)  # made by the administrator: allowed
+    inbox = LocalInbox(local_settings(link))
+    try:
+        (real / "a.csv").write_bytes(b"x")
+        (candidate,) = inbox.scan()
+        claimed = inbox.claim(candidate)
+        assert claimed is not None and inbox.finish(claimed, True) == "a.csv"
+        assert (real / "archive" / "a.csv").exists()
+    finally:
+        inbox.close()
+
+
+@pytest.mark.parametrize("label", ["archive", "error"])
+def test_D19_a_symlink_put_in_place_after_start_is_not_followed_local(tmp_path: Path, label: str) -> None:
+    inbox_dir, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox_dir.mkdir()
+    elsewhere.mkdir()
+    inbox = LocalInbox(local_settings(inbox_dir))
+    try:
+        (inbox_dir / "a.csv").write_bytes(b"x")
+        (candidate,) = inbox.scan()
+        claimed = inbox.claim(candidate)
+        assert claimed is not None
+        os.rename(inbox_dir / label, inbox_dir / f"{label}.old")  # what an uploader can do
+        (inbox_dir / label).symlink_to(elsewhere)
+        with pytest.raises(InboxError) as refused:
+            inbox.finish(claimed, label == "archive")
+        assert str(refused.value) == refusal(f"inbox {inbox_dir}", label, inbox_dir / label)
+        assert os.listdir(elsewhere) == [] and (inbox_dir / "processing" / "a.csv").exists()
+    finally:
+        inbox.close()
+
+
+def test_D19_a_symlinked_outbox_or_processing_after_start_is_not_followed_local(tmp_path: Path) -> None:
+    from batch.fsutil import OwnFolderPath, atomic_writer
+
+    inbox_dir, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox_dir.mkdir()
+    elsewhere.mkdir()
+    inbox = LocalInbox(local_settings(inbox_dir))
+    try:
+        os.rename(inbox_dir / "outbox", inbox_dir / "outbox.old")
+        (inbox_dir / "outbox").symlink_to(elsewhere)
+        receipt = tmp_path / "r.csv"
+        receipt.write_bytes(b"line\n")
+        with pytest.raises(InboxError) as refused:
+            inbox.put_receipt(receipt, "a.csv.receipt.csv")
+        assert str(refused.value) == refusal(f"inbox {inbox_dir}", "outbox", inbox_dir / "outbox")
+        # the service writes local receipts itself, into Runtime.outbox (an OwnFolderPath)
+        with pytest.raises(NotADirectoryError) as refused_write:
+            with atomic_writer(OwnFolderPath(inbox_dir / "outbox" / "a.csv.receipt.csv"), what="write receipt"):
+                pass
+        assert str(refused_write.value) == (
+            f"cannot write receipt: the folder {inbox_dir / 'outbox'} is a symbolic link; the service's own "
+            "folders must be real folders, so it refuses to follow it (replace the link by a folder)")
+        os.rename(inbox_dir / "processing", inbox_dir / "processing.old")
+        (inbox_dir / "processing").symlink_to(elsewhere)
+        (elsewhere / "planted.csv").write_bytes(b"x")
+        with pytest.raises(InboxError, match="processing folder .* is a symbolic link"):
+            inbox.resume()
+        (inbox_dir / "b.csv").write_bytes(b"x")
+        (candidate,) = inbox.scan()
+        with pytest.raises(InboxError, match="processing folder .* is a symbolic link"):
+            inbox.claim(candidate)
+        assert sorted(os.listdir(elsewhere)) == ["planted.csv"] and (inbox_dir / "b.csv").exists()
+    finally:
+        inbox.close()
+
+
+def test_D19_service_with_a_symlinked_outbox_writes_nothing_there(tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox.mkdir()
+    elsewhere.mkdir()
+    (inbox / "outbox").symlink_to(elsewhere)
+    (inbox / "a.csv").write_bytes(export("Y", 2))
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    code, runner = run_once(config)
+    assert code == 2
+    assert refusal(f"inbox {inbox}", "outbox", inbox / "outbox") in runner.logs.text
+    assert os.listdir(elsewhere) == [] and (inbox / "a.csv").exists()
+    assert sandbox.accepted_ids == []
+
+
+def sftp_inbox(settings: InboxSettings) -> Any:
+    from batch.inbox.sftp import SftpInbox
+
+    return SftpInbox(settings)
+
+
+@pytest.mark.parametrize("label", OWN)
+def test_D19_an_own_folder_that_is_a_symlink_is_refused_over_sftp(
+        sftp_settings, remote_inbox: Path, tmp_path: Path, label: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (remote_inbox / label).symlink_to(elsewhere)
+    settings = sftp_settings()
+    inbox = sftp_inbox(settings)
+    try:
+        with pytest.raises(InboxError) as refused:
+            inbox.connect()
+        assert str(refused.value) == refusal(settings.location.display, label, remote_inbox / label)
+    finally:
+        inbox.close()
+    (remote_inbox / label).unlink()
+    (remote_inbox / label).write_bytes(b"")
+    inbox = sftp_inbox(settings)
+    try:
+        with pytest.raises(InboxError) as refused:
+            inbox.connect()
+        assert str(refused.value) == (f"{settings.location.display}: the {label} folder {remote_inbox / label} "
+                                      "exists on the server but is not a folder")
+    finally:
+        inbox.close()
+    assert os.listdir(elsewhere) == []
+
+
+def test_D19_a_symlink_put_in_place_after_connect_is_not_followed_over_sftp(
+        sftp_settings, dropper, remote_inbox: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    settings = sftp_settings(min_age_seconds=0)
+    inbox = sftp_inbox(settings)
+    try:
+        dropper.put("a.csv", b"x\n")
+        (candidate,) = wait_until(inbox.scan, 30, what="a.csv ready")
+        claimed = inbox.claim(candidate)
+        for label in ("archive", "outbox"):
+            os.rename(remote_inbox / label, remote_inbox / f"{label}.old")
+            (remote_inbox / label).symlink_to(elsewhere)
+        with pytest.raises(InboxError) as refused:
+            inbox.finish(claimed, True)
+        assert str(refused.value) == refusal(settings.location.display, "archive", remote_inbox / "archive")
+        receipt = tmp_path / "r.csv"
+        receipt.write_bytes(b"line\n")
+        with pytest.raises(InboxError) as refused:
+            inbox.put_receipt(receipt, "a.csv.receipt.csv")
+        assert str(refused.value) == refusal(settings.location.display, "outbox", remote_inbox / "outbox")
+        assert os.listdir(elsewhere) == [] and (remote_inbox / "processing" / "a.csv").exists()
+    finally:
+        inbox.close()
