@@ -35,6 +35,7 @@ def name_bytes(name: str) -> int:
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
+from tests.test_inbox_sftp import password_account  # noqa: F401 - a fixture
 
 
 @pytest.fixture
@@ -406,3 +407,196 @@ def test_D19_a_symlink_put_in_place_after_connect_is_not_followed_over_sftp(
         assert os.listdir(elsewhere) == [] and (remote_inbox / "processing" / "a.csv").exists()
     finally:
         inbox.close()
+
+
+# --------------------------------------------------------------------------- F3 / F5: errors say what and where
+
+
+@contextmanager
+def mounted(target: Path, *args: str) -> Iterator[Path]:
+    """`mount ARGS TARGET` for the test; skipped with a message where the machine cannot mount."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here (mount {' '.join(args)}: {done.stderr.strip()})")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@contextmanager
+def full_disk(target: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs at `target`, filled up."""
+    with mounted(target, "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"):
+        fd = os.open(target / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while os.write(fd, b"f" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield target
+
+
+@contextmanager
+def read_only(target: Path) -> Iterator[Path]:
+    """`target` bind-mounted over itself, read-only."""
+    with mounted(target, "--bind", str(target)):
+        done = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+        yield target
+
+
+def test_F3_full_local_outbox_names_the_receipt_and_the_operation(tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_bytes(export("F", 2))
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    with full_disk(inbox / "outbox"):
+        code, runner = run_once(config)
+        assert os.listdir(inbox / "outbox") == ["filler"]  # no temporary left behind
+    text = runner.logs.text
+    assert f"cannot write receipt: {inbox}/outbox/a.csv.receipt.csv: No space left on device (ENOSPC)" in text, text
+    assert "[Errno" not in text
+
+
+def test_F3_full_staging_names_the_staging_file_and_the_download(
+        sftp_settings, dropper, remote_inbox: Path, tmp_path: Path) -> None:
+    import re
+
+    inbox = sftp_inbox(sftp_settings(min_age_seconds=0))
+    staging = tmp_path / "staging"
+    try:
+        dropper.put("big.csv", b"x" * 300_000)
+        (candidate,) = wait_until(inbox.scan, 30, what="big.csv ready")
+        claimed = inbox.claim(candidate)
+        with full_disk(staging):
+            with pytest.raises(OSError) as full:
+                inbox.open_local(claimed, staging)
+            assert os.listdir(staging) == ["filler"]  # the partial download is gone
+        assert re.fullmatch(rf"cannot download to staging: {re.escape(str(staging))}/\.big\.csv\.[0-9a-f]{{12}}\.part: "
+                            r"No space left on device \(ENOSPC\)", str(full.value)), str(full.value)
+        assert full.value.errno == 28
+    finally:
+        inbox.close()
+
+
+def test_F3_full_remote_outbox_names_the_receipt_and_the_upload(
+        sftp_settings, remote_inbox: Path, tmp_path: Path) -> None:
+    settings = sftp_settings()
+    inbox = sftp_inbox(settings)
+    receipt = tmp_path / "a.csv.receipt.csv"
+    receipt.write_bytes(b"r" * 200_000)
+    try:
+        with full_disk(remote_inbox / "outbox"):
+            with pytest.raises(OSError) as full:
+                inbox.put_receipt(receipt, receipt.name)
+            assert os.listdir(remote_inbox / "outbox") == ["filler"]
+        loc = settings.location
+        assert str(full.value) == (f"cannot upload receipt: sftp://{loc.user}@{loc.host}:{loc.port}{remote_inbox}"
+                                   "/outbox/a.csv.receipt.csv: the server stored only 0 of 200000 bytes (often a full "
+                                   "disk or a quota)")
+    finally:
+        inbox.close()
+
+
+def test_F3_read_only_inbox_names_the_claim(tmp_path: Path) -> None:
+    inbox_dir = tmp_path / "inbox"
+    inbox_dir.mkdir()
+    for label in OWN:
+        (inbox_dir / label).mkdir()
+    (inbox_dir / "a.csv").write_bytes(b"x")
+    with read_only(inbox_dir):
+        inbox = LocalInbox(local_settings(inbox_dir))
+        try:
+            (candidate,) = inbox.scan()
+            with pytest.raises(OSError) as refused:
+                inbox.claim(candidate)
+        finally:
+            inbox.close()
+    assert str(refused.value) == (f"cannot claim into processing/: {inbox_dir}/processing/a.csv: "
+                                  "Read-only file system (EROFS)")
+
+
+def test_F5_non_writable_archive_names_the_folder_local(tmp_path: Path) -> None:
+    """archive/ belongs to another account, 0755; the inbox runs without the capability that
+    lets root write anywhere (CAP_DAC_OVERRIDE), as a service account would."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping root's capabilities for the test needs root")
+    base = tmp_path
+    try:
+        inbox_dir = base / "inbox"
+        for folder in (inbox_dir, *(inbox_dir / label for label in OWN)):
+            folder.mkdir()
+        os.chown(inbox_dir / "archive", 65534, 65534)
+        os.chmod(inbox_dir / "archive", 0o755)
+        (inbox_dir / "a.csv").write_bytes(b"x")
+        script = textwrap.dedent(f"""
+            from batch.inbox.base import InboxSettings
+            from batch.inbox.local import LocalInbox
+            inbox = LocalInbox(InboxSettings(inbox={str(inbox_dir)!r}, mode="polling", min_age_seconds=0))
+            claimed = inbox.claim(inbox.scan()[0])
+            try:
+                inbox.finish(claimed, True)
+            except PermissionError as exc:
+                print(exc)
+        """)
+        done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+                               sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[1])
+        if "setpriv:" in done.stderr:
+            pytest.skip(f"cannot drop capabilities here: {done.stderr.strip()}")
+        assert done.stdout.strip() == (f"cannot move to archive/: {inbox_dir}/archive/a.csv: "
+                                       "Permission denied (EACCES)"), done.stderr
+        assert (inbox_dir / "processing" / "a.csv").exists()
+    finally:
+        pass
+
+
+def test_F5_non_writable_archive_and_outbox_name_the_folder_over_sftp(password_account, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    from tests.sshd import Sshd
+
+    user, password = password_account
+    server = Sshd(tmp_path / "sshd", passwords=True)
+    server.start()
+    remote = Path(tempfile.mkdtemp(prefix="upb-f5-inbox-"))
+    inbox = None
+    try:
+        account = pwd.getpwnam(user)
+        for folder in (remote, remote / "processing", remote / "error"):
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, account.pw_uid, account.pw_gid)
+        for folder in (remote / "archive", remote / "outbox"):  # a permissions mistake on the server
+            folder.mkdir()
+            os.chmod(folder, 0o755)
+        (remote / "p.csv").write_bytes(b"x\n")
+        monkeypatch.setenv("FEED_SFTP_PASSWORD", password)
+        settings = InboxSettings(inbox=f"sftp://{user}@{server.host}:{server.port}{remote}",
+                                 password="${FEED_SFTP_PASSWORD}", known_hosts=server.known_hosts,
+                                 accept_new_host_key=True, min_age_seconds=0, connect_timeout_seconds=10)
+        inbox = sftp_inbox(settings)
+        (candidate,) = wait_until(inbox.scan, 30, what="p.csv ready")
+        claimed = inbox.claim(candidate)
+        where = f"sftp://{user}@{server.host}:{server.port}{remote}"
+        with pytest.raises(PermissionError) as denied:
+            inbox.finish(claimed, True)
+        assert str(denied.value) == f"cannot move to archive/: {where}/archive/p.csv: Permission denied (EACCES)"
+        receipt = tmp_path / "p.csv.receipt.csv"
+        receipt.write_bytes(b"r\n")
+        with pytest.raises(PermissionError) as denied:
+            inbox.put_receipt(receipt, receipt.name)
+        assert str(denied.value) == (f"cannot upload receipt: {where}/outbox/p.csv.receipt.csv: "
+                                     "Permission denied (EACCES)")
+    finally:
+        if inbox is not None:
+            inbox.close()
+        server.kill()
+        shutil.rmtree(remote, ignore_errors=True)

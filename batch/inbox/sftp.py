@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import posixpath
+import re
 import socket
 import stat
 import threading
@@ -101,6 +102,19 @@ class _StagingWriter:
             self._out.flush()
         except OSError as exc:
             raise named_error(self._operation, self._path, exc) from exc
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch in put!\s+(\d+) != (\d+)")
+
+
+def _short_upload(exc: OSError) -> OSError:
+    """paramiko's "size mismatch in put!  0 != 200" (pipelined writes that the server did not
+    store, e.g. on a full disk) as a sentence; any other error as it is."""
+    found = _SIZE_MISMATCH.search(str(exc))
+    if found is None:
+        return exc
+    return OSError(None, f"the server stored only {found.group(1)} of {found.group(2)} bytes "
+                         "(often a full disk or a quota)")
 
 
 def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]:
@@ -596,7 +610,10 @@ class SftpInbox(Inbox):
         def upload(sftp: paramiko.SFTPClient) -> None:
             self._check_own(sftp, self.outbox)
             try:
-                sftp.put(str(local_path), _b(tmp), confirm=True)  # confirm: stat and compare the size
+                try:
+                    sftp.put(str(local_path), _b(tmp), confirm=True)  # confirm: stat and compare the size
+                except OSError as exc:
+                    raise _short_upload(exc) from exc
                 try:
                     sftp.posix_rename(_b(tmp), _b(final))
                 except OSError:
