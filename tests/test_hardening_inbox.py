@@ -600,3 +600,185 @@ def test_F5_non_writable_archive_and_outbox_name_the_folder_over_sftp(password_a
             inbox.close()
         server.kill()
         shutil.rmtree(remote, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- F9: stale temporaries
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def start_python(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def sigkill(child: subprocess.Popen[str]) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+
+
+def test_F9_stale_temporaries_in_the_local_outbox_are_removed_at_start(tmp_path: Path, caplog) -> None:
+    inbox_dir = tmp_path / "inbox"
+    outbox = inbox_dir / "outbox"
+    outbox.mkdir(parents=True)
+    ours_old = [outbox / ".a.csv.receipt.csv.0123456789ab.tmp", outbox / ".b.csv.receipt.json.89abcdef.tmp",
+                outbox / (".c" + "ä" * 100 + "~0123456789.csv.receipt.csv.0123456789ab.tmp")]
+    kept = [outbox / ".d.csv.receipt.csv.0123456789ab.tmp",  # fresh: maybe a writer at work
+            outbox / ".notes.tmp", outbox / "e.tmp", outbox / ".f.csv.receipt.csv.XYZ.tmp",  # not ours
+            outbox / "a.csv.receipt.csv"]
+    for path in ours_old + kept:
+        path.write_bytes(b"x")
+    for path in ours_old + kept[1:]:
+        age(path, 7200)
+    held = outbox / ".g.csv.receipt.csv.0123456789ab.tmp"  # old, but its writer is alive
+    held.write_bytes(b"x")
+    age(held, 7200)
+    writer = start_python(f"""
+        import fcntl, time
+        handle = open({str(held)!r}, "ab")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        with caplog.at_level("INFO"):
+            LocalInbox(local_settings(inbox_dir)).close()
+    finally:
+        sigkill(writer)
+    assert sorted(ls(outbox)) == sorted(p.name for p in [*kept, held])
+    assert f"removed {ours_old[0]}, a temporary a killed receipt write left" in caplog.text
+
+
+def test_F9_a_receipt_write_killed_by_sigkill_leaves_a_temporary_the_next_start_removes(
+        tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "outbox").mkdir(parents=True)
+    writer = start_python(f"""
+        import time
+        from batch.fsutil import atomic_writer
+        with atomic_writer({str(inbox / "outbox" / "k.csv.receipt.csv")!r}) as handle:
+            handle.write(b"line\\n" * 100_000)
+            handle.flush()
+            print("half written", flush=True)
+            time.sleep(60)
+    """)
+    assert writer.stdout.readline().strip() == "half written", writer.stderr.read()
+    sigkill(writer)
+    (stale,) = (inbox / "outbox").iterdir()
+    assert stale.name.startswith(".k.csv.receipt.csv.") and stale.stat().st_size == 500_000
+    age(stale, 120)
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    code, runner = run_once(config)
+    assert code == 0, runner.logs.text
+    assert ls(inbox / "outbox") == []
+    assert f"removed {stale}, a temporary a killed receipt write left" in runner.logs.text
+
+
+def test_F9_a_download_killed_by_sigkill_leaves_a_part_the_next_download_removes(
+        sftp_settings, dropper, remote_inbox: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    dropper.put("first.csv", b"1" * 2_000_000)
+    settings = sftp_settings(min_age_seconds=0)
+    downloader = start_python(f"""
+        import time
+        from pathlib import Path
+        from batch.inbox.base import InboxSettings
+        from batch.inbox import sftp
+        from paramiko.sftp_file import SFTPFile
+        read, calls = SFTPFile.read, []
+        def slow(self, size=None):
+            calls.append(size)
+            if len(calls) == 2:  # the first block is in the staging file
+                print("writing", flush=True)
+                time.sleep(60)
+            return read(self, size)
+        SFTPFile.read = slow
+        inbox = sftp.SftpInbox(InboxSettings.model_validate_json({settings.model_dump_json()!r}))
+        candidate = None
+        while not candidate:
+            candidate = inbox.scan()
+        inbox.open_local(inbox.claim(candidate[0]), Path({str(staging)!r}))
+    """)
+    assert downloader.stdout.readline().strip() == "writing", downloader.stderr.read()
+    sigkill(downloader)
+    (stale,) = staging.iterdir()
+    assert stale.name.startswith(".first.csv.") and stale.name.endswith(".part")
+    age(stale, 120)
+
+    dropper.put("second.csv", b"2" * 1000)
+    inbox = sftp_inbox(settings)
+    try:
+        (candidate,) = wait_until(inbox.scan, 30, what="second.csv ready")
+        local = inbox.open_local(inbox.claim(candidate), staging)
+        assert local.read_bytes() == b"2" * 1000
+        assert ls(staging) == ["second.csv"]
+    finally:
+        inbox.close()
+
+
+def test_F9_stale_upload_temporaries_on_the_server_are_removed_at_connect_and_reconnect(
+        sftp_settings, remote_inbox: Path, tmp_path: Path) -> None:
+    outbox = remote_inbox / "outbox"
+    outbox.mkdir()
+    old = outbox / ".a.csv.receipt.csv.0123456789ab.tmp"
+    fresh = outbox / ".b.csv.receipt.csv.0123456789ab.tmp"  # maybe another instance uploading
+    foreign = outbox / ".theirs.tmp"
+    for path in (old, fresh, foreign):
+        path.write_bytes(b"x")
+    age(old, 2 * 3600)
+    age(foreign, 2 * 3600)
+    inbox = sftp_inbox(sftp_settings())
+    try:
+        inbox.connect()
+        assert ls(outbox) == sorted([fresh.name, foreign.name])
+        later = outbox / ".c.csv.receipt.json.0123456789ab.tmp"
+        later.write_bytes(b"x")
+        age(later, 2 * 3600)
+        inbox._transport.close()  # the connection drops; the next operation reconnects
+        wait_until(lambda: inbox.scan() is not None and inbox.connected, 30, what="the reconnect")
+        assert ls(outbox) == sorted([fresh.name, foreign.name])
+    finally:
+        inbox.close()
+
+
+def test_F9_an_upload_killed_by_sigkill_leaves_a_temporary_the_next_connect_removes(
+        sftp_settings, remote_inbox: Path, tmp_path: Path) -> None:
+    settings = sftp_settings()
+    fifo = tmp_path / "receipt.fifo"
+    os.mkfifo(fifo)
+    uploader = start_python(f"""
+        from pathlib import Path
+        from batch.inbox.base import InboxSettings
+        from batch.inbox.sftp import SftpInbox
+        inbox = SftpInbox(InboxSettings.model_validate_json({settings.model_dump_json()!r}))
+        inbox.put_receipt(Path({str(fifo)!r}), "u.csv.receipt.csv")
+    """)
+    with open(fifo, "wb") as feed:  # the receipt arrives slowly: the upload is under way
+        feed.write(b"r" * 200_000)
+        feed.flush()
+
+        def partial() -> list[Path]:
+            return [p for p in (remote_inbox / "outbox").glob(".u.csv.receipt.csv.*.tmp") if p.stat().st_size]
+
+        (stale,) = wait_until(partial, 30, what="a partial upload on the server")
+        sigkill(uploader)
+    assert not (remote_inbox / "outbox" / "u.csv.receipt.csv").exists()
+    sizes = [-1]
+
+    def settled() -> bool:  # the server may still write what it had received
+        sizes.append(stale.stat().st_size)
+        time.sleep(0.2)
+        return sizes[-1] == stale.stat().st_size == sizes[-2]
+
+    wait_until(settled, 30, what="the server done with the upload")
+    age(stale, 2 * 3600)
+    inbox = sftp_inbox(settings)
+    try:
+        inbox.connect()
+    finally:
+        inbox.close()
+    assert ls(remote_inbox / "outbox") == []
