@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -465,8 +466,6 @@ def test_F3_full_local_outbox_names_the_receipt_and_the_operation(tmp_path: Path
 
 def test_F3_full_staging_names_the_staging_file_and_the_download(
         sftp_settings, dropper, remote_inbox: Path, tmp_path: Path) -> None:
-    import re
-
     inbox = sftp_inbox(sftp_settings(min_age_seconds=0))
     staging = tmp_path / "staging"
     try:
@@ -782,3 +781,85 @@ def test_F9_an_upload_killed_by_sigkill_leaves_a_temporary_the_next_connect_remo
     finally:
         inbox.close()
     assert ls(remote_inbox / "outbox") == []
+
+
+# --------------------------------------------------------------------------- F7: a half-saved mapping
+
+MAPPING_PREFIX = MAPPING.replace("  description: {column: note}\n", "")  # valid, but without the description
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_F7_a_changed_mapping_is_applied_only_once_it_has_settled(tmp_path: Path, sandbox, apicode_env,
+                                                                  caplog) -> None:
+    from batch.config.service import load_service_config
+    from batch.service import ConfigWatcher
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    mapping = tmp_path / "mapping.yaml"
+    clock = FakeClock()
+    watcher = ConfigWatcher(load_service_config(config), settle_seconds=2.0, clock=clock)
+    first = watcher.version
+    assert len(first) == 12
+
+    mapping.write_text(MAPPING_PREFIX)  # the editor's first step
+    with caplog.at_level("INFO"):
+        assert watcher.poll() is None
+    assert f"configuration: a change in {mapping}; applied once it has not changed for 2.0 s" in caplog.text
+    clock.now += 1.5
+    assert watcher.poll() is None
+    mapping.write_text(MAPPING.replace("{column: note}", "{const: complete}"))  # the second step
+    clock.now += 1.0
+    assert watcher.poll() is None  # changed again: the settle time starts over
+    clock.now += 1.9
+    assert watcher.poll() is None
+    clock.now += 0.2
+    loaded = watcher.poll()
+    assert loaded is not None and not isinstance(loaded, Exception)
+    assert "complete" in mapping.read_text() and watcher.version != first
+    assert watcher.poll() is None  # applied once
+
+    # the same content written again (a new mtime) is noticed, settles, and keeps its version
+    applied = watcher.version
+    age(mapping, 10)
+    assert watcher.poll() is None
+    clock.now += 2.1
+    assert watcher.poll() is not None and watcher.version == applied
+
+
+def test_F7_a_half_saved_mapping_never_goes_live(tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    mapping = tmp_path / "mapping.yaml"
+    with ServiceThread(config, reload_interval=1.0) as runner:  # settles for 2 s
+        runner.wait_log("watching 1 feed")
+        wait_until(lambda: getattr(runner.service.workers.get("local"), "last_scan", None), 30,
+                   what="the first scan")
+        mapping.write_text(MAPPING_PREFIX)  # an editor's first step: valid, no description
+        time.sleep(1.3)  # the old service applied it within one reload interval
+        (inbox / "h.csv").write_bytes(export("H", 5))
+        time.sleep(0.5)
+        mapping.write_text(MAPPING.replace("{column: note}", "{const: complete}"))  # the second step
+        wait_until(lambda: (inbox / "archive" / "h.csv").exists(), 30, what="h.csv archived")
+        def complete_applied() -> bool:  # the old service applied the prefix as #2 and the rest as #3
+            applied = re.findall(r"configuration #(\d+) applied", runner.logs.text)
+            return bool(applied) and ("configuration #3" not in runner.logs.text or "3" in applied)
+
+        wait_until(complete_applied, 30, what="the complete version applied")
+        (inbox / "after.csv").write_bytes(export("A", 2))
+        wait_until(lambda: (inbox / "archive" / "after.csv").exists(), 30, what="after.csv archived")
+        text = runner.logs.text
+    accepted = {event["id"]: event for event in sandbox.accepted}
+    assert all(accepted[i].get("description") for i in ids("H", 5)), [accepted[i] for i in ids("H", 5)]
+    assert {accepted[i]["description"] for i in ids("A", 2)} == {"complete"}
+    assert "configuration #3" not in text  # the half-saved version was never a configuration
+    assert "configuration #2 applied (version " in text
