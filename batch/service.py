@@ -804,7 +804,7 @@ def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[s
             quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
                                             "mode": "polling"})
             with open_inbox(quick) as inbox:
-                row["in_processing"] = [claimed.name for claimed in inbox.resume()]
+                row["in_processing"] = [claimed.source_name for claimed in inbox.resume()]  # D6: shown escaped
         except (InboxError, OSError) as exc:
             row["error"] = str(exc)
         if journal is not None:

@@ -217,6 +217,19 @@ def test_D6_a_name_that_is_not_utf8_is_processed_over_sftp(
     assert set(sandbox.accepted_ids) == ids("R", 4) | ids("N", 2)
 
 
+def test_D6_status_lists_a_name_that_is_not_utf8_escaped(tmp_path: Path, sandbox, apicode_env) -> None:
+    from batch.config.service import load_service_config
+    from batch.service import feed_overview
+
+    inbox = tmp_path / "inbox"
+    (inbox / "processing").mkdir(parents=True)
+    (inbox / "processing" / LATIN).write_bytes(export("W", 1))
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    (row,) = feed_overview(load_service_config(config), None)
+    assert row["in_processing"] == ["latin\\xe4.csv"]
+    json.dumps(row, ensure_ascii=False).encode("utf-8")  # printable as `status` prints it
+
+
 # --------------------------------------------------------------------------- D19: symlinked own folders
 
 OWN = ("processing", "archive", "error", "outbox")
