@@ -3,6 +3,13 @@
 Used when the service runs on the SFTP host itself. Claims and archive moves are renames
 inside one file system; on Linux they use renameat2(RENAME_NOREPLACE), so a second
 instance can never take the same file and nothing is ever overwritten.
+
+The service's own folders (processing/, archive/, error/, outbox/) must be real folders: a
+symlink there, or between the inbox and them, is refused when the inbox opens, and every
+move, listing and receipt write goes through a folder descriptor opened with O_NOFOLLOW, so
+a link put in place later is refused too, never followed. (The configured inbox folder
+itself may be a symlink: that is the administrator's.) Temporaries a killed receipt write
+left in the outbox are removed when the inbox opens (`fsutil.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
