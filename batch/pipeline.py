@@ -23,6 +23,7 @@ from batch.extract import mapped_file
 from batch.journal import FileRecord, Journal, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
+from batch.fsutil import display_name
 from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.ropo import RopoClient
 
@@ -136,7 +137,7 @@ class Processor:
         progress: Progress | None = None,
     ) -> FileOutcome:
         """Process the file at `path` (its name as dropped: `name`, default the path's)."""
-        name = name or path.name
+        name = display_name(name or path.name)  # D6: a name that is not UTF-8 is stored escaped
         progress = progress or Progress()
         sha256, size = file_digest(path)
         begun = self.journal.begin_file(name, sha256, size, feed.name, force=force)

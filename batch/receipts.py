@@ -10,6 +10,12 @@ One receipt per input file, two files written atomically next to each other:
 
 The CSV is written first and the JSON last, so a present JSON means a complete receipt.
 Row building is pure; the writers only stream rows into ``fsutil.atomic_writer``.
+
+Receipt names fit wherever the input's name fitted (255 bytes): a longer one keeps its
+start, the input's extension and the receipt suffix, with a hash of the full name between
+(``fsutil.fit_name``). An input name that is not UTF-8 is stored and shown escaped
+(``latin\\xe4.csv``, ``fsutil.display_name``); its receipt carries the real bytes in its name,
+as the legacy system that wrote it expects.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from batch.fsutil import atomic_writer
+from batch.fsutil import NAME_MAX, atomic_writer, display_name, fit_name, real_name
 
 RECEIPT_COLUMNS: tuple[str, ...] = (
     "line", "event_id", "usageplacecode", "status", "outcome", "http_status", "message",
@@ -129,12 +135,19 @@ class ReceiptRow:
 # --------------------------------------------------------------------------- pure
 
 
+CSV_SUFFIX, JSON_SUFFIX = ".receipt.csv", ".receipt.json"
+
+
 def receipt_names(input_name: str) -> ReceiptNames:
-    """The receipt file names for an input file name (the one place that decides them)."""
-    name = os.path.basename(input_name)
+    """The receipt file names for an input file name (the one place that decides them).
+
+    `input_name` may be the name as stored (``display_name``); the receipt names are file
+    system names, within NAME_MAX bytes, the CSV's and the JSON's with the same start."""
+    name = real_name(os.path.basename(input_name))
     if not name:
         raise ValueError(f"not a file name: {input_name!r}")
-    return ReceiptNames(csv=f"{name}.receipt.csv", json=f"{name}.receipt.json")
+    stem = fit_name(name, NAME_MAX - max(len(CSV_SUFFIX), len(JSON_SUFFIX)))
+    return ReceiptNames(csv=stem + CSV_SUFFIX, json=stem + JSON_SUFFIX)
 
 
 def neutralise_cell(text: str) -> str:
@@ -179,7 +192,7 @@ def summary(file: FileInfo, names: ReceiptNames) -> dict[str, Any]:
         "records": sum(counts.values()),
         "counts": counts,
         "error": file.error,
-        "receipt": names.csv,
+        "receipt": display_name(names.csv),
     }
 
 
@@ -210,22 +223,26 @@ def write_receipt(directory: str | os.PathLike[str], file: FileInfo,
                   events: Iterable[EventOutcome],
                   fmt: ReceiptFormat = ReceiptFormat()) -> ReceiptPaths:
     """Write the receipt of a processed file: one row per event (in the order given)."""
-    return _write(Path(directory), file, (receipt_row(event) for event in events), fmt)
+    return _write(_as_path(directory), file, (receipt_row(event) for event in events), fmt)
 
 
 def write_file_level_receipt(directory: str | os.PathLike[str], file: FileInfo,
                              fmt: ReceiptFormat = ReceiptFormat()) -> ReceiptPaths:
     """Write the receipt of a file-level failure (state ``error``) or an already processed
     file (state ``skipped``): one row whose message is ``file.error``, and the summary."""
-    return _write(Path(directory), file, iter([file_level_row(file)]), fmt)
+    return _write(_as_path(directory), file, iter([file_level_row(file)]), fmt)
+
+
+def _as_path(directory: str | os.PathLike[str]) -> Path:
+    return directory if isinstance(directory, Path) else Path(directory)  # keeps an OwnFolderPath
 
 
 def _write(directory: Path, file: FileInfo, rows: Iterator[ReceiptRow],
            fmt: ReceiptFormat) -> ReceiptPaths:
     names = receipt_names(file.name)
     paths = ReceiptPaths(directory / names.csv, directory / names.json)
-    with atomic_writer(paths.csv) as handle:
+    with atomic_writer(paths.csv, what="write receipt") as handle:
         write_csv_rows(handle, rows, fmt)
-    with atomic_writer(paths.json) as handle:
+    with atomic_writer(paths.json, what="write receipt") as handle:
         handle.write(summary_bytes(summary(file, names)))
     return paths

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from batch.config.service import FeedSettings, LoadedService
+from batch.fsutil import OwnFolderPath
 from batch.inbox.base import LocalLocation, parse_location
 from batch.journal import Journal
 from batch.pipeline import FeedRuntime, Processor
@@ -81,4 +82,5 @@ class Runtime:
         if not isinstance(location, LocalLocation):
             return None
         outbox = Path(feed.outbox_dir)
-        return outbox if outbox.is_absolute() else location.path / outbox
+        # OwnFolderPath: receipts are never written through a symlink put in place of the outbox (D19)
+        return OwnFolderPath(outbox if outbox.is_absolute() else location.path / outbox)

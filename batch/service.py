@@ -31,7 +31,8 @@ gauges. Failed events are sent again by the service itself once they have been f
 the same Processor.retry as the `retry` command).
 
 Reload: the service file and every mapping it names are hashed every few seconds; a change
-is loaded and checked in full (the same checks as `validate-config`, plus the credentials)
+that has stayed the same for a settle time (2 x the reload interval, at least 1 s) is loaded
+and checked in full (the same checks as `validate-config`, plus the credentials)
 before anything uses it. A valid change applies from the next file each worker starts; an
 invalid one is refused, every problem logged, and the previous configuration stays in force.
 """
@@ -44,6 +45,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -116,39 +118,74 @@ def feed_secrets(feed: InboxSettings) -> list[str]:
 
 
 class ConfigWatcher:
-    """Notices changes to the service file and its mappings (by content hash)."""
+    """Notices changes to the service file and its mappings, and hands on a change only once
+    it has settled.
 
-    def __init__(self, loaded: LoadedService) -> None:
+    Every poll takes each file's content hash and mtime. A change is loaded only after the
+    files have stayed exactly so for `settle_seconds` (an editor that saves in two steps, or
+    a `cp` over the old file, shows a valid but incomplete prefix for a moment: that must
+    never go live). `version` is a short hash of the contents in force, for the log."""
+
+    def __init__(self, loaded: LoadedService, *, settle_seconds: float = 2 * DEFAULT_RELOAD_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = loaded.path
+        self.settle_seconds = settle_seconds
+        self._clock = clock
         self._files = self._watched(loaded)
         self._seen = self._fingerprint(self._files)
+        self._candidate: dict[Path, tuple[str, float] | None] | None = None
+        self._candidate_since = 0.0
+        self.version = self._version(self._seen)
 
     @staticmethod
     def _watched(loaded: LoadedService) -> list[Path]:
         return [loaded.path, *(feed.mapping for feed in loaded.config.feeds)]
 
     @staticmethod
-    def _fingerprint(paths: list[Path]) -> dict[Path, str | None]:
-        prints: dict[Path, str | None] = {}
+    def _fingerprint(paths: list[Path]) -> dict[Path, tuple[str, float] | None]:
+        prints: dict[Path, tuple[str, float] | None] = {}
         for path in paths:
             try:
-                prints[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+                mtime = path.stat().st_mtime
+                prints[path] = (hashlib.sha256(path.read_bytes()).hexdigest(), mtime)
             except OSError:
                 prints[path] = None
         return prints
 
+    @staticmethod
+    def _version(prints: dict[Path, tuple[str, float] | None]) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(prints):
+            found = prints[path]
+            digest.update(f"{path}\0{found[0] if found else '-'}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()[:12]
+
     def poll(self) -> LoadedService | ConfigError | None:
-        """None: nothing changed; a LoadedService: a checked new version; a ConfigError: refused."""
+        """None: nothing changed, or a change is still settling; a LoadedService: a checked
+        new version; a ConfigError: refused."""
         now = self._fingerprint(self._files)
         if now == self._seen:
+            self._candidate = None  # back as it was (or never changed)
             return None
-        self._seen = now  # an invalid version is reported once, not on every poll
+        if now != self._candidate:
+            if self._candidate is None:
+                log.info("configuration: a change in %s; applied once it has not changed for %.1f s",
+                         ", ".join(str(p) for p in self._files if now.get(p) != self._seen.get(p)),
+                         self.settle_seconds)
+            self._candidate, self._candidate_since = now, self._clock()
+            return None
+        if self._clock() - self._candidate_since < self.settle_seconds:
+            return None
+        self._seen, self._candidate = now, None  # an invalid version is reported once, not on every poll
         try:
             loaded = load_service_config(self.path)
         except ConfigError as exc:
             return exc
-        self._files = self._watched(loaded)
-        self._seen = self._fingerprint(self._files)
+        files = self._watched(loaded)
+        if files != self._files:  # mappings added or renamed: what is in force is what was just read
+            self._files = files
+            self._seen = self._fingerprint(files)
+        self.version = self._version(self._seen)
         return loaded
 
 
@@ -588,7 +625,7 @@ class Service:
             log.warning("%s", warning)
         self._clients = [client]
         self._register_secrets(self._generation)
-        self.watcher = ConfigWatcher(loaded)
+        self.watcher = ConfigWatcher(loaded, settle_seconds=max(1.0, 2 * reload_interval))
         self.workers: dict[str, FeedWorker] = {}
         self.metrics_server: MetricsServer | None = None
         self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
@@ -818,7 +855,8 @@ class Service:
         for name in names - set(self.workers):
             self._start_worker(name)
         removed = set(self.workers) - names
-        log.info("configuration #%d applied: it is used from the next file%s", generation.number,
+        log.info("configuration #%d applied (version %s): it is used from the next file%s", generation.number,
+                 self.watcher.version,
                  f"; feeds removed after their current file: {', '.join(sorted(removed))}" if removed else "")
 
     def _build_generation(self, loaded: LoadedService) -> Generation:
@@ -874,7 +912,7 @@ def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[s
             quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
                                             "mode": "polling"})
             with open_inbox(quick) as inbox:
-                row["in_processing"] = [claimed.name for claimed in inbox.resume()]
+                row["in_processing"] = [claimed.source_name for claimed in inbox.resume()]  # D6: shown escaped
         except (InboxError, OSError) as exc:
             row["error"] = str(exc)
         if journal is not None:

@@ -237,7 +237,7 @@ def test_sshd_killed_during_download_then_restarted(
     assert "error" in outcome, "the download finished before sshd was killed"
     error = outcome["error"]
     assert isinstance(error, InboxUnavailable), repr(error)
-    assert "connection lost during download of big.csv" in str(error)
+    assert f"connection lost during download to staging of {remote_inbox}/processing/big.csv" in str(error)
     assert not list(staging.iterdir())  # no partial file left behind
 
     with pytest.raises(InboxUnavailable):  # server down: a clear transient error, no hang

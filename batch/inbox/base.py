@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import logging
 import fnmatch
-import os  # noqa: F401 - kept for the other helpers editing this module (merge safety); drop if unused after merge
 import posixpath
 import re
 import time
@@ -30,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from batch.config.secrets import check_reference, resolve_secret
+from batch.fsutil import display_name, fit_name
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class Claimed:
     """A file this instance owns, in processing/.
 
     `name` is its name inside processing/ (the original name, or that name with a
-    timestamp when processing/ already held one); `source_name` the name it had in the inbox."""
+    timestamp when processing/ already held one); `source_name` the name it had in the inbox,
+    as text to store and show (`fsutil.display_name`: a name that is not UTF-8 is escaped)."""
 
     name: str
     source_name: str
@@ -273,14 +274,21 @@ def check_name(name: str) -> str:
 def stamped_name(name: str, when: float | None = None, attempt: int = 0) -> str:
     """`report.csv` -> `report.20240131T020304Z.csv` (and `...Z-2.csv` on later attempts).
 
-    Used when a target folder already holds a file of that name: nothing is overwritten."""
+    Used when a target folder already holds a file of that name: nothing is overwritten.
+    A name that would not fit in NAME_MAX bytes is shortened before the stamp (`fit_name`)."""
     stamp = datetime.fromtimestamp(time.time() if when is None else when, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if attempt:
         stamp = f"{stamp}-{attempt + 1}"
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:  # no extension, or a dotfile like ".x"
-        return f"{name}.{stamp}"
-    return f"{stem}.{stamp}.{ext}"
+        return fit_name(f"{name}.{stamp}", keep_end=f".{stamp}")
+    return fit_name(f"{stem}.{stamp}.{ext}", keep_end=f".{stamp}.{ext}")
+
+
+def marker_name(data_name: str, source_name: str, marker: str) -> str:
+    """The name a marker gets beside its data file's new name `data_name` (within NAME_MAX)."""
+    suffix = marker[len(source_name):]
+    return fit_name(data_name + suffix, keep_end=suffix)
 
 
 def folder_path(base: str, folder: str) -> str:
@@ -343,7 +351,7 @@ def left_in_processing(entries: list[FileStat], rules: "NameRules") -> list[Clai
         if not rules.is_data(entry.name):
             continue
         marker = next((m for m in rules.markers_for(entry.name) if m in names), None)
-        found.append(Claimed(entry.name, entry.name, entry.size, entry.mtime, marker))
+        found.append(Claimed(entry.name, display_name(entry.name), entry.size, entry.mtime, marker))
     found.sort(key=lambda claimed: (claimed.mtime, claimed.name))
     return found
 

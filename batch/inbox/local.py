@@ -3,6 +3,13 @@
 Used when the service runs on the SFTP host itself. Claims and archive moves are renames
 inside one file system; on Linux they use renameat2(RENAME_NOREPLACE), so a second
 instance can never take the same file and nothing is ever overwritten.
+
+The service's own folders (processing/, archive/, error/, outbox/) must be real folders: a
+symlink there, or between the inbox and them, is refused when the inbox opens, and every
+move, listing and receipt write goes through a folder descriptor opened with O_NOFOLLOW, so
+a link put in place later is refused too, never followed. (The configured inbox folder
+itself may be a symlink: that is the administrator's.) Temporaries a killed receipt write
+left in the outbox are removed when the inbox opens (`fsutil.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ import errno
 import logging
 import os
 import queue
-import secrets
 import shutil
 import stat
 import threading
@@ -20,6 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from batch.fsutil import (
+    OwnFolderPath,
+    atomic_writer,
+    display_name,
+    named_error,
+    open_folder,
+    remove_stale_temporaries,
+    symlink_refusal,
+)
 from batch.inbox.base import (
     name_is_safe,
     left_in_processing,
@@ -33,6 +48,7 @@ from batch.inbox.base import (
     NameRules,
     check_name,
     folder_path,
+    marker_name,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness
@@ -54,12 +70,14 @@ except (OSError, AttributeError):  # not glibc / not Linux
     _renameat2 = None
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
+def rename_noreplace(src: Path | str, dst: Path | str, *, src_dir_fd: int = _AT_FDCWD,
+                     dst_dir_fd: int = _AT_FDCWD) -> None:
     """Rename atomically, failing with FileExistsError instead of replacing `dst`.
 
-    FileNotFoundError means `src` is gone (another instance renamed it first)."""
+    FileNotFoundError means `src` is gone (another instance renamed it first). With folder
+    descriptors, `src` and `dst` are names inside those folders (renameat2)."""
     if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        if _renameat2(src_dir_fd, os.fsencode(src), dst_dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -67,17 +85,14 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     # File systems without RENAME_NOREPLACE: check, then rename. The rename itself is still
     # atomic, so two instances cannot both take `src`; only a same-named file arriving at
     # `dst` in between could be replaced.
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "target exists", str(dst))
-    os.rename(src, dst)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd_src = None if src_dir_fd == _AT_FDCWD else src_dir_fd
+    fd_dst = None if dst_dir_fd == _AT_FDCWD else dst_dir_fd
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.stat(dst, dir_fd=fd_dst, follow_symlinks=False)
+        raise FileExistsError(errno.EEXIST, "target exists", str(dst))
+    except FileNotFoundError:
+        pass
+    os.rename(src, dst, src_dir_fd=fd_src, dst_dir_fd=fd_dst)
 
 
 # --------------------------------------------------------------------------- events
@@ -144,6 +159,8 @@ class LocalInbox(Inbox):
         if not isinstance(location, LocalLocation):
             raise InboxError(f"not a local inbox: {settings.inbox}")
         self.settings = settings
+        # The configured folder itself may be a symlink an administrator made; the folders
+        # the service writes to inside it may not (whoever can upload could point them anywhere).
         self.root = Path(os.path.abspath(location.path))
         if not self.root.is_dir():
             raise InboxError(f"inbox folder {self.root} does not exist or is not a folder")
@@ -151,8 +168,13 @@ class LocalInbox(Inbox):
         self.archive = Path(folder_path(str(self.root), settings.archive_dir))
         self.error = Path(folder_path(str(self.root), settings.error_dir))
         self.outbox = Path(folder_path(str(self.root), settings.outbox_dir))
-        for folder in (self.processing, self.archive, self.error, self.outbox):
-            folder.mkdir(parents=True, exist_ok=True)
+        self._labels = {self.processing: settings.processing_dir, self.archive: settings.archive_dir,
+                        self.error: settings.error_dir, self.outbox: settings.outbox_dir}
+        for folder in self._labels:
+            self._make_folder(folder)
+        for stale in remove_stale_temporaries(self.outbox):
+            log.info("inbox %s: removed %s, a temporary a killed receipt write left", self.root,
+                     display_name(str(stale)))
 
         self._rules = NameRules.from_settings(settings)
         self._readiness = Readiness(self._rules, settings.min_age_seconds, clock)
@@ -163,6 +185,47 @@ class LocalInbox(Inbox):
         self._observer = None
         if settings.mode == "native":
             self._start_observer()
+
+    # -- the service's own folders
+
+    def _make_folder(self, folder: Path) -> None:
+        """Create one of the own folders if missing; refuse it if it (or a folder between the
+        inbox and it) is a symlink or not a folder."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            pass  # a symlink to nowhere or a file: said below
+        except OSError as exc:
+            raise InboxError(f"inbox {self.root}: {named_error('create folder', folder, exc)}") from exc
+        if folder.is_relative_to(self.root):
+            parts = folder.relative_to(self.root).parts
+            steps = [self.root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)]
+        else:  # an absolute folder elsewhere: the administrator's; only its last step is checked
+            steps = [folder]
+        for step in steps:
+            self._check_folder(step, folder)
+
+    def _check_folder(self, path: Path, own: Path) -> None:
+        label = self._labels[own]
+        try:
+            info = os.lstat(path)
+        except OSError as exc:
+            raise InboxError(f"inbox {self.root}: {named_error(f'check the {label} folder', path, exc)}") from exc
+        if stat.S_ISLNK(info.st_mode):
+            raise InboxError(f"inbox {self.root}: {symlink_refusal(path, f'the {label} folder')}")
+        if not stat.S_ISDIR(info.st_mode):
+            raise InboxError(f"inbox {self.root}: the {label} folder {path} is not a folder")
+
+    def _open(self, folder: Path, operation: str) -> int:
+        """A descriptor of one of the inbox's folders; an own folder that became a symlink is
+        refused (O_NOFOLLOW), so what is done through the descriptor stays in the real folder."""
+        own = folder in self._labels
+        try:
+            return open_folder(folder, follow=not own)
+        except OSError as exc:
+            if own and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._check_folder(folder, folder)  # says "symbolic link" or "not a folder"
+            raise named_error(operation, folder, exc) from exc
 
     def _start_observer(self) -> None:
         observer = _make_observer()
@@ -198,16 +261,20 @@ class LocalInbox(Inbox):
 
     def _list(self, folder: Path) -> list[FileStat]:
         entries: list[FileStat] = []
-        with os.scandir(folder) as it:
-            for entry in it:
-                if not self._safe(entry.name):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(st.st_mode):  # never follow a symlink out of the inbox
-                    entries.append(FileStat(entry.name, st.st_size, st.st_mtime))
+        fd = self._open(folder, "list")
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if not self._safe(entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):  # never follow a symlink out of the inbox
+                        entries.append(FileStat(entry.name, st.st_size, st.st_mtime))
+        finally:
+            os.close(fd)
         return entries
 
     def scan(self) -> list[Candidate]:
@@ -216,48 +283,73 @@ class LocalInbox(Inbox):
 
     # -- claim and finish
 
-    def _move(self, src: Path, folder: Path, name: str) -> str:
-        """Rename `src` into `folder` as `name`, or a timestamped name if that is taken."""
+    def _move(self, src_fd: int, src_name: str, folder: Path, folder_fd: int, name: str, operation: str) -> str:
+        """Rename `src_name` into `folder` as `name`, or a timestamped name if that is taken."""
         target = name
         for attempt in range(_MAX_NAME_ATTEMPTS):
             try:
-                rename_noreplace(src, folder / target)
+                rename_noreplace(src_name, target, src_dir_fd=src_fd, dst_dir_fd=folder_fd)
                 return target
             except FileExistsError:
                 target = stamped_name(name, attempt=attempt)
-        raise InboxError(f"no free name for {name} in {folder} after {_MAX_NAME_ATTEMPTS} attempts")
+            except OSError as exc:
+                raise named_error(operation, folder / target, exc) from exc
+        raise InboxError(f"cannot {operation} {display_name(str(folder / name))}: no free name "
+                         f"after {_MAX_NAME_ATTEMPTS} attempts")
+
+    def _moving(self, src: Path, dst: Path, operation: str) -> tuple[int, int]:
+        src_fd = self._open(src, operation)
+        try:
+            return src_fd, self._open(dst, operation)
+        except BaseException:
+            os.close(src_fd)
+            raise
 
     def claim(self, candidate: Candidate) -> Claimed | None:
         name = check_name(candidate.name)
+        operation = f"claim into {self.settings.processing_dir}/"
+        root_fd, processing_fd = self._moving(self.root, self.processing, operation)
         try:
-            target = self._move(self.root / name, self.processing, name)
-        except FileNotFoundError:
-            log.info("inbox %s: %s was claimed by another instance", self.root, name)
-            self._readiness.forget(name)
-            return None
-        self._readiness.forget(name)
-        st = os.stat(self.processing / target)
-        marker = None
-        if candidate.marker is not None:
-            check_name(candidate.marker)
-            marker_target = target + candidate.marker[len(name):]
             try:
-                rename_noreplace(self.root / candidate.marker, self.processing / marker_target)
-                marker = marker_target
-            except (FileNotFoundError, FileExistsError) as exc:
-                log.warning("inbox %s: marker %s not moved with %s: %s", self.root, candidate.marker, name, exc)
-        return Claimed(target, name, st.st_size, st.st_mtime, marker)
+                target = self._move(root_fd, name, self.processing, processing_fd, name, operation)
+            except FileNotFoundError:
+                log.info("inbox %s: %s was claimed by another instance", self.root, display_name(name))
+                self._readiness.forget(name)
+                return None
+            self._readiness.forget(name)
+            st = os.stat(target, dir_fd=processing_fd, follow_symlinks=False)
+            marker = None
+            if candidate.marker is not None:
+                check_name(candidate.marker)
+                marker_target = marker_name(target, name, candidate.marker)
+                try:
+                    rename_noreplace(candidate.marker, marker_target, src_dir_fd=root_fd, dst_dir_fd=processing_fd)
+                    marker = marker_target
+                except (FileNotFoundError, FileExistsError) as exc:
+                    log.warning("inbox %s: marker %s not moved with %s: %s", self.root,
+                                display_name(candidate.marker), display_name(name), exc)
+        finally:
+            os.close(root_fd)
+            os.close(processing_fd)
+        return Claimed(target, display_name(name), st.st_size, st.st_mtime, marker)
 
     def finish(self, claimed: Claimed, ok: bool) -> str:
         name = check_name(claimed.name)
         folder = self.archive if ok else self.error
-        target = self._move(self.processing / name, folder, name)
-        if claimed.marker is not None:
-            check_name(claimed.marker)
-            try:
-                self._move(self.processing / claimed.marker, folder, target + claimed.marker[len(name):])
-            except FileNotFoundError:
-                pass
+        operation = f"move to {self.settings.archive_dir if ok else self.settings.error_dir}/"
+        processing_fd, folder_fd = self._moving(self.processing, folder, operation)
+        try:
+            target = self._move(processing_fd, name, folder, folder_fd, name, operation)
+            if claimed.marker is not None:
+                check_name(claimed.marker)
+                try:
+                    self._move(processing_fd, claimed.marker, folder, folder_fd,
+                               marker_name(target, name, claimed.marker), operation)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(processing_fd)
+            os.close(folder_fd)
         return target
 
     def resume(self) -> list[Claimed]:
@@ -266,24 +358,24 @@ class LocalInbox(Inbox):
     # -- content
 
     def open_local(self, claimed: Claimed, staging_dir: Path) -> Path:
-        path = self.processing / check_name(claimed.name)
-        if not path.is_file():
-            raise InboxError(f"{path} is not in processing/ any more")
+        name = check_name(claimed.name)
+        fd = self._open(self.processing, "read")
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        finally:
+            os.close(fd)
+        path = self.processing / name
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise InboxError(f"{display_name(str(path))} is not in processing/ any more")
         return path
 
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)
-        tmp = self.outbox / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(local_path, "rb") as src, open(tmp, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, self.outbox / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.outbox)
+        os.close(self._open(self.outbox, "write receipt"))  # a symlink: refused with its name
+        with open(local_path, "rb") as src, atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
     # -- waiting
 

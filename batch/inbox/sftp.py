@@ -13,27 +13,47 @@
   existing target (OpenSSH implements it with link + unlink), so two instances can never
   take the same file. Receipts are uploaded under a temporary dotfile name, then renamed
   with the posix-rename extension (atomic replace) where the server has it.
+- Names travel as bytes: a name that is not UTF-8 is listed (paramiko's own listing would
+  fail on it) and moved with its real bytes, and shown escaped (`fsutil.display_name`).
+- The service's folders on the server (processing/, archive/, error/, outbox/) must be
+  real folders: a symlink there is refused (lstat) at connect and before every move or upload.
+- After every (re)connect, temporaries a killed upload left in the outbox are removed once
+  they are an hour old (by the server's mtime; an upload in progress keeps its mtime fresh);
+  stale `.part` downloads in the staging folder are removed before the next download.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import posixpath
-import secrets
+import re
 import socket
 import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
+from paramiko.sftp_attr import SFTPAttributes
 from pydantic import SecretStr
 
 from batch.config.secrets import SecretResolutionError
+from batch.fsutil import (
+    PART_SUFFIX,
+    display_name,
+    is_temporary_name,
+    named_error,
+    remove_stale_temporaries,
+    symlink_refusal,
+    temporary_basename,
+    temporary_name,
+)
 from batch.inbox.base import (
     name_is_safe,
     left_in_processing,
@@ -49,6 +69,7 @@ from batch.inbox.base import (
     SftpLocation,
     check_name,
     folder_path,
+    marker_name,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness
@@ -57,6 +78,72 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_NAME_ATTEMPTS = 20
+REMOTE_STALE_SECONDS = 3600.0  # by the server's clock: an hour is safe against clock skew
+
+
+def _b(path: str) -> bytes:
+    """A remote path as the bytes to send (a surrogate-escaped name gets its real bytes back)."""
+    return os.fsencode(path)
+
+
+class _StagingWriter:
+    """The local side of a download: its write errors (a full disk) name the staging file,
+    not the remote one."""
+
+    def __init__(self, out: BinaryIO, operation: str, path: Path) -> None:
+        self._out, self._operation, self._path = out, operation, path
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._out.write(data)
+        except OSError as exc:
+            raise named_error(self._operation, self._path, exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except OSError as exc:
+            raise named_error(self._operation, self._path, exc) from exc
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch in put!\s+(\d+) != (\d+)")
+
+
+def _short_upload(exc: OSError) -> OSError:
+    """paramiko's "size mismatch in put!  0 != 200" (pipelined writes that the server did not
+    store, e.g. on a full disk) as a sentence; any other error as it is."""
+    found = _SIZE_MISMATCH.search(str(exc))
+    if found is None:
+        return exc
+    return OSError(None, f"the server stored only {found.group(1)} of {found.group(2)} bytes "
+                         "(often a full disk or a quota)")
+
+
+def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]:
+    """`SFTPClient.listdir_attr`, but names that are not UTF-8 come back surrogate-escaped
+    (like `os.listdir`) instead of failing the whole listing with UnicodeDecodeError."""
+    kind, msg = sftp._request(CMD_OPENDIR, _b(folder))
+    if kind != CMD_HANDLE:
+        raise SFTPError("Expected handle")
+    handle = msg.get_binary()
+    found = []
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                break
+            if kind != CMD_NAME:
+                raise SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                filename = os.fsdecode(msg.get_string())
+                longname = msg.get_string().decode("utf-8", "replace")
+                attr = SFTPAttributes._from_msg(msg, filename, longname)
+                if filename not in (".", ".."):
+                    found.append(attr)
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return found
 
 # Signature algorithms that carry an RSA host key (known_hosts records it as ssh-rsa).
 _KEY_TYPE_ALGORITHMS = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
@@ -145,6 +232,12 @@ class SftpInbox(Inbox):
         self._retry_at = 0.0
         self._last_error: InboxError | None = None
         self._closed = threading.Event()
+        self._staging_cleaned: set[Path] = set()
+
+    def _label(self, folder: str) -> str:
+        s = self.settings
+        return {self.processing: s.processing_dir, self.archive: s.archive_dir, self.error: s.error_dir,
+                self.outbox: s.outbox_dir}[folder]
 
     # ------------------------------------------------------------------ connection
 
@@ -234,7 +327,9 @@ class SftpInbox(Inbox):
             except FileNotFoundError as exc:
                 raise InboxError(f"inbox folder {self.root} does not exist on {loc.host}") from exc
             for folder in (self.processing, self.archive, self.error, self.outbox):
-                self._ensure_folder(sftp, folder)
+                self._ensure_folder(sftp, folder, self._label(folder))
+            self._remove_stale_uploads(sftp)
+            self._staging_cleaned.clear()
             return sftp
         except BaseException:
             transport.close()
@@ -286,23 +381,68 @@ class SftpInbox(Inbox):
         if not transport.is_authenticated():
             raise InboxError(f"{loc.display}: authentication as {loc.user} failed")
 
-    @classmethod
-    def _ensure_folder(cls, sftp: paramiko.SFTPClient, folder: str) -> None:
-        """Create `folder` (and missing parents) unless it exists."""
+    def _ensure_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
+        """Create `folder` (and missing parents) unless it exists; refuse it if it is a symlink."""
         try:
-            if stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
-                return
-            raise InboxError(f"{folder} exists on the server but is not a folder")
+            self._check_folder(sftp, folder, label)
+            return
         except FileNotFoundError:
             pass
         parent = posixpath.dirname(folder)
-        if parent != folder:
-            cls._ensure_folder(sftp, parent)
+        if parent != folder and not self._exists(sftp, parent):
+            self._ensure_folder(sftp, parent, label)
         try:
-            sftp.mkdir(folder)
-        except OSError:
-            if not stat.S_ISDIR(sftp.stat(folder).st_mode or 0):  # created meanwhile by another instance?
-                raise
+            sftp.mkdir(_b(folder))
+        except OSError as exc:
+            if not self._exists(sftp, folder):  # created meanwhile by another instance?
+                raise InboxError(f"{self.location.display}: {named_error(f'create the {label} folder', folder, exc)}") from exc
+        self._check_folder(sftp, folder, label)
+
+    def _check_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
+        """The folder must be a real folder: FileNotFoundError if missing, InboxError if a symlink or a file."""
+        mode = sftp.lstat(_b(folder)).st_mode or 0
+        if stat.S_ISLNK(mode):
+            raise InboxError(f"{self.location.display}: {symlink_refusal(folder, f'the {label} folder')}")
+        if not stat.S_ISDIR(mode):
+            raise InboxError(f"{self.location.display}: the {label} folder {display_name(folder)} exists "
+                             "on the server but is not a folder")
+
+    def _check_own(self, sftp: paramiko.SFTPClient, *folders: str) -> None:
+        """Before a move or an upload: the own folders involved are still real folders."""
+        for folder in folders:
+            try:
+                self._check_folder(sftp, folder, self._label(folder))
+            except FileNotFoundError as exc:
+                raise InboxError(f"{self.location.display}: the {self._label(folder)} folder "
+                                 f"{display_name(folder)} is gone from the server") from exc
+
+    def _remove_stale_uploads(self, sftp: paramiko.SFTPClient) -> None:
+        """Temporaries a killed receipt upload left in the outbox; failures are only logged."""
+        try:
+            for attr in listdir_attr(sftp, self.outbox):
+                if (is_temporary_name(attr.filename) and stat.S_ISREG(attr.st_mode or 0)
+                        and (attr.st_mtime or 0) < time.time() - REMOTE_STALE_SECONDS):
+                    path = posixpath.join(self.outbox, attr.filename)
+                    sftp.remove(_b(path))
+                    log.info("%s: removed %s, a temporary a killed receipt upload left", self.location.display,
+                             display_name(path))
+        except (OSError, SFTPError) as exc:
+            log.warning("%s: could not clean stale temporaries in %s: %s", self.location.display,
+                        display_name(self.outbox), exc)
+
+    def _clean_staging(self, staging_dir: Path) -> None:
+        """Downloads and receipts a killed run left half-written in the staging folder."""
+        if staging_dir in self._staging_cleaned:
+            return
+        self._staging_cleaned.add(staging_dir)
+        for folder in (staging_dir, staging_dir / "receipts"):
+            try:
+                for stale in remove_stale_temporaries(folder):
+                    log.info("%s: removed %s, a temporary a killed download or receipt write left",
+                             self.location.display, display_name(str(stale)))
+            except OSError as exc:
+                log.warning("%s: could not clean stale temporaries in %s: %s", self.location.display,
+                            display_name(str(folder)), exc)
 
     def _drop(self) -> None:
         sftp, transport = self._sftp, self._transport
@@ -314,21 +454,24 @@ class SftpInbox(Inbox):
                 except Exception:  # noqa: BLE001 - closing a dead connection may fail in any way
                     pass
 
-    def _run(self, what: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
+    def _run(self, what: str, operation: Callable[[paramiko.SFTPClient], T], where: str | None = None) -> T:
         """Run one operation on the session; a dead connection becomes InboxUnavailable.
 
         SFTP status errors (no such file, permission denied) arrive as OSError on a live
-        connection and are passed through unchanged."""
+        connection and keep their class, their message naming the operation and `where`."""
         sftp = self._session()
         try:
             return operation(sftp)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if isinstance(exc, (TimeoutError, EOFError, paramiko.SSHException)) or not self.connected:
                 self._drop()
+                of = f" of {display_name(where)}" if where is not None else ""
                 raise InboxUnavailable(
-                    f"{self.location.display}: connection lost during {what}: {type(exc).__name__}: {exc}"
+                    f"{self.location.display}: connection lost during {what}{of}: {type(exc).__name__}: {exc}"
                 ) from exc
-            raise
+            if where is None or not isinstance(exc, OSError):
+                raise
+            raise named_error(what, f"{self._where}{where}", exc) from exc
 
     # ------------------------------------------------------------------ scanning
 
@@ -337,7 +480,7 @@ class SftpInbox(Inbox):
 
     def _list(self, sftp: paramiko.SFTPClient, folder: str) -> list[FileStat]:
         entries = []
-        for attr in sftp.listdir_attr(folder):
+        for attr in listdir_attr(sftp, folder):
             if not self._safe(attr.filename):
                 continue
             # listdir reports lstat(): symlinks are not regular files and are never followed.
@@ -346,28 +489,29 @@ class SftpInbox(Inbox):
         return entries
 
     def scan(self) -> list[Candidate]:
-        listing = self._run("scan", lambda sftp: self._list(sftp, self.root))
+        listing = self._run("list", lambda sftp: self._list(sftp, self.root), self.root)
         return self._readiness.observe(listing)
 
     def resume(self) -> list[Claimed]:
-        return left_in_processing(self._run("resume", lambda sftp: self._list(sftp, self.processing)), self._rules)
+        return left_in_processing(self._run("list", lambda sftp: self._list(sftp, self.processing), self.processing),
+                                  self._rules)
 
     # ------------------------------------------------------------------ moves
 
     @staticmethod
     def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
         try:
-            sftp.lstat(path)
+            sftp.lstat(_b(path))
             return True
         except FileNotFoundError:
             return False
 
-    def _move(self, sftp: paramiko.SFTPClient, src: str, folder: str, name: str) -> str:
+    def _move(self, sftp: paramiko.SFTPClient, src: str, folder: str, name: str, operation: str) -> str:
         """Rename `src` into `folder` as `name` (a timestamped name if taken); FileNotFoundError if `src` is gone."""
         target = name
         for attempt in range(_MAX_NAME_ATTEMPTS):
             try:
-                sftp.rename(src, posixpath.join(folder, target))
+                sftp.rename(_b(src), _b(posixpath.join(folder, target)))
                 return target
             except OSError as exc:
                 if not self.connected:
@@ -375,35 +519,47 @@ class SftpInbox(Inbox):
                 if not self._exists(sftp, src):
                     raise FileNotFoundError(errno.ENOENT, "gone", src) from exc
                 if not self._exists(sftp, posixpath.join(folder, target)):
-                    raise InboxError(f"cannot move {src} to {folder}/{target}: {exc}") from exc
+                    raise named_error(operation, f"{self._where}{posixpath.join(folder, target)}", exc) from exc
                 target = stamped_name(name, attempt=attempt)
-        raise InboxError(f"no free name for {name} in {folder} after {_MAX_NAME_ATTEMPTS} attempts")
+        raise InboxError(f"cannot {operation}: {self._where}{display_name(posixpath.join(folder, name))}: "
+                         f"no free name after {_MAX_NAME_ATTEMPTS} attempts")
+
+    @property
+    def _where(self) -> str:
+        """`sftp://user@host:port` (paths follow)."""
+        loc = self.location
+        return f"sftp://{loc.user}@{loc.host}:{loc.port}"
 
     def claim(self, candidate: Candidate) -> Claimed | None:
         name = check_name(candidate.name)
         if candidate.marker is not None:
             check_name(candidate.marker)
 
+        what = f"claim into {self.settings.processing_dir}/"
+
         def operation(sftp: paramiko.SFTPClient) -> Claimed | None:
+            self._check_own(sftp, self.processing)
             try:
-                target = self._move(sftp, posixpath.join(self.root, name), self.processing, name)
+                target = self._move(sftp, posixpath.join(self.root, name), self.processing, name, what)
             except FileNotFoundError:
-                log.info("%s: %s was claimed by another instance", self.location.display, name)
+                log.info("%s: %s was claimed by another instance", self.location.display, display_name(name))
                 return None
-            attrs = sftp.stat(posixpath.join(self.processing, target))
+            attrs = sftp.stat(_b(posixpath.join(self.processing, target)))
             marker = None
             if candidate.marker is not None:
-                marker_target = target + candidate.marker[len(name):]
+                marker_target = marker_name(target, name, candidate.marker)
                 try:
-                    sftp.rename(posixpath.join(self.root, candidate.marker), posixpath.join(self.processing, marker_target))
+                    sftp.rename(_b(posixpath.join(self.root, candidate.marker)),
+                                _b(posixpath.join(self.processing, marker_target)))
                     marker = marker_target
                 except OSError as exc:
                     if not self.connected:
                         raise
-                    log.warning("%s: marker %s not moved with %s: %s", self.location.display, candidate.marker, name, exc)
-            return Claimed(target, name, int(attrs.st_size or 0), float(attrs.st_mtime or 0), marker)
+                    log.warning("%s: marker %s not moved with %s: %s", self.location.display,
+                                display_name(candidate.marker), display_name(name), exc)
+            return Claimed(target, display_name(name), int(attrs.st_size or 0), float(attrs.st_mtime or 0), marker)
 
-        result = self._run(f"claim of {name}", operation)
+        result = self._run(what, operation, posixpath.join(self.processing, name))
         self._readiness.forget(name)
         return result
 
@@ -413,44 +569,57 @@ class SftpInbox(Inbox):
             check_name(claimed.marker)
         folder = self.archive if ok else self.error
 
+        what = f"move to {self.settings.archive_dir if ok else self.settings.error_dir}/"
+
         def operation(sftp: paramiko.SFTPClient) -> str:
-            target = self._move(sftp, posixpath.join(self.processing, name), folder, name)
+            self._check_own(sftp, self.processing, folder)
+            target = self._move(sftp, posixpath.join(self.processing, name), folder, name, what)
             if claimed.marker is not None:
                 try:
                     self._move(sftp, posixpath.join(self.processing, claimed.marker), folder,
-                               target + claimed.marker[len(name):])
+                               marker_name(target, name, claimed.marker), what)
                 except FileNotFoundError:
                     pass
             return target
 
-        return self._run(f"{'archive' if ok else 'error'} move of {name}", operation)
+        return self._run(what, operation, posixpath.join(folder, name))
 
     # ------------------------------------------------------------------ content
 
     def open_local(self, claimed: Claimed, staging_dir: Path) -> Path:
         name = check_name(claimed.name)
         remote = posixpath.join(self.processing, name)
-        staging_dir.mkdir(parents=True, exist_ok=True)
+        what = "download to staging"
+        try:
+            staging_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise named_error(what, staging_dir, exc) from exc
+        self._clean_staging(staging_dir)
         final = staging_dir / name
-        tmp = staging_dir / f".{name}.{secrets.token_hex(4)}.part"
+        tmp = temporary_name(final, PART_SUFFIX)
 
         def download(sftp: paramiko.SFTPClient) -> None:
-            size = int(sftp.stat(remote).st_size or 0)
-            with open(tmp, "wb") as out:
+            size = int(sftp.stat(_b(remote)).st_size or 0)
+            try:
+                out = open(tmp, "xb")
+            except OSError as exc:
+                raise named_error(what, tmp, exc) from exc
+            with out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # "alive": a stale-temporary sweep leaves it alone
+                staged = _StagingWriter(out, what, tmp)
                 # getfo is what SFTPClient.get uses: prefetch (pipelined reads) on.
-                written = sftp.getfo(
-                    remote, out, prefetch=True, max_concurrent_prefetch_requests=self.settings.prefetch_max_requests
-                )
-                out.flush()
+                written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]
+                                     max_concurrent_prefetch_requests=self.settings.prefetch_max_requests)
+                staged.flush()
                 local_size = os.fstat(out.fileno()).st_size
             if not written == local_size == size:
                 raise InboxError(
-                    f"download of {remote} incomplete: {written} bytes received, {local_size} written, "
-                    f"{size} expected"
+                    f"download of {display_name(remote)} incomplete: {written} bytes received, {local_size} "
+                    f"written, {size} expected"
                 )
 
         try:
-            self._run(f"download of {name}", download)
+            self._run(what, download, remote)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -459,29 +628,33 @@ class SftpInbox(Inbox):
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)
         final = posixpath.join(self.outbox, name)
-        tmp = posixpath.join(self.outbox, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = posixpath.join(self.outbox, temporary_basename(name))
 
         def upload(sftp: paramiko.SFTPClient) -> None:
+            self._check_own(sftp, self.outbox)
             try:
-                sftp.put(str(local_path), tmp, confirm=True)  # confirm: stat and compare the size
                 try:
-                    sftp.posix_rename(tmp, final)
+                    sftp.put(str(local_path), _b(tmp), confirm=True)  # confirm: stat and compare the size
+                except OSError as exc:
+                    raise _short_upload(exc) from exc
+                try:
+                    sftp.posix_rename(_b(tmp), _b(final))
                 except OSError:
                     if not self.connected:
                         raise
                     # No posix-rename extension: the standard rename does not replace a target.
                     if self._exists(sftp, final):
-                        sftp.remove(final)
-                    sftp.rename(tmp, final)
+                        sftp.remove(_b(final))
+                    sftp.rename(_b(tmp), _b(final))
             except BaseException:
                 if self.connected:
                     try:
-                        sftp.remove(tmp)
+                        sftp.remove(_b(tmp))
                     except OSError:
                         pass
                 raise
 
-        self._run(f"receipt upload of {name}", upload)
+        self._run("upload receipt", upload, final)
 
     # ------------------------------------------------------------------ waiting
 
