@@ -348,7 +348,7 @@ def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
     assert errors == []
     finished = journal.finish_file(file_id, "done")
     assert finished.counts == {"accepted": 3000, "rejected": 1000, "invalid": 0, "failed": 0,
-                               "duplicate": 0, "pending": 0}
+                               "duplicate": 0, "not_sent": 0, "pending": 0}
 
 
 def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
@@ -392,7 +392,7 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
         resumed = journal.begin_file("a.csv", SHA_A, 100, "feed")
         assert resumed.outcome == "resumed" and resumed.file.id == file_id
         assert resumed.file.counts == {"accepted": 40, "rejected": 0, "invalid": 0, "failed": 1,
-                                       "duplicate": 0, "pending": 59}
+                                       "duplicate": 0, "not_sent": 0, "pending": 59}
         failed = journal.get_event(file_id, 41)
         assert (failed.attempts, failed.http_status, failed.message) == (4, 503, "down")
         assert [e.line for e in journal.to_send(file_id)] == list(range(42, 101))
@@ -464,7 +464,7 @@ def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
     assert finished.state == "done" and finished.finished and finished.recorded
     assert finished.finished_at >= finished.started_at
     assert finished.counts == {"accepted": 1, "rejected": 1, "invalid": 1, "failed": 1,
-                               "duplicate": 1, "pending": 0}
+                               "duplicate": 1, "not_sent": 0, "pending": 0}
 
 
 def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:

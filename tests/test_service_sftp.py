@@ -232,7 +232,7 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
     assert "r.csv: 5 accepted" in out
     assert "receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
     assert receipt(outbox, "r.csv")["counts"] == {
-        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "pending": 0}
+        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0}
     assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
     assert set(sandbox.accepted_ids) == ids("R", 5)
     assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind
