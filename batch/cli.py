@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -566,6 +567,11 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     from batch.logs import setup_logging
     from batch.service import Service
 
+    # A stop request that comes while the configuration is loaded and the service is built
+    # is kept and honoured as soon as the service runs (the default handler would kill it).
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     loaded = _load_service(config_path)
     settings = loaded.config.logging
     redactor = setup_logging("DEBUG" if ctx.obj.get("debug") else settings.level, settings.format)
@@ -574,7 +580,14 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     except SecretResolutionError as exc:
         raise Unusable(str(exc)) from None
     service.install_signal_handlers()
-    raise SystemExit(service.run())
+    if early:
+        service.request_stop(early[0])
+    code = service.run()
+    # The interpreter's shutdown puts the default handlers back: a SIGTERM arriving then would
+    # kill the process (exit -15) although the service stopped cleanly. Nothing is left to stop.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(code)
 
 
 @main.command("validate-config")

@@ -514,6 +514,20 @@ class Journal:
 
     # -- lifecycle
 
+    def reopen(self) -> None:
+        """Open a fresh connection to the same path (after JournalUnavailable: a file system
+        that was remounted or repaired is only seen by a new connection). Raises
+        JournalUnavailable while the file still cannot be opened."""
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            with self._unavailable_as("open it again"):
+                self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                             isolation_level=None, check_same_thread=False)
+                self._configure()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -697,13 +711,18 @@ class Journal:
         return self.get_file(file_id)
 
     def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None:
-        """The latest finished (done or error) file of this feed with this name and content.
+        """The file of this feed with this name and content, if its latest record is finished.
 
         A file resumed from processing/ that the journal already finished was killed (or
         failed) between finishing and its archive move: its receipt is this record's."""
-        rows = self._read("SELECT id FROM files WHERE feed = ? AND sha256 = ? AND name = ?"
-                          " AND state IN ('done', 'error') ORDER BY id DESC LIMIT 1",
-                          (feed, sha256, name), "look the file up")
+        rows = self._read("SELECT id, state FROM files WHERE feed = ? AND sha256 = ? AND name = ?"
+                          " ORDER BY id DESC LIMIT 1", (feed, sha256, name), "look the file up")
+        return self.get_file(rows[0][0]) if rows and rows[0][1] in FILE_FINAL_STATES else None
+
+    def unfinished_named(self, feed: str, name: str) -> FileRecord | None:
+        """The latest unfinished (processing) file of this feed with this name, if any."""
+        rows = self._read("SELECT id FROM files WHERE feed = ? AND name = ? AND state = 'processing'"
+                          " ORDER BY id DESC LIMIT 1", (feed, name), "look the file up")
         return self.get_file(rows[0][0]) if rows else None
 
     def set_mapping_version(self, file_id: int, version: str) -> None:

@@ -64,12 +64,21 @@ class StorageFault(Exception):
         self.operation, self.path, self.cause = operation, path, cause
 
 
-def write_receipt_or_fault(write: Callable[[], ReceiptPaths], receipt_dir: Path) -> ReceiptPaths:
-    """Write a receipt; an OSError becomes a StorageFault naming the receipt folder."""
+class ReceiptNotWritten(StorageFault):
+    """The journal has finished the file (`file`), but its receipt could not be written."""
+
+    def __init__(self, path: Path, cause: OSError, file: FileRecord | None) -> None:
+        super().__init__("writing the receipt", path, cause)
+        self.file = file
+
+
+def write_receipt_or_fault(write: Callable[[], ReceiptPaths], receipt_dir: Path,
+                           file: FileRecord | None = None) -> ReceiptPaths:
+    """Write a receipt; an OSError becomes ReceiptNotWritten naming the receipt folder."""
     try:
         return write()
     except OSError as exc:
-        raise StorageFault("writing the receipt", receipt_dir, exc) from exc
+        raise ReceiptNotWritten(receipt_dir, exc, file) from exc
 
 
 def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptFormat:
@@ -185,7 +194,7 @@ class Processor:
         if begun.outcome == "already_processed":
             log.info("%s: already processed as %s; nothing sent", name, begun.original.name if begun.original else "?")
             receipt = write_receipt_or_fault(
-                lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir)
+                lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
             return FileOutcome("skipped", file, receipt, file.error)
         if begun.outcome == "resumed":
             log.info("%s: resuming file #%d after an interruption", name, file.id)
@@ -201,19 +210,24 @@ class Processor:
                 log.error("%s", message)
                 file = self.journal.finish_file(file.id, "error", error=str(exc))
                 receipt = write_receipt_or_fault(
-                    lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir)
+                    lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
                 return FileOutcome("error", file, receipt, str(exc))
             self.journal.mark_recorded(file.id)
         return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False)
 
     def _finished_again(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> FileOutcome:
+        receipt = self.write_receipt_of(file, feed, receipt_dir)
+        status: FileStatus = "done" if file.state == "done" else "skipped" if file.state == "skipped" else "error"
+        return FileOutcome(status, file, receipt, None if status == "done" else file.error)
+
+    def write_receipt_of(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> ReceiptPaths:
+        """(Re)write the receipt of a finished file from the journal: one row per event for a
+        done file, the file-level one otherwise. Raises ReceiptNotWritten."""
         if file.state == "done":
-            receipt = write_receipt_or_fault(lambda: write_receipt(
-                receipt_dir, file, self.journal.file_events(file.id), feed.receipt_format), receipt_dir)
-            return FileOutcome("done", file, receipt, None)
-        receipt = write_receipt_or_fault(
-            lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir)
-        return FileOutcome("error", file, receipt, file.error)
+            return write_receipt_or_fault(lambda: write_receipt(
+                receipt_dir, file, self.journal.file_events(file.id), feed.receipt_format), receipt_dir, file)
+        return write_receipt_or_fault(
+            lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
 
     def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
                      earlier: "dict[str, FeedRuntime]") -> FeedRuntime | None:
@@ -327,7 +341,8 @@ class Processor:
         else:
             file = journal.finish_file(file_id, "done")
         receipt = write_receipt_or_fault(
-            lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format), receipt_dir)
+            lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format),
+            receipt_dir, file)
         return FileOutcome("done", file, receipt, None, report)
 
 
