@@ -96,3 +96,96 @@ def test_F10_second_sigterm_during_shutdown_exits_0(tmp_path: Path, sandbox, api
                 service.signal(signal.SIGTERM)
             time.sleep(0.001)
         assert service.wait(30) == 0, f"trial {trial}: exit {service.proc.returncode}\n{service.text()}"
+
+
+# --------------------------------------------------------------------------- F1 / D7
+
+
+def test_F1_file_failing_during_resume_is_retried(tmp_path: Path, sandbox, apicode_env) -> None:
+    """SIGTERM mid-file; restart while the token endpoint answers 400; clear the fault after
+    "cannot deliver": the file resumes within the promised time, before any newer file."""
+    sandbox.set_faults(latency_ms=3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}])
+    drop(inbox, "big.csv", export("B", 3000))
+    first = ServiceProcess(config, tmp_path / "first.log")
+    wait_until(lambda: len(sandbox.arrivals) >= 1000, 60, what="1,000 arrivals")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.text()
+    assert (inbox / "processing" / "big.csv").exists()
+
+    sandbox.set_faults(token_script=[400] * 1000)
+    sandbox.revoke_tokens()
+    second = ServiceProcess(config, tmp_path / "second.log")
+    try:
+        second.wait_log("cannot deliver to Ropo One")
+        drop(inbox, "newer.csv", export("N", 10))  # must wait behind big.csv
+        time.sleep(0.5)
+        sandbox.set_faults()
+        promised = float(second.text().split("is resumed in ")[1].split(" s")[0])
+        wait_until(lambda: (inbox / "archive" / "big.csv").exists(), promised + 15, what="big.csv archived")
+        wait_until(lambda: (inbox / "archive" / "newer.csv").exists(), 15, what="newer.csv archived")
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait(30)
+    accepted = sandbox.accepted_ids
+    assert set(accepted) == ids("B", 3000) | ids("N", 10)
+    assert max(accepted.index(i) for i in ids("B", 3000)) < min(accepted.index(i) for i in ids("N", 10))
+    assert receipt(inbox / "outbox", "big.csv")["counts"]["accepted"] == 3000
+
+
+def _fail_recording_after(monkeypatch: pytest.MonkeyPatch, records: int) -> None:
+    """A library error half-way through mapping (a stand-in for a bug: a TypeError)."""
+    import batch.pipeline as pipeline
+
+    real = pipeline.mapped_file
+
+    def failing(compiled, path):  # type: ignore[no-untyped-def]
+        seen = 0
+        for chunk in real(compiled, path):
+            yield chunk
+            seen += len(chunk)
+            if seen >= records:
+                raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(pipeline, "mapped_file", failing)
+
+
+def test_D7_D14_file_that_keeps_failing_goes_to_error_with_receipt_across_restarts(
+        tmp_path: Path, sandbox, apicode_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_recording_after(monkeypatch, 5200)  # after the first batch of 5,000 was journaled
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}])
+    drop(inbox, "bad.csv", export("X", 6000))
+    with ServiceThread(config) as runner:
+        runner.wait_log("bad.csv failed (attempt 1 of 3)")
+        wait_until(lambda: runner.service.workers["local"].last_error is not None, 5, what="last_error")
+        health = runner.service.health()[1]["feeds"]["local"]
+        assert health["state"] == "retrying"
+        assert health["last_error"] == ("bad.csv: TypeError: unsupported operand type(s) for +: "
+                                        "'int' and 'NoneType'")
+    assert (inbox / "processing" / "bad.csv").exists()
+    # a restart does not start the count again
+    assert journal_rows(journal_of(tmp_path), "SELECT attempts FROM file_attempts") == [(1,)]
+    drop(inbox, "newer.csv", export("N", 5))
+    with ServiceThread(config) as runner:
+        runner.wait_log("bad.csv failed (attempt 2 of 3)")
+        assert not sandbox.arrivals  # the newer file waits behind the failing one
+        runner.wait_log("bad.csv failed 3 time(s)", timeout=30)
+        wait_until(lambda: (inbox / "archive" / "newer.csv").exists(), 30, what="newer.csv archived")
+    assert (inbox / "error" / "bad.csv").exists()
+    summary = receipt(inbox / "outbox", "bad.csv")
+    assert summary["state"] == "error"
+    assert summary["error"].startswith("failed 3 times: TypeError: unsupported operand")
+    # D14: what was journaled before the failure is not left pending
+    assert summary["counts"]["pending"] == 0 and summary["counts"]["not_sent"] == summary["records"] == 5120
+    rows = journal_rows(journal_of(tmp_path),
+                        "SELECT DISTINCT e.state, e.message FROM events e JOIN files f ON f.id = e.file_id"
+                        " WHERE f.name = 'bad.csv'")
+    assert rows == [("not_sent", "file error: " + summary["error"])]
+    csv_text = (inbox / "outbox" / "bad.csv.receipt.csv").read_text()
+    assert "file_error" in csv_text
+    assert journal_rows(journal_of(tmp_path), "SELECT * FROM file_attempts") == []
+    assert set(sandbox.accepted_ids) == ids("N", 5)
