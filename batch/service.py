@@ -661,7 +661,7 @@ class FeedWorker(threading.Thread):
         if finishing.file_id is not None:
             self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, problem))
         log.error("feed %s: %s: processed, but %s (attempt %d); it stays in processing/, the feed goes on with its "
-                  "next files and tries again in %.0f s", self.feed, name, problem, finishing.failures, delay,
+                  "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
                   extra={"feed": self.feed, "file": name})
         if self.service.once:
             self.exit_code = max(self.exit_code, EXIT_UNUSABLE)

@@ -189,3 +189,53 @@ def test_D7_D14_file_that_keeps_failing_goes_to_error_with_receipt_across_restar
     assert "file_error" in csv_text
     assert journal_rows(journal_of(tmp_path), "SELECT * FROM file_attempts") == []
     assert set(sandbox.accepted_ids) == ids("N", 5)
+
+
+# --------------------------------------------------------------------------- F3 / F4: a full outbox
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for block in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * block)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_F4_F3_receipt_that_cannot_be_written_is_retried_without_a_wrong_receipt(
+        tmp_path: Path, sandbox, apicode_env) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0,
+                                               "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 0.5}])
+    with tmpfs(inbox / "outbox", "64k") as outbox:
+        filler = fill(outbox)
+        drop(inbox, "full.csv", export("F", 500))
+        with ServiceThread(config) as runner:
+            runner.wait_log("full.csv: processed, but writing its receipt failed")
+            runner.wait_log("(attempt 3)")
+            drop(inbox, "next.csv", export("G", 5))  # a delivered file does not hold the feed
+            wait_until(lambda: len(sandbox.accepted_ids) == 505, 30, what="next.csv delivered")
+            text = runner.logs.text
+            assert f"writing its receipt failed: writing the receipt: {outbox}: No space left on device" in text
+            health = runner.service.health()[1]["feeds"]["local"]
+            assert "writing its receipt failed" in health["last_error"]
+            assert (inbox / "processing" / "full.csv").exists()
+            assert "Already processed" not in text
+            filler.unlink()
+            wait_until(lambda: (inbox / "archive" / "full.csv").exists(), 20, what="full.csv archived")
+            wait_until(lambda: (inbox / "archive" / "next.csv").exists(), 20, what="next.csv archived")
+        summary = receipt(outbox, "full.csv")
+        assert summary["state"] == "done" and summary["counts"]["accepted"] == 500
+        assert "already_processed" not in (outbox / "full.csv.receipt.csv").read_text()
+        assert receipt(outbox, "next.csv")["counts"]["accepted"] == 5
+    states = journal_rows(journal_of(tmp_path), "SELECT name, state, finish_problem FROM files ORDER BY id")
+    assert states == [("full.csv", "done", None), ("next.csv", "done", None)]  # no 'skipped' rows
+    assert sorted(sandbox.accepted_ids) == sorted(ids("F", 500) | ids("G", 5))
+    assert not sandbox.duplicates
