@@ -239,3 +239,37 @@ def test_F4_F3_receipt_that_cannot_be_written_is_retried_without_a_wrong_receipt
     assert states == [("full.csv", "done", None), ("next.csv", "done", None)]  # no 'skipped' rows
     assert sorted(sandbox.accepted_ids) == sorted(ids("F", 500) | ids("G", 5))
     assert not sandbox.duplicates
+
+
+# --------------------------------------------------------------------------- F5: archive/ refuses the move
+
+
+def test_F5_archive_that_refuses_the_move_does_not_hold_the_next_files(
+        tmp_path: Path, sandbox, apicode_env) -> None:
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr(1) to make archive/ refuse writes (root ignores permissions)")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0,
+                                               "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 0.5}])
+    with ServiceThread(config) as runner:
+        runner.wait_log("watching 1 feed(s)")
+        wait_until(lambda: (inbox / "archive").is_dir(), 10, what="archive/")
+        if subprocess.run(["chattr", "+i", str(inbox / "archive")], capture_output=True).returncode:
+            pytest.skip("this file system does not support the immutable attribute")
+        try:
+            drop(inbox, "a.csv", export("A", 20))
+            runner.wait_log("a.csv: processed, but moving a.csv from processing/ to archive/ failed")
+            drop(inbox, "b.csv", export("B", 20))
+            wait_until(lambda: len(sandbox.accepted_ids) == 40, 20, what="b.csv delivered")
+            assert receipt(inbox / "outbox", "b.csv")["counts"]["accepted"] == 20
+            problem = journal_rows(journal_of(tmp_path), "SELECT finish_problem FROM files WHERE name = 'a.csv'")
+            assert problem[0][0].startswith("moving a.csv from processing/ to archive/ failed: ")
+            assert "Operation not permitted" in problem[0][0]
+        finally:
+            subprocess.run(["chattr", "-i", str(inbox / "archive")], capture_output=True)
+        wait_until(lambda: {p.name for p in (inbox / "archive").iterdir()} == {"a.csv", "b.csv"}, 20,
+                   what="both archived")
+    assert journal_rows(journal_of(tmp_path), "SELECT name, state, finish_problem FROM files ORDER BY id") == [
+        ("a.csv", "done", None), ("b.csv", "done", None)]
+    assert not sandbox.duplicates
