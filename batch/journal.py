@@ -503,6 +503,7 @@ class Journal:
         self.busy_timeout_s = busy_timeout_s
         self.clock = clock
         self._lock = threading.RLock()
+        self._closed_by_fault = False
         self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                      isolation_level=None, check_same_thread=False)
         try:
@@ -523,10 +524,24 @@ class Journal:
                 self._conn.close()
             except sqlite3.Error:
                 pass
-            with self._unavailable_as("open it again"):
-                self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                             isolation_level=None, check_same_thread=False)
-                self._configure()
+            self._closed_by_fault = True  # until a new connection works: every call tries again
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        try:
+            # mode=rw: a missing file (its disk not mounted yet) is an error, not a new journal
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                   timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as error:
+            raise JournalUnavailable(self.path, "open it again", error) from error
+        self._conn = conn
+        try:
+            self._configure()
+        except sqlite3.Error as error:
+            conn.close()
+            raise JournalUnavailable(self.path, "open it again", error) from error
+        self._closed_by_fault = False
 
     def close(self) -> None:
         with self._lock:
@@ -597,6 +612,8 @@ class Journal:
 
     @contextmanager
     def _unavailable_as(self, operation: str) -> Iterator[None]:
+        if self._closed_by_fault:
+            self._reconnect()
         try:
             yield
         except sqlite3.Error as error:

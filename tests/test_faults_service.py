@@ -273,3 +273,81 @@ def test_F5_archive_that_refuses_the_move_does_not_hold_the_next_files(
     assert journal_rows(journal_of(tmp_path), "SELECT name, state, finish_problem FROM files ORDER BY id") == [
         ("a.csv", "done", None), ("b.csv", "done", None)]
     assert not sandbox.duplicates
+
+
+# --------------------------------------------------------------------------- F2: the journal's disk turns read-only
+
+
+@contextlib.contextmanager
+def ext4_remount_ro(path: Path, image: Path) -> Iterator[dict[str, object]]:
+    """A small ext4 (loop device, errors=remount-ro) at `path`; `fail()` triggers an ext4 error
+    (the kernel remounts it read-only), `repair()` unmounts, checks and mounts it again."""
+    if not _can_mount() or shutil.which("mkfs.ext4") is None or shutil.which("e2fsck") is None:
+        pytest.skip("needs root, mount(8), mkfs.ext4 and e2fsck for a loop-mounted ext4")
+    subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+    def mount() -> None:
+        done = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(path)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot loop-mount an ext4 image here: {done.stderr.strip()}")
+
+    def device() -> str:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if fields[1] == str(path):
+                return Path(fields[0]).name
+        raise AssertionError(f"{path} is not mounted")
+
+    def fail() -> None:
+        Path(f"/sys/fs/ext4/{device()}/trigger_fs_error").write_text("test: journal disk fault")
+
+    def repair() -> None:
+        # what an operator does: unmount, check, mount again. The old file system goes away
+        # when its last open file is closed: the service's journal lets go of it when it
+        # tries to open the journal again after a pause.
+        subprocess.run(["umount", "-l", str(path)], check=True)
+        wait_until(lambda: not subprocess.run(["losetup", "-j", str(image)], capture_output=True,
+                                              text=True).stdout.strip(), 30, what="the old mount released")
+        subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)
+        mount()
+
+    mount()
+    if not Path(f"/sys/fs/ext4/{device()}/trigger_fs_error").exists():
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        pytest.skip("this kernel has no ext4 trigger_fs_error")
+    try:
+        yield {"fail": fail, "repair": repair}
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_F2_read_only_journal_pauses_the_feed_and_resumes(tmp_path: Path, sandbox, apicode_env) -> None:
+    sandbox.set_faults(latency_ms=2)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with ext4_remount_ro(tmp_path / "var", tmp_path / "var.ext4") as disk:
+        config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}])
+        drop(inbox, "big.csv", export("J", 3000))
+        with ServiceThread(config) as runner:
+            wait_until(lambda: len(sandbox.arrivals) >= 800, 60, what="800 arrivals")
+            disk["fail"]()  # type: ignore[operator]
+            runner.wait_log("the journal cannot be used: journal ")
+            text = runner.logs.text
+            assert f"journal {journal_of(tmp_path)}: cannot " in text
+            assert "big.csv stays in processing/; the feed pauses and tries again in" in text
+            health = runner.service.health()[1]["feeds"]["local"]
+            assert health["state"] == "paused"
+            assert health["last_error"].startswith(f"journal {journal_of(tmp_path)}: cannot ")
+            time.sleep(1.5)
+            assert (inbox / "processing" / "big.csv").exists()
+            assert not (inbox / "error").exists() or not list((inbox / "error").iterdir())
+            disk["repair"]()  # type: ignore[operator]
+            wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 60, what="big.csv archived")
+        summary = receipt(inbox / "outbox", "big.csv")
+        assert summary["counts"]["accepted"] + summary["counts"]["duplicate"] == 3000
+    assert set(sandbox.accepted_ids) == ids("J", 3000)
+    # at most the results of one batch in flight were lost with the disk: sent again, no more
+    assert sum(sandbox.duplicates.values()) <= 4 * 100
