@@ -393,13 +393,15 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     from rich.table import Table
 
     table = Table(header_style="bold")
-    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate", "pending"):
+    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate",
+                 "not_sent", "pending"):
         table.add_column(name, no_wrap=name != "file")
     for record in files:
         counts = record.counts
         table.add_row(
             str(record.id), record.feed, record.name, record.state, record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-            *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")),
+            *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent",
+                                                  "pending")),
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -410,6 +412,7 @@ def _file_summary(record: Any) -> dict[str, Any]:
         "sha256": record.sha256, "started": record.started_at.isoformat(),
         "finished": record.finished_at.isoformat() if record.finished_at else None,
         "counts": dict(record.counts), "error": record.error,
+        "mapping_version": record.mapping_version, "finish_problem": record.finish_problem, "note": record.note,
     }
 
 
@@ -421,7 +424,8 @@ def _exit_code(outcome: Any) -> int:
 
 def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
     counts = outcome.counts
-    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending") if counts.get(key))
+    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
+                                                         "not_sent", "pending") if counts.get(key))
     if outcome.status == "done":
         click.echo(f"{name}: {shown or 'no records'}")
     elif outcome.status == "skipped":

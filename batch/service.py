@@ -16,12 +16,16 @@ A file's way through a worker
     -> finish: done/skipped -> archive/, error (file-level) -> error/
 
 An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
-worker resumes what is in processing/ at start-up and after every reconnect, and the journal
-resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
+worker resumes what is in processing/ at start-up, after every reconnect and after every file
+that did not finish, oldest first, and takes nothing newer while one of them is unfinished; the
+journal resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
 (InboxUnavailable) is logged and retried with backoff, never fatal; a receipt upload or an
 archive move that met a dead connection is redone after the reconnect without processing the
-file again. An unexpected error on one file is retried a few times, then the file goes to
-error/; it never stops the service.
+file again; one that failed otherwise (permissions, a full disk) is noted in the journal and
+retried with backoff while the feed goes on. A journal or local disk that refuses a write pauses
+the feed (backoff) with the file kept in processing/. An unexpected error on one file is retried
+FILE_ATTEMPTS times (counted in the journal, across restarts), then the file goes to error/ with a
+file-level receipt; nothing ends a worker short of a stop request.
 
 Reload: the service file and every mapping it names are hashed every few seconds; a change
 is loaded and checked in full (the same checks as `validate-config`, plus the credentials)
