@@ -586,11 +586,13 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     service.install_signal_handlers()
     if early:
         service.request_stop(early[0])
-    code = service.run()
-    # The interpreter's shutdown puts the default handlers back: a SIGTERM arriving then would
-    # kill the process (exit -15) although the service stopped cleanly. Nothing is left to stop.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = service.run()
+    finally:
+        # The interpreter's shutdown puts the default handlers back: a SIGTERM arriving then
+        # would kill the process (exit -15) although the service stopped. Nothing is left to stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(code)
 
 

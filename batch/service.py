@@ -792,6 +792,7 @@ class Service:
         self.redactor = redactor
         self._lock = threading.Lock()
         self._signalled = False
+        self._said_again = False
         config = loaded.config
         config.journal.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal)
@@ -842,7 +843,11 @@ class Service:
     def request_stop(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
-            log.warning("%s again: still finishing the files in flight", name)
+            # said once: a storm of signals would otherwise re-enter logging from the handler
+            # (it runs between any two bytecodes of the main thread) until the recursion limit
+            if not self._said_again:
+                self._said_again = True
+                log.warning("%s again: still finishing the files in flight", name)
             return
         self._signalled = True
         log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)

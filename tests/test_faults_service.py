@@ -85,7 +85,7 @@ def test_F10_second_sigterm_during_shutdown_exits_0(tmp_path: Path, sandbox, api
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
-    for trial in range(5):
+    for trial in range(8):
         service = ServiceProcess(config, tmp_path / f"service{trial}.log")
         service.wait_log("watching 1 feed(s)")
         service.signal(signal.SIGTERM)
@@ -222,6 +222,7 @@ def test_F4_F3_receipt_that_cannot_be_written_is_retried_without_a_wrong_receipt
             runner.wait_log("(attempt 3)")
             drop(inbox, "next.csv", export("G", 5))  # a delivered file does not hold the feed
             wait_until(lambda: len(sandbox.accepted_ids) == 505, 30, what="next.csv delivered")
+            runner.wait_log("next.csv: processed, but writing its receipt failed")
             text = runner.logs.text
             assert f"writing its receipt failed: writing the receipt: {outbox}: No space left on device" in text
             health = runner.service.health()[1]["feeds"]["local"]
@@ -261,7 +262,7 @@ def test_F5_archive_that_refuses_the_move_does_not_hold_the_next_files(
             drop(inbox, "a.csv", export("A", 20))
             runner.wait_log("a.csv: processed, but moving a.csv from processing/ to archive/ failed")
             drop(inbox, "b.csv", export("B", 20))
-            wait_until(lambda: len(sandbox.accepted_ids) == 40, 20, what="b.csv delivered")
+            wait_until(lambda: (inbox / "outbox" / "b.csv.receipt.json").exists(), 20, what="b.csv delivered")
             assert receipt(inbox / "outbox", "b.csv")["counts"]["accepted"] == 20
             problem = journal_rows(journal_of(tmp_path), "SELECT finish_problem FROM files WHERE name = 'a.csv'")
             assert problem[0][0].startswith("moving a.csv from processing/ to archive/ failed: ")
@@ -350,4 +351,87 @@ def test_F2_read_only_journal_pauses_the_feed_and_resumes(tmp_path: Path, sandbo
         assert summary["counts"]["accepted"] + summary["counts"]["duplicate"] == 3000
     assert set(sandbox.accepted_ids) == ids("J", 3000)
     # at most the results of one batch in flight were lost with the disk: sent again, no more
+    assert sum(sandbox.duplicates.values()) <= 4 * 100
+
+
+# --------------------------------------------------------------------------- SFTP: staging full, outbox refusing
+
+
+@pytest.fixture
+def sftp_feed(tmp_path: Path, sshd, remote_inbox: Path, sandbox, apicode_env):
+    def write(**overrides: object) -> Path:
+        feed = {"name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}",
+                "private_key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
+                "min_age_seconds": 0.3, "poll_interval_seconds": 0.1, "connect_timeout_seconds": 5,
+                "io_timeout_seconds": 10, "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 0.5,
+                **overrides}
+        return write_config(tmp_path / "etc", sandbox, [feed])
+
+    return write
+
+
+def test_F3_staging_too_small_pauses_names_the_path_and_keeps_nothing(
+        tmp_path: Path, dropper, remote_inbox: Path, sftp_feed, sandbox) -> None:
+    config = sftp_feed()
+    staging = tmp_path / "etc" / "var" / "staging"
+    with tmpfs(staging, "32k"):
+        dropper.put("big.csv", export("S", 3000))  # about 200 KB
+        with ServiceThread(config) as runner:
+            runner.wait_log("a disk refused a write: downloading big.csv into the staging folder: ")
+            runner.wait_log("(attempt 2)")
+            text = runner.logs.text
+            assert f"into the staging folder: {staging / 'remote'}" in text
+            assert "No space left on device; big.csv stays in processing/; the feed pauses" in text
+            assert runner.service.health()[1]["feeds"]["remote"]["state"] == "paused"
+            assert not [p for p in (staging / "remote").rglob("*") if p.is_file()]  # nothing kept
+            assert (remote_inbox / "processing" / "big.csv").exists() and not sandbox.arrivals
+            subprocess.run(["mount", "-o", "remount,size=8m", str(staging)], check=True)
+            wait_until(lambda: (remote_inbox / "archive" / "big.csv").exists(), 60, what="big.csv archived")
+    assert set(sandbox.accepted_ids) == ids("S", 3000)
+    assert receipt(remote_inbox / "outbox", "big.csv")["counts"]["accepted"] == 3000
+
+
+def test_F5_sftp_outbox_that_refuses_the_receipt_does_not_hold_the_next_files(
+        dropper, remote_inbox: Path, sftp_feed, sandbox) -> None:
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr(1) to make outbox/ refuse writes")
+    config = sftp_feed()
+    outbox = remote_inbox / "outbox"
+    outbox.mkdir(exist_ok=True)
+    if subprocess.run(["chattr", "+i", str(outbox)], capture_output=True).returncode:
+        pytest.skip("this file system does not support the immutable attribute")
+    try:
+        with ServiceThread(config) as runner:
+            dropper.put("a.csv", export("A", 10))
+            runner.wait_log("a.csv: processed, but uploading the receipt a.csv.receipt.csv to the outbox failed")
+            dropper.put("b.csv", export("B", 10))
+            wait_until(lambda: len(sandbox.accepted_ids) == 20, 30, what="b.csv delivered")
+            subprocess.run(["chattr", "-i", str(outbox)], check=True)
+            wait_until(lambda: {p.name for p in (remote_inbox / "archive").iterdir()} == {"a.csv", "b.csv"}, 30,
+                       what="both archived")
+    finally:
+        subprocess.run(["chattr", "-i", str(outbox)], capture_output=True)
+    assert receipt(outbox, "a.csv")["counts"]["accepted"] == 10
+    assert receipt(outbox, "b.csv")["counts"]["accepted"] == 10
+    assert not sandbox.duplicates
+
+
+def test_F3_journal_disk_filling_mid_run_pauses_and_resumes(tmp_path: Path, sandbox, apicode_env) -> None:
+    sandbox.set_faults(latency_ms=2)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with tmpfs(tmp_path / "var", "16m") as var:
+        config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}])
+        drop(inbox, "big.csv", export("D", 3000))
+        with ServiceThread(config) as runner:
+            wait_until(lambda: len(sandbox.arrivals) >= 500, 60, what="500 arrivals")
+            filler = fill(var)
+            runner.wait_log("the journal cannot be used: journal ")
+            runner.wait_log("(attempt 2)")
+            assert "database or disk is full" in runner.logs.text
+            assert (inbox / "processing" / "big.csv").exists()
+            assert not (inbox / "error").exists() or not list((inbox / "error").iterdir())
+            filler.unlink()
+            wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 60, what="big.csv archived")
+    assert set(sandbox.accepted_ids) == ids("D", 3000)
     assert sum(sandbox.duplicates.values()) <= 4 * 100
