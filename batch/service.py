@@ -720,7 +720,7 @@ class FeedWorker(threading.Thread):
         self.last_error = f"{claimed.name}: {described}"
         self.state = "retrying"
         self.service.metrics.faults.labels(self.feed, "file").inc()
-        if self.service.once:
+        if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
             log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
                       self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
             self.exit_code = EXIT_UNUSABLE

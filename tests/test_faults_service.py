@@ -435,3 +435,54 @@ def test_F3_journal_disk_filling_mid_run_pauses_and_resumes(tmp_path: Path, sand
             wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 60, what="big.csv archived")
     assert set(sandbox.accepted_ids) == ids("D", 3000)
     assert sum(sandbox.duplicates.values()) <= 4 * 100
+
+
+def test_D7_once_runs_count_the_attempts_and_the_third_moves_the_file_to_error(
+        tmp_path: Path, sandbox, apicode_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_recording_after(monkeypatch, 1)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0}])
+    drop(inbox, "bad.csv", export("X", 10))
+    for attempt in (1, 2):
+        code, runner = run_once(config)
+        assert code == 2
+        assert f"bad.csv failed (attempt {attempt} of 3)" in runner.logs.text
+        assert (inbox / "processing" / "bad.csv").exists()
+    code, runner = run_once(config)
+    assert code == 2 and "bad.csv failed 3 time(s)" in runner.logs.text
+    assert (inbox / "error" / "bad.csv").exists()
+    assert receipt(inbox / "outbox", "bad.csv")["state"] == "error"
+
+
+# --------------------------------------------------------------------------- D11: the worker never dies
+
+
+def test_D11_unexpected_error_in_a_feed_loop_is_logged_backed_off_and_retried(
+        tmp_path: Path, sandbox, apicode_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batch.inbox.local import LocalInbox
+
+    real_scan = LocalInbox.scan
+    surprises = [TypeError("expected str, bytes or os.PathLike object, not NoneType")] * 2
+
+    def scan(self):  # type: ignore[no-untyped-def]
+        if surprises:
+            raise surprises.pop()
+        return real_scan(self)
+
+    monkeypatch.setattr(LocalInbox, "scan", scan)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0,
+                                               "reconnect_initial_seconds": 0.5}])
+    with ServiceThread(config) as runner:
+        runner.wait_log("feed local: unexpected error while scanning the inbox: TypeError: expected str, bytes "
+                        "or os.PathLike object, not NoneType; retrying in 0.5 s")
+        health = runner.service.health()
+        assert health[1]["feeds"]["local"]["state"] == "error"
+        assert health[1]["feeds"]["local"]["last_error"] == (
+            "scanning the inbox: TypeError: expected str, bytes or os.PathLike object, not NoneType")
+        drop(inbox, "after.csv", export("A", 5))
+        wait_until(lambda: (inbox / "archive" / "after.csv").exists(), 20, what="after.csv archived")
+        assert runner.service.health()[0] and runner.service.workers["local"].is_alive()
+    assert set(sandbox.accepted_ids) == ids("A", 5)
