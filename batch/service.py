@@ -200,6 +200,7 @@ class _Finishing:
     staged: Path | None = None                          # the downloaded copy (SFTP)
     file_id: int | None = None                          # its journal record, to note a problem
     receipt_missing: bool = False                       # the receipt is still to be written
+    noted: bool = False                                 # the journal has a finish_problem to clear
     failures: int = 0                                   # failed upload / move attempts
     next_try: float = 0.0                               # time.monotonic() of the next attempt
 
@@ -575,8 +576,10 @@ class FeedWorker(threading.Thread):
             message = outcome.message if status != "done" else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
             receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
+            record = outcome.file
             finishing = _Finishing(claimed, status != "error", receipts, staged,
-                                   outcome.file.id if outcome.file is not None and outcome.file.id else None)
+                                   record.id if record is not None and record.id else None,
+                                   noted=record is not None and record.finish_problem is not None)
             self._unfinished[claimed.name] = finishing
             self._complete(inbox, finishing)
             if self.state == "processing":
@@ -634,11 +637,12 @@ class FeedWorker(threading.Thread):
         for path in finishing.receipts:
             path.unlink(missing_ok=True)
         self._unfinished.pop(claimed.name, None)
-        if finishing.failures and finishing.file_id is not None:
+        if (finishing.failures or finishing.noted) and finishing.file_id is not None:
             self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, None))
-            log.info("feed %s: %s moved to %s%s after %d failed attempt(s)", self.feed, claimed.name, folder,
-                     target, finishing.failures, extra={"feed": self.feed})
-        log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
+            log.info("feed %s: %s moved to %s%s; the earlier problem is solved", self.feed, claimed.name, folder,
+                     target, extra={"feed": self.feed})
+        else:
+            log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
 
     def _write_missing_receipt(self, finishing: _Finishing) -> None:
         assert finishing.file_id is not None and self._processor is not None and self._runtime is not None

@@ -486,3 +486,31 @@ def test_D11_unexpected_error_in_a_feed_loop_is_logged_backed_off_and_retried(
         wait_until(lambda: (inbox / "archive" / "after.csv").exists(), 20, what="after.csv archived")
         assert runner.service.health()[0] and runner.service.workers["local"].is_alive()
     assert set(sandbox.accepted_ids) == ids("A", 5)
+
+
+def test_F5_F4_archive_move_failing_before_a_restart_is_finished_after_it_with_the_real_receipt(
+        tmp_path: Path, sandbox, apicode_env) -> None:
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr(1) to make archive/ refuse writes (root ignores permissions)")
+    inbox = tmp_path / "inbox"
+    for folder in ("archive", "processing", "outbox"):
+        (inbox / folder).mkdir(parents=True)
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox), "min_age_seconds": 0,
+                                               "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 0.5}])
+    if subprocess.run(["chattr", "+i", str(inbox / "archive")], capture_output=True).returncode:
+        pytest.skip("this file system does not support the immutable attribute")
+    try:
+        drop(inbox, "a.csv", export("A", 20))
+        with ServiceThread(config) as runner:
+            runner.wait_log("(attempt 2); it stays in processing/")
+    finally:
+        subprocess.run(["chattr", "-i", str(inbox / "archive")], capture_output=True)
+    assert journal_rows(journal_of(tmp_path), "SELECT count(*) FROM files WHERE finish_problem IS NOT NULL") == [(1,)]
+    with ServiceThread(config) as runner:
+        wait_until(lambda: (inbox / "archive" / "a.csv").exists(), 20, what="a.csv archived")
+        runner.wait_log("a.csv moved to archive/a.csv; the earlier problem is solved")
+    assert journal_rows(journal_of(tmp_path), "SELECT name, state, finish_problem FROM files") == [
+        ("a.csv", "done", None)]
+    assert receipt(inbox / "outbox", "a.csv")["counts"]["accepted"] == 20
+    assert "already_processed" not in (inbox / "outbox" / "a.csv.receipt.csv").read_text()
+    assert len(sandbox.arrivals) == 20
