@@ -633,3 +633,24 @@ def test_F2_journal_fault_names_the_path_and_operation(db: Path) -> None:
             blocker.close()
         assert str(caught.value) == f"journal {db}: cannot record events: database is locked"
         journal.record_events(file_id, [event(1, "E1")])  # and it works again once released
+
+
+def test_F2_reopen_never_creates_a_new_journal_and_recovers_when_the_file_is_back(db: Path) -> None:
+    from batch.journal import JournalUnavailable
+
+    with Journal(db) as journal:
+        file_id = new_file(journal)
+        away = db.with_name("moved-away.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.rename(f"{db}{suffix}", f"{away}{suffix}")
+        with pytest.raises(JournalUnavailable) as caught:
+            journal.reopen()  # e.g. its disk is not mounted again yet
+        assert str(caught.value) == f"journal {db}: cannot open it again: unable to open database file"
+        assert not db.exists()
+        with pytest.raises(JournalUnavailable):
+            journal.get_file(file_id)  # every call tries to open it again, and says so
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{away}{suffix}").exists():
+                os.rename(f"{away}{suffix}", f"{db}{suffix}")
+        assert journal.get_file(file_id).name == "a.csv"
