@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -396,13 +397,15 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     from rich.table import Table
 
     table = Table(header_style="bold")
-    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate", "pending"):
+    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate",
+                 "not_sent", "pending"):
         table.add_column(name, no_wrap=name != "file")
     for record in files:
         counts = record.counts
         table.add_row(
             str(record.id), record.feed, record.name, record.state, record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-            *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")),
+            *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent",
+                                                  "pending")),
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -413,6 +416,7 @@ def _file_summary(record: Any) -> dict[str, Any]:
         "sha256": record.sha256, "started": record.started_at.isoformat(),
         "finished": record.finished_at.isoformat() if record.finished_at else None,
         "counts": dict(record.counts), "error": record.error,
+        "mapping_version": record.mapping_version, "finish_problem": record.finish_problem, "note": record.note,
     }
 
 
@@ -424,7 +428,8 @@ def _exit_code(outcome: Any) -> int:
 
 def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
     counts = outcome.counts
-    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "pending") if counts.get(key))
+    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
+                                                         "not_sent", "pending") if counts.get(key))
     if outcome.status == "done":
         click.echo(f"{name}: {shown or 'no records'}")
     elif outcome.status == "skipped":
@@ -570,6 +575,11 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     from batch.logs import setup_logging
     from batch.service import Service
 
+    # A stop request that comes while the configuration is loaded and the service is built
+    # is kept and honoured as soon as the service runs (the default handler would kill it).
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     loaded = _load_service(config_path)
     settings = loaded.config.logging
     redactor = setup_logging("DEBUG" if ctx.obj.get("debug") else settings.level, settings.format)
@@ -578,7 +588,16 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     except SecretResolutionError as exc:
         raise Unusable(str(exc)) from None
     service.install_signal_handlers()
-    raise SystemExit(service.run())
+    if early:
+        service.request_stop(early[0])
+    try:
+        code = service.run()
+    finally:
+        # The interpreter's shutdown puts the default handlers back: a SIGTERM arriving then
+        # would kill the process (exit -15) although the service stopped. Nothing is left to stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(code)
 
 
 @main.command("validate-config")

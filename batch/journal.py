@@ -48,12 +48,13 @@ from typing import Any, Literal
 
 # --------------------------------------------------------------------------- states
 
-EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate"]
+EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate", "not_sent"]
 FileState = Literal["processing", "done", "error", "skipped"]
 ResultOutcome = Literal["accepted", "rejected", "failed"]
 
-#: Every event state, in the order receipts and summaries list them.
-OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")
+#: Every event state, in the order receipts and summaries list them. ``not_sent``: the file
+#: ended in error before the event was sent (it never will be; the message says why).
+OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent", "pending")
 RESULT_OUTCOMES: frozenset[str] = frozenset({"accepted", "rejected", "failed"})
 #: States from which an event may still be (re)sent and may take a delivery result.
 SENDABLE_STATES: tuple[str, ...] = ("pending", "failed")
@@ -68,6 +69,17 @@ class JournalError(Exception):
 
 class FileInProgress(JournalError):
     """The same file content is being processed right now by another live process."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal's SQLite file cannot be read or written now (disk I/O error, read-only
+    or full file system, locked longer than the busy timeout). Not the input file's fault:
+    the caller keeps the file and tries again later. The message names the journal's path,
+    the operation and SQLite's error."""
+
+    def __init__(self, path: Path, operation: str, error: BaseException) -> None:
+        super().__init__(f"journal {path}: cannot {operation}: {error}")
+        self.path, self.operation, self.error = path, operation, error
 
 
 # --------------------------------------------------------------------------- rows
@@ -153,6 +165,9 @@ class FileRecord:
     recorded: bool  # all events of the file are in the journal (mark_recorded was called)
     original_id: int | None  # for a skipped file: the completed file with the same content
     owner: str
+    mapping_version: str | None = None  # the mapping its events were recorded with (a hash)
+    finish_problem: str | None = None  # finished, but its receipt / archive move is still to do
+    note: str | None = None  # what a reader of the receipt should know (e.g. the mapping changed)
 
     @property
     def finished(self) -> bool:
@@ -172,7 +187,7 @@ class BeginResult:
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -225,14 +240,65 @@ _SCHEMA_V1: tuple[str, ...] = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
+_EVENTS_TABLE_V2 = """
+    CREATE TABLE events_v2 (
+        file_id         INTEGER NOT NULL REFERENCES files(id),
+        line            INTEGER NOT NULL,
+        event_id        TEXT,
+        usageplacecode  TEXT,
+        status          TEXT,
+        payload         TEXT,
+        payload_sha256  TEXT,
+        state           TEXT    NOT NULL
+                        CHECK (state IN ('pending', 'accepted', 'rejected', 'invalid',
+                                         'failed', 'duplicate', 'not_sent')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        http_status     INTEGER,
+        message         TEXT,
+        updated_at      TEXT    NOT NULL,
+        PRIMARY KEY (file_id, line)
+    )
+"""
+
+# Version 2: the event state ``not_sent`` (a file that ended in error leaves none pending;
+# SQLite cannot change a CHECK, so the events table is rebuilt), the mapping version a file
+# was recorded with, a finished file's outstanding receipt/archive step, and the attempts
+# on each file still in a feed's processing/ (they survive a restart).
+_SCHEMA_V2: tuple[str, ...] = (
+    "ALTER TABLE files ADD COLUMN n_not_sent INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE files ADD COLUMN mapping_version TEXT",
+    "ALTER TABLE files ADD COLUMN finish_problem TEXT",
+    "ALTER TABLE files ADD COLUMN note TEXT",
+    _EVENTS_TABLE_V2,
+    "INSERT INTO events_v2 (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,"
+    " state, attempts, http_status, message, updated_at) SELECT file_id, line, event_id, usageplacecode,"
+    " status, payload, payload_sha256, state, attempts, http_status, message, updated_at FROM events",
+    "DROP TABLE events",
+    "ALTER TABLE events_v2 RENAME TO events",
+    "CREATE INDEX events_by_event_id ON events (event_id)",
+    "CREATE INDEX events_failed ON events (file_id, line) WHERE state = 'failed'",
+    """
+    CREATE TABLE file_attempts (
+        feed        TEXT    NOT NULL,
+        name        TEXT    NOT NULL,
+        attempts    INTEGER NOT NULL,
+        last_error  TEXT,
+        updated_at  TEXT    NOT NULL,
+        PRIMARY KEY (feed, name)
+    )
+    """,
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
+_COUNT_COLUMNS = ", ".join(f"n_{outcome}" for outcome in OUTCOMES)
+_SET_COUNTS = ", ".join(f"n_{outcome} = ?" for outcome in OUTCOMES)
 _FILE_COLUMNS = (
     "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
-    " original_id, owner, n_accepted, n_rejected, n_invalid, n_failed, n_duplicate, n_pending"
+    f" original_id, owner, mapping_version, finish_problem, note, {_COUNT_COLUMNS}"
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
@@ -363,12 +429,13 @@ def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 def file_from_row(row: Sequence[Any]) -> FileRecord:
     (id_, name, sha256, size, feed, state, started, finished, error, recorded, original,
-     owner, *numbers) = row
+     owner, mapping_version, finish_problem, note, *numbers) = row
     return FileRecord(
         id=id_, name=name, sha256=sha256, size=size, feed=feed, state=state,
         started_at=from_text(started), finished_at=from_text(finished), error=error,
         counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
-        original_id=original, owner=owner,
+        original_id=original, owner=owner, mapping_version=mapping_version,
+        finish_problem=finish_problem, note=note,
     )
 
 
@@ -383,6 +450,11 @@ def already_processed_message(original: FileRecord) -> str:
     when = original.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC") if original.finished_at else "?"
     return (f"Already processed: this file has the same content as {original.name!r}, "
             f"finished {when}; nothing was sent again.")
+
+
+def not_sent_message(error: str | None) -> str:
+    """Why an event of a file that ended in error was never sent."""
+    return f"file error: {error or 'unknown'}"
 
 
 def this_process() -> str:
@@ -406,6 +478,11 @@ def owner_is_other_live_process(owner: str) -> bool:
     return True
 
 
+def is_unavailable(error: sqlite3.Error) -> bool:
+    """A fault of the database file or its disk (not of the SQL or the data)."""
+    return isinstance(error, sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -426,6 +503,7 @@ class Journal:
         self.busy_timeout_s = busy_timeout_s
         self.clock = clock
         self._lock = threading.RLock()
+        self._closed_by_fault = False
         self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                      isolation_level=None, check_same_thread=False)
         try:
@@ -436,6 +514,34 @@ class Journal:
             raise
 
     # -- lifecycle
+
+    def reopen(self) -> None:
+        """Open a fresh connection to the same path (after JournalUnavailable: a file system
+        that was remounted or repaired is only seen by a new connection). Raises
+        JournalUnavailable while the file still cannot be opened."""
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._closed_by_fault = True  # until a new connection works: every call tries again
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        try:
+            # mode=rw: a missing file (its disk not mounted yet) is an error, not a new journal
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                   timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as error:
+            raise JournalUnavailable(self.path, "open it again", error) from error
+        self._conn = conn
+        try:
+            self._configure()
+        except sqlite3.Error as error:
+            conn.close()
+            raise JournalUnavailable(self.path, "open it again", error) from error
+        self._closed_by_fault = False
 
     def close(self) -> None:
         with self._lock:
@@ -481,21 +587,39 @@ class Journal:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, committed on success (see the module's durability note)."""
-        with self._lock:
+    def _write(self, operation: str = "write to it") -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on success (see the module's durability note).
+
+        A fault of the file itself (I/O error, read-only or full disk, locked too long)
+        raises JournalUnavailable naming the operation; the transaction is rolled back."""
+        with self._lock, self._unavailable_as(operation):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the file is broken; SQLite rolls back when it can read it again
                 raise
 
-    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        with self._lock:
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (),
+              operation: str = "read it") -> list[Any]:
+        with self._lock, self._unavailable_as(operation):
             return self._conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _unavailable_as(self, operation: str) -> Iterator[None]:
+        if self._closed_by_fault:
+            self._reconnect()
+        try:
+            yield
+        except sqlite3.Error as error:
+            if is_unavailable(error):
+                raise JournalUnavailable(self.path, operation, error) from error
+            raise
 
     def _now(self) -> str:
         return to_text(self.clock())
@@ -508,10 +632,10 @@ class Journal:
         Commits a tiny write with ``synchronous=FULL``, which fsyncs the WAL file and with
         it every frame committed before (by any connection).
         """
-        with self._lock:
+        with self._lock, self._unavailable_as("flush it (make the changes durable)"):
             self._conn.execute("PRAGMA synchronous=FULL")
             try:
-                with self._write() as conn:
+                with self._write("flush it (make the changes durable)") as conn:
                     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('flushed_at', ?)",
                                  (self._now(),))
             finally:
@@ -532,7 +656,7 @@ class Journal:
         already accepted become ``duplicate`` when the events are recorded.
         """
         now = self._now()
-        with self._write() as conn:
+        with self._write("register the file") as conn:
             unfinished = conn.execute(
                 f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
                 " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
@@ -564,7 +688,7 @@ class Journal:
 
     def mark_recorded(self, file_id: int) -> None:
         """Say that every record of the file is now in the journal (a resume may skip reading)."""
-        with self._write() as conn:
+        with self._write("mark the file recorded") as conn:
             conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, ?) WHERE id = ?",
                          (self._now(), file_id))
 
@@ -573,18 +697,23 @@ class Journal:
         """Close the file: state, finish time, counts per outcome from its events; then flush().
 
         ``done`` is refused while events are still pending (they would never be sent).
+        ``error`` gives the events still pending their final outcome ``not_sent``, with the
+        message "file error: <error>" (they will never be sent; prune may forget the file).
         """
         if state not in ("done", "error"):
             raise ValueError(f"a file finishes as done or error, not {state!r}")
-        with self._write() as conn:
+        now = self._now()
+        with self._write("finish the file") as conn:
+            if state == "error":
+                conn.execute("UPDATE events SET state = 'not_sent', message = ?, updated_at = ?"
+                             " WHERE file_id = ? AND state = 'pending'",
+                             (not_sent_message(error), now, file_id))
             counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
             if state == "done" and counts["pending"]:
                 raise JournalError(f"file #{file_id}: {counts['pending']} events still pending")
             changed = conn.execute(
-                "UPDATE files SET state = ?, finished_at = ?, error = ?, n_accepted = ?,"
-                " n_rejected = ?, n_invalid = ?, n_failed = ?, n_duplicate = ?, n_pending = ?"
-                " WHERE id = ?",
-                (state, self._now(), error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
+                f"UPDATE files SET state = ?, finished_at = ?, error = ?, {_SET_COUNTS} WHERE id = ?",
+                (state, now, error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
             if not changed:
                 raise JournalError(f"no file #{file_id}")
         self.flush()
@@ -592,12 +721,84 @@ class Journal:
 
     def refresh_counts(self, file_id: int) -> FileRecord:
         """Recompute a finished file's counts (after ``retry`` delivered some failed events)."""
-        with self._write() as conn:
+        with self._write("update the file's counts") as conn:
             counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
-            conn.execute("UPDATE files SET n_accepted = ?, n_rejected = ?, n_invalid = ?,"
-                         " n_failed = ?, n_duplicate = ?, n_pending = ? WHERE id = ?",
+            conn.execute(f"UPDATE files SET {_SET_COUNTS} WHERE id = ?",
                          (*(counts[o] for o in OUTCOMES), file_id))
         return self.get_file(file_id)
+
+    def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None:
+        """The file of this feed with this name and content, if its latest record is finished.
+
+        A file resumed from processing/ that the journal already finished was killed (or
+        failed) between finishing and its archive move: its receipt is this record's."""
+        rows = self._read("SELECT id, state FROM files WHERE feed = ? AND sha256 = ? AND name = ?"
+                          " ORDER BY id DESC LIMIT 1", (feed, sha256, name), "look the file up")
+        return self.get_file(rows[0][0]) if rows and rows[0][1] in FILE_FINAL_STATES else None
+
+    def unfinished_named(self, feed: str, name: str) -> FileRecord | None:
+        """The latest unfinished (processing) file of this feed with this name, if any."""
+        rows = self._read("SELECT id FROM files WHERE feed = ? AND name = ? AND state = 'processing'"
+                          " ORDER BY id DESC LIMIT 1", (feed, name), "look the file up")
+        return self.get_file(rows[0][0]) if rows else None
+
+    def set_mapping_version(self, file_id: int, version: str) -> None:
+        """Say which mapping version (a hash) the file's events are recorded with."""
+        with self._write("note the mapping version") as conn:
+            conn.execute("UPDATE files SET mapping_version = ? WHERE id = ?", (version, file_id))
+
+    def sent_any(self, file_id: int) -> bool:
+        """True once any event of the file went to Ropo One (or got a delivery result)."""
+        rows = self._read("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
+                          " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,), "read the events")
+        return bool(rows)
+
+    def restart_recording(self, file_id: int, version: str) -> None:
+        """Forget what was recorded of an unfinished file that sent nothing, to record it
+        anew with mapping ``version``. Refused (JournalError) once an event was sent: a
+        file is never delivered under two mappings."""
+        with self._write("start the file's recording over") as conn:
+            sent = conn.execute("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
+                                " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,)).fetchone()
+            if sent is not None:
+                raise JournalError(f"file #{file_id}: events were sent already; its recording stays")
+            conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))
+            conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = ? WHERE id = ?",
+                         (version, file_id))
+
+    def add_note(self, file_id: int, note: str) -> None:
+        """Add a sentence to the file's note (shown in its receipt summary)."""
+        with self._write("note on the file") as conn:
+            conn.execute("UPDATE files SET note = CASE WHEN note IS NULL THEN ? ELSE note || ' ' || ? END"
+                         " WHERE id = ?", (note, note, file_id))
+
+    def set_finish_problem(self, file_id: int, problem: str | None) -> None:
+        """Note (or clear, None) why a finished file's receipt / archive move is still to do."""
+        with self._write("note the finishing problem") as conn:
+            conn.execute("UPDATE files SET finish_problem = ? WHERE id = ?", (problem, file_id))
+
+    # -- attempts on a file in processing/ (by feed and name: it may have no file row yet)
+
+    def count_file_attempt(self, feed: str, name: str, error: str) -> int:
+        """One more failed attempt on the file ``name`` in the feed's processing/; returns the
+        count so far (kept across restarts until ``clear_file_attempts``)."""
+        with self._write("count the file's attempt") as conn:
+            conn.execute(
+                "INSERT INTO file_attempts (feed, name, attempts, last_error, updated_at)"
+                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (feed, name) DO UPDATE SET"
+                " attempts = attempts + 1, last_error = excluded.last_error, updated_at = excluded.updated_at",
+                (feed, name, error, self._now()))
+            return conn.execute("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
+                                (feed, name)).fetchone()[0]
+
+    def file_attempts(self, feed: str, name: str) -> int:
+        rows = self._read("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
+                          (feed, name), "read the file's attempts")
+        return rows[0][0] if rows else 0
+
+    def clear_file_attempts(self, feed: str, name: str) -> None:
+        with self._write("clear the file's attempts") as conn:
+            conn.execute("DELETE FROM file_attempts WHERE feed = ? AND name = ?", (feed, name))
 
     def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
         """Forget the files that finished before ``finished_before`` with nothing left to send
@@ -611,7 +812,7 @@ class Journal:
         events = 0
         for file_id in file_ids:
             while True:
-                with self._write() as conn:
+                with self._write("prune it") as conn:
                     deleted = conn.execute(SQL_DELETE_EVENTS_OF_FILE, (file_id, batch_rows)).rowcount
                     events += deleted
                     if deleted < batch_rows:
@@ -621,7 +822,7 @@ class Journal:
         return len(file_ids), events
 
     def get_file(self, file_id: int) -> FileRecord:
-        with self._lock:
+        with self._lock, self._unavailable_as("read the file's record"):
             return self._file(self._conn, file_id)
 
     def _file(self, conn: sqlite3.Connection, file_id: int) -> FileRecord:
@@ -637,7 +838,7 @@ class Journal:
     def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]:
         """The latest files, newest first, optionally of one feed."""
         where, params = ("WHERE feed = ?", (feed, limit)) if feed is not None else ("", (limit,))
-        with self._lock:
+        with self._lock, self._unavailable_as("read the recent files"):
             ids = [row[0] for row in self._conn.execute(
                 f"SELECT id FROM files {where} ORDER BY id DESC LIMIT ?", params)]
             return [self._file(self._conn, file_id) for file_id in ids]
@@ -660,7 +861,7 @@ class Journal:
         if not params:
             return 0
         lines = [p[1] for p in params]
-        with self._write() as conn:
+        with self._write("record events") as conn:
             before = conn.total_changes
             conn.executemany(SQL_INSERT_EVENT, params)
             inserted = conn.total_changes - before
@@ -669,7 +870,7 @@ class Journal:
 
     def mark_duplicates(self, file_id: int) -> int:
         """Mark the file's unsent events whose id was accepted meanwhile; returns how many."""
-        with self._write() as conn:
+        with self._write("mark duplicate events") as conn:
             return self._mark_duplicates(conn, file_id, None, None, self._now())
 
     @staticmethod
@@ -749,7 +950,7 @@ class Journal:
         params = [result_params(result, now) for result in results]
         if not params:
             return 0
-        with self._write() as conn:
+        with self._write("record delivery results") as conn:
             before = conn.total_changes
             conn.executemany(SQL_RECORD_RESULT, params)
             return conn.total_changes - before

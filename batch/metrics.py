@@ -39,6 +39,8 @@ class Metrics:
                                "Unix time of the last successful inbox scan", ["feed"], registry=r)
         self.inbox_errors = Counter("usageplace_batch_inbox_errors", "Inbox operations that failed "
                                     "(connection lost, host key refused ...)", ["feed"], registry=r)
+        self.faults = Counter("usageplace_batch_faults", "Faults a feed paused or retried for, per feed and kind "
+                              "(journal, storage, file, finish, worker)", ["feed", "kind"], registry=r)
         self.reloads = Counter("usageplace_batch_config_reloads", "Configuration changes, applied or refused",
                                ["result"], registry=r)
         self._feed_flags = _FeedFlags()

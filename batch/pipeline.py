@@ -9,6 +9,7 @@ from: the service (or the `process` command) hands over a local path and a recei
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
 from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.extract import mapped_file
-from batch.journal import FileRecord, Journal, NewEvent, Result
+from batch.journal import FileRecord, Journal, JournalError, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
 from batch.fsutil import display_name
@@ -36,15 +37,54 @@ JOURNAL_BATCH = 5000  # mapped records written to the journal in one transaction
 
 @dataclass(frozen=True)
 class FeedRuntime:
-    """What processing needs of a feed: its name, its compiled mapping, its receipt format."""
+    """What processing needs of a feed: its name, its compiled mapping, its receipt format,
+    and the mapping's version (a hash of the loaded mapping, recorded with each file)."""
 
     name: str
     compiled: CompiledMapping
     receipt_format: ReceiptFormat
+    mapping_version: str = "unknown"
 
     @classmethod
     def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> "FeedRuntime":
-        return cls(name, CompiledMapping(mapping), receipt_format_for(mapping, options or ReceiptOptions()))
+        return cls(name, CompiledMapping(mapping), receipt_format_for(mapping, options or ReceiptOptions()),
+                   mapping_version(mapping))
+
+
+def mapping_version(mapping: Mapping) -> str:
+    """A short hash of the mapping as loaded (comments and formatting do not change it)."""
+    return hashlib.sha256(mapping.model_dump_json().encode("utf-8")).hexdigest()[:12]
+
+
+class StorageFault(Exception):
+    """A local folder of ours refused a step (disk full, read-only, I/O error, permission):
+    not the input file's fault. Names the operation and the path; the file stays to resume."""
+
+    def __init__(self, operation: str, path: Path, cause: OSError) -> None:
+        if hasattr(cause, "operation"):  # already names its operation and path (fsutil.named_error)
+            message = str(cause)
+        else:
+            where = display_name(os.fspath(cause.filename if cause.filename else path))
+            message = f"{operation}: {where}: {cause.strerror or cause}"
+        super().__init__(message)
+        self.operation, self.path, self.cause = operation, path, cause
+
+
+class ReceiptNotWritten(StorageFault):
+    """The journal has finished the file (`file`), but its receipt could not be written."""
+
+    def __init__(self, path: Path, cause: OSError, file: FileRecord | None) -> None:
+        super().__init__("writing the receipt", path, cause)
+        self.file = file
+
+
+def write_receipt_or_fault(write: Callable[[], ReceiptPaths], receipt_dir: Path,
+                           file: FileRecord | None = None) -> ReceiptPaths:
+    """Write a receipt; an OSError becomes ReceiptNotWritten naming the receipt folder."""
+    try:
+        return write()
+    except OSError as exc:
+        raise ReceiptNotWritten(receipt_dir, exc, file) from exc
 
 
 def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptFormat:
@@ -82,7 +122,7 @@ class FileOutcome:
         if self.status != "done":
             return False
         counts = self.counts
-        return not any(counts.get(outcome, 0) for outcome in ("rejected", "invalid", "failed", "pending"))
+        return not any(counts.get(outcome, 0) for outcome in ("rejected", "invalid", "failed", "not_sent", "pending"))
 
     @property
     def final(self) -> bool:
@@ -135,31 +175,103 @@ class Processor:
         name: str | None = None,
         force: bool = False,
         progress: Progress | None = None,
+        resumed: bool = False,
+        earlier: "dict[str, FeedRuntime] | None" = None,
     ) -> FileOutcome:
-        """Process the file at `path` (its name as dropped: `name`, default the path's)."""
+        """Process the file at `path` (its name as dropped: `name`, default the path's).
+
+        `resumed`: the file was taken back from processing/ (a kill or a failure stopped it);
+        if the journal finished it already, only its receipt is written again. `earlier`:
+        mappings of this feed still loaded, by version, for a file recorded with one of them.
+        A receipt that cannot be written raises StorageFault (the journal keeps the result)."""
         name = display_name(name or path.name)  # D6: a name that is not UTF-8 is stored escaped
         progress = progress or Progress()
         sha256, size = file_digest(path)
+        if resumed:
+            finished = self.journal.finished_as(feed.name, sha256, name)
+            if finished is not None:
+                # finished by the journal, then stopped before its archive move (a kill, a
+                # receipt that could not be written): its receipt is the real one, written
+                # again; no "already processed" receipt, no skipped row
+                log.info("%s: finished before as file #%d (%s); writing its receipt again", name,
+                         finished.id, finished.state)
+                return self._finished_again(finished, feed, receipt_dir)
         begun = self.journal.begin_file(name, sha256, size, feed.name, force=force)
         file = begun.file
         if begun.outcome == "already_processed":
             log.info("%s: already processed as %s; nothing sent", name, begun.original.name if begun.original else "?")
-            receipt = write_file_level_receipt(receipt_dir, file, feed.receipt_format)
+            receipt = write_receipt_or_fault(
+                lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
             return FileOutcome("skipped", file, receipt, file.error)
         if begun.outcome == "resumed":
             log.info("%s: resuming file #%d after an interruption", name, file.id)
+        record_with = self._mapping_for(file, feed, earlier or {})
+        if record_with is None:  # recording started over with the current mapping
+            record_with, file = feed, self.journal.get_file(file.id)
 
         if not file.recorded:
             try:
-                self._record(path, file.id, feed, progress)
+                self._record(path, file.id, record_with, progress)
             except FileError as exc:
                 message = f"{name}: {exc}"
                 log.error("%s", message)
                 file = self.journal.finish_file(file.id, "error", error=str(exc))
-                receipt = write_file_level_receipt(receipt_dir, file, feed.receipt_format)
+                receipt = write_receipt_or_fault(
+                    lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
                 return FileOutcome("error", file, receipt, str(exc))
             self.journal.mark_recorded(file.id)
         return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False)
+
+    def _finished_again(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> FileOutcome:
+        receipt = self.write_receipt_of(file, feed, receipt_dir)
+        status: FileStatus = "done" if file.state == "done" else "skipped" if file.state == "skipped" else "error"
+        return FileOutcome(status, file, receipt, None if status == "done" else file.error)
+
+    def write_receipt_of(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> ReceiptPaths:
+        """(Re)write the receipt of a finished file from the journal: one row per event for a
+        done file, the file-level one otherwise. Raises ReceiptNotWritten."""
+        if file.state == "done":
+            return write_receipt_or_fault(lambda: write_receipt(
+                receipt_dir, file, self.journal.file_events(file.id), feed.receipt_format), receipt_dir, file)
+        return write_receipt_or_fault(
+            lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
+
+    def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
+                     earlier: "dict[str, FeedRuntime]") -> FeedRuntime | None:
+        """The mapping to (go on) record the file with: one file is mapped with one version.
+
+        A new file (or one from a journal before versions) gets the current one. A resumed
+        file recorded with another version uses that version if it is still loaded
+        (`earlier`); otherwise, if nothing was sent, its recording starts over with the
+        current one (returns None); if events were sent, they were all recorded already and
+        go out as recorded. Each choice is logged and noted for the receipt summary."""
+        journal, recorded_with = self.journal, file.mapping_version
+        if recorded_with is None or recorded_with == feed.mapping_version:
+            if recorded_with is None:
+                journal.set_mapping_version(file.id, feed.mapping_version)
+            return feed
+        if recorded_with in earlier:
+            log.info("%s: resuming with mapping version %s it was recorded with (now %s)", file.name,
+                     recorded_with, feed.mapping_version)
+            return earlier[recorded_with]
+        if not journal.sent_any(file.id):
+            note = (f"The mapping changed (version {recorded_with} -> {feed.mapping_version}) before any event "
+                    f"was sent; the file was recorded over with version {feed.mapping_version}.")
+            log.warning("%s: recorded with mapping version %s, now %s, and nothing was sent yet: "
+                        "recording the file over with %s", file.name, recorded_with, feed.mapping_version,
+                        feed.mapping_version)
+            journal.restart_recording(file.id, feed.mapping_version)
+            journal.add_note(file.id, note)
+            return None
+        if not file.recorded:  # cannot happen: every record is journaled before any is sent
+            raise JournalError(f"{file.name}: file #{file.id} sent events before it was fully recorded")
+        note = (f"The mapping changed (version {recorded_with} -> {feed.mapping_version}) after events were "
+                f"sent; every event went out as recorded with version {recorded_with}.")
+        log.warning("%s: recorded with mapping version %s, now %s, and events were sent already: "
+                    "delivering the rest as recorded with %s", file.name, recorded_with, feed.mapping_version,
+                    recorded_with)
+        journal.add_note(file.id, note)
+        return feed
 
     def retry(self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None) -> FileOutcome:
         """Send a file's failed (and any pending) events again, then rewrite its receipt."""
@@ -236,7 +348,9 @@ class Processor:
             journal.flush()
         else:
             file = journal.finish_file(file_id, "done")
-        receipt = write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format)
+        receipt = write_receipt_or_fault(
+            lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format),
+            receipt_dir, file)
         return FileOutcome("done", file, receipt, None, report)
 
 

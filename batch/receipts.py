@@ -36,7 +36,7 @@ from batch.fsutil import NAME_MAX, atomic_writer, display_name, fit_name, real_n
 RECEIPT_COLUMNS: tuple[str, ...] = (
     "line", "event_id", "usageplacecode", "status", "outcome", "http_status", "message",
 )
-OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "pending")
+OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent", "pending")
 
 #: The outcome word of the single row of a file-level receipt, by file state.
 FILE_LEVEL_OUTCOMES: Mapping[str, str] = {"error": "file_error", "skipped": "already_processed"}
@@ -193,6 +193,9 @@ def summary(file: FileInfo, names: ReceiptNames) -> dict[str, Any]:
         "counts": counts,
         "error": file.error,
         "receipt": display_name(names.csv),
+        # the mapping the events were recorded with, and what a reader should know (e.g.
+        # that the mapping changed while the file was unfinished): only when the journal has them
+        **{key: getattr(file, key) for key in ("mapping_version", "note") if getattr(file, key, None)},
     }
 
 

@@ -16,12 +16,16 @@ A file's way through a worker
     -> finish: done/skipped -> archive/, error (file-level) -> error/
 
 An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
-worker resumes what is in processing/ at start-up and after every reconnect, and the journal
-resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
+worker resumes what is in processing/ at start-up, after every reconnect and after every file
+that did not finish, oldest first, and takes nothing newer while one of them is unfinished; the
+journal resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
 (InboxUnavailable) is logged and retried with backoff, never fatal; a receipt upload or an
 archive move that met a dead connection is redone after the reconnect without processing the
-file again. An unexpected error on one file is retried a few times, then the file goes to
-error/; it never stops the service.
+file again; one that failed otherwise (permissions, a full disk) is noted in the journal and
+retried with backoff while the feed goes on. A journal or local disk that refuses a write pauses
+the feed (backoff) with the file kept in processing/. An unexpected error on one file is retried
+FILE_ATTEMPTS times (counted in the journal, across restarts), then the file goes to error/ with a
+file-level receipt; nothing ends a worker short of a stop request.
 
 Faults: a feed whose delivery holds for an API outage (the delivery's circuit breaker) or
 whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
@@ -39,6 +43,7 @@ invalid one is refused, every problem logged, and the previous configuration sta
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import signal
@@ -54,13 +59,15 @@ from typing import Any
 from batch.config.api import SecretResolutionError
 from batch.config.service import FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
+from batch.fsutil import display_name
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
-from batch.journal import FileInProgress, Journal, JournalError
+from batch.journal import OUTCOMES, FileInProgress, FileRecord, Journal, JournalError, JournalUnavailable, this_process
 from batch.logs import RedactingFilter, apply_level
 from batch.metrics import Metrics, MetricsServer
-from batch.pipeline import FeedRuntime, FileOutcome, Processor, Progress, failed_file_ids
-from batch.receipts import write_receipt
+from batch.pipeline import (FeedRuntime, FileOutcome, Processor, Progress, ReceiptNotWritten, StorageFault,
+                            failed_file_ids, write_receipt_or_fault)
+from batch.receipts import ReceiptPaths, write_file_level_receipt
 from batch.ropo import RopoClient
 from batch.runtime import Runtime
 
@@ -247,6 +254,11 @@ class _Finishing:
     ok: bool
     receipts: list[Path] = field(default_factory=list)  # local receipt files to upload (SFTP)
     staged: Path | None = None                          # the downloaded copy (SFTP)
+    file_id: int | None = None                          # its journal record, to note a problem
+    receipt_missing: bool = False                       # the receipt is still to be written
+    noted: bool = False                                 # the journal has a finish_problem to clear
+    failures: int = 0                                   # failed upload / move attempts
+    next_try: float = 0.0                               # time.monotonic() of the next attempt
 
 
 class _Backoff:
@@ -261,7 +273,34 @@ class _Backoff:
         self.failures = 0
 
 
+#: errno values that mean a disk of ours (staging, outbox, journal) cannot take a write now:
+#: the file is not at fault; the feed pauses and tries again.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    return isinstance(exc, StorageFault) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a log or /healthz: what failed and where (paths in OSError included)."""
+    if isinstance(exc, (StorageFault, JournalUnavailable, InboxError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class FeedWorker(threading.Thread):
+    """One feed: files strictly oldest first; never dies on an error (see the module docstring).
+
+    The state machine: while processing/ holds a file this worker has not finished (it
+    failed, it was interrupted, the credentials were refused, the journal or a disk refused a
+    write) the worker works on that file and nothing newer -- `_need_resume` stays set until
+    `_resume` got every file in processing/ out or handed it to a later step that does not
+    hold the feed (a delivered file whose receipt upload / archive move failed)."""
+
     def __init__(self, service: "Service", name: str) -> None:
         super().__init__(name=f"feed:{name}", daemon=True)
         self.service = service
@@ -278,11 +317,14 @@ class FeedWorker(threading.Thread):
         self._generation = 0
         self._settings: FeedSettings | None = None
         self._runtime: FeedRuntime | None = None
+        self._runtimes: dict[str, FeedRuntime] = {}  # mapping versions loaded while running, by version
         self._processor: Processor | None = None
         self._staging: Path | None = None
         self._inbox: Inbox | None = None
         self._unfinished: dict[str, _Finishing] = {}
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[str, int] = {}  # failed attempts per file when the journal cannot count them
+        self._pause = _Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
+        self._auth = _Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
         self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
 
     # -- health
@@ -317,6 +359,7 @@ class FeedWorker(threading.Thread):
                      extra={"feed": self.feed})
         self._settings = settings
         self._runtime = generation.feeds[self.feed]
+        self._runtimes[self._runtime.mapping_version] = self._runtime
         self._processor = Processor(
             self.service.journal, _MeteredClient(generation.client, self.service.metrics, self.feed),  # type: ignore[arg-type]
             generation.config.delivery, stop=self.service.stop,
@@ -342,6 +385,15 @@ class FeedWorker(threading.Thread):
     def _remote(self) -> bool:
         return not isinstance(self.settings.location, LocalLocation)
 
+    def _receipt_dir(self) -> Path:
+        """Where receipts are written: the local outbox, or (SFTP) staging before the upload."""
+        assert self._staging is not None
+        if self._remote:
+            return self._staging / "receipts"
+        outbox = Runtime.outbox(self.settings)
+        assert outbox is not None
+        return outbox
+
     # -- the loop
 
     def run(self) -> None:
@@ -366,24 +418,33 @@ class FeedWorker(threading.Thread):
         inbox_failures = 0
         backoff = _Backoff(1.0, 60.0)
         while not stop.is_set() and not self._give_up:
-            if not self._refresh():
-                log.info("feed %s: removed from the configuration; worker ends", self.feed, extra={"feed": self.feed})
-                return
-            settings = self.settings
-            backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
+            step = "reading the configuration"
             try:
+                if not self._refresh():
+                    log.info("feed %s: removed from the configuration; worker ends", self.feed,
+                             extra={"feed": self.feed})
+                    return
+                settings = self.settings
+                backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
+                step = "opening the inbox"
                 inbox = self._open()
+                if self._finishing_due():
+                    self._need_resume = True
                 if self._need_resume:
-                    self._resume(inbox)
-                    self._need_resume = False
+                    step = "resuming the files in processing/"
+                    # False: a file in processing/ is still unfinished (failed, interrupted,
+                    # paused); it goes before anything newer, so resume again (after its wait)
+                    if self._resume(inbox):
+                        self._need_resume = False
                     continue
+                step = "scanning the inbox"
                 candidates = inbox.scan()
                 self.last_scan = _now_iso()
                 service.metrics.queue.labels(self.feed).set(len(candidates))
                 service.metrics.last_scan.labels(self.feed).set(time.time())
                 backoff.reset()
                 inbox_failures = 0
-                if self.state in ("unavailable", "starting"):
+                if self.state in ("unavailable", "starting", "error"):
                     self.state = "idle"
                 if not candidates:
                     if once:
@@ -393,29 +454,48 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = "idle"
+                    step = "sending failed events again"
                     service.retry_failed(self, inbox)
                     self._idle(inbox)
                     continue
                 if stop.is_set():
                     return
+                step = "claiming a file"
                 claimed = inbox.claim(candidates[0])
-                if claimed is not None:
-                    self._handle(inbox, claimed, resumed=False)
+                if claimed is not None and not self._handle(inbox, claimed, resumed=False):
+                    self._need_resume = True  # it stays in processing/ and goes first
             except (InboxError, OSError) as exc:
                 # InboxUnavailable: the connection dropped; HostKeyError / InboxError: refused,
                 # misconfigured (the key file, the folder) -- all may be fixed while we wait.
                 self._need_resume = True
                 inbox_failures += 1
                 self.state = "unavailable"
-                self.last_error = str(exc)
+                self.last_error = _describe(exc)
                 service.metrics.inbox_errors.labels(self.feed).inc()
                 level = logging.WARNING if isinstance(exc, InboxUnavailable) else logging.ERROR
                 if not isinstance(exc, (InboxUnavailable, HostKeyError)):
                     self._close_inbox()  # e.g. a local folder that does not exist yet: reopen later
                 delay = backoff.next()
-                log.log(level, "feed %s: inbox problem: %s; retrying in %.1f s", self.feed, exc, delay,
+                log.log(level, "feed %s: inbox problem: %s; retrying in %.1f s", self.feed, self.last_error, delay,
                         extra={"feed": self.feed})
                 if once and (not isinstance(exc, InboxUnavailable) or inbox_failures >= ONCE_INBOX_ATTEMPTS):
+                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    return
+                stop.wait(delay)
+            except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
+                self._need_resume = True
+                if not self._paused("the journal cannot be used", exc, None):
+                    return
+            except Exception as exc:  # noqa: BLE001 - a bug or a library's surprise never ends the feed
+                self._need_resume = True
+                self._close_inbox()
+                self.state = "error"
+                self.last_error = f"{step}: {type(exc).__name__}: {exc}"
+                service.metrics.faults.labels(self.feed, "worker").inc()
+                delay = backoff.next()
+                log.error("feed %s: unexpected error while %s: %s: %s; retrying in %.1f s", self.feed, step,
+                          type(exc).__name__, exc, delay, exc_info=exc, extra={"feed": self.feed})
+                if once:
                     self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
                     return
                 stop.wait(delay)
@@ -425,33 +505,48 @@ class FeedWorker(threading.Thread):
         deadline = time.monotonic() + self.settings.poll_interval_seconds
         while not self.service.stop.is_set() and self.service.generation.number == self._generation:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._finishing_due():
                 return
             if self._remote:
                 self.service.stop.wait(min(left, 0.5))
             elif inbox.wait(min(left, 0.5)):
                 return  # a file was closed or moved in
 
-    def _resume(self, inbox: Inbox) -> None:
+    def _finishing_due(self) -> bool:
+        now = time.monotonic()
+        return any(finishing.next_try <= now for finishing in self._unfinished.values())
+
+    def _resume(self, inbox: Inbox) -> bool:
+        """Work on what is in processing/, oldest first; True when nothing there holds the feed.
+
+        Stops at the first file that is still unfinished: newer files wait behind it."""
         now = time.monotonic()
         self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
         for claimed in inbox.resume():
             if self.service.stop.is_set() or self._give_up:
-                return
+                return False
             if claimed.name in self._others:
                 continue
-            if claimed.name not in self._unfinished:
+            finishing = self._unfinished.get(claimed.name)
+            if finishing is not None and finishing.next_try > now:
+                continue  # delivered; only its receipt upload / archive move waits for its retry
+            if finishing is None:
                 log.info("feed %s: resuming %s from processing/", self.feed, claimed.name,
                          extra={"feed": self.feed, "file": claimed.name})
-            self._handle(inbox, claimed, resumed=True)
+            if not self._handle(inbox, claimed, resumed=True):
+                return False
+        return True
 
     # -- one file
 
-    def _handle(self, inbox: Inbox, claimed: Claimed, *, resumed: bool) -> None:
+    def _handle(self, inbox: Inbox, claimed: Claimed, *, resumed: bool) -> bool:
+        """Process one file; True when it no longer holds the feed (finished, or only its
+        receipt upload / archive move is left to retry), False when it stays in processing/
+        to be tried again first (the wait before that try has been done)."""
         pending = self._unfinished.get(claimed.name)
-        if pending is not None:  # processed already; the receipt / archive step met a dead connection
+        if pending is not None:  # processed already; the receipt / archive step failed before
             self._complete(inbox, pending)
-            return
+            return True
         service, feed = self.service, self.feed
         self.state = "processing"
         self.last_file = claimed.source_name
@@ -459,37 +554,66 @@ class FeedWorker(threading.Thread):
         staged: Path | None = None
         assert self._staging is not None and self._processor is not None and self._runtime is not None
         try:
-            local = inbox.open_local(claimed, self._staging)
+            local = self._download(inbox, claimed)
             staged = local if self._remote else None
-            if self._remote:
-                receipt_dir = self._staging / "receipts"
-            else:
-                outbox = Runtime.outbox(self.settings)
-                assert outbox is not None
-                receipt_dir = outbox
-            receipt_dir.mkdir(parents=True, exist_ok=True)
+            receipt_dir = self._receipt_dir()
+            try:
+                receipt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
             retries = service.metrics.retries.labels(feed)
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
             outcome = self._processor.process(local, self._runtime, receipt_dir, name=claimed.source_name,
-                                              progress=progress)
-        except (InboxError, OSError) as exc:
-            if isinstance(exc, InboxError) or not isinstance(exc, (FileNotFoundError, PermissionError)):
-                raise  # the inbox: the loop backs off, reconnects and resumes the file
-            self._file_failed(inbox, claimed, exc, staged)
-            return
+                                              progress=progress, resumed=resumed, earlier=self._runtimes)
+        except InboxError:
+            self._drop_staged(staged)
+            raise  # the inbox: the loop backs off, reconnects and resumes the file
         except FileInProgress as exc:
             self._others[claimed.name] = time.monotonic()
             log.info("feed %s: %s", feed, exc, extra=extra)
             self._drop_staged(staged)
-            return
+            return True
+        except JournalUnavailable as exc:
+            self._drop_staged(staged)
+            self._paused("the journal cannot be used", exc, claimed)
+            return False
+        except ReceiptNotWritten as exc:
+            self._drop_staged(staged)
+            if exc.file is None or not exc.file.finished:
+                self._paused("a disk refused a write", exc, claimed)
+                return False
+            # delivered and finished in the journal: only the receipt is missing; it is written
+            # again later while the feed goes on (the journal keeps the result)
+            finishing = _Finishing(claimed, exc.file.state != "error", [], None, exc.file.id, receipt_missing=True)
+            self._unfinished[claimed.name] = finishing
+            self._forget_attempts(claimed)
+            self._finish_failed(finishing, "writing its receipt", exc)
+            return True
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the service
-            self._file_failed(inbox, claimed, exc, staged)
-            return
-        self._attempts.pop(claimed.name, None)
-        self._outcome(inbox, claimed, outcome, staged, resumed)
+            self._drop_staged(staged)
+            if _storage_fault(exc):
+                self._paused("a disk refused a write", exc, claimed)
+                return False
+            return self._file_failed(inbox, claimed, exc)
+        self._pause.reset()
+        self._forget_attempts(claimed)
+        return self._outcome(inbox, claimed, outcome, staged)
 
-    def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None,
-                 resumed: bool) -> None:
+    def _download(self, inbox: Inbox, claimed: Claimed) -> Path:
+        """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial copy)."""
+        assert self._staging is not None
+        try:
+            if self._remote:
+                self._staging.mkdir(parents=True, exist_ok=True)
+            return inbox.open_local(claimed, self._staging)
+        except InboxError:
+            raise
+        except OSError as exc:
+            if self._remote and exc.errno in STORAGE_ERRNOS:
+                raise StorageFault(f"downloading {claimed.name} into the staging folder", self._staging, exc) from exc
+            raise
+
+    def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None) -> bool:
         service, feed = self.service, self.feed
         status = outcome.status
         self.last_status = status
@@ -500,94 +624,213 @@ class FeedWorker(threading.Thread):
             for name in ("accepted", "rejected", "invalid", "failed", "duplicate"):
                 if counts.get(name):
                     service.metrics.events.labels(feed, name).inc(counts[name])
-        if status == "skipped" and resumed and outcome.file is not None and outcome.file.original_id is not None:
-            # Killed after the journal closed the file but before the archive move: the first
-            # run's receipt (not an "already processed" one) is what the legacy system needs.
-            original = service.journal.get_file(outcome.file.original_id)
-            if original.name == outcome.file.name and outcome.receipt is not None:
-                receipt = write_receipt(outcome.receipt.csv.parent, original, service.journal.file_events(original.id),
-                                        self._runtime.receipt_format)  # type: ignore[union-attr]
-                outcome = FileOutcome("done", original, receipt, None)
-                status = "done"
         shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
-                                                        "pending") if counts.get(k))
+                                                        "not_sent", "pending") if counts.get(k))
         if outcome.final:
             code = file_exit_code(outcome)
             self.exit_code = max(self.exit_code, code)
+            self._auth.reset()
             level = logging.INFO if code == EXIT_OK else logging.WARNING
             message = outcome.message if status != "done" else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
             receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
-            finishing = _Finishing(claimed, status != "error", receipts, staged)
+            record = outcome.file
+            finishing = _Finishing(claimed, status != "error", receipts, staged,
+                                   record.id if record is not None and record.id else None,
+                                   noted=record is not None and record.finish_problem is not None)
             self._unfinished[claimed.name] = finishing
             self._complete(inbox, finishing)
-            self.state = "idle"
-            return
+            if self.state == "processing":
+                self.state = "idle"
+            return True
         self._drop_staged(staged)
         if status == "interrupted":
             log.info("feed %s: %s: interrupted (%s); left in processing/ to resume", feed, claimed.source_name,
                      shown or "nothing sent", extra=extra)
-            if not service.stop.is_set():
-                self._need_resume = True
-            return
+            return False
         # auth_failed: Ropo One refused the credentials, or its TLS certificate was not trusted;
         # nothing more can go out until that is fixed.
         self.exit_code = EXIT_UNUSABLE
         self.last_error = outcome.message
         self.state = "auth_failed"
+        delay = self._auth.next()
         log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
-                  "resumed in %.0f s", feed, claimed.source_name, outcome.message, AUTH_BACKOFF_SECONDS, extra=extra)
-        self._need_resume = True
+                  "resumed in %.0f s", feed, claimed.source_name, outcome.message, delay, extra=extra)
         if service.once:
             self._give_up = True
         else:
-            service.stop.wait(AUTH_BACKOFF_SECONDS)
+            service.stop.wait(delay)
+        return False
 
     def _complete(self, inbox: Inbox, finishing: _Finishing) -> None:
-        """Upload the receipt (SFTP) and move the original; may raise InboxUnavailable (redone later)."""
+        """Upload the receipt (SFTP) and move the original; may raise InboxUnavailable (redone
+        after the reconnect). Any other failure (a folder without write permission, a full
+        disk) is noted in the journal and retried later with backoff: a delivered file does
+        not hold back the feed's next files."""
         claimed = finishing.claimed
-        for path in finishing.receipts:
-            if path.exists():
-                inbox.put_receipt(path, path.name)
+        folder = "archive/" if finishing.ok else "error/"
+        self._drop_staged(finishing.staged)  # the download is not needed for either step
+        finishing.staged = None
+        step = ""
         try:
-            target = inbox.finish(claimed, finishing.ok)
-        except FileNotFoundError:  # removed from processing/ by hand (or by another instance)
-            log.warning("feed %s: %s is no longer in processing/; nothing to move", self.feed, claimed.name,
-                        extra={"feed": self.feed})
-            target = "(gone)"
+            if finishing.receipt_missing:
+                step = "writing its receipt"
+                self._write_missing_receipt(finishing)
+            for path in finishing.receipts:
+                if path.exists():
+                    step = f"uploading the receipt {path.name} to the outbox"
+                    inbox.put_receipt(path, path.name)
+            step = f"moving {claimed.name} from processing/ to {folder}"
+            try:
+                target = inbox.finish(claimed, finishing.ok)
+            except FileNotFoundError:  # removed from processing/ by hand (or by another instance)
+                log.warning("feed %s: %s is no longer in processing/; nothing to move", self.feed, claimed.name,
+                            extra={"feed": self.feed})
+                target = "(gone)"
+        except InboxUnavailable:
+            raise
+        except (InboxError, OSError, StorageFault, JournalError) as exc:
+            self._finish_failed(finishing, step, exc)
+            return
         for path in finishing.receipts:
             path.unlink(missing_ok=True)
-        self._drop_staged(finishing.staged)
         self._unfinished.pop(claimed.name, None)
-        folder = "archive/" if finishing.ok else "error/"
-        log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
+        if (finishing.failures or finishing.noted) and finishing.file_id is not None:
+            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, None))
+            log.info("feed %s: %s moved to %s%s; the earlier problem is solved", self.feed, claimed.name, folder,
+                     target, extra={"feed": self.feed})
+        else:
+            log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
 
-    def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException, staged: Path | None) -> None:
-        extra = {"feed": self.feed, "file": claimed.name}
-        attempts = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
-        self._drop_staged(staged)
-        self.last_error = f"{type(exc).__name__}: {exc}"
+    def _write_missing_receipt(self, finishing: _Finishing) -> None:
+        assert finishing.file_id is not None and self._processor is not None and self._runtime is not None
+        file = self.service.journal.get_file(finishing.file_id)
+        receipt_dir = self._receipt_dir()
+        try:
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
+        receipt = self._processor.write_receipt_of(file, self._runtime, receipt_dir)
+        if self._remote:
+            finishing.receipts = [receipt.csv, receipt.json]
+        finishing.receipt_missing = False
+
+    def _finish_failed(self, finishing: _Finishing, step: str, exc: BaseException) -> None:
+        finishing.failures += 1
+        settings = self.settings
+        delay = min(settings.reconnect_max_seconds, settings.reconnect_initial_seconds * 2 ** (finishing.failures - 1))
+        finishing.next_try = time.monotonic() + delay
+        name = finishing.claimed.name
+        problem = f"{step} failed: {_describe(exc)}"
+        self.last_error = f"{name}: {problem}"
+        self.service.metrics.faults.labels(self.feed, "finish").inc()
+        if finishing.file_id is not None:
+            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, problem))
+        log.error("feed %s: %s: processed, but %s (attempt %d); it stays in processing/, the feed goes on with its "
+                  "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
+                  extra={"feed": self.feed, "file": name})
         if self.service.once:
-            log.error("feed %s: %s failed: %s: %s; it stays in processing/ for the next run", self.feed,
-                      claimed.name, type(exc).__name__, exc, exc_info=exc, extra=extra)
+            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+
+    def _journal_quietly(self, write: Any) -> None:
+        """A journal note that may fail without consequence (the log has said it)."""
+        try:
+            write()
+        except JournalError as exc:
+            log.warning("feed %s: %s", self.feed, exc, extra={"feed": self.feed})
+
+    def _paused(self, what: str, exc: BaseException, claimed: Claimed | None) -> bool:
+        """A journal or disk fault: the file stays in processing/, the feed waits (backoff) and
+        then tries the same file again; never error/. False when the feed ends (--once)."""
+        self.state = "paused"
+        self.last_error = _describe(exc)
+        kind = "journal" if isinstance(exc, JournalUnavailable) else "storage"
+        self.service.metrics.faults.labels(self.feed, kind).inc()
+        delay = self._pause.next()
+        held = f"{claimed.name} stays in processing/; " if claimed is not None else ""
+        log.error("feed %s: %s: %s; %sthe feed pauses and tries again in %.0f s (attempt %d)", self.feed, what,
+                  self.last_error, held, delay, self._pause.failures,
+                  extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
+        if self.service.once:
+            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+            self._give_up = True
+            return False
+        self.service.stop.wait(delay)
+        if kind == "journal" and not self.service.stop.is_set():
+            try:  # a repaired or remounted disk is seen only through a new connection
+                self.service.journal.reopen()
+            except JournalUnavailable as again:
+                log.warning("feed %s: %s", self.feed, again, extra={"feed": self.feed})
+        return True
+
+    def _count_attempt(self, claimed: Claimed, error: str) -> int:
+        """Count a failed attempt in the journal (across restarts); in memory if it cannot."""
+        memory = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
+        try:
+            return max(memory, self.service.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
+        except JournalError:
+            return memory
+
+    def _forget_attempts(self, claimed: Claimed) -> None:
+        self._attempts.pop(claimed.name, None)
+        self._journal_quietly(lambda: self.service.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
+
+    def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException) -> bool:
+        extra = {"feed": self.feed, "file": claimed.name}
+        described = _describe(exc)
+        attempts = self._count_attempt(claimed, described)
+        self.last_error = f"{claimed.name}: {described}"
+        self.state = "retrying"
+        self.service.metrics.faults.labels(self.feed, "file").inc()
+        if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
+            log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
+                      self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
             self.exit_code = EXIT_UNUSABLE
             self._give_up = True
-            return
+            return False
         if attempts < FILE_ATTEMPTS:
-            log.error("feed %s: %s failed (attempt %d of %d): %s: %s; trying again", self.feed, claimed.name,
-                      attempts, FILE_ATTEMPTS, type(exc).__name__, exc, exc_info=exc, extra=extra)
-            self._need_resume = True
-            self.service.stop.wait(min(30.0, 2.0 ** attempts))
-            return
-        log.error("feed %s: %s failed %d time(s): %s: %s; moved to error/", self.feed, claimed.name, attempts,
-                  type(exc).__name__, exc, exc_info=exc, extra=extra)
-        self._attempts.pop(claimed.name, None)
+            delay = min(30.0, 2.0 ** attempts)
+            log.error("feed %s: %s failed (attempt %d of %d): %s; trying again in %.0f s", self.feed, claimed.name,
+                      attempts, FILE_ATTEMPTS, described, delay, exc_info=exc, extra=extra)
+            self.service.stop.wait(delay)
+            return False
+        log.error("feed %s: %s failed %d time(s): %s; moved to error/", self.feed, claimed.name, attempts,
+                  described, exc_info=exc, extra=extra)
         self.exit_code = EXIT_UNUSABLE
         self.last_status = "error"
         self.service.metrics.files.labels(self.feed, "error").inc()
-        finishing = _Finishing(claimed, False)
+        try:
+            finishing = self._give_up_file(claimed, f"failed {attempts} times: {described}")
+        except (JournalError, StorageFault, OSError) as fault:  # journal or disk: keep it, try again
+            self._paused("cannot move a failed file to error/", fault, claimed)
+            return False
+        self._forget_attempts(claimed)
         self._unfinished[claimed.name] = finishing
         self._complete(inbox, finishing)
+        self.state = "idle"
+        return True
+
+    def _give_up_file(self, claimed: Claimed, error: str) -> _Finishing:
+        """Close the file in the journal as error (its pending events become not_sent) and write
+        its file-level receipt; returns what moves it to error/."""
+        journal = self.service.journal
+        record = journal.unfinished_named(self.feed, claimed.source_name)
+        if record is not None:
+            record = journal.finish_file(record.id, "error", error=error)
+        else:  # it failed before the journal knew it (e.g. it could not be read at all)
+            now = journal.clock()
+            record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, "error", now, now, error,
+                                dict.fromkeys(OUTCOMES, 0), False, None, this_process())
+        receipt_dir, runtime = self._receipt_dir(), self._runtime
+        assert runtime is not None
+
+        def write() -> ReceiptPaths:
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+            return write_file_level_receipt(receipt_dir, record, runtime.receipt_format)
+
+        receipt = write_receipt_or_fault(write, receipt_dir)
+        receipts = [receipt.csv, receipt.json] if self._remote else []
+        return _Finishing(claimed, False, receipts, None, record.id or None)
 
     @staticmethod
     def _drop_staged(staged: Path | None) -> None:
@@ -611,6 +854,7 @@ class Service:
         self.redactor = redactor
         self._lock = threading.Lock()
         self._signalled = False
+        self._said_again = False
         config = loaded.config
         config.journal.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal)
@@ -658,16 +902,23 @@ class Service:
         """SIGTERM / SIGINT: stop claiming, let the in-flight file finish or journal it, exit 0."""
 
         def handler(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self.stop.is_set():
-                log.warning("%s again: still finishing the files in flight", name)
-                return
-            self._signalled = True
-            log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
-            self.stop.set()
+            self.request_stop(signum)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def request_stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            # said once: a storm of signals would otherwise re-enter logging from the handler
+            # (it runs between any two bytecodes of the main thread) until the recursion limit
+            if not self._said_again:
+                self._said_again = True
+                log.warning("%s again: still finishing the files in flight", name)
+            return
+        self._signalled = True
+        log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
+        self.stop.set()
 
     # -- health
 
@@ -681,8 +932,8 @@ class Service:
             detail = worker.health()
             trouble = feed_trouble(worker)
             if trouble is not None:
-                detail["state"] = trouble
-                problems.append(f"{name}: {trouble}")
+                detail["state"], detail["problem"] = trouble
+                problems.append(f"{name}: {trouble[0]}: {trouble[1]}")
             elif not worker.is_alive():
                 problems.append(f"{name}: the feed's thread is not running ({worker.state})")
             feeds[name] = detail
@@ -880,19 +1131,21 @@ def _breaker_open(worker: FeedWorker) -> bool:
     return processor is not None and processor.breaker.is_open
 
 
-def feed_trouble(worker: FeedWorker) -> str | None:
-    """What holds a feed up, for /healthz; None when nothing does."""
+def feed_trouble(worker: FeedWorker) -> tuple[str, str] | None:
+    """What holds a feed up, for /healthz: (state, why); None when nothing does."""
     processor = worker._processor
     breaker = processor.breaker if processor is not None else None
     if breaker is not None and breaker.open_since is not None:
         since = datetime.fromtimestamp(breaker.open_since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return f"holding: api unreachable since {since} ({breaker.reason})"
-    if worker.state == "unavailable":
-        return (f"unavailable: inbox unreachable ({worker.last_error}); "
-                f"last successful scan {worker.last_scan or 'never'}")
-    if worker.state == "auth_failed":
-        return f"auth_failed: cannot deliver to Ropo One ({worker.last_error})"
-    return None
+        return "holding", f"api unreachable since {since} ({breaker.reason})"
+    why = {
+        "unavailable": f"inbox unreachable ({worker.last_error}); last successful scan {worker.last_scan or 'never'}",
+        "auth_failed": f"cannot deliver to Ropo One ({worker.last_error})",
+        "paused": f"the journal or a disk refused a write ({worker.last_error})",
+        "retrying": f"a file failed and holds the feed ({worker.last_error})",
+        "error": f"unexpected error, retrying ({worker.last_error})",
+    }.get(worker.state)
+    return (worker.state, why) if why is not None else None
 
 
 def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:

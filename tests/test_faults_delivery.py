@@ -168,10 +168,11 @@ def test_F6_healthz_and_metrics_say_when_a_feed_holds_for_the_api(
         status, body = _get(f"{base}/healthz")
         health = json.loads(body)
         assert status == 503 and health["status"] == "unhealthy"
-        state = health["feeds"]["local"]["state"]
-        assert state.startswith("holding: api unreachable since 20"), state
-        assert state.endswith("Z (HTTP 503: Service Unavailable: Injected by the sandbox)"), state
-        assert health["problems"] == [f"local: {state}"]
+        assert health["feeds"]["local"]["state"] == "holding"
+        problem = health["feeds"]["local"]["problem"]
+        assert problem.startswith("api unreachable since 20"), problem
+        assert problem.endswith("Z (HTTP 503: Service Unavailable: Injected by the sandbox)"), problem
+        assert health["problems"] == [f"local: holding: {problem}"]
         assert 'usageplace_batch_api_holding{feed="local"} 1.0' in _get(f"{base}/metrics")[1]
 
         sandbox.set_faults()  # the API is back
@@ -198,9 +199,10 @@ def test_F6_healthz_says_when_the_inbox_is_unreachable(
         status, body = _get(f"{base}/healthz")
         health = json.loads(body)
         assert status == 503, body
-        state = health["feeds"]["local"]["state"]
-        assert state.startswith("unavailable: inbox unreachable (") and state.endswith("; last successful scan never")
-        assert str(inbox) in state
+        assert health["feeds"]["local"]["state"] == "unavailable"
+        problem = health["feeds"]["local"]["problem"]
+        assert problem.startswith("inbox unreachable (") and problem.endswith("; last successful scan never")
+        assert str(inbox) in problem
         assert health["feeds"]["local"]["alive"]
         assert 'usageplace_batch_inbox_unreachable{feed="local"} 1.0' in _get(f"{base}/metrics")[1]
         inbox.mkdir()

@@ -348,7 +348,7 @@ def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
     assert errors == []
     finished = journal.finish_file(file_id, "done")
     assert finished.counts == {"accepted": 3000, "rejected": 1000, "invalid": 0, "failed": 0,
-                               "duplicate": 0, "pending": 0}
+                               "duplicate": 0, "not_sent": 0, "pending": 0}
 
 
 def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
@@ -392,7 +392,7 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
         resumed = journal.begin_file("a.csv", SHA_A, 100, "feed")
         assert resumed.outcome == "resumed" and resumed.file.id == file_id
         assert resumed.file.counts == {"accepted": 40, "rejected": 0, "invalid": 0, "failed": 1,
-                                       "duplicate": 0, "pending": 59}
+                                       "duplicate": 0, "not_sent": 0, "pending": 59}
         failed = journal.get_event(file_id, 41)
         assert (failed.attempts, failed.http_status, failed.message) == (4, 503, "down")
         assert [e.line for e in journal.to_send(file_id)] == list(range(42, 101))
@@ -464,7 +464,7 @@ def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
     assert finished.state == "done" and finished.finished and finished.recorded
     assert finished.finished_at >= finished.started_at
     assert finished.counts == {"accepted": 1, "rejected": 1, "invalid": 1, "failed": 1,
-                               "duplicate": 1, "pending": 0}
+                               "duplicate": 1, "not_sent": 0, "pending": 0}
 
 
 def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
@@ -565,3 +565,92 @@ def test_prune_after_a_retry_emptied_the_failed_events(db: Path) -> None:
         journal.record_result(file_id, 1, "accepted", http_status=200)
         journal.refresh_counts(file_id)
         assert journal.prune(clock.now - timedelta(days=90)) == (1, 1)
+
+
+# --------------------------------------------------------------------------- D14, F2, schema v2
+
+
+def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(db: Path) -> None:
+    from datetime import timedelta
+
+    clock = Clock()
+    with Journal(db, clock=clock) as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(n, f"E{n}") for n in range(1, 6)])
+        journal.record_result(file_id, 1, "accepted", http_status=201)
+        finished = journal.finish_file(file_id, "error", error="failed 3 times: TypeError: boom")
+        assert finished.counts["pending"] == 0 and finished.counts["not_sent"] == 4
+        assert finished.counts["accepted"] == 1
+        assert {(e.state, e.message) for e in journal.file_events(file_id) if e.line > 1} == {
+            ("not_sent", "file error: failed 3 times: TypeError: boom")}
+        clock.advance(2)
+        assert journal.prune(clock() - timedelta(days=1)) == (1, 5)
+
+
+def test_journal_schema_1_is_migrated_keeping_every_row(db: Path) -> None:
+    from batch.journal import MIGRATIONS
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner)"
+                 " VALUES (1, 'old.csv', 'aa', 1, 'feed', 'processing', '2026-01-01T00:00:00+00:00', 'h:1')")
+    conn.execute("INSERT INTO events (file_id, line, event_id, state, attempts, updated_at)"
+                 " VALUES (1, 2, 'E2', 'accepted', 1, '2026-01-01T00:00:00+00:00')")
+    conn.execute("INSERT INTO events (file_id, line, event_id, payload, state, updated_at)"
+                 " VALUES (1, 3, 'E3', '{}', 'pending', '2026-01-01T00:00:00+00:00')")
+    conn.close()
+    with Journal(db) as journal:
+        record = journal.get_file(1)
+        assert record.mapping_version is None and record.counts["accepted"] == 1
+        assert record.counts["pending"] == 1
+        assert journal.count_file_attempt("feed", "old.csv", "x") == 1
+        assert journal.finish_file(1, "error", error="boom").counts["not_sent"] == 1
+    assert journal_version(db) == 2
+
+
+def journal_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_F2_journal_fault_names_the_path_and_operation(db: Path) -> None:
+    from batch.journal import JournalUnavailable
+
+    with Journal(db, busy_timeout_s=0.2) as journal:
+        file_id = new_file(journal)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the busy timeout
+        try:
+            with pytest.raises(JournalUnavailable) as caught:
+                journal.record_events(file_id, [event(1, "E1")])
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert str(caught.value) == f"journal {db}: cannot record events: database is locked"
+        journal.record_events(file_id, [event(1, "E1")])  # and it works again once released
+
+
+def test_F2_reopen_never_creates_a_new_journal_and_recovers_when_the_file_is_back(db: Path) -> None:
+    from batch.journal import JournalUnavailable
+
+    with Journal(db) as journal:
+        file_id = new_file(journal)
+        away = db.with_name("moved-away.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.rename(f"{db}{suffix}", f"{away}{suffix}")
+        with pytest.raises(JournalUnavailable) as caught:
+            journal.reopen()  # e.g. its disk is not mounted again yet
+        assert str(caught.value) == f"journal {db}: cannot open it again: unable to open database file"
+        assert not db.exists()
+        with pytest.raises(JournalUnavailable):
+            journal.get_file(file_id)  # every call tries to open it again, and says so
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{away}{suffix}").exists():
+                os.rename(f"{away}{suffix}", f"{db}{suffix}")
+        assert journal.get_file(file_id).name == "a.csv"

@@ -575,3 +575,62 @@ def test_at_most_max_in_flight_events_are_sent_without_their_result_being_journa
     assert committed == 200
     assert max(gaps) <= 4, gaps
     assert len(gaps) < 200  # results are journaled in batches
+
+
+# --------------------------------------------------------------------------- F8: one mapping per file
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at that moment: whatever the journal committed stays."""
+
+
+def _kill_after(count: int, what: str) -> Progress:
+    def hit(done: Any) -> None:
+        seen[0] = done if isinstance(done, int) else seen[0] + 1
+        if seen[0] >= count:
+            raise _Killed(what)
+
+    seen = [0]
+    return Progress(on_recorded=hit) if what == "recorded" else Progress(on_result=hit)
+
+
+@pytest.mark.parametrize("killed", ["while journaling", "after sending"])
+def test_F8_file_is_delivered_under_one_mapping_when_the_mapping_changes(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        caplog: pytest.LogCaptureFixture, killed: str) -> None:
+    sandbox = make_sandbox()
+    ws = workspace_for(sandbox)
+    rows = make_rows(600, 7)
+    path = write_feed(ws.inbox / "f8.csv", rows)
+    ws.outbox.mkdir()
+    with ws.runtime() as runtime:
+        feed = runtime.feeds[FEED]
+        first_version = feed.mapping_version
+        runtime.processor.journal_batch = 100
+        progress = _kill_after(200, "recorded") if killed == "while journaling" else _kill_after(50, "result")
+        with pytest.raises(_Killed):
+            runtime.processor.process(path, feed, ws.outbox, progress=progress)
+    mapping = ws.root / "mappings" / f"{FEED}.yaml"
+    mapping.write_text(SIMPLE_MAPPING.replace("description: {column: description}",
+                                              "description: {const: mapping-v2}"), encoding="utf-8")
+    with ws.runtime() as runtime, caplog.at_level("INFO"):
+        feed = runtime.feeds[FEED]
+        assert feed.mapping_version != first_version
+        outcome = runtime.processor.process(path, feed, ws.outbox, resumed=True)
+    assert outcome.status == "done" and outcome.counts["accepted"] == 600
+    descriptions = {event["description"] for event in sandbox.accepted}
+    summary = ws.summary("f8.csv")
+    if killed == "while journaling":  # nothing was sent: recorded anew, all with the new version
+        assert descriptions == {"mapping-v2"}
+        assert summary["mapping_version"] == feed.mapping_version
+        assert summary["note"] == (f"The mapping changed (version {first_version} -> {feed.mapping_version}) "
+                                   f"before any event was sent; the file was recorded over with version "
+                                   f"{feed.mapping_version}.")
+        assert (f"f8.csv: recorded with mapping version {first_version}, now {feed.mapping_version}, and "
+                f"nothing was sent yet: recording the file over with {feed.mapping_version}") in caplog.text
+    else:  # events went out: every one as recorded with the first version, never a mix
+        assert "mapping-v2" not in descriptions and len(descriptions) == 600
+        assert summary["mapping_version"] == first_version
+        assert summary["note"].endswith(f"every event went out as recorded with version {first_version}.")
+        assert "events were sent already: delivering the rest as recorded with" in caplog.text
+    assert sorted(sandbox.accepted_ids) == sorted(r["id"] for r in rows)

@@ -48,7 +48,7 @@ class File:
     finished_at: datetime | None = STARTED + timedelta(seconds=83, milliseconds=250)
     error: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {
-        "accepted": 2, "rejected": 1, "invalid": 1, "failed": 1, "duplicate": 1, "pending": 0})
+        "accepted": 2, "rejected": 1, "invalid": 1, "failed": 1, "duplicate": 1, "not_sent": 0, "pending": 0})
 
 
 EVENTS = [

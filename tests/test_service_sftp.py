@@ -114,8 +114,8 @@ def test_sshd_stopped_during_processing(dropper, remote_inbox: Path, sftp_config
         runner.wait_log("inbox problem")
         healthy, detail = runner.service.health()
         assert detail["feeds"]["remote"]["alive"], "a feed thread died"
-        if detail["feeds"]["remote"]["state"].startswith("unavailable"):  # F6: /healthz says so (503)
-            assert not healthy and "inbox unreachable" in detail["feeds"]["remote"]["state"]
+        if detail["feeds"]["remote"]["state"] == "unavailable":  # F6: /healthz says so (503)
+            assert not healthy and "inbox unreachable" in detail["feeds"]["remote"]["problem"]
         sshd.start()
         wait_until(lambda: archived(remote_inbox, "during.csv"), 60, what="during.csv finished after sshd is back")
         dropper.put("after.csv", export("A", 5))  # and the service keeps going
@@ -137,7 +137,8 @@ def test_unknown_host_key_is_refused_and_the_service_keeps_running(
         dropper.put("waiting.csv", export("K", 3))
         healthy, detail = runner.service.health()
         assert detail["feeds"]["remote"]["alive"]  # every feed thread alive
-        assert not healthy and detail["feeds"]["remote"]["state"].startswith("unavailable: inbox unreachable")
+        assert not healthy and detail["feeds"]["remote"]["state"] == "unavailable"
+        assert detail["feeds"]["remote"]["problem"].startswith("inbox unreachable")
         known_hosts.write_text(sshd.known_hosts.read_text())  # the administrator adds the checked key
         wait_until(lambda: archived(remote_inbox, "waiting.csv"), 30, what="processed once the key is known")
     assert set(sandbox.accepted_ids) == ids("K", 3)
@@ -237,7 +238,7 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
     assert "r.csv: 5 accepted" in out
     assert "receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
     assert receipt(outbox, "r.csv")["counts"] == {
-        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "pending": 0}
+        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0}
     assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
     assert set(sandbox.accepted_ids) == ids("R", 5)
     assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind
