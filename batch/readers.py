@@ -305,10 +305,67 @@ def read_xml(
         _unwrap(stream, original)
 
 
+# The parser is fed blocks of this size; after each block, everything that is neither a pending
+# record nor an ancestor of one is released, so memory follows the block, not the document.
+XML_BLOCK = 1 << 16
+# A record element whose markup spans more than this is refused rather than held whole
+# (a real record is a few hundred bytes; libxml2's tree costs up to ~30 times the markup).
+MAX_RECORD_BYTES = 1 << 20
+# libxml2's limit for one text or attribute value without XML_PARSE_HUGE (XML_MAX_TEXT_LENGTH).
+# In push mode it buffers an unfinished tag whole before it checks that limit (a 200 MB
+# attribute cost 418 MB), so the reader refuses a run this long without a '<' itself.
+MAX_MARKUP_RUN = 10_000_000 + XML_BLOCK
+# Before the first element there are only comments, processing instructions and blanks.
+MAX_PROLOG_BYTES = 1 << 20
+
+_PARSER_OPTIONS = dict(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    huge_tree=False,  # keeps libxml2's depth (256) and text-node (10 MB) limits
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+class _Blocks:
+    """The stream in blocks, with the line count before each and a guard against long runs
+    without markup (which libxml2 would buffer whole and then report on the wrong line)."""
+
+    def __init__(self, stream: io.BufferedReader):
+        self.stream = stream
+        self.position = 0  # bytes handed out so far
+        self.lines = 0  # newlines in them
+        self.run = 0  # bytes since the last '<'
+        self.run_line = 1  # line of that '<'
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            block = self.stream.read(XML_BLOCK)
+            if not block:
+                return
+            last = block.rfind(b"<")
+            if last < 0:
+                self.run += len(block)
+                if self.run > MAX_MARKUP_RUN:
+                    raise FileError(
+                        f"not well-formed XML: more than {MAX_MARKUP_RUN - XML_BLOCK:,} characters without markup "
+                        "from this line on (an attribute value, text or tag longer than the XML parser accepts)",
+                        self.run_line,
+                    )
+            else:
+                self.run = len(block) - last - 1
+                self.run_line = self.lines + block.count(b"\n", 0, last) + 1
+            self.lines += block.count(b"\n")
+            self.position += len(block)
+            yield block
+
+
 def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, chunk_size: int) -> Iterator[Chunk]:
     _refuse_doctype(stream.peek(1 << 16))
     namespaces = dict(options.namespaces)
     steps = clark_steps(options.record_path, namespaces)
+    record_tag = steps[-1][1]
     matches_path = _path_matcher(steps)
     texts = compile_row_extractor(plan.texts, namespaces)
     groups = [
@@ -316,42 +373,128 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
         for element, parts in plan.groups
     ]
     columns = list(plan.texts) + [element for element, _ in plan.groups]
-    parser_events = etree.iterparse(
-        stream,
-        events=("end",),
-        tag=steps[-1][1],
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    blocks = _Blocks(stream)
     chunk = Chunk(columns)
-    checked_dtd = False
+    parser = None
     try:
-        for _, element in parser_events:
-            if not checked_dtd:
-                # the prolog probe above sees only the buffered head; the parsed document is the authority
-                _refuse_parsed_dtd(element)
-                checked_dtd = True
-            if not matches_path(element):
-                continue
-            row = texts(element)
-            for find, parts in groups:
-                row.append([parts(found) for found in find(element)])
-            chunk.lines.append(element.sourceline or 0)
-            chunk.rows.append(row)
-            _release(element)
-            if len(chunk.lines) >= chunk_size:
-                yield chunk
-                chunk = Chunk(columns)
+        root_tag, head = _root_tag(blocks)
+        if root_tag is None:
+            return
+        parser = etree.XMLPullParser(
+            events=("start", "end"), tag=list(dict.fromkeys((root_tag, record_tag))), **_PARSER_OPTIONS
+        )
+        root: etree._Element | None = None
+        pending: etree._Element | None = None  # the record element being read
+        pending_since = 0
+        feeding = iter(blocks)
+        while True:
+            block = head.pop(0) if head else next(feeding, None)
+            broken = None  # the records read before a syntax error are still handed on
+            try:
+                if block is None:
+                    parser.close()
+                else:
+                    parser.feed(block)
+            except etree.XMLSyntaxError as exc:
+                broken = exc
+            for event, element in parser.read_events():
+                if event == "start":
+                    if root is None:
+                        root = element
+                        _refuse_parsed_dtd(element)
+                    if element.tag == record_tag and matches_path(element):
+                        if pending is not None:
+                            raise _nested_record_error(element, pending)
+                        pending, pending_since = element, blocks.position
+                    continue
+                if element is not pending:
+                    continue
+                pending = None
+                row = texts(element)
+                for find, parts in groups:
+                    row.append([parts(found) for found in find(element)])
+                chunk.lines.append(element.sourceline or 0)
+                chunk.rows.append(row)
+                _release(element)
+                if len(chunk.lines) >= chunk_size:
+                    yield chunk
+                    chunk = Chunk(columns)
+            if broken is not None:
+                raise broken
+            if block is None:
+                break
+            if pending is not None and blocks.position - pending_since > MAX_RECORD_BYTES + XML_BLOCK:
+                raise FileError(
+                    f"the record that starts here is larger than {MAX_RECORD_BYTES >> 20} MB; "
+                    "records that large are refused (is record_path the record element?)",
+                    pending.sourceline,
+                )
+            if root is not None:
+                _prune(root, pending)
     except etree.XMLSyntaxError as exc:
-        log = parser_events.error_log  # this parse's errors (exc.error_log also holds earlier files')
-        line = exc.lineno or (log[0].line if len(log) else None)
-        raise FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None) from None
+        # this parse's errors (exc.error_log also holds earlier files')
+        raise _syntax_error(exc, parser.feed_error_log if parser is not None else []) from None
     if chunk.lines:
         yield chunk
+
+
+def _root_tag(blocks: _Blocks) -> tuple[str | None, list[bytes]]:
+    """The document element's tag, read by a throw-away parser, and the blocks it took to find it
+    (to be fed again). A DOCTYPE is refused here, so a document without records is refused too.
+    A syntax error after the root's start tag is left to the real parse (records before it count)."""
+    probe = etree.XMLPullParser(events=("start",), **_PARSER_OPTIONS)
+    head: list[bytes] = []
+    for block in blocks:
+        head.append(block)
+        try:
+            probe.feed(block)
+        except etree.XMLSyntaxError as exc:
+            error = exc
+        else:
+            error = None
+        for _, element in probe.read_events():
+            _refuse_parsed_dtd(element)
+            return element.tag, head
+        if error is not None:
+            raise _syntax_error(error, probe.feed_error_log)
+        if blocks.position > MAX_PROLOG_BYTES:
+            raise FileError(f"the XML has no element in its first {MAX_PROLOG_BYTES >> 20} MB", 1)
+    try:
+        probe.close()
+    except etree.XMLSyntaxError as exc:
+        raise _syntax_error(exc, probe.feed_error_log) from None
+    return None, head
+
+
+def _syntax_error(exc: etree.XMLSyntaxError, log) -> FileError:
+    line = exc.lineno or (log[0].line if len(log) else None)
+    return FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None)
+
+
+def _prune(root: etree._Element, pending: etree._Element | None) -> None:
+    """Release every finished element that is not an ancestor of the pending record.
+
+    The elements still open are the chain of last children from the root; every earlier child
+    is finished. Each level keeps only its last child (open, or finished but bounded by one),
+    so what stays is one element per level, and the pending record whole.
+    """
+    node = root
+    while node is not pending:
+        count = len(node)
+        if count == 0:
+            return
+        if count > 1:
+            del node[: count - 1]
+        node = node[0]
+
+
+def _nested_record_error(inner: etree._Element, outer: etree._Element) -> FileError:
+    name = etree.QName(inner).localname
+    return FileError(
+        f"a {name} record inside the {name} record that starts on line {outer.sourceline}: nested records are "
+        "refused (neither could be mapped whole); give record_path as an absolute path such as /Export/Events/Event",
+        inner.sourceline,
+    )
 
 
 def _refuse_doctype(head: bytes) -> None:
