@@ -601,7 +601,7 @@ def test_a_huge_text_node_is_refused():
     error = _assert_refused(data)  # inside a record: the record is too large first
     assert error.message.startswith("the record that starts here is larger than 1 MB")
     error = _assert_refused(b"<r><A>" + b"x" * 12_000_000 + b"</A><E id='1'/></r>")
-    assert error.message.startswith("not well-formed XML: more than 10,000,000 characters without markup")
+    assert error.message.startswith("not well-formed XML:")
 
 
 def test_xinclude_is_not_processed(tmp_path):
