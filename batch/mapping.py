@@ -24,6 +24,7 @@ from batch.config.mapping import (
     Mapping,
     TimeSpec,
     ValueSpec,
+    compile_pattern,
 )
 from batch.events import EVENT_KEYS, Rules, check_event
 from batch.fastpath import build_fast_mapper
@@ -144,11 +145,8 @@ class _Value:
         self.source = _source_label(spec, is_xml)
         self.trim = spec.trim
         self.default = None if spec.default is None else str(spec.default)
-        self.pattern = None
-        if spec.pattern:
-            import re
-
-            self.pattern = re.compile(spec.pattern)
+        # value -> does it match the whole pattern (RE2: linear time, see config.mapping)
+        self.pattern = compile_pattern(spec.pattern) if spec.pattern else None
         self.map = None
         if spec.map is not None:
             self.map = {(k.casefold() if spec.map_ignore_case else k): v for k, v in spec.map.items()}
@@ -178,7 +176,7 @@ class _Value:
                     raise _Problem(f"value is not in the map (expected one of {known})", raw)
                 mapped = self.map_default
             value = mapped
-        if self.pattern is not None and not self.pattern.fullmatch(value):
+        if self.pattern is not None and not self.pattern(value):
             raise _Problem(f"does not match the pattern {self.spec.pattern!r}", raw)
         if self.converter is not None:
             converted, reason = self.converter.convert(value)

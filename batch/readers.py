@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator
 
 from lxml import etree
 
-from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions
+from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
 from batch.records import Chunk, XmlPlan
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
@@ -530,10 +530,12 @@ def _path_matcher(steps: list[tuple[bool, str]]):
         return lambda element: True  # '//Event': the parser's tag filter already chose
     if not any(descendant for descendant, _ in steps):
         return _absolute_matcher([tag for _, tag in steps])
-    pattern = "".join(("\x00(?:[^\x00]*\x00)*?" if descendant else "\x00") + re.escape(tag) for descendant, tag in steps)
-    if not steps[0][0]:
-        pattern = "^" + pattern
-    compiled = re.compile(pattern + "$")
+    import re2
+
+    # on RE2: with backtracking, each '//' step multiplied the work by the depth (256 at most)
+    fullmatch = compile_pattern(
+        "".join(("\x00(?:[^\x00]*\x00)*?" if descendant else "\x00") + re2.escape(tag) for descendant, tag in steps)
+    )
 
     def matches(element: etree._Element) -> bool:
         chain = [element.tag]
@@ -541,7 +543,7 @@ def _path_matcher(steps: list[tuple[bool, str]]):
         while parent is not None:
             chain.append(parent.tag)
             parent = parent.getparent()
-        return compiled.search("\x00" + "\x00".join(reversed(chain))) is not None
+        return fullmatch("\x00" + "\x00".join(reversed(chain)))
 
     return matches
 

@@ -192,3 +192,74 @@ def test_xml_reader_still_refuses_what_it_refused():
     with pytest.raises(FileError) as info:
         list(read_xml(io.BytesIO(b"<r>" + b"<x>" * 300 + b"</x>" * 300 + b"</r>"), opts, XmlPlan(texts=["@id"])))
     assert info.value.message.startswith("not well-formed XML: Excessive depth in document: 256")
+
+
+# --- D4: a pattern (or any regex built from the configuration) cannot hang the process -------------
+
+CSV_MAPPING = """\
+format: csv
+fields:
+  id: {column: id}
+  usageplacecode: {column: place, pattern: "%s"}
+  time: {column: time}
+  status: {column: status, map: {D: disconnected}}
+"""
+
+
+def _timed(fn):
+    import time
+
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("value", ["a" * 35 + "!", "a" * 100_000 + "!"], ids=["35-chars", "100k-chars"])
+def test_D4_a_catastrophic_pattern_costs_a_record_microseconds(value):
+    data = f"id,place,time,status\n1,{value},2024-02-05 06:30:00,D\n2,aaa,2024-02-05 06:30:00,D\n".encode()
+    records, seconds = _timed(lambda: mapped(CSV_MAPPING % "(a+)+$", data))
+    assert seconds < 0.5
+    assert [r.ok for r in records] == [False, True]
+    assert records[0].errors[0].message == "does not match the pattern '(a+)+$'"
+
+
+@pytest.mark.parametrize(
+    "pattern, reason",
+    [
+        (r"(\\d)\\1", r"invalid escape sequence: \1"),
+        (r"(?=\\d)\\d+", "invalid perl operator: (?="),
+        (r"(?!0)\\d+", "invalid perl operator: (?!"),
+        (r"(?<=x)\\d+", "invalid perl operator: (?<="),
+    ],
+    ids=["backreference", "lookahead", "negative-lookahead", "lookbehind"],
+)
+def test_D4_a_pattern_re2_cannot_run_is_a_config_error_at_load(pattern, reason):
+    from batch.config.yamlload import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_mapping_text(CSV_MAPPING % pattern, "m.yaml")
+    assert [str(problem) for problem in info.value.problems] == [
+        f"m.yaml:4:35: fields.usageplacecode.pattern: not a usable regular expression: {reason} (patterns run on "
+        "RE2, which never backtracks: backreferences (\\1), lookahead (?=, ?!) and lookbehind (?<=, ?<!) are not "
+        "available)"
+    ]
+
+
+def test_D4_a_time_format_with_a_run_of_blanks_does_not_backtrack():
+    mapping = CSV_MAPPING.replace(', pattern: "%s"', "").replace(
+        "time: {column: time}", 'time: {column: time, formats: ["%d.%m.%Y' + " " * 30 + '%H:%M"]}'
+    )
+    data = f"id,place,time,status\n1,643007572062440001,5.2.2024{' ' * 60}x,D\n".encode()
+    records, seconds = _timed(lambda: mapped(mapping, data))
+    assert seconds < 0.5
+    assert not records[0].ok
+
+
+def test_D4_a_record_path_with_many_descendant_steps_stays_linear():
+    data = ("<r>" + "<a>" * 250 + '<b id="1"/>' + "</a>" * 250 + "</r>").encode()
+    opts = XmlOptions(record_path="//a//a//a//a//c//b")  # with backtracking: minutes
+    rows, seconds = _timed(lambda: list(read_xml(io.BytesIO(data), opts, XmlPlan(texts=["@id"]))))
+    assert seconds < 0.5
+    assert rows == []
+    opts = XmlOptions(record_path="/r//a//a//a//b")
+    assert [chunk.rows for chunk in read_xml(io.BytesIO(data), opts, XmlPlan(texts=["@id"]))] == [[["1"]]]
