@@ -263,3 +263,112 @@ def test_D4_a_record_path_with_many_descendant_steps_stays_linear():
     assert rows == []
     opts = XmlOptions(record_path="/r//a//a//a//b")
     assert [chunk.rows for chunk in read_xml(io.BytesIO(data), opts, XmlPlan(texts=["@id"]))] == [[["1"]]]
+
+
+# --- D22: preview and process refuse what is not a regular file ------------------------------------
+
+PREVIEW_MAPPING = """\
+format: csv
+fields:
+  id: {column: id}
+  usageplacecode: {column: code}
+  time: {column: time}
+  status: {column: status, map: {K: disconnected}}
+  description: {column: note}
+"""
+
+
+def _cli(*args, cwd=ROOT):
+    """`python -m batch ...` in a child, so that a blocking open cannot hang the test run."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "batch", *map(str, args)], capture_output=True, text=True, timeout=30, cwd=cwd, env=env
+    )
+
+
+@pytest.fixture
+def specials(tmp_path):
+    import os
+
+    fifo = tmp_path / "export.csv"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.csv"
+    link.symlink_to(fifo)
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(PREVIEW_MAPPING)
+    return {"fifo": (fifo, "a FIFO"), "symlink-to-fifo": (link, "a FIFO"),
+            "device": (Path("/dev/zero"), "a character device"), "directory": (folder, "a directory")}, mapping
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo", "device", "directory"])
+def test_D22_preview_refuses_what_is_not_a_regular_file(specials, kind):
+    paths, mapping = specials
+    path, described = paths[kind]
+    child = _cli("preview", mapping, path)
+    assert child.returncode == 2
+    if kind == "directory":  # click's own check comes first
+        assert "is a directory" in child.stderr
+    else:
+        assert child.stderr == f"error: {path}: not a regular file ({described}); give the path of a file\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo", "device"])
+def test_D22_process_and_a_fifo_mapping_are_refused_too(specials, kind, tmp_path):
+    paths, mapping = specials
+    path, described = paths[kind]
+    child = _cli("process", path, "--config", tmp_path / "service.yaml")
+    assert (child.returncode, child.stderr) == (2, f"error: {path}: not a regular file ({described}); give the path of a file\n")
+    data = tmp_path / "data.csv"
+    data.write_text("id,code,time,status,note\n")
+    child = _cli("preview", path, data)
+    assert (child.returncode, child.stderr) == (2, f"error: {path}: not a regular file ({described}); give the path of a file\n")
+    child = _cli("validate", mapping, path)
+    assert child.returncode == 1
+    assert child.stderr.splitlines() == [
+        f"{path}: not a regular file ({described}); give the path of a file", "1 of 2 mapping file(s) have problems"
+    ]
+
+
+# --- D20: nothing from a file reaches the terminal as a control sequence ---------------------------
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\x00\r"
+
+
+def test_D20_preview_escapes_control_characters_in_every_output(tmp_path):
+    from batch.cli import terminal_safe
+
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(PREVIEW_MAPPING)
+    data = tmp_path / "x\x1b[2Jy.csv"
+    data.write_text(
+        "id,code,time,status,note\n"
+        f'E1,6430,2024-02-05 06:30:00,K,"{HOSTILE}"\n'
+        f'"E2{HOSTILE}",6431,2024-02-05 07:00:00,X,\n',
+        newline="",
+    )
+    for args in ([], ["--json"]):
+        child = _cli("preview", mapping, data, *args)
+        for stream in (child.stdout, child.stderr):
+            assert not any(char in stream for char in "\x1b\x07\x9b\u202e\x00\r"), repr(stream)
+        assert "\\x1b" in child.stdout or "\\u001b" in child.stdout
+        assert f"{terminal_safe(data)}: 2 records" in child.stderr
+    child = _cli("preview", mapping, data, "--json")
+    assert [json.loads(line) for line in child.stdout.splitlines()][0]["event"]["description"] == HOSTILE.strip()
+
+
+def test_D20_one_escaping_function_for_the_whole_class():
+    from batch.cli import terminal_json, terminal_safe
+
+    controls = [chr(c) for c in range(0x20)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA0)]
+    controls += ["\u2028", "\u2029", "\u200e", "\u202e", "\u2066", "\ufeff", "\U000e0001"]
+    for char in controls:
+        assert char not in terminal_safe(f"a{char}b"), repr(char)
+        assert char not in terminal_json({"v": f"a{char}b"}), repr(char)
+        assert json.loads(terminal_json({"v": f"a{char}b"})) == {"v": f"a{char}b"}
+    assert terminal_safe("Käyttöpaikka\u00a01 € ok") == "Käyttöpaikka\u00a01 € ok"
+    assert terminal_safe("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert terminal_safe("two\nlines", keep_newlines=True) == "two\nlines"
