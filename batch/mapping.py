@@ -28,7 +28,7 @@ from batch.config.mapping import (
 )
 from batch.events import EVENT_KEYS, Rules, check_event
 from batch.fastpath import build_fast_mapper
-from batch.records import Chunk, XmlPlan
+from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.timeparse import TimeConverter
 
 _MISSING = object()  # a column that the record does not have (too few fields)
@@ -36,6 +36,8 @@ _MISSING = object()  # a column that the record does not have (too few fields)
 _NO_ERRORS: tuple = ()
 NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
+# A record reports at most this many problems; the last one counts the others.
+MAX_ERRORS_PER_RECORD = 10
 _event_id = itemgetter("id")
 
 
@@ -172,7 +174,7 @@ class _Value:
             mapped = self.map.get(value.casefold() if self.fold else value)
             if mapped is None:
                 if self.map_default is None:
-                    known = ", ".join(repr(k) for k in self.spec.map)  # type: ignore[union-attr]
+                    known = short_list(list(self.spec.map), 2 * LISTED_NAMES)  # type: ignore[arg-type]
                     raise _Problem(f"value is not in the map (expected one of {known})", raw)
                 mapped = self.map_default
             value = mapped
@@ -494,6 +496,8 @@ class MappingRun:
                     RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
                 )
         record.event = None if record.errors else ordered
+        if len(record.errors) > MAX_ERRORS_PER_RECORD:
+            record.errors = _capped(record.errors)
         return record
 
     # -- invoices -----------------------------------------------------------------------------------
@@ -584,7 +588,7 @@ class MappingRun:
             if key != "invoices" and current.event.get(key, value) != value:
                 current.errors.append(
                     RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
-                                f"differs from line {current.line} of the same event id ({_text(current.event[key])!r})")
+                                f"differs from line {current.line} of the same event id ({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
         if invoice:
@@ -596,6 +600,15 @@ class MappingRun:
         record, self._open = self._open, None
         self._origin = self._open_origin
         return [self._finish(record)]
+
+
+def _capped(errors: list[RecordError]) -> list[RecordError]:
+    """The first problems of a record and a count of the rest (10,000 bad invoice items must
+    not make one receipt row megabytes long)."""
+    kept = errors[: MAX_ERRORS_PER_RECORD - 1]
+    rest = len(errors) - len(kept)
+    kept.append(RecordError(kept[-1].line, "(record)", None, None, f"and {rest:,} more problems in this record"))
+    return kept
 
 
 def duplicate_id_message(first_line: int) -> str:
@@ -618,7 +631,7 @@ def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
 def _shape_problem(row: list, columns: list[str]) -> str | None:
     """A CSV record with fewer fields than the header, or extra fields that are not empty."""
     if len(row) < len(columns):
-        missing = ", ".join(repr(name) for name in columns[len(row):])
+        missing = short_list(columns[len(row):])
         return f"the record has {len(row)} fields but the header has {len(columns)} (no value for {missing})"
     if any(value.strip() for value in row[len(columns):]):
         return f"the record has {len(row)} fields but the header has {len(columns)}: is a delimiter inside an unquoted value?"

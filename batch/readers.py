@@ -16,13 +16,13 @@ import codecs
 import csv
 import io
 import re
-from collections import deque
+from collections import Counter, deque
 from typing import BinaryIO, Iterator
 
 from lxml import etree
 
 from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
-from batch.records import Chunk, XmlPlan
+from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
 # Records per chunk. Small on purpose: a chunk's rows and the events mapped from them stay in
@@ -275,18 +275,20 @@ def _read_header(reader, skipped: int) -> list[str]:
 
 
 def _check_columns(header: list[str], required: list[str], header_line: int | None) -> None:
-    missing = [name for name in dict.fromkeys(required) if name not in header]
+    present = set(header)
+    missing = [name for name in dict.fromkeys(required) if name not in present]
     if missing:
-        found = ", ".join(repr(name) for name in header) or "nothing"
+        found = short_list(header, 2 * LISTED_NAMES) or "nothing"
         where = f"the header row (line {header_line})" if header_line else "the configured columns"
         raise FileError(
-            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}: "
+            f"missing column{'s' if len(missing) > 1 else ''} {short_list(missing)}: "
             f"{where} has {found}. Check the delimiter, header_line and encoding in the mapping.",
             header_line,
         )
-    doubled = sorted({name for name in required if header.count(name) > 1})
+    counts = Counter(header)
+    doubled = sorted({name for name in required if counts[name] > 1})
     if doubled:
-        raise FileError(f"column {', '.join(repr(d) for d in doubled)} appears more than once in the header", header_line)
+        raise FileError(f"column {short_list(doubled)} appears more than once in the header", header_line)
 
 
 # --- XML -----------------------------------------------------------------------------------------

@@ -372,3 +372,60 @@ def test_D20_one_escaping_function_for_the_whole_class():
     assert terminal_safe("Käyttöpaikka\u00a01 € ok") == "Käyttöpaikka\u00a01 € ok"
     assert terminal_safe("a\x1b[2Jb") == "a\\x1b[2Jb"
     assert terminal_safe("two\nlines", keep_newlines=True) == "two\nlines"
+
+
+# --- D8: what one error (and one record) can say is bounded ----------------------------------------
+
+
+def _message(record) -> str:
+    """The receipt and journal message of an invalid record (as batch.pipeline builds it)."""
+    return "; ".join(error.describe() for error in record.errors)
+
+
+def test_D8_a_100000_column_header_over_short_rows_gives_short_errors():
+    header = "id,place,time,status," + ",".join(f"c{i}" for i in range(100_000))
+    rows = "".join(f"{i},643007572062440001,2024-02-05 06:30:00,D\n" for i in range(300))
+    records = mapped(CSV_MAPPING.replace(', pattern: "%s"', ""), (header + "\n" + rows).encode())
+    assert len(records) == 300 and not any(r.ok for r in records)
+    assert _message(records[0]) == (
+        "(record): the record has 4 fields but the header has 100004 "
+        "(no value for 'c0', 'c1', 'c2', 'c3', 'c4' and 99,995 more)"
+    )
+    assert sum(len(_message(r)) for r in records) < 300 * 200
+
+
+def test_D8_a_missing_column_error_names_a_few_columns_and_counts_the_rest():
+    header = ",".join(f"c{i}" for i in range(100_000))
+    error = file_error(CSV_MAPPING.replace(', pattern: "%s"', ""), (header + "\n1,2\n").encode())
+    assert (error.line, error.message) == (
+        1,
+        "missing columns 'id', 'place', 'time', 'status': the header row (line 1) has 'c0', 'c1', 'c2', 'c3', "
+        "'c4', 'c5', 'c6', 'c7', 'c8', 'c9' and 99,990 more. Check the delimiter, header_line and encoding in "
+        "the mapping.",
+    )
+
+
+def test_D8_one_record_reports_at_most_ten_problems():
+    mapping = CSV_MAPPING.replace(', pattern: "%s"', "") + (
+        "invoices:\n  mode: columns\n  invoicenumber: {column: inv, split: '|'}\n  jobid: {column: job, split: '|'}\n"
+    )
+    items = 10_000
+    data = (
+        "id,place,time,status,inv,job\n"
+        f"1,643007572062440001,2024-02-05 06:30:00,D,{'|'.join(['1'] * items)},{'|'.join(['x'] * items)}\n"
+    )
+    (record,) = mapped(mapping, data.encode())
+    assert len(record.errors) == 10
+    assert record.errors[-1].describe() == "(record): and 9,991 more problems in this record"
+    assert len(_message(record)) < 2000
+
+
+def test_D8_a_large_value_map_is_not_listed_whole_in_each_error():
+    mapping = CSV_MAPPING.replace(', pattern: "%s"', "").replace(
+        "map: {D: disconnected}", "map: {" + ", ".join(f"S{i}: disconnected" for i in range(10_000)) + "}"
+    )
+    (record,) = mapped(mapping, b"id,place,time,status\n1,643007572062440001,2024-02-05 06:30:00,X\n")
+    assert _message(record) == (
+        "status (column 'status' = 'X'): value is not in the map (expected one of 'S0', 'S1', 'S2', 'S3', 'S4', "
+        "'S5', 'S6', 'S7', 'S8', 'S9' and 9,990 more)"
+    )
