@@ -123,6 +123,8 @@ def _emit_clean(src: _Source, indent: int, var: str, value: Any, nonempty: bool 
     """
     if value.trim or nonempty:
         src.add(indent, f"{var} = {var}.strip()")
+    # a control character (or a tab, a non-breaking space...) goes the general way, which decides
+    src.add(indent, f"if not {var}.isprintable(): return None")
     src.add(indent, f"if not {var}:")
     if nonempty:
         src.add(indent + 1, "return None")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -84,6 +85,31 @@ def _preview(value: str | None) -> str:
     return repr(text)
 
 
+# D23: the contract's fields are plain strings. A control character in one is refused with the
+# record (never sent, never written raw into a receipt): NUL, ESC, the other C0 controls, DEL
+# and the C1 range. Tabs and line breaks are text only in the free-text description; in an id,
+# code, number, time or status they are refused as well (those at the ends are trimmed first).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_BREAK = re.compile(r"[\t\n\r]")
+MULTILINE_FIELDS = frozenset({"description"})
+
+
+def _control_problem(value: str, multiline: bool) -> str | None:
+    """Why `value` cannot be sent as it is (None: it can). Called only for values that are not
+    str.isprintable(), which is False for every character either pattern finds."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        return f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; control characters are refused"
+    found = None if multiline else _BREAK.search(value)
+    if found is not None:
+        return f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); only description may hold them"
+    return None
+
+
+def _escaped(char: str) -> str:
+    return f"\\x{ord(char):02x}"
+
+
 class _Problem(Exception):
     """One field's value is unusable: message plus the raw value at fault."""
 
@@ -156,6 +182,7 @@ class _Value:
         self.map_default = spec.map_default
         self.converter: TimeConverter | None = converter
         self.integer = integer
+        self.multiline = name in MULTILINE_FIELDS
 
     def clean(self, raw: Any) -> Any:
         """raw -> final value, or None for an empty optional value; raises _Problem."""
@@ -164,6 +191,10 @@ class _Value:
         value = raw
         if value is not None and self.trim:
             value = value.strip()
+        if value and not value.isprintable():
+            reason = _control_problem(value, self.multiline)
+            if reason is not None:
+                raise _Problem(reason, raw)
         if not value:
             if self.default is None:
                 if self.required:

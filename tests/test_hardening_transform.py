@@ -429,3 +429,78 @@ def test_D8_a_large_value_map_is_not_listed_whole_in_each_error():
         "status (column 'status' = 'X'): value is not in the map (expected one of 'S0', 'S1', 'S2', 'S3', 'S4', "
         "'S5', 'S6', 'S7', 'S8', 'S9' and 9,990 more)"
     )
+
+
+# --- D23: control characters in values --------------------------------------------------------------
+
+FULL_CSV_MAPPING = """\
+format: csv
+fields:
+  id: {column: id}
+  usageplacecode: {column: place}
+  customernumber: {column: customer}
+  time: {column: time}
+  status: {column: status, map: {D: disconnected}}
+  description: {column: descr}
+"""
+CONTROL_HEADER = "id,place,customer,time,status,descr\n"
+
+
+def _one(row: str, mapping: str = FULL_CSV_MAPPING):
+    (record,) = mapped(mapping, (CONTROL_HEADER + row + "\n").encode())
+    return record
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x07", "\x7f", "\x85", "\x9b"], ids=repr)
+@pytest.mark.parametrize("column", ["id", "place", "customer", "descr"])
+def test_D23_a_control_character_makes_the_record_invalid_naming_field_column_and_value(char, column):
+    values = {"id": "E1", "place": "643007572062440001", "customer": "C1", "time": "2024-02-05 06:30:00",
+              "status": "D", "descr": "Katkaistu"}
+    values[column] = values[column][:1] + char + values[column][1:]
+    record = _one(",".join(f'"{v}"' for v in values.values()))
+    field = {"place": "usageplacecode", "customer": "customernumber", "descr": "description"}.get(column, column)
+    assert not record.ok
+    assert _message(record) == (
+        f"{field} (column '{column}' = {values[column]!r}): contains the control character "
+        f"\\x{ord(char):02x} at position 2; control characters are refused"
+    )
+    assert not any(c in _message(record) for c in "\x00\x1b\x07\x7f\x85\x9b")
+    assert field not in record.partial
+
+
+def test_D23_tabs_and_line_breaks_are_text_in_the_description_only():
+    record = _one('E1,643007572062440001,C1,2024-02-05 06:30:00,D,"line one\r\nline\ttwo"')
+    assert record.ok and record.event["description"] == "line one\r\nline\ttwo"
+    record = _one('"E\t1",643007572062440001,C1,2024-02-05 06:30:00,D,x')
+    assert _message(record) == (
+        "id (column 'id' = 'E\\t1'): contains a tab or line break (\\x09 at position 2); only description may hold them"
+    )
+    record = _one('" E1\n",643007572062440001,C1,2024-02-05 06:30:00,D,x')  # trimmed at the ends: fine
+    assert record.ok and record.event["id"] == "E1"
+
+
+def test_D23_spaces_and_letters_that_are_not_ascii_stay_valid():
+    record = _one("E1,643007572062440001,C\u00a01,2024-02-05 06:30:00,D,Käyttöpaikka € \u202fok")
+    assert record.ok and record.event["customernumber"] == "C\u00a01"
+
+
+def test_D23_xml_character_references_to_controls_are_refused_too():
+    data = (
+        '<Export><Event id="E&#x9b;1"><Place>643007572062440001</Place><Time>2024-02-05 06:30:00</Time>'
+        "<Status>D</Status></Event></Export>"
+    ).encode()
+    (record,) = mapped(XML_MAPPING % "//Event", data)
+    assert _message(record) == (
+        "id (xpath '@id' = 'E\\x9b1'): contains the control character \\x9b at position 2; control characters are refused"
+    )
+
+
+def test_D23_a_receipt_never_holds_a_raw_control_character(tmp_path):
+    from batch.receipts import ReceiptFormat, ReceiptRow, write_csv_rows
+
+    out = io.BytesIO()
+    row = ReceiptRow(3, "E\x001", "\x1b[2J", None, "rejected", 400, "server said \x00\x1b]0;x\x07\x9b")
+    write_csv_rows(out, [row], ReceiptFormat())
+    text = out.getvalue().decode()
+    assert not any(c in text for c in "\x00\x1b\x07\x9b")
+    assert text.splitlines()[1] == "3,E\\x001,\\x1b[2J,,rejected,400,server said \\x00\\x1b]0;x\\x07\\x9b"
