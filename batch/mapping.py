@@ -351,13 +351,13 @@ class MappingRun:
                 if shape is not None:
                     record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, shape)])
                     out.extend(self._close_open() if rows_mode else ())
-                    out.append(record)
+                    out.append(_with_span(record, chunk.spans))
                     continue
             record, invoice = self._map_row(bound, line, row)
             if rows_mode:
                 out.extend(self._collect(record, invoice))
             else:
-                out.append(self._finish(record))
+                out.append(_with_span(self._finish(record), chunk.spans))
         return out
 
     def _all_valid(self, fast: Callable[[list], dict | None], chunk: Chunk) -> list[MappedRecord] | None:
@@ -631,6 +631,17 @@ class MappingRun:
         record, self._open = self._open, None
         self._origin = self._open_origin
         return [self._finish(record)]
+
+
+def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
+    """An invalid record that runs over several lines says so: the lines after its first are in
+    it, not lost (most often a quote that was not closed where it should have been)."""
+    last = spans.get(record.line) if spans else None
+    if last is not None and record.errors:
+        record.errors.append(
+            RecordError(record.line, "(record)", None, None, f"the record runs over lines {record.line}-{last}: is a quote not closed?")
+        )
+    return record
 
 
 def _capped(errors: list[RecordError]) -> list[RecordError]:

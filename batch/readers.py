@@ -225,42 +225,70 @@ def _record_chunks(
     The last `footer` records are held back at each chunk's end and dropped at the end of
     the file. A record whose quoting is broken is kept as an empty row plus the reason
     (chunk.broken), and reading goes on with the next line: one bad record never stops the
-    others. This loop runs a million times for a large export, so it is kept flat.
+    others. A broken record that ran over several lines (an unclosed quote reads on until it
+    finds another quote, or the end of the file) becomes one broken record per physical line,
+    so that the receipt accounts for every line; a record that is not broken but runs over
+    several lines is noted in chunk.spans, for its errors to mention. This loop runs a million
+    times for a large export, so it is kept flat.
     """
     lines: list[int] = []
     rows: list[list] = []
     broken: dict[int, str] = {}
+    spans: dict[int, int] = {}
     previous_end = reader.line_num
     while True:
         try:
             for row in reader:
                 line = skipped + previous_end + 1
-                previous_end = reader.line_num
+                end = reader.line_num
+                if end - previous_end > 1:
+                    spans[line] = skipped + end
+                previous_end = end
                 if not row and skip_blank:
                     continue
                 lines.append(line)
                 rows.append(row)
                 if len(lines) >= chunk_size + footer:
-                    yield _take(header, lines, rows, broken, len(lines) - footer)
+                    yield _take(header, lines, rows, broken, spans, len(lines) - footer)
                     lines, rows = lines[-footer:] if footer else [], rows[-footer:] if footer else []
                     broken = {line: why for line, why in broken.items() if line in lines}
+                    spans = {line: last for line, last in spans.items() if line in lines}
             break
         except csv.Error as exc:
             line = skipped + previous_end + 1
+            last = skipped + max(reader.line_num, previous_end + 1)
             previous_end = reader.line_num
-            broken[line] = f"cannot split the record into fields: {exc}"
-            lines.append(line)
-            rows.append([])
+            for one, why in _broken_lines(line, last, str(exc)):
+                broken[one] = why
+                lines.append(one)
+                rows.append([])
     keep = len(lines) - footer
     if keep > 0:
-        yield _take(header, lines, rows, broken, keep)
+        yield _take(header, lines, rows, broken, spans, keep)
 
 
-def _take(header: list[str], lines: list[int], rows: list[list], broken: dict[int, str], count: int) -> Chunk:
+def _broken_lines(first: int, last: int, reason: str) -> Iterator[tuple[int, str]]:
+    """(line, why) for each physical line of a record the csv module could not split."""
+    if last == first:
+        yield first, f"cannot split the record into fields: {reason}"
+        return
+    yield first, (
+        f"cannot split the record into fields: {reason}; a quoted value on this line runs on to line {last} "
+        "(is a quote not closed?)"
+    )
+    for line in range(first + 1, last + 1):
+        yield line, f"not read as a record: it is inside the quoted value of line {first} (is a quote on line {first} not closed?)"
+
+
+def _take(
+    header: list[str], lines: list[int], rows: list[list], broken: dict[int, str], spans: dict[int, int], count: int
+) -> Chunk:
     taken = lines[:count] if count < len(lines) else lines
     chunk = Chunk(header, taken, rows[:count] if count < len(rows) else rows)
     if broken:
         chunk.broken = {line: why for line, why in broken.items() if line <= taken[-1]}
+    if spans:
+        chunk.spans = {line: last for line, last in spans.items() if line <= taken[-1]}
     return chunk
 
 

@@ -18,6 +18,8 @@ class Chunk:
     rows: list[list] = field(default_factory=list)
     # line -> why the record could not even be split into fields (broken quoting)
     broken: dict[int, str] = field(default_factory=dict)
+    # line -> last physical line, for records that run over several lines (quoted line breaks)
+    spans: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lines)

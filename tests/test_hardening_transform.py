@@ -504,3 +504,66 @@ def test_D23_a_receipt_never_holds_a_raw_control_character(tmp_path):
     text = out.getvalue().decode()
     assert not any(c in text for c in "\x00\x1b\x07\x9b")
     assert text.splitlines()[1] == "3,E\\x001,\\x1b[2J,,rejected,400,server said \\x00\\x1b]0;x\\x07\\x9b"
+
+
+# --- D13: an unclosed quote never swallows records without a word ----------------------------------
+
+
+def _lines_and_messages(data: bytes, mapping: str = FULL_CSV_MAPPING) -> list[tuple[int, str]]:
+    return [(r.line, "ok" if r.ok else _message(r)) for r in mapped(mapping, data)]
+
+
+GOOD_ROW = "{i},643007572062440001,C1,2024-02-05 06:30:00,D,fine"
+
+
+def test_D13_an_unclosed_quote_accounts_for_every_line_after_it():
+    rows = [GOOD_ROW.format(i=i) for i in range(1, 4)] + ['4,643007572062440001,C1,2024-02-05 06:30:00,D,"never closed']
+    rows += [GOOD_ROW.format(i=i) for i in range(5, 1005)]
+    result = _lines_and_messages((CONTROL_HEADER + "\n".join(rows) + "\n").encode())
+    assert len(result) == 1004  # as many records as lines after the header
+    assert result[:4] == [(2, "ok"), (3, "ok"), (4, "ok"), (
+        5, "(record): cannot split the record into fields: unexpected end of data; a quoted value on this line "
+        "runs on to line 1005 (is a quote not closed?)",
+    )]
+    assert result[4:] == [
+        (line, "(record): not read as a record: it is inside the quoted value of line 5 (is a quote on line 5 not closed?)")
+        for line in range(6, 1006)
+    ]
+
+
+def test_D13_a_quote_closed_lines_later_accounts_for_the_lines_between():
+    data = (
+        CONTROL_HEADER + GOOD_ROW.format(i=1) + "\n"
+        '2,643007572062440001,C1,2024-02-05 06:30:00,D,"opened\n'
+        + GOOD_ROW.format(i=3) + "\n"
+        '4,643007572062440001,C1,2024-02-05 06:30:00,D,"closed"here\n'
+        + GOOD_ROW.format(i=5) + "\n"
+    ).encode()
+    assert [line for line, _ in _lines_and_messages(data)] == [2, 3, 4, 5, 6]
+    assert _lines_and_messages(data)[4] == (6, "ok")
+
+
+def test_D13_a_record_that_parses_over_several_lines_but_is_invalid_says_so():
+    data = (CONTROL_HEADER + '1,"643007572062440001\n2,643007572062440002",C1,2024-02-05 06:30:00,D,x\n').encode()
+    assert _lines_and_messages(data) == [(
+        2, "usageplacecode (column 'place' = '643007572062440001\\n2,643007572062440002'): contains a tab or line "
+        "break (\\x0a at position 19); only description may hold them; (record): the record runs over lines 2-3: "
+        "is a quote not closed?",
+    )]
+
+
+def test_D13_neighbours_keep_working():
+    # a quote left open in the last row: one line, one broken record
+    data = (CONTROL_HEADER + GOOD_ROW.format(i=1) + '\n2,"643007572062440001,C1').encode()
+    assert _lines_and_messages(data) == [
+        (2, "ok"), (3, "(record): cannot split the record into fields: unexpected end of data")
+    ]
+    # quoted line breaks in a description are data
+    data = (CONTROL_HEADER + '1,643007572062440001,C1,2024-02-05 06:30:00,D,"two\nlines"\n' + GOOD_ROW.format(i=2)).encode()
+    assert _lines_and_messages(data) == [(2, "ok"), (4, "ok")]
+    # the shipped sample with multi-line quoted values
+    from batch.config.mapping import load_mapping
+
+    compiled = CompiledMapping(load_mapping(ROOT / "config" / "mappings" / "utf8_iso.yaml"))
+    records = mapped(compiled, (ROOT / "samples" / "utf8_iso.csv").read_bytes())
+    assert records and all(r.ok for r in records)
