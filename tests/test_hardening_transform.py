@@ -357,7 +357,8 @@ def test_D20_preview_escapes_control_characters_in_every_output(tmp_path):
         assert "\\x1b" in child.stdout or "\\u001b" in child.stdout
         assert f"{terminal_safe(data)}: 2 records" in child.stderr
     child = _cli("preview", mapping, data, "--json")
-    assert [json.loads(line) for line in child.stdout.splitlines()][0]["event"]["description"] == HOSTILE.strip()
+    first = [json.loads(line) for line in child.stdout.splitlines()][0]  # refused (D23), value kept exact in JSON
+    assert first["errors"][0]["value"] == HOSTILE
 
 
 def test_D20_one_escaping_function_for_the_whole_class():
@@ -567,3 +568,24 @@ def test_D13_neighbours_keep_working():
     compiled = CompiledMapping(load_mapping(ROOT / "config" / "mappings" / "utf8_iso.yaml"))
     records = mapped(compiled, (ROOT / "samples" / "utf8_iso.csv").read_bytes())
     assert records and all(r.ok for r in records)
+
+
+@pytest.mark.parametrize(
+    "xpath", ["../Header/@date", "/Export/Header/Date", "//Header", "concat(Place, /Export/@d)",
+              "ancestor::Export/@date", "preceding-sibling::Event[1]/@id", "following::Event"],
+)
+def test_D1_an_xpath_that_looks_outside_the_record_is_refused_at_load(xpath):
+    """What is outside the pending record is released as the file is read: such a path would
+    map to nothing, or to whatever happened to be left, so it is a ConfigError."""
+    from batch.config.yamlload import ConfigError
+
+    text = (XML_MAPPING % "//Event").replace("customernumber: {xpath: Customer}", f"customernumber: {{xpath: {json.dumps(xpath)}}}")
+    with pytest.raises(ConfigError) as info:
+        load_mapping_text(text, "m.yaml")
+    (problem,) = info.value.problems
+    assert str(problem).endswith(
+        f"fields.customernumber: {xpath!r}: looks outside the record ('..', a path from '/', or a parent, ancestor, "
+        "preceding or following axis): records are streamed, and the rest of the document is released as it is read"
+    )
+    for fine in ("Customer", "Dates/Date[@type='done']", "normalize-space(concat(A, ' / ', B))", ".//Note"):
+        load_mapping_text(text.replace(json.dumps(xpath), json.dumps(fine)), "m.yaml")
