@@ -116,6 +116,16 @@ def _regular_file(path: Path) -> Path:
     return path
 
 
+def _refuse_special(path: Path) -> None:
+    """Like _regular_file for a path whose absence its loader explains (configuration files)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise Unusable(_not_regular(path, mode))
+
+
 def _not_regular(path: Path, mode: int) -> str:
     return f"{path}: not a regular file ({_file_kind(mode)}); give the path of a file"
 
@@ -323,6 +333,7 @@ def _load_service(path: Path) -> Any:
     from batch.config.service import load_service_config
     from batch.config.yamlload import ConfigError
 
+    _refuse_special(path)
     try:
         return load_service_config(path)
     except ConfigError as exc:
@@ -671,6 +682,7 @@ def validate_config(config_path: Path) -> None:
     """
     from batch.service import check_service_config
 
+    _refuse_special(config_path)
     loaded, problems, warnings = check_service_config(config_path)
     for problem in problems:
         _echo(problem, err=True)

@@ -589,3 +589,13 @@ def test_D1_an_xpath_that_looks_outside_the_record_is_refused_at_load(xpath):
     )
     for fine in ("Customer", "Dates/Date[@type='done']", "normalize-space(concat(A, ' / ', B))", ".//Note"):
         load_mapping_text(text.replace(json.dumps(xpath), json.dumps(fine)), "m.yaml")
+
+
+@pytest.mark.parametrize("command", [["status", "--config"], ["validate-config", "--config"], ["prune", "--config"]])
+def test_D22_a_fifo_configuration_is_refused_rather_than_read(tmp_path, command):
+    import os
+
+    fifo = tmp_path / "service.yaml"
+    os.mkfifo(fifo)
+    child = _cli(*command, fifo)
+    assert (child.returncode, child.stderr) == (2, f"error: {fifo}: not a regular file (a FIFO); give the path of a file\n")
