@@ -599,3 +599,9 @@ def test_D22_a_fifo_configuration_is_refused_rather_than_read(tmp_path, command)
     os.mkfifo(fifo)
     child = _cli(*command, fifo)
     assert (child.returncode, child.stderr) == (2, f"error: {fifo}: not a regular file (a FIFO); give the path of a file\n")
+
+
+def test_D1_a_prolog_without_an_element_is_not_held_whole():
+    data = b'<?xml version="1.0"?>\n' + b"<!-- c -->\n" * 200_000 + b"<Export/>"
+    error = file_error(XML_MAPPING % "//Event", data)
+    assert (error.line, error.message) == (1, "the XML has no element in its first 1 MB")
