@@ -522,7 +522,7 @@ def _prune(root: etree._Element, pending: etree._Element | None) -> None:
 def _nested_record_error(inner: etree._Element, outer: etree._Element) -> FileError:
     name = etree.QName(inner).localname
     return FileError(
-        f"a {name} record inside the {name} record that starts on line {outer.sourceline}: nested records are "
+        f"a <{name}> record inside the <{name}> record that starts on line {outer.sourceline}: nested records are "
         "refused (neither could be mapped whole); give record_path as an absolute path such as /Export/Events/Event",
         inner.sourceline,
     )

@@ -130,7 +130,7 @@ NESTED = (
     "</Events></Export>"
 ).encode()
 NESTED_MESSAGE = (
-    "a Event record inside the Event record that starts on line 2: nested records are refused "
+    "a <Event> record inside the <Event> record that starts on line 2: nested records are refused "
     "(neither could be mapped whole); give record_path as an absolute path such as /Export/Events/Event"
 )
 
