@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import stat
 import sys
 import traceback
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ class Unusable(click.ClickException):
     exit_code = EXIT_UNUSABLE
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        _echo(f"error: {self.format_message()}", err=True)
 
 
 class BoundaryGroup(click.Group):
@@ -47,7 +49,7 @@ class BoundaryGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             else:
-                click.echo(f"error: {_describe(exc)} (run with --debug for details)", err=True)
+                _echo(f"error: {_describe(exc)} (run with --debug for details)", err=True)
             raise SystemExit(EXIT_UNUSABLE) from None
 
 
@@ -59,6 +61,84 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, OSError) else text
+
+
+# --- what reaches a terminal ------------------------------------------------------------------------
+
+
+def terminal_safe(text: object, keep_newlines: bool = False) -> str:
+    """`text` with every character a terminal could act on written as an escape ('\\x1b', '\\x9b',
+    '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format characters such as
+    bidi overrides. Record values and file names come from uploaders; an ESC in them must not
+    clear the administrator's screen or retitle the window. The one place that decides this."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(_safe_char(char, keep_newlines) for char in text)
+
+
+def _safe_char(char: str, keep_newlines: bool) -> str:
+    if (char == "\n" and keep_newlines) or char.isprintable() or unicodedata.category(char) == "Zs":
+        return char  # Zs: no-break and other spaces are harmless
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal_json(document: Any) -> str:
+    """One JSON line whose strings hold no character a terminal acts on (JSON escapes C0 only)."""
+    text = json.dumps(document, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _json_escape(char) for char in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _echo(text: object, err: bool = False) -> None:
+    """click.echo of our own (possibly multi-line) text that carries values from files."""
+    click.echo(terminal_safe(text, keep_newlines=True), err=err)
+
+
+def _regular_file(path: Path) -> Path:
+    """An input path, refused (exit 2) unless it names a regular file: opening a FIFO blocks
+    forever, /dev/zero never ends, a directory is not an export. Symlinks are followed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise Unusable(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise Unusable(_not_regular(path, mode))
+    return path
+
+
+def _refuse_special(path: Path) -> None:
+    """Like _regular_file for a path whose absence its loader explains (configuration files)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise Unusable(_not_regular(path, mode))
+
+
+def _not_regular(path: Path, mode: int) -> str:
+    return f"{path}: not a regular file ({_file_kind(mode)}); give the path of a file"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
 
 
 @click.group(cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,17 +168,25 @@ def validate(mappings: tuple[Path, ...]) -> None:
     failed = 0
     for path in mappings:
         try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = stat.S_IFREG  # load_mapping says what is wrong
+        if not stat.S_ISREG(mode):
+            failed += 1
+            _echo(_not_regular(path, mode), err=True)
+            continue
+        try:
             mapping = load_mapping(path)
         except ConfigError as exc:
             failed += 1
             for problem in exc.problems:
-                click.echo(str(problem), err=True)
+                _echo(problem, err=True)
             continue
         except Exception as exc:  # noqa: BLE001 - one file's surprise never hides the other files' problems
             failed += 1
-            click.echo(f"{path}: cannot be checked: {type(exc).__name__}: {exc}", err=True)
+            _echo(f"{path}: cannot be checked: {type(exc).__name__}: {exc}", err=True)
             continue
-        click.echo(f"{path}: ok ({mapping.format}, {len(_mapped_fields(mapping))} fields)")
+        _echo(f"{path}: ok ({mapping.format}, {len(_mapped_fields(mapping))} fields)")
     if failed:
         click.echo(f"{failed} of {len(mappings)} mapping file(s) have problems", err=True)
         raise SystemExit(EXIT_PROBLEMS)
@@ -122,6 +210,8 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     from batch.mapping import CompiledMapping
     from batch.readers import FileError
 
+    _regular_file(mapping)
+    _regular_file(file)
     try:
         compiled = CompiledMapping(load_mapping(mapping))
     except ConfigError as exc:
@@ -142,7 +232,7 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
         raise Unusable(f"{file}: {exc}") from None
     printer.flush()
     total = counts["valid"] + counts["invalid"]
-    click.echo(f"{file}: {total} records, {counts['valid']} valid, {counts['invalid']} invalid", err=True)
+    _echo(f"{file}: {total} records, {counts['valid']} valid, {counts['invalid']} invalid", err=True)
     if counts["invalid"]:
         raise SystemExit(EXIT_PROBLEMS)
 
@@ -160,7 +250,7 @@ class _JsonPrinter:
             payload = {"record": record.line, "event": record.event}
         else:
             payload = {"record": record.line, "errors": [error.as_dict() for error in record.errors]}
-        click.echo(json.dumps(payload, ensure_ascii=False))
+        click.echo(terminal_json(payload))
 
     def flush(self) -> None:
         pass
@@ -216,9 +306,10 @@ class _TablePrinter:
 
 
 def _escape(text: str) -> str:
+    """A table cell: terminal controls escaped, and '[/x]' text rather than rich markup."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(terminal_safe(text, keep_newlines=True))
 
 
 @main.command()
@@ -247,6 +338,7 @@ def _load_service(path: Path) -> Any:
     from batch.config.service import load_service_config
     from batch.config.yamlload import ConfigError
 
+    _refuse_special(path)
     try:
         return load_service_config(path)
     except ConfigError as exc:
@@ -279,6 +371,7 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
     """
     from batch.runtime import FeedNotFound
 
+    _regular_file(file)
     with _open_runtime(config_path) as runtime:
         try:
             settings = runtime.feed_for(file.name, feed)
@@ -337,7 +430,7 @@ def _upload_receipt(settings: Any, receipt: Any) -> str | None:
         for path in (receipt.csv, receipt.json):
             inbox.put_receipt(path, path.name)
     except InboxError as exc:
-        click.echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt.csv.parent}", err=True)
+        _echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt.csv.parent}", err=True)
         return None
     finally:
         inbox.close()
@@ -391,7 +484,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
             _print_feeds(loaded, journal, feed)
     if as_json:
         for record in files:
-            click.echo(json.dumps(_file_summary(record), ensure_ascii=False))
+            click.echo(terminal_json(_file_summary(record)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -403,7 +496,8 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     for record in files:
         counts = record.counts
         table.add_row(
-            str(record.id), record.feed, record.name, record.state, record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(record.id), _escape(record.feed), _escape(record.name), _escape(record.state),
+            record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent",
                                                   "pending")),
         )
@@ -431,17 +525,17 @@ def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> N
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                          "not_sent", "pending") if counts.get(key))
     if outcome.status == "done":
-        click.echo(f"{name}: {shown or 'no records'}")
+        _echo(f"{name}: {shown or 'no records'}")
     elif outcome.status == "skipped":
-        click.echo(f"{name}: not sent: {outcome.message}")
+        _echo(f"{name}: not sent: {outcome.message}")
     elif outcome.status == "error":
-        click.echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
+        _echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
     elif outcome.status == "auth_failed":
-        click.echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
+        _echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
     else:
-        click.echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
+        _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
     if outcome.receipt is not None:
-        click.echo(f"  receipt: {receipt_at or outcome.receipt.csv}")
+        _echo(f"  receipt: {receipt_at or outcome.receipt.csv}")
 
 
 class _progress:
@@ -554,7 +648,7 @@ def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:
         waiting = row.get("error") and f"unknown: {row['error']}" or (", ".join(row["in_processing"]) or "none")
         last = row["last_file"]
         shown = f"{last['name']} ({last['state']}, {last['started'][:19]})" if last else "-"
-        table.add_row(row["feed"], row["inbox"], _escape(waiting), _escape(shown))
+        table.add_row(_escape(row["feed"]), _escape(str(row["inbox"])), _escape(waiting), _escape(shown))
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -611,11 +705,12 @@ def validate_config(config_path: Path) -> None:
     """
     from batch.service import check_service_config
 
+    _refuse_special(config_path)
     loaded, problems, warnings = check_service_config(config_path)
     for problem in problems:
-        click.echo(problem, err=True)
+        _echo(problem, err=True)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
     if problems:
         click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
         raise SystemExit(EXIT_PROBLEMS)

@@ -123,6 +123,8 @@ def _emit_clean(src: _Source, indent: int, var: str, value: Any, nonempty: bool 
     """
     if value.trim or nonempty:
         src.add(indent, f"{var} = {var}.strip()")
+    # a control character (or a tab, a non-breaking space...) goes the general way, which decides
+    src.add(indent, f"if not {var}.isprintable(): return None")
     src.add(indent, f"if not {var}:")
     if nonempty:
         src.add(indent + 1, "return None")
@@ -148,7 +150,7 @@ def _emit_clean(src: _Source, indent: int, var: str, value: Any, nonempty: bool 
             src.add(body_indent, f"if {var} is None: {var} = {value.map_default!r}")
     if value.pattern is not None:
         pattern = src.const(value.pattern, "pat")
-        src.add(body_indent, f"if {pattern}.fullmatch({var}) is None: return None")
+        src.add(body_indent, f"if not {pattern}({var}): return None")
     if value.converter is not None:
         convert = src.const(value.converter.convert_text, "conv")
         src.add(body_indent, f"{var} = {convert}({var})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -24,10 +25,11 @@ from batch.config.mapping import (
     Mapping,
     TimeSpec,
     ValueSpec,
+    compile_pattern,
 )
 from batch.events import EVENT_KEYS, Rules, check_event
 from batch.fastpath import build_fast_mapper
-from batch.records import Chunk, XmlPlan
+from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.timeparse import TimeConverter
 
 _MISSING = object()  # a column that the record does not have (too few fields)
@@ -35,6 +37,8 @@ _MISSING = object()  # a column that the record does not have (too few fields)
 _NO_ERRORS: tuple = ()
 NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
+# A record reports at most this many problems; the last one counts the others.
+MAX_ERRORS_PER_RECORD = 10
 _event_id = itemgetter("id")
 
 
@@ -79,6 +83,31 @@ def _preview(value: str | None) -> str:
         return "none"
     text = value if len(value) <= _VALUE_PREVIEW else value[:_VALUE_PREVIEW] + "…"
     return repr(text)
+
+
+# D23: the contract's fields are plain strings. A control character in one is refused with the
+# record (never sent, never written raw into a receipt): NUL, ESC, the other C0 controls, DEL
+# and the C1 range. Tabs and line breaks are text only in the free-text description; in an id,
+# code, number, time or status they are refused as well (those at the ends are trimmed first).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_BREAK = re.compile(r"[\t\n\r]")
+MULTILINE_FIELDS = frozenset({"description"})
+
+
+def _control_problem(value: str, multiline: bool) -> str | None:
+    """Why `value` cannot be sent as it is (None: it can). Called only for values that are not
+    str.isprintable(), which is False for every character either pattern finds."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        return f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; control characters are refused"
+    found = None if multiline else _BREAK.search(value)
+    if found is not None:
+        return f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); only description may hold them"
+    return None
+
+
+def _escaped(char: str) -> str:
+    return f"\\x{ord(char):02x}"
 
 
 class _Problem(Exception):
@@ -144,11 +173,8 @@ class _Value:
         self.source = _source_label(spec, is_xml)
         self.trim = spec.trim
         self.default = None if spec.default is None else str(spec.default)
-        self.pattern = None
-        if spec.pattern:
-            import re
-
-            self.pattern = re.compile(spec.pattern)
+        # value -> does it match the whole pattern (RE2: linear time, see config.mapping)
+        self.pattern = compile_pattern(spec.pattern) if spec.pattern else None
         self.map = None
         if spec.map is not None:
             self.map = {(k.casefold() if spec.map_ignore_case else k): v for k, v in spec.map.items()}
@@ -156,6 +182,7 @@ class _Value:
         self.map_default = spec.map_default
         self.converter: TimeConverter | None = converter
         self.integer = integer
+        self.multiline = name in MULTILINE_FIELDS
 
     def clean(self, raw: Any) -> Any:
         """raw -> final value, or None for an empty optional value; raises _Problem."""
@@ -164,6 +191,10 @@ class _Value:
         value = raw
         if value is not None and self.trim:
             value = value.strip()
+        if value and not value.isprintable():
+            reason = _control_problem(value, self.multiline)
+            if reason is not None:
+                raise _Problem(reason, raw)
         if not value:
             if self.default is None:
                 if self.required:
@@ -174,11 +205,11 @@ class _Value:
             mapped = self.map.get(value.casefold() if self.fold else value)
             if mapped is None:
                 if self.map_default is None:
-                    known = ", ".join(repr(k) for k in self.spec.map)  # type: ignore[union-attr]
+                    known = short_list(list(self.spec.map), 2 * LISTED_NAMES)  # type: ignore[arg-type]
                     raise _Problem(f"value is not in the map (expected one of {known})", raw)
                 mapped = self.map_default
             value = mapped
-        if self.pattern is not None and not self.pattern.fullmatch(value):
+        if self.pattern is not None and not self.pattern(value):
             raise _Problem(f"does not match the pattern {self.spec.pattern!r}", raw)
         if self.converter is not None:
             converted, reason = self.converter.convert(value)
@@ -320,13 +351,13 @@ class MappingRun:
                 if shape is not None:
                     record = MappedRecord(line, None, [RecordError(line, "(record)", None, None, shape)])
                     out.extend(self._close_open() if rows_mode else ())
-                    out.append(record)
+                    out.append(_with_span(record, chunk.spans))
                     continue
             record, invoice = self._map_row(bound, line, row)
             if rows_mode:
                 out.extend(self._collect(record, invoice))
             else:
-                out.append(self._finish(record))
+                out.append(_with_span(self._finish(record), chunk.spans))
         return out
 
     def _all_valid(self, fast: Callable[[list], dict | None], chunk: Chunk) -> list[MappedRecord] | None:
@@ -496,6 +527,8 @@ class MappingRun:
                     RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
                 )
         record.event = None if record.errors else ordered
+        if len(record.errors) > MAX_ERRORS_PER_RECORD:
+            record.errors = _capped(record.errors)
         return record
 
     # -- invoices -----------------------------------------------------------------------------------
@@ -586,7 +619,7 @@ class MappingRun:
             if key != "invoices" and current.event.get(key, value) != value:
                 current.errors.append(
                     RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
-                                f"differs from line {current.line} of the same event id ({_text(current.event[key])!r})")
+                                f"differs from line {current.line} of the same event id ({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
         if invoice:
@@ -598,6 +631,26 @@ class MappingRun:
         record, self._open = self._open, None
         self._origin = self._open_origin
         return [self._finish(record)]
+
+
+def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
+    """An invalid record that runs over several lines says so: the lines after its first are in
+    it, not lost (most often a quote that was not closed where it should have been)."""
+    last = spans.get(record.line) if spans else None
+    if last is not None and record.errors:
+        record.errors.append(
+            RecordError(record.line, "(record)", None, None, f"the record runs over lines {record.line}-{last}: is a quote not closed?")
+        )
+    return record
+
+
+def _capped(errors: list[RecordError]) -> list[RecordError]:
+    """The first problems of a record and a count of the rest (10,000 bad invoice items must
+    not make one receipt row megabytes long)."""
+    kept = errors[: MAX_ERRORS_PER_RECORD - 1]
+    rest = len(errors) - len(kept)
+    kept.append(RecordError(kept[-1].line, "(record)", None, None, f"and {rest:,} more problems in this record"))
+    return kept
 
 
 def duplicate_id_message(first_line: int) -> str:
@@ -620,7 +673,7 @@ def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
 def _shape_problem(row: list, columns: list[str]) -> str | None:
     """A CSV record with fewer fields than the header, or extra fields that are not empty."""
     if len(row) < len(columns):
-        missing = ", ".join(repr(name) for name in columns[len(row):])
+        missing = short_list(columns[len(row):])
         return f"the record has {len(row)} fields but the header has {len(columns)} (no value for {missing})"
     if any(value.strip() for value in row[len(columns):]):
         return f"the record has {len(row)} fields but the header has {len(columns)}: is a delimiter inside an unquoted value?"

@@ -2,9 +2,10 @@
 
 CSV is tokenised by the standard library's C `csv` reader rather than pandas: it streams, it
 knows the physical line where every record starts even when quoted fields hold line breaks,
-and on this machine it parses ~1.0M rows/s against pandas' ~0.7M. XML is streamed with lxml's
-iterparse, elements cleared as soon as they are mapped, and parsed with a hardened parser (no
-DTD, no entities, no network): a DOCTYPE is refused outright.
+and on this machine it parses ~1.0M rows/s against pandas' ~0.7M. XML is fed block by block to
+lxml's pull parser, hardened (no DTD, no entities, no network: a DOCTYPE is refused outright);
+after each block everything that is neither the pending record nor one of its ancestors is
+released, so memory follows the block and the record, never the document.
 
 Everything a reader cannot get past (wrong encoding, missing columns, broken XML) raises
 FileError with a sentence a person understands and, where known, the line.
@@ -16,13 +17,13 @@ import codecs
 import csv
 import io
 import re
-from collections import deque
+from collections import Counter, deque
 from typing import BinaryIO, Iterator
 
 from lxml import etree
 
-from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions
-from batch.records import Chunk, XmlPlan
+from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
+from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
 # Records per chunk. Small on purpose: a chunk's rows and the events mapped from them stay in
@@ -225,42 +226,70 @@ def _record_chunks(
     The last `footer` records are held back at each chunk's end and dropped at the end of
     the file. A record whose quoting is broken is kept as an empty row plus the reason
     (chunk.broken), and reading goes on with the next line: one bad record never stops the
-    others. This loop runs a million times for a large export, so it is kept flat.
+    others. A broken record that ran over several lines (an unclosed quote reads on until it
+    finds another quote, or the end of the file) becomes one broken record per physical line,
+    so that the receipt accounts for every line; a record that is not broken but runs over
+    several lines is noted in chunk.spans, for its errors to mention. This loop runs a million
+    times for a large export, so it is kept flat.
     """
     lines: list[int] = []
     rows: list[list] = []
     broken: dict[int, str] = {}
+    spans: dict[int, int] = {}
     previous_end = reader.line_num
     while True:
         try:
             for row in reader:
                 line = skipped + previous_end + 1
-                previous_end = reader.line_num
+                end = reader.line_num
+                if end - previous_end > 1:
+                    spans[line] = skipped + end
+                previous_end = end
                 if not row and skip_blank:
                     continue
                 lines.append(line)
                 rows.append(row)
                 if len(lines) >= chunk_size + footer:
-                    yield _take(header, lines, rows, broken, len(lines) - footer)
+                    yield _take(header, lines, rows, broken, spans, len(lines) - footer)
                     lines, rows = lines[-footer:] if footer else [], rows[-footer:] if footer else []
                     broken = {line: why for line, why in broken.items() if line in lines}
+                    spans = {line: last for line, last in spans.items() if line in lines}
             break
         except csv.Error as exc:
             line = skipped + previous_end + 1
+            last = skipped + max(reader.line_num, previous_end + 1)
             previous_end = reader.line_num
-            broken[line] = f"cannot split the record into fields: {exc}"
-            lines.append(line)
-            rows.append([])
+            for one, why in _broken_lines(line, last, str(exc)):
+                broken[one] = why
+                lines.append(one)
+                rows.append([])
     keep = len(lines) - footer
     if keep > 0:
-        yield _take(header, lines, rows, broken, keep)
+        yield _take(header, lines, rows, broken, spans, keep)
 
 
-def _take(header: list[str], lines: list[int], rows: list[list], broken: dict[int, str], count: int) -> Chunk:
+def _broken_lines(first: int, last: int, reason: str) -> Iterator[tuple[int, str]]:
+    """(line, why) for each physical line of a record the csv module could not split."""
+    if last == first:
+        yield first, f"cannot split the record into fields: {reason}"
+        return
+    yield first, (
+        f"cannot split the record into fields: {reason}; a quoted value on this line runs on to line {last} "
+        "(is a quote not closed?)"
+    )
+    for line in range(first + 1, last + 1):
+        yield line, f"not read as a record: it is inside the quoted value of line {first} (is a quote on line {first} not closed?)"
+
+
+def _take(
+    header: list[str], lines: list[int], rows: list[list], broken: dict[int, str], spans: dict[int, int], count: int
+) -> Chunk:
     taken = lines[:count] if count < len(lines) else lines
     chunk = Chunk(header, taken, rows[:count] if count < len(rows) else rows)
     if broken:
         chunk.broken = {line: why for line, why in broken.items() if line <= taken[-1]}
+    if spans:
+        chunk.spans = {line: last for line, last in spans.items() if line <= taken[-1]}
     return chunk
 
 
@@ -275,18 +304,20 @@ def _read_header(reader, skipped: int) -> list[str]:
 
 
 def _check_columns(header: list[str], required: list[str], header_line: int | None) -> None:
-    missing = [name for name in dict.fromkeys(required) if name not in header]
+    present = set(header)
+    missing = [name for name in dict.fromkeys(required) if name not in present]
     if missing:
-        found = ", ".join(repr(name) for name in header) or "nothing"
+        found = short_list(header, 2 * LISTED_NAMES) or "nothing"
         where = f"the header row (line {header_line})" if header_line else "the configured columns"
         raise FileError(
-            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}: "
+            f"missing column{'s' if len(missing) > 1 else ''} {short_list(missing)}: "
             f"{where} has {found}. Check the delimiter, header_line and encoding in the mapping.",
             header_line,
         )
-    doubled = sorted({name for name in required if header.count(name) > 1})
+    counts = Counter(header)
+    doubled = sorted({name for name in required if counts[name] > 1})
     if doubled:
-        raise FileError(f"column {', '.join(repr(d) for d in doubled)} appears more than once in the header", header_line)
+        raise FileError(f"column {short_list(doubled)} appears more than once in the header", header_line)
 
 
 # --- XML -----------------------------------------------------------------------------------------
@@ -305,10 +336,67 @@ def read_xml(
         _unwrap(stream, original)
 
 
+# The parser is fed blocks of this size; after each block, everything that is neither a pending
+# record nor an ancestor of one is released, so memory follows the block, not the document.
+XML_BLOCK = 1 << 16
+# A record element whose markup spans more than this is refused rather than held whole
+# (a real record is a few hundred bytes; libxml2's tree costs up to ~30 times the markup).
+MAX_RECORD_BYTES = 1 << 20
+# libxml2's limit for one text or attribute value without XML_PARSE_HUGE (XML_MAX_TEXT_LENGTH).
+# In push mode it buffers an unfinished tag whole before it checks that limit (a 200 MB
+# attribute cost 418 MB), so the reader refuses a run this long without a '<' itself.
+MAX_MARKUP_RUN = 10_000_000 + XML_BLOCK
+# Before the first element there are only comments, processing instructions and blanks.
+MAX_PROLOG_BYTES = 1 << 20
+
+_PARSER_OPTIONS = dict(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    huge_tree=False,  # keeps libxml2's depth (256) and text-node (10 MB) limits
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+class _Blocks:
+    """The stream in blocks, with the line count before each and a guard against long runs
+    without markup (which libxml2 would buffer whole and then report on the wrong line)."""
+
+    def __init__(self, stream: io.BufferedReader):
+        self.stream = stream
+        self.position = 0  # bytes handed out so far
+        self.lines = 0  # newlines in them
+        self.run = 0  # bytes since the last '<'
+        self.run_line = 1  # line of that '<'
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            block = self.stream.read(XML_BLOCK)
+            if not block:
+                return
+            last = block.rfind(b"<")
+            if last < 0:
+                self.run += len(block)
+                if self.run > MAX_MARKUP_RUN:
+                    raise FileError(
+                        f"not well-formed XML: more than {MAX_MARKUP_RUN - XML_BLOCK:,} characters without markup "
+                        "from this line on (an attribute value, text or tag longer than the XML parser accepts)",
+                        self.run_line,
+                    )
+            else:
+                self.run = len(block) - last - 1
+                self.run_line = self.lines + block.count(b"\n", 0, last) + 1
+            self.lines += block.count(b"\n")
+            self.position += len(block)
+            yield block
+
+
 def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, chunk_size: int) -> Iterator[Chunk]:
     _refuse_doctype(stream.peek(1 << 16))
     namespaces = dict(options.namespaces)
     steps = clark_steps(options.record_path, namespaces)
+    record_tag = steps[-1][1]
     matches_path = _path_matcher(steps)
     texts = compile_row_extractor(plan.texts, namespaces)
     groups = [
@@ -316,42 +404,128 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
         for element, parts in plan.groups
     ]
     columns = list(plan.texts) + [element for element, _ in plan.groups]
-    parser_events = etree.iterparse(
-        stream,
-        events=("end",),
-        tag=steps[-1][1],
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    blocks = _Blocks(stream)
     chunk = Chunk(columns)
-    checked_dtd = False
+    parser = None
     try:
-        for _, element in parser_events:
-            if not checked_dtd:
-                # the prolog probe above sees only the buffered head; the parsed document is the authority
-                _refuse_parsed_dtd(element)
-                checked_dtd = True
-            if not matches_path(element):
-                continue
-            row = texts(element)
-            for find, parts in groups:
-                row.append([parts(found) for found in find(element)])
-            chunk.lines.append(element.sourceline or 0)
-            chunk.rows.append(row)
-            _release(element)
-            if len(chunk.lines) >= chunk_size:
-                yield chunk
-                chunk = Chunk(columns)
+        root_tag, head = _root_tag(blocks)
+        if root_tag is None:
+            return
+        parser = etree.XMLPullParser(
+            events=("start", "end"), tag=list(dict.fromkeys((root_tag, record_tag))), **_PARSER_OPTIONS
+        )
+        root: etree._Element | None = None
+        pending: etree._Element | None = None  # the record element being read
+        pending_since = 0
+        feeding = iter(blocks)
+        while True:
+            block = head.pop(0) if head else next(feeding, None)
+            broken = None  # the records read before a syntax error are still handed on
+            try:
+                if block is None:
+                    parser.close()
+                else:
+                    parser.feed(block)
+            except etree.XMLSyntaxError as exc:
+                broken = exc
+            for event, element in parser.read_events():
+                if event == "start":
+                    if root is None:
+                        root = element
+                        _refuse_parsed_dtd(element)
+                    if element.tag == record_tag and matches_path(element):
+                        if pending is not None:
+                            raise _nested_record_error(element, pending)
+                        pending, pending_since = element, blocks.position
+                    continue
+                if element is not pending:
+                    continue
+                pending = None
+                row = texts(element)
+                for find, parts in groups:
+                    row.append([parts(found) for found in find(element)])
+                chunk.lines.append(element.sourceline or 0)
+                chunk.rows.append(row)
+                _release(element)
+                if len(chunk.lines) >= chunk_size:
+                    yield chunk
+                    chunk = Chunk(columns)
+            if broken is not None:
+                raise broken
+            if block is None:
+                break
+            if pending is not None and blocks.position - pending_since > MAX_RECORD_BYTES + XML_BLOCK:
+                raise FileError(
+                    f"the record that starts here is larger than {MAX_RECORD_BYTES >> 20} MB; "
+                    "records that large are refused (is record_path the record element?)",
+                    pending.sourceline,
+                )
+            if root is not None:
+                _prune(root, pending)
     except etree.XMLSyntaxError as exc:
-        log = parser_events.error_log  # this parse's errors (exc.error_log also holds earlier files')
-        line = exc.lineno or (log[0].line if len(log) else None)
-        raise FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None) from None
+        # this parse's errors (exc.error_log also holds earlier files')
+        raise _syntax_error(exc, parser.feed_error_log if parser is not None else []) from None
     if chunk.lines:
         yield chunk
+
+
+def _root_tag(blocks: _Blocks) -> tuple[str | None, list[bytes]]:
+    """The document element's tag, read by a throw-away parser, and the blocks it took to find it
+    (to be fed again). A DOCTYPE is refused here, so a document without records is refused too.
+    A syntax error after the root's start tag is left to the real parse (records before it count)."""
+    probe = etree.XMLPullParser(events=("start",), **_PARSER_OPTIONS)
+    head: list[bytes] = []
+    for block in blocks:
+        head.append(block)
+        try:
+            probe.feed(block)
+        except etree.XMLSyntaxError as exc:
+            error = exc
+        else:
+            error = None
+        for _, element in probe.read_events():
+            _refuse_parsed_dtd(element)
+            return element.tag, head
+        if error is not None:
+            raise _syntax_error(error, probe.feed_error_log)
+        if blocks.position > MAX_PROLOG_BYTES:
+            raise FileError(f"the XML has no element in its first {MAX_PROLOG_BYTES >> 20} MB", 1)
+    try:
+        probe.close()
+    except etree.XMLSyntaxError as exc:
+        raise _syntax_error(exc, probe.feed_error_log) from None
+    return None, head
+
+
+def _syntax_error(exc: etree.XMLSyntaxError, log) -> FileError:
+    line = exc.lineno or (log[0].line if len(log) else None)
+    return FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None)
+
+
+def _prune(root: etree._Element, pending: etree._Element | None) -> None:
+    """Release every finished element that is not an ancestor of the pending record.
+
+    The elements still open are the chain of last children from the root; every earlier child
+    is finished. Each level keeps only its last child (open, or finished but bounded by one),
+    so what stays is one element per level, and the pending record whole.
+    """
+    node = root
+    while node is not pending:
+        count = len(node)
+        if count == 0:
+            return
+        if count > 1:
+            del node[: count - 1]
+        node = node[0]
+
+
+def _nested_record_error(inner: etree._Element, outer: etree._Element) -> FileError:
+    name = etree.QName(inner).localname
+    return FileError(
+        f"a <{name}> record inside the <{name}> record that starts on line {outer.sourceline}: nested records are "
+        "refused (neither could be mapped whole); give record_path as an absolute path such as /Export/Events/Event",
+        inner.sourceline,
+    )
 
 
 def _refuse_doctype(head: bytes) -> None:
@@ -387,10 +561,12 @@ def _path_matcher(steps: list[tuple[bool, str]]):
         return lambda element: True  # '//Event': the parser's tag filter already chose
     if not any(descendant for descendant, _ in steps):
         return _absolute_matcher([tag for _, tag in steps])
-    pattern = "".join(("\x00(?:[^\x00]*\x00)*?" if descendant else "\x00") + re.escape(tag) for descendant, tag in steps)
-    if not steps[0][0]:
-        pattern = "^" + pattern
-    compiled = re.compile(pattern + "$")
+    import re2
+
+    # on RE2: with backtracking, each '//' step multiplied the work by the depth (256 at most)
+    fullmatch = compile_pattern(
+        "".join(("\x00(?:[^\x00]*\x00)*?" if descendant else "\x00") + re2.escape(tag) for descendant, tag in steps)
+    )
 
     def matches(element: etree._Element) -> bool:
         chain = [element.tag]
@@ -398,7 +574,7 @@ def _path_matcher(steps: list[tuple[bool, str]]):
         while parent is not None:
             chain.append(parent.tag)
             parent = parent.getparent()
-        return compiled.search("\x00" + "\x00".join(reversed(chain))) is not None
+        return fullmatch("\x00" + "\x00".join(reversed(chain)))
 
     return matches
 

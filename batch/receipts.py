@@ -129,7 +129,7 @@ class ReceiptRow:
         """The row as CSV cells: empty for None, formula triggers neutralised."""
         values = (self.line, self.event_id, self.usageplacecode, self.status, self.outcome,
                   self.http_status, self.message)
-        return [neutralise_cell("" if value is None else str(value)) for value in values]
+        return [neutralise_cell(escape_controls("" if value is None else str(value))) for value in values]
 
 
 # --------------------------------------------------------------------------- pure
@@ -148,6 +148,16 @@ def receipt_names(input_name: str) -> ReceiptNames:
         raise ValueError(f"not a file name: {input_name!r}")
     stem = fit_name(name, NAME_MAX - max(len(CSV_SUFFIX), len(JSON_SUFFIX)))
     return ReceiptNames(csv=stem + CSV_SUFFIX, json=stem + JSON_SUFFIX)
+
+
+# NUL, ESC and the other controls (but tab and line breaks, which CSV quoting carries) are
+# written as \xNN: a receipt holds text a legacy importer and a person can read (D23).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character but tab, CR and LF written as \\xNN."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text) if not text.isprintable() else text
 
 
 def neutralise_cell(text: str) -> str:

@@ -1,4 +1,8 @@
-"""What readers hand to the mapper: chunks of raw records with their line numbers. Pure."""
+"""What readers hand to the mapper: chunks of raw records with their line numbers. Pure.
+
+Also the one rule for naming many things in a message (short_list): an error names a few and
+counts the rest, so that a file with 100,000 columns cannot make every record's error 1 MB.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ class Chunk:
     rows: list[list] = field(default_factory=list)
     # line -> why the record could not even be split into fields (broken quoting)
     broken: dict[int, str] = field(default_factory=dict)
+    # line -> last physical line, for records that run over several lines (quoted line breaks)
+    spans: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -25,3 +31,13 @@ class XmlPlan:
 
     texts: list[str]
     groups: list[tuple[str, list[str]]] = field(default_factory=list)  # (element xpath, part xpaths)
+
+
+# How many names one message lists before it only counts the rest.
+LISTED_NAMES = 5
+
+
+def short_list(names: list, limit: int = LISTED_NAMES) -> str:
+    """"'a', 'b', 'c'" — or "'a', 'b', 'c', 'd', 'e' and 99,995 more" past `limit` names."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit:,} more"

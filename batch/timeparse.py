@@ -64,8 +64,14 @@ def _translate(fmt: str) -> tuple[str, set[str]]:
             else:
                 raise FormatError(f"%{code} is not supported (use {', '.join('%' + c for c in _CODES)})")
             i += 2
+        elif char.isspace():
+            # a run of blanks is one \s+: two in a row ('\s+\s+') split a run of spaces in the
+            # value every possible way before failing, exponential in the run's length
+            while i < len(fmt) and fmt[i].isspace():
+                i += 1
+            parts.append(r"\s+")
         else:
-            parts.append(r"\s+" if char == " " else re.escape(char))
+            parts.append(re.escape(char))
             i += 1
     return "".join(parts), seen
 

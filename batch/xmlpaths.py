@@ -29,7 +29,19 @@ def xpath_problem(expr: str, namespaces: dict[str, str]) -> str | None:
     for prefix in re.findall(r"(?<![\w@:'\"])([A-Za-z_][\w.-]*):(?![:/])", _strip_strings(expr)):
         if prefix not in namespaces:
             return f"namespace prefix '{prefix}' is not declared in xml.namespaces"
+    if _LEAVES_RECORD.search(_strip_strings(expr)):
+        return (
+            "looks outside the record ('..', a path from '/', or a parent, ancestor, preceding or following "
+            "axis): records are streamed, and the rest of the document is released as it is read"
+        )
     return None
+
+
+# '..', an absolute path (a '/' that starts the expression or follows an operator, '(' or ','),
+# or an axis that leaves the record element
+_LEAVES_RECORD = re.compile(
+    r"\.\.|(?:^|[(,|\[=<>!+\s])\s*/|\b(?:parent|ancestor|ancestor-or-self|preceding|preceding-sibling|following|following-sibling)\s*::"
+)
 
 
 def _strip_strings(expr: str) -> str:

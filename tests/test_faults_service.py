@@ -6,7 +6,6 @@ SQLite, real subprocess signals, real read-only and full file systems (loop/tmpf
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -18,11 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from batch.journal import Journal
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import (
-    MAPPING_V2,
     ServiceProcess,
     ServiceThread,
     export,

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from batch.inbox import InboxError, open_inbox
-from batch.inbox.base import Candidate, InboxSettings, stamped_name
+from batch.inbox import InboxError
+from batch.inbox.base import InboxSettings, stamped_name
 from batch.inbox.local import LocalInbox
 from batch.receipts import receipt_names
 

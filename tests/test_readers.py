@@ -328,8 +328,14 @@ def test_unclosed_quote_is_a_broken_record_at_its_line():
     data = b'a,b\n1,2\n3,"never closed\n4,5\n6,7\n'
     _, rows, broken = csv_rows(data)
     assert rows[0] == (2, ["1", "2"])
-    assert broken == {3: "cannot split the record into fields: unexpected end of data"}
-    assert [line for line, _ in rows] == [2, 3]
+    swallowed = "not read as a record: it is inside the quoted value of line 3 (is a quote on line 3 not closed?)"
+    assert broken == {
+        3: "cannot split the record into fields: unexpected end of data; a quoted value on this line runs on to "
+        "line 5 (is a quote not closed?)",
+        4: swallowed,
+        5: swallowed,
+    }
+    assert [line for line, _ in rows] == [2, 3, 4, 5]  # every line accounted for (D13)
 
 
 def test_a_huge_single_field_is_refused_without_reading_it_all_into_one_record():
@@ -598,7 +604,9 @@ def test_deeply_nested_xml_is_refused():
 
 def test_a_huge_text_node_is_refused():
     data = b"<r><E id='1'><A>" + b"x" * 12_000_000 + b"</A></E></r>"
-    error = _assert_refused(data)
+    error = _assert_refused(data)  # inside a record: the record is too large first
+    assert error.message.startswith("the record that starts here is larger than 1 MB")
+    error = _assert_refused(b"<r><A>" + b"x" * 12_000_000 + b"</A><E id='1'/></r>")
     assert error.message.startswith("not well-formed XML:")
 
 

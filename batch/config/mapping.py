@@ -11,7 +11,7 @@ import codecs
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -172,10 +172,7 @@ class ValueSpec(Strict):
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            compile_pattern(value)
         return value
 
     @field_validator("template")
@@ -324,6 +321,43 @@ class Mapping(Strict):
 
     def status_vocabulary(self) -> tuple[str, ...]:
         return (STATUS_CONNECTED, STATUS_DISCONNECTED, self.statuses.not_disconnected)
+
+
+# --- patterns --------------------------------------------------------------------------------------
+
+# Patterns run on RE2 (google-re2), whose matching time is linear in the value: with Python's
+# backtracking `re`, '(a+)+$' against 35 characters held the GIL for minutes and froze the service.
+_RE2_LIMITS = (
+    "patterns run on RE2, which never backtracks: backreferences (\\1), lookahead (?=, ?!) and "
+    "lookbehind (?<=, ?<!) are not available"
+)
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """`pattern` -> value -> does the whole value match? Raises ValueError saying why not usable.
+
+    Calls the bound RE2 object rather than the `re2` module's re-like wrapper, which builds a
+    Match object on every call (3.3 µs a value against 0.55 µs; Python's `re` takes 0.2 µs).
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into the ConfigError, not to stderr
+    options.max_mem = 8 << 20  # the compiled program's memory (RE2's default); larger is refused
+    compiled = re2._re2.RE2(pattern.encode("utf-8"), options)
+    if not compiled.ok():
+        reason = compiled.error()
+        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        if "perl operator" in reason or re.search(r"escape sequence: \\[1-9]", reason):
+            raise ValueError(f"not a usable regular expression: {reason} ({_RE2_LIMITS})")
+        raise ValueError(f"not a valid regular expression: {reason}")
+    match, anchor = compiled.Match, re2._re2.RE2.Anchor.ANCHOR_BOTH
+
+    def fullmatch(value: str) -> bool:
+        data = value.encode("utf-8", "surrogatepass")
+        return match(anchor, data, 0, len(data))[0][0] >= 0  # no match: [(-1, -1)]
+
+    return fullmatch
 
 
 def _as_text(value: Any) -> Any:
