@@ -46,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
+
 # --------------------------------------------------------------------------- states
 
 EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate", "not_sent"]
@@ -63,15 +65,24 @@ FILE_FINAL_STATES: frozenset[str] = frozenset({"done", "error", "skipped"})
 PAGE_SIZE = 5000
 
 
-class JournalError(Exception):
-    """The journal cannot do what was asked (schema too new, misuse, inconsistent state)."""
+class JournalError(BatchError):
+    """The family of everything the journal raises (never raised itself; see batch.errors)."""
 
 
-class FileInProgress(JournalError):
+class JournalUnusable(JournalError, ConfigurationError):
+    """The journal's file cannot be used by this version or on this disk (schema too new, no WAL)."""
+
+
+class JournalMisuse(JournalError, InternalError):
+    """A call the journal's state forbids (finishing a file with pending events, an unknown file
+    id, an inconsistent state): a bug in the caller."""
+
+
+class FileInProgress(JournalError, TransientError):
     """The same file content is being processed right now by another live process."""
 
 
-class JournalUnavailable(JournalError):
+class JournalUnavailable(JournalError, TransientError):
     """The journal's SQLite file cannot be read or written now (disk I/O error, read-only
     or full file system, locked longer than the busy timeout). Not the input file's fault:
     the caller keeps the file and tries again later. The message names the journal's path,
@@ -571,7 +582,7 @@ class Journal:
                     raise
                 time.sleep(0.01)
         if mode.lower() != "wal":
-            raise JournalError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+            raise JournalUnusable(f"{self.path}: cannot use WAL mode (got {mode!r})")
 
     def _migrate(self) -> None:
         if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
@@ -579,7 +590,7 @@ class Journal:
         with self._write() as conn:  # IMMEDIATE: two processes never create it twice
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise JournalError(f"{self.path}: journal schema version {version} is newer "
+                raise JournalUnusable(f"{self.path}: journal schema version {version} is newer "
                                    f"than this program supports ({SCHEMA_VERSION})")
             for steps in MIGRATIONS[version:]:
                 for statement in steps:
@@ -710,12 +721,12 @@ class Journal:
                              (not_sent_message(error), now, file_id))
             counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
             if state == "done" and counts["pending"]:
-                raise JournalError(f"file #{file_id}: {counts['pending']} events still pending")
+                raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
             changed = conn.execute(
                 f"UPDATE files SET state = ?, finished_at = ?, error = ?, {_SET_COUNTS} WHERE id = ?",
                 (state, now, error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
             if not changed:
-                raise JournalError(f"no file #{file_id}")
+                raise JournalMisuse(f"no file #{file_id}")
         self.flush()
         return self.get_file(file_id)
 
@@ -761,7 +772,7 @@ class Journal:
             sent = conn.execute("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
                                 " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,)).fetchone()
             if sent is not None:
-                raise JournalError(f"file #{file_id}: events were sent already; its recording stays")
+                raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
             conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))
             conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = ? WHERE id = ?",
                          (version, file_id))
@@ -828,7 +839,7 @@ class Journal:
     def _file(self, conn: sqlite3.Connection, file_id: int) -> FileRecord:
         row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
         if row is None:
-            raise JournalError(f"no file #{file_id}")
+            raise JournalMisuse(f"no file #{file_id}")
         record = file_from_row(row)
         if record.state == "processing":  # stored counts are set at finish; show live ones
             live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))

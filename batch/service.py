@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from batch.config.api import SecretResolutionError
-from batch.config.service import FeedSettings, LoadedService, load_service_config, secret_file_warnings
+from batch.config.service import FeedNotFound, FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
+from batch.errors import ExitStatus
 from batch.fsutil import display_name
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
@@ -73,7 +74,6 @@ from batch.runtime import Runtime
 
 log = logging.getLogger("batch.service")
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 DEFAULT_RELOAD_INTERVAL = 2.0
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
@@ -85,13 +85,6 @@ RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed eve
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def file_exit_code(outcome: FileOutcome) -> int:
-    """The `run --once` / `process` exit code one file's outcome calls for."""
-    if outcome.status in ("error", "auth_failed", "interrupted"):
-        return EXIT_UNUSABLE
-    return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
 
 
 # --------------------------------------------------------------------------- configuration
@@ -310,7 +303,7 @@ class FeedWorker(threading.Thread):
         self.last_file: str | None = None
         self.last_status: str | None = None
         self.last_error: str | None = None
-        self.exit_code = EXIT_OK
+        self.exit_code: ExitStatus = ExitStatus.OK
         self.retired = False
         self._give_up = False  # --once: this feed cannot go on (credentials refused, a file failed)
         self._need_resume = True
@@ -347,7 +340,7 @@ class FeedWorker(threading.Thread):
             return True
         try:
             settings = generation.config.feed(self.feed)
-        except KeyError:
+        except FeedNotFound:
             self.retired = True
             return False
         if self._settings is not None and _inbox_part(settings) != _inbox_part(self._settings):
@@ -402,7 +395,7 @@ class FeedWorker(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - a worker must say why it ended
             self.state = "crashed"
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self.exit_code = EXIT_UNUSABLE
+            self.exit_code = ExitStatus.UNUSABLE
             log.exception("feed %s: the worker stopped on an unexpected error", self.feed, extra={"feed": self.feed})
         finally:
             self._close_inbox()
@@ -479,7 +472,7 @@ class FeedWorker(threading.Thread):
                 log.log(level, "feed %s: inbox problem: %s; retrying in %.1f s", self.feed, self.last_error, delay,
                         extra={"feed": self.feed})
                 if once and (not isinstance(exc, InboxUnavailable) or inbox_failures >= ONCE_INBOX_ATTEMPTS):
-                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                     return
                 stop.wait(delay)
             except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
@@ -496,7 +489,7 @@ class FeedWorker(threading.Thread):
                 log.error("feed %s: unexpected error while %s: %s: %s; retrying in %.1f s", self.feed, step,
                           type(exc).__name__, exc, delay, exc_info=exc, extra={"feed": self.feed})
                 if once:
-                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                     return
                 stop.wait(delay)
 
@@ -627,10 +620,10 @@ class FeedWorker(threading.Thread):
         shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                         "not_sent", "pending") if counts.get(k))
         if outcome.final:
-            code = file_exit_code(outcome)
+            code = outcome.exit_status
             self.exit_code = max(self.exit_code, code)
             self._auth.reset()
-            level = logging.INFO if code == EXIT_OK else logging.WARNING
+            level = logging.INFO if code == ExitStatus.OK else logging.WARNING
             message = outcome.message if status != "done" else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
             receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
@@ -650,7 +643,7 @@ class FeedWorker(threading.Thread):
             return False
         # auth_failed: Ropo One refused the credentials, or its TLS certificate was not trusted;
         # nothing more can go out until that is fixed.
-        self.exit_code = EXIT_UNUSABLE
+        self.exit_code = ExitStatus.UNUSABLE
         self.last_error = outcome.message
         self.state = "auth_failed"
         delay = self._auth.next()
@@ -730,7 +723,7 @@ class FeedWorker(threading.Thread):
                   "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
                   extra={"feed": self.feed, "file": name})
         if self.service.once:
-            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+            self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
 
     def _journal_quietly(self, write: Any) -> None:
         """A journal note that may fail without consequence (the log has said it)."""
@@ -752,7 +745,7 @@ class FeedWorker(threading.Thread):
                   self.last_error, held, delay, self._pause.failures,
                   extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
         if self.service.once:
-            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+            self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
             self._give_up = True
             return False
         self.service.stop.wait(delay)
@@ -785,7 +778,7 @@ class FeedWorker(threading.Thread):
         if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
             log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
                       self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
-            self.exit_code = EXIT_UNUSABLE
+            self.exit_code = ExitStatus.UNUSABLE
             self._give_up = True
             return False
         if attempts < FILE_ATTEMPTS:
@@ -796,7 +789,7 @@ class FeedWorker(threading.Thread):
             return False
         log.error("feed %s: %s failed %d time(s): %s; moved to error/", self.feed, claimed.name, attempts,
                   described, exc_info=exc, extra=extra)
-        self.exit_code = EXIT_UNUSABLE
+        self.exit_code = ExitStatus.UNUSABLE
         self.last_status = "error"
         self.service.metrics.files.labels(self.feed, "error").inc()
         try:
@@ -992,7 +985,7 @@ class Service:
         self.workers[name] = worker
         worker.start()
 
-    def run(self) -> int:
+    def run(self) -> ExitStatus:
         config = self.config
         if config.metrics is not None:
             self.metrics_server = MetricsServer(config.metrics.host, config.metrics.port, self.metrics, self.health)
@@ -1026,8 +1019,8 @@ class Service:
         codes = [worker.exit_code for worker in self.workers.values()]
         if not self.once:
             crashed = any(worker.state == "crashed" for worker in self.workers.values())
-            return EXIT_UNUSABLE if crashed and not self._signalled else EXIT_OK
-        return max(codes, default=EXIT_OK)
+            return ExitStatus.UNUSABLE if crashed and not self._signalled else ExitStatus.OK
+        return max(codes, default=ExitStatus.OK)
 
     def close(self) -> None:
         if self.metrics_server is not None:
