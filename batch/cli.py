@@ -512,16 +512,18 @@ def _file_summary(record: Any) -> dict[str, Any]:
 
 
 def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
+    from batch.pipeline import FileStatus
+
     counts = outcome.counts
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                          "not_sent", "pending") if counts.get(key))
-    if outcome.status == "done":
+    if outcome.status == FileStatus.DONE:
         _echo(f"{name}: {shown or 'no records'}")
-    elif outcome.status == "skipped":
+    elif outcome.status == FileStatus.SKIPPED:
         _echo(f"{name}: not sent: {outcome.message}")
-    elif outcome.status == "error":
+    elif outcome.status == FileStatus.ERROR:
         _echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
-    elif outcome.status == "auth_failed":
+    elif outcome.status == FileStatus.AUTH_FAILED:
         _echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
     else:
         _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)

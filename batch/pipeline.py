@@ -13,9 +13,8 @@ import os
 import logging
 import threading
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable
 
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
@@ -23,7 +22,7 @@ from batch.config.service import ReceiptOptions
 from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
 from batch.extract import mapped_file
-from batch.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result
+from batch.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
 from batch.fsutil import display_name

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ from batch.readers import FileError
 from batch.ropo import AuthError
 from batch.sandbox import Sandbox
 from tests.fixtures_http import APICODE_ENV
-from tests.test_pipeline import Workspace, make_rows, workspace_for, write_feed  # noqa: F401 - a fixture
+from tests.test_pipeline import Workspace, make_rows, write_feed, write_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = (InboxError, JournalError)
@@ -56,6 +56,13 @@ def public_exception_classes() -> list[type[BaseException]]:
                     and not name.startswith("_")):
                 found.append(value)
     return found
+
+
+@pytest.fixture
+def workspace(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """One feed named `simple` on a local inbox, delivering to the sandbox."""
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    return write_workspace(tmp_path / "ws", sandbox.base_url, sandbox.cid)
 
 
 def run(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -154,10 +161,9 @@ def test_an_unexpected_exception_is_an_internal_error(
     assert err.endswith("internal error: KeyError: 'usageplacecode'; please report it\n")
 
 
-def test_the_groups_through_the_installed_command(
-        sandbox: Sandbox, workspace_for: Callable[..., Workspace], tmp_path: Path) -> None:
+def test_the_groups_through_the_installed_command(sandbox: Sandbox, workspace: Workspace, tmp_path: Path) -> None:
     """Real causes, a real process: what each group does to the exit code."""
-    ws = workspace_for(sandbox)
+    ws = workspace
     rows = make_rows(3, 3)
     good = write_feed(ws.inbox / "good.csv", make_rows(3, 3, start=10))
     rows[1]["time"] = "yesterday"
@@ -193,8 +199,8 @@ def test_the_groups_through_the_installed_command(
 
 
 def test_a_misspelt_feed_name_is_one_line_naming_the_known_feeds(
-        sandbox: Sandbox, workspace_for: Callable[..., Workspace], capsys: pytest.CaptureFixture[str]) -> None:
-    ws = workspace_for(sandbox)
+        sandbox: Sandbox, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
     path = write_feed(ws.inbox / "n.csv", make_rows(2, 2))
     expected = "error: no feed named 'nosuch' (feeds: simple)\n"
     assert run(["process", path, "--config", ws.config, "--feed", "nosuch"], capsys) == (2, "", expected)
@@ -214,3 +220,30 @@ def test_group_classes_are_disjoint() -> None:
     for group in GROUPS:
         assert [other for other in GROUPS if other is not group and issubclass(group, other)] == []
     assert not issubclass(InputFileError, (ConfigurationError, AccessRefused, TransientError, InternalError))
+
+
+# --------------------------------------------------------------------------- states
+
+
+def test_states_are_enums_that_store_and_print_the_same_words(tmp_path: Path) -> None:
+    from batch.journal import EventState, FileState, Journal, NewEvent
+    from batch.pipeline import FileStatus
+    from batch.service import WorkerState
+
+    assert [s.value for s in FileState] == ["processing", "done", "error", "skipped"]
+    assert [s.value for s in EventState] == ["pending", "accepted", "rejected", "invalid", "failed", "duplicate",
+                                             "not_sent"]
+    assert [s.value for s in FileStatus] == ["done", "skipped", "error", "interrupted", "auth_failed"]
+    assert [s.value for s in WorkerState] == ["starting", "idle", "processing", "unavailable", "auth_failed",
+                                              "paused", "retrying", "error", "crashed", "stopped", "holding"]
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        file = journal.begin_file("a.csv", "0" * 64, 10, "feed").file
+        journal.record_events(file.id, [NewEvent(2, None, None, None, None, "time: not a time")])
+        done = journal.finish_file(file.id, FileState.DONE)
+        (event,) = journal.file_events(file.id)
+        stored = journal._conn.execute("SELECT state FROM files").fetchall()
+    assert (type(done.state), done.state, f"{done.state}", json.dumps(done.state)) == (FileState, "done", "done",
+                                                                                      '"done"')
+    assert (type(event.state), event.state) == (EventState, "invalid")
+    assert stored == [("done",)]
+    assert {type(key) for key in done.counts} == {str}  # plain words as keys: orjson refuses enum keys
