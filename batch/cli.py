@@ -1,7 +1,9 @@
 """The `usageplace-batch` command: argument parsing, printing and exit codes — nothing else.
 
-Exit codes: 0 all good; 1 the command ran but found problems (invalid records, invalid
-mappings, events not accepted); 2 it could not run (unusable file, mapping or configuration).
+Exit codes (batch.errors.ExitStatus): 0 all good; 1 the command ran but found problems (invalid
+records, invalid mappings, events not accepted); 2 it could not run (unusable file, mapping or
+configuration, credentials refused, inbox or storage unavailable); 3 an internal error (a bug).
+`BoundaryGroup` is the one place that turns an exception into a message and an exit status.
 """
 
 from __future__ import annotations
@@ -19,19 +21,9 @@ from typing import Any
 import click
 
 from batch import __version__
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
+from batch.errors import BatchError, ConfigurationError, ExitStatus, InputFileError
 
 log = logging.getLogger("batch.cli")
-
-
-class Unusable(click.ClickException):
-    """A clear, user-facing reason why the command cannot run (exit 2)."""
-
-    exit_code = EXIT_UNUSABLE
-
-    def show(self, file: Any = None) -> None:
-        _echo(f"error: {self.format_message()}", err=True)
 
 
 class BoundaryGroup(click.Group):
@@ -46,21 +38,34 @@ class BoundaryGroup(click.Group):
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
         except Exception as exc:  # noqa: BLE001 - this is the boundary
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            else:
-                _echo(f"error: {_describe(exc)} (run with --debug for details)", err=True)
-            raise SystemExit(EXIT_UNUSABLE) from None
+            raise SystemExit(_report_error(exc, debug=bool(ctx.obj and ctx.obj.get("debug")))) from None
 
 
-def _describe(exc: BaseException) -> str:
-    from batch.config.yamlload import ConfigError
-    from batch.readers import FileError
+def exit_status_of(exc: BaseException) -> ExitStatus:
+    """The exit status an exception that reached the boundary calls for: a BatchError says its
+    own (batch.errors); an OSError is the machine refusing (a folder, a port): could not run;
+    anything else is a bug."""
+    if isinstance(exc, BatchError):
+        return exc.exit_status
+    if isinstance(exc, OSError):
+        return ExitStatus.UNUSABLE
+    return ExitStatus.INTERNAL
 
-    if isinstance(exc, (ConfigError, FileError)):
-        return str(exc)
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, OSError) else text
+
+def _report_error(exc: Exception, debug: bool) -> ExitStatus:
+    """Print what went wrong (a traceback too with --debug); the exit status it calls for."""
+    status = exit_status_of(exc)
+    if debug:
+        traceback.print_exc()
+    if status == ExitStatus.INTERNAL:
+        text = str(exc) or type(exc).__name__
+        hint = "" if debug else " (run with --debug for the traceback)"
+        _echo(f"internal error: {type(exc).__name__}: {text}; please report it{hint}", err=True)
+    elif isinstance(exc, BatchError):
+        _echo(f"error: {exc}", err=True)
+    elif not debug:
+        _echo(f"error: {exc} (run with --debug for details)", err=True)
+    return status
 
 
 # --- what reaches a terminal ------------------------------------------------------------------------
@@ -105,15 +110,15 @@ def _echo(text: object, err: bool = False) -> None:
     click.echo(terminal_safe(text, keep_newlines=True), err=err)
 
 
-def _regular_file(path: Path) -> Path:
+def _regular_file(path: Path, error: type[BatchError] = InputFileError) -> Path:
     """An input path, refused (exit 2) unless it names a regular file: opening a FIFO blocks
     forever, /dev/zero never ends, a directory is not an export. Symlinks are followed."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise Unusable(f"{path}: {exc.strerror}") from None
+        raise error(f"{path}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
-        raise Unusable(_not_regular(path, mode))
+        raise error(_not_regular(path, mode))
     return path
 
 
@@ -124,7 +129,7 @@ def _refuse_special(path: Path) -> None:
     except OSError:
         return
     if not stat.S_ISREG(mode):
-        raise Unusable(_not_regular(path, mode))
+        raise ConfigurationError(_not_regular(path, mode))
 
 
 def _not_regular(path: Path, mode: int) -> str:
@@ -189,7 +194,7 @@ def validate(mappings: tuple[Path, ...]) -> None:
         _echo(f"{path}: ok ({mapping.format}, {len(_mapped_fields(mapping))} fields)")
     if failed:
         click.echo(f"{failed} of {len(mappings)} mapping file(s) have problems", err=True)
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitStatus.PROBLEMS)
 
 
 def _mapped_fields(mapping: Any) -> list[str]:
@@ -210,12 +215,12 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     from batch.mapping import CompiledMapping
     from batch.readers import FileError
 
-    _regular_file(mapping)
+    _regular_file(mapping, ConfigurationError)
     _regular_file(file)
     try:
         compiled = CompiledMapping(load_mapping(mapping))
     except ConfigError as exc:
-        raise Unusable(f"the mapping cannot be used:\n{exc}") from None
+        raise ConfigurationError(f"the mapping cannot be used:\n{exc}") from None
     counts = {"valid": 0, "invalid": 0}
     shown = 0
     printer = _JsonPrinter() if as_json else _TablePrinter(file)
@@ -229,19 +234,19 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
                     shown += 1
     except FileError as exc:
         printer.flush()
-        raise Unusable(f"{file}: {exc}") from None
+        raise InputFileError(f"{file}: {exc}") from None
     printer.flush()
     total = counts["valid"] + counts["invalid"]
     _echo(f"{file}: {total} records, {counts['valid']} valid, {counts['invalid']} invalid", err=True)
     if counts["invalid"]:
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitStatus.PROBLEMS)
 
 
 def _open_input(path: Path):
     try:
         return open(path, "rb")
     except OSError as exc:
-        raise Unusable(f"{path}: {exc.strerror}") from None
+        raise InputFileError(f"{path}: {exc.strerror}") from None
 
 
 class _JsonPrinter:
@@ -342,18 +347,13 @@ def _load_service(path: Path) -> Any:
     try:
         return load_service_config(path)
     except ConfigError as exc:
-        raise Unusable(f"the configuration cannot be used:\n{exc}") from None
+        raise ConfigurationError(f"the configuration cannot be used:\n{exc}") from None
 
 
 def _open_runtime(path: Path) -> Any:
-    from batch.config.api import SecretResolutionError
     from batch.runtime import Runtime
 
-    loaded = _load_service(path)
-    try:
-        return Runtime(loaded)
-    except SecretResolutionError as exc:
-        raise Unusable(str(exc)) from None
+    return Runtime(_load_service(path))
 
 
 @main.command()
@@ -369,14 +369,9 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
     Exit 0: every record accepted; 1: some were not (invalid, rejected, failed) or the file was
     already processed; 2: it could not run (unusable file or configuration, credentials refused).
     """
-    from batch.runtime import FeedNotFound
-
     _regular_file(file)
     with _open_runtime(config_path) as runtime:
-        try:
-            settings = runtime.feed_for(file.name, feed)
-        except FeedNotFound as exc:
-            raise Unusable(str(exc)) from None
+        settings = runtime.feed_for(file.name, feed)
         receipt_dir = receipts or runtime.outbox(settings) or file.parent
         receipt_dir.mkdir(parents=True, exist_ok=True)
         with _progress() as progress:
@@ -384,7 +379,7 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
                 file, runtime.feeds[settings.name], receipt_dir, force=force, progress=progress
             )
         _report_outcome(file.name, outcome)
-    raise SystemExit(_exit_code(outcome))
+    raise SystemExit(outcome.exit_status)
 
 
 @main.command()
@@ -399,7 +394,7 @@ def retry(config_path: Path, file_id: int | None) -> None:
         if not ids:
             click.echo("no failed events to retry", err=True)
             return
-        worst = EXIT_OK
+        worst = ExitStatus.OK
         for one in ids:
             record = runtime.journal.get_file(one)
             settings = runtime.settings(record.feed)
@@ -413,9 +408,9 @@ def retry(config_path: Path, file_id: int | None) -> None:
             if outbox is None and outcome.receipt is not None:
                 uploaded = _upload_receipt(settings, outcome.receipt)
                 if uploaded is None:
-                    worst = EXIT_UNUSABLE
+                    worst = ExitStatus.UNUSABLE
             _report_outcome(record.name, outcome, uploaded)
-            worst = max(worst, _exit_code(outcome))
+            worst = max(worst, outcome.exit_status)
     raise SystemExit(worst)
 
 
@@ -453,7 +448,7 @@ def prune(config_path: Path, older_than_days: float | None) -> None:
     days = older_than_days or loaded.config.journal_retention_days
     if days is None:
         click.echo("journal_retention_days is null (keep everything): give --older-than-days", err=True)
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitStatus.PROBLEMS)
     if not loaded.config.journal.exists():
         click.echo(f"no journal yet at {loaded.config.journal}: nothing to prune", err=True)
         return
@@ -472,6 +467,8 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     from batch.journal import Journal
 
     loaded = _load_service(config_path)
+    if feed is not None:
+        loaded.config.feed(feed)  # a removed or misspelt name: FeedNotFound names the known feeds
     journal_path = loaded.config.journal
     if not journal_path.exists():
         click.echo(f"no journal yet at {journal_path}: nothing has been processed", err=True)
@@ -514,23 +511,19 @@ def _file_summary(record: Any) -> dict[str, Any]:
     }
 
 
-def _exit_code(outcome: Any) -> int:
-    if outcome.status in ("error", "auth_failed", "interrupted"):
-        return EXIT_UNUSABLE
-    return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
-
-
 def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
+    from batch.pipeline import FileStatus
+
     counts = outcome.counts
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                          "not_sent", "pending") if counts.get(key))
-    if outcome.status == "done":
+    if outcome.status == FileStatus.DONE:
         _echo(f"{name}: {shown or 'no records'}")
-    elif outcome.status == "skipped":
+    elif outcome.status == FileStatus.SKIPPED:
         _echo(f"{name}: not sent: {outcome.message}")
-    elif outcome.status == "error":
+    elif outcome.status == FileStatus.ERROR:
         _echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
-    elif outcome.status == "auth_failed":
+    elif outcome.status == FileStatus.AUTH_FAILED:
         _echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
     else:
         _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
@@ -629,7 +622,7 @@ def demo(workspace: Path | None) -> None:
     click.echo("            (the sandbox has stopped: start one with `usageplace-batch sandbox --port PORT` and")
     click.echo("             set api.base_url in service.yaml to it, or run the demo again)")
     # the demo shows invalid and rejected records on purpose: it went well if it could run
-    raise SystemExit(EXIT_UNUSABLE if result.exit_code == EXIT_UNUSABLE else EXIT_OK)
+    raise SystemExit(ExitStatus.UNUSABLE if result.exit_code == ExitStatus.UNUSABLE else ExitStatus.OK)
 
 
 def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:
@@ -665,7 +658,6 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     file already processed); 2 something could not run (inbox, credentials, unusable file).
     Without --once: 0 after a SIGTERM/SIGINT.
     """
-    from batch.config.api import SecretResolutionError
     from batch.logs import setup_logging
     from batch.service import Service
 
@@ -677,10 +669,7 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     loaded = _load_service(config_path)
     settings = loaded.config.logging
     redactor = setup_logging("DEBUG" if ctx.obj.get("debug") else settings.level, settings.format)
-    try:
-        service = Service(loaded, once=once, reload_interval=reload_interval, redactor=redactor)
-    except SecretResolutionError as exc:
-        raise Unusable(str(exc)) from None
+    service = Service(loaded, once=once, reload_interval=reload_interval, redactor=redactor)
     service.install_signal_handlers()
     if early:
         service.request_stop(early[0])
@@ -713,7 +702,7 @@ def validate_config(config_path: Path) -> None:
         _echo(f"warning: {warning}", err=True)
     if problems:
         click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
-        raise SystemExit(EXIT_PROBLEMS)
+        raise SystemExit(ExitStatus.PROBLEMS)
     feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})" for feed in loaded.config.feeds)
     click.echo(f"{config_path}: ok; API {loaded.config.api.base_url}; {len(loaded.config.feeds)} feed(s): {feeds}")
 
@@ -727,5 +716,5 @@ def run(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return EXIT_OK
+    return ExitStatus.OK
 

@@ -19,6 +19,7 @@ from typing import Callable
 import yaml
 
 from batch.config.service import load_service_config
+from batch.errors import ExitStatus
 from batch.journal import Journal
 from batch.receipts import receipt_names
 from batch.runtime import Runtime
@@ -41,7 +42,7 @@ class DemoFile:
 class DemoRun:
     workspace: Path
     files: list[DemoFile]
-    exit_code: int
+    exit_code: ExitStatus
     sandbox_accepted: int
     sandbox_duplicates: int
 

@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path, PosixPath
 from typing import BinaryIO
 
+from batch.errors import ConfigurationError
+
 TEMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"
 NAME_MAX = 255  # bytes: Linux file systems, and what OpenSSH servers accept on them
@@ -161,7 +163,7 @@ class OwnFolderPath(PosixPath):
     symbolic link: whoever can write the inbox could otherwise send receipts anywhere."""
 
 
-class SymlinkRefused(NotADirectoryError):
+class SymlinkRefused(NotADirectoryError, ConfigurationError):
     """A folder of the service's own that is a symlink: the message says which and why."""
 
     def __str__(self) -> str:

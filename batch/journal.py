@@ -37,41 +37,85 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
+
 # --------------------------------------------------------------------------- states
 
-EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate", "not_sent"]
-FileState = Literal["processing", "done", "error", "skipped"]
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10 (pyproject allows it): 3.11's StrEnum, by hand
+    class StrEnum(str, Enum):
+        """Members are their values: str(), format() and comparisons give the plain word."""
+
+        __str__ = str.__str__
+        __format__ = str.__format__
+
+
+class EventState(StrEnum):
+    """An event's state in the journal (the stored word; also its receipt outcome)."""
+
+    PENDING = "pending"        # recorded, not yet sent (or sending stopped)
+    ACCEPTED = "accepted"      # Ropo One answered 2xx
+    REJECTED = "rejected"      # Ropo One refused it for good (4xx)
+    INVALID = "invalid"        # the mapping refused the record: never sent
+    FAILED = "failed"          # transient errors outlasted the retries: `retry` sends it again
+    DUPLICATE = "duplicate"    # its id was accepted before (another file or an earlier line)
+    NOT_SENT = "not_sent"      # the file ended in error before it was sent (it never will be)
+
+
+class FileState(StrEnum):
+    """A file's state in the journal."""
+
+    PROCESSING = "processing"  # begun, not finished: a restart resumes it
+    DONE = "done"              # every event has its final state
+    ERROR = "error"            # the file as a whole could not be used
+    SKIPPED = "skipped"        # the same content was processed before: nothing sent
+
+
 ResultOutcome = Literal["accepted", "rejected", "failed"]
 
-#: Every event state, in the order receipts and summaries list them. ``not_sent``: the file
-#: ended in error before the event was sent (it never will be; the message says why).
-OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent", "pending")
-RESULT_OUTCOMES: frozenset[str] = frozenset({"accepted", "rejected", "failed"})
+#: Every event state, in the order receipts and summaries list them. Plain words (the enum's
+#: values), as the keys of every ``counts`` mapping: any JSON encoder takes them as keys.
+OUTCOMES: tuple[str, ...] = tuple(state.value for state in (
+    EventState.ACCEPTED, EventState.REJECTED, EventState.INVALID, EventState.FAILED, EventState.DUPLICATE,
+    EventState.NOT_SENT, EventState.PENDING))
+RESULT_OUTCOMES: frozenset[str] = frozenset({EventState.ACCEPTED, EventState.REJECTED, EventState.FAILED})
 #: States from which an event may still be (re)sent and may take a delivery result.
-SENDABLE_STATES: tuple[str, ...] = ("pending", "failed")
-FILE_FINAL_STATES: frozenset[str] = frozenset({"done", "error", "skipped"})
+SENDABLE_STATES: tuple[EventState, ...] = (EventState.PENDING, EventState.FAILED)
+FILE_FINAL_STATES: frozenset[FileState] = frozenset({FileState.DONE, FileState.ERROR, FileState.SKIPPED})
 
 PAGE_SIZE = 5000
 
 
-class JournalError(Exception):
-    """The journal cannot do what was asked (schema too new, misuse, inconsistent state)."""
+class JournalError(BatchError):
+    """The family of everything the journal raises (never raised itself; see batch.errors)."""
 
 
-class FileInProgress(JournalError):
+class JournalUnusable(JournalError, ConfigurationError):
+    """The journal's file cannot be used by this version or on this disk (schema too new, no WAL)."""
+
+
+class JournalMisuse(JournalError, InternalError):
+    """A call the journal's state forbids (finishing a file with pending events, an unknown file
+    id, an inconsistent state): a bug in the caller."""
+
+
+class FileInProgress(JournalError, TransientError):
     """The same file content is being processed right now by another live process."""
 
 
-class JournalUnavailable(JournalError):
+class JournalUnavailable(JournalError, TransientError):
     """The journal's SQLite file cannot be read or written now (disk I/O error, read-only
     or full file system, locked longer than the busy timeout). Not the input file's fault:
     the caller keeps the file and tries again later. The message names the journal's path,
@@ -132,7 +176,7 @@ class EventRecord:
     event_id: str | None
     usageplacecode: str | None
     status: str | None
-    state: str
+    state: EventState
     attempts: int
     http_status: int | None
     message: str | None
@@ -157,7 +201,7 @@ class FileRecord:
     sha256: str
     size: int
     feed: str
-    state: str
+    state: FileState
     started_at: datetime
     finished_at: datetime | None
     error: str | None
@@ -401,11 +445,11 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
     else:
         payload_json, digest = canonical_json(event.payload), payload_digest(event.payload)
     if event.error is not None:
-        state = "invalid"
+        state = EventState.INVALID
     elif event.payload is None:
         raise ValueError(f"line {event.line}: a valid event needs a payload")
     else:
-        state = "pending"
+        state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
             payload_json, digest, state, event.error, now)
 
@@ -431,7 +475,7 @@ def file_from_row(row: Sequence[Any]) -> FileRecord:
     (id_, name, sha256, size, feed, state, started, finished, error, recorded, original,
      owner, mapping_version, finish_problem, note, *numbers) = row
     return FileRecord(
-        id=id_, name=name, sha256=sha256, size=size, feed=feed, state=state,
+        id=id_, name=name, sha256=sha256, size=size, feed=feed, state=FileState(state),
         started_at=from_text(started), finished_at=from_text(finished), error=error,
         counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
         original_id=original, owner=owner, mapping_version=mapping_version,
@@ -442,7 +486,7 @@ def file_from_row(row: Sequence[Any]) -> FileRecord:
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
      digest, updated) = row
-    return EventRecord(file_id, line, event_id, code, status, state, attempts, http_status,
+    return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
                        message, payload, digest, from_text(updated))
 
 
@@ -571,7 +615,7 @@ class Journal:
                     raise
                 time.sleep(0.01)
         if mode.lower() != "wal":
-            raise JournalError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+            raise JournalUnusable(f"{self.path}: cannot use WAL mode (got {mode!r})")
 
     def _migrate(self) -> None:
         if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
@@ -579,7 +623,7 @@ class Journal:
         with self._write() as conn:  # IMMEDIATE: two processes never create it twice
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise JournalError(f"{self.path}: journal schema version {version} is newer "
+                raise JournalUnusable(f"{self.path}: journal schema version {version} is newer "
                                    f"than this program supports ({SCHEMA_VERSION})")
             for steps in MIGRATIONS[version:]:
                 for statement in steps:
@@ -692,7 +736,7 @@ class Journal:
             conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, ?) WHERE id = ?",
                          (self._now(), file_id))
 
-    def finish_file(self, file_id: int, state: Literal["done", "error"],
+    def finish_file(self, file_id: int, state: Literal[FileState.DONE, FileState.ERROR, "done", "error"],
                     error: str | None = None) -> FileRecord:
         """Close the file: state, finish time, counts per outcome from its events; then flush().
 
@@ -700,22 +744,22 @@ class Journal:
         ``error`` gives the events still pending their final outcome ``not_sent``, with the
         message "file error: <error>" (they will never be sent; prune may forget the file).
         """
-        if state not in ("done", "error"):
-            raise ValueError(f"a file finishes as done or error, not {state!r}")
+        if state not in (FileState.DONE, FileState.ERROR):
+            raise ValueError(f"a file finishes as done or error, not {str(state)!r}")
         now = self._now()
         with self._write("finish the file") as conn:
-            if state == "error":
+            if state == FileState.ERROR:
                 conn.execute("UPDATE events SET state = 'not_sent', message = ?, updated_at = ?"
                              " WHERE file_id = ? AND state = 'pending'",
                              (not_sent_message(error), now, file_id))
             counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
-            if state == "done" and counts["pending"]:
-                raise JournalError(f"file #{file_id}: {counts['pending']} events still pending")
+            if state == FileState.DONE and counts[EventState.PENDING]:
+                raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
             changed = conn.execute(
                 f"UPDATE files SET state = ?, finished_at = ?, error = ?, {_SET_COUNTS} WHERE id = ?",
                 (state, now, error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
             if not changed:
-                raise JournalError(f"no file #{file_id}")
+                raise JournalMisuse(f"no file #{file_id}")
         self.flush()
         return self.get_file(file_id)
 
@@ -761,7 +805,7 @@ class Journal:
             sent = conn.execute("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
                                 " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,)).fetchone()
             if sent is not None:
-                raise JournalError(f"file #{file_id}: events were sent already; its recording stays")
+                raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
             conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))
             conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = ? WHERE id = ?",
                          (version, file_id))
@@ -828,9 +872,9 @@ class Journal:
     def _file(self, conn: sqlite3.Connection, file_id: int) -> FileRecord:
         row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
         if row is None:
-            raise JournalError(f"no file #{file_id}")
+            raise JournalMisuse(f"no file #{file_id}")
         record = file_from_row(row)
-        if record.state == "processing":  # stored counts are set at finish; show live ones
+        if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
             live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
             record = replace(record, counts=live)
         return record
@@ -890,7 +934,7 @@ class Journal:
         while iterating do not disturb it.
         """
         self.mark_duplicates(file_id)
-        states = SENDABLE_STATES if include_failed else ("pending",)
+        states = SENDABLE_STATES if include_failed else (EventState.PENDING,)
         marks = ", ".join("?" for _ in states)
         return self._paged_events(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND state IN ({marks})"

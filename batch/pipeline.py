@@ -14,14 +14,15 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable
 
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
 from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
+from batch.errors import ExitStatus, TransientError
 from batch.extract import mapped_file
-from batch.journal import FileRecord, Journal, JournalError, NewEvent, Result
+from batch.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
 from batch.fsutil import display_name
@@ -30,7 +31,18 @@ from batch.ropo import RopoClient
 
 log = logging.getLogger(__name__)
 
-FileStatus = Literal["done", "error", "skipped", "interrupted", "auth_failed"]
+class FileStatus(StrEnum):
+    """How processing one file ended (FileOutcome.status)."""
+
+    DONE = "done"                # every event has its final state; the receipt is written
+    SKIPPED = "skipped"          # the same content was processed before: nothing sent
+    ERROR = "error"              # the file as a whole cannot be used (file-level receipt)
+    INTERRUPTED = "interrupted"  # a stop request came first: resume it
+    AUTH_FAILED = "auth_failed"  # the API refused the credentials: resume it once fixed
+
+
+#: The file outcomes that mean "could not run" for an exit status.
+_UNUSABLE_STATUSES = frozenset({FileStatus.ERROR, FileStatus.AUTH_FAILED, FileStatus.INTERRUPTED})
 HASH_BLOCK = 1 << 20
 JOURNAL_BATCH = 5000  # mapped records written to the journal in one transaction
 
@@ -56,7 +68,7 @@ def mapping_version(mapping: Mapping) -> str:
     return hashlib.sha256(mapping.model_dump_json().encode("utf-8")).hexdigest()[:12]
 
 
-class StorageFault(Exception):
+class StorageFault(TransientError):
     """A local folder of ours refused a step (disk full, read-only, I/O error, permission):
     not the input file's fault. Names the operation and the path; the file stays to resume."""
 
@@ -119,7 +131,7 @@ class FileOutcome:
     @property
     def all_accepted(self) -> bool:
         """Every record ended accepted (or was a duplicate of an accepted one)."""
-        if self.status != "done":
+        if self.status != FileStatus.DONE:
             return False
         counts = self.counts
         return not any(counts.get(outcome, 0) for outcome in ("rejected", "invalid", "failed", "not_sent", "pending"))
@@ -127,7 +139,15 @@ class FileOutcome:
     @property
     def final(self) -> bool:
         """The input can be archived (done/skipped) or put in error/; otherwise leave it to resume."""
-        return self.status in ("done", "error", "skipped")
+        return self.status in (FileStatus.DONE, FileStatus.ERROR, FileStatus.SKIPPED)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """The exit status this outcome calls for (`process`, `retry`, `run --once`): the one place
+        that decides it."""
+        if self.status in _UNUSABLE_STATUSES:
+            return ExitStatus.UNUSABLE
+        return ExitStatus.OK if self.all_accepted else ExitStatus.PROBLEMS
 
 
 @dataclass
@@ -202,7 +222,7 @@ class Processor:
             log.info("%s: already processed as %s; nothing sent", name, begun.original.name if begun.original else "?")
             receipt = write_receipt_or_fault(
                 lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
-            return FileOutcome("skipped", file, receipt, file.error)
+            return FileOutcome(FileStatus.SKIPPED, file, receipt, file.error)
         if begun.outcome == "resumed":
             log.info("%s: resuming file #%d after an interruption", name, file.id)
         record_with = self._mapping_for(file, feed, earlier or {})
@@ -218,14 +238,14 @@ class Processor:
                 file = self.journal.finish_file(file.id, "error", error=str(exc))
                 receipt = write_receipt_or_fault(
                     lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
-                return FileOutcome("error", file, receipt, str(exc))
+                return FileOutcome(FileStatus.ERROR, file, receipt, str(exc))
             self.journal.mark_recorded(file.id)
         return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False)
 
     def _finished_again(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> FileOutcome:
         receipt = self.write_receipt_of(file, feed, receipt_dir)
-        status: FileStatus = "done" if file.state == "done" else "skipped" if file.state == "skipped" else "error"
-        return FileOutcome(status, file, receipt, None if status == "done" else file.error)
+        status = FileStatus(file.state) if file.state in (FileStatus.DONE, FileStatus.SKIPPED) else FileStatus.ERROR
+        return FileOutcome(status, file, receipt, None if status == FileStatus.DONE else file.error)
 
     def write_receipt_of(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> ReceiptPaths:
         """(Re)write the receipt of a finished file from the journal: one row per event for a
@@ -264,7 +284,7 @@ class Processor:
             journal.add_note(file.id, note)
             return None
         if not file.recorded:  # cannot happen: every record is journaled before any is sent
-            raise JournalError(f"{file.name}: file #{file.id} sent events before it was fully recorded")
+            raise JournalMisuse(f"{file.name}: file #{file.id} sent events before it was fully recorded")
         note = (f"The mapping changed (version {recorded_with} -> {feed.mapping_version}) after events were "
                 f"sent; every event went out as recorded with version {recorded_with}.")
         log.warning("%s: recorded with mapping version %s, now %s, and events were sent already: "
@@ -338,10 +358,10 @@ class Processor:
         if report.auth_error:
             journal.flush()
             file = journal.get_file(file_id)
-            return FileOutcome("auth_failed", file, None, report.auth_error, report)
+            return FileOutcome(FileStatus.AUTH_FAILED, file, None, report.auth_error, report)
         if report.stopped and journal.file_counts(file_id)["pending"]:
             journal.flush()
-            return FileOutcome("interrupted", journal.get_file(file_id), None, "stopped before every event was sent", report)
+            return FileOutcome(FileStatus.INTERRUPTED, journal.get_file(file_id), None, "stopped before every event was sent", report)
         file = journal.get_file(file_id)
         if file.finished:
             file = journal.refresh_counts(file_id)
@@ -351,7 +371,7 @@ class Processor:
         receipt = write_receipt_or_fault(
             lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format),
             receipt_dir, file)
-        return FileOutcome("done", file, receipt, None, report)
+        return FileOutcome(FileStatus.DONE, file, receipt, None, report)
 
 
 def failed_file_ids(journal: Journal, file_id: int | None) -> list[int]:

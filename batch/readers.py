@@ -23,6 +23,7 @@ from typing import BinaryIO, Iterator
 from lxml import etree
 
 from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
+from batch.errors import InputFileError
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 
@@ -36,7 +37,7 @@ MAX_FIELD_CHARS = 1_000_000
 csv.field_size_limit(MAX_FIELD_CHARS)
 
 
-class FileError(Exception):
+class FileError(InputFileError):
     """The file as a whole cannot be used."""
 
     def __init__(self, message: str, line: int | None = None):

@@ -48,6 +48,7 @@ from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
+from batch.errors import AccessRefused, TransientError
 from batch.logs import REDACTED, redact_and_cut, redact_text
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def endpoint_urls(settings: ApiSettings) -> tuple[str, str]:
     return f"{base}/token", f"{base}/usageplace/event"
 
 
-class OffOriginRequest(Exception):
+class OffOriginRequest(AccessRefused):
     """A request was about to leave the configured origin (a bug or a hostile URL): not sent."""
 
 
@@ -94,7 +95,7 @@ class SendResult:
         return self.kind in (SendKind.ACCEPTED, SendKind.REJECTED)
 
 
-class AuthError(Exception):
+class AuthError(AccessRefused):
     """Ropo One refused the credentials (or the token endpoint answered nonsense)."""
 
     def __init__(self, message: str, status: int | None = None,
@@ -105,7 +106,7 @@ class AuthError(Exception):
         self.error_text = error_text
 
 
-class TokenUnavailable(Exception):
+class TokenUnavailable(TransientError):
     """The token endpoint could not be reached or answered 5xx/408/429: transient."""
 
     def __init__(self, message: str, status: int | None, retry_after: float | None) -> None:

@@ -10,16 +10,12 @@ import fnmatch
 import threading
 from pathlib import Path
 
-from batch.config.service import FeedSettings, LoadedService
+from batch.config.service import FeedNotFound, FeedSettings, LoadedService
 from batch.fsutil import OwnFolderPath
 from batch.inbox.base import LocalLocation, parse_location
 from batch.journal import Journal
 from batch.pipeline import FeedRuntime, Processor
 from batch.ropo import RopoClient
-
-
-class FeedNotFound(Exception):
-    """No feed (or more than one) fits a file; the message says which and how to choose."""
 
 
 class Runtime:
@@ -61,11 +57,7 @@ class Runtime:
         """The feed named, or the one feed whose file patterns match the file name."""
         feeds = self.config.feeds
         if name is not None:
-            try:
-                return self.config.feed(name)
-            except KeyError:
-                known = ", ".join(feed.name for feed in feeds)
-                raise FeedNotFound(f"no feed named {name!r} (feeds: {known})") from None
+            return self.config.feed(name)
         if len(feeds) == 1:
             return feeds[0]
         matching = [feed for feed in feeds if any(fnmatch.fnmatch(file_name.lower(), p.lower()) for p in feed.patterns)]

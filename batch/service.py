@@ -57,23 +57,24 @@ from pathlib import Path
 from typing import Any
 
 from batch.config.api import SecretResolutionError
-from batch.config.service import FeedSettings, LoadedService, load_service_config, secret_file_warnings
+from batch.config.service import FeedNotFound, FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
+from batch.errors import ExitStatus
 from batch.fsutil import display_name
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
-from batch.journal import OUTCOMES, FileInProgress, FileRecord, Journal, JournalError, JournalUnavailable, this_process
+from batch.journal import (OUTCOMES, FileInProgress, FileRecord, FileState, Journal, JournalError, JournalUnavailable,
+                           StrEnum, this_process)
 from batch.logs import RedactingFilter, apply_level
 from batch.metrics import Metrics, MetricsServer
-from batch.pipeline import (FeedRuntime, FileOutcome, Processor, Progress, ReceiptNotWritten, StorageFault,
-                            failed_file_ids, write_receipt_or_fault)
+from batch.pipeline import (FeedRuntime, FileOutcome, FileStatus, Processor, Progress, ReceiptNotWritten,
+                            StorageFault, failed_file_ids, write_receipt_or_fault)
 from batch.receipts import ReceiptPaths, write_file_level_receipt
 from batch.ropo import RopoClient
 from batch.runtime import Runtime
 
 log = logging.getLogger("batch.service")
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 DEFAULT_RELOAD_INTERVAL = 2.0
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
@@ -85,13 +86,6 @@ RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed eve
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def file_exit_code(outcome: FileOutcome) -> int:
-    """The `run --once` / `process` exit code one file's outcome calls for."""
-    if outcome.status in ("error", "auth_failed", "interrupted"):
-        return EXIT_UNUSABLE
-    return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
 
 
 # --------------------------------------------------------------------------- configuration
@@ -292,6 +286,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class WorkerState(StrEnum):
+    """What a feed worker is doing (/healthz ``state``); the words are the API of /healthz."""
+
+    STARTING = "starting"        # not yet through its first scan
+    IDLE = "idle"                # waiting for files
+    PROCESSING = "processing"    # a file is being processed
+    UNAVAILABLE = "unavailable"  # the inbox cannot be reached: reconnecting with backoff
+    AUTH_FAILED = "auth_failed"  # Ropo One refused the credentials (or TLS): retried with backoff
+    PAUSED = "paused"            # the journal or a disk refused a write: the file waits
+    RETRYING = "retrying"        # a file failed unexpectedly and holds the feed
+    ERROR = "error"              # an unexpected error outside a file: retrying
+    CRASHED = "crashed"          # the thread ended by a bug
+    STOPPED = "stopped"          # ended on a stop request (or the feed was removed)
+    HOLDING = "holding"          # (/healthz only) delivery holds for an API outage (circuit breaker)
+
+
 class FeedWorker(threading.Thread):
     """One feed: files strictly oldest first; never dies on an error (see the module docstring).
 
@@ -305,12 +315,12 @@ class FeedWorker(threading.Thread):
         super().__init__(name=f"feed:{name}", daemon=True)
         self.service = service
         self.feed = name
-        self.state = "starting"
+        self.state: WorkerState = WorkerState.STARTING
         self.last_scan: str | None = None
         self.last_file: str | None = None
-        self.last_status: str | None = None
+        self.last_status: FileStatus | None = None
         self.last_error: str | None = None
-        self.exit_code = EXIT_OK
+        self.exit_code: ExitStatus = ExitStatus.OK
         self.retired = False
         self._give_up = False  # --once: this feed cannot go on (credentials refused, a file failed)
         self._need_resume = True
@@ -347,7 +357,7 @@ class FeedWorker(threading.Thread):
             return True
         try:
             settings = generation.config.feed(self.feed)
-        except KeyError:
+        except FeedNotFound:
             self.retired = True
             return False
         if self._settings is not None and _inbox_part(settings) != _inbox_part(self._settings):
@@ -400,14 +410,14 @@ class FeedWorker(threading.Thread):
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a worker must say why it ended
-            self.state = "crashed"
+            self.state = WorkerState.CRASHED
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self.exit_code = EXIT_UNUSABLE
+            self.exit_code = ExitStatus.UNUSABLE
             log.exception("feed %s: the worker stopped on an unexpected error", self.feed, extra={"feed": self.feed})
         finally:
             self._close_inbox()
-            if self.state != "crashed":
-                self.state = "stopped"
+            if self.state != WorkerState.CRASHED:
+                self.state = WorkerState.STOPPED
 
     def _loop(self) -> None:
         service = self.service
@@ -444,8 +454,8 @@ class FeedWorker(threading.Thread):
                 service.metrics.last_scan.labels(self.feed).set(time.time())
                 backoff.reset()
                 inbox_failures = 0
-                if self.state in ("unavailable", "starting", "error"):
-                    self.state = "idle"
+                if self.state in (WorkerState.UNAVAILABLE, WorkerState.STARTING, WorkerState.ERROR):
+                    self.state = WorkerState.IDLE
                 if not candidates:
                     if once:
                         if not primed and not settings.marker_suffixes and settings.min_age_seconds > 0:
@@ -453,7 +463,7 @@ class FeedWorker(threading.Thread):
                             stop.wait(settings.min_age_seconds + 0.05)
                             continue
                         return
-                    self.state = "idle"
+                    self.state = WorkerState.IDLE
                     step = "sending failed events again"
                     service.retry_failed(self, inbox)
                     self._idle(inbox)
@@ -469,7 +479,7 @@ class FeedWorker(threading.Thread):
                 # misconfigured (the key file, the folder) -- all may be fixed while we wait.
                 self._need_resume = True
                 inbox_failures += 1
-                self.state = "unavailable"
+                self.state = WorkerState.UNAVAILABLE
                 self.last_error = _describe(exc)
                 service.metrics.inbox_errors.labels(self.feed).inc()
                 level = logging.WARNING if isinstance(exc, InboxUnavailable) else logging.ERROR
@@ -479,7 +489,7 @@ class FeedWorker(threading.Thread):
                 log.log(level, "feed %s: inbox problem: %s; retrying in %.1f s", self.feed, self.last_error, delay,
                         extra={"feed": self.feed})
                 if once and (not isinstance(exc, InboxUnavailable) or inbox_failures >= ONCE_INBOX_ATTEMPTS):
-                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                     return
                 stop.wait(delay)
             except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
@@ -489,14 +499,14 @@ class FeedWorker(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - a bug or a library's surprise never ends the feed
                 self._need_resume = True
                 self._close_inbox()
-                self.state = "error"
+                self.state = WorkerState.ERROR
                 self.last_error = f"{step}: {type(exc).__name__}: {exc}"
                 service.metrics.faults.labels(self.feed, "worker").inc()
                 delay = backoff.next()
                 log.error("feed %s: unexpected error while %s: %s: %s; retrying in %.1f s", self.feed, step,
                           type(exc).__name__, exc, delay, exc_info=exc, extra={"feed": self.feed})
                 if once:
-                    self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+                    self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                     return
                 stop.wait(delay)
 
@@ -548,7 +558,7 @@ class FeedWorker(threading.Thread):
             self._complete(inbox, pending)
             return True
         service, feed = self.service, self.feed
-        self.state = "processing"
+        self.state = WorkerState.PROCESSING
         self.last_file = claimed.source_name
         extra = {"feed": feed, "file": claimed.name}
         staged: Path | None = None
@@ -584,7 +594,7 @@ class FeedWorker(threading.Thread):
                 return False
             # delivered and finished in the journal: only the receipt is missing; it is written
             # again later while the feed goes on (the journal keeps the result)
-            finishing = _Finishing(claimed, exc.file.state != "error", [], None, exc.file.id, receipt_missing=True)
+            finishing = _Finishing(claimed, exc.file.state != FileState.ERROR, [], None, exc.file.id, receipt_missing=True)
             self._unfinished[claimed.name] = finishing
             self._forget_attempts(claimed)
             self._finish_failed(finishing, "writing its receipt", exc)
@@ -620,39 +630,39 @@ class FeedWorker(threading.Thread):
         extra = {"feed": feed, "file": claimed.source_name, "status": status}
         service.metrics.files.labels(feed, status).inc()
         counts = outcome.counts
-        if status == "done":
+        if status == FileStatus.DONE:
             for name in ("accepted", "rejected", "invalid", "failed", "duplicate"):
                 if counts.get(name):
                     service.metrics.events.labels(feed, name).inc(counts[name])
         shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                         "not_sent", "pending") if counts.get(k))
         if outcome.final:
-            code = file_exit_code(outcome)
+            code = outcome.exit_status
             self.exit_code = max(self.exit_code, code)
             self._auth.reset()
-            level = logging.INFO if code == EXIT_OK else logging.WARNING
-            message = outcome.message if status != "done" else (shown or "no records")
+            level = logging.INFO if code == ExitStatus.OK else logging.WARNING
+            message = outcome.message if status != FileStatus.DONE else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
             receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
             record = outcome.file
-            finishing = _Finishing(claimed, status != "error", receipts, staged,
+            finishing = _Finishing(claimed, status != FileStatus.ERROR, receipts, staged,
                                    record.id if record is not None and record.id else None,
                                    noted=record is not None and record.finish_problem is not None)
             self._unfinished[claimed.name] = finishing
             self._complete(inbox, finishing)
-            if self.state == "processing":
-                self.state = "idle"
+            if self.state == WorkerState.PROCESSING:
+                self.state = WorkerState.IDLE
             return True
         self._drop_staged(staged)
-        if status == "interrupted":
+        if status == FileStatus.INTERRUPTED:
             log.info("feed %s: %s: interrupted (%s); left in processing/ to resume", feed, claimed.source_name,
                      shown or "nothing sent", extra=extra)
             return False
         # auth_failed: Ropo One refused the credentials, or its TLS certificate was not trusted;
         # nothing more can go out until that is fixed.
-        self.exit_code = EXIT_UNUSABLE
+        self.exit_code = ExitStatus.UNUSABLE
         self.last_error = outcome.message
-        self.state = "auth_failed"
+        self.state = WorkerState.AUTH_FAILED
         delay = self._auth.next()
         log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
                   "resumed in %.0f s", feed, claimed.source_name, outcome.message, delay, extra=extra)
@@ -730,7 +740,7 @@ class FeedWorker(threading.Thread):
                   "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
                   extra={"feed": self.feed, "file": name})
         if self.service.once:
-            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+            self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
 
     def _journal_quietly(self, write: Any) -> None:
         """A journal note that may fail without consequence (the log has said it)."""
@@ -742,7 +752,7 @@ class FeedWorker(threading.Thread):
     def _paused(self, what: str, exc: BaseException, claimed: Claimed | None) -> bool:
         """A journal or disk fault: the file stays in processing/, the feed waits (backoff) and
         then tries the same file again; never error/. False when the feed ends (--once)."""
-        self.state = "paused"
+        self.state = WorkerState.PAUSED
         self.last_error = _describe(exc)
         kind = "journal" if isinstance(exc, JournalUnavailable) else "storage"
         self.service.metrics.faults.labels(self.feed, kind).inc()
@@ -752,7 +762,7 @@ class FeedWorker(threading.Thread):
                   self.last_error, held, delay, self._pause.failures,
                   extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
         if self.service.once:
-            self.exit_code = max(self.exit_code, EXIT_UNUSABLE)
+            self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
             self._give_up = True
             return False
         self.service.stop.wait(delay)
@@ -780,12 +790,12 @@ class FeedWorker(threading.Thread):
         described = _describe(exc)
         attempts = self._count_attempt(claimed, described)
         self.last_error = f"{claimed.name}: {described}"
-        self.state = "retrying"
+        self.state = WorkerState.RETRYING
         self.service.metrics.faults.labels(self.feed, "file").inc()
         if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
             log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
                       self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
-            self.exit_code = EXIT_UNUSABLE
+            self.exit_code = ExitStatus.UNUSABLE
             self._give_up = True
             return False
         if attempts < FILE_ATTEMPTS:
@@ -796,9 +806,9 @@ class FeedWorker(threading.Thread):
             return False
         log.error("feed %s: %s failed %d time(s): %s; moved to error/", self.feed, claimed.name, attempts,
                   described, exc_info=exc, extra=extra)
-        self.exit_code = EXIT_UNUSABLE
-        self.last_status = "error"
-        self.service.metrics.files.labels(self.feed, "error").inc()
+        self.exit_code = ExitStatus.UNUSABLE
+        self.last_status = FileStatus.ERROR
+        self.service.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
         try:
             finishing = self._give_up_file(claimed, f"failed {attempts} times: {described}")
         except (JournalError, StorageFault, OSError) as fault:  # journal or disk: keep it, try again
@@ -807,7 +817,7 @@ class FeedWorker(threading.Thread):
         self._forget_attempts(claimed)
         self._unfinished[claimed.name] = finishing
         self._complete(inbox, finishing)
-        self.state = "idle"
+        self.state = WorkerState.IDLE
         return True
 
     def _give_up_file(self, claimed: Claimed, error: str) -> _Finishing:
@@ -816,10 +826,10 @@ class FeedWorker(threading.Thread):
         journal = self.service.journal
         record = journal.unfinished_named(self.feed, claimed.source_name)
         if record is not None:
-            record = journal.finish_file(record.id, "error", error=error)
+            record = journal.finish_file(record.id, FileState.ERROR, error=error)
         else:  # it failed before the journal knew it (e.g. it could not be read at all)
             now = journal.clock()
-            record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, "error", now, now, error,
+            record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, FileState.ERROR, now, now, error,
                                 dict.fromkeys(OUTCOMES, 0), False, None, this_process())
         receipt_dir, runtime = self._receipt_dir(), self._runtime
         assert runtime is not None
@@ -945,7 +955,7 @@ class Service:
 
     def _feed_flags(self) -> dict[str, dict[str, bool]]:
         """Per feed, for the gauges: holding for the API, inbox unreachable."""
-        return {name: {"api_holding": _breaker_open(worker), "inbox_unreachable": worker.state == "unavailable"}
+        return {name: {"api_holding": _breaker_open(worker), "inbox_unreachable": worker.state == WorkerState.UNAVAILABLE}
                 for name, worker in dict(self.workers).items()}
 
     # -- failed events
@@ -982,7 +992,7 @@ class Service:
             counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
             log.info("feed %s: %s: retried: %s: %s", worker.feed, record.name, outcome.status,
                      outcome.message or counts, extra=extra)
-            if outcome.status != "done":  # stopped, or credentials refused: try again later
+            if outcome.status != FileStatus.DONE:  # stopped, or credentials refused: try again later
                 return
 
     # -- running
@@ -992,7 +1002,7 @@ class Service:
         self.workers[name] = worker
         worker.start()
 
-    def run(self) -> int:
+    def run(self) -> ExitStatus:
         config = self.config
         if config.metrics is not None:
             self.metrics_server = MetricsServer(config.metrics.host, config.metrics.port, self.metrics, self.health)
@@ -1025,9 +1035,9 @@ class Service:
             self.close()
         codes = [worker.exit_code for worker in self.workers.values()]
         if not self.once:
-            crashed = any(worker.state == "crashed" for worker in self.workers.values())
-            return EXIT_UNUSABLE if crashed and not self._signalled else EXIT_OK
-        return max(codes, default=EXIT_OK)
+            crashed = any(worker.state == WorkerState.CRASHED for worker in self.workers.values())
+            return ExitStatus.UNUSABLE if crashed and not self._signalled else ExitStatus.OK
+        return max(codes, default=ExitStatus.OK)
 
     def close(self) -> None:
         if self.metrics_server is not None:
@@ -1131,19 +1141,20 @@ def _breaker_open(worker: FeedWorker) -> bool:
     return processor is not None and processor.breaker.is_open
 
 
-def feed_trouble(worker: FeedWorker) -> tuple[str, str] | None:
+def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
     """What holds a feed up, for /healthz: (state, why); None when nothing does."""
     processor = worker._processor
     breaker = processor.breaker if processor is not None else None
     if breaker is not None and breaker.open_since is not None:
         since = datetime.fromtimestamp(breaker.open_since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return "holding", f"api unreachable since {since} ({breaker.reason})"
+        return WorkerState.HOLDING, f"api unreachable since {since} ({breaker.reason})"
     why = {
-        "unavailable": f"inbox unreachable ({worker.last_error}); last successful scan {worker.last_scan or 'never'}",
-        "auth_failed": f"cannot deliver to Ropo One ({worker.last_error})",
-        "paused": f"the journal or a disk refused a write ({worker.last_error})",
-        "retrying": f"a file failed and holds the feed ({worker.last_error})",
-        "error": f"unexpected error, retrying ({worker.last_error})",
+        WorkerState.UNAVAILABLE: f"inbox unreachable ({worker.last_error}); last successful scan "
+                                 f"{worker.last_scan or 'never'}",
+        WorkerState.AUTH_FAILED: f"cannot deliver to Ropo One ({worker.last_error})",
+        WorkerState.PAUSED: f"the journal or a disk refused a write ({worker.last_error})",
+        WorkerState.RETRYING: f"a file failed and holds the feed ({worker.last_error})",
+        WorkerState.ERROR: f"unexpected error, retrying ({worker.last_error})",
     }.get(worker.state)
     return (worker.state, why) if why is not None else None
 

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from batch.errors import ConfigurationError
+
 # code -> (regex group, description for error messages)
 _CODES = {
     "Y": (r"(?P<Y>\d{4})", "4-digit year"),
@@ -30,8 +32,8 @@ _CODES = {
 OUTPUT_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-class FormatError(ValueError):
-    """A format string that cannot be compiled."""
+class FormatError(ValueError, ConfigurationError):
+    """A format string that cannot be compiled (a mapping's time format)."""
 
 
 def compile_format(fmt: str) -> re.Pattern[str]:

@@ -268,11 +268,12 @@ def test_unexpected_errors_without_and_with_debug(feed, capsys, monkeypatch):
     monkeypatch.setattr(batch.extract, "mapped_chunks", explode)
     mapping, data = feed
     code, out, err = run(["preview", mapping, data], capsys)
-    assert code == 2
-    assert err == "error: RuntimeError: boom (run with --debug for details)\n"
+    assert code == 3  # ExitStatus.INTERNAL: a bug, not the user's input
+    assert err == "internal error: RuntimeError: boom; please report it (run with --debug for the traceback)\n"
     code, out, err = run(["--debug", "preview", mapping, data], capsys)
-    assert code == 2
+    assert code == 3
     assert "Traceback (most recent call last)" in err and "RuntimeError: boom" in err
+    assert err.endswith("internal error: RuntimeError: boom; please report it\n")
 
 
 # --- schema ----------------------------------------------------------------------------------------------------

@@ -27,11 +27,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from batch.errors import ConfigurationError
+
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a secret is one line; anything bigger is the wrong file
 
 
-class SecretResolutionError(ValueError):
+class SecretResolutionError(ValueError, ConfigurationError):
     """A secret reference could not be resolved. The message never holds the secret."""
 
 

@@ -19,6 +19,7 @@ from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
 from batch.config.secrets import secret_file_warning
+from batch.errors import ConfigurationError
 from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
 
@@ -91,10 +92,16 @@ class ServiceConfig(BaseModel):
         return self
 
     def feed(self, name: str) -> FeedSettings:
+        """The feed named `name`; FeedNotFound names the known feeds (a removed or misspelt name)."""
         for feed in self.feeds:
             if feed.name == name:
                 return feed
-        raise KeyError(name)
+        known = ", ".join(feed.name for feed in self.feeds)
+        raise FeedNotFound(f"no feed named {name!r} (feeds: {known})")
+
+
+class FeedNotFound(ConfigurationError):
+    """No feed (or more than one) fits a name or a file; the message says which and how to choose."""
 
 
 @dataclass(frozen=True)

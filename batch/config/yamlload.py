@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from batch.errors import ConfigurationError
+
 KeyPath = tuple  # tuple[str | int, ...]
 
 
@@ -46,7 +48,7 @@ class ConfigProblem:
         return f"{where}:{key} {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     """A configuration file that cannot be used; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[ConfigProblem]):

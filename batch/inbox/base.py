@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from batch.config.secrets import check_reference, resolve_secret
+from batch.errors import AccessRefused, BatchError, ConfigurationError, InputFileError, TransientError
 from batch.fsutil import display_name, fit_name
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,26 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- errors
 
 
-class InboxError(Exception):
-    """A problem with the inbox that retrying right away will not fix."""
+class InboxError(BatchError):
+    """The family of everything an inbox raises (never raised itself; see batch.errors)."""
 
 
-class UnsafeNameError(InboxError):
+class InboxUnusable(InboxError, ConfigurationError):
+    """The inbox cannot be used as configured (folder, key, login): retrying right away will
+    not fix it."""
+
+
+class UnsafeNameError(InboxError, InputFileError):
     """A file name that would leave the inbox folder (or cannot be trusted as a name)."""
 
 
-class InboxUnavailable(InboxError):
+class InboxUnavailable(InboxError, TransientError):
     """Transient: the inbox cannot be reached now (connection refused or dropped).
 
     The operation that raised it did nothing irreversible; call it again later."""
 
 
-class HostKeyError(InboxError):
+class HostKeyError(InboxError, AccessRefused):
     """The SFTP server's host key is unknown or differs from the one in known_hosts."""
 
 

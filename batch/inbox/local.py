@@ -42,7 +42,7 @@ from batch.inbox.base import (
     Claimed,
     FileStat,
     Inbox,
-    InboxError,
+    InboxUnusable,
     InboxSettings,
     LocalLocation,
     NameRules,
@@ -157,13 +157,13 @@ class LocalInbox(Inbox):
     def __init__(self, settings: InboxSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         location = settings.location
         if not isinstance(location, LocalLocation):
-            raise InboxError(f"not a local inbox: {settings.inbox}")
+            raise InboxUnusable(f"not a local inbox: {settings.inbox}")
         self.settings = settings
         # The configured folder itself may be a symlink an administrator made; the folders
         # the service writes to inside it may not (whoever can upload could point them anywhere).
         self.root = Path(os.path.abspath(location.path))
         if not self.root.is_dir():
-            raise InboxError(f"inbox folder {self.root} does not exist or is not a folder")
+            raise InboxUnusable(f"inbox folder {self.root} does not exist or is not a folder")
         self.processing = Path(folder_path(str(self.root), settings.processing_dir))
         self.archive = Path(folder_path(str(self.root), settings.archive_dir))
         self.error = Path(folder_path(str(self.root), settings.error_dir))
@@ -196,7 +196,7 @@ class LocalInbox(Inbox):
         except FileExistsError:
             pass  # a symlink to nowhere or a file: said below
         except OSError as exc:
-            raise InboxError(f"inbox {self.root}: {named_error('create folder', folder, exc)}") from exc
+            raise InboxUnusable(f"inbox {self.root}: {named_error('create folder', folder, exc)}") from exc
         if folder.is_relative_to(self.root):
             parts = folder.relative_to(self.root).parts
             steps = [self.root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)]
@@ -210,11 +210,11 @@ class LocalInbox(Inbox):
         try:
             info = os.lstat(path)
         except OSError as exc:
-            raise InboxError(f"inbox {self.root}: {named_error(f'check the {label} folder', path, exc)}") from exc
+            raise InboxUnusable(f"inbox {self.root}: {named_error(f'check the {label} folder', path, exc)}") from exc
         if stat.S_ISLNK(info.st_mode):
-            raise InboxError(f"inbox {self.root}: {symlink_refusal(path, f'the {label} folder')}")
+            raise InboxUnusable(f"inbox {self.root}: {symlink_refusal(path, f'the {label} folder')}")
         if not stat.S_ISDIR(info.st_mode):
-            raise InboxError(f"inbox {self.root}: the {label} folder {path} is not a folder")
+            raise InboxUnusable(f"inbox {self.root}: the {label} folder {path} is not a folder")
 
     def _open(self, folder: Path, operation: str) -> int:
         """A descriptor of one of the inbox's folders; an own folder that became a symlink is
@@ -294,7 +294,7 @@ class LocalInbox(Inbox):
                 target = stamped_name(name, attempt=attempt)
             except OSError as exc:
                 raise named_error(operation, folder / target, exc) from exc
-        raise InboxError(f"cannot {operation} {display_name(str(folder / name))}: no free name "
+        raise InboxUnusable(f"cannot {operation} {display_name(str(folder / name))}: no free name "
                          f"after {_MAX_NAME_ATTEMPTS} attempts")
 
     def _moving(self, src: Path, dst: Path, operation: str) -> tuple[int, int]:
@@ -368,7 +368,7 @@ class LocalInbox(Inbox):
             os.close(fd)
         path = self.processing / name
         if info is None or not stat.S_ISREG(info.st_mode):
-            raise InboxError(f"{display_name(str(path))} is not in processing/ any more")
+            raise InboxUnusable(f"{display_name(str(path))} is not in processing/ any more")
         return path
 
     def put_receipt(self, local_path: Path, name: str) -> None:

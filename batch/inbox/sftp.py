@@ -63,6 +63,7 @@ from batch.inbox.base import (
     HostKeyError,
     Inbox,
     InboxError,
+    InboxUnusable,
     InboxSettings,
     InboxUnavailable,
     NameRules,
@@ -194,18 +195,18 @@ def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(path, None)
     except OSError as exc:
-        raise InboxError(f"cannot read private key {path}: {exc.strerror or exc}") from None
+        raise InboxUnusable(f"cannot read private key {path}: {exc.strerror or exc}") from None
     except (TypeError, paramiko.PasswordRequiredException):
         pass  # encrypted (what paramiko 3+ says with a TypeError): decrypt it below
     except (ValueError, paramiko.SSHException) as exc:
-        raise InboxError(f"cannot load private key {path}: not a private key in a format paramiko reads "
+        raise InboxUnusable(f"cannot load private key {path}: not a private key in a format paramiko reads "
                          f"(OpenSSH, or PEM RSA/ECDSA): {type(exc).__name__}") from None
     if passphrase is None:
-        raise InboxError(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
+        raise InboxUnusable(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
     try:
         return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())
     except (TypeError, ValueError, paramiko.SSHException, OSError):
-        raise InboxError(f"cannot decrypt private key {path} with the configured passphrase "
+        raise InboxUnusable(f"cannot decrypt private key {path} with the configured passphrase "
                          "(key_passphrase / key_passphrase_file): is it the right one?") from None
 
 
@@ -213,7 +214,7 @@ class SftpInbox(Inbox):
     def __init__(self, settings: InboxSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         location = settings.location
         if not isinstance(location, SftpLocation):
-            raise InboxError(f"not an sftp:// inbox: {settings.inbox}")
+            raise InboxUnusable(f"not an sftp:// inbox: {settings.inbox}")
         assert settings.known_hosts is not None  # the settings model requires it
         self.settings = settings
         self.location = location
@@ -251,7 +252,7 @@ class SftpInbox(Inbox):
 
     def _session(self) -> paramiko.SFTPClient:
         if self._closed.is_set():
-            raise InboxError(f"{self.location.display}: inbox is closed")
+            raise InboxUnusable(f"{self.location.display}: inbox is closed")
         if self.connected:
             assert self._sftp is not None
             return self._sftp
@@ -294,7 +295,7 @@ class SftpInbox(Inbox):
             try:
                 host_keys.load(str(s.known_hosts))
             except (OSError, paramiko.SSHException) as exc:
-                raise InboxError(f"cannot read known_hosts {s.known_hosts}: {exc}") from exc
+                raise InboxUnusable(f"cannot read known_hosts {s.known_hosts}: {exc}") from exc
         pkey = self._load_key()
 
         sock = socket.create_connection((loc.host, loc.port), timeout=s.connect_timeout_seconds)
@@ -323,9 +324,9 @@ class SftpInbox(Inbox):
             self._transport = transport
             try:
                 if not stat.S_ISDIR(sftp.stat(self.root).st_mode or 0):
-                    raise InboxError(f"{loc.display} is not a folder")
+                    raise InboxUnusable(f"{loc.display} is not a folder")
             except FileNotFoundError as exc:
-                raise InboxError(f"inbox folder {self.root} does not exist on {loc.host}") from exc
+                raise InboxUnusable(f"inbox folder {self.root} does not exist on {loc.host}") from exc
             for folder in (self.processing, self.archive, self.error, self.outbox):
                 self._ensure_folder(sftp, folder, self._label(folder))
             self._remove_stale_uploads(sftp)
@@ -360,7 +361,7 @@ class SftpInbox(Inbox):
         try:
             passphrase = s.resolved_key_passphrase()
         except SecretResolutionError as exc:
-            raise InboxError(f"cannot load private key {s.private_key_file}: {exc}") from None
+            raise InboxUnusable(f"cannot load private key {s.private_key_file}: {exc}") from None
         return load_private_key(s.private_key_file, passphrase)
 
     def _authenticate(self, transport: paramiko.Transport, pkey: paramiko.PKey | None) -> None:
@@ -372,14 +373,14 @@ class SftpInbox(Inbox):
                 try:
                     password = s.resolved_password()
                 except SecretResolutionError as exc:
-                    raise InboxError(f"{loc.display}: {exc}") from None
+                    raise InboxUnusable(f"{loc.display}: {exc}") from None
                 assert password is not None
                 transport.auth_password(loc.user, password.get_secret_value())
         except paramiko.AuthenticationException as exc:
             how = f"key {s.private_key_file}" if pkey is not None else "password"
-            raise InboxError(f"{loc.display}: authentication as {loc.user} with {how} failed: {exc}") from exc
+            raise InboxUnusable(f"{loc.display}: authentication as {loc.user} with {how} failed: {exc}") from exc
         if not transport.is_authenticated():
-            raise InboxError(f"{loc.display}: authentication as {loc.user} failed")
+            raise InboxUnusable(f"{loc.display}: authentication as {loc.user} failed")
 
     def _ensure_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
         """Create `folder` (and missing parents) unless it exists; refuse it if it is a symlink."""
@@ -395,16 +396,16 @@ class SftpInbox(Inbox):
             sftp.mkdir(_b(folder))
         except OSError as exc:
             if not self._exists(sftp, folder):  # created meanwhile by another instance?
-                raise InboxError(f"{self.location.display}: {named_error(f'create the {label} folder', folder, exc)}") from exc
+                raise InboxUnusable(f"{self.location.display}: {named_error(f'create the {label} folder', folder, exc)}") from exc
         self._check_folder(sftp, folder, label)
 
     def _check_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
         """The folder must be a real folder: FileNotFoundError if missing, InboxError if a symlink or a file."""
         mode = sftp.lstat(_b(folder)).st_mode or 0
         if stat.S_ISLNK(mode):
-            raise InboxError(f"{self.location.display}: {symlink_refusal(folder, f'the {label} folder')}")
+            raise InboxUnusable(f"{self.location.display}: {symlink_refusal(folder, f'the {label} folder')}")
         if not stat.S_ISDIR(mode):
-            raise InboxError(f"{self.location.display}: the {label} folder {display_name(folder)} exists "
+            raise InboxUnusable(f"{self.location.display}: the {label} folder {display_name(folder)} exists "
                              "on the server but is not a folder")
 
     def _check_own(self, sftp: paramiko.SFTPClient, *folders: str) -> None:
@@ -413,7 +414,7 @@ class SftpInbox(Inbox):
             try:
                 self._check_folder(sftp, folder, self._label(folder))
             except FileNotFoundError as exc:
-                raise InboxError(f"{self.location.display}: the {self._label(folder)} folder "
+                raise InboxUnusable(f"{self.location.display}: the {self._label(folder)} folder "
                                  f"{display_name(folder)} is gone from the server") from exc
 
     def _remove_stale_uploads(self, sftp: paramiko.SFTPClient) -> None:
@@ -521,7 +522,7 @@ class SftpInbox(Inbox):
                 if not self._exists(sftp, posixpath.join(folder, target)):
                     raise named_error(operation, f"{self._where}{posixpath.join(folder, target)}", exc) from exc
                 target = stamped_name(name, attempt=attempt)
-        raise InboxError(f"cannot {operation}: {self._where}{display_name(posixpath.join(folder, name))}: "
+        raise InboxUnusable(f"cannot {operation}: {self._where}{display_name(posixpath.join(folder, name))}: "
                          f"no free name after {_MAX_NAME_ATTEMPTS} attempts")
 
     @property
@@ -613,7 +614,7 @@ class SftpInbox(Inbox):
                 staged.flush()
                 local_size = os.fstat(out.fileno()).st_size
             if not written == local_size == size:
-                raise InboxError(
+                raise InboxUnusable(
                     f"download of {display_name(remote)} incomplete: {written} bytes received, {local_size} "
                     f"written, {size} expected"
                 )
