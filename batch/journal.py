@@ -46,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.jsonenc import event_bytes
+
 # --------------------------------------------------------------------------- states
 
 EventState = Literal["pending", "accepted", "rejected", "invalid", "failed", "duplicate", "not_sent"]
@@ -384,14 +386,14 @@ def from_text(text: str | None) -> datetime | None:
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    """The JSON text stored and sent: compact, UTF-8 (not \\u-escaped), keys in mapping order."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    """The JSON text stored, whose UTF-8 bytes are sent: ``jsonenc.event_bytes``, keys in mapping order."""
+    return event_bytes(payload).decode("utf-8")
 
 
 def payload_digest(payload: Mapping[str, Any]) -> str:
-    """A hash of the content, independent of key order, to tell same from different content."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """A hash of the content, independent of key order, to tell same from different content:
+    sha256 of ``jsonenc.event_bytes`` with sorted keys (the bytes digests were always made of)."""
+    return hashlib.sha256(event_bytes(payload, sorted_keys=True)).hexdigest()
 
 
 def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, ...]:

@@ -48,6 +48,7 @@ from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
+from batch.jsonenc import event_bytes
 from batch.logs import REDACTED, redact_and_cut, redact_text
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,11 @@ class TokenUnavailable(Exception):
 
 
 def encode_event(event: Mapping[str, Any] | bytes) -> bytes:
-    """The JSON body of one event (bytes are passed through untouched)."""
+    """The JSON body of one event: ``jsonenc.event_bytes``, the bytes the journal stores
+    (journaled events come as those bytes already and are passed through untouched)."""
     if isinstance(event, bytes):
         return event
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return event_bytes(event)
 
 
 def parse_retry_after(value: str | None) -> float | None:
