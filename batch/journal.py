@@ -25,7 +25,7 @@ Durability (what "recorded" means)
     The database is consistent after any crash in either mode (SQLite's WAL guarantee).
 
 What it cannot prevent
-    A crash between Ropo One's 2xx and ``record_result`` leaves the event pending, so it
+    A crash between Ropo One's 2xx and ``record_results`` leaves the event pending, so it
     is sent again after the restart: the window is one HTTP response, and it is inherent
     to an API without an idempotency key.
 """
@@ -412,6 +412,12 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
             payload_json, digest, state, event.error, now)
 
 
+def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
+    """Everything ``Journal.record_events`` does before SQLite: serialise and hash each event
+    (``bench/bench_mapping.py`` times production up to here)."""
+    return [event_insert_params(file_id, event, now) for event in events]
+
+
 def result_params(result: Result, now: str) -> tuple[Any, ...]:
     """The SQL_RECORD_RESULT parameters for one delivery result."""
     if result.outcome not in RESULT_OUTCOMES:
@@ -793,11 +799,6 @@ class Journal:
             return conn.execute("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
                                 (feed, name)).fetchone()[0]
 
-    def file_attempts(self, feed: str, name: str) -> int:
-        rows = self._read("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
-                          (feed, name), "read the file's attempts")
-        return rows[0][0] if rows else 0
-
     def clear_file_attempts(self, feed: str, name: str) -> None:
         with self._write("clear the file's attempts") as conn:
             conn.execute("DELETE FROM file_attempts WHERE feed = ? AND name = ?", (feed, name))
@@ -859,7 +860,7 @@ class Journal:
         file) become ``duplicate``. Returns the number of rows newly inserted.
         """
         now = self._now()
-        params = [event_insert_params(file_id, event, now) for event in events]
+        params = events_insert_params(file_id, events, now)
         if not params:
             return 0
         lines = [p[1] for p in params]
@@ -922,32 +923,12 @@ class Journal:
                           " ORDER BY file_id, line", params)
         return [event_from_row(row) for row in rows]
 
-    def accepted_elsewhere(self, event_id: str) -> EventRecord | None:
-        """The first accepted event with this id, if any (indexed lookup)."""
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?"
-                          " AND state = 'accepted' ORDER BY file_id, line LIMIT 1", (event_id,))
-        return event_from_row(rows[0]) if rows else None
-
-    def get_event(self, file_id: int, line: int) -> EventRecord | None:
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line = ?",
-                          (file_id, line))
-        return event_from_row(rows[0]) if rows else None
-
     # -- results
 
-    def record_result(self, file_id: int, line: int, outcome: ResultOutcome, *,
-                      http_status: int | None = None, message: str | None = None,
-                      attempts: int = 1) -> bool:
-        """Record one delivery result; committed when this returns (survives SIGKILL).
-
-        Applies only to an event still pending or failed; returns False otherwise (already
-        final, or no such event), so a late or repeated result never overwrites ``accepted``.
-        """
-        return self.record_results(
-            [Result(file_id, line, outcome, http_status, message, attempts)]) == 1
-
     def record_results(self, results: Iterable[Result]) -> int:
-        """Record several results in one transaction (same guarantee); returns how many applied."""
+        """Record delivery results in one transaction; committed when this returns (survives
+        SIGKILL). A result applies only to an event still pending or failed, so a late or
+        repeated result never overwrites ``accepted``; returns how many applied."""
         now = self._now()
         params = [result_params(result, now) for result in results]
         if not params:

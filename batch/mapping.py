@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -312,7 +312,6 @@ class MappingRun:
         self._bound: _Bound | None = None
         self._seen_ids: dict[str, int] = {}
         self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
-        self._open_fields: dict[str, Any] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -391,13 +390,6 @@ class MappingRun:
     def finish(self) -> list[MappedRecord]:
         """Records still held back at the end of the file (rows mode)."""
         return self._close_open()
-
-    def map_all(self, chunks: Iterable[Chunk]) -> list[MappedRecord]:
-        out: list[MappedRecord] = []
-        for chunk in chunks:
-            out.extend(self.map_chunk(chunk))
-        out.extend(self.finish())
-        return out
 
     # -- binding ------------------------------------------------------------------------------------
 
