@@ -181,7 +181,6 @@ class RopoClient:
         if self._credentials.token is not None:
             self._token = self._credentials.token.get_secret_value()
             self._token_renew_at = float("inf")
-        self.tokens_fetched = 0
 
     def _make_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
@@ -290,7 +289,6 @@ class RopoClient:
         if token is None:
             raise AuthError(f"token response (HTTP {status}) has no token", status=status)
         self._remember_token(token)
-        self.tokens_fetched += 1
         lifetime = self.settings.token_lifetime
         exp = jwt_expiry(token)
         if exp is not None:

@@ -41,7 +41,7 @@ def test_token_fetched_once_and_cached(sandbox: Sandbox, make_client: MakeClient
     client = make_client()
     for n in range(5):
         assert client.send_event({**EVENT, "id": f"e{n}"}).kind is SendKind.ACCEPTED
-    assert sandbox.tokens_issued == 1 and client.tokens_fetched == 1
+    assert sandbox.tokens_issued == 1
     assert sandbox.accepted_ids == [f"e{n}" for n in range(5)]
 
 
