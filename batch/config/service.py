@@ -105,10 +105,6 @@ class LoadedService:
     config: ServiceConfig
     mappings: dict[str, Mapping]
 
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
 
 def load_service_config(path: str | Path) -> LoadedService:
     path = Path(path).resolve()
