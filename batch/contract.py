@@ -18,8 +18,6 @@ STATUS_CONNECTED = "connected"
 STATUS_DISCONNECTED = "disconnected"
 DEFAULT_STATUS_NOT_DISCONNECTED = "not_disconnected"
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:

@@ -247,12 +247,6 @@ def _unlink_quietly(name: str, folder: int) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o666) -> None:
-    """Write ``data`` to ``path`` atomically and durably."""
-    with atomic_writer(path, mode) as handle:
-        handle.write(data)
-
-
 # --------------------------------------------------------------------------- leftovers
 
 

@@ -25,7 +25,7 @@ Durability (what "recorded" means)
     The database is consistent after any crash in either mode (SQLite's WAL guarantee).
 
 What it cannot prevent
-    A crash between Ropo One's 2xx and ``record_result`` leaves the event pending, so it
+    A crash between Ropo One's 2xx and ``record_results`` leaves the event pending, so it
     is sent again after the restart: the window is one HTTP response, and it is inherent
     to an API without an idempotency key.
 """
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
+from batch.jsonenc import event_bytes
 
 # --------------------------------------------------------------------------- states
 
@@ -428,14 +429,14 @@ def from_text(text: str | None) -> datetime | None:
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    """The JSON text stored and sent: compact, UTF-8 (not \\u-escaped), keys in mapping order."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    """The JSON text stored, whose UTF-8 bytes are sent: ``jsonenc.event_bytes``, keys in mapping order."""
+    return event_bytes(payload).decode("utf-8")
 
 
 def payload_digest(payload: Mapping[str, Any]) -> str:
-    """A hash of the content, independent of key order, to tell same from different content."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """A hash of the content, independent of key order, to tell same from different content:
+    sha256 of ``jsonenc.event_bytes`` with sorted keys (the bytes digests were always made of)."""
+    return hashlib.sha256(event_bytes(payload, sorted_keys=True)).hexdigest()
 
 
 def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, ...]:
@@ -452,6 +453,12 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
         state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
             payload_json, digest, state, event.error, now)
+
+
+def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
+    """Everything ``Journal.record_events`` does before SQLite: serialise and hash each event
+    (``bench/bench_mapping.py`` times production up to here)."""
+    return [event_insert_params(file_id, event, now) for event in events]
 
 
 def result_params(result: Result, now: str) -> tuple[Any, ...]:
@@ -835,11 +842,6 @@ class Journal:
             return conn.execute("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
                                 (feed, name)).fetchone()[0]
 
-    def file_attempts(self, feed: str, name: str) -> int:
-        rows = self._read("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
-                          (feed, name), "read the file's attempts")
-        return rows[0][0] if rows else 0
-
     def clear_file_attempts(self, feed: str, name: str) -> None:
         with self._write("clear the file's attempts") as conn:
             conn.execute("DELETE FROM file_attempts WHERE feed = ? AND name = ?", (feed, name))
@@ -901,7 +903,7 @@ class Journal:
         file) become ``duplicate``. Returns the number of rows newly inserted.
         """
         now = self._now()
-        params = [event_insert_params(file_id, event, now) for event in events]
+        params = events_insert_params(file_id, events, now)
         if not params:
             return 0
         lines = [p[1] for p in params]
@@ -964,32 +966,12 @@ class Journal:
                           " ORDER BY file_id, line", params)
         return [event_from_row(row) for row in rows]
 
-    def accepted_elsewhere(self, event_id: str) -> EventRecord | None:
-        """The first accepted event with this id, if any (indexed lookup)."""
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?"
-                          " AND state = 'accepted' ORDER BY file_id, line LIMIT 1", (event_id,))
-        return event_from_row(rows[0]) if rows else None
-
-    def get_event(self, file_id: int, line: int) -> EventRecord | None:
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line = ?",
-                          (file_id, line))
-        return event_from_row(rows[0]) if rows else None
-
     # -- results
 
-    def record_result(self, file_id: int, line: int, outcome: ResultOutcome, *,
-                      http_status: int | None = None, message: str | None = None,
-                      attempts: int = 1) -> bool:
-        """Record one delivery result; committed when this returns (survives SIGKILL).
-
-        Applies only to an event still pending or failed; returns False otherwise (already
-        final, or no such event), so a late or repeated result never overwrites ``accepted``.
-        """
-        return self.record_results(
-            [Result(file_id, line, outcome, http_status, message, attempts)]) == 1
-
     def record_results(self, results: Iterable[Result]) -> int:
-        """Record several results in one transaction (same guarantee); returns how many applied."""
+        """Record delivery results in one transaction; committed when this returns (survives
+        SIGKILL). A result applies only to an event still pending or failed, so a late or
+        repeated result never overwrites ``accepted``; returns how many applied."""
         now = self._now()
         params = [result_params(result, now) for result in results]
         if not params:

@@ -9,14 +9,13 @@ for invoices given one row per invoice, the event still being assembled.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import string
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -29,6 +28,7 @@ from batch.config.mapping import (
 )
 from batch.events import EVENT_KEYS, Rules, check_event
 from batch.fastpath import build_fast_mapper
+from batch.jsonenc import event_bytes
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.timeparse import TimeConverter
 
@@ -312,7 +312,6 @@ class MappingRun:
         self._bound: _Bound | None = None
         self._seen_ids: dict[str, int] = {}
         self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
-        self._open_fields: dict[str, Any] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -391,13 +390,6 @@ class MappingRun:
     def finish(self) -> list[MappedRecord]:
         """Records still held back at the end of the file (rows mode)."""
         return self._close_open()
-
-    def map_all(self, chunks: Iterable[Chunk]) -> list[MappedRecord]:
-        out: list[MappedRecord] = []
-        for chunk in chunks:
-            out.extend(self.map_chunk(chunk))
-        out.extend(self.finish())
-        return out
 
     # -- binding ------------------------------------------------------------------------------------
 
@@ -689,10 +681,9 @@ def _text(value: Any) -> str | None:
 def content_id(event: dict[str, Any]) -> str:
     """The id of an event that has none in the file: the same content always gives the same id.
 
-    sha256 over the event's JSON without its id (keys sorted, no spaces, UTF-8), as 32 hex
-    characters. The file name, line and record order do not enter it, so a record that comes
+    sha256 over the event's JSON without its id (``jsonenc.event_bytes`` with sorted keys), as
+    32 hex characters. The file name, line and record order do not enter it, so a record that comes
     again in another file gets the same id — and is recognised as a duplicate.
     """
     body = {key: value for key, value in event.items() if key != "id"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(event_bytes(body, sorted_keys=True)).hexdigest()[:32]

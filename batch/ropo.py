@@ -49,6 +49,7 @@ from urllib3.util.retry import Retry
 
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
 from batch.errors import AccessRefused, TransientError
+from batch.jsonenc import event_bytes
 from batch.logs import REDACTED, redact_and_cut, redact_text
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,11 @@ class TokenUnavailable(TransientError):
 
 
 def encode_event(event: Mapping[str, Any] | bytes) -> bytes:
-    """The JSON body of one event (bytes are passed through untouched)."""
+    """The JSON body of one event: ``jsonenc.event_bytes``, the bytes the journal stores
+    (journaled events come as those bytes already and are passed through untouched)."""
     if isinstance(event, bytes):
         return event
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return event_bytes(event)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -180,7 +182,6 @@ class RopoClient:
         if self._credentials.token is not None:
             self._token = self._credentials.token.get_secret_value()
             self._token_renew_at = float("inf")
-        self.tokens_fetched = 0
 
     def _make_session(self, pool_size: int) -> requests.Session:
         session = _NoRedirectSession()
@@ -289,7 +290,6 @@ class RopoClient:
         if token is None:
             raise AuthError(f"token response (HTTP {status}) has no token", status=status)
         self._remember_token(token)
-        self.tokens_fetched += 1
         lifetime = self.settings.token_lifetime
         exp = jwt_expiry(token)
         if exp is not None:

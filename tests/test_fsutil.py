@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 from batch.fsutil import (
-    atomic_write_bytes,
     atomic_writer,
     is_temporary_name,
     remove_stale_temporaries,
     temporary_name,
 )
 
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o666) -> None:
+    with atomic_writer(path, mode) as handle:
+        handle.write(data)
 
 def start_python(code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
@@ -33,8 +37,8 @@ def kill(child: subprocess.Popen[str]) -> None:
 
 def test_write_creates_and_replaces_leaving_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "x.receipt.csv"
-    atomic_write_bytes(target, b"first")
-    atomic_write_bytes(target, b"second")
+    write_atomically(target, b"first")
+    write_atomically(target, b"second")
     assert target.read_bytes() == b"second"
     assert os.listdir(tmp_path) == ["x.receipt.csv"]
 
@@ -58,7 +62,7 @@ def test_the_temporary_is_a_hidden_file_while_writing(tmp_path: Path) -> None:
 
 def test_an_exception_keeps_the_old_file_and_removes_the_temporary(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
-    atomic_write_bytes(target, b"old")
+    write_atomically(target, b"old")
     with pytest.raises(RuntimeError):
         with atomic_writer(target) as handle:
             handle.write(b"new but incomplete")
@@ -70,8 +74,8 @@ def test_an_exception_keeps_the_old_file_and_removes_the_temporary(tmp_path: Pat
 def test_the_mode_follows_the_umask(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:
-        atomic_write_bytes(tmp_path / "a", b"x")
-        atomic_write_bytes(tmp_path / "b", b"x", mode=0o600)
+        write_atomically(tmp_path / "a", b"x")
+        write_atomically(tmp_path / "b", b"x", mode=0o600)
     finally:
         os.umask(umask)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o644
@@ -110,12 +114,13 @@ def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     """A child rewrites a 2 MB file in a loop; every read here is one whole version."""
     target = tmp_path / "r.bin"
     size = 2_000_000
-    atomic_write_bytes(target, b"A" * size)
+    write_atomically(target, b"A" * size)
     child = start_python(f"""
-        from batch.fsutil import atomic_write_bytes
+        from batch.fsutil import atomic_writer
         n = 0
         while True:
-            atomic_write_bytes({str(target)!r}, (b"A", b"B", b"C")[n % 3] * {size})
+            with atomic_writer({str(target)!r}) as handle:
+                handle.write((b"A", b"B", b"C")[n % 3] * {size})
             n += 1
     """)
     try:

@@ -17,11 +17,13 @@ import pytest
 from batch import journal as journal_module
 from batch.journal import (
     SCHEMA_VERSION,
+    EventRecord,
     FileInProgress,
     Journal,
     JournalError,
     NewEvent,
     Result,
+    ResultOutcome,
 )
 
 SHA_A = "a" * 64
@@ -46,6 +48,17 @@ def db(tmp_path: Path) -> Path:
 def journal(db: Path) -> Iterator[Journal]:
     with Journal(db) as j:
         yield j
+
+
+def record_result(journal: Journal, file_id: int, line: int, outcome: ResultOutcome, *,
+                  http_status: int | None = None, message: str | None = None, attempts: int = 1) -> bool:
+    """One delivery result through ``record_results`` (as delivery records them); applied?"""
+    return journal.record_results([Result(file_id, line, outcome, http_status, message, attempts)]) == 1
+
+
+def event_at(journal: Journal, file_id: int, line: int) -> EventRecord:
+    [found] = [e for e in journal.file_events(file_id) if e.line == line]
+    return found
 
 
 def new_file(journal: Journal, name: str = "a.csv", sha: str = SHA_A, feed: str = "feed") -> int:
@@ -179,7 +192,7 @@ def test_invalid_events_keep_their_message_and_are_never_to_send(journal: Journa
     file_id = new_file(journal)
     message = "time: column 'Pvm' value '32.13.2024' is not a date (formats: %d.%m.%Y)"
     journal.record_events(file_id, [NewEvent.invalid(7, message, {"id": "E7"}), event(8, "E8")])
-    invalid = journal.get_event(file_id, 7)
+    invalid = event_at(journal, file_id, 7)
     assert (invalid.state, invalid.message, invalid.event_id) == ("invalid", message, "E7")
     assert [e.line for e in journal.to_send(file_id)] == [8]
 
@@ -208,9 +221,9 @@ def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journ
     file_id = new_file(journal)
     journal.record_events(file_id, [event(line, f"E{line}") for line in (5, 1, 3, 2, 4)])
     assert [e.line for e in journal.to_send(file_id)] == [1, 2, 3, 4, 5]
-    journal.record_result(file_id, 2, "failed", http_status=503, message="Service Unavailable")
-    journal.record_result(file_id, 3, "accepted", http_status=200)
-    journal.record_result(file_id, 4, "rejected", http_status=400, message="Bad Request")
+    record_result(journal, file_id, 2, "failed", http_status=503, message="Service Unavailable")
+    record_result(journal, file_id, 3, "accepted", http_status=200)
+    record_result(journal, file_id, 4, "rejected", http_status=400, message="Bad Request")
     assert [e.line for e in journal.to_send(file_id)] == [1, 5]
     assert [e.line for e in journal.to_send(file_id, include_failed=True)] == [1, 2, 5]
 
@@ -223,7 +236,7 @@ def test_iteration_is_paged_and_tolerates_results_recorded_meanwhile(
     seen = []
     for pending in journal.to_send(file_id):
         seen.append(pending.line)
-        journal.record_result(file_id, pending.line, "accepted", http_status=200)
+        record_result(journal, file_id, pending.line, "accepted", http_status=200)
     assert seen == list(range(1, 11))
     assert [e.line for e in journal.file_events(file_id)] == list(range(1, 11))
     assert list(journal.to_send(file_id)) == []
@@ -235,19 +248,17 @@ def test_iteration_is_paged_and_tolerates_results_recorded_meanwhile(
 def test_an_event_id_accepted_in_an_earlier_file_is_a_duplicate(journal: Journal) -> None:
     first = new_file(journal, "monday.csv", SHA_A)
     journal.record_events(first, [event(1, "E1"), event(2, "E2")])
-    journal.record_result(first, 1, "accepted", http_status=200)
-    journal.record_result(first, 2, "rejected", http_status=400, message="Bad Request")
+    record_result(journal, first, 1, "accepted", http_status=200)
+    record_result(journal, first, 2, "rejected", http_status=400, message="Bad Request")
 
     second = new_file(journal, "tuesday.csv", SHA_B)
     journal.record_events(second, [event(10, "E1"), event(11, "E2"), event(12, "E1", description="x")])
-    dup = journal.get_event(second, 10)
+    dup = event_at(journal, second, 10)
     assert dup.state == "duplicate"
     assert dup.message == "event id already accepted: file 'monday.csv', line 1"
-    assert journal.get_event(second, 11).state == "pending"  # only accepted ids count
-    assert journal.get_event(second, 12).message.endswith("with different content")
+    assert event_at(journal, second, 11).state == "pending"  # only accepted ids count
+    assert event_at(journal, second, 12).message.endswith("with different content")
     assert [e.line for e in journal.to_send(second)] == [11]
-    assert journal.accepted_elsewhere("E1").file_id == first
-    assert journal.accepted_elsewhere("E2") is None
 
 
 def test_a_repeated_event_id_within_a_file_is_sent_once(journal: Journal) -> None:
@@ -255,21 +266,21 @@ def test_a_repeated_event_id_within_a_file_is_sent_once(journal: Journal) -> Non
     journal.record_events(file_id, [NewEvent.invalid(1, "bad", {"id": "E1"}), event(2, "E1")])
     journal.record_events(file_id, [event(3, "E1")])  # a later chunk
     assert states(journal, file_id) == {1: "invalid", 2: "pending", 3: "duplicate"}
-    assert journal.get_event(file_id, 3).message == "same event id as line 2"
+    assert event_at(journal, file_id, 3).message == "same event id as line 2"
 
 
 def test_retry_never_resends_an_id_accepted_meanwhile_by_another_file(journal: Journal) -> None:
     first = new_file(journal, "monday.csv", SHA_A)
     journal.record_events(first, [event(1, "E1")])
-    journal.record_result(first, 1, "failed", http_status=503, message="down", attempts=5)
+    record_result(journal, first, 1, "failed", http_status=503, message="down", attempts=5)
     journal.finish_file(first, "done")
 
     second = new_file(journal, "tuesday.csv", SHA_B)
     journal.record_events(second, [event(1, "E1")])
-    journal.record_result(second, 1, "accepted", http_status=200)
+    record_result(journal, second, 1, "accepted", http_status=200)
 
     assert list(journal.to_send(first, include_failed=True)) == []
-    assert journal.get_event(first, 1).state == "duplicate"
+    assert event_at(journal, first, 1).state == "duplicate"
     assert journal.refresh_counts(first).counts["duplicate"] == 1
 
 
@@ -287,9 +298,9 @@ def test_the_duplicate_lookup_uses_the_event_id_index(journal: Journal) -> None:
 def test_results_record_status_message_and_attempts(journal: Journal) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
-    assert journal.record_result(file_id, 1, "failed", http_status=503, message="down", attempts=3)
-    assert journal.record_result(file_id, 1, "accepted", http_status=200, attempts=2)
-    assert journal.record_result(file_id, 2, "rejected", http_status=422,
+    assert record_result(journal, file_id, 1, "failed", http_status=503, message="down", attempts=3)
+    assert record_result(journal, file_id, 1, "accepted", http_status=200, attempts=2)
+    assert record_result(journal, file_id, 2, "rejected", http_status=422,
                                  message="Unprocessable: usageplacecode unknown")
     accepted, rejected = journal.file_events(file_id)
     assert (accepted.state, accepted.http_status, accepted.attempts) == ("accepted", 200, 5)
@@ -300,10 +311,10 @@ def test_results_record_status_message_and_attempts(journal: Journal) -> None:
 def test_a_late_result_never_overwrites_a_final_state(journal: Journal) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), NewEvent.invalid(2, "bad")])
-    assert journal.record_result(file_id, 1, "accepted", http_status=200)
-    assert not journal.record_result(file_id, 1, "failed", http_status=503)
-    assert not journal.record_result(file_id, 2, "accepted", http_status=200)
-    assert not journal.record_result(file_id, 99, "accepted", http_status=200)
+    assert record_result(journal, file_id, 1, "accepted", http_status=200)
+    assert not record_result(journal, file_id, 1, "failed", http_status=503)
+    assert not record_result(journal, file_id, 2, "accepted", http_status=200)
+    assert not record_result(journal, file_id, 99, "accepted", http_status=200)
     assert states(journal, file_id) == {1: "accepted", 2: "invalid"}
 
 
@@ -311,7 +322,7 @@ def test_only_delivery_outcomes_are_results(journal: Journal) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1")])
     with pytest.raises(ValueError):
-        journal.record_result(file_id, 1, "duplicate")  # type: ignore[arg-type]
+        record_result(journal, file_id, 1, "duplicate")  # type: ignore[arg-type]
 
 
 def test_record_results_applies_a_batch_in_one_call(journal: Journal) -> None:
@@ -335,7 +346,7 @@ def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
         try:
             for line in part:
                 outcome = "accepted" if line % 4 else "rejected"
-                assert journal.record_result(file_id, line, outcome, http_status=200)
+                assert record_result(journal, file_id, line, outcome, http_status=200)
                 journal.file_counts(file_id)  # readers interleave with writers
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
@@ -357,7 +368,7 @@ def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
         file_id = j.begin_file(name, name.ljust(64, "0"), 1, "feed").file.id
         j.record_events(file_id, [NewEvent.valid(n, {{"id": name + str(n)}}) for n in range(1, 1501)])
         for n in range(1, 1501):
-            assert j.record_result(file_id, n, "accepted", http_status=200)
+            assert j.record_results([Result(file_id, n, "accepted", http_status=200)]) == 1
         j.finish_file(file_id, "done")
         print("ok", flush=True)
     """
@@ -380,8 +391,8 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
         journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 101)])
     child = run_child(db, f"""
         for line in range(1, 41):
-            j.record_result({file_id}, line, "accepted", http_status=200)
-        j.record_result({file_id}, 41, "failed", http_status=503, message="down", attempts=4)
+            j.record_results([Result({file_id}, line, "accepted", http_status=200)])
+        j.record_results([Result({file_id}, 41, "failed", http_status=503, message="down", attempts=4)])
         print("recorded", flush=True)
         time.sleep(60)
     """)
@@ -393,7 +404,7 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
         assert resumed.outcome == "resumed" and resumed.file.id == file_id
         assert resumed.file.counts == {"accepted": 40, "rejected": 0, "invalid": 0, "failed": 1,
                                        "duplicate": 0, "not_sent": 0, "pending": 59}
-        failed = journal.get_event(file_id, 41)
+        failed = event_at(journal, file_id, 41)
         assert (failed.attempts, failed.http_status, failed.message) == (4, 503, "down")
         assert [e.line for e in journal.to_send(file_id)] == list(range(42, 101))
 
@@ -409,7 +420,7 @@ def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(db: Path) -> N
         journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 50_001)])
     child = run_child(db, f"""
         for line in range(1, 50_001):
-            j.record_result({file_id}, line, "accepted", http_status=200)
+            j.record_results([Result({file_id}, line, "accepted", http_status=200)])
             print(line, flush=True)
     """)
     reported = [int(child.stdout.readline()) for _ in range(3000)]
@@ -450,16 +461,16 @@ def test_a_kill_during_bulk_recording_leaves_whole_batches(db: Path) -> None:
 def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
     seed = new_file(journal, "old.csv", SHA_B)
     journal.record_events(seed, [event(1, "OLD")])
-    journal.record_result(seed, 1, "accepted", http_status=200)
+    record_result(journal, seed, 1, "accepted", http_status=200)
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), event(2, "E2"), event(3, "E3"),
                                     NewEvent.invalid(4, "bad"), event(5, "OLD")])
     journal.mark_recorded(file_id)
-    journal.record_result(file_id, 1, "accepted", http_status=200)
-    journal.record_result(file_id, 2, "rejected", http_status=400, message="Bad")
+    record_result(journal, file_id, 1, "accepted", http_status=200)
+    record_result(journal, file_id, 2, "rejected", http_status=400, message="Bad")
     with pytest.raises(JournalError, match="pending"):
         journal.finish_file(file_id, "done")
-    journal.record_result(file_id, 3, "failed", message="timeout")
+    record_result(journal, file_id, 3, "failed", message="timeout")
     finished = journal.finish_file(file_id, "done")
     assert finished.state == "done" and finished.finished and finished.recorded
     assert finished.finished_at >= finished.started_at
@@ -478,7 +489,7 @@ def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
 def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: Journal) -> None:
     ids = [new_file(journal, f"f{n}.csv", str(n) * 64, feed="x" if n % 2 else "y") for n in range(5)]
     journal.record_events(ids[4], [event(1, "E1"), event(2, "E2")])
-    journal.record_result(ids[4], 1, "accepted", http_status=200)
+    record_result(journal, ids[4], 1, "accepted", http_status=200)
     recent = journal.recent_files(3)
     assert [f.id for f in recent] == ids[:1:-1]
     assert recent[0].counts["accepted"] == 1 and recent[0].counts["pending"] == 1
@@ -489,7 +500,7 @@ def test_failed_events_across_files_and_per_file(journal: Journal) -> None:
     first, second = new_file(journal, "a.csv", SHA_A), new_file(journal, "b.csv", SHA_B)
     for file_id in (first, second):
         journal.record_events(file_id, [event(1, f"{file_id}-1"), event(2, f"{file_id}-2")])
-        journal.record_result(file_id, 2, "failed", http_status=500, message="oops")
+        record_result(journal, file_id, 2, "failed", http_status=500, message="oops")
     assert [(e.file_id, e.line) for e in journal.failed_events()] == [(first, 2), (second, 2)]
     assert [(e.file_id, e.line) for e in journal.failed_events(second)] == [(second, 2)]
     assert journal.failed_events(second)[0].payload["id"] == f"{second}-2"  # enough to retry
@@ -525,7 +536,7 @@ def test_prune_forgets_only_old_files_with_nothing_left_to_send(db: Path) -> Non
         old_skipped = journal.begin_file("again.csv", SHA_A, 100, "feed").file.id  # refers to old_done
         old_failed = new_file(journal, "failed.csv", "c" * 64)
         journal.record_events(old_failed, [event(1, "F1")])
-        journal.record_result(old_failed, 1, "failed", message="503")
+        record_result(journal, old_failed, 1, "failed", message="503")
         journal.finish_file(old_failed, "done")
         old_error = new_file(journal, "broken.csv", "d" * 64)
         journal.finish_file(old_error, "error", error="not UTF-8")
@@ -540,8 +551,10 @@ def test_prune_forgets_only_old_files_with_nothing_left_to_send(db: Path) -> Non
         left = {f.name for f in journal.recent_files(100)}
         assert left == {"failed.csv", "unfinished.csv", "recent.csv"}
         assert [e.state for e in journal.file_events(old_failed)] == ["failed"]  # can still be retried
-        assert journal.get_event(recent, 1).message == "event id already accepted: file 'old.csv', line 1"
-        assert journal.accepted_elsewhere("O1") is None  # forgotten: no longer a duplicate
+        assert event_at(journal, recent, 1).message == "event id already accepted: file 'old.csv', line 1"
+        later = new_file(journal, "later.csv", "f" * 64)
+        journal.record_events(later, [event(1, "O1")])
+        assert states(journal, later) == {1: "pending"}  # old.csv forgotten: no longer a duplicate
         assert journal.begin_file("old.csv", SHA_A, 100, "feed").outcome == "new"  # processed anew
         with pytest.raises(JournalError):
             journal.get_file(old_skipped)
@@ -558,11 +571,11 @@ def test_prune_after_a_retry_emptied_the_failed_events(db: Path) -> None:
     with Journal(db, clock=clock) as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(1, "E1")])
-        journal.record_result(file_id, 1, "failed", message="503")
+        record_result(journal, file_id, 1, "failed", message="503")
         journal.finish_file(file_id, "done")
         clock.advance(100)
         assert journal.prune(clock.now - timedelta(days=90)) == (0, 0)
-        journal.record_result(file_id, 1, "accepted", http_status=200)
+        record_result(journal, file_id, 1, "accepted", http_status=200)
         journal.refresh_counts(file_id)
         assert journal.prune(clock.now - timedelta(days=90)) == (1, 1)
 
@@ -577,7 +590,7 @@ def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(d
     with Journal(db, clock=clock) as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(n, f"E{n}") for n in range(1, 6)])
-        journal.record_result(file_id, 1, "accepted", http_status=201)
+        record_result(journal, file_id, 1, "accepted", http_status=201)
         finished = journal.finish_file(file_id, "error", error="failed 3 times: TypeError: boom")
         assert finished.counts["pending"] == 0 and finished.counts["not_sent"] == 4
         assert finished.counts["accepted"] == 1

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import textwrap
+from collections.abc import Iterable
 
 import jsonschema
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema
 from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping, content_id
+from batch.mapping import CompiledMapping, MappedRecord, MappingRun, content_id
 from batch.records import Chunk
 
 EVENT_SCHEMA = component_schema("UsageplaceEvent")
@@ -34,6 +35,12 @@ fields:
 """
 HEADER = "id,code,time,status,note\n"
 
+
+
+def map_all(run: MappingRun, chunks: Iterable[Chunk]) -> list[MappedRecord]:
+    """Every record of a file's chunks, as extract.mapped_chunks yields them."""
+    out = [record for chunk in chunks for record in run.map_chunk(chunk)]
+    return out + run.finish()
 
 def compile_mapping(text: str) -> CompiledMapping:
     return CompiledMapping(load_mapping_text(textwrap.dedent(text)))
@@ -559,8 +566,8 @@ def test_sources_and_xml_plan():
 def test_map_chunk_directly_and_a_run_per_file():
     compiled = compile_mapping(BASE)
     chunk = Chunk(["id", "code", "time", "status", "note"], [7], [["A", "6", "2024-02-05 06:30:00", "connected", ""]])
-    first = compiled.start().map_all([chunk])
-    second = compiled.start().map_all([chunk])  # a new file: the id is new again
+    first = map_all(compiled.start(), [chunk])
+    second = map_all(compiled.start(), [chunk])  # a new file: the id is new again
     assert first[0].ok and second[0].ok
     assert first[0].line == 7
     run = compiled.start()
@@ -578,9 +585,9 @@ def test_columns_in_another_order_per_chunk_are_rebound():
 
 def test_record_error_text():
     compiled = compile_mapping(BASE)
-    [record] = compiled.start().map_all(
-        [Chunk(["id", "code", "time", "status", "note"], [9], [["A", "6", "2024-02-05 06:30:00", "x" * 100, ""]])]
-    )
+    [record] = map_all(compiled.start(), [
+        Chunk(["id", "code", "time", "status", "note"], [9], [["A", "6", "2024-02-05 06:30:00", "x" * 100, ""]])
+    ])
     assert str(record.errors[0]) == (
         "line 9: status (column 'status' = '" + "x" * 80 + "…'): must be one of connected, disconnected, not_disconnected"
     )
@@ -645,10 +652,10 @@ def _check_outcomes(records, lines, merged_rows=False):
 
 def _both_paths(compiled, columns, rows):
     lines = list(range(2, 2 + len(rows)))
-    fast = compiled.start().map_all([Chunk(columns, lines, [list(r) for r in rows])])
+    fast = map_all(compiled.start(), [Chunk(columns, lines, [list(r) for r in rows])])
     general_run = compiled.start()
     general_run._fast_mapper = lambda bound, index: None
-    general = general_run.map_all([Chunk(columns, lines, [list(r) for r in rows])])
+    general = map_all(general_run, [Chunk(columns, lines, [list(r) for r in rows])])
     return lines, fast, general
 
 
@@ -690,10 +697,10 @@ def test_chunked_bulk_path_agrees_with_the_general_path(rows, cuts):
             break
         chunks.append(Chunk(columns, lines[start:start + size], [list(r) for r in rows[start:start + size]]))
         start += size
-    fast = compiled.start().map_all(chunks)
+    fast = map_all(compiled.start(), chunks)
     general_run = compiled.start()
     general_run._fast_mapper = lambda bound, index: None
-    general = general_run.map_all([Chunk(columns, lines, [list(r) for r in rows])])
+    general = map_all(general_run, [Chunk(columns, lines, [list(r) for r in rows])])
     assert _as_tuples(fast) == _as_tuples(general)
 
 
@@ -722,7 +729,7 @@ def test_generated_ids_any_input(rows):
 def test_rows_mode_any_input(rows):
     columns = ["id", "code", "time", "status", "note", "inv", "job"]
     lines = list(range(2, 2 + len(rows)))
-    records = ROWS_COMPILED.start().map_all([Chunk(columns, lines, rows)])
+    records = map_all(ROWS_COMPILED.start(), [Chunk(columns, lines, rows)])
     _check_outcomes(records, lines, merged_rows=True)
     ids = [r.event["id"] for r in records if r.ok]
     assert len(ids) == len(set(ids))

@@ -20,6 +20,7 @@ PURE = {
     "batch.events": IO_MODULES | {"lxml"},
     "batch.timeparse": IO_MODULES,
     "batch.records": IO_MODULES,
+    "batch.jsonenc": IO_MODULES | {"lxml"},  # the one event encoder, used by mapping's generated ids
     # generated straight-line code for batch.mapping; part of the same pure path
     "batch.fastpath": IO_MODULES | {"lxml"},
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.journal import Journal, NewEvent
+from batch.journal import Journal, NewEvent, Result
 from batch.receipts import (
     RECEIPT_COLUMNS,
     ReceiptFormat,
@@ -215,7 +215,7 @@ def test_journal_records_make_receipts(tmp_path: Path) -> None:
             NewEvent.valid(2, {"id": "E1", "usageplacecode": "U1", "status": "connected"}),
             NewEvent.invalid(3, "time: column 'Pvm' value '=1+1' is not a date"),
         ])
-        journal.record_result(first, 2, "accepted", http_status=200)
+        journal.record_results([Result(first, 2, "accepted", http_status=200)])
         done = journal.finish_file(first, "done")
         outbox = tmp_path / "outbox"
         outbox.mkdir()

@@ -269,11 +269,6 @@ class ApiSettings(BaseModel):
         """Scheme, host and port of ``base_url``: every request must go there (see ApiOrigin.matches)."""
         return parse_base_url(self.base_url)[1]
 
-    @property
-    def verify(self) -> str | bool:
-        """The value for requests' ``verify``: never False."""
-        return str(self.ca_bundle) if self.ca_bundle is not None else True
-
     def credentials(self, env: Mapping[str, str] | None = None) -> Credentials:
         """Resolve the secret references (environment or files). Raises SecretResolutionError."""
         if self.fixed_token:

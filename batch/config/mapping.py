@@ -315,10 +315,6 @@ class Mapping(Strict):
             raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
         return self
 
-    @property
-    def feed_options(self) -> CsvOptions | XmlOptions | FixedOptions:
-        return getattr(self, self.format)
-
     def status_vocabulary(self) -> tuple[str, ...]:
         return (STATUS_CONNECTED, STATUS_DISCONNECTED, self.statuses.not_disconnected)
 

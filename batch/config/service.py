@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
-from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
+from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, validate_model
 from batch.config.secrets import secret_file_warning
 from batch.errors import ConfigurationError
 from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
@@ -112,19 +112,10 @@ class LoadedService:
     config: ServiceConfig
     mappings: dict[str, Mapping]
 
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
 
 def load_service_config(path: str | Path) -> LoadedService:
     path = Path(path).resolve()
     return _check(load_yaml_file(path, echo_values=False), path)
-
-
-def load_service_config_text(text: str, path: str | Path) -> LoadedService:
-    path = Path(path).resolve()
-    return _check(load_yaml_text(text, str(path), echo_values=False), path)
 
 
 def _check(loaded, path: Path) -> LoadedService:
