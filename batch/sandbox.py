@@ -39,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from batch.clock import SYSTEM_CLOCK, Clock
 from batch.contract import component_schema
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,15 @@ DROP = "drop"              # close the connection without an answer; the event i
 DROP_AFTER = "drop_after"  # keep the event, then close without an answer (a lost reply)
 SLOW = "slow"              # wait slow_ms, then answer normally (beyond a client's timeout)
 NORMAL = "ok"              # answer normally
+GARBAGE = "garbage"        # answer 200 (201 for a token) with a body that is not JSON
+ECHO = "echo"              # answer 500 (400 for a token) echoing the request's body and Authorization
 
 
 @dataclass
 class Faults:
     """What goes wrong, and how often. Script entries are consumed one per event POST."""
 
-    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL
+    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL/GARBAGE/ECHO
     token_script: list[int | str] = field(default_factory=list)  # the same, for POST /token
     error_rate: float = 0.0        # share of event POSTs answered with error_status
     error_status: int = 503
@@ -85,6 +88,7 @@ class Faults:
     # again on the same port with everything it had accepted (see Sandbox.go_down / come_back).
     down_at_arrival: int | None = None
     down_seconds: float = 15.0
+    revoke_at_arrivals: list[int] = field(default_factory=list)  # revoke every token before these (1-based)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Faults:
@@ -137,6 +141,17 @@ def _problem(status: int, title: str, detail: str | None = None,
              headers: dict[str, str] | None = None) -> _Reply:
     payload = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return _Reply(status, payload, PROBLEM_JSON, headers)
+
+
+def _garbage(status: int) -> _Reply:
+    """A success status with a body no client can parse (a proxy's page, a truncated answer)."""
+    return _Reply(status, b'<html><body>\x00\xff{"token": ', "application/json")
+
+
+def _echo(status: int, body: bytes, authorization: str | None) -> _Reply:
+    """An error that repeats the request, secrets and all: a careless server's debug page."""
+    text = f"request failed: Authorization: {authorization} body: {body.decode(errors='replace')}"
+    return _Reply(status, text, "text/plain")
 
 
 # ---- body validation --------------------------------------------------------------------
@@ -210,18 +225,19 @@ def _b64(data: bytes) -> str:
 class _TokenIssuer:
     """JWT-shaped tokens (HS256 over a random key) with an expiry, remembered until reset."""
 
-    def __init__(self, ttl: float, exp_claim: bool) -> None:
+    def __init__(self, ttl: float, exp_claim: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         self.ttl = ttl
         self.exp_claim = exp_claim
+        self._clock = clock
         self._key = secrets.token_bytes(32)
-        self._expiry: dict[str, float] = {}  # token -> time.time() expiry
+        self._expiry: dict[str, float] = {}  # token -> clock.wall() expiry
         self._lock = threading.Lock()
         self._counter = 0
 
     def issue(self, cid: str) -> str:
         with self._lock:
             self._counter += 1
-            now = time.time()
+            now = self._clock.wall()
             claims: dict[str, Any] = {"sub": cid, "iat": int(now), "jti": self._counter}
             if self.exp_claim:
                 claims["exp"] = round(now + self.ttl, 3)
@@ -235,7 +251,7 @@ class _TokenIssuer:
     def valid(self, token: str) -> bool:
         with self._lock:
             expiry = self._expiry.get(token)
-        return expiry is not None and time.time() < expiry
+        return expiry is not None and self._clock.wall() < expiry
 
     def revoke_all(self) -> None:
         with self._lock:
@@ -260,6 +276,7 @@ class Sandbox:
     so a client cannot foresee expiry and must rely on the 401. ``strict`` refuses event
     properties the contract does not name. ``request_hook`` is called with every API
     request (not ``/_sandbox/``) before it is handled, in the handler's thread.
+    ``clock``: what token lifetimes are measured with (tests move a shared one on by hand).
     """
 
     def __init__(
@@ -276,13 +293,14 @@ class Sandbox:
         request_hook: RequestHook | None = None,
         faults: Faults | None = None,
         tls: ssl.SSLContext | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.cid = cid
         self.apicode = apicode
         self.strict = strict
         self.request_hook = request_hook
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self._tokens = _TokenIssuer(token_ttl, token_exp_claim)
+        self._tokens = _TokenIssuer(token_ttl, token_exp_claim, clock)
         self._check_event = compile_schema(component_schema("UsageplaceEvent"), strict)
         self._lock = threading.Lock()
         self._faults = faults or Faults()
@@ -459,6 +477,10 @@ class Sandbox:
             action = self._next(self._token_script)
         if action == DROP:
             return DROP
+        if action == GARBAGE:
+            return _garbage(201)
+        if action == ECHO:
+            return _echo(400, body, None)
         if isinstance(action, int) and action != 201:
             return self._fault_reply(action)
         try:
@@ -485,6 +507,8 @@ class Sandbox:
             self._arrivals.append(arrival)
             faults = self._faults
             action = self._next(self._script)
+            if arrival.seq in faults.revoke_at_arrivals:
+                self._tokens.revoke_all()  # as if every token had expired just now
         if faults.down_at_arrival is not None and arrival.seq == faults.down_at_arrival:
             threading.Thread(target=self._outage, args=(faults.down_seconds,), daemon=True,
                              name="sandbox-outage").start()
@@ -508,6 +532,10 @@ class Sandbox:
         if action == DROP or (action is None and faults.drop_rate
                               and self._random.random() < faults.drop_rate):
             return DROP
+        if action == GARBAGE:
+            return _garbage(200)
+        if action == ECHO:
+            return _echo(500, body, handler.headers.get("Authorization"))
         if isinstance(action, int):
             return self._fault_reply(action)
         if action is None and faults.error_rate and self._random.random() < faults.error_rate:
@@ -733,6 +761,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, reply: _Reply) -> None:
         if reply.payload is None:
             data = b""
+        elif isinstance(reply.payload, bytes):  # sent as is, whatever the content type says
+            data = reply.payload
         elif isinstance(reply.payload, str) and not reply.content_type.endswith("json"):
             data = reply.payload.encode("utf-8")
         else:
