@@ -35,7 +35,13 @@ import pytest
 import requests
 
 from batch.sandbox import DEFAULT_APICODE, DEFAULT_CID
-from tests.test_pipeline import Workspace, make_rows, read_receipt, write_feed, write_workspace
+from tests.fixtures_pipeline import (
+    Workspace,
+    make_rows,
+    read_receipt,
+    write_feed,
+    write_workspace,
+)
 
 EVENTS = 5000
 PLACES = 500
