@@ -11,7 +11,6 @@ import logging
 import signal
 import stat
 import sys
-import traceback
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import click
 
 from batch import __version__
+from batch.logs import installed_filter, print_redacted_traceback, redact_config_secrets, setup_logging
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 
@@ -47,7 +47,7 @@ class BoundaryGroup(click.Group):
             raise SystemExit(130) from None
         except Exception as exc:  # noqa: BLE001 - this is the boundary
             if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
+                print_redacted_traceback()
             else:
                 _echo(f"error: {_describe(exc)} (run with --debug for details)", err=True)
             raise SystemExit(EXIT_UNUSABLE) from None
@@ -149,10 +149,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Map legacy CSV/XML exports to Ropo One usage place events, deliver them, and write receipts."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if debug else logging.WARNING)  # every command logs through the redaction
 
 
 # --- mappings ------------------------------------------------------------------------------------
@@ -340,9 +337,11 @@ def _load_service(path: Path) -> Any:
 
     _refuse_special(path)
     try:
-        return load_service_config(path)
+        loaded = load_service_config(path)
     except ConfigError as exc:
         raise Unusable(f"the configuration cannot be used:\n{exc}") from None
+    redact_config_secrets(loaded.config)
+    return loaded
 
 
 def _open_runtime(path: Path) -> Any:
@@ -351,9 +350,11 @@ def _open_runtime(path: Path) -> Any:
 
     loaded = _load_service(path)
     try:
-        return Runtime(loaded)
+        runtime = Runtime(loaded)
     except SecretResolutionError as exc:
         raise Unusable(str(exc)) from None
+    installed_filter().add_redactor(runtime.client.redact)  # the tokens it is issued
+    return runtime
 
 
 @main.command()
@@ -666,7 +667,6 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     Without --once: 0 after a SIGTERM/SIGINT.
     """
     from batch.config.api import SecretResolutionError
-    from batch.logs import setup_logging
     from batch.service import Service
 
     # A stop request that comes while the configuration is loaded and the service is built
@@ -707,6 +707,8 @@ def validate_config(config_path: Path) -> None:
 
     _refuse_special(config_path)
     loaded, problems, warnings = check_service_config(config_path)
+    if loaded is not None:
+        redact_config_secrets(loaded.config)
     for problem in problems:
         _echo(problem, err=True)
     for warning in warnings:

@@ -231,6 +231,7 @@ class _TokenIssuer:
         self._clock = clock
         self._key = secrets.token_bytes(32)
         self._expiry: dict[str, float] = {}  # token -> clock.wall() expiry
+        self._issued: list[str] = []  # every token ever issued, revoked or not (for leak checks)
         self._lock = threading.Lock()
         self._counter = 0
 
@@ -246,6 +247,7 @@ class _TokenIssuer:
             sig = _b64(hmac.new(self._key, f"{head}.{body}".encode(), hashlib.sha256).digest())
             token = f"{head}.{body}.{sig}"
             self._expiry[token] = now + self.ttl
+            self._issued.append(token)
             return token
 
     def valid(self, token: str) -> bool:
@@ -259,7 +261,7 @@ class _TokenIssuer:
 
     def issued(self) -> list[str]:
         with self._lock:
-            return list(self._expiry)
+            return list(self._issued)
 
     @property
     def count(self) -> int:
@@ -429,7 +431,7 @@ class Sandbox:
         return self._tokens.count
 
     def issued_tokens(self) -> list[str]:
-        """Every token issued since the last reset (for tests that look for leaks)."""
+        """Every token ever issued, revoked and reset ones too (for tests that look for leaks)."""
         return self._tokens.issued()
 
     @property
