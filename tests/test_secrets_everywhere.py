@@ -33,8 +33,6 @@ from batch.sandbox import DEFAULT_APICODE, DEFAULT_CID, ECHO, GARBAGE, Sandbox
 from tests.fixtures_pipeline import SIMPLE_MAPPING, make_rows, write_feed
 from tests.sshd import SSHD, Sshd, keygen
 
-pytestmark = pytest.mark.slow  # about 40 subprocess runs of the real CLI
-
 CANARY_APICODE = "CANARY-apicode-5e1b77"
 CANARY_PASSPHRASE = "CANARY-passphrase-90c4d2"
 APICODE_ENV = "UPB_CANARY_APICODE"
@@ -158,6 +156,7 @@ def assert_nowhere(secrets: dict[str, str], places: dict[str, bytes]) -> None:
     assert not leaks, "secrets leaked:\n  " + "\n  ".join(leaks)
 
 
+@pytest.mark.slow  # about 15 runs of the real CLI against a sandbox and sshd, per variant
 @pytest.mark.parametrize("via", ["env", "files"])
 def test_no_command_shows_or_stores_a_secret_at_debug(
         via: str, tmp_path: Path, make_sandbox: Any, sftp_server: tuple[Sshd, str, str, Path]) -> None:
@@ -225,6 +224,7 @@ def test_no_command_shows_or_stores_a_secret_at_debug(
     assert_nowhere(secrets, {**cli.outputs, **stored})
 
 
+@pytest.mark.slow  # the demo runs every sample
 def test_sandbox_and_demo_commands_show_no_token_at_debug(tmp_path: Path) -> None:
     env = dict(os.environ)
     served = subprocess.Popen([sys.executable, "-m", "batch", "--debug", "sandbox", "--port", "0"],
