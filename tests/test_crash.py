@@ -43,6 +43,8 @@ from tests.fixtures_pipeline import (
     write_workspace,
 )
 
+pytestmark = pytest.mark.slow  # crash trials: a minute or more
+
 EVENTS = 5000
 PLACES = 500
 MAX_IN_FLIGHT = 16

@@ -46,6 +46,7 @@ def events(count: int, places: int = 20) -> list[Outgoing]:
             for n in range(count)]
 
 
+@pytest.mark.slow
 def test_F6_sandbox_down_mid_file_holds_delivery_and_every_event_is_accepted(
         make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
         process_file: Callable[..., FileOutcome]) -> None:

@@ -85,6 +85,7 @@ print(json.dumps({"counts": counts, "peak_mb": peak_kb / 1024}))
 """
 
 
+@pytest.mark.slow
 def test_D1_xml_memory_stays_bounded_whatever_surrounds_the_records(tmp_path):
     paths = []
     for name, text in _junk_documents().items():
