@@ -342,3 +342,21 @@ def test_P5_commands_without_a_config_log_through_the_redaction_too(
     logging.getLogger("some.library").debug("sent Authorization: Bearer abc.def-123 apicode=xyz")
     err = capsys.readouterr().err
     assert "DEBUG some.library: sent Authorization: Bearer *** apicode=***" in err
+
+
+def test_P5_the_debug_traceback_of_an_unexpected_error_is_redacted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        cli_logging: None) -> None:
+    from batch.cli import run
+
+    monkeypatch.setenv(APICODE_ENV, CANARY_APICODE)
+    config = _config_with_canaries(tmp_path / "ws")
+
+    def broken(*args: object) -> None:  # a bug whose message carries what it was handed
+        raise RuntimeError(f"unexpected: {CANARY_APICODE} / {CANARY_PASSWORD}")
+
+    monkeypatch.setattr("batch.service.feed_overview", broken)  # what `status` prints first
+    assert run(["--debug", "status", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: unexpected: *** / ***" in err
+    assert CANARY_APICODE not in err and CANARY_PASSWORD not in err
