@@ -8,7 +8,7 @@ loopback, which is the default):
 
 - ``GET  /_sandbox/state``     counts: accepted, duplicates, arrivals, tokens issued
 - ``GET  /_sandbox/accepted``  accepted events, in acceptance order
-- ``GET  /_sandbox/arrivals``  every event POST: seq, id, usageplacecode, status
+- ``GET  /_sandbox/arrivals``  every event POST: seq, id, usageplacecode, status, connection
 - ``GET  /_sandbox/faults``    the current faults
 - ``POST /_sandbox/faults``    replace the faults (JSON object of :class:`Faults` fields)
 - ``POST /_sandbox/reset``     forget events, arrivals, tokens and faults
@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import random
@@ -109,6 +110,7 @@ class Arrival:
     status: int | None = None
     started: float = 0.0   # time.monotonic() at arrival
     finished: float = 0.0  # time.monotonic() when answered (or dropped)
+    connection: int = 0    # the TCP connection it came on, numbered from 1 (so: which client process sent it)
 
 
 @dataclass(frozen=True)
@@ -499,7 +501,8 @@ class Sandbox:
 
     def handle_event(self, handler: _Handler, body: bytes) -> _Reply | str:
         """The reply for an event POST, or DROP to close without one."""
-        arrival = Arrival(seq=0, id=None, usageplacecode=None, started=time.monotonic())
+        arrival = Arrival(seq=0, id=None, usageplacecode=None, started=time.monotonic(),
+                          connection=handler.connection_number)
         event = _peek_event(body)
         if event is not None:
             arrival.id = _str_or_none(event.get("id"))
@@ -652,6 +655,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self.connections_accepted = itertools.count(1)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, handler)
@@ -688,6 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()  # a refused handshake ends here, quietly (handle_error)
         super().setup()
+        self.connection_number = next(self.server.connections_accepted)
         self.server.track(self.connection, True)
 
     def finish(self) -> None:
