@@ -13,7 +13,6 @@ import logging
 import signal
 import stat
 import sys
-import traceback
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import click
 
 from batch import __version__
 from batch.errors import BatchError, ConfigurationError, ExitStatus, InputFileError
+from batch.logs import installed_filter, print_redacted_traceback, redact_config_secrets, setup_logging
 
 log = logging.getLogger("batch.cli")
 
@@ -56,7 +56,7 @@ def _report_error(exc: Exception, debug: bool) -> ExitStatus:
     """Print what went wrong (a traceback too with --debug); the exit status it calls for."""
     status = exit_status_of(exc)
     if debug:
-        traceback.print_exc()
+        print_redacted_traceback()
     if status == ExitStatus.INTERNAL:
         text = str(exc) or type(exc).__name__
         hint = "" if debug else " (run with --debug for the traceback)"
@@ -107,7 +107,8 @@ def _json_escape(char: str) -> str:
 
 def _echo(text: object, err: bool = False) -> None:
     """click.echo of our own (possibly multi-line) text that carries values from files."""
-    click.echo(terminal_safe(text, keep_newlines=True), err=err)
+    # the same redaction as the log lines: an error's text may carry a secret it was handed
+    click.echo(terminal_safe(installed_filter().redact(str(text)), keep_newlines=True), err=err)
 
 
 def _regular_file(path: Path, error: type[BatchError] = InputFileError) -> Path:
@@ -154,10 +155,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Map legacy CSV/XML exports to Ropo One usage place events, deliver them, and write receipts."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(logging.DEBUG if debug else logging.WARNING)  # every command logs through the redaction
 
 
 # --- mappings ------------------------------------------------------------------------------------
@@ -345,15 +343,19 @@ def _load_service(path: Path) -> Any:
 
     _refuse_special(path)
     try:
-        return load_service_config(path)
+        loaded = load_service_config(path)
     except ConfigError as exc:
         raise ConfigurationError(f"the configuration cannot be used:\n{exc}") from None
+    redact_config_secrets(loaded.config)
+    return loaded
 
 
 def _open_runtime(path: Path) -> Any:
     from batch.runtime import Runtime
 
-    return Runtime(_load_service(path))
+    runtime = Runtime(_load_service(path))
+    installed_filter().add_redactor(runtime.client.redact)  # the tokens it is issued
+    return runtime
 
 
 @main.command()
@@ -658,7 +660,6 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     file already processed); 2 something could not run (inbox, credentials, unusable file).
     Without --once: 0 after a SIGTERM/SIGINT.
     """
-    from batch.logs import setup_logging
     from batch.service import Service
 
     # A stop request that comes while the configuration is loaded and the service is built
@@ -696,6 +697,8 @@ def validate_config(config_path: Path) -> None:
 
     _refuse_special(config_path)
     loaded, problems, warnings = check_service_config(config_path)
+    if loaded is not None:
+        redact_config_secrets(loaded.config)
     for problem in problems:
         _echo(problem, err=True)
     for warning in warnings:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from batch.clock import SYSTEM_CLOCK, Clock
 from batch.config.api import DeliverySettings
 from batch.ropo import SendKind, SendResult
 
@@ -191,19 +192,21 @@ class CircuitBreaker:
 
 
 class TokenBucket:
-    """A thread-safe token bucket: ``rate`` per second, up to ``burst`` at once."""
+    """A thread-safe token bucket: ``rate`` per second, up to ``burst`` at once.
+    ``clock``: what it measures and waits with (tests pass one they move on by hand)."""
 
-    def __init__(self, rate: float, burst: int = 1) -> None:
+    def __init__(self, rate: float, burst: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self._clock = clock
         self._tokens = float(burst)
-        self._last = time.monotonic()
+        self._last = clock.monotonic()
         self._lock = threading.Lock()
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Take one token, waiting as needed. False if ``stop`` was set while waiting."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= 1.0  # a reservation: later callers queue behind this one
@@ -211,9 +214,9 @@ class TokenBucket:
         if wait <= 0:
             return True
         if stop is None:
-            time.sleep(wait)
+            self._clock.sleep(wait)
             return True
-        return not stop.wait(wait)
+        return not self._clock.wait(stop, wait)
 
 
 @dataclass(eq=False)
@@ -251,7 +254,8 @@ class _Run:
     """The scheduler of one deliver() call. All fields are guarded by ``lock``."""
 
     def __init__(self, client: Sender, settings: DeliverySettings, stop: threading.Event,
-                 deadline: float | None, window: int, breaker: CircuitBreaker) -> None:
+                 deadline: float | None, window: int, breaker: CircuitBreaker,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.client = client
         self.settings = settings
         self.breaker = breaker
@@ -259,7 +263,7 @@ class _Run:
         self.stop = stop
         self.deadline = deadline
         self.window = window
-        self.limiter = (TokenBucket(settings.rate_limit, settings.rate_burst)
+        self.limiter = (TokenBucket(settings.rate_limit, settings.rate_burst, clock)
                         if settings.rate_limit else None)
         self.rng = random.Random()
         self.lock = threading.Lock()
@@ -476,6 +480,7 @@ def deliver(
     window: int | None = None,
     on_batch_done: OnBatchDone | None = None,
     breaker: CircuitBreaker | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> DeliveryReport:
     """Send every item and call ``on_result(item, outcome)`` exactly once per item.
 
@@ -488,7 +493,7 @@ def deliver(
     after each batch of ``on_result`` calls, e.g. to record the batch in one transaction;
     an event's slot is freed only after it returns (see the module's note on in flight).
     ``breaker``: the feed's :class:`CircuitBreaker` (configured from ``settings`` here);
-    default: one for this run only.
+    default: one for this run only. ``clock``: what the rate limit measures and waits with.
     If ``on_result`` or ``on_batch_done`` raises, delivery stops, in-flight requests
     finish unreported, and the exception propagates (those events may be sent again by a
     later run: at-least-once).
@@ -502,7 +507,7 @@ def deliver(
     else:
         breaker.configure(settings)
     run = _Run(client, settings, stop, deadline,
-               window or max(1000, 100 * settings.max_in_flight), breaker)
+               window or max(1000, 100 * settings.max_in_flight), breaker, clock)
     report = DeliveryReport()
     workers = [threading.Thread(target=_worker, args=(run,), daemon=True,
                                 name=f"deliver-{i}") for i in range(settings.max_in_flight)]

@@ -1,7 +1,11 @@
 """Logging for the service: plain or JSON lines, with secrets redacted in one place.
 
 `setup_logging` replaces the root logger's handlers with one stream handler that carries a
-`RedactingFilter`. A filter on the *handler* sees every record that reaches it, whatever
+`RedactingFilter`. Every command sets logging up through it (the CLI's group does, before any
+command runs; `run` sets it up again with the configuration's level and format, keeping the
+same filter and what it knows), so no command logs around the redaction. A command that loads
+a configuration tells the filter its secrets at once (:func:`redact_config_secrets`), and one
+that builds an API client adds the client's redactor, which knows the tokens it was issued. A filter on the *handler* sees every record that reaches it, whatever
 logger it came from (ours, paramiko, urllib3 ...), so there is one place where secrets are
 removed: known values (the resolved API code, SFTP passphrases and passwords, anything a
 registered redactor such as `RopoClient.redact` knows, e.g. the tokens it was issued), and
@@ -24,8 +28,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
+
+if TYPE_CHECKING:
+    from batch.config.service import ServiceConfig
 
 REDACTED = "***"
 CUT_MARK = "..."
@@ -155,14 +162,23 @@ def make_formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | None = None) -> RedactingFilter:
-    """Route every log record through one handler with the redacting filter; returns the filter."""
+_installed: RedactingFilter | None = None  # the filter of the process's log handler
+
+
+def setup_logging(level: str | int = "INFO", fmt: str = "plain", stream: IO[str] | None = None) -> RedactingFilter:
+    """Route every log record through one handler with the redacting filter; returns the filter.
+
+    Called again (e.g. with the configuration's level and format), it replaces its handler
+    but keeps the filter, so the secrets it learnt meanwhile stay redacted. Handlers it did
+    not install (a test runner's log capture) are left alone."""
+    global _installed
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
+        if _installed is not None and _installed in handler.filters:
+            root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(make_formatter(fmt))
-    redactor = RedactingFilter()
+    redactor = _installed = _installed or RedactingFilter()
     handler.addFilter(redactor)
     root.addHandler(handler)
     root.setLevel(level)
@@ -171,6 +187,42 @@ def setup_logging(level: str = "INFO", fmt: str = "plain", stream: IO[str] | Non
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     threading.excepthook = log_thread_exception
     return redactor
+
+
+def installed_filter() -> RedactingFilter:
+    """The filter of the handler `setup_logging` installed (a new, unattached one before that)."""
+    global _installed
+    if _installed is None:
+        _installed = RedactingFilter()
+    return _installed
+
+
+def redact_config_secrets(config: ServiceConfig) -> None:
+    """From now on, logging removes the configuration's secrets: the API code (or fixed token)
+    and every feed's SFTP password and key passphrase, resolved from the environment or their
+    files. A secret that cannot be resolved is skipped: the command that needs it says so."""
+    from batch.config.secrets import SecretResolutionError
+
+    redactor = installed_filter()
+    try:
+        redactor.add_secrets(config.api.credentials().secrets())
+    except SecretResolutionError:
+        pass
+    for feed in config.feeds:
+        for resolve in (feed.resolved_key_passphrase, feed.resolved_password):
+            try:
+                secret = resolve()
+            except SecretResolutionError:
+                continue
+            if secret is not None:
+                redactor.add_secret(secret.get_secret_value())
+
+
+def print_redacted_traceback(stream: IO[str] | None = None) -> None:
+    """The exception being handled, as a traceback, redacted like every log record (--debug)."""
+    import traceback
+
+    (stream or sys.stderr).write(installed_filter().redact(traceback.format_exc()))
 
 
 _threads_log = logging.getLogger("batch.threads")

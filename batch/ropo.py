@@ -34,7 +34,6 @@ import logging
 import os
 import ssl
 import threading
-import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
+from batch.clock import SYSTEM_CLOCK, Clock
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
 from batch.errors import AccessRefused, TransientError
 from batch.jsonenc import event_bytes
@@ -154,6 +154,7 @@ class RopoClient:
     ``pool_size`` should be at least the number of threads that send at once.
     ``transient_statuses``: statuses retried by the caller (5xx always are transient).
     ``env``: where ``${ENV_VAR}`` secret references are looked up (default os.environ).
+    ``clock``: what token expiry is measured with (tests pass one they move on by hand).
     """
 
     def __init__(
@@ -163,8 +164,10 @@ class RopoClient:
         pool_size: int = 8,
         transient_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
         env: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self._credentials: Credentials = settings.credentials(env)
         self._transient = frozenset(transient_statuses)
         self._origin = settings.origin
@@ -175,7 +178,7 @@ class RopoClient:
         self._session = self._make_session(pool_size)
         self._token_lock = threading.Lock()
         self._token: str | None = None
-        self._token_renew_at = 0.0  # time.monotonic() after which the token is renewed
+        self._token_renew_at = 0.0  # clock.monotonic() after which the token is renewed
         self._secrets_lock = threading.Lock()
         self._static_secrets = tuple(self._credentials.secrets())
         self._recent_tokens: deque[str] = deque(maxlen=8)  # fetched tokens, for redaction
@@ -248,13 +251,13 @@ class RopoClient:
             if self._credentials.token is not None:
                 return self._token  # type: ignore[return-value]
             current = self._token
-            valid = current is not None and time.monotonic() < self._token_renew_at
+            valid = current is not None and self._clock.monotonic() < self._token_renew_at
             # A 401 with ``stale`` renews only if no other thread has renewed meanwhile.
             if valid and not force and current != stale:
                 return current  # type: ignore[return-value]
             token, lifetime = self._fetch_token()
             self._token = token
-            self._token_renew_at = time.monotonic() + max(
+            self._token_renew_at = self._clock.monotonic() + max(
                 0.0, lifetime - self.settings.token_renew_margin
             )
             return token
@@ -293,7 +296,7 @@ class RopoClient:
         lifetime = self.settings.token_lifetime
         exp = jwt_expiry(token)
         if exp is not None:
-            lifetime = min(lifetime, exp - time.time())
+            lifetime = min(lifetime, exp - self._clock.wall())
         log.debug("token received, renewing in %.0f s", lifetime - self.settings.token_renew_margin)
         return token, lifetime
 

@@ -8,7 +8,7 @@ loopback, which is the default):
 
 - ``GET  /_sandbox/state``     counts: accepted, duplicates, arrivals, tokens issued
 - ``GET  /_sandbox/accepted``  accepted events, in acceptance order
-- ``GET  /_sandbox/arrivals``  every event POST: seq, id, usageplacecode, status
+- ``GET  /_sandbox/arrivals``  every event POST: seq, id, usageplacecode, status, connection
 - ``GET  /_sandbox/faults``    the current faults
 - ``POST /_sandbox/faults``    replace the faults (JSON object of :class:`Faults` fields)
 - ``POST /_sandbox/reset``     forget events, arrivals, tokens and faults
@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import random
@@ -39,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from batch.clock import SYSTEM_CLOCK, Clock
 from batch.contract import component_schema
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,15 @@ DROP = "drop"              # close the connection without an answer; the event i
 DROP_AFTER = "drop_after"  # keep the event, then close without an answer (a lost reply)
 SLOW = "slow"              # wait slow_ms, then answer normally (beyond a client's timeout)
 NORMAL = "ok"              # answer normally
+GARBAGE = "garbage"        # answer 200 (201 for a token) with a body that is not JSON
+ECHO = "echo"              # answer 500 (400 for a token) echoing the request's body and Authorization
 
 
 @dataclass
 class Faults:
     """What goes wrong, and how often. Script entries are consumed one per event POST."""
 
-    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL
+    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL/GARBAGE/ECHO
     token_script: list[int | str] = field(default_factory=list)  # the same, for POST /token
     error_rate: float = 0.0        # share of event POSTs answered with error_status
     error_status: int = 503
@@ -85,6 +89,7 @@ class Faults:
     # again on the same port with everything it had accepted (see Sandbox.go_down / come_back).
     down_at_arrival: int | None = None
     down_seconds: float = 15.0
+    revoke_at_arrivals: list[int] = field(default_factory=list)  # revoke every token before these (1-based)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Faults:
@@ -105,6 +110,7 @@ class Arrival:
     status: int | None = None
     started: float = 0.0   # time.monotonic() at arrival
     finished: float = 0.0  # time.monotonic() when answered (or dropped)
+    connection: int = 0    # the TCP connection it came on, numbered from 1 (so: which client process sent it)
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,17 @@ def _problem(status: int, title: str, detail: str | None = None,
              headers: dict[str, str] | None = None) -> _Reply:
     payload = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return _Reply(status, payload, PROBLEM_JSON, headers)
+
+
+def _garbage(status: int) -> _Reply:
+    """A success status with a body no client can parse (a proxy's page, a truncated answer)."""
+    return _Reply(status, b'<html><body>\x00\xff{"token": ', "application/json")
+
+
+def _echo(status: int, body: bytes, authorization: str | None) -> _Reply:
+    """An error that repeats the request, secrets and all: a careless server's debug page."""
+    text = f"request failed: Authorization: {authorization} body: {body.decode(errors='replace')}"
+    return _Reply(status, text, "text/plain")
 
 
 # ---- body validation --------------------------------------------------------------------
@@ -210,18 +227,20 @@ def _b64(data: bytes) -> str:
 class _TokenIssuer:
     """JWT-shaped tokens (HS256 over a random key) with an expiry, remembered until reset."""
 
-    def __init__(self, ttl: float, exp_claim: bool) -> None:
+    def __init__(self, ttl: float, exp_claim: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         self.ttl = ttl
         self.exp_claim = exp_claim
+        self._clock = clock
         self._key = secrets.token_bytes(32)
-        self._expiry: dict[str, float] = {}  # token -> time.time() expiry
+        self._expiry: dict[str, float] = {}  # token -> clock.wall() expiry
+        self._issued: list[str] = []  # every token ever issued, revoked or not (for leak checks)
         self._lock = threading.Lock()
         self._counter = 0
 
     def issue(self, cid: str) -> str:
         with self._lock:
             self._counter += 1
-            now = time.time()
+            now = self._clock.wall()
             claims: dict[str, Any] = {"sub": cid, "iat": int(now), "jti": self._counter}
             if self.exp_claim:
                 claims["exp"] = round(now + self.ttl, 3)
@@ -230,12 +249,13 @@ class _TokenIssuer:
             sig = _b64(hmac.new(self._key, f"{head}.{body}".encode(), hashlib.sha256).digest())
             token = f"{head}.{body}.{sig}"
             self._expiry[token] = now + self.ttl
+            self._issued.append(token)
             return token
 
     def valid(self, token: str) -> bool:
         with self._lock:
             expiry = self._expiry.get(token)
-        return expiry is not None and time.time() < expiry
+        return expiry is not None and self._clock.wall() < expiry
 
     def revoke_all(self) -> None:
         with self._lock:
@@ -243,7 +263,7 @@ class _TokenIssuer:
 
     def issued(self) -> list[str]:
         with self._lock:
-            return list(self._expiry)
+            return list(self._issued)
 
     @property
     def count(self) -> int:
@@ -260,6 +280,7 @@ class Sandbox:
     so a client cannot foresee expiry and must rely on the 401. ``strict`` refuses event
     properties the contract does not name. ``request_hook`` is called with every API
     request (not ``/_sandbox/``) before it is handled, in the handler's thread.
+    ``clock``: what token lifetimes are measured with (tests move a shared one on by hand).
     """
 
     def __init__(
@@ -276,13 +297,14 @@ class Sandbox:
         request_hook: RequestHook | None = None,
         faults: Faults | None = None,
         tls: ssl.SSLContext | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.cid = cid
         self.apicode = apicode
         self.strict = strict
         self.request_hook = request_hook
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self._tokens = _TokenIssuer(token_ttl, token_exp_claim)
+        self._tokens = _TokenIssuer(token_ttl, token_exp_claim, clock)
         self._check_event = compile_schema(component_schema("UsageplaceEvent"), strict)
         self._lock = threading.Lock()
         self._faults = faults or Faults()
@@ -411,7 +433,7 @@ class Sandbox:
         return self._tokens.count
 
     def issued_tokens(self) -> list[str]:
-        """Every token issued since the last reset (for tests that look for leaks)."""
+        """Every token ever issued, revoked and reset ones too (for tests that look for leaks)."""
         return self._tokens.issued()
 
     @property
@@ -459,6 +481,10 @@ class Sandbox:
             action = self._next(self._token_script)
         if action == DROP:
             return DROP
+        if action == GARBAGE:
+            return _garbage(201)
+        if action == ECHO:
+            return _echo(400, body, None)
         if isinstance(action, int) and action != 201:
             return self._fault_reply(action)
         try:
@@ -475,7 +501,8 @@ class Sandbox:
 
     def handle_event(self, handler: _Handler, body: bytes) -> _Reply | str:
         """The reply for an event POST, or DROP to close without one."""
-        arrival = Arrival(seq=0, id=None, usageplacecode=None, started=time.monotonic())
+        arrival = Arrival(seq=0, id=None, usageplacecode=None, started=time.monotonic(),
+                          connection=handler.connection_number)
         event = _peek_event(body)
         if event is not None:
             arrival.id = _str_or_none(event.get("id"))
@@ -485,6 +512,8 @@ class Sandbox:
             self._arrivals.append(arrival)
             faults = self._faults
             action = self._next(self._script)
+            if arrival.seq in faults.revoke_at_arrivals:
+                self._tokens.revoke_all()  # as if every token had expired just now
         if faults.down_at_arrival is not None and arrival.seq == faults.down_at_arrival:
             threading.Thread(target=self._outage, args=(faults.down_seconds,), daemon=True,
                              name="sandbox-outage").start()
@@ -508,6 +537,10 @@ class Sandbox:
         if action == DROP or (action is None and faults.drop_rate
                               and self._random.random() < faults.drop_rate):
             return DROP
+        if action == GARBAGE:
+            return _garbage(200)
+        if action == ECHO:
+            return _echo(500, body, handler.headers.get("Authorization"))
         if isinstance(action, int):
             return self._fault_reply(action)
         if action is None and faults.error_rate and self._random.random() < faults.error_rate:
@@ -622,6 +655,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self.connections_accepted = itertools.count(1)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, handler)
@@ -658,6 +692,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()  # a refused handshake ends here, quietly (handle_error)
         super().setup()
+        self.connection_number = next(self.server.connections_accepted)
         self.server.track(self.connection, True)
 
     def finish(self) -> None:
@@ -733,6 +768,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, reply: _Reply) -> None:
         if reply.payload is None:
             data = b""
+        elif isinstance(reply.payload, bytes):  # sent as is, whatever the content type says
+            data = reply.payload
         elif isinstance(reply.payload, str) and not reply.content_type.endswith("json"):
             data = reply.payload.encode("utf-8")
         else:

@@ -4,7 +4,9 @@ import os
 from pathlib import Path
 
 pytest_plugins = [
+    "tests.fixtures_clock",
     "tests.fixtures_http",
+    "tests.fixtures_pipeline",
     "tests.fixtures_sftp",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -153,3 +154,23 @@ def sftp_settings(sshd: Sshd, remote_inbox: Path) -> Callable[..., InboxSettings
         return InboxSettings(**fields)
 
     return make
+
+
+PASSWORD_USER = "upb-sftp-test"  # a system account for password logins only (no shell, no home)
+
+
+@pytest.fixture
+def password_account() -> Iterator[tuple[str, str]]:
+    """A local account with a fresh random password, for sshd's password authentication."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a local account for password logins needs root")
+    exists = subprocess.run(["id", PASSWORD_USER], capture_output=True).returncode == 0
+    if not exists:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", PASSWORD_USER], check=True, capture_output=True)
+    password = hashlib.sha256(os.urandom(16)).hexdigest()[:20]
+    subprocess.run(["chpasswd"], input=f"{PASSWORD_USER}:{password}\n", text=True, check=True, capture_output=True)
+    try:
+        yield PASSWORD_USER, password
+    finally:
+        subprocess.run(["passwd", "--lock", PASSWORD_USER], capture_output=True)  # no login left behind

@@ -21,7 +21,8 @@ from batch.delivery import (
     deliver,
 )
 from batch.ropo import RopoClient
-from batch.sandbox import DROP, DROP_AFTER, SLOW, Sandbox
+from batch.sandbox import DROP, DROP_AFTER, SLOW, Arrival, Sandbox
+from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import settings_for
 
 MakeClient = Callable[..., RopoClient]
@@ -155,10 +156,8 @@ def test_rejection_does_not_block_the_place(sandbox: Sandbox, make_client: MakeC
 def test_deadline_fails_the_rest(sandbox: Sandbox, make_client: MakeClient) -> None:
     sandbox.set_faults(latency_ms=200)
     recorder = Recorder()
-    started = time.monotonic()
     report = run([event(f"e{n}", "P") for n in range(10)], make_client(), recorder,
                  deadline_seconds=0.5)
-    assert time.monotonic() - started < 1.5
     outcomes = recorder.by_key()
     states = [outcomes[f"e{n}"].state for n in range(10)]
     assert states[:2] == [State.ACCEPTED, State.ACCEPTED]
@@ -174,7 +173,7 @@ def test_retry_beyond_the_deadline_fails_at_once(sandbox: Sandbox,
     started = time.monotonic()
     run([event("e1", "P")], make_client(), recorder, backoff_base=5, backoff_cap=5,
         deadline_seconds=1)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 4  # it did not sit out the 5 s backoff first
     outcome = recorder.by_key()["e1"]
     assert outcome.state is State.FAILED and outcome.attempts == 1
     assert outcome.message.startswith("file deadline reached after 1 attempts")
@@ -205,14 +204,16 @@ def test_stop_finishes_in_flight_and_leaves_the_rest_pending(
     assert all(outcomes[k].message == "not sent: delivery stopped" for k in pending)
 
 
-def test_rate_limit(sandbox: Sandbox, make_client: MakeClient) -> None:
+def test_rate_limit(sandbox: Sandbox, make_client: MakeClient, fake_clock: FakeClock) -> None:
+    # The limiter's clock is a test clock: it paces without sleeping, however busy the machine.
     recorder = Recorder()
-    report = run([event(f"e{n}", f"P{n}") for n in range(20)], make_client(), recorder,
-                 max_in_flight=8, rate_limit=40)
+    report = deliver([event(f"e{n}", f"P{n}") for n in range(20)], make_client(),
+                     DeliverySettings(**FAST, max_in_flight=8, rate_limit=40), recorder,
+                     clock=fake_clock.clock)
     assert report.counts[State.ACCEPTED] == 20
-    starts = sorted(a.started for a in sandbox.arrivals)
-    assert starts[-1] - starts[0] >= 19 / 40 * 0.9
-    assert report.elapsed < 1.5
+    # 20 sends at 40/s with a burst of 1: the senders had to wait 19/40 s at least, in turn
+    assert fake_clock.monotonic() >= 19 / 40 - 1e-9
+    assert len(fake_clock.sleeps) >= 19 - 1  # nearly every send waited for its turn
 
 
 def test_auth_failure_leaves_everything_pending(sandbox: Sandbox,
@@ -253,20 +254,31 @@ def test_events_without_place_run_concurrently(sandbox: Sandbox,
     report = run([event(f"e{n}", None) for n in range(8)], make_client(pool_size=8), recorder,
                  max_in_flight=8)
     assert report.counts[State.ACCEPTED] == 8
-    assert report.elapsed < 0.6  # one round trip, not eight
+    assert max_overlap(sandbox.arrivals) > 1  # not one after the other
 
 
-def test_throughput_with_latency(sandbox: Sandbox, make_client: MakeClient) -> None:
+def test_events_of_different_places_are_sent_concurrently(sandbox: Sandbox,
+                                                          make_client: MakeClient) -> None:
+    # Functional only: how fast is bench/bench_delivery.py's business (speed flakes on a busy machine).
     sandbox.set_faults(latency_ms=50)
     client = make_client(pool_size=16)
     client.authenticate()
     recorder = Recorder()
-    report = run([event(f"e{n}", f"P{n}") for n in range(160)], client, recorder,
+    report = run([event(f"e{n}", f"P{n}") for n in range(48)], client, recorder,
                  max_in_flight=16)
-    ideal = 16 / 0.050
-    assert report.counts[State.ACCEPTED] == 160
-    # Lenient (a shared 2-core machine, contract check in the server); serial would be 6%.
-    assert 160 / report.elapsed >= 0.6 * ideal
+    assert report.counts[State.ACCEPTED] == 48
+    assert 1 < max_overlap(sandbox.arrivals) <= 16
+
+
+def max_overlap(arrivals: Iterable[Arrival]) -> int:
+    """The most requests the server was answering at one moment."""
+    marks = sorted([(a.started, 1) for a in arrivals] + [(a.finished, -1) for a in arrivals],
+                   key=lambda mark: (mark[0], mark[1]))  # an end before a start at the same instant
+    most = current = 0
+    for _, step in marks:
+        current += step
+        most = max(most, current)
+    return most
 
 
 def test_on_result_failure_propagates(sandbox: Sandbox, make_client: MakeClient) -> None:
@@ -312,12 +324,15 @@ def test_backoff_delay() -> None:
     assert all(1.0 <= d <= 2.0 for d in delays) and len(set(delays)) > 10
 
 
-def test_token_bucket_rate() -> None:
-    bucket = TokenBucket(rate=100, burst=1)
-    started = time.monotonic()
+def test_token_bucket_rate(fake_clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=100, burst=1, clock=fake_clock.clock)
     for _ in range(21):
         assert bucket.acquire()
-    assert 0.18 <= time.monotonic() - started < 0.5
+    assert fake_clock.monotonic() == pytest.approx(0.2)  # the first is free, then 1/100 s each
+    assert fake_clock.sleeps == [pytest.approx(0.01)] * 20
+    fake_clock.advance(1.0)
+    burst = TokenBucket(rate=10, burst=3, clock=fake_clock.clock)
+    assert all(burst.acquire() for _ in range(3)) and len(fake_clock.sleeps) == 20  # a burst waits not
     stop = threading.Event()
     stop.set()
     slow = TokenBucket(rate=1, burst=1)

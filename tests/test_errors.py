@@ -38,7 +38,7 @@ from batch.readers import FileError
 from batch.ropo import AuthError
 from batch.sandbox import Sandbox
 from tests.fixtures_http import APICODE_ENV
-from tests.test_pipeline import Workspace, make_rows, write_feed, write_workspace
+from tests.fixtures_pipeline import Workspace, make_rows, write_feed, write_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = (InboxError, JournalError)

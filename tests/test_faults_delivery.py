@@ -27,11 +27,15 @@ from batch.pipeline import FileOutcome
 from batch.ropo import RopoClient
 from batch.sandbox import Faults, Sandbox
 from tests.fixtures_http import APICODE_ENV, settings_for
+from tests.fixtures_pipeline import (
+    Workspace,
+    journal_events,
+    make_rows,
+    read_receipt,
+    write_feed,
+)
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import ServiceThread, export, ids, receipt, write_config
-from tests.test_pipeline import (  # noqa: F401 - fixtures
-    Workspace, journal_events, make_rows, process_file, read_receipt, runtimes, workspace_for, write_feed,
-)
 
 EVENT = {"usageplacecode": "643007572062443672", "time": "2024-01-04 10:41:40", "status": "disconnected"}
 
@@ -42,6 +46,7 @@ def events(count: int, places: int = 20) -> list[Outgoing]:
             for n in range(count)]
 
 
+@pytest.mark.slow
 def test_F6_sandbox_down_mid_file_holds_delivery_and_every_event_is_accepted(
         make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
         process_file: Callable[..., FileOutcome]) -> None:

@@ -98,6 +98,7 @@ def test_F10_second_sigterm_during_shutdown_exits_0(tmp_path: Path, sandbox, api
 # --------------------------------------------------------------------------- F1 / D7
 
 
+@pytest.mark.slow
 def test_F1_file_failing_during_resume_is_retried(tmp_path: Path, sandbox, apicode_env) -> None:
     """SIGTERM mid-file; restart while the token endpoint answers 400; clear the fault after
     "cannot deliver": the file resumes within the promised time, before any newer file."""
@@ -149,6 +150,7 @@ def _fail_recording_after(monkeypatch: pytest.MonkeyPatch, records: int) -> None
     monkeypatch.setattr(pipeline, "mapped_file", failing)
 
 
+@pytest.mark.slow
 def test_D7_D14_file_that_keeps_failing_goes_to_error_with_receipt_across_restarts(
         tmp_path: Path, sandbox, apicode_env, monkeypatch: pytest.MonkeyPatch) -> None:
     _fail_recording_after(monkeypatch, 5200)  # after the first batch of 5,000 was journaled
@@ -323,6 +325,7 @@ def ext4_remount_ro(path: Path, image: Path) -> Iterator[dict[str, object]]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_F2_read_only_journal_pauses_the_feed_and_resumes(tmp_path: Path, sandbox, apicode_env) -> None:
     sandbox.set_faults(latency_ms=2)
     inbox = tmp_path / "inbox"
@@ -368,6 +371,7 @@ def sftp_feed(tmp_path: Path, sshd, remote_inbox: Path, sandbox, apicode_env):
     return write
 
 
+@pytest.mark.slow
 def test_F3_staging_too_small_pauses_names_the_path_and_keeps_nothing(
         tmp_path: Path, dropper, remote_inbox: Path, sftp_feed, sandbox) -> None:
     config = sftp_feed()
@@ -413,6 +417,7 @@ def test_F5_sftp_outbox_that_refuses_the_receipt_does_not_hold_the_next_files(
     assert not sandbox.duplicates
 
 
+@pytest.mark.slow
 def test_F3_journal_disk_filling_mid_run_pauses_and_resumes(tmp_path: Path, sandbox, apicode_env) -> None:
     sandbox.set_faults(latency_ms=2)
     inbox = tmp_path / "inbox"

@@ -143,6 +143,7 @@ def test_D5_duplicate_and_merge_keys_in_the_service_file_are_problems_at_their_l
     ]
 
 
+@pytest.mark.slow
 def test_D5_hot_reload_of_a_mapping_with_a_custom_tag_never_stops_the_service(tmp_path: Path, sandbox) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -24,8 +24,12 @@ from batch.logs import RedactingFilter, redact_and_cut, redact_text
 from batch.pipeline import FileOutcome
 from batch.ropo import AuthError, OffOriginRequest, RopoClient, SendKind, endpoint_urls
 from tests.fixtures_http import APICODE_ENV
-from tests.test_pipeline import (  # noqa: F401 - fixtures
-    journal_events, make_rows, process_file, read_receipt, runtimes, write_feed, write_workspace,
+from tests.fixtures_pipeline import (
+    journal_events,
+    make_rows,
+    read_receipt,
+    write_feed,
+    write_workspace,
 )
 
 APICODE = "hostile-test-apicode-0123456789"

@@ -36,7 +36,6 @@ def name_bytes(name: str) -> int:
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
-from tests.test_inbox_sftp import password_account  # noqa: F401 - a fixture
 
 
 @pytest.fixture

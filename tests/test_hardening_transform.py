@@ -85,6 +85,7 @@ print(json.dumps({"counts": counts, "peak_mb": peak_kb / 1024}))
 """
 
 
+@pytest.mark.slow
 def test_D1_xml_memory_stays_bounded_whatever_surrounds_the_records(tmp_path):
     paths = []
     for name, text in _junk_documents().items():
@@ -206,6 +207,11 @@ fields:
 """
 
 
+# Backtracking would take minutes here; linear matching takes microseconds. The bound sits far
+# from both, so a busy machine cannot fail it (speed itself is measured in bench/bench_hostile.py).
+LINEAR_BOUND = 5.0
+
+
 def _timed(fn):
     import time
 
@@ -218,7 +224,7 @@ def _timed(fn):
 def test_D4_a_catastrophic_pattern_costs_a_record_microseconds(value):
     data = f"id,place,time,status\n1,{value},2024-02-05 06:30:00,D\n2,aaa,2024-02-05 06:30:00,D\n".encode()
     records, seconds = _timed(lambda: mapped(CSV_MAPPING % "(a+)+$", data))
-    assert seconds < 0.5
+    assert seconds < LINEAR_BOUND
     assert [r.ok for r in records] == [False, True]
     assert records[0].errors[0].message == "does not match the pattern '(a+)+$'"
 
@@ -251,7 +257,7 @@ def test_D4_a_time_format_with_a_run_of_blanks_does_not_backtrack():
     )
     data = f"id,place,time,status\n1,643007572062440001,5.2.2024{' ' * 60}x,D\n".encode()
     records, seconds = _timed(lambda: mapped(mapping, data))
-    assert seconds < 0.5
+    assert seconds < LINEAR_BOUND
     assert not records[0].ok
 
 
@@ -259,7 +265,7 @@ def test_D4_a_record_path_with_many_descendant_steps_stays_linear():
     data = ("<r>" + "<a>" * 250 + '<b id="1"/>' + "</a>" * 250 + "</r>").encode()
     opts = XmlOptions(record_path="//a//a//a//a//c//b")  # with backtracking: minutes
     rows, seconds = _timed(lambda: list(read_xml(io.BytesIO(data), opts, XmlPlan(texts=["@id"]))))
-    assert seconds < 0.5
+    assert seconds < LINEAR_BOUND
     assert rows == []
     opts = XmlOptions(record_path="/r//a//a//a//b")
     assert [chunk.rows for chunk in read_xml(io.BytesIO(data), opts, XmlPlan(texts=["@id"]))] == [[["1"]]]

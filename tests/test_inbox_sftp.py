@@ -360,26 +360,6 @@ def test_resume_and_error_folder(make: Callable[..., SftpInbox], remote_inbox: P
 
 # ---------------------------------------------------------------- password login
 
-PASSWORD_USER = "upb-sftp-test"  # a system account for password logins only (no shell, no home)
-
-
-@pytest.fixture
-def password_account() -> Iterator[tuple[str, str]]:
-    """A local account with a fresh random password, for sshd's password authentication."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a local account for password logins needs root")
-    exists = subprocess.run(["id", PASSWORD_USER], capture_output=True).returncode == 0
-    if not exists:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", PASSWORD_USER], check=True, capture_output=True)
-    password = hashlib.sha256(os.urandom(16)).hexdigest()[:20]
-    subprocess.run(["chpasswd"], input=f"{PASSWORD_USER}:{password}\n", text=True, check=True, capture_output=True)
-    try:
-        yield PASSWORD_USER, password
-    finally:
-        subprocess.run(["passwd", "--lock", PASSWORD_USER], capture_output=True)  # no login left behind
-
-
 def test_password_login_from_env(password_account: tuple[str, str], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch, inboxes: list[SftpInbox]) -> None:
     import pwd

@@ -17,13 +17,12 @@ import pytest
 from batch.cli import run
 from batch.sandbox import Faults, Sandbox
 from tests.fixtures_http import APICODE_ENV
-from tests.test_pipeline import (
+from tests.fixtures_pipeline import (
     COLUMNS,
     Workspace,
     journal_events,
     make_rows,
     read_receipt,
-    workspace_for,  # noqa: F401 - a fixture
     write_feed,
 )
 

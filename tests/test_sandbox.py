@@ -14,7 +14,8 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
-from batch.sandbox import DROP, DROP_AFTER, Faults, Sandbox, iter_jsonl
+from batch.sandbox import DROP, DROP_AFTER, ECHO, GARBAGE, Faults, Sandbox, iter_jsonl
+from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import ContractCheck
 
 EVENT = {"id": "e1", "usageplacecode": "643007572062443672", "customernumber": "A123456",
@@ -80,11 +81,13 @@ def test_event_needs_a_valid_bearer(raw_sandbox: Sandbox, authorization: str | N
     assert raw_sandbox.accepted == []
 
 
-def test_token_expires() -> None:
-    with Sandbox(token_ttl=0.3) as sb:
+def test_token_expires(fake_clock: FakeClock) -> None:
+    with Sandbox(token_ttl=300, clock=fake_clock.clock) as sb:
         token = token_for(sb)
         assert post_event(sb, EVENT, token).status_code == 200
-        time.sleep(0.4)
+        fake_clock.advance(299)
+        assert post_event(sb, {**EVENT, "id": "e1"}, token).status_code == 200
+        fake_clock.advance(1)
         assert post_event(sb, {**EVENT, "id": "e2"}, token).status_code == 401
 
 
@@ -301,3 +304,34 @@ def test_serve_runs_until_sigterm(tmp_path) -> None:
 def test_faults_from_json_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="unknown fault settings"):
         Faults.from_json({"latency": 5})
+
+
+def test_garbage_answers_a_success_status_with_a_body_that_is_not_json(raw_sandbox: Sandbox) -> None:
+    raw_sandbox.set_faults(script=[GARBAGE], token_script=[GARBAGE])
+    token_reply = requests.post(f"{raw_sandbox.base_url}/token",
+                                json={"cid": raw_sandbox.cid, "apicode": raw_sandbox.apicode}, timeout=5)
+    assert token_reply.status_code == 201 and token_reply.content == b'<html><body>\x00\xff{"token": '
+    event_reply = post_event(raw_sandbox, EVENT, token_for(raw_sandbox))
+    assert event_reply.status_code == 200 and event_reply.headers["Content-Type"] == "application/json"
+    with pytest.raises(ValueError):
+        event_reply.json()
+    assert raw_sandbox.accepted == []
+
+
+def test_echo_repeats_the_request_secrets_and_all(raw_sandbox: Sandbox) -> None:
+    raw_sandbox.set_faults(script=[ECHO], token_script=[ECHO])
+    token_reply = requests.post(f"{raw_sandbox.base_url}/token",
+                                json={"cid": raw_sandbox.cid, "apicode": raw_sandbox.apicode}, timeout=5)
+    assert token_reply.status_code == 400 and raw_sandbox.apicode in token_reply.text
+    token = token_for(raw_sandbox)
+    event_reply = post_event(raw_sandbox, EVENT, token)
+    assert event_reply.status_code == 500
+    assert event_reply.text.startswith(f"request failed: Authorization: Bearer {token} body: {{")
+
+
+def test_revoke_at_arrivals_expires_every_token_before_that_event(raw_sandbox: Sandbox) -> None:
+    raw_sandbox.set_faults(revoke_at_arrivals=[2])
+    token = token_for(raw_sandbox)
+    assert post_event(raw_sandbox, EVENT, token).status_code == 200
+    assert post_event(raw_sandbox, {**EVENT, "id": "e2"}, token).status_code == 401
+    assert post_event(raw_sandbox, {**EVENT, "id": "e2"}, token_for(raw_sandbox)).status_code == 200

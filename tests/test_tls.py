@@ -23,7 +23,7 @@ from batch.delivery import DeliverySettings, Outgoing, State, deliver
 from batch.ropo import AuthError, RopoClient, SendKind
 from batch.sandbox import Sandbox, tls_context
 from tests.fixtures_http import APICODE_ENV, settings_for
-from tests.test_pipeline import Workspace, make_rows, workspace_for, write_feed  # noqa: F401 - a fixture
+from tests.fixtures_pipeline import Workspace, make_rows, write_feed
 
 TOKEN_ENV = "ROPO_TEST_TOKEN"
 EVENT = {"id": "tls-1", "usageplacecode": "643007572062443672", "time": "2024-01-04 10:41:40",
