@@ -12,13 +12,13 @@ import signal
 import stat
 import sys
 import traceback
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 import click
 
 from batch import __version__
+from batch.logs import escape_unprintable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 
@@ -70,18 +70,9 @@ def terminal_safe(text: object, keep_newlines: bool = False) -> str:
     """`text` with every character a terminal could act on written as an escape ('\\x1b', '\\x9b',
     '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format characters such as
     bidi overrides. Record values and file names come from uploaders; an ESC in them must not
-    clear the administrator's screen or retitle the window. The one place that decides this."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(_safe_char(char, keep_newlines) for char in text)
-
-
-def _safe_char(char: str, keep_newlines: bool) -> str:
-    if (char == "\n" and keep_newlines) or char.isprintable() or unicodedata.category(char) == "Zs":
-        return char  # Zs: no-break and other spaces are harmless
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    clear the administrator's screen or retitle the window. The rule is the log lines' one
+    (:func:`batch.logs.escape_unprintable`)."""
+    return escape_unprintable(str(text), "\n" if keep_newlines else "")
 
 
 def terminal_json(document: Any) -> str:

@@ -23,6 +23,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 from urllib.parse import quote, quote_plus
@@ -67,12 +68,33 @@ def redact_and_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
     text = redact_text(text, secrets)
     return text if len(text) <= limit else text[:limit] + CUT_MARK
 
+def escape_unprintable(text: str, keep: str = "") -> str:
+    """`text` with every character a terminal could act on written as an escape ('\\x1b',
+    '\\x9b', '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format
+    characters such as bidi overrides, except those in `keep`. File names, record values and
+    server texts come from others; they reach terminals through logs and commands alike."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(char, keep) for char in text)
+
+
+def _escaped(char: str, keep: str) -> str:
+    if char in keep or char.isprintable() or unicodedata.category(char) == "Zs":
+        return char  # Zs: no-break and other spaces are harmless
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+# What a log line may keep of its own layout: multi-line messages (configuration problems) and
+# tracebacks. A file name cannot bring a line break in (inbox names with C0 are refused).
+_LOG_LAYOUT = "\n\t"
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces secrets in every record; never drops a record."""
+    """Replaces secrets in every record, and escapes what a terminal would act on; never drops a record."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,7 +126,7 @@ class RedactingFilter(logging.Filter):
                 text = redactor(text)
             except Exception:  # noqa: BLE001 - a broken redactor must not lose the record
                 pass
-        return redact_text(text, values)
+        return escape_unprintable(redact_text(text, values), _LOG_LAYOUT)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

@@ -1,0 +1,44 @@
+"""The second attacker's findings (issue 7 / issue 8 neighbours), each under its class's name.
+
+Real service runs (`python -m batch run --once` in a subprocess) against the real sandbox where
+the defect shows end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from batch.sandbox import Sandbox
+from tests.fixtures_http import APICODE_ENV
+from tests.service_helpers import export, write_config
+
+
+def _run_once(config: Path, sandbox: Sandbox, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "batch", *extra, "run", "--config", str(config), "--once"],
+                          capture_output=True, timeout=120, env={**os.environ, APICODE_ENV: sandbox.apicode})
+
+
+def test_D20_log_lines_escape_c1_controls_and_bidi_in_file_names(tmp_path: Path, sandbox: Sandbox) -> None:
+    # C0 and DEL in a name are refused; C1 controls (U+009B is CSI), bidi overrides and line
+    # separators are not, and the log lines that name the file reach the operator's terminal.
+    names = ["c1\u009b31m.csv", "bidi\u202evsc.csv", "ls\u2028x.csv"]
+    for fmt in ("plain", "json"):
+        inbox = tmp_path / fmt / "inbox"
+        inbox.mkdir(parents=True)
+        for index, name in enumerate(names):
+            (inbox / name).write_bytes(export(f"{fmt}{index}", 2))
+        config = write_config(tmp_path / fmt, sandbox, [{"name": "c", "inbox": str(inbox)}],
+                              logging={"format": fmt})
+        done = _run_once(config, sandbox)
+        log = done.stderr.decode("utf-8")
+        assert done.returncode == 0, log
+        for raw in ("\u009b", "\u202e", "\u2028"):
+            assert raw not in log, log
+        for shown in ("c1\\x9b31m.csv", "bidi\\u202evsc.csv", "ls\\u2028x.csv"):
+            if fmt == "plain":
+                assert f"feed c: {shown}: done: 2 accepted" in log, log
+            else:  # JSON writes the escape's backslash as \\
+                assert shown.replace("\\", "\\\\") in log, log
