@@ -42,3 +42,23 @@ def test_D20_log_lines_escape_c1_controls_and_bidi_in_file_names(tmp_path: Path,
                 assert f"feed c: {shown}: done: 2 accepted" in log, log
             else:  # JSON writes the escape's backslash as \\
                 assert shown.replace("\\", "\\\\") in log, log
+
+
+def test_D8_a_config_problem_quotes_at_most_a_short_value() -> None:
+    from batch.config.mapping import load_mapping_text
+    from batch.config.yamlload import ConfigError
+
+    base = Path("config/mappings/utf8_iso.yaml").read_text()
+    huge = "A" * 1_000_000
+    for text in (base.replace("format: csv", f'format: "{huge}"'),                      # pydantic's (got ...)
+                 base.replace('delimiter: ","', f'delimiter: "{huge}"'),                # a model check's quote
+                 base.replace('formats: ["%Y-%m-%dT%H:%M:%S%z"]', f'formats: ["{huge}%Q"]')):
+        try:
+            load_mapping_text(text, "m.yaml")
+        except ConfigError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError("accepted")
+        assert message.startswith("m.yaml:") and "AAAA" in message
+        assert len(message) < 400, len(message)
+        assert message.endswith("...")

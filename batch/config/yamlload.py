@@ -43,7 +43,18 @@ class ConfigProblem:
             if self.column is not None:
                 where += f":{self.column}"
         key = f" {self.path}:" if self.path else ""
-        return f"{where}:{key} {self.message}"
+        return f"{where}:{key} {_bounded(self.message)}"
+
+
+# Characters of one line of a problem: pydantic and the model checks quote what was written
+# ("(got '...')", "format '...'", "unknown encoding '...'"), and a megabyte value must not
+# become a megabyte line in `validate`, the service log on every refused reload, or /healthz.
+PROBLEM_LINE_LIMIT = 300
+
+
+def _bounded(message: str) -> str:
+    return "\n".join(line if len(line) <= PROBLEM_LINE_LIMIT else line[:PROBLEM_LINE_LIMIT] + "..."
+                     for line in message.split("\n"))
 
 
 class ConfigError(Exception):
