@@ -34,7 +34,9 @@ CUT_MARK = "..."
 # "Authorization: Bearer abc.def" / "bearer abc" / "Basic dXNlcjpwYXNz" -> "Bearer ***"
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]+")
 # header.payload.signature, each base64url; a JWT header always starts with eyJ ('{"').
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# It starts where a base64url run starts, not inside one (\b would let "eyJ-eyJ-eyJ-..." start
+# at every eyJ and rescan the rest of the run each time: quadratic on a server's body).
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _SECRET_KEYS = r"apicode|api_?key|access_token|refresh_token|token|password|passwd|passphrase|secret"
 # apicode=abc&cid=1 (a form body or a query string, also URL-encoded: apicode%3Dabc)
 _KEY_VALUE = re.compile(rf"(?i)\b({_SECRET_KEYS})(=|%3D)(?:(?!%26)[^&\s\"'<>,;])+")

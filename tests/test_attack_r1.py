@@ -62,3 +62,20 @@ def test_D8_a_config_problem_quotes_at_most_a_short_value() -> None:
         assert message.startswith("m.yaml:") and "AAAA" in message
         assert len(message) < 400, len(message)
         assert message.endswith("...")
+
+
+def test_D4_credential_patterns_stay_linear_on_a_hostile_server_body() -> None:
+    # The log filter and every server message run the credential patterns over the whole text
+    # (redacted before it is cut). "eyJ-" repeated made the JWT pattern quadratic: 80 kB took
+    # 1.3 s, a 1 MB rejection body minutes per event, holding the GIL like the D4 pattern did.
+    import time
+
+    from batch.logs import redact_and_cut, redact_text
+
+    for body in ("eyJ-" * 250_000, "eyJ_" * 250_000, "x-eyJ" * 200_000, "-eyJabcdef." * 100_000):
+        started = time.perf_counter()
+        redact_and_cut(body, 300)
+        assert time.perf_counter() - started < 1.0, body[:20]
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    for text in (jwt, f"Bearer {jwt}", f'"{jwt}"', f"token {jwt}.", f"={jwt}&", f"({jwt})"):
+        assert "eyJhbGci" not in redact_text(text), text
