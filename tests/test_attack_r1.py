@@ -79,3 +79,65 @@ def test_D4_credential_patterns_stay_linear_on_a_hostile_server_body() -> None:
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     for text in (jwt, f"Bearer {jwt}", f'"{jwt}"', f"token {jwt}.", f"={jwt}&", f"({jwt})"):
         assert "eyJhbGci" not in redact_text(text), text
+
+
+def test_D8_an_endless_server_answer_is_read_only_to_a_bound(monkeypatch) -> None:
+    # A rejection whose body never ends (a hostile or broken server, a proxy's error page
+    # streaming a file): the whole body was read into memory and split, 300 MB took 57 s and
+    # 2 GB per event. Now 64 KB at most are read; the rest of the connection is dropped.
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from batch.config.api import ApiSettings
+    from batch.ropo import RopoClient, SendKind
+
+    sent: list[int] = []
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.endswith("/token"):
+                body = b'{"token": "endless-token-0001"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(400)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            total = 0
+            try:
+                while total < 1 << 30:
+                    self.wfile.write(b"apicode=endless-apicode-123 " * 4096)
+                    total += 28 * 4096
+            except OSError:
+                pass
+            sent.append(total)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(APICODE_ENV, "endless-apicode-123")
+    try:
+        client = RopoClient(ApiSettings(base_url=f"http://127.0.0.1:{server.server_address[1]}/rest", cid="1",
+                                        apicode="${" + APICODE_ENV + "}", read_timeout=5.0))
+        started = time.perf_counter()
+        result = client.send_event({"id": "e-1"})
+        again = client.send_event({"id": "e-2"})
+        assert time.perf_counter() - started < 5.0
+        assert result.kind is SendKind.REJECTED and result.status == 400
+        assert result.message.startswith("HTTP 400 Bad Request: apicode=*** apicode=***")
+        assert result.message.endswith("...") and len(result.message) < 400
+        assert "endless-apicode" not in result.message
+        assert again.kind is SendKind.REJECTED and again.message == result.message
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
