@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from batch import __version__
+from batch.fsutil import file_kind
 from batch.logs import escape_unprintable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
@@ -119,17 +120,7 @@ def _refuse_special(path: Path) -> None:
 
 
 def _not_regular(path: Path, mode: int) -> str:
-    return f"{path}: not a regular file ({_file_kind(mode)}); give the path of a file"
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a file"
+    return f"{path}: not a regular file ({file_kind(mode)}); give the path of a file"
 
 
 @click.group(cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -59,7 +59,7 @@ from typing import Any
 from batch.config.api import SecretResolutionError
 from batch.config.service import FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
-from batch.fsutil import display_name
+from batch.fsutil import display_name, read_regular_file
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
 from batch.journal import OUTCOMES, FileInProgress, FileRecord, Journal, JournalError, JournalUnavailable, this_process
@@ -154,7 +154,7 @@ class ConfigWatcher:
         for path in paths:
             try:
                 mtime = path.stat().st_mtime
-                prints[path] = (hashlib.sha256(path.read_bytes()).hexdigest(), mtime)
+                prints[path] = (hashlib.sha256(read_regular_file(path)).hexdigest(), mtime)
             except OSError:
                 prints[path] = None
         return prints

@@ -141,3 +141,51 @@ def test_D8_an_endless_server_answer_is_read_only_to_a_bound(monkeypatch) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_D22_a_mapping_or_secret_file_that_is_a_fifo_or_device_is_refused(tmp_path: Path, sandbox: Sandbox) -> None:
+    # D22 refused a FIFO given on the command line; the paths a configuration names were still
+    # opened blindly: validate-config blocked for ever on a FIFO mapping or apicode_file, and
+    # read /dev/zero as a mapping until memory ran out.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = [({"mapping": str(fifo)}, {}, f"{fifo}: cannot read: not a regular file (a FIFO); give the path of a file"),
+             ({"mapping": "/dev/zero"}, {},
+              "/dev/zero: cannot read: not a regular file (a character device); give the path of a file"),
+             ({}, {"apicode_file": str(fifo)},
+              f"api: apicode_file: cannot read {fifo}: not a regular file (a FIFO); give the path of a file")]
+    for index, (feed, api, expected) in enumerate(cases):
+        base = tmp_path / str(index)
+        config = write_config(base, sandbox, [{"name": "c", "inbox": str(base / "inbox"), **feed}])
+        if api:
+            text = config.read_text().replace("apicode: ${" + APICODE_ENV + "}", f"apicode_file: {api['apicode_file']}")
+            config.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "batch", "validate-config", "--config", str(config)],
+                              capture_output=True, text=True, timeout=30, env={**os.environ, APICODE_ENV: "x" * 8})
+        assert done.returncode == 1, done.stderr
+        assert expected in done.stderr, done.stderr
+
+
+def test_D22_a_mapping_replaced_by_a_fifo_is_refused_on_reload(tmp_path: Path, sandbox: Sandbox) -> None:
+    # The reload thread read every watched file to fingerprint it: a mapping swapped for a FIFO
+    # blocked it for ever (no later change was ever taken up), /dev/zero grew it without end.
+    from tests.service_helpers import ServiceProcess
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "c", "inbox": str(inbox)}])
+    mapping = tmp_path / "mapping.yaml"
+    good = mapping.read_text()
+    service = ServiceProcess(config, tmp_path / "service.log", env={APICODE_ENV: sandbox.apicode})
+    try:
+        service.wait_log("watching 1 feed(s)")
+        mapping.unlink()
+        os.mkfifo(mapping)
+        service.wait_log("not a regular file (a FIFO)", timeout=20)
+        mapping.unlink()
+        mapping.write_text(good.replace("description: {column: note}", "description: {const: v2}"))
+        service.wait_log("configuration #2 applied", timeout=20)
+        service.signal(15)
+        assert service.wait(30) == 0
+    finally:
+        service.kill()

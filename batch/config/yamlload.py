@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from batch.fsutil import read_regular_file
+
 KeyPath = tuple  # tuple[str | int, ...]
 
 
@@ -121,7 +123,7 @@ def load_yaml_text(text: str, file: str, *, echo_values: bool = True) -> LoadedY
 def load_yaml_file(path: str | Path, *, echo_values: bool = True) -> LoadedYaml:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular_file(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(str(path), None, None, "", "file not found")]) from None
     except UnicodeDecodeError as exc:
