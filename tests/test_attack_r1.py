@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from batch.sandbox import Sandbox
 from tests.fixtures_http import APICODE_ENV
 from tests.service_helpers import export, write_config
@@ -189,3 +191,32 @@ def test_D22_a_mapping_replaced_by_a_fifo_is_refused_on_reload(tmp_path: Path, s
         assert service.wait(30) == 0
     finally:
         service.kill()
+
+
+def test_D22_a_key_or_known_hosts_that_becomes_a_fifo_is_an_inbox_error(sftp_settings, sshd, tmp_path: Path) -> None:
+    # paramiko reads the private key and known_hosts by path on every connection: one swapped
+    # for a FIFO after the configuration was checked blocked the feed's connection for ever.
+    import shutil
+
+    from batch.inbox.base import InboxError
+    from batch.inbox.sftp import SftpInbox
+
+    key, known = tmp_path / "id_key", tmp_path / "known_hosts"
+    shutil.copy(sshd.client_key, key)
+    shutil.copy(sshd.known_hosts, known)
+    key.chmod(0o600)
+    for path, what in ((key, "private key"), (known, "known_hosts")):
+        inbox = SftpInbox(sftp_settings(private_key_file=key, known_hosts=known))
+        saved = path.read_bytes()
+        path.unlink()
+        os.mkfifo(path)
+        try:
+            with pytest.raises(InboxError) as info:
+                inbox.scan()
+            assert str(info.value).startswith(f"cannot read {what} {path}: "), str(info.value)
+            assert "not a regular file (a FIFO); give the path of a file" in str(info.value)
+        finally:
+            inbox.close()
+            path.unlink()
+            path.write_bytes(saved)
+            path.chmod(0o600)
