@@ -364,6 +364,7 @@ class FeedWorker(threading.Thread):
             self.service.journal, _MeteredClient(generation.client, self.service.metrics, self.feed),  # type: ignore[arg-type]
             generation.config.delivery, stop=self.service.stop,
         )
+        self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
         self._staging = generation.config.staging_dir / self.feed
         self._generation = generation.number
         return True

@@ -220,3 +220,33 @@ def test_D22_a_key_or_known_hosts_that_becomes_a_fifo_is_an_inbox_error(sftp_set
             path.unlink()
             path.write_bytes(saved)
             path.chmod(0o600)
+
+
+def test_F6_run_once_gives_up_an_outage_after_holding_and_exits_2(tmp_path: Path, sandbox: Sandbox) -> None:
+    # The breaker (F6) holds a feed for as long as Ropo One is down: right for the service, but
+    # `run --once` (cron) and `process` never ended, so the next cron run started a second
+    # instance on the same inbox. A one-shot run holds while its probes back off up to
+    # breaker_probe_max, then gives up: the file stays in processing/ with its events pending,
+    # and the run exits 2 for the next run to resume.
+    import time
+
+    sandbox.set_faults(error_rate=1.0, error_status=503)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "f.csv").write_bytes(export("o", 30))
+    config = write_config(tmp_path, sandbox, [{"name": "c", "inbox": str(inbox)}],
+                          delivery={"max_in_flight": 2, "breaker_threshold": 3, "breaker_probe_initial": 0.2,
+                                    "breaker_probe_max": 0.4, "backoff_base": 0.05, "backoff_cap": 0.2,
+                                    "backoff_jitter": 0.0})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "batch", "run", "--config", str(config), "--once"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, APICODE_ENV: sandbox.apicode})
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 30
+    assert "delivery holds every event and probes" in done.stderr
+    assert "cannot deliver to Ropo One: Ropo One is unreachable" in done.stderr, done.stderr
+    assert (inbox / "processing" / "f.csv").exists()
+    status = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert "processing" in status.stdout and "f.csv" in status.stdout
