@@ -1187,7 +1187,9 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
     try:
         loaded = load_service_config(path)
     except ConfigError as exc:
-        return None, [str(problem) for problem in exc.problems] + _mapping_problems(Path(path)), []
+        problems = [str(problem) for problem in exc.problems]
+        # the loader lists a mapping's problems itself when the rest of the file is good
+        return None, problems + [found for found in _mapping_problems(Path(path)) if found not in problems], []
     problems: list[str] = []
     warnings: list[str] = secret_file_warnings(loaded)
     try:

@@ -250,3 +250,19 @@ def test_F6_run_once_gives_up_an_outage_after_holding_and_exits_2(tmp_path: Path
     status = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert "processing" in status.stdout and "f.csv" in status.stdout
+
+
+def test_D5_validate_config_lists_each_mapping_problem_once(tmp_path: Path, sandbox: Sandbox) -> None:
+    # The service loader lists a broken mapping's problems under "the mapping M has problems:",
+    # and validate-config added the same problems again (1 problem counted as 3).
+    from tests.service_helpers import MAPPING_BROKEN
+
+    (tmp_path / "mapping.yaml").write_text(MAPPING_BROKEN)
+    config = write_config(tmp_path, sandbox, [{"name": "c", "inbox": str(tmp_path / "inbox")}])
+    done = subprocess.run([sys.executable, "-m", "batch", "validate-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, APICODE_ENV: "x" * 8})
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    unknown = [line for line in lines if "fields.usageplacecode.colum: unknown key" in line]
+    assert len(unknown) == 1, done.stderr
+    assert lines[-1] == f"{config}: 2 problem(s)", done.stderr
