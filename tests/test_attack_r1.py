@@ -266,3 +266,17 @@ def test_D5_validate_config_lists_each_mapping_problem_once(tmp_path: Path, sand
     unknown = [line for line in lines if "fields.usageplacecode.colum: unknown key" in line]
     assert len(unknown) == 1, done.stderr
     assert lines[-1] == f"{config}: 2 problem(s)", done.stderr
+
+
+def test_F2_a_journal_that_cannot_be_opened_is_named(tmp_path: Path, sandbox: Sandbox) -> None:
+    # The journal's file could not be opened at all (a read-only or unmounted disk; here the
+    # path is a folder): every command said only "OperationalError: unable to open database file".
+    journal = tmp_path / "journal.sqlite3"
+    journal.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "c", "inbox": str(tmp_path / "inbox")}],
+                          journal=str(journal))
+    for command in ("status", "retry", "run"):
+        done = subprocess.run([sys.executable, "-m", "batch", command, "--config", str(config)],
+                              capture_output=True, text=True, timeout=30, env={**os.environ, APICODE_ENV: "x" * 8})
+        assert done.returncode == 2, done.stderr
+        assert f"journal {journal}: cannot open it: unable to open database file" in done.stderr, done.stderr
