@@ -280,3 +280,30 @@ def test_F2_a_journal_that_cannot_be_opened_is_named(tmp_path: Path, sandbox: Sa
                               capture_output=True, text=True, timeout=30, env={**os.environ, APICODE_ENV: "x" * 8})
         assert done.returncode == 2, done.stderr
         assert f"journal {journal}: cannot open it: unable to open database file" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("where", "key", "value", "message"), [
+    ("feed", "poll_interval_seconds", ".inf", "Input should be a finite number"),
+    ("feed", "min_age_seconds", "1e300", "Input should be less than or equal to 31536000"),
+    ("api", "read_timeout", ".inf", "Input should be a finite number"),
+    ("api", "connect_timeout", "1e300", "Input should be less than or equal to 31536000"),
+    ("delivery", "breaker_probe_max", ".inf", "Input should be a finite number"),
+    ("delivery", "backoff_base", ".nan", "Input should be a finite number"),
+    ("top", "journal_retention_days", "1e300", "Input should be less than or equal to 365"),
+])
+def test_D5_durations_must_be_finite_and_bounded(tmp_path: Path, sandbox: Sandbox, where: str, key: str,
+                                                   value: str, message: str) -> None:
+    # YAML reads .inf, .nan and 1e300 as floats, and validate-config said ok: a poll interval
+    # of .inf left the feed asleep for ever with a file waiting; a read_timeout of .inf failed
+    # every event with "OverflowError: timestamp out of range for platform time_t".
+    import yaml
+
+    config = write_config(tmp_path, sandbox, [{"name": "c", "inbox": str(tmp_path / "inbox")}])
+    data = yaml.safe_load(config.read_text())
+    target = {"feed": data["feeds"][0], "api": data["api"], "delivery": data["delivery"], "top": data}[where]
+    target[key] = f"@{key}@"
+    config.write_text(yaml.safe_dump(data, sort_keys=False).replace(f"'@{key}@'", value))
+    done = subprocess.run([sys.executable, "-m", "batch", "validate-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, APICODE_ENV: "x" * 8})
+    assert done.returncode == 1, done.stderr
+    assert f"{key}: {message}" in done.stderr, done.stderr
