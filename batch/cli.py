@@ -13,7 +13,6 @@ import logging
 import signal
 import stat
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ import click
 from batch import __version__
 from batch.errors import BatchError, ConfigurationError, ExitStatus, InputFileError
 from batch.logs import installed_filter, print_redacted_traceback, redact_config_secrets, setup_logging
+from batch.fsutil import file_kind
+from batch.logs import escape_unprintable
 
 log = logging.getLogger("batch.cli")
 
@@ -75,18 +76,9 @@ def terminal_safe(text: object, keep_newlines: bool = False) -> str:
     """`text` with every character a terminal could act on written as an escape ('\\x1b', '\\x9b',
     '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format characters such as
     bidi overrides. Record values and file names come from uploaders; an ESC in them must not
-    clear the administrator's screen or retitle the window. The one place that decides this."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(_safe_char(char, keep_newlines) for char in text)
-
-
-def _safe_char(char: str, keep_newlines: bool) -> str:
-    if (char == "\n" and keep_newlines) or char.isprintable() or unicodedata.category(char) == "Zs":
-        return char  # Zs: no-break and other spaces are harmless
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    clear the administrator's screen or retitle the window. The rule is the log lines' one
+    (:func:`batch.logs.escape_unprintable`)."""
+    return escape_unprintable(str(text), "\n" if keep_newlines else "")
 
 
 def terminal_json(document: Any) -> str:
@@ -134,17 +126,7 @@ def _refuse_special(path: Path) -> None:
 
 
 def _not_regular(path: Path, mode: int) -> str:
-    return f"{path}: not a regular file ({_file_kind(mode)}); give the path of a file"
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a file"
+    return f"{path}: not a regular file ({file_kind(mode)}); give the path of a file"
 
 
 @click.group(cls=BoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,6 +14,9 @@ event and sends one probe at a time with backoff; attempts made while it is open
 charged to any event's ``max_attempts``, and the hold does not run down the file's deadline.
 The first answer that is not transient closes it and delivery resumes. The breaker outlives
 one run: a feed's Processor keeps one, so the next file does not start by failing either.
+One-shot runs (``run --once``, ``process``, ``retry``) hold only until the waits between probes
+have reached ``breaker_probe_max`` and one more probe fails; then the run ends like refused
+credentials (everything left pending, ``auth_error`` set), for the next run to resume.
 
 Threads: ``max_in_flight`` worker threads send; the thread that calls :func:`deliver`
 reads ``items`` lazily, schedules retries, and calls ``on_result`` — so a journal can
@@ -118,6 +121,10 @@ class CircuitBreaker:
         self._next_probe = 0.0
         self._probe_wait = 0.0
         self._probing = False
+        # One-shot runs (`run --once`, `process`, `retry`) must end: they give up once a probe
+        # fails after the waits between probes have reached probe_max (the service holds on).
+        self.give_up_at_probe_max = False
+        self.exhausted = False
         self.configure(settings or DeliverySettings())
 
     def configure(self, settings: DeliverySettings) -> None:
@@ -155,6 +162,7 @@ class CircuitBreaker:
             if self.open_since is not None:
                 if probe:
                     self.reason = message
+                    self.exhausted = self.give_up_at_probe_max and self._probe_wait >= self.probe_max
                     self._probe_wait = min(self.probe_max, self._probe_wait * 2)
                     self._next_probe = now + self._probe_wait
                     log.info("Ropo One is still unreachable (%s); next probe in %.0f s",
@@ -187,6 +195,7 @@ class CircuitBreaker:
             held = now - self._opened
             self.open_since = None
             self._probing = False
+            self.exhausted = False
         log.info("Ropo One answers again; delivery resumes after holding %.1f s", held)
         return True
 
@@ -390,6 +399,12 @@ class _Run:
             if self.breaker.answered(now, probe):
                 self.work_cv.notify_all()
         elif self.breaker.failed(task, result.message, now, probe) and self.halt is None:
+            if self.breaker.exhausted:  # a one-shot run ends: the next run resumes the file
+                self.auth_error = (f"Ropo One is unreachable ({result.message}); gave up after holding "
+                                   f"{time.time() - (self.breaker.open_since or time.time()):.0f} s")
+                self.halt_now(State.PENDING, self.auth_error)
+                self._final(task, State.PENDING)
+                return
             task.free += 1  # the outage's, not the event's: back in line for after the hold
             self.ready.append(task.place)
             self.work_cv.notify()

@@ -49,6 +49,40 @@ _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}(?:[0-9a-f]{4})?\.(?:tmp|part)", re.D
 _HASH_CHARS = 10
 
 
+# --------------------------------------------------------------------------- reading
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in words ('a FIFO')."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of `path` (symlinks followed; at most `limit` + 1 when given), or OSError
+    EINVAL unless it is a regular file: a FIFO would block the reader for ever (a reload
+    thread, `validate-config`) and /dev/zero never ends. The type is checked on the opened
+    descriptor (opened without blocking), so a path swapped meanwhile cannot slip through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno_codes.EINVAL, f"not a regular file ({file_kind(mode)}); give the path of a file",
+                          str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as stream:
+            fd = -1  # the stream closes it
+            return stream.read() if limit is None else stream.read(limit + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 # --------------------------------------------------------------------------- names
 
 

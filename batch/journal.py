@@ -555,11 +555,17 @@ class Journal:
         self.clock = clock
         self._lock = threading.RLock()
         self._closed_by_fault = False
-        self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                                     isolation_level=None, check_same_thread=False)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                         isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:  # name the journal: "unable to open database file" alone does not
+            raise JournalUnavailable(self.path, "open it", error) from error
         try:
             self._configure()
             self._migrate()
+        except sqlite3.OperationalError as error:
+            self._conn.close()
+            raise JournalUnavailable(self.path, "open it", error) from error
         except BaseException:
             self._conn.close()
             raise

@@ -27,6 +27,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
@@ -40,7 +41,9 @@ CUT_MARK = "..."
 # "Authorization: Bearer abc.def" / "bearer abc" / "Basic dXNlcjpwYXNz" -> "Bearer ***"
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]+")
 # header.payload.signature, each base64url; a JWT header always starts with eyJ ('{"').
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# It starts where a base64url run starts, not inside one (\b would let "eyJ-eyJ-eyJ-..." start
+# at every eyJ and rescan the rest of the run each time: quadratic on a server's body).
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _SECRET_KEYS = r"apicode|api_?key|access_token|refresh_token|token|password|passwd|passphrase|secret"
 # apicode=abc&cid=1 (a form body or a query string, also URL-encoded: apicode%3Dabc)
 _KEY_VALUE = re.compile(rf"(?i)\b({_SECRET_KEYS})(=|%3D)(?:(?!%26)[^&\s\"'<>,;])+")
@@ -74,12 +77,33 @@ def redact_and_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
     text = redact_text(text, secrets)
     return text if len(text) <= limit else text[:limit] + CUT_MARK
 
+def escape_unprintable(text: str, keep: str = "") -> str:
+    """`text` with every character a terminal could act on written as an escape ('\\x1b',
+    '\\x9b', '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format
+    characters such as bidi overrides, except those in `keep`. File names, record values and
+    server texts come from others; they reach terminals through logs and commands alike."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(char, keep) for char in text)
+
+
+def _escaped(char: str, keep: str) -> str:
+    if char in keep or char.isprintable() or unicodedata.category(char) == "Zs":
+        return char  # Zs: no-break and other spaces are harmless
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+# What a log line may keep of its own layout: multi-line messages (configuration problems) and
+# tracebacks. A file name cannot bring a line break in (inbox names with C0 are refused).
+_LOG_LAYOUT = "\n\t"
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces secrets in every record; never drops a record."""
+    """Replaces secrets in every record, and escapes what a terminal would act on; never drops a record."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +135,7 @@ class RedactingFilter(logging.Filter):
                 text = redactor(text)
             except Exception:  # noqa: BLE001 - a broken redactor must not lose the record
                 pass
-        return redact_text(text, values)
+        return escape_unprintable(redact_text(text, values), _LOG_LAYOUT)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

@@ -8,7 +8,8 @@ lifetime), and renewed once more when an event POST answers 401.
 Secrets (the API code, tokens) never appear in log records, exception texts or
 ``SendResult`` messages: every text that may echo server output goes through
 :meth:`RopoClient.redact` (the log filter's patterns plus the known secret values) and is
-cut only after that (:func:`batch.logs.redact_and_cut`).
+cut only after that (:func:`batch.logs.redact_and_cut`). Of an answer's body at most
+``BODY_LIMIT`` bytes are ever read: a body without end costs neither memory nor time.
 
 Every request goes to the configured origin and nowhere else:
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 300  # characters of a server's text (problem, body, error, Location) kept in a message
 LOCATION_LIMIT = 120  # characters of a redirect's Location kept in a message
+BODY_LIMIT = 1 << 16  # bytes of an answer's body read (a token, a problem document, an error page)
 _USER_AGENT = "usageplace-batch"
 
 def endpoint_urls(settings: ApiSettings) -> tuple[str, str]:
@@ -354,8 +356,10 @@ class RopoClient:
         """POST to ``url`` (one of the two endpoint URLs), never anywhere else, never twice."""
         prepared = self._session.prepare_request(requests.Request("POST", url, **kwargs))
         self._check_origin(prepared.url or "")
-        return self._session.send(prepared, allow_redirects=False, timeout=self._timeout,
-                                  verify=self._verify, proxies=self._proxies)
+        response = self._session.send(prepared, allow_redirects=False, timeout=self._timeout,
+                                      verify=self._verify, proxies=self._proxies, stream=True)
+        _read_capped(response)
+        return response
 
     def _check_origin(self, url: str) -> None:
         if not self._origin.matches(url):
@@ -430,6 +434,28 @@ class RopoClient:
         else:
             kind = type(exc).__name__
         return f"{kind}: {self.redact_and_cut(_printable(_root_cause(exc)))}"
+
+
+def _read_capped(response: requests.Response, limit: int = BODY_LIMIT) -> None:
+    """Read at most ``limit`` bytes of the body into ``response.content``. A server's answer is
+    only ever a token, a problem or an error page: a body without end (300 MB took 57 s and
+    2 GB per event) is cut, and its connection closed instead of reused. Read errors are
+    requests' own (ChunkedEncodingError, ConnectionError ...), as without ``stream``."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(1 << 14):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    except BaseException:
+        response.close()
+        raise
+    if size > limit:
+        response.close()  # the rest is never read: this connection cannot serve another request
+    response._content = b"".join(chunks)[:limit]  # what requests' .text and .json() read
+    response._content_consumed = True
 
 
 def _token_from(response: requests.Response) -> str | None:

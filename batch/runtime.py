@@ -39,6 +39,7 @@ class Runtime:
             self.journal.close()
             raise
         self.processor = Processor(self.journal, self.client, self.config.delivery, stop=self.stop)
+        self.processor.breaker.give_up_at_probe_max = True  # one-shot commands end in an outage
 
     def close(self) -> None:
         self.client.close()

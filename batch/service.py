@@ -60,7 +60,7 @@ from batch.config.api import SecretResolutionError
 from batch.config.service import FeedNotFound, FeedSettings, LoadedService, load_service_config, secret_file_warnings
 from batch.config.yamlload import ConfigError
 from batch.errors import ExitStatus
-from batch.fsutil import display_name
+from batch.fsutil import display_name, read_regular_file
 from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
 from batch.inbox.base import LocalLocation
 from batch.journal import (OUTCOMES, FileInProgress, FileRecord, FileState, Journal, JournalError, JournalUnavailable,
@@ -148,7 +148,7 @@ class ConfigWatcher:
         for path in paths:
             try:
                 mtime = path.stat().st_mtime
-                prints[path] = (hashlib.sha256(path.read_bytes()).hexdigest(), mtime)
+                prints[path] = (hashlib.sha256(read_regular_file(path)).hexdigest(), mtime)
             except OSError:
                 prints[path] = None
         return prints
@@ -374,6 +374,7 @@ class FeedWorker(threading.Thread):
             self.service.journal, _MeteredClient(generation.client, self.service.metrics, self.feed),  # type: ignore[arg-type]
             generation.config.delivery, stop=self.service.stop,
         )
+        self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
         self._staging = generation.config.staging_dir / self.feed
         self._generation = generation.number
         return True
@@ -1197,7 +1198,9 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
     try:
         loaded = load_service_config(path)
     except ConfigError as exc:
-        return None, [str(problem) for problem in exc.problems] + _mapping_problems(Path(path)), []
+        problems = [str(problem) for problem in exc.problems]
+        # the loader lists a mapping's problems itself when the rest of the file is good
+        return None, problems + [found for found in _mapping_problems(Path(path)) if found not in problems], []
     problems: list[str] = []
     warnings: list[str] = secret_file_warnings(loaded)
     try:

@@ -47,6 +47,10 @@ TEST_BASE_URL = "https://rc.ropo24.fi/rest"
 PRODUCTION_BASE_URL = "https://ropo24.fi/rest"
 
 TOKEN_LIFETIME_SECONDS = 7200.0  # "A token lives 2 hours" (contract)
+# The longest duration any setting may give (a year). `.inf` is refused as well (allow_inf_nan=False):
+# timeouts and waits beyond what sockets and threading accept (~292 years) raised OverflowError on
+# every request (events "failed") or left a feed asleep for ever, while validate-config said ok.
+MAX_SECONDS = 365 * 86400.0
 
 _LOOPBACK_NAMES = {"localhost"}
 
@@ -209,7 +213,7 @@ class ApiSettings(BaseModel):
     """
 
     # hide_input_in_errors: a literal secret written by mistake must not be echoed back.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
     base_url: str = Field(description="Ropo One server prefix, e.g. https://rc.ropo24.fi/rest")
     cid: str | None = Field(default=None, description="Customer number, e.g. 1000011")
@@ -217,15 +221,15 @@ class ApiSettings(BaseModel):
     apicode_file: Path | None = Field(default=None, description="File holding the API code")
     token: SecretStr | None = Field(default=None, description="${ENV_VAR} holding a fixed token")
     token_file: Path | None = Field(default=None, description="File holding a fixed token")
-    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds")
-    read_timeout: float = Field(default=30.0, gt=0, description="Seconds")
+    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_SECONDS, description="Seconds")
+    read_timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS, description="Seconds")
     ca_bundle: Path | None = Field(default=None, description="PEM bundle of trusted CAs")
     token_renew_margin: float = Field(
-        default=300.0, ge=0, description="Renew the token this many seconds before it expires"
+        default=300.0, ge=0, le=MAX_SECONDS, description="Renew the token this many seconds before it expires"
     )
     token_lifetime: float = Field(
         default=TOKEN_LIFETIME_SECONDS,
-        gt=0,
+        gt=0, le=MAX_SECONDS,
         description="Assumed token lifetime when the token carries no readable exp claim",
     )
 
@@ -299,17 +303,17 @@ class DeliverySettings(BaseModel):
     seconds after they failed, as the ``retry`` command does (null: only ``retry``).
     """
 
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
     max_in_flight: int = Field(default=8, ge=1, le=256, description="Concurrent requests")
     rate_limit: float | None = Field(default=None, gt=0, description="Events per second, at most")
     rate_burst: int = Field(default=1, ge=1, description="Token-bucket size for rate_limit")
     max_attempts: int = Field(default=5, ge=1, le=100, description="Attempts per event per run")
-    backoff_base: float = Field(default=1.0, ge=0, description="Seconds before the 1st retry")
-    backoff_cap: float = Field(default=60.0, ge=0, description="Longest wait between attempts")
+    backoff_base: float = Field(default=1.0, ge=0, le=MAX_SECONDS, description="Seconds before the 1st retry")
+    backoff_cap: float = Field(default=60.0, ge=0, le=MAX_SECONDS, description="Longest wait between attempts")
     backoff_jitter: float = Field(default=0.5, ge=0, le=1, description="Random share 0..1")
     deadline_seconds: float | None = Field(
-        default=3600.0, gt=0, description="Per file: stop retrying after this many seconds"
+        default=3600.0, gt=0, le=MAX_SECONDS, description="Per file: stop retrying after this many seconds"
     )
     retry_statuses: frozenset[int] = Field(
         default=DEFAULT_RETRY_STATUSES,
@@ -320,10 +324,10 @@ class DeliverySettings(BaseModel):
         description="Different events failing transiently in a row before delivery holds for "
                     "an outage and probes (null: never hold)",
     )
-    breaker_probe_initial: float = Field(default=1.0, gt=0, description="Seconds to the 1st probe")
-    breaker_probe_max: float = Field(default=15.0, gt=0, description="Longest wait between probes")
+    breaker_probe_initial: float = Field(default=1.0, gt=0, le=MAX_SECONDS, description="Seconds to the 1st probe")
+    breaker_probe_max: float = Field(default=15.0, gt=0, le=MAX_SECONDS, description="Longest wait between probes")
     retry_failed_after: float | None = Field(
-        default=900.0, gt=0,
+        default=900.0, gt=0, le=MAX_SECONDS,
         description="Seconds after which the service sends failed events again (null: off)",
     )
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from batch.errors import ConfigurationError
+from batch.fsutil import read_regular_file
 
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a secret is one line; anything bigger is the wrong file
@@ -74,8 +75,7 @@ def resolve_secret(
 
 def _read_secret_file(path: Path, key: str) -> str:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+        data = read_regular_file(path, MAX_SECRET_FILE_BYTES)
     except FileNotFoundError:
         # the path itself is not shown: it may be the secret, typed under the *_file key
         raise SecretResolutionError(f"{key}: cannot read the file it names: it does not exist") from None

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
+from batch.config.api import MAX_SECONDS, ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, validate_model
 from batch.config.secrets import secret_file_warning
@@ -26,7 +26,7 @@ from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, m
 class ReceiptOptions(BaseModel):
     """The receipt CSV's dialect; each key defaults to the input file's own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
 
     encoding: str | None = Field(None, description="Default: the input's encoding (utf-8 for XML).")
     delimiter: str | None = Field(None, description="Default: the input's delimiter (',' for XML).")
@@ -43,14 +43,14 @@ class FeedSettings(InboxSettings):
 
 
 class LoggingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
 
 
 class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -58,14 +58,14 @@ class MetricsSettings(BaseModel):
 
 class ServiceConfig(BaseModel):
     # hide_input_in_errors: no error text of the service configuration quotes a value (D17)
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
     schema_ref: str | None = Field(None, alias="$schema")
     api: ApiSettings
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     journal: Path = Field(Path("var/journal.sqlite3"), description="The SQLite journal (relative to this file).")
     journal_retention_days: float | None = Field(
-        90, gt=0,
+        90, gt=0, le=MAX_SECONDS / 86400,
         description="Forget files (and their events) this many days after they finished with nothing left to "
                     "retry; null keeps everything. Re-dropped files and repeated event ids are recognised "
                     "within this window.")

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from batch.errors import ConfigurationError
+from batch.fsutil import read_regular_file
 
 KeyPath = tuple  # tuple[str | int, ...]
 
@@ -45,7 +46,18 @@ class ConfigProblem:
             if self.column is not None:
                 where += f":{self.column}"
         key = f" {self.path}:" if self.path else ""
-        return f"{where}:{key} {self.message}"
+        return f"{where}:{key} {_bounded(self.message)}"
+
+
+# Characters of one line of a problem: pydantic and the model checks quote what was written
+# ("(got '...')", "format '...'", "unknown encoding '...'"), and a megabyte value must not
+# become a megabyte line in `validate`, the service log on every refused reload, or /healthz.
+PROBLEM_LINE_LIMIT = 300
+
+
+def _bounded(message: str) -> str:
+    return "\n".join(line if len(line) <= PROBLEM_LINE_LIMIT else line[:PROBLEM_LINE_LIMIT] + "..."
+                     for line in message.split("\n"))
 
 
 class ConfigError(ConfigurationError):
@@ -112,7 +124,7 @@ def load_yaml_text(text: str, file: str, *, echo_values: bool = True) -> LoadedY
 def load_yaml_file(path: str | Path, *, echo_values: bool = True) -> LoadedYaml:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular_file(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(str(path), None, None, "", "file not found")]) from None
     except UnicodeDecodeError as exc:

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from batch.config.api import MAX_SECONDS
 from batch.config.secrets import check_reference, resolve_secret
 from batch.errors import AccessRefused, BatchError, ConfigurationError, InputFileError, TransientError
 from batch.fsutil import display_name, fit_name
@@ -152,7 +153,7 @@ def missing_secret_file(field: str, path: Path) -> str:
 class InboxSettings(BaseModel):
     """The inbox of one feed: where files arrive, when they are ready, where they go."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
 
     inbox: str = Field(description="A local folder, or sftp://user@host:port/absolute/path")
 
@@ -166,11 +167,11 @@ class InboxSettings(BaseModel):
     accept_new_host_key: bool = Field(
         default=False, description="Trust an unknown host key on first use and record it in known_hosts"
     )
-    connect_timeout_seconds: float = Field(default=20.0, gt=0)
-    io_timeout_seconds: float = Field(default=60.0, gt=0)
+    connect_timeout_seconds: float = Field(default=20.0, gt=0, le=MAX_SECONDS)
+    io_timeout_seconds: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     keepalive_seconds: int = Field(default=30, ge=0)
-    reconnect_initial_seconds: float = Field(default=1.0, gt=0)
-    reconnect_max_seconds: float = Field(default=300.0, gt=0)
+    reconnect_initial_seconds: float = Field(default=1.0, gt=0, le=MAX_SECONDS)
+    reconnect_max_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     prefetch_max_requests: int | None = Field(
         default=None, ge=1, description="Cap on concurrent SFTP read requests per download (None: no cap)"
     )
@@ -178,7 +179,7 @@ class InboxSettings(BaseModel):
     # Which files, and when they are ready.
     patterns: list[str] = Field(default_factory=lambda: ["*.csv", "*.xml"], min_length=1)
     ignore_patterns: list[str] = Field(default_factory=lambda: ["*.part", "*.tmp", "*.filepart"])
-    min_age_seconds: float = Field(default=15.0, ge=0)
+    min_age_seconds: float = Field(default=15.0, ge=0, le=MAX_SECONDS)
     marker_suffixes: list[str] = Field(default_factory=list)
     ready_on_close: bool = Field(
         default=True,
@@ -192,7 +193,7 @@ class InboxSettings(BaseModel):
     error_dir: str = "error"
     outbox_dir: str = "outbox"
 
-    poll_interval_seconds: float = Field(default=10.0, gt=0)
+    poll_interval_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
     mode: Literal["native", "polling"] = Field(
         default="native", description="Local inboxes: inotify events (native) or a scan every poll interval "
         "(polling, for NFS/CIFS mounts). SFTP inboxes are always polled."

@@ -49,6 +49,7 @@ from batch.fsutil import (
     display_name,
     is_temporary_name,
     named_error,
+    read_regular_file,
     remove_stale_temporaries,
     symlink_refusal,
     temporary_basename,
@@ -193,6 +194,7 @@ def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
     Every failure is an InboxError that names the file and says what to do, never the passphrase
     (paramiko and cryptography raise TypeError, ValueError or SSHException, depending on the format)."""
     try:
+        read_regular_file(path, 0)  # a FIFO would block paramiko's read for ever, /dev/zero never end
         return paramiko.PKey.from_path(path, None)
     except OSError as exc:
         raise InboxUnusable(f"cannot read private key {path}: {exc.strerror or exc}") from None
@@ -293,6 +295,7 @@ class SftpInbox(Inbox):
         host_keys = paramiko.HostKeys()
         if s.known_hosts.exists():
             try:
+                read_regular_file(s.known_hosts, 0)  # as for the key: never a FIFO or a device
                 host_keys.load(str(s.known_hosts))
             except (OSError, paramiko.SSHException) as exc:
                 raise InboxUnusable(f"cannot read known_hosts {s.known_hosts}: {exc}") from exc
