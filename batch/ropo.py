@@ -17,9 +17,9 @@ Every request goes to the configured origin and nowhere else:
   connects), and each prepared request's scheme, host and port are checked against it
   before it is sent;
 - a redirect is never followed (the session cannot follow one, and every send says so):
-  a 3xx on an event is a permanent rejection naming the status and the Location, a 3xx
-  on ``/token`` refuses delivery like refused credentials — cid and apicode are posted to
-  the configured ``/token`` only;
+  a 3xx on an event or on ``/token`` halts delivery like refused credentials, naming the
+  status and the Location (the events stay pending) — cid and apicode are posted to the
+  configured ``/token`` only;
 - the session ignores the environment (``trust_env = False``): no ``~/.netrc`` credentials
   replace the Authorization header. Two environment settings are still applied, on
   purpose and explicitly: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (a proxy only relays
@@ -383,8 +383,12 @@ class RopoClient:
             return SendResult(SendKind.ACCEPTED, status)
         if status == 401:
             return SendResult(SendKind.AUTH, 401, "token refused (401) even after renewal")
-        if 300 <= status < 400:  # never followed: the API did not accept anything
-            return SendResult(SendKind.REJECTED, status,
+        if 300 <= status < 400:
+            # Never followed: the API accepted nothing. A redirect is about the configured URL,
+            # never about one event, so delivery halts like refused credentials (the events stay
+            # pending and the file resumes once api.base_url is fixed) instead of every event of
+            # the night being rejected for good.
+            return SendResult(SendKind.AUTH, status,
                               f"redirect refused: {self._redirect(response)}; the event was not "
                               f"accepted (check api.base_url)")
         message = self._problem_message(response)
