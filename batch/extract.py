@@ -6,8 +6,9 @@ service will send.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from batch.gctune import fewer_collections
 from batch.mapping import CompiledMapping, MappedRecord

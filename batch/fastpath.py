@@ -11,7 +11,8 @@ agree on arbitrary input.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from batch.events import EVENT_KEYS
 

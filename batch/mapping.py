@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -282,7 +283,7 @@ class CompiledMapping:
             groups.append((self.invoices.element or "", [p for p in parts if p]))
         return XmlPlan(texts=self.sources(), groups=groups)
 
-    def start(self) -> "MappingRun":
+    def start(self) -> MappingRun:
         return MappingRun(self)
 
 

@@ -77,7 +77,7 @@ class _FeedFlags:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]
@@ -123,7 +123,7 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread.start()
         return self
 

@@ -9,22 +9,23 @@ from: the service (or the `process` command) hands over a local path and a recei
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
 from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.extract import mapped_file
+from batch.fsutil import display_name
 from batch.journal import FileRecord, Journal, JournalError, NewEvent, Result
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
-from batch.fsutil import display_name
 from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.ropo import RopoClient
 
@@ -46,7 +47,7 @@ class FeedRuntime:
     mapping_version: str = "unknown"
 
     @classmethod
-    def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> "FeedRuntime":
+    def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> FeedRuntime:
         return cls(name, CompiledMapping(mapping), receipt_format_for(mapping, options or ReceiptOptions()),
                    mapping_version(mapping))
 
@@ -176,7 +177,7 @@ class Processor:
         force: bool = False,
         progress: Progress | None = None,
         resumed: bool = False,
-        earlier: "dict[str, FeedRuntime] | None" = None,
+        earlier: dict[str, FeedRuntime] | None = None,
     ) -> FileOutcome:
         """Process the file at `path` (its name as dropped: `name`, default the path's).
 
@@ -237,7 +238,7 @@ class Processor:
             lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
 
     def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
-                     earlier: "dict[str, FeedRuntime]") -> FeedRuntime | None:
+                     earlier: dict[str, FeedRuntime]) -> FeedRuntime | None:
         """The mapping to (go on) record the file with: one file is mapped with one version.
 
         A new file (or one from a journal before versions) gets the current one. A resumed

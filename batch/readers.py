@@ -18,7 +18,8 @@ import csv
 import io
 import re
 from collections import Counter, deque
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from lxml import etree
 

@@ -65,8 +65,16 @@ from batch.inbox.base import LocalLocation
 from batch.journal import OUTCOMES, FileInProgress, FileRecord, Journal, JournalError, JournalUnavailable, this_process
 from batch.logs import RedactingFilter, apply_level
 from batch.metrics import Metrics, MetricsServer
-from batch.pipeline import (FeedRuntime, FileOutcome, Processor, Progress, ReceiptNotWritten, StorageFault,
-                            failed_file_ids, write_receipt_or_fault)
+from batch.pipeline import (
+    FeedRuntime,
+    FileOutcome,
+    Processor,
+    Progress,
+    ReceiptNotWritten,
+    StorageFault,
+    failed_file_ids,
+    write_receipt_or_fault,
+)
 from batch.receipts import ReceiptPaths, write_file_level_receipt
 from batch.ropo import RopoClient
 from batch.runtime import Runtime
@@ -301,7 +309,7 @@ class FeedWorker(threading.Thread):
     `_resume` got every file in processing/ out or handed it to a later step that does not
     hold the feed (a delivered file whose receipt upload / archive move failed)."""
 
-    def __init__(self, service: "Service", name: str) -> None:
+    def __init__(self, service: Service, name: str) -> None:
         super().__init__(name=f"feed:{name}", daemon=True)
         self.service = service
         self.feed = name
@@ -877,7 +885,7 @@ class Service:
         self.metrics.watch_feeds(self._feed_flags)
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs: Any) -> "Service":
+    def from_path(cls, path: str | Path, **kwargs: Any) -> Service:
         return cls(load_service_config(path), **kwargs)
 
     @property
@@ -950,7 +958,7 @@ class Service:
 
     # -- failed events
 
-    def retry_failed(self, worker: "FeedWorker", inbox: Inbox) -> None:
+    def retry_failed(self, worker: FeedWorker, inbox: Inbox) -> None:
         """Send the feed's failed events again once they have been failed for
         ``delivery.retry_failed_after`` seconds, as the `retry` command does (Processor.retry,
         then the rewritten receipt into the outbox). Called by the feed's worker when idle."""

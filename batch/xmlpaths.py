@@ -9,7 +9,8 @@ axes) goes to `etree.XPath`, where a default namespace needs an explicit prefix.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lxml import etree
 

@@ -117,7 +117,7 @@ class ServiceThread:
     def _run(self) -> None:
         self.exit_code = self.service.run()
 
-    def __enter__(self) -> "ServiceThread":
+    def __enter__(self) -> ServiceThread:
         self.thread.start()
         return self
 

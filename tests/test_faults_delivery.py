@@ -30,7 +30,14 @@ from tests.fixtures_http import APICODE_ENV, settings_for
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import ServiceThread, export, ids, receipt, write_config
 from tests.test_pipeline import (  # noqa: F401 - fixtures
-    Workspace, journal_events, make_rows, process_file, read_receipt, runtimes, workspace_for, write_feed,
+    Workspace,
+    journal_events,
+    make_rows,
+    process_file,
+    read_receipt,
+    runtimes,
+    workspace_for,
+    write_feed,
 )
 
 EVENT = {"usageplacecode": "643007572062443672", "time": "2024-01-04 10:41:40", "status": "disconnected"}

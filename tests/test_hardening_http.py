@@ -25,7 +25,13 @@ from batch.pipeline import FileOutcome
 from batch.ropo import AuthError, OffOriginRequest, RopoClient, SendKind, endpoint_urls
 from tests.fixtures_http import APICODE_ENV
 from tests.test_pipeline import (  # noqa: F401 - fixtures
-    journal_events, make_rows, process_file, read_receipt, runtimes, write_feed, write_workspace,
+    journal_events,
+    make_rows,
+    process_file,
+    read_receipt,
+    runtimes,
+    write_feed,
+    write_workspace,
 )
 
 APICODE = "hostile-test-apicode-0123456789"

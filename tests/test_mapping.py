@@ -10,8 +10,7 @@ import textwrap
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema

@@ -40,6 +40,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from batch.config.envpath import expand_env_path
+
 # SecretResolutionError and resolve_secret are imported from here by callers and tests (re-exported)
 from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret  # noqa: F401
 

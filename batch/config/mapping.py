@@ -10,8 +10,9 @@ from __future__ import annotations
 import codecs
 import re
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -73,7 +74,7 @@ class CsvOptions(Strict):
         return value
 
     @model_validator(mode="after")
-    def _header_or_columns(self) -> "CsvOptions":
+    def _header_or_columns(self) -> CsvOptions:
         if self.header_line is None and not self.columns:
             raise ValueError("a file without a header row (header_line: null) needs 'columns'")
         if self.header_line is not None and self.skip_lines:
@@ -106,7 +107,7 @@ class FixedOptions(Strict):
         return check_encoding(value)
 
     @model_validator(mode="after")
-    def _layout(self) -> "FixedOptions":
+    def _layout(self) -> FixedOptions:
         names = [column.name for column in self.columns]
         doubled = sorted({name for name in names if names.count(name) > 1})
         if doubled:
@@ -185,7 +186,7 @@ class ValueSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ValueSpec":
+    def _one_source(self) -> ValueSpec:
         given = [k for k in ("column", "xpath", "const", "template") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give only one of column, xpath, const, template (got {', '.join(given)})")
@@ -241,7 +242,7 @@ class IdSpec(ValueSpec):
     prefix: str = Field("", description="Text put before a generated id.")
 
     @model_validator(mode="after")
-    def _generate_alone(self) -> "IdSpec":
+    def _generate_alone(self) -> IdSpec:
         if self.generate and self.sources():
             raise ValueError("generate: true takes no column/xpath/template")
         return self
@@ -308,7 +309,7 @@ class Mapping(Strict):
         return check_zone(value)
 
     @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> "Mapping":
+    def _consistent(self, info: ValidationInfo) -> Mapping:
         problems = list(mapping_problems(self))
         if problems:
             # one ValueError per model; the loader reports each separately through `_problems`

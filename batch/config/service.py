@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
-from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
 from batch.config.secrets import secret_file_warning
+from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
 from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
 
@@ -83,7 +83,7 @@ class ServiceConfig(BaseModel):
         return feeds
 
     @model_validator(mode="after")
-    def _distinct_inboxes(self) -> "ServiceConfig":
+    def _distinct_inboxes(self) -> ServiceConfig:
         inboxes = [feed.inbox for feed in self.feeds]
         doubled = sorted({inbox for inbox in inboxes if inboxes.count(inbox) > 1})
         if doubled:

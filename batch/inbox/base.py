@@ -15,8 +15,8 @@ and `resume()` for what a previous run left in processing/.
 from __future__ import annotations
 
 import abc
-import logging
 import fnmatch
+import logging
 import posixpath
 import re
 import time
@@ -343,7 +343,7 @@ def name_is_safe(name: str, refused: set[str], where: str) -> bool:
     return True
 
 
-def left_in_processing(entries: list[FileStat], rules: "NameRules") -> list[Claimed]:
+def left_in_processing(entries: list[FileStat], rules: NameRules) -> list[Claimed]:
     """The data files a previous run left in processing/, each with its marker, oldest first."""
     names = {entry.name for entry in entries}
     found = []

@@ -36,8 +36,6 @@ from batch.fsutil import (
     symlink_refusal,
 )
 from batch.inbox.base import (
-    name_is_safe,
-    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
@@ -48,7 +46,9 @@ from batch.inbox.base import (
     NameRules,
     check_name,
     folder_path,
+    left_in_processing,
     marker_name,
+    name_is_safe,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness

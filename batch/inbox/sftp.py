@@ -55,8 +55,6 @@ from batch.fsutil import (
     temporary_name,
 )
 from batch.inbox.base import (
-    name_is_safe,
-    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
@@ -69,7 +67,9 @@ from batch.inbox.base import (
     SftpLocation,
     check_name,
     folder_path,
+    left_in_processing,
     marker_name,
+    name_is_safe,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness
