@@ -389,7 +389,8 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--file-id", type=int, help="Only this file (an id from `status`); default: every file with failed events.")
+@click.option("--file-id", type=int,
+              help="Only this file (an id from `status`); default: every file with failed events.")
 def retry(config_path: Path, file_id: int | None) -> None:
     """Send failed events again (those whose transient errors outlasted the retries)."""
     from batch.pipeline import failed_file_ids
@@ -490,8 +491,8 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     from rich.table import Table
 
     table = Table(header_style="bold")
-    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate",
-                 "not_sent", "pending"):
+    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed",
+                 "duplicate", "not_sent", "pending"):
         table.add_column(name, no_wrap=name != "file")
     for record in files:
         counts = record.counts
@@ -549,7 +550,8 @@ class _progress:
             return Progress()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
-        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       transient=True)
         self.bar.start()
         reading = self.bar.add_task("reading", total=None)
         tasks: dict[str, Any] = {}
@@ -575,7 +577,8 @@ class _progress:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Keep accepted events in DIR/accepted.jsonl.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep accepted events in DIR/accepted.jsonl.")
 @click.option("--token-ttl", default=7200.0, show_default=True, help="Seconds a token lives.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Serve HTTPS with this PEM certificate (chain); to try api.ca_bundle.")
@@ -598,7 +601,8 @@ def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
 
 
 @main.command()
-@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help="Use this folder (default: a new temporary one).")
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path),
+              help="Use this folder (default: a new temporary one).")
 def demo(workspace: Path | None) -> None:
     """Run every sample through the pipeline against a local sandbox; no configuration needed."""
     from rich.console import Console
@@ -615,7 +619,8 @@ def demo(workspace: Path | None) -> None:
     for file in result.files:
         counts = file.counts
         table.add_row(
-            file.label, file.state, *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")),
+            file.label, file.state,
+            *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")),
             file.receipt.name if file.receipt else "",
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
@@ -714,7 +719,8 @@ def validate_config(config_path: Path) -> None:
     if problems:
         click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
         raise SystemExit(EXIT_PROBLEMS)
-    feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})" for feed in loaded.config.feeds)
+    feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})"
+                      for feed in loaded.config.feeds)
     click.echo(f"{config_path}: ok; API {loaded.config.api.base_url}; {len(loaded.config.feeds)} feed(s): {feeds}")
 
 

@@ -268,7 +268,9 @@ def _held_by_a_live_writer(path: Path) -> bool:
         os.close(fd)  # closing releases the lock
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str], older_than_s: float = STALE_LOCAL_SECONDS) -> list[Path]:
+def remove_stale_temporaries(
+    directory: str | os.PathLike[str], older_than_s: float = STALE_LOCAL_SECONDS
+) -> list[Path]:
     """Remove the temporaries killed writers left in `directory`; returns what was removed.
 
     Only names this tool makes (``is_temporary_name``), only regular files, only those no

@@ -100,10 +100,12 @@ def _control_problem(value: str, multiline: bool) -> str | None:
     str.isprintable(), which is False for every character either pattern finds."""
     found = _CONTROL.search(value)
     if found is not None:
-        return f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; control characters are refused"
+        return (f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; "
+                "control characters are refused")
     found = None if multiline else _BREAK.search(value)
     if found is not None:
-        return f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); only description may hold them"
+        return (f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); "
+                "only description may hold them")
     return None
 
 
@@ -525,7 +527,8 @@ class MappingRun:
             else:
                 # the id as mapped (trimmed), like every other place that names an event id
                 record.errors.append(
-                    RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
+                    RecordError(record.line, "id", self.compiled.id_source_label(), event_id,
+                                duplicate_id_message(first))
                 )
         record.event = None if record.errors else ordered
         if len(record.errors) > MAX_ERRORS_PER_RECORD:
@@ -543,13 +546,15 @@ class MappingRun:
         for value, get in bound.invoice_parts:
             raw = get(row)
             if raw is _MISSING:
-                errors.append(RecordError(line, value.name, value.source, None, "the record has fewer fields than the header"))
+                errors.append(
+                    RecordError(line, value.name, value.source, None, "the record has fewer fields than the header"))
                 return []
             text = (raw or "").strip()
             separator = separator_of[value.name.split(".", 1)[1]] or ","
             items = [item for item in text.split(separator)] if text else []
             if text and not all(item.strip() for item in items):
-                errors.append(RecordError(line, value.name, value.source, raw, f"has an empty item between '{separator}' separators"))
+                errors.append(RecordError(line, value.name, value.source, raw,
+                                          f"has an empty item between '{separator}' separators"))
                 return []
             columns.append((value, items))
         counts = {len(items) for _, items in columns}
@@ -578,7 +583,8 @@ class MappingRun:
                     cleaned = value.clean(raw)
                 except _Problem as problem:
                     errors.append(
-                        RecordError(line, f"invoices[{position}].{key}", value.source, _text(problem.value), problem.message)
+                        RecordError(line, f"invoices[{position}].{key}", value.source, _text(problem.value),
+                                    problem.message)
                     )
                     continue
                 if cleaned is not None:
@@ -620,7 +626,8 @@ class MappingRun:
             if key != "invoices" and current.event.get(key, value) != value:
                 current.errors.append(
                     RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
-                                f"differs from line {current.line} of the same event id ({_preview(_text(current.event[key]))})")
+                                f"differs from line {current.line} of the same event id "
+                                f"({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
         if invoice:
@@ -640,7 +647,8 @@ def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
     last = spans.get(record.line) if spans else None
     if last is not None and record.errors:
         record.errors.append(
-            RecordError(record.line, "(record)", None, None, f"the record runs over lines {record.line}-{last}: is a quote not closed?")
+            RecordError(record.line, "(record)", None, None,
+                        f"the record runs over lines {record.line}-{last}: is a quote not closed?")
         )
     return record
 
@@ -665,7 +673,8 @@ def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
     if spec.template is not None:
         return (
             "template",
-            [(literal, index[name] if name else None) for literal, name, _, _ in string.Formatter().parse(spec.template)],
+            [(literal, index[name] if name else None)
+             for literal, name, _, _ in string.Formatter().parse(spec.template)],
         )
     sources = spec.sources()
     return ("column", index[sources[0]]) if sources else ("none",)
@@ -677,7 +686,8 @@ def _shape_problem(row: list, columns: list[str]) -> str | None:
         missing = short_list(columns[len(row):])
         return f"the record has {len(row)} fields but the header has {len(columns)} (no value for {missing})"
     if any(value.strip() for value in row[len(columns):]):
-        return f"the record has {len(row)} fields but the header has {len(columns)}: is a delimiter inside an unquoted value?"
+        return (f"the record has {len(row)} fields but the header has {len(columns)}: "
+                "is a delimiter inside an unquoted value?")
     return None
 
 

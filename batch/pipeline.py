@@ -274,7 +274,9 @@ class Processor:
         journal.add_note(file.id, note)
         return feed
 
-    def retry(self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None) -> FileOutcome:
+    def retry(
+        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None
+    ) -> FileOutcome:
         """Send a file's failed (and any pending) events again, then rewrite its receipt."""
         return self._deliver_and_finish(file_id, feed, receipt_dir, progress or Progress(), include_failed=True)
 
@@ -342,7 +344,8 @@ class Processor:
             return FileOutcome("auth_failed", file, None, report.auth_error, report)
         if report.stopped and journal.file_counts(file_id)["pending"]:
             journal.flush()
-            return FileOutcome("interrupted", journal.get_file(file_id), None, "stopped before every event was sent", report)
+            return FileOutcome("interrupted", journal.get_file(file_id), None, "stopped before every event was sent",
+                               report)
         file = journal.get_file(file_id)
         if file.finished:
             file = journal.refresh_counts(file_id)

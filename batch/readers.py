@@ -134,7 +134,9 @@ def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
     except UnicodeDecodeError as exc:
         raise _decode_error(exc, stream, encoding, start) from None
     except UnicodeError as exc:  # e.g. utf-16 without a byte order mark
-        raise FileError(f"cannot decode the file as {encoding}: {exc} (for utf-16 without a BOM use utf-16-le or utf-16-be)", 1) from None
+        raise FileError(
+            f"cannot decode the file as {encoding}: {exc} (for utf-16 without a BOM use utf-16-le or utf-16-be)", 1
+        ) from None
     finally:
         try:
             text.detach()  # hand the caller's stream back open
@@ -279,7 +281,8 @@ def _broken_lines(first: int, last: int, reason: str) -> Iterator[tuple[int, str
         "(is a quote not closed?)"
     )
     for line in range(first + 1, last + 1):
-        yield line, f"not read as a record: it is inside the quoted value of line {first} (is a quote on line {first} not closed?)"
+        yield line, (f"not read as a record: it is inside the quoted value of line {first} "
+                     f"(is a quote on line {first} not closed?)")
 
 
 def _take(

@@ -295,7 +295,8 @@ class Sandbox:
         self._accepted_file = None
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")
+            # open for the server's whole life (SIM115): stop() closes it
+            self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._tls_context = tls
         self.tls = tls is not None
         self._server = self._listen(host, port)

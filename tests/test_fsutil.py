@@ -59,10 +59,9 @@ def test_the_temporary_is_a_hidden_file_while_writing(tmp_path: Path) -> None:
 def test_an_exception_keeps_the_old_file_and_removes_the_temporary(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
     atomic_write_bytes(target, b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_writer(target) as handle:
-            handle.write(b"new but incomplete")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_writer(target) as handle:
+        handle.write(b"new but incomplete")
+        raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["r.csv"]
 

@@ -157,7 +157,7 @@ def test_D5_hot_reload_of_a_mapping_with_a_custom_tag_never_stops_the_service(tm
             MAPPING.replace("{column: note}", "!!python/object/apply:os.system [id]"),
         ], start=1):
             mapping.write_text(bad)
-            wait_until(lambda: service.text().count("configuration change refused") >= number, 30,
+            wait_until(lambda: service.text().count("configuration change refused") >= number, 30,  # noqa: B023 - waited for at once
                        what=f"refusal #{number}")
             assert service.proc.poll() is None, service.text()
         text = service.text()

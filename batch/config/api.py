@@ -177,8 +177,8 @@ def _check_parsers_agree(url: str, origin: ApiOrigin, path: str) -> None:
         raise ValueError("the HTTP client cannot parse this URL") from None
     ours = (origin.scheme, origin.host, origin.port, path)
     by_urllib = (split.scheme, split.hostname, split.port or _DEFAULT_PORTS[split.scheme], split.path.rstrip("/"))
-    by_urllib3 = (parsed.scheme, (parsed.host or "").strip("[]"), parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0),
-                  (parsed.path or "").rstrip("/"))
+    by_urllib3 = (parsed.scheme, (parsed.host or "").strip("[]"),
+                  parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0), (parsed.path or "").rstrip("/"))
     if not ours == by_urllib == by_urllib3 or split.username or parsed.auth:
         raise ValueError("the URL is ambiguous: the HTTP client would read it differently; write scheme://host:port/path")
 

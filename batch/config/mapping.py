@@ -275,7 +275,8 @@ class Invoices(Strict):
             "elements: repeated XML elements."
         ),
     )
-    element: str | None = Field(None, description="elements: XPath of the repeated invoice element, relative to the record.")
+    element: str | None = Field(
+        None, description="elements: XPath of the repeated invoice element, relative to the record.")
     invoicenumber: ValueSpec
     jobid: ValueSpec | None = None
 
@@ -401,7 +402,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
     for section in ("csv", "xml", "fixed"):
         if section != fmt and getattr(mapping, section) is not None:
-            problems.append((section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
+            problems.append(
+                (section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
     if fmt == "fixed" and mapping.fixed is None:
         problems.append(("fixed", "a fixed-width feed needs a 'fixed' section with its columns"))
 
@@ -416,7 +418,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         ]
     for path, spec in specs:
         if fmt != "xml" and spec.xpath is not None:
-            problems.append((path, f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
+            problems.append(
+                (path, f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
         if fmt == "fixed" and mapping.fixed is not None:
             declared = [column.name for column in mapping.fixed.columns]
             for source in spec.sources():
@@ -440,7 +443,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
     status = mapping.fields.status
     vocabulary = set(mapping.status_vocabulary())
     if status is not None:
-        targets = list((status.map or {}).values()) + [v for v in (status.map_default, status.const, status.default) if v]
+        targets = list((status.map or {}).values())
+        targets += [v for v in (status.map_default, status.const, status.default) if v]
         for value in targets:
             if str(value) not in vocabulary:
                 problems.append(
@@ -451,7 +455,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         for key in description.default_by_status:
             if key not in vocabulary:
                 problems.append(
-                    ("fields.description.default_by_status", f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
+                    ("fields.description.default_by_status",
+                     f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
                 )
 
     if fmt == "xml" and mapping.xml is not None:
@@ -468,7 +473,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
                 spec = getattr(invoices, name)
                 if fmt == "xml" and spec is not None and spec.xpath is None:
                     problems.append(
-                        (f"invoices.{name}", "mode 'elements' reads each invoice with 'xpath' (relative to the element)")
+                        (f"invoices.{name}",
+                         "mode 'elements' reads each invoice with 'xpath' (relative to the element)")
                     )
         elif invoices.element is not None:
             problems.append(("invoices.element", f"'element' is only for mode 'elements' (mode is {invoices.mode!r})"))
@@ -476,7 +482,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
             for name in INVOICE_FIELDS:
                 spec = getattr(invoices, name)
                 if spec is not None and spec.sources() and spec.split is None:
-                    problems.append((f"invoices.{name}", "mode 'columns' needs 'split' (the separator inside the cell)"))
+                    problems.append(
+                        (f"invoices.{name}", "mode 'columns' needs 'split' (the separator inside the cell)"))
         if invoices.mode == "rows":
             id_spec = mapping.fields.id
             if id_spec is None or id_spec.generate or not id_spec.sources():

@@ -374,7 +374,8 @@ class LocalInbox(Inbox):
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)
         os.close(self._open(self.outbox, "write receipt"))  # a symlink: refused with its name
-        with open(local_path, "rb") as src, atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
+        with open(local_path, "rb") as src, \
+                atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
     # -- waiting

@@ -306,7 +306,7 @@ class SftpInbox(Inbox):
             transport.auth_timeout = s.connect_timeout_seconds
             known = host_keys.lookup(known_hosts_name(loc.host, loc.port))
             if known:  # negotiate the key type we can verify
-                preferred = [a for k in known.keys() for a in _KEY_TYPE_ALGORITHMS.get(k, [k])]
+                preferred = [a for k in known for a in _KEY_TYPE_ALGORITHMS.get(k, [k])]
                 options = transport.get_security_options()
                 options.key_types = preferred + [t for t in options.key_types if t not in preferred]
             transport.start_client(timeout=s.connect_timeout_seconds)
@@ -395,7 +395,8 @@ class SftpInbox(Inbox):
             sftp.mkdir(_b(folder))
         except OSError as exc:
             if not self._exists(sftp, folder):  # created meanwhile by another instance?
-                raise InboxError(f"{self.location.display}: {named_error(f'create the {label} folder', folder, exc)}") from exc
+                problem = named_error(f"create the {label} folder", folder, exc)
+                raise InboxError(f"{self.location.display}: {problem}") from exc
         self._check_folder(sftp, folder, label)
 
     def _check_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
@@ -601,7 +602,7 @@ class SftpInbox(Inbox):
         def download(sftp: paramiko.SFTPClient) -> None:
             size = int(sftp.stat(_b(remote)).st_size or 0)
             try:
-                out = open(tmp, "xb")
+                out = open(tmp, "xb")  # noqa: SIM115 - its own error; the `with` follows
             except OSError as exc:
                 raise named_error(what, tmp, exc) from exc
             with out:
