@@ -14,11 +14,24 @@ import sys
 import traceback
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import click
 
 from batch import __version__
+
+if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --help stays fast
+    from rich.progress import Progress as Bar, TaskID
+
+    from batch.config.mapping import Mapping
+    from batch.config.service import LoadedService
+    from batch.inbox.base import InboxSettings
+    from batch.journal import FileRecord, Journal
+    from batch.mapping import MappedRecord
+    from batch.pipeline import FileOutcome, Progress
+    from batch.receipts import ReceiptPaths
+    from batch.runtime import Runtime
+    from batch.sandbox import Sandbox
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 
@@ -30,7 +43,7 @@ class Unusable(click.ClickException):
 
     exit_code = EXIT_UNUSABLE
 
-    def show(self, file: Any = None) -> None:
+    def show(self, file: IO[Any] | None = None) -> None:
         _echo(f"error: {self.format_message()}", err=True)
 
 
@@ -192,7 +205,7 @@ def validate(mappings: tuple[Path, ...]) -> None:
         raise SystemExit(EXIT_PROBLEMS)
 
 
-def _mapped_fields(mapping: Any) -> list[str]:
+def _mapped_fields(mapping: Mapping) -> list[str]:
     return [name for name, value in mapping.fields if value is not None]
 
 
@@ -237,7 +250,7 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
         raise SystemExit(EXIT_PROBLEMS)
 
 
-def _open_input(path: Path):
+def _open_input(path: Path) -> BinaryIO:
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -245,7 +258,8 @@ def _open_input(path: Path):
 
 
 class _JsonPrinter:
-    def record(self, record: Any) -> None:
+    def record(self, record: MappedRecord) -> None:
+        payload: dict[str, Any]
         if record.ok:
             payload = {"record": record.line, "event": record.event}
         else:
@@ -265,9 +279,9 @@ class _TablePrinter:
         # piped output is read in files and terminals wider than 80 columns
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         self.file = file
-        self.rows: list[Any] = []
+        self.rows: list[MappedRecord] = []
 
-    def record(self, record: Any) -> None:
+    def record(self, record: MappedRecord) -> None:
         self.rows.append(record)
         if len(self.rows) >= 200:
             self.flush()
@@ -283,8 +297,8 @@ class _TablePrinter:
         table.add_column("invoices", overflow="fold", max_width=30)
         table.add_column("description / problem", overflow="fold", ratio=1)
         for record in self.rows:
-            if record.ok:
-                event = record.event
+            event = record.event
+            if event is not None:  # a valid record
                 invoices = ", ".join(
                     f"{i.get('invoicenumber', '?')}/{i.get('jobid', '-')}" for i in event.get("invoices", [])
                 )
@@ -334,7 +348,7 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _load_service(path: Path) -> Any:
+def _load_service(path: Path) -> LoadedService:
     from batch.config.service import load_service_config
     from batch.config.yamlload import ConfigError
 
@@ -345,7 +359,7 @@ def _load_service(path: Path) -> Any:
         raise Unusable(f"the configuration cannot be used:\n{exc}") from None
 
 
-def _open_runtime(path: Path) -> Any:
+def _open_runtime(path: Path) -> Runtime:
     from batch.config.api import SecretResolutionError
     from batch.runtime import Runtime
 
@@ -420,13 +434,13 @@ def retry(config_path: Path, file_id: int | None) -> None:
     raise SystemExit(worst)
 
 
-def _upload_receipt(settings: Any, receipt: Any) -> str | None:
+def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | None:
     """Put a rewritten receipt (CSV, then JSON) into an SFTP feed's outbox: where it went,
     or None when the upload failed (the receipt then stays in the staging folder)."""
-    from batch.inbox import open_inbox
     from batch.inbox.base import InboxError
+    from batch.inbox.sftp import SftpInbox
 
-    inbox = open_inbox(settings)
+    inbox = SftpInbox(settings)  # only an SFTP feed stages its receipts
     try:
         for path in (receipt.csv, receipt.json):
             inbox.put_receipt(path, path.name)
@@ -437,7 +451,7 @@ def _upload_receipt(settings: Any, receipt: Any) -> str | None:
         inbox.close()
     for path in (receipt.csv, receipt.json):
         path.unlink(missing_ok=True)
-    location = settings.location
+    location = inbox.location
     return f"sftp://{location.user}@{location.host}:{location.port}{inbox.outbox}/{receipt.csv.name}"
 
 
@@ -505,7 +519,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
-def _file_summary(record: Any) -> dict[str, Any]:
+def _file_summary(record: FileRecord) -> dict[str, Any]:
     return {
         "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
         "sha256": record.sha256, "started": record.started_at.isoformat(),
@@ -515,13 +529,13 @@ def _file_summary(record: Any) -> dict[str, Any]:
     }
 
 
-def _exit_code(outcome: Any) -> int:
+def _exit_code(outcome: FileOutcome) -> int:
     if outcome.status in ("error", "auth_failed", "interrupted"):
         return EXIT_UNUSABLE
     return EXIT_OK if outcome.all_accepted else EXIT_PROBLEMS
 
 
-def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
+def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = None) -> None:
     counts = outcome.counts
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                          "not_sent", "pending") if counts.get(key))
@@ -542,7 +556,9 @@ def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> N
 class _progress:
     """A rich progress bar on a terminal; silent otherwise (cron, pipes, tests)."""
 
-    def __enter__(self) -> Any:
+    bar: Bar | None = None
+
+    def __enter__(self) -> Progress:
         from batch.pipeline import Progress
 
         if not sys.stderr.isatty():
@@ -550,20 +566,20 @@ class _progress:
             return Progress()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
-        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       transient=True)
-        self.bar.start()
-        reading = self.bar.add_task("reading", total=None)
-        tasks: dict[str, Any] = {}
+        self.bar = bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=True)
+        bar.start()
+        reading = bar.add_task("reading", total=None)
+        tasks: dict[str, TaskID] = {}
 
         def delivery_start(total: int) -> None:
-            self.bar.update(reading, visible=False)
-            tasks["send"] = self.bar.add_task("sending", total=total)
+            bar.update(reading, visible=False)
+            tasks["send"] = bar.add_task("sending", total=total)
 
         return Progress(
-            on_recorded=lambda n: self.bar.update(reading, completed=n),
+            on_recorded=lambda n: bar.update(reading, completed=n),
             on_delivery_start=delivery_start,
-            on_result=lambda outcome: self.bar.advance(tasks["send"]) if "send" in tasks else None,
+            on_result=lambda outcome: bar.advance(tasks["send"]) if "send" in tasks else None,
         )
 
     def __exit__(self, *exc: object) -> None:
@@ -593,7 +609,7 @@ def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
         raise click.UsageError("--tls-key needs --tls-cert")
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
 
-    def ready(running: Any) -> None:
+    def ready(running: Sandbox) -> None:
         click.echo(f"Ropo One sandbox listening at {running.base_url}", err=True)
         click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox.py)", err=True)
 
@@ -637,7 +653,7 @@ def demo(workspace: Path | None) -> None:
     raise SystemExit(EXIT_UNUSABLE if result.exit_code == EXIT_UNUSABLE else EXIT_OK)
 
 
-def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:
+def _print_feeds(loaded: LoadedService, journal: Journal | None, only: str | None) -> None:
     """The feeds of `status`: inbox, files waiting in processing/, the last file."""
     from rich.console import Console
     from rich.table import Table
@@ -719,6 +735,7 @@ def validate_config(config_path: Path) -> None:
     if problems:
         click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
         raise SystemExit(EXIT_PROBLEMS)
+    assert loaded is not None  # no problem: it loaded
     feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})"
                       for feed in loaded.config.feeds)
     click.echo(f"{config_path}: ok; API {loaded.config.api.base_url}; {len(loaded.config.feeds)} feed(s): {feeds}")
