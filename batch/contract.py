@@ -23,7 +23,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("batch").joinpath("data", CONTRACT_FILE).read_text("utf-8")
+    text = resources.files("batch").joinpath("data").joinpath(CONTRACT_FILE).read_text("utf-8")
     return json.loads(text)
 
 

@@ -370,7 +370,9 @@ class _Run:
                 task.attempts -= 1
                 if self.halt is None:
                     self.halt_now(State.PENDING, "delivery stopped")
-                self._final(task, self.halt, task.cut_short(self.halt, self.halt_reason).message)
+                halt = self.halt
+                assert halt is not None  # halt_now set it
+                self._final(task, halt, task.cut_short(halt, self.halt_reason).message)
             else:
                 task.status, task.message = result.status, result.message
                 reported_before = len(self.done)

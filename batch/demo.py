@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from batch.config.service import load_service_config
+from batch.config.service import LoadedService, load_service_config
 from batch.journal import Journal
 from batch.receipts import receipt_names
 from batch.runtime import Runtime
@@ -123,7 +123,7 @@ def run_demo(
         return DemoRun(workspace, files, exit_code, len(sandbox.accepted), sum(sandbox.duplicates.values()))
 
 
-def _drop(loaded, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
+def _drop(loaded: LoadedService, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     """Copy the samples into the inboxes; the first one also again, later, under a new name
     (a re-run export: same content). Returns (feed, file name, label) in drop order."""
     drops = [(sample, sample.stem, sample.name, sample.name) for sample, _ in pairs]
@@ -140,7 +140,7 @@ def _drop(loaded, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     return dropped
 
 
-def _results(loaded, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
+def _results(loaded: LoadedService, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
     with Journal(loaded.config.journal) as journal:
         latest = {(record.feed, record.name): record for record in reversed(journal.recent_files(1000))}
     files = []

@@ -177,7 +177,7 @@ def open_folder(path: Path, *, follow: bool = True) -> int:
     return os.open(path, flags)
 
 
-def symlink_refusal(path: Path, what: str) -> str:
+def symlink_refusal(path: str | os.PathLike[str], what: str) -> str:
     return (f"{what} {display_name(str(path))} is a symbolic link; the service's own folders must be "
             "real folders, so it refuses to follow it (replace the link by a folder)")
 

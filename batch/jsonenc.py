@@ -12,7 +12,7 @@ from typing import Any
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a declared dependency
-    orjson = None
+    orjson = None  # type: ignore[assignment]  # the fallback below checks for it
 
 
 def dumps_event(event: dict[str, Any]) -> bytes:

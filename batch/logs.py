@@ -191,8 +191,9 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
         _threads_log.debug("SFTP read-ahead thread %s ended with the connection: %s: %s",
                            name, args.exc_type.__name__, args.exc_value)
         return
+    # the stubs allow exc_value None, but an exception that reached the hook is always an instance
     _threads_log.error("thread %s ended with an unexpected error", name,
-                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def apply_level(level: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -29,13 +29,15 @@ from batch.config.mapping import (
     compile_pattern,
 )
 from batch.events import EVENT_KEYS, Rules, check_event
-from batch.fastpath import build_fast_mapper
+from batch.fastpath import FastMapper, build_fast_mapper
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.timeparse import TimeConverter
 
 _MISSING = object()  # a column that the record does not have (too few fields)
 # shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
-_NO_ERRORS: tuple = ()
+# shared by the valid records of the fast path; a tuple, so that an append fails loudly instead of
+# giving every such record the error (records with errors get a list of their own)
+_NO_ERRORS: Any = ()
 NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
 # A record reports at most this many problems; the last one counts the others.
@@ -70,7 +72,7 @@ class RecordError:
 class MappedRecord:
     line: int
     event: dict[str, Any] | None
-    errors: list[RecordError] | tuple = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
     # what could be read of an invalid record (id, usageplacecode, status), for receipts
     partial: Any = field(default_factory=dict)
 
@@ -148,7 +150,7 @@ def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
         ]
 
         def template(row: list) -> Any:
-            out = []
+            out: list[Any] = []
             for literal, position in parts:
                 out.append(literal)
                 if position is not None:
@@ -169,7 +171,8 @@ def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
 class _Value:
     """A compiled ValueSpec: raw value -> cleaned, mapped, typed value (None when empty)."""
 
-    def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool, converter=None, integer=False):
+    def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool,
+                 converter: TimeConverter | None = None, integer: bool = False):
         self.name = name
         self.spec = spec
         self.required = required
@@ -269,9 +272,9 @@ class CompiledMapping:
         for _, spec in self.field_specs:
             names += spec.sources()
         if self.invoices is not None and self.invoices.mode != "elements":
-            for spec in (self.invoices.invoicenumber, self.invoices.jobid):
-                if spec is not None:
-                    names += spec.sources()
+            for part in (self.invoices.invoicenumber, self.invoices.jobid):
+                if part is not None:
+                    names += part.sources()
         return list(dict.fromkeys(names))
 
     def required_columns(self) -> list[str]:
@@ -377,7 +380,7 @@ class MappingRun:
         if None in events:
             return None
         try:
-            ids = list(map(_event_id, events))
+            ids = list(map(_event_id, cast("list[dict[str, Any]]", events)))  # no None: checked above
         except KeyError:  # an optional id left empty
             return None
         seen = self._seen_ids
@@ -425,20 +428,20 @@ class MappingRun:
         invoices = compiled.invoices
         if invoices is not None:
             specs = [("invoicenumber", invoices.invoicenumber, False), ("jobid", invoices.jobid, True)]
-            for name, spec, integer in specs:
-                if spec is None:
+            for name, part, integer in specs:
+                if part is None:
                     continue
-                value = _Value(f"invoices.{name}", spec, False, compiled.is_xml, integer=integer)
+                value = _Value(f"invoices.{name}", part, False, compiled.is_xml, integer=integer)
                 values.append(value)
                 if invoices.mode != "elements":
-                    parts.append((value, _getter(spec, index)))
+                    parts.append((value, _getter(part, index)))
             if invoices.mode == "elements":
                 group = index[invoices.element or ""]
         self._bound = _Bound(columns, fields, parts, group, values)
         self._bound.fast = self._fast_mapper(self._bound, index)
         return self._bound
 
-    def _fast_mapper(self, bound: _Bound, index: dict[str, int]):
+    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> FastMapper | None:
         compiled = self.compiled
         invoices = compiled.invoices
         if invoices is not None and invoices.mode == "rows":

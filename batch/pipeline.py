@@ -323,7 +323,7 @@ class Processor:
         def on_result(item: Outgoing, outcome: Outcome) -> None:
             if outcome.state is not State.PENDING:  # pending: stopped before it was sent
                 results.append(Result(
-                    file_id, item.key, outcome.state.value,  # type: ignore[arg-type]
+                    file_id, item.key, outcome.state.value,
                     http_status=outcome.status, message=outcome.message or None, attempts=outcome.attempts,
                 ))
             if progress.on_result:

@@ -18,14 +18,17 @@ import csv
 import io
 import re
 from collections import Counter, deque
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from lxml import etree
 
 from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 # Records per chunk. Small on purpose: a chunk's rows and the events mapped from them stay in
 # the CPU's L2 cache while they are worked on; at 5,000 (~9 MB) they did not, and mapping a
@@ -64,7 +67,10 @@ def detect_encoding(head: bytes, configured: str) -> str:
 
 
 def _buffered(stream: BinaryIO) -> io.BufferedReader:
-    return stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[return-value]
+    if hasattr(stream, "peek"):
+        return cast(io.BufferedReader, stream)  # peek() is all that is needed of a BufferedReader
+    # typing.BinaryIO declares no readinto(); the streams handed here (files, BytesIO, SFTP) have it
+    return io.BufferedReader(stream)  # type: ignore[arg-type]
 
 
 def _unwrap(buffered: BinaryIO, original: BinaryIO) -> None:
@@ -123,7 +129,9 @@ def read_csv(
     return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size))
 
 
-def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
+def _decoded(
+    stream: BinaryIO, options: CsvOptions | FixedOptions, body: Callable[[io.TextIOWrapper], Iterator[Chunk]]
+) -> Iterator[Chunk]:
     """Decode `stream` as the options say and run `body(text)`; decoding problems become FileError."""
     original, stream = stream, _buffered(stream)
     start = stream.tell() if stream.seekable() else 0
@@ -193,7 +201,7 @@ def _fixed_chunks(text: io.TextIOWrapper, options: FixedOptions, chunk_size: int
         yield chunk
 
 
-def _csv_reader(text: io.TextIOWrapper, options: CsvOptions):
+def _csv_reader(text: io.TextIOWrapper, options: CsvOptions) -> CsvReader:
     return csv.reader(
         text,
         delimiter=options.delimiter,
@@ -222,7 +230,7 @@ def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str]
 
 
 def _record_chunks(
-    reader, header: list[str], skipped: int, skip_blank: bool, footer: int, chunk_size: int
+    reader: CsvReader, header: list[str], skipped: int, skip_blank: bool, footer: int, chunk_size: int
 ) -> Iterator[Chunk]:
     """Every record after the header, with the line where it starts, in chunks.
 
@@ -297,7 +305,7 @@ def _take(
     return chunk
 
 
-def _read_header(reader, skipped: int) -> list[str]:
+def _read_header(reader: CsvReader, skipped: int) -> list[str]:
     try:
         header = next(reader)
     except StopIteration:
@@ -442,7 +450,7 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
                             raise _nested_record_error(element, pending)
                         pending, pending_since = element, blocks.position
                     continue
-                if element is not pending:
+                if pending is None or element is not pending:
                     continue
                 pending = None
                 row = texts(element)
@@ -501,7 +509,7 @@ def _root_tag(blocks: _Blocks) -> tuple[str | None, list[bytes]]:
     return None, head
 
 
-def _syntax_error(exc: etree.XMLSyntaxError, log) -> FileError:
+def _syntax_error(exc: etree.XMLSyntaxError, log: Sequence[Any]) -> FileError:
     line = exc.lineno or (log[0].line if len(log) else None)
     return FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None)
 
@@ -559,7 +567,7 @@ def _doctype_error() -> FileError:
     )
 
 
-def _path_matcher(steps: list[tuple[bool, str]]):
+def _path_matcher(steps: list[tuple[bool, str]]) -> Callable[[etree._Element], bool]:
     """Does an element's chain of ancestors match the record path?"""
     if len(steps) == 1 and steps[0][0]:
         return lambda element: True  # '//Event': the parser's tag filter already chose
@@ -583,7 +591,7 @@ def _path_matcher(steps: list[tuple[bool, str]]):
     return matches
 
 
-def _absolute_matcher(tags: list[str]):
+def _absolute_matcher(tags: list[str]) -> Callable[[etree._Element], bool]:
     expected = list(reversed(tags))
     # records are siblings: once a parent is known to sit on the path, its next children need
     # only the identity check (lxml keeps one proxy per node while we hold a reference to it)
@@ -615,7 +623,7 @@ def _release(element: etree._Element) -> None:
             del parent[0]
 
 
-def _syntax_message(exc: etree.XMLSyntaxError, log) -> str:
+def _syntax_message(exc: etree.XMLSyntaxError, log: Sequence[Any]) -> str:
     message = str(exc.msg or exc)
     if message == "no element found" and len(log):
         message = log[0].message  # iterparse's summary hides the cause (e.g. an undefined entity)

@@ -317,7 +317,7 @@ class Sandbox:
 
     @property
     def host(self) -> str:
-        return self._server.server_address[0]
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
@@ -355,7 +355,7 @@ class Sandbox:
             host, port = self._server.server_address[:2]
             for _ in range(50):  # the old socket may linger for a moment
                 try:
-                    self._server = self._listen(host, port)
+                    self._server = self._listen(str(host), port)
                     break
                 except OSError:
                     time.sleep(0.1)
@@ -725,7 +725,7 @@ class _Handler(BaseHTTPRequestHandler):
         host, port = self.server.server_address[:2]
         request = RawRequest(method=method, path=self.path,
                              headers={k: v for k, v in self.headers.items()},
-                             body=body, host_url=f"http://{host}:{port}")
+                             body=body, host_url=f"http://{host!s}:{port}")
         try:
             hook(request)
         except Exception:  # a broken hook must not take the sandbox down

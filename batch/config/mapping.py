@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from batch.config.yamlload import (
     ConfigError,
+    ConfigProblem,
     LoadedYaml,
     load_yaml_file,
     load_yaml_text,
@@ -430,7 +431,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         is_id = isinstance(spec, IdSpec) and spec.generate
         if not is_id and not spec.sources() and spec.const is None and spec.default is None:
             problems.append((path, "say where the value comes from: column, xpath, const or template"))
-        if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices.mode == "columns"):
+        if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices is not None
+                                           and mapping.invoices.mode == "columns"):
             problems.append((path, "'split' is only for invoices with mode: columns"))
 
     for name in (n for n in EVENT_FIELDS if n in DEFAULT_REQUIRED):  # a stable order: sets vary per run
@@ -443,7 +445,7 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
     status = mapping.fields.status
     vocabulary = set(mapping.status_vocabulary())
     if status is not None:
-        targets = list((status.map or {}).values())
+        targets: list[str | int] = list((status.map or {}).values())
         targets += [v for v in (status.map_default, status.const, status.default) if v]
         for value in targets:
             if str(value) not in vocabulary:
@@ -521,7 +523,7 @@ def load_mapping_text(text: str, file: str = "<mapping>") -> Mapping:
     return _check(load_yaml_text(text, file))
 
 
-def _check(loaded) -> Mapping:
+def _check(loaded: LoadedYaml) -> Mapping:
     if not isinstance(loaded.data, dict):
         raise ConfigError([loaded.problem((), "a mapping file must be a YAML mapping (key: value lines)")])
     try:
@@ -602,7 +604,7 @@ def _remove_key(data: Any, key: tuple[str, ...]) -> bool:
     return False
 
 
-def _split_cross_field(problems, loaded):
+def _split_cross_field(problems: list[ConfigProblem], loaded: LoadedYaml) -> list[ConfigProblem]:
     """Cross-field problems arrive as one multi-line message at the top; give each its own line."""
     result = []
     for problem in problems:

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batch.config.api import ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.secrets import secret_file_warning
-from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, load_yaml_text, validate_model
+from batch.config.yamlload import (
+    ConfigError,
+    ConfigProblem,
+    LoadedYaml,
+    load_yaml_file,
+    load_yaml_text,
+    validate_model,
+)
 from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
 
@@ -120,7 +127,7 @@ def load_service_config_text(text: str, path: str | Path) -> LoadedService:
     return _check(load_yaml_text(text, str(path), echo_values=False), path)
 
 
-def _check(loaded, path: Path) -> LoadedService:
+def _check(loaded: LoadedYaml, path: Path) -> LoadedService:
     if not isinstance(loaded.data, dict):
         raise ConfigError([loaded.problem((), "a service configuration must be a YAML mapping (key: value lines)")])
     config = validate_model(ServiceConfig, loaded)
@@ -153,7 +160,7 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
 
     feeds = []
     for feed in config.feeds:
-        update = {
+        update: dict[str, Any] = {
             "mapping": absolute(feed.mapping),
             "known_hosts": absolute(feed.known_hosts),
             "private_key_file": absolute(feed.private_key_file),

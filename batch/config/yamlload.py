@@ -150,6 +150,7 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             node = super().compose_node(parent, index)
+            assert node is not None  # an alias event composes to the node its anchor names
             self._count_alias(node, mark)
             return node
         self._depth += 1
@@ -161,6 +162,7 @@ class _Loader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        assert node is not None  # the stubs allow None; PyYAML returns a node for every event taken here
         self._size[id(node)] = self._measure(node)
         return node
 

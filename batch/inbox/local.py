@@ -67,7 +67,7 @@ try:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     _renameat2.restype = ctypes.c_int
 except (OSError, AttributeError):  # not glibc / not Linux
-    _renameat2 = None
+    _renameat2 = None  # type: ignore[assignment]  # checked before each use
 
 
 def rename_noreplace(src: Path | str, dst: Path | str, *, src_dir_fd: int = _AT_FDCWD,

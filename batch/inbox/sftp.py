@@ -122,7 +122,10 @@ def _short_upload(exc: OSError) -> OSError:
 def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]:
     """`SFTPClient.listdir_attr`, but names that are not UTF-8 come back surrogate-escaped
     (like `os.listdir`) instead of failing the whole listing with UnicodeDecodeError."""
-    kind, msg = sftp._request(CMD_OPENDIR, _b(folder))
+    # paramiko's own listdir_attr, on its private request and decoding calls (not in its stubs)
+    request = sftp._request  # type: ignore[attr-defined]  # private: see the comment above
+    from_msg = SFTPAttributes._from_msg  # type: ignore[attr-defined]  # private: see the comment above
+    kind, msg = request(CMD_OPENDIR, _b(folder))
     if kind != CMD_HANDLE:
         raise SFTPError("Expected handle")
     handle = msg.get_binary()
@@ -130,7 +133,7 @@ def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]
     try:
         while True:
             try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
+                kind, msg = request(CMD_READDIR, handle)
             except EOFError:
                 break
             if kind != CMD_NAME:
@@ -138,11 +141,11 @@ def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]
             for _ in range(msg.get_int()):
                 filename = os.fsdecode(msg.get_string())
                 longname = msg.get_string().decode("utf-8", "replace")
-                attr = SFTPAttributes._from_msg(msg, filename, longname)
+                attr = from_msg(msg, filename, longname)
                 if filename not in (".", ".."):
                     found.append(attr)
     finally:
-        sftp._request(CMD_CLOSE, handle)
+        request(CMD_CLOSE, handle)
     return found
 
 # Signature algorithms that carry an RSA host key (known_hosts records it as ssh-rsa).
@@ -203,7 +206,8 @@ def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
     if passphrase is None:
         raise InboxError(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
     try:
-        return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())
+        # paramiko annotates the password as str, but hands it to cryptography's loaders, which take bytes only
+        return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())  # type: ignore[arg-type]
     except (TypeError, ValueError, paramiko.SSHException, OSError):
         raise InboxError(f"cannot decrypt private key {path} with the configured passphrase "
                          "(key_passphrase / key_passphrase_file): is it the right one?") from None
@@ -319,7 +323,9 @@ class SftpInbox(Inbox):
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
                 raise InboxUnavailable(f"{loc.display}: the server refused the sftp subsystem")
-            sftp.get_channel().settimeout(s.io_timeout_seconds)
+            channel = sftp.get_channel()
+            assert channel is not None  # from_transport opened it
+            channel.settimeout(s.io_timeout_seconds)
             self._transport = transport
             try:
                 if not stat.S_ISDIR(sftp.stat(self.root).st_mode or 0):
