@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,8 +64,8 @@ NORMAL = "ok"              # answer normally
 class Faults:
     """What goes wrong, and how often. Script entries are consumed one per event POST."""
 
-    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL
-    token_script: list[int | str] = field(default_factory=list)  # the same, for POST /token
+    script: Sequence[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL
+    token_script: Sequence[int | str] = field(default_factory=list)  # the same, for POST /token
     error_rate: float = 0.0        # share of event POSTs answered with error_status
     error_status: int = 503
     error_ids: list[str] = field(default_factory=list)  # answered error_status every time

@@ -349,7 +349,7 @@ def test_dropped_connections_are_retried(
         make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
         process_file: Callable[..., FileOutcome]) -> None:
     # DROP: hung up before keeping the event; DROP_AFTER: kept, but the answer was lost
-    script: list[int | str] = ["ok"] * 5 + [DROP] * 3 + ["ok"] * 10 + [DROP_AFTER] * 2 + ["ok", DROP]
+    script = ["ok"] * 5 + [DROP] * 3 + ["ok"] * 10 + [DROP_AFTER] * 2 + ["ok", DROP]
     sandbox = make_sandbox(faults=Faults(script=script))
     ws = workspace_for(sandbox)
     rows = make_rows(80, 20)
