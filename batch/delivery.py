@@ -566,7 +566,7 @@ def _feed(run: _Run, items: Iterator[Outgoing], exhausted: bool) -> bool:
         if item is _END:
             return True
         with run.lock:
-            run.add(item)  # type: ignore[arg-type]
+            run.add(item)  # type: ignore[arg-type]  # not _END: checked above
             if run.done and run.halt is None:
                 return False  # report as we go
 

@@ -131,7 +131,7 @@ def _named_class(base: type[OSError]) -> type[OSError]:
             reason = f"{self.strerror} ({code})" if code else str(self.strerror)
             if reason == "Failure":  # SFTP's SSH_FX_FAILURE: no reason given
                 reason = "the server answered only 'Failure' (often a full disk or a quota)"
-            return f"cannot {self.operation}: {self.where}: {reason}"  # type: ignore[attr-defined]
+            return f"cannot {self.operation}: {self.where}: {reason}"  # type: ignore[attr-defined]  # named_error sets them
 
         found = _NAMED_CLASSES[base] = type(base.__name__, (base,), {"__str__": __str__, "__module__": base.__module__})
     return found
@@ -145,8 +145,8 @@ def named_error(operation: str, where: str | os.PathLike[str], cause: OSError) -
     if hasattr(cause, "operation"):
         return cause
     error = _named_class(type(cause))(cause.errno, cause.strerror or str(cause))
-    error.operation = operation  # type: ignore[attr-defined]
-    error.where = display_name(os.fspath(where))  # type: ignore[attr-defined]
+    error.operation = operation  # type: ignore[attr-defined]  # read by the class's __str__
+    error.where = display_name(os.fspath(where))  # type: ignore[attr-defined]  # read by __str__ too
     error.filename = os.fspath(where)
     return error
 

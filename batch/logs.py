@@ -192,8 +192,9 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
                            name, args.exc_type.__name__, args.exc_value)
         return
     # the stubs allow exc_value None, but an exception that reached the hook is always an instance
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
     _threads_log.error("thread %s ended with an unexpected error", name,
-                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+                       exc_info=exc_info)  # type: ignore[arg-type]  # see above
 
 
 def apply_level(level: str) -> None:

@@ -211,7 +211,7 @@ class _Value:
             mapped = self.map.get(value.casefold() if self.fold else value)
             if mapped is None:
                 if self.map_default is None:
-                    known = short_list(list(self.spec.map), 2 * LISTED_NAMES)  # type: ignore[arg-type]
+                    known = short_list(list(self.spec.map or ()), 2 * LISTED_NAMES)  # set: self.map is made of it
                     raise _Problem(f"value is not in the map (expected one of {known})", raw)
                 mapped = self.map_default
             value = mapped
@@ -541,9 +541,11 @@ class MappingRun:
     # -- invoices -----------------------------------------------------------------------------------
 
     def _split_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
+        invoices = self.compiled.invoices
+        assert invoices is not None  # called only for a mapping with invoices
         separator_of = {
-            "invoicenumber": self.compiled.invoices.invoicenumber.split,  # type: ignore[union-attr]
-            "jobid": self.compiled.invoices.jobid.split if self.compiled.invoices.jobid else None,  # type: ignore[union-attr]
+            "invoicenumber": invoices.invoicenumber.split,
+            "jobid": invoices.jobid.split if invoices.jobid else None,
         }
         columns: list[tuple[_Value, list[str]]] = []
         for value, get in bound.invoice_parts:

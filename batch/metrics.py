@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -67,7 +67,7 @@ class _FeedFlags:
     def __init__(self) -> None:
         self.source: FlagsFn | None = None
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         flags = self.source() if self.source is not None else {}
         for key, help_text in self.GAUGES:
             gauge = GaugeMetricFamily(f"usageplace_batch_{key}", help_text, labels=["feed"])

@@ -69,15 +69,15 @@ def detect_encoding(head: bytes, configured: str) -> str:
 def _buffered(stream: BinaryIO) -> io.BufferedReader:
     if hasattr(stream, "peek"):
         return cast(io.BufferedReader, stream)  # peek() is all that is needed of a BufferedReader
-    # typing.BinaryIO declares no readinto(); the streams handed here (files, BytesIO, SFTP) have it
-    return io.BufferedReader(stream)  # type: ignore[arg-type]
+    # the streams handed here (files, BytesIO, SFTP files) all have readinto()
+    return io.BufferedReader(stream)  # type: ignore[arg-type]  # BinaryIO does not declare readinto()
 
 
 def _unwrap(buffered: BinaryIO, original: BinaryIO) -> None:
     """Detach our own buffer from the caller's stream: collecting it would close their stream."""
     if buffered is not original:
         try:
-            buffered.detach()  # type: ignore[attr-defined]
+            buffered.detach()  # type: ignore[attr-defined]  # ours: the BufferedReader _buffered made
         except ValueError:
             pass
 

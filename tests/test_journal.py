@@ -312,7 +312,7 @@ def test_only_delivery_outcomes_are_results(journal: Journal) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1")])
     with pytest.raises(ValueError):
-        journal.record_result(file_id, 1, "duplicate")  # type: ignore[arg-type]
+        journal.record_result(file_id, 1, "duplicate")  # type: ignore[arg-type]  # the refusal is under test
 
 
 def test_record_results_applies_a_batch_in_one_call(journal: Journal) -> None:
@@ -473,7 +473,7 @@ def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
     finished = journal.finish_file(file_id, "error", "missing required column 'usageplacecode'")
     assert (finished.state, finished.error) == ("error", "missing required column 'usageplacecode'")
     with pytest.raises(ValueError):
-        journal.finish_file(file_id, "processing")  # type: ignore[arg-type]
+        journal.finish_file(file_id, "processing")  # type: ignore[arg-type]  # the refusal is under test
 
 
 def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: Journal) -> None:

@@ -51,7 +51,7 @@ def map_bytes(mapping: str | CompiledMapping, data: bytes | str, chunk_size: int
             run._fast_mapper = lambda bound, index: None  # type: ignore[method-assign]  # every record the general way
             return run
 
-        compiled.start = start.__get__(compiled)  # type: ignore[method-assign]
+        compiled.start = start.__get__(compiled)  # type: ignore[method-assign]  # runs without the fast path
     out = []
     for records in mapped_chunks(compiled, io.BytesIO(data), chunk_size=chunk_size):
         for record in records:

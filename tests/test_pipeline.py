@@ -569,7 +569,7 @@ def test_at_most_max_in_flight_events_are_sent_without_their_result_being_journa
         committed += applied
         return applied
 
-    journal.record_results = slow_record_results  # type: ignore[method-assign]
+    journal.record_results = slow_record_results  # type: ignore[method-assign]  # a slow disk
     outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
     assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
     assert committed == 200

@@ -33,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -242,8 +243,8 @@ class ApiSettings(BaseModel):
 
     @field_validator("apicode", "token", mode="before")
     @classmethod
-    def _check_reference(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
-        return check_reference(value, info.field_name)
+    def _check_reference(cls, value: object, info: ValidationInfo) -> SecretStr | None:
+        return check_reference(value, info.field_name or "")
 
     @model_validator(mode="after")
     def _check_auth_choice(self) -> ApiSettings:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from batch.config.secrets import check_reference, resolve_secret
 from batch.fsutil import display_name, fit_name
@@ -194,8 +194,8 @@ class InboxSettings(BaseModel):
 
     @field_validator("key_passphrase", "password", mode="before")
     @classmethod
-    def _env_secret(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
-        return check_reference(value, info.field_name)  # resolved when needed: resolved_*()
+    def _env_secret(cls, value: object, info: ValidationInfo) -> SecretStr | None:
+        return check_reference(value, info.field_name or "")  # resolved when needed: resolved_*()
 
     @field_validator("private_key_file", "key_passphrase_file", "password_file", "known_hosts", mode="before")
     @classmethod

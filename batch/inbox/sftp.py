@@ -207,7 +207,8 @@ def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
         raise InboxError(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
     try:
         # paramiko annotates the password as str, but hands it to cryptography's loaders, which take bytes only
-        return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())  # type: ignore[arg-type]
+        secret = passphrase.get_secret_value().encode()
+        return paramiko.PKey.from_path(path, secret)  # type: ignore[arg-type]  # bytes: see above
     except (TypeError, ValueError, paramiko.SSHException, OSError):
         raise InboxError(f"cannot decrypt private key {path} with the configured passphrase "
                          "(key_passphrase / key_passphrase_file): is it the right one?") from None
@@ -615,7 +616,7 @@ class SftpInbox(Inbox):
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # "alive": a stale-temporary sweep leaves it alone
                 staged = _StagingWriter(out, what, tmp)
                 # getfo is what SFTPClient.get uses: prefetch (pipelined reads) on.
-                written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]
+                written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]  # needs write()
                                      max_concurrent_prefetch_requests=self.settings.prefetch_max_requests)
                 staged.flush()
                 local_size = os.fstat(out.fileno()).st_size
