@@ -14,15 +14,32 @@ import signal
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
 from batch import __version__
 from batch.errors import BatchError, ConfigurationError, ExitStatus, InputFileError
-from batch.logs import installed_filter, print_redacted_traceback, redact_config_secrets, setup_logging
 from batch.fsutil import file_kind
-from batch.logs import escape_unprintable
+from batch.logs import (
+    escape_unprintable,
+    installed_filter,
+    print_redacted_traceback,
+    redact_config_secrets,
+    setup_logging,
+)
+
+if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --help stays fast
+    from rich.progress import Progress as Bar, TaskID
+
+    from batch.config.mapping import Mapping
+    from batch.config.service import LoadedService
+    from batch.inbox.base import InboxSettings
+    from batch.journal import FileRecord, Journal
+    from batch.mapping import MappedRecord
+    from batch.pipeline import Progress
+    from batch.receipts import ReceiptPaths
+    from batch.sandbox import Sandbox
 
 log = logging.getLogger("batch.cli")
 
@@ -177,7 +194,7 @@ def validate(mappings: tuple[Path, ...]) -> None:
         raise SystemExit(ExitStatus.PROBLEMS)
 
 
-def _mapped_fields(mapping: Any) -> list[str]:
+def _mapped_fields(mapping: Mapping) -> list[str]:
     return [name for name, value in mapping.fields if value is not None]
 
 
@@ -222,7 +239,7 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
         raise SystemExit(ExitStatus.PROBLEMS)
 
 
-def _open_input(path: Path):
+def _open_input(path: Path) -> BinaryIO:
     try:
         return open(path, "rb")
     except OSError as exc:
@@ -230,7 +247,8 @@ def _open_input(path: Path):
 
 
 class _JsonPrinter:
-    def record(self, record: Any) -> None:
+    def record(self, record: MappedRecord) -> None:
+        payload: dict[str, Any]
         if record.ok:
             payload = {"record": record.line, "event": record.event}
         else:
@@ -250,9 +268,9 @@ class _TablePrinter:
         # piped output is read in files and terminals wider than 80 columns
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         self.file = file
-        self.rows: list[Any] = []
+        self.rows: list[MappedRecord] = []
 
-    def record(self, record: Any) -> None:
+    def record(self, record: MappedRecord) -> None:
         self.rows.append(record)
         if len(self.rows) >= 200:
             self.flush()
@@ -268,8 +286,8 @@ class _TablePrinter:
         table.add_column("invoices", overflow="fold", max_width=30)
         table.add_column("description / problem", overflow="fold", ratio=1)
         for record in self.rows:
-            if record.ok:
-                event = record.event
+            event = record.event
+            if event is not None:  # a valid record
                 invoices = ", ".join(
                     f"{i.get('invoicenumber', '?')}/{i.get('jobid', '-')}" for i in event.get("invoices", [])
                 )
@@ -319,7 +337,7 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _load_service(path: Path) -> Any:
+def _load_service(path: Path) -> LoadedService:
     from batch.config.service import load_service_config
     from batch.config.yamlload import ConfigError
 
@@ -368,7 +386,8 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--file-id", type=int, help="Only this file (an id from `status`); default: every file with failed events.")
+@click.option("--file-id", type=int,
+              help="Only this file (an id from `status`); default: every file with failed events.")
 def retry(config_path: Path, file_id: int | None) -> None:
     """Send failed events again (those whose transient errors outlasted the retries)."""
     from batch.pipeline import failed_file_ids
@@ -398,13 +417,13 @@ def retry(config_path: Path, file_id: int | None) -> None:
     raise SystemExit(worst)
 
 
-def _upload_receipt(settings: Any, receipt: Any) -> str | None:
+def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | None:
     """Put a rewritten receipt (CSV, then JSON) into an SFTP feed's outbox: where it went,
     or None when the upload failed (the receipt then stays in the staging folder)."""
-    from batch.inbox import open_inbox
     from batch.inbox.base import InboxError
+    from batch.inbox.sftp import SftpInbox
 
-    inbox = open_inbox(settings)
+    inbox = SftpInbox(settings)  # only an SFTP feed stages its receipts
     try:
         for path in (receipt.csv, receipt.json):
             inbox.put_receipt(path, path.name)
@@ -415,7 +434,7 @@ def _upload_receipt(settings: Any, receipt: Any) -> str | None:
         inbox.close()
     for path in (receipt.csv, receipt.json):
         path.unlink(missing_ok=True)
-    location = settings.location
+    location = inbox.location
     return f"sftp://{location.user}@{location.host}:{location.port}{inbox.outbox}/{receipt.csv.name}"
 
 
@@ -471,8 +490,8 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     from rich.table import Table
 
     table = Table(header_style="bold")
-    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed", "duplicate",
-                 "not_sent", "pending"):
+    for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed",
+                 "duplicate", "not_sent", "pending"):
         table.add_column(name, no_wrap=name != "file")
     for record in files:
         counts = record.counts
@@ -485,7 +504,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
-def _file_summary(record: Any) -> dict[str, Any]:
+def _file_summary(record: FileRecord) -> dict[str, Any]:
     return {
         "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
         "sha256": record.sha256, "started": record.started_at.isoformat(),
@@ -518,7 +537,9 @@ def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> N
 class _progress:
     """A rich progress bar on a terminal; silent otherwise (cron, pipes, tests)."""
 
-    def __enter__(self) -> Any:
+    bar: Bar | None = None
+
+    def __enter__(self) -> Progress:
         from batch.pipeline import Progress
 
         if not sys.stderr.isatty():
@@ -526,19 +547,20 @@ class _progress:
             return Progress()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
-        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-        self.bar.start()
-        reading = self.bar.add_task("reading", total=None)
-        tasks: dict[str, Any] = {}
+        self.bar = bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=True)
+        bar.start()
+        reading = bar.add_task("reading", total=None)
+        tasks: dict[str, TaskID] = {}
 
         def delivery_start(total: int) -> None:
-            self.bar.update(reading, visible=False)
-            tasks["send"] = self.bar.add_task("sending", total=total)
+            bar.update(reading, visible=False)
+            tasks["send"] = bar.add_task("sending", total=total)
 
         return Progress(
-            on_recorded=lambda n: self.bar.update(reading, completed=n),
+            on_recorded=lambda n: bar.update(reading, completed=n),
             on_delivery_start=delivery_start,
-            on_result=lambda outcome: self.bar.advance(tasks["send"]) if "send" in tasks else None,
+            on_result=lambda outcome: bar.advance(tasks["send"]) if "send" in tasks else None,
         )
 
     def __exit__(self, *exc: object) -> None:
@@ -552,7 +574,8 @@ class _progress:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Keep accepted events in DIR/accepted.jsonl.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep accepted events in DIR/accepted.jsonl.")
 @click.option("--token-ttl", default=7200.0, show_default=True, help="Seconds a token lives.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Serve HTTPS with this PEM certificate (chain); to try api.ca_bundle.")
@@ -567,7 +590,7 @@ def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
         raise click.UsageError("--tls-key needs --tls-cert")
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None else None
 
-    def ready(running: Any) -> None:
+    def ready(running: Sandbox) -> None:
         click.echo(f"Ropo One sandbox listening at {running.base_url}", err=True)
         click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox.py)", err=True)
 
@@ -575,7 +598,8 @@ def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
 
 
 @main.command()
-@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), help="Use this folder (default: a new temporary one).")
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path),
+              help="Use this folder (default: a new temporary one).")
 def demo(workspace: Path | None) -> None:
     """Run every sample through the pipeline against a local sandbox; no configuration needed."""
     from rich.console import Console
@@ -592,7 +616,8 @@ def demo(workspace: Path | None) -> None:
     for file in result.files:
         counts = file.counts
         table.add_row(
-            file.label, file.state, *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")),
+            file.label, file.state,
+            *(str(counts.get(k, 0)) for k in ("accepted", "rejected", "invalid", "failed", "duplicate")),
             file.receipt.name if file.receipt else "",
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
@@ -609,7 +634,7 @@ def demo(workspace: Path | None) -> None:
     raise SystemExit(ExitStatus.UNUSABLE if result.exit_code == ExitStatus.UNUSABLE else ExitStatus.OK)
 
 
-def _print_feeds(loaded: Any, journal: Any, only: str | None) -> None:
+def _print_feeds(loaded: LoadedService, journal: Journal | None, only: str | None) -> None:
     """The feeds of `status`: inbox, files waiting in processing/, the last file."""
     from rich.console import Console
     from rich.table import Table
@@ -688,7 +713,9 @@ def validate_config(config_path: Path) -> None:
     if problems:
         click.echo(f"{config_path}: {len(problems)} problem(s)", err=True)
         raise SystemExit(ExitStatus.PROBLEMS)
-    feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})" for feed in loaded.config.feeds)
+    assert loaded is not None  # no problems: the configuration was loaded
+    feeds = ", ".join(f"{feed.name} ({loaded.mappings[feed.name].format}, {feed.inbox})"
+                      for feed in loaded.config.feeds)
     click.echo(f"{config_path}: ok; API {loaded.config.api.base_url}; {len(loaded.config.feeds)} feed(s): {feeds}")
 
 

@@ -21,7 +21,7 @@ DEFAULT_STATUS_NOT_DISCONNECTED = "not_disconnected"
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("batch").joinpath("data", CONTRACT_FILE).read_text("utf-8")
+    text = resources.files("batch").joinpath("data").joinpath(CONTRACT_FILE).read_text("utf-8")
     return json.loads(text)
 
 

@@ -383,7 +383,9 @@ class _Run:
                 task.attempts -= 1
                 if self.halt is None:
                     self.halt_now(State.PENDING, "delivery stopped")
-                self._final(task, self.halt, task.cut_short(self.halt, self.halt_reason).message)
+                halt = self.halt
+                assert halt is not None  # halt_now set it
+                self._final(task, halt, task.cut_short(halt, self.halt_reason).message)
             else:
                 task.status, task.message = result.status, result.message
                 reported_before = len(self.done)
@@ -584,7 +586,7 @@ def _feed(run: _Run, items: Iterator[Outgoing], exhausted: bool) -> bool:
         if item is _END:
             return True
         with run.lock:
-            run.add(item)  # type: ignore[arg-type]
+            run.add(item)  # type: ignore[arg-type]  # not _END: checked above
             if run.done and run.halt is None:
                 return False  # report as we go
 

@@ -12,13 +12,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from batch.config.service import load_service_config
+from batch.config.service import LoadedService, load_service_config
 from batch.errors import ExitStatus
 from batch.journal import Journal
 from batch.receipts import receipt_names
@@ -124,7 +124,7 @@ def run_demo(
         return DemoRun(workspace, files, exit_code, len(sandbox.accepted), sum(sandbox.duplicates.values()))
 
 
-def _drop(loaded, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
+def _drop(loaded: LoadedService, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     """Copy the samples into the inboxes; the first one also again, later, under a new name
     (a re-run export: same content). Returns (feed, file name, label) in drop order."""
     drops = [(sample, sample.stem, sample.name, sample.name) for sample, _ in pairs]
@@ -141,7 +141,7 @@ def _drop(loaded, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     return dropped
 
 
-def _results(loaded, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
+def _results(loaded: LoadedService, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
     with Journal(loaded.config.journal) as journal:
         latest = {(record.feed, record.name): record for record in reversed(journal.recent_files(1000))}
     files = []

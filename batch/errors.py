@@ -87,4 +87,6 @@ class InternalError(BatchError):
 
 
 #: The groups, in the order of the tree above.
-GROUPS: tuple[type[BatchError], ...] = (ConfigurationError, InputFileError, AccessRefused, TransientError, InternalError)
+GROUPS: tuple[type[BatchError], ...] = (
+    ConfigurationError, InputFileError, AccessRefused, TransientError, InternalError,
+)

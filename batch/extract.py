@@ -6,15 +6,18 @@ service will send.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from batch.gctune import fewer_collections
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
 
 
-def mapped_file(compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[MappedRecord]]:
+def mapped_file(
+    compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[list[MappedRecord]]:
     """The mapped records of the file at `path` (what the pipeline and `preview` read)."""
     with open(path, "rb") as stream:
         yield from mapped_chunks(compiled, stream, chunk_size)

@@ -11,7 +11,8 @@ agree on arbitrary input.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from batch.events import EVENT_KEYS
 
@@ -76,7 +77,8 @@ def build_fast_mapper(
     if "status" in present:
         vocabulary = src.const(frozenset(statuses), "vocab")
         src.add(1, f"if f_status is not None and f_status not in {vocabulary}: return None")
-        src.add(1, f"if f_status == {not_disconnected!r} and not {'f_description' if 'description' in present else 'None'}: return None")
+        description = "f_description" if "description" in present else "None"
+        src.add(1, f"if f_status == {not_disconnected!r} and not {description}: return None")
     # the event, keys in the contract's order, empty optional values left out
     src.add(1, "e = {}")
     always = {key for key, value, _ in fields if value.required or value.default is not None}
@@ -174,7 +176,7 @@ def _emit_invoices(src: _Source, indent: int, invoices: dict, xml: bool) -> None
         _emit_invoice_append(src, indent + 1, parts)
         return
     # columns: paired cells split on their separators
-    for (key, value, getter), separator in zip(parts, invoices["separators"]):
+    for (key, _, getter), separator in zip(parts, invoices["separators"]):
         raw = f"c_{key}"
         _emit_get(src, indent, raw, getter, xml)
         src.add(indent, f"{raw} = {raw}.strip()")

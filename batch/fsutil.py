@@ -167,7 +167,7 @@ def _named_class(base: type[OSError]) -> type[OSError]:
             reason = f"{self.strerror} ({code})" if code else str(self.strerror)
             if reason == "Failure":  # SFTP's SSH_FX_FAILURE: no reason given
                 reason = "the server answered only 'Failure' (often a full disk or a quota)"
-            return f"cannot {self.operation}: {self.where}: {reason}"  # type: ignore[attr-defined]
+            return f"cannot {self.operation}: {self.where}: {reason}"  # type: ignore[attr-defined]  # named_error sets them
 
         found = _NAMED_CLASSES[base] = type(base.__name__, (base,), {"__str__": __str__, "__module__": base.__module__})
     return found
@@ -181,8 +181,8 @@ def named_error(operation: str, where: str | os.PathLike[str], cause: OSError) -
     if hasattr(cause, "operation"):
         return cause
     error = _named_class(type(cause))(cause.errno, cause.strerror or str(cause))
-    error.operation = operation  # type: ignore[attr-defined]
-    error.where = display_name(os.fspath(where))  # type: ignore[attr-defined]
+    error.operation = operation  # type: ignore[attr-defined]  # read by the class's __str__
+    error.where = display_name(os.fspath(where))  # type: ignore[attr-defined]  # read by __str__ too
     error.filename = os.fspath(where)
     return error
 
@@ -213,7 +213,7 @@ def open_folder(path: Path, *, follow: bool = True) -> int:
     return os.open(path, flags)
 
 
-def symlink_refusal(path: Path, what: str) -> str:
+def symlink_refusal(path: str | os.PathLike[str], what: str) -> str:
     return (f"{what} {display_name(str(path))} is a symbolic link; the service's own folders must be "
             "real folders, so it refuses to follow it (replace the link by a folder)")
 
@@ -298,7 +298,9 @@ def _held_by_a_live_writer(path: Path) -> bool:
         os.close(fd)  # closing releases the lock
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str], older_than_s: float = STALE_LOCAL_SECONDS) -> list[Path]:
+def remove_stale_temporaries(
+    directory: str | os.PathLike[str], older_than_s: float = STALE_LOCAL_SECONDS
+) -> list[Path]:
     """Remove the temporaries killed writers left in `directory`; returns what was removed.
 
     Only names this tool makes (``is_temporary_name``), only regular files, only those no

@@ -60,7 +60,7 @@ else:  # pragma: no cover - Python 3.10 (pyproject allows it): 3.11's StrEnum, b
         """Members are their values: str(), format() and comparisons give the plain word."""
 
         __str__ = str.__str__
-        __format__ = str.__format__
+        __format__ = str.__format__  # type: ignore[assignment]  # str's format, as 3.11's StrEnum has
 
 
 class EventState(StrEnum):
@@ -428,6 +428,11 @@ def from_text(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+def from_required_text(text: str) -> datetime:
+    """A time from a NOT NULL column."""
+    return datetime.fromisoformat(text)
+
+
 def canonical_json(payload: Mapping[str, Any]) -> str:
     """The JSON text stored, whose UTF-8 bytes are sent: ``jsonenc.event_bytes``, keys in mapping order."""
     return event_bytes(payload).decode("utf-8")
@@ -483,7 +488,7 @@ def file_from_row(row: Sequence[Any]) -> FileRecord:
      owner, mapping_version, finish_problem, note, *numbers) = row
     return FileRecord(
         id=id_, name=name, sha256=sha256, size=size, feed=feed, state=FileState(state),
-        started_at=from_text(started), finished_at=from_text(finished), error=error,
+        started_at=from_required_text(started), finished_at=from_text(finished), error=error,
         counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
         original_id=original, owner=owner, mapping_version=mapping_version,
         finish_problem=finish_problem, note=note,
@@ -494,7 +499,7 @@ def event_from_row(row: Sequence[Any]) -> EventRecord:
     (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
      digest, updated) = row
     return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
-                       message, payload, digest, from_text(updated))
+                       message, payload, digest, from_required_text(updated))
 
 
 def already_processed_message(original: FileRecord) -> str:
@@ -735,12 +740,14 @@ class Journal:
                     " error, original_id, owner) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)",
                     (name, sha256, size, feed, now, now, already_processed_message(original),
                      original.id, this_process())).lastrowid
+                assert file_id is not None  # set by every INSERT
                 return BeginResult(self._file(conn, file_id), "already_processed", original)
 
             file_id = conn.execute(
                 "INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
                 " VALUES (?, ?, ?, ?, 'processing', ?, ?)",
                 (name, sha256, size, feed, now, this_process())).lastrowid
+            assert file_id is not None  # set by every INSERT
             return BeginResult(self._file(conn, file_id), "new")
 
     def mark_recorded(self, file_id: int) -> None:

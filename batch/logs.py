@@ -5,7 +5,8 @@
 command runs; `run` sets it up again with the configuration's level and format, keeping the
 same filter and what it knows), so no command logs around the redaction. A command that loads
 a configuration tells the filter its secrets at once (:func:`redact_config_secrets`), and one
-that builds an API client adds the client's redactor, which knows the tokens it was issued. A filter on the *handler* sees every record that reaches it, whatever
+that builds an API client adds the client's redactor, which knows the tokens it was issued.
+A filter on the *handler* sees every record that reaches it, whatever
 logger it came from (ours, paramiko, urllib3 ...), so there is one place where secrets are
 removed: known values (the resolved API code, SFTP passphrases and passwords, anything a
 registered redactor such as `RopoClient.redact` knows, e.g. the tokens it was issued), and
@@ -267,8 +268,10 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
         _threads_log.debug("SFTP read-ahead thread %s ended with the connection: %s: %s",
                            name, args.exc_type.__name__, args.exc_value)
         return
+    # the stubs allow exc_value None, but an exception that reached the hook is always an instance
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
     _threads_log.error("thread %s ended with an unexpected error", name,
-                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                       exc_info=exc_info)  # type: ignore[arg-type]  # see above
 
 
 def apply_level(level: str) -> None:

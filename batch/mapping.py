@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any, cast
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -27,14 +28,16 @@ from batch.config.mapping import (
     compile_pattern,
 )
 from batch.events import EVENT_KEYS, Rules, check_event
-from batch.fastpath import build_fast_mapper
+from batch.fastpath import FastMapper, build_fast_mapper
 from batch.jsonenc import event_bytes
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.timeparse import TimeConverter
 
 _MISSING = object()  # a column that the record does not have (too few fields)
 # shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
-_NO_ERRORS: tuple = ()
+# shared by the valid records of the fast path; a tuple, so that an append fails loudly instead of
+# giving every such record the error (records with errors get a list of their own)
+_NO_ERRORS: Any = ()
 NO_PARTIAL: Any = MappingProxyType({})
 _VALUE_PREVIEW = 80
 # A record reports at most this many problems; the last one counts the others.
@@ -69,7 +72,7 @@ class RecordError:
 class MappedRecord:
     line: int
     event: dict[str, Any] | None
-    errors: list[RecordError] | tuple = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
     # what could be read of an invalid record (id, usageplacecode, status), for receipts
     partial: Any = field(default_factory=dict)
 
@@ -99,10 +102,12 @@ def _control_problem(value: str, multiline: bool) -> str | None:
     str.isprintable(), which is False for every character either pattern finds."""
     found = _CONTROL.search(value)
     if found is not None:
-        return f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; control characters are refused"
+        return (f"contains the control character {_escaped(found.group())} at position {found.start() + 1}; "
+                "control characters are refused")
     found = None if multiline else _BREAK.search(value)
     if found is not None:
-        return f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); only description may hold them"
+        return (f"contains a tab or line break ({_escaped(found.group())} at position {found.start() + 1}); "
+                "only description may hold them")
     return None
 
 
@@ -145,7 +150,7 @@ def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
         ]
 
         def template(row: list) -> Any:
-            out = []
+            out: list[Any] = []
             for literal, position in parts:
                 out.append(literal)
                 if position is not None:
@@ -166,7 +171,8 @@ def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
 class _Value:
     """A compiled ValueSpec: raw value -> cleaned, mapped, typed value (None when empty)."""
 
-    def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool, converter=None, integer=False):
+    def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool,
+                 converter: TimeConverter | None = None, integer: bool = False):
         self.name = name
         self.spec = spec
         self.required = required
@@ -205,7 +211,7 @@ class _Value:
             mapped = self.map.get(value.casefold() if self.fold else value)
             if mapped is None:
                 if self.map_default is None:
-                    known = short_list(list(self.spec.map), 2 * LISTED_NAMES)  # type: ignore[arg-type]
+                    known = short_list(list(self.spec.map or ()), 2 * LISTED_NAMES)  # set: self.map is made of it
                     raise _Problem(f"value is not in the map (expected one of {known})", raw)
                 mapped = self.map_default
             value = mapped
@@ -266,9 +272,9 @@ class CompiledMapping:
         for _, spec in self.field_specs:
             names += spec.sources()
         if self.invoices is not None and self.invoices.mode != "elements":
-            for spec in (self.invoices.invoicenumber, self.invoices.jobid):
-                if spec is not None:
-                    names += spec.sources()
+            for part in (self.invoices.invoicenumber, self.invoices.jobid):
+                if part is not None:
+                    names += part.sources()
         return list(dict.fromkeys(names))
 
     def required_columns(self) -> list[str]:
@@ -282,7 +288,7 @@ class CompiledMapping:
             groups.append((self.invoices.element or "", [p for p in parts if p]))
         return XmlPlan(texts=self.sources(), groups=groups)
 
-    def start(self) -> "MappingRun":
+    def start(self) -> MappingRun:
         return MappingRun(self)
 
 
@@ -373,7 +379,7 @@ class MappingRun:
         if None in events:
             return None
         try:
-            ids = list(map(_event_id, events))
+            ids = list(map(_event_id, cast("list[dict[str, Any]]", events)))  # no None: checked above
         except KeyError:  # an optional id left empty
             return None
         seen = self._seen_ids
@@ -414,20 +420,20 @@ class MappingRun:
         invoices = compiled.invoices
         if invoices is not None:
             specs = [("invoicenumber", invoices.invoicenumber, False), ("jobid", invoices.jobid, True)]
-            for name, spec, integer in specs:
-                if spec is None:
+            for name, part, integer in specs:
+                if part is None:
                     continue
-                value = _Value(f"invoices.{name}", spec, False, compiled.is_xml, integer=integer)
+                value = _Value(f"invoices.{name}", part, False, compiled.is_xml, integer=integer)
                 values.append(value)
                 if invoices.mode != "elements":
-                    parts.append((value, _getter(spec, index)))
+                    parts.append((value, _getter(part, index)))
             if invoices.mode == "elements":
                 group = index[invoices.element or ""]
         self._bound = _Bound(columns, fields, parts, group, values)
         self._bound.fast = self._fast_mapper(self._bound, index)
         return self._bound
 
-    def _fast_mapper(self, bound: _Bound, index: dict[str, int]):
+    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> FastMapper | None:
         compiled = self.compiled
         invoices = compiled.invoices
         if invoices is not None and invoices.mode == "rows":
@@ -516,7 +522,8 @@ class MappingRun:
             else:
                 # the id as mapped (trimmed), like every other place that names an event id
                 record.errors.append(
-                    RecordError(record.line, "id", self.compiled.id_source_label(), event_id, duplicate_id_message(first))
+                    RecordError(record.line, "id", self.compiled.id_source_label(), event_id,
+                                duplicate_id_message(first))
                 )
         record.event = None if record.errors else ordered
         if len(record.errors) > MAX_ERRORS_PER_RECORD:
@@ -526,21 +533,25 @@ class MappingRun:
     # -- invoices -----------------------------------------------------------------------------------
 
     def _split_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
+        invoices = self.compiled.invoices
+        assert invoices is not None  # called only for a mapping with invoices
         separator_of = {
-            "invoicenumber": self.compiled.invoices.invoicenumber.split,  # type: ignore[union-attr]
-            "jobid": self.compiled.invoices.jobid.split if self.compiled.invoices.jobid else None,  # type: ignore[union-attr]
+            "invoicenumber": invoices.invoicenumber.split,
+            "jobid": invoices.jobid.split if invoices.jobid else None,
         }
         columns: list[tuple[_Value, list[str]]] = []
         for value, get in bound.invoice_parts:
             raw = get(row)
             if raw is _MISSING:
-                errors.append(RecordError(line, value.name, value.source, None, "the record has fewer fields than the header"))
+                errors.append(
+                    RecordError(line, value.name, value.source, None, "the record has fewer fields than the header"))
                 return []
             text = (raw or "").strip()
             separator = separator_of[value.name.split(".", 1)[1]] or ","
             items = [item for item in text.split(separator)] if text else []
             if text and not all(item.strip() for item in items):
-                errors.append(RecordError(line, value.name, value.source, raw, f"has an empty item between '{separator}' separators"))
+                errors.append(RecordError(line, value.name, value.source, raw,
+                                          f"has an empty item between '{separator}' separators"))
                 return []
             columns.append((value, items))
         counts = {len(items) for _, items in columns}
@@ -569,7 +580,8 @@ class MappingRun:
                     cleaned = value.clean(raw)
                 except _Problem as problem:
                     errors.append(
-                        RecordError(line, f"invoices[{position}].{key}", value.source, _text(problem.value), problem.message)
+                        RecordError(line, f"invoices[{position}].{key}", value.source, _text(problem.value),
+                                    problem.message)
                     )
                     continue
                 if cleaned is not None:
@@ -611,7 +623,8 @@ class MappingRun:
             if key != "invoices" and current.event.get(key, value) != value:
                 current.errors.append(
                     RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
-                                f"differs from line {current.line} of the same event id ({_preview(_text(current.event[key]))})")
+                                f"differs from line {current.line} of the same event id "
+                                f"({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
         if invoice:
@@ -631,7 +644,8 @@ def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
     last = spans.get(record.line) if spans else None
     if last is not None and record.errors:
         record.errors.append(
-            RecordError(record.line, "(record)", None, None, f"the record runs over lines {record.line}-{last}: is a quote not closed?")
+            RecordError(record.line, "(record)", None, None,
+                        f"the record runs over lines {record.line}-{last}: is a quote not closed?")
         )
     return record
 
@@ -656,7 +670,8 @@ def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
     if spec.template is not None:
         return (
             "template",
-            [(literal, index[name] if name else None) for literal, name, _, _ in string.Formatter().parse(spec.template)],
+            [(literal, index[name] if name else None)
+             for literal, name, _, _ in string.Formatter().parse(spec.template)],
         )
     sources = spec.sources()
     return ("column", index[sources[0]]) if sources else ("none",)
@@ -668,7 +683,8 @@ def _shape_problem(row: list, columns: list[str]) -> str | None:
         missing = short_list(columns[len(row):])
         return f"the record has {len(row)} fields but the header has {len(columns)} (no value for {missing})"
     if any(value.strip() for value in row[len(columns):]):
-        return f"the record has {len(row)} fields but the header has {len(columns)}: is a delimiter inside an unquoted value?"
+        return (f"the record has {len(row)} fields but the header has {len(columns)}: "
+                "is a delimiter inside an unquoted value?")
     return None
 
 

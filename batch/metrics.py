@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -67,7 +67,7 @@ class _FeedFlags:
     def __init__(self) -> None:
         self.source: FlagsFn | None = None
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         flags = self.source() if self.source is not None else {}
         for key, help_text in self.GAUGES:
             gauge = GaugeMetricFamily(f"usageplace_batch_{key}", help_text, labels=["feed"])
@@ -77,7 +77,7 @@ class _FeedFlags:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]
@@ -123,7 +123,7 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread.start()
         return self
 

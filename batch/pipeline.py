@@ -9,12 +9,12 @@ from: the service (or the `process` command) hands over a local path and a recei
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
@@ -22,10 +22,10 @@ from batch.config.service import ReceiptOptions
 from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
 from batch.extract import mapped_file
+from batch.fsutil import display_name
 from batch.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
 from batch.mapping import CompiledMapping, MappedRecord
 from batch.readers import FileError
-from batch.fsutil import display_name
 from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.ropo import RopoClient
 
@@ -58,7 +58,7 @@ class FeedRuntime:
     mapping_version: str = "unknown"
 
     @classmethod
-    def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> "FeedRuntime":
+    def build(cls, name: str, mapping: Mapping, options: ReceiptOptions | None = None) -> FeedRuntime:
         return cls(name, CompiledMapping(mapping), receipt_format_for(mapping, options or ReceiptOptions()),
                    mapping_version(mapping))
 
@@ -196,7 +196,7 @@ class Processor:
         force: bool = False,
         progress: Progress | None = None,
         resumed: bool = False,
-        earlier: "dict[str, FeedRuntime] | None" = None,
+        earlier: dict[str, FeedRuntime] | None = None,
     ) -> FileOutcome:
         """Process the file at `path` (its name as dropped: `name`, default the path's).
 
@@ -257,7 +257,7 @@ class Processor:
             lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
 
     def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
-                     earlier: "dict[str, FeedRuntime]") -> FeedRuntime | None:
+                     earlier: dict[str, FeedRuntime]) -> FeedRuntime | None:
         """The mapping to (go on) record the file with: one file is mapped with one version.
 
         A new file (or one from a journal before versions) gets the current one. A resumed
@@ -293,7 +293,9 @@ class Processor:
         journal.add_note(file.id, note)
         return feed
 
-    def retry(self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None) -> FileOutcome:
+    def retry(
+        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None
+    ) -> FileOutcome:
         """Send a file's failed (and any pending) events again, then rewrite its receipt."""
         return self._deliver_and_finish(file_id, feed, receipt_dir, progress or Progress(), include_failed=True)
 
@@ -340,7 +342,7 @@ class Processor:
         def on_result(item: Outgoing, outcome: Outcome) -> None:
             if outcome.state is not State.PENDING:  # pending: stopped before it was sent
                 results.append(Result(
-                    file_id, item.key, outcome.state.value,  # type: ignore[arg-type]
+                    file_id, item.key, outcome.state.value,
                     http_status=outcome.status, message=outcome.message or None, attempts=outcome.attempts,
                 ))
             if progress.on_result:
@@ -361,7 +363,8 @@ class Processor:
             return FileOutcome(FileStatus.AUTH_FAILED, file, None, report.auth_error, report)
         if report.stopped and journal.file_counts(file_id)["pending"]:
             journal.flush()
-            return FileOutcome(FileStatus.INTERRUPTED, journal.get_file(file_id), None, "stopped before every event was sent", report)
+            return FileOutcome(FileStatus.INTERRUPTED, journal.get_file(file_id), None,
+                               "stopped before every event was sent", report)
         file = journal.get_file(file_id)
         if file.finished:
             file = journal.refresh_counts(file_id)

@@ -18,7 +18,8 @@ import csv
 import io
 import re
 from collections import Counter, deque
-from typing import BinaryIO, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from lxml import etree
 
@@ -26,6 +27,9 @@ from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_p
 from batch.errors import InputFileError
 from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 # Records per chunk. Small on purpose: a chunk's rows and the events mapped from them stay in
 # the CPU's L2 cache while they are worked on; at 5,000 (~9 MB) they did not, and mapping a
@@ -64,14 +68,17 @@ def detect_encoding(head: bytes, configured: str) -> str:
 
 
 def _buffered(stream: BinaryIO) -> io.BufferedReader:
-    return stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[return-value]
+    if hasattr(stream, "peek"):
+        return cast(io.BufferedReader, stream)  # peek() is all that is needed of a BufferedReader
+    # the streams handed here (files, BytesIO, SFTP files) all have readinto()
+    return io.BufferedReader(stream)  # type: ignore[arg-type]  # BinaryIO does not declare readinto()
 
 
 def _unwrap(buffered: BinaryIO, original: BinaryIO) -> None:
     """Detach our own buffer from the caller's stream: collecting it would close their stream."""
     if buffered is not original:
         try:
-            buffered.detach()  # type: ignore[attr-defined]
+            buffered.detach()  # type: ignore[attr-defined]  # ours: the BufferedReader _buffered made
         except ValueError:
             pass
 
@@ -123,7 +130,9 @@ def read_csv(
     return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size))
 
 
-def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
+def _decoded(
+    stream: BinaryIO, options: CsvOptions | FixedOptions, body: Callable[[io.TextIOWrapper], Iterator[Chunk]]
+) -> Iterator[Chunk]:
     """Decode `stream` as the options say and run `body(text)`; decoding problems become FileError."""
     original, stream = stream, _buffered(stream)
     start = stream.tell() if stream.seekable() else 0
@@ -134,7 +143,9 @@ def _decoded(stream: BinaryIO, options: CsvOptions, body) -> Iterator[Chunk]:
     except UnicodeDecodeError as exc:
         raise _decode_error(exc, stream, encoding, start) from None
     except UnicodeError as exc:  # e.g. utf-16 without a byte order mark
-        raise FileError(f"cannot decode the file as {encoding}: {exc} (for utf-16 without a BOM use utf-16-le or utf-16-be)", 1) from None
+        raise FileError(
+            f"cannot decode the file as {encoding}: {exc} (for utf-16 without a BOM use utf-16-le or utf-16-be)", 1
+        ) from None
     finally:
         try:
             text.detach()  # hand the caller's stream back open
@@ -191,7 +202,7 @@ def _fixed_chunks(text: io.TextIOWrapper, options: FixedOptions, chunk_size: int
         yield chunk
 
 
-def _csv_reader(text: io.TextIOWrapper, options: CsvOptions):
+def _csv_reader(text: io.TextIOWrapper, options: CsvOptions) -> CsvReader:
     return csv.reader(
         text,
         delimiter=options.delimiter,
@@ -220,7 +231,7 @@ def _csv_chunks(text: io.TextIOWrapper, options: CsvOptions, required: list[str]
 
 
 def _record_chunks(
-    reader, header: list[str], skipped: int, skip_blank: bool, footer: int, chunk_size: int
+    reader: CsvReader, header: list[str], skipped: int, skip_blank: bool, footer: int, chunk_size: int
 ) -> Iterator[Chunk]:
     """Every record after the header, with the line where it starts, in chunks.
 
@@ -279,7 +290,8 @@ def _broken_lines(first: int, last: int, reason: str) -> Iterator[tuple[int, str
         "(is a quote not closed?)"
     )
     for line in range(first + 1, last + 1):
-        yield line, f"not read as a record: it is inside the quoted value of line {first} (is a quote on line {first} not closed?)"
+        yield line, (f"not read as a record: it is inside the quoted value of line {first} "
+                     f"(is a quote on line {first} not closed?)")
 
 
 def _take(
@@ -294,7 +306,7 @@ def _take(
     return chunk
 
 
-def _read_header(reader, skipped: int) -> list[str]:
+def _read_header(reader: CsvReader, skipped: int) -> list[str]:
     try:
         header = next(reader)
     except StopIteration:
@@ -439,7 +451,7 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
                             raise _nested_record_error(element, pending)
                         pending, pending_since = element, blocks.position
                     continue
-                if element is not pending:
+                if pending is None or element is not pending:
                     continue
                 pending = None
                 row = texts(element)
@@ -498,7 +510,7 @@ def _root_tag(blocks: _Blocks) -> tuple[str | None, list[bytes]]:
     return None, head
 
 
-def _syntax_error(exc: etree.XMLSyntaxError, log) -> FileError:
+def _syntax_error(exc: etree.XMLSyntaxError, log: Sequence[Any]) -> FileError:
     line = exc.lineno or (log[0].line if len(log) else None)
     return FileError(f"not well-formed XML: {_syntax_message(exc, log)}", line or None)
 
@@ -556,7 +568,7 @@ def _doctype_error() -> FileError:
     )
 
 
-def _path_matcher(steps: list[tuple[bool, str]]):
+def _path_matcher(steps: list[tuple[bool, str]]) -> Callable[[etree._Element], bool]:
     """Does an element's chain of ancestors match the record path?"""
     if len(steps) == 1 and steps[0][0]:
         return lambda element: True  # '//Event': the parser's tag filter already chose
@@ -580,7 +592,7 @@ def _path_matcher(steps: list[tuple[bool, str]]):
     return matches
 
 
-def _absolute_matcher(tags: list[str]):
+def _absolute_matcher(tags: list[str]) -> Callable[[etree._Element], bool]:
     expected = list(reversed(tags))
     # records are siblings: once a parent is known to sit on the path, its next children need
     # only the identity check (lxml keeps one proxy per node while we hold a reference to it)
@@ -612,7 +624,7 @@ def _release(element: etree._Element) -> None:
             del parent[0]
 
 
-def _syntax_message(exc: etree.XMLSyntaxError, log) -> str:
+def _syntax_message(exc: etree.XMLSyntaxError, log: Sequence[Any]) -> str:
     message = str(exc.msg or exc)
     if message == "no element found" and len(log):
         message = log[0].message  # iterparse's summary hides the cause (e.g. an undefined entity)

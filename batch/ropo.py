@@ -251,12 +251,12 @@ class RopoClient:
         """A valid token. ``stale``: the token a 401 refused (renewed only if still current)."""
         with self._token_lock:
             if self._credentials.token is not None:
-                return self._token  # type: ignore[return-value]
+                return self._token  # type: ignore[return-value]  # the configured token, set in __init__
             current = self._token
             valid = current is not None and self._clock.monotonic() < self._token_renew_at
             # A 401 with ``stale`` renews only if no other thread has renewed meanwhile.
             if valid and not force and current != stale:
-                return current  # type: ignore[return-value]
+                return current  # type: ignore[return-value]  # valid: not None
             token, lifetime = self._fetch_token()
             self._token = token
             self._token_renew_at = self._clock.monotonic() + max(
@@ -459,7 +459,7 @@ def _read_capped(response: requests.Response, limit: int = BODY_LIMIT) -> None:
     if size > limit:
         response.close()  # the rest is never read: this connection cannot serve another request
     response._content = b"".join(chunks)[:limit]  # what requests' .text and .json() read
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]  # requests' private flag, read by .content
 
 
 def _token_from(response: requests.Response) -> str | None:

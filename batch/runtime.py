@@ -45,7 +45,7 @@ class Runtime:
         self.client.close()
         self.journal.close()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,8 +68,8 @@ ECHO = "echo"              # answer 500 (400 for a token) echoing the request's 
 class Faults:
     """What goes wrong, and how often. Script entries are consumed one per event POST."""
 
-    script: list[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL/GARBAGE/ECHO
-    token_script: list[int | str] = field(default_factory=list)  # the same, for POST /token
+    script: Sequence[int | str] = field(default_factory=list)  # statuses or DROP/DROP_AFTER/SLOW/NORMAL/GARBAGE/ECHO
+    token_script: Sequence[int | str] = field(default_factory=list)  # the same, for POST /token
     error_rate: float = 0.0        # share of event POSTs answered with error_status
     error_status: int = 503
     error_ids: list[str] = field(default_factory=list)  # answered error_status every time
@@ -317,7 +317,8 @@ class Sandbox:
         self._accepted_file = None
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")
+            # open for the server's whole life (SIM115): stop() closes it
+            self._accepted_file = open(self.data_dir / ACCEPTED_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._tls_context = tls
         self.tls = tls is not None
         self._server = self._listen(host, port)
@@ -338,7 +339,7 @@ class Sandbox:
 
     @property
     def host(self) -> str:
-        return self._server.server_address[0]
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:
@@ -376,7 +377,7 @@ class Sandbox:
             host, port = self._server.server_address[:2]
             for _ in range(50):  # the old socket may linger for a moment
                 try:
-                    self._server = self._listen(host, port)
+                    self._server = self._listen(str(host), port)
                     break
                 except OSError:
                     time.sleep(0.1)
@@ -759,7 +760,7 @@ class _Handler(BaseHTTPRequestHandler):
         host, port = self.server.server_address[:2]
         request = RawRequest(method=method, path=self.path,
                              headers={k: v for k, v in self.headers.items()},
-                             body=body, host_url=f"http://{host}:{port}")
+                             body=body, host_url=f"http://{host!s}:{port}")
         try:
             hook(request)
         except Exception:  # a broken hook must not take the sandbox down

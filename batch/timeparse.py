@@ -8,6 +8,7 @@ about twice as fast as datetime.strptime and lets single-digit days and hours ('
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -120,11 +121,11 @@ class TimeConverter:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        result = self._convert(text)
+        converted = self._convert(text)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
-        self._cache[text] = result
-        return result
+        self._cache[text] = converted
+        return converted
 
     def _convert(self, text: str) -> tuple[str | None, str | None]:
         for pattern in self._patterns:
@@ -161,7 +162,7 @@ _NOT_REAL: Any = object()  # a wall-clock parser's "this format matched, but not
 _WALL_CLOCK_CODES = {"Y", "y", "m", "d", "H", "M", "S"}
 
 
-def _wall_clock_parser(pattern: re.Pattern[str], fmt: str):
+def _wall_clock_parser(pattern: re.Pattern[str], fmt: str) -> Callable[[str], str | None] | None:
     """For a format with no offset, no 12-hour clock and no fraction, in an unchanged zone:
     text -> 'YYYY-MM-DD HH:MM:SS' or _NOT_REAL (matched, but no real date/time) or None (no
     match; the general path then explains why). The date and the time of day are checked and
@@ -260,7 +261,7 @@ def _split_halves(fmt: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
 _ISO_FORMATS = {"%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"}
 
 
-def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo):
+def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callable[[str], str | None] | None:
     """ISO 8601 times with an offset ('2024-01-04T10:41:40+02:00', '...Z'): the strict pattern
     decides what is accepted, then the C-implemented datetime.fromisoformat does the parsing —
     three times faster than assembling the parts by hand. None where it does not apply."""

@@ -9,7 +9,8 @@ axes) goes to `etree.XPath`, where a default namespace needs an explicit prefix.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lxml import etree
 
@@ -49,7 +50,7 @@ def _strip_strings(expr: str) -> str:
 
 
 def _element_namespaces(namespaces: dict[str, str]) -> dict:
-    result = {prefix: uri for prefix, uri in namespaces.items() if prefix}
+    result: dict[str | None, str] = {prefix: uri for prefix, uri in namespaces.items() if prefix}
     if namespaces.get(""):
         result[None] = namespaces[""]
     return result
@@ -106,7 +107,7 @@ def compile_row_extractor(exprs: list[str], namespaces: dict[str, str]) -> Calla
                 tag = node.tag
                 if tag not in children and isinstance(tag, str):
                     children[tag] = node
-        row = []
+        row: list[Any] = []
         for kind, how in plans:
             if kind == "child":
                 node = children.get(how[0])

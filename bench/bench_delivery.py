@@ -145,7 +145,11 @@ def run_process(sandbox: SandboxProcess, data: Path, work: Path, latency_ms: flo
     (work / "service.yaml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
     os.environ[APICODE_ENV] = DEFAULT_APICODE
     marks: dict[str, float] = {}
-    progress = Progress(on_delivery_start=lambda _: marks.setdefault("delivery", time.perf_counter()))
+
+    def delivery_started(_: int) -> None:
+        marks.setdefault("delivery", time.perf_counter())
+
+    progress = Progress(on_delivery_start=delivery_started)
     with Runtime(load_service_config(work / "service.yaml")) as runtime:
         started = time.perf_counter()
         outcome = runtime.processor.process(data, runtime.feeds["bench"], work, progress=progress)
@@ -217,7 +221,7 @@ def run_rate_limit(sandbox: SandboxProcess, limit: float = 200.0, events: int = 
 
 
 def prebuilt_bodies(data: Path, limit: int) -> list[bytes]:
-    bodies = []
+    bodies: list[bytes] = []
     with open(data, encoding="utf-8", newline="") as stream:
         for row in csv.DictReader(stream):
             if len(bodies) == limit:

@@ -108,7 +108,7 @@ class ParamsOnlyJournal:
     def __init__(self) -> None:
         self.records = self.invalid = self.json_bytes = 0
 
-    def record_events(self, file_id: int, events) -> int:  # type: ignore[no-untyped-def]
+    def record_events(self, file_id: int, events: Any) -> int:
         from batch.journal import events_insert_params, to_text, utc_now
 
         params = events_insert_params(file_id, events, to_text(utc_now()))
@@ -219,9 +219,10 @@ def main() -> None:
             alone = in_subprocess(reader, mapping, data)
             ratio = mine["records_per_s"] / alone["records_per_s"]
             print(f"{kind}: {count:,} records ({size_mb:.0f} MB, {size_mb * 1e6 / count:.0f} B/record); "
-                  f"production path {mine['records_per_s']:,} records/s ({mine['seconds']} s CPU, {mine['wall_seconds']} s wall, peak RSS "
-                  f"{mine['peak_rss_mb']} MB, invalid {mine['invalid']}); {reader} alone "
-                  f"{alone['records_per_s']:,} records/s ({alone['seconds']} s CPU, {alone['wall_seconds']} s wall, peak RSS {alone['peak_rss_mb']} MB); "
+                  f"production path {mine['records_per_s']:,} records/s ({mine['seconds']} s CPU, "
+                  f"{mine['wall_seconds']} s wall, peak RSS {mine['peak_rss_mb']} MB, invalid {mine['invalid']}); "
+                  f"{reader} alone {alone['records_per_s']:,} records/s ({alone['seconds']} s CPU, "
+                  f"{alone['wall_seconds']} s wall, peak RSS {alone['peak_rss_mb']} MB); "
                   f"ratio {ratio:.2f}")
             summary.update({
                 f"{kind}_records_per_s": mine["records_per_s"],

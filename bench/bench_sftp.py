@@ -81,7 +81,8 @@ def e2e_export(index: int, records: int) -> bytes:
     lines = ["id,place,customer,time,status,note,invoice,job"]
     for i in range(records):
         lines.append(f"f{index}-{i},{643007572062400000 + (index * records + i) % 997},C{i % 1000},"
-                     f"2024-02-05 06:{i % 60:02d}:00,{'K' if i % 3 else 'Y'},record {i},{100000 + i}|{200000 + i},{i}|{i + 1}")
+                     f"2024-02-05 06:{i % 60:02d}:00,{'K' if i % 3 else 'Y'},record {i},"
+                     f"{100000 + i}|{200000 + i},{i}|{i + 1}")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -129,7 +130,8 @@ def run_e2e(files: int, records: int) -> dict[str, object]:
         for index in range(files):
             name = f"export{index:02d}.csv"
             (local / name).write_bytes(e2e_export(index, records))
-            commands += [f'put "{local / name}" "{inbox}/{name}.part"', f'rename "{inbox}/{name}.part" "{inbox}/{name}"']
+            commands += [f'put "{local / name}" "{inbox}/{name}.part"',
+                         f'rename "{inbox}/{name}.part" "{inbox}/{name}"']
         started = time.perf_counter()
         sshd.sftp_batch(commands, timeout=600)
         uploaded = time.perf_counter()

@@ -68,7 +68,7 @@ def to_openapi_request(raw: RawRequest) -> _OpenAPIRequest:
         body=raw.body or None,
         content_type=headers.get("Content-Type", ""),
         parameters=RequestParameters(
-            query=ImmutableMultiDict([tuple(p.split("=", 1)) for p in query.split("&") if "=" in p]),
+            query=ImmutableMultiDict([tuple(p.split("=", 1)) for p in query.split("&") if "=" in p]),  # type: ignore[misc]  # two parts: each holds "="
             header=headers,
         ),
     )

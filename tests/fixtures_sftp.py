@@ -62,7 +62,7 @@ class Dropper:
         marker = self._local(name + suffix, b"")
         self.sshd.sftp_batch([f'put "{marker}" "{self.inbox}/{name}{suffix}"'])
 
-    def slow_upload(self, name: str, pieces: list[bytes]) -> "SlowUpload":
+    def slow_upload(self, name: str, pieces: list[bytes]) -> SlowUpload:
         """An upload in pieces: `put` the first, then `reput` (append) each further piece,
         all in one sftp session; the caller decides when each piece goes."""
         return SlowUpload(self, name, pieces)

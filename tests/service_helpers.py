@@ -117,7 +117,7 @@ class ServiceThread:
     def _run(self) -> None:
         self.exit_code = self.service.run()
 
-    def __enter__(self) -> "ServiceThread":
+    def __enter__(self) -> ServiceThread:
         self.thread.start()
         return self
 
@@ -150,7 +150,7 @@ class ServiceProcess:
 
     def __init__(self, config: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.log = log
-        self._out = open(log, "ab")
+        self._out = open(log, "ab")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batch", "run", "--config", str(config), "--reload-interval", "0.2", *extra],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._out, env={**os.environ, **(env or {})},

@@ -128,7 +128,7 @@ class Sshd:
 
     def start(self, timeout: float = 30.0) -> None:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation directory
-        log = open(self.log, "ab")
+        log = open(self.log, "ab")  # noqa: SIM115 - closed in the finally below, once sshd holds it
         try:
             self.proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.config)],

@@ -191,7 +191,8 @@ def run_trial(number: int, rng: random.Random, sandbox: RemoteSandbox, root: Pat
             remaining = EVENTS - accepted_before
             if remaining > 2:
                 target = base + rng.randint(1, remaining - 1)
-                if wait_until(lambda: sandbox.arrivals_count() >= target, process, f"{target} arrivals"):
+                if wait_until(lambda: sandbox.arrivals_count() >= target, process,  # noqa: B023 - waited for at once
+                              f"{target} arrivals"):
                     kill(process)
                     trial.kills += 1
                     boundaries.append(time.monotonic())
@@ -233,10 +234,10 @@ def check_trial(trial: Trial, sandbox: RemoteSandbox, ws: Workspace, rows: list[
             f"trial {trial.number}: {arrival['id']} sent twice by one run")
         segments[segment].add(arrival["id"])
     seen: set[str] = set()
-    for segment in segments:
+    for run_ids in segments:
         if seen:
-            trial.duplicates_per_kill.append(len(segment & seen))
-        seen |= segment
+            trial.duplicates_per_kill.append(len(run_ids & seen))
+        seen |= run_ids
     total_duplicates = len(arrivals) - len(set(a["id"] for a in arrivals))
     assert sum(trial.duplicates_per_kill) == total_duplicates
     assert max(trial.duplicates_per_kill, default=0) <= MAX_IN_FLIGHT, trial

@@ -62,7 +62,7 @@ def accepted_order(sb: Sandbox) -> dict[str, list[str]]:
     order: dict[str, list[str]] = defaultdict(list)
     for arrival in sb.arrivals:
         if arrival.status == 200:
-            order[arrival.usageplacecode].append(arrival.id)
+            order[arrival.usageplacecode or ""].append(arrival.id or "")
     return order
 
 
@@ -86,7 +86,7 @@ def test_per_place_order_under_concurrency(sandbox: Sandbox, make_client: MakeCl
     per_place = {p: [f"{p}-{k}" for k in range(6)] for p in places}
     # Interleave the places randomly while keeping each place's own order.
     cursors = {p: 0 for p in places}
-    items = []
+    items: list[Outgoing] = []
     while len(items) < 180:
         place = rng.choice([p for p in places if cursors[p] < 6])
         items.append(event(per_place[place][cursors[place]], place))

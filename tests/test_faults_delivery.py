@@ -167,7 +167,7 @@ def test_F6_healthz_and_metrics_say_when_a_feed_holds_for_the_api(
     sandbox.set_faults(error_rate=1.0, error_status=503)
     with ServiceThread(config) as runner:
         runner.wait_log("health and metrics at")
-        base = "http://%s:%d" % runner.service.metrics_server.address
+        base = "http://{}:{}".format(*runner.service.metrics_server.address)
         _drop(inbox, "held.csv", export("H", 20))
         runner.wait_log("Ropo One is unreachable")
         status, body = _get(f"{base}/healthz")
@@ -200,7 +200,7 @@ def test_F6_healthz_says_when_the_inbox_is_unreachable(
                           metrics={"host": "127.0.0.1", "port": 0})
     with ServiceThread(config) as runner:
         runner.wait_log("inbox problem")
-        base = "http://%s:%d" % runner.service.metrics_server.address
+        base = "http://{}:{}".format(*runner.service.metrics_server.address)
         status, body = _get(f"{base}/healthz")
         health = json.loads(body)
         assert status == 503, body

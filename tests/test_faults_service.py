@@ -12,8 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -139,7 +139,7 @@ def _fail_recording_after(monkeypatch: pytest.MonkeyPatch, records: int) -> None
 
     real = pipeline.mapped_file
 
-    def failing(compiled, path):  # type: ignore[no-untyped-def]
+    def failing(compiled, path):
         seen = 0
         for chunk in real(compiled, path):
             yield chunk
@@ -335,7 +335,7 @@ def test_F2_read_only_journal_pauses_the_feed_and_resumes(tmp_path: Path, sandbo
         drop(inbox, "big.csv", export("J", 3000))
         with ServiceThread(config) as runner:
             wait_until(lambda: len(sandbox.arrivals) >= 800, 60, what="800 arrivals")
-            disk["fail"]()  # type: ignore[operator]
+            disk["fail"]()
             runner.wait_log("the journal cannot be used: journal ")
             text = runner.logs.text
             assert f"journal {journal_of(tmp_path)}: cannot " in text
@@ -346,7 +346,7 @@ def test_F2_read_only_journal_pauses_the_feed_and_resumes(tmp_path: Path, sandbo
             time.sleep(1.5)
             assert (inbox / "processing" / "big.csv").exists()
             assert not (inbox / "error").exists() or not list((inbox / "error").iterdir())
-            disk["repair"]()  # type: ignore[operator]
+            disk["repair"]()
             wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 60, what="big.csv archived")
         summary = receipt(inbox / "outbox", "big.csv")
         assert summary["counts"]["accepted"] + summary["counts"]["duplicate"] == 3000
@@ -467,7 +467,7 @@ def test_D11_unexpected_error_in_a_feed_loop_is_logged_backed_off_and_retried(
     real_scan = LocalInbox.scan
     surprises = [TypeError("expected str, bytes or os.PathLike object, not NoneType")] * 2
 
-    def scan(self):  # type: ignore[no-untyped-def]
+    def scan(self):
         if surprises:
             raise surprises.pop()
         return real_scan(self)

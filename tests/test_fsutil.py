@@ -20,7 +20,6 @@ from batch.fsutil import (
 )
 
 
-
 def write_atomically(path: Path, data: bytes, mode: int = 0o666) -> None:
     with atomic_writer(path, mode) as handle:
         handle.write(data)
@@ -63,10 +62,9 @@ def test_the_temporary_is_a_hidden_file_while_writing(tmp_path: Path) -> None:
 def test_an_exception_keeps_the_old_file_and_removes_the_temporary(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
     write_atomically(target, b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_writer(target) as handle:
-            handle.write(b"new but incomplete")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_writer(target) as handle:
+        handle.write(b"new but incomplete")
+        raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["r.csv"]
 

@@ -158,7 +158,7 @@ def test_D5_hot_reload_of_a_mapping_with_a_custom_tag_never_stops_the_service(tm
             MAPPING.replace("{column: note}", "!!python/object/apply:os.system [id]"),
         ], start=1):
             mapping.write_text(bad)
-            wait_until(lambda: service.text().count("configuration change refused") >= number, 30,
+            wait_until(lambda: service.text().count("configuration change refused") >= number, 30,  # noqa: B023 - waited for at once
                        what=f"refusal #{number}")
             assert service.proc.poll() is None, service.text()
         text = service.text()
@@ -345,11 +345,11 @@ def test_D18_a_secret_is_its_one_line_without_surrounding_whitespace(tmp_path: P
     path = secret_file(tmp_path / "s", "\n  pass word \r\n")  # a blank line before it is not the secret
     api = ApiSettings(base_url="https://ropo24.fi/rest", cid="1", apicode_file=path)
     feed = InboxSettings(inbox=str(tmp_path), password_file=path, key_passphrase="${PW}")
-    assert api.credentials().apicode.get_secret_value() == "pass word"  # type: ignore[union-attr]
-    assert feed.resolved_password().get_secret_value() == "pass word"  # type: ignore[union-attr]
+    assert api.credentials().apicode.get_secret_value() == "pass word"
+    assert feed.resolved_password().get_secret_value() == "pass word"
     os.environ["PW"] = "\tpass word\n"
     try:
-        assert feed.resolved_key_passphrase().get_secret_value() == "pass word"  # type: ignore[union-attr]
+        assert feed.resolved_key_passphrase().get_secret_value() == "pass word"
     finally:
         del os.environ["PW"]
 

@@ -254,7 +254,7 @@ def test_D9_every_request_is_pinned_to_the_configured_origin(servers: Callable[.
     port = int(api.url.rsplit(":", 1)[1])
     assert (client.settings.origin.scheme, client.settings.origin.host, client.settings.origin.port) == (
         "http", "127.0.0.1", port)
-    for elsewhere in ("http://127.0.0.2:%d/rest/token" % port, "https://127.0.0.1:%d/rest/token" % port,
+    for elsewhere in (f"http://127.0.0.2:{port}/rest/token", f"https://127.0.0.1:{port}/rest/token",
                       "http://127.0.0.1:1/rest/token", f"http://u:{APICODE}@127.0.0.3/rest/token"):
         with pytest.raises(OffOriginRequest) as refused:
             client._post(elsewhere, json={"cid": CID, "apicode": APICODE})

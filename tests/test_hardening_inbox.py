@@ -25,6 +25,9 @@ from batch.inbox import InboxError
 from batch.inbox.base import InboxSettings, stamped_name
 from batch.inbox.local import LocalInbox
 from batch.receipts import receipt_names
+from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_sftp import wait_until
+from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
 
 # The tool's new name helpers are imported inside the tests that need them, so that this
 # module also runs against the code before the fixes (every test here failed there).
@@ -33,9 +36,6 @@ NAME_MAX = 255
 
 def name_bytes(name: str) -> int:
     return len(os.fsencode(name))
-from tests.fixtures_http import APICODE_ENV
-from tests.fixtures_sftp import wait_until
-from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_D3_long_names_are_processed_and_do_not_block_the_feed_local(
     assert code == 0, runner.logs.text
     archived = ls(inbox / "archive")
     assert len(archived) == len(names) + 1 and all(name_bytes(n) <= NAME_MAX for n in archived)
-    for number, name in enumerate(names):
+    for name in names:
         summary = receipt_json(inbox / "outbox", name)
         assert summary["file"] == name and summary["counts"]["accepted"] == 3
     assert [n for n in ls(inbox / "outbox") if n.startswith(".")] == []
@@ -329,9 +329,9 @@ def test_D19_a_symlinked_outbox_or_processing_after_start_is_not_followed_local(
             inbox.put_receipt(receipt, "a.csv.receipt.csv")
         assert str(refused.value) == refusal(f"inbox {inbox_dir}", "outbox", inbox_dir / "outbox")
         # the service writes local receipts itself, into Runtime.outbox (an OwnFolderPath)
-        with pytest.raises(NotADirectoryError) as refused_write:
-            with atomic_writer(OwnFolderPath(inbox_dir / "outbox" / "a.csv.receipt.csv"), what="write receipt"):
-                pass
+        with pytest.raises(NotADirectoryError) as refused_write, \
+                atomic_writer(OwnFolderPath(inbox_dir / "outbox" / "a.csv.receipt.csv"), what="write receipt"):
+            pass
         assert str(refused_write.value) == (
             f"cannot write receipt: the folder {inbox_dir / 'outbox'} is a symbolic link; the service's own "
             "folders must be real folders, so it refuses to follow it (replace the link by a folder)")

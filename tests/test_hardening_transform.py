@@ -123,13 +123,13 @@ def test_D1_released_elements_never_change_what_a_record_maps_to():
 # --- D21: an Event inside an Event -----------------------------------------------------------------
 
 NESTED = (
-    "<Export><Events>\n"
-    '<Event id="1"><Place>643007572062440001</Place><Customer>C1</Customer>\n'
-    '<Event id="2"><Place>643007572062440002</Place><Customer>C2</Customer><Time>2024-02-05 06:30:00</Time>'
-    "<Status>D</Status></Event>\n"
-    "<Time>2024-02-05 06:30:00</Time><Status>D</Status></Event>\n"
-    "</Events></Export>"
-).encode()
+    b"<Export><Events>\n"
+    b'<Event id="1"><Place>643007572062440001</Place><Customer>C1</Customer>\n'
+    b'<Event id="2"><Place>643007572062440002</Place><Customer>C2</Customer><Time>2024-02-05 06:30:00</Time>'
+    b"<Status>D</Status></Event>\n"
+    b"<Time>2024-02-05 06:30:00</Time><Status>D</Status></Event>\n"
+    b"</Events></Export>"
+)
 NESTED_MESSAGE = (
     "a <Event> record inside the <Event> record that starts on line 2: nested records are refused "
     "(neither could be mapped whole); give record_path as an absolute path such as /Export/Events/Event"
@@ -493,9 +493,9 @@ def test_D23_spaces_and_letters_that_are_not_ascii_stay_valid():
 
 def test_D23_xml_character_references_to_controls_are_refused_too():
     data = (
-        '<Export><Event id="E&#x9b;1"><Place>643007572062440001</Place><Time>2024-02-05 06:30:00</Time>'
-        "<Status>D</Status></Event></Export>"
-    ).encode()
+        b'<Export><Event id="E&#x9b;1"><Place>643007572062440001</Place><Time>2024-02-05 06:30:00</Time>'
+        b"<Status>D</Status></Event></Export>"
+    )
     (record,) = mapped(XML_MAPPING % "//Event", data)
     assert _message(record) == (
         "id (xpath '@id' = 'E\\x9b1'): contains the control character \\x9b at position 2; control characters are refused"

@@ -258,7 +258,7 @@ def test_receipt_is_written_atomically(root: Path, tmp_path: Path, inboxes: list
             events.append(event)
 
     observer = InotifyObserver(generate_full_events=True)
-    observer.schedule(Recorder(), str(root / "outbox"), recursive=False)  # type: ignore[arg-type]
+    observer.schedule(Recorder(), str(root / "outbox"), recursive=False)  # type: ignore[arg-type]  # needs dispatch()
     observer.start()
     try:
         receipt = tmp_path / "local-receipt.csv"

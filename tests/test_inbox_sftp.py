@@ -303,7 +303,7 @@ def test_receipt_uploaded_under_temporary_name_then_renamed(
             events.append(event)
 
     observer = InotifyObserver(generate_full_events=True)
-    observer.schedule(Recorder(), str(outbox), recursive=False)  # type: ignore[arg-type]
+    observer.schedule(Recorder(), str(outbox), recursive=False)  # type: ignore[arg-type]  # needs dispatch()
     observer.start()
     try:
         receipt = tmp_path / "receipt.csv"

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from batch import journal as journal_module
 from batch.config.api import ApiSettings, DeliverySettings
@@ -47,7 +46,7 @@ def old_content_id(event: dict[str, Any]) -> str:
 
 # What an event (or a partial one, of an invalid record) can hold: text with any character a
 # decoded file can give (control characters, non-BMP, U+2028), whole numbers of any size.
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 INVOICE = st.dictionaries(st.sampled_from(["invoicenumber", "jobid", "x"]),
                           st.one_of(TEXT, st.integers(), st.integers(min_value=2**63 - 2, max_value=2**70)))
 EVENT = st.dictionaries(
@@ -73,7 +72,7 @@ def test_event_bytes_escape_control_characters_and_keep_non_ascii_like_before() 
         '{"id":"E1","description":"a\\u0000b\\u001f\x7f\u2028 é 😀 \\"\\\\/\\t\\n",'
         '"invoices":[{"jobid":18446744073709551616,"invoicenumber":"1"}]}').encode("utf-8")
     assert event_bytes({"b": 1, "a": {"z": 1, "é": 2, "Z": 0}}, sorted_keys=True) == \
-        '{"a":{"Z":0,"z":1,"é":2},"b":1}'.encode("utf-8")
+        '{"a":{"Z":0,"z":1,"é":2},"b":1}'.encode()
 
 
 # --------------------------------------------------------------------------- one encoder, end to end
@@ -121,6 +120,7 @@ def test_journaled_bytes_are_the_sent_bytes_and_the_hashed_bytes(
     assert sorted(bodies) == journaled  # what the journal holds is what went out, byte for byte
     for event in events:
         payload = event.payload
+        assert payload is not None
         assert event.payload_json.encode("utf-8") == event_bytes(payload)
         assert event.payload_sha256 == hashlib.sha256(event_bytes(payload, sorted_keys=True)).hexdigest()
         without_id = {key: value for key, value in payload.items() if key != "id"}

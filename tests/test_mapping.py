@@ -11,8 +11,7 @@ from collections.abc import Iterable
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema
@@ -56,10 +55,10 @@ def map_bytes(mapping: str | CompiledMapping, data: bytes | str, chunk_size: int
 
         def start(self):
             run = original(self)
-            run._fast_mapper = lambda bound, index: None  # every record the general way
+            run._fast_mapper = lambda bound, index: None  # type: ignore[method-assign]  # every record the general way
             return run
 
-        compiled.start = start.__get__(compiled)  # type: ignore[method-assign]
+        compiled.start = start.__get__(compiled)  # type: ignore[method-assign]  # runs without the fast path
     out = []
     for records in mapped_chunks(compiled, io.BytesIO(data), chunk_size=chunk_size):
         for record in records:
@@ -598,7 +597,7 @@ def test_record_error_text():
 
 # Readers decode strictly (CSV) or through libxml2 (XML), so a value is any Unicode text except lone
 # surrogates, which no strict decoder produces.
-ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+ANY_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
 PLAUSIBLE = st.one_of(
     ANY_TEXT,
     st.sampled_from(["", " ", "K", "k", "KY", "EK", "ek ", "x", "5.2.2024", "6:30:00", "31.2.2024", "25:00:00",
@@ -699,7 +698,7 @@ def test_chunked_bulk_path_agrees_with_the_general_path(rows, cuts):
         start += size
     fast = map_all(compiled.start(), chunks)
     general_run = compiled.start()
-    general_run._fast_mapper = lambda bound, index: None
+    general_run._fast_mapper = lambda bound, index: None  # type: ignore[method-assign]  # force the general path
     general = map_all(general_run, [Chunk(columns, lines, [list(r) for r in rows])])
     assert _as_tuples(fast) == _as_tuples(general)
 

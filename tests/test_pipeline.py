@@ -166,7 +166,7 @@ def test_dropped_connections_are_retried(
         make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
         process_file: Callable[..., FileOutcome]) -> None:
     # DROP: hung up before keeping the event; DROP_AFTER: kept, but the answer was lost
-    script: list[int | str] = ["ok"] * 5 + [DROP] * 3 + ["ok"] * 10 + [DROP_AFTER] * 2 + ["ok", DROP]
+    script = ["ok"] * 5 + [DROP] * 3 + ["ok"] * 10 + [DROP_AFTER] * 2 + ["ok", DROP]
     sandbox = make_sandbox(faults=Faults(script=script))
     ws = workspace_for(sandbox)
     rows = make_rows(80, 20)
@@ -386,7 +386,7 @@ def test_at_most_max_in_flight_events_are_sent_without_their_result_being_journa
         committed += applied
         return applied
 
-    journal.record_results = slow_record_results  # type: ignore[method-assign]
+    journal.record_results = slow_record_results  # type: ignore[method-assign]  # a slow disk
     outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
     assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
     assert committed == 200

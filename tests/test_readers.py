@@ -209,7 +209,7 @@ def test_detect_encoding():
 
 
 def test_wrong_encoding_names_the_line_of_the_first_bad_byte():
-    data = "a,b\n1,x\n2,y\n3,z\n".encode() + "4,café\n".encode("cp1252") + b"5,w\n"
+    data = b"a,b\n1,x\n2,y\n3,z\n" + "4,café\n".encode("cp1252") + b"5,w\n"
     error = file_error(csv_rows, data)
     assert error.line == 5
     assert str(error) == (

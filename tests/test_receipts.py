@@ -65,7 +65,7 @@ EVENTS = [
 ]
 
 
-def read_rows(path: Path, fmt: ReceiptFormat = ReceiptFormat()) -> list[list[str]]:
+def read_rows(path: Path, fmt: ReceiptFormat = ReceiptFormat()) -> list[list[str]]:  # noqa: B008 - frozen: sharing it is safe
     with open(path, encoding=fmt.encoding, newline="") as handle:
         return list(csv.reader(handle, delimiter=fmt.delimiter, quotechar=fmt.quotechar))
 

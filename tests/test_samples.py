@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import openapi_schema_validator
@@ -53,7 +54,10 @@ def test_every_sample_has_a_mapping_and_every_mapping_a_sample():
     assert openapi_document()["openapi"].startswith("3.1")
 
 
-FINNISH = [
+# (line, the event or None, the errors as `preview --json` prints them)
+Expected = list[tuple[int, "dict[str, Any] | None", list[dict[str, Any]]]]
+
+FINNISH: Expected = [
     (4, {"id": "KT-2024-0001", "usageplacecode": "643007572062443672", "customernumber": "A123456", "contract_no": "555555b",
          "invoices": [{"invoicenumber": "594294", "jobid": 1234}, {"invoicenumber": "594295", "jobid": 1235}],
          "time": "2024-02-05 06:30:00", "status": "disconnected", "description": "Käyttöpaikka katkaistu"}, []),
@@ -70,7 +74,7 @@ FINNISH = [
          "time": "2024-02-06 09:15:00", "status": "disconnected", "description": "Käyttöpaikka katkaistu"}, []),
 ]
 
-ERP = [
+ERP: Expected = [
     (5, {"id": "ERP-501", "usageplacecode": "643007572062460001", "customernumber": "X-3001", "contract_no": "77001a",
          "invoices": [{"invoicenumber": "810001", "jobid": 9001}, {"invoicenumber": "810002", "jobid": 9002}],
          "time": "2024-02-05 06:30:00", "status": "disconnected", "description": "Usage place disconnected"}, []),
@@ -82,7 +86,7 @@ ERP = [
           "status": "not_disconnected", "description": "Dog on the premises, technician could not enter"}, []),
 ]
 
-MDS7 = [
+MDS7: Expected = [
     # two rows of M-88101 merged into one event with both invoices
     (4, {"id": "M-88101", "usageplacecode": "643007572062440001", "customernumber": "C-0042", "contract_no": "K-777",
          "invoices": [{"invoicenumber": "700100", "jobid": 51}, {"invoicenumber": "700101", "jobid": 52}],
@@ -111,7 +115,7 @@ UTF8_ISO_WITHOUT_IDS = [
 
 
 def _with_generated_ids(records):
-    out = []
+    out: Expected = []
     for line, event in records:
         with_id = {"id": "crm-" + content_id(event), **event}
         out.append((line, with_id, []))
@@ -142,7 +146,7 @@ INVALID = [
                  "message": "not a real date/time (hour must be in 0..23)"}]),
 ]
 
-MAINFRAME = [  # line 1 is the HDR record, line 4 is blank, line 6 the TRL record
+MAINFRAME: Expected = [  # line 1 is the HDR record, line 4 is blank, line 6 the TRL record
     (2, {"id": "MF00000101", "usageplacecode": "643007572062480001", "customernumber": "C0000101", "contract_no": "K-000101",
          "invoices": [{"invoicenumber": "700100", "jobid": 51}, {"invoicenumber": "700101", "jobid": 52}],
          "time": "2024-03-06 07:15:00", "status": "disconnected", "description": "Katkaistu mittarilta"}, []),
@@ -187,6 +191,7 @@ def test_sample_events_validate_against_the_contract(sample):
 
 def test_the_contract_validator_would_catch_a_bad_event():
     # guard against a schema that accepts anything
+    bad: dict[str, Any]
     for bad in ({"invoices": [{"jobid": "1234"}]}, {"time": 5}, {"invoices": {}}):
         for validator in VALIDATORS:
             assert not validator.is_valid(bad)

@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
-from batch.sandbox import DROP, DROP_AFTER, ECHO, GARBAGE, Faults, Sandbox, iter_jsonl
+from batch.sandbox import DROP, DROP_AFTER, ECHO, GARBAGE, Faults, RawRequest, Sandbox, iter_jsonl
 from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import ContractCheck
 
@@ -248,7 +248,7 @@ def test_data_dir_keeps_accepted_events(tmp_path) -> None:
 
 
 def test_request_hook_sees_api_requests_only() -> None:
-    seen = []
+    seen: list[RawRequest] = []
     with Sandbox(request_hook=seen.append) as sb:
         token = token_for(sb)
         post_event(sb, EVENT, token)
@@ -284,7 +284,7 @@ def test_serve_runs_until_sigterm(tmp_path) -> None:
         [sys.executable, "-m", "batch.sandbox", "--port", "0", "--data", str(tmp_path)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        base_url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        base_url = proc.stdout.readline().strip()
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/rest")
         token = requests.post(f"{base_url}/token",
                               json={"cid": "1000011", "apicode": "sandbox-apicode"}).json()["token"]

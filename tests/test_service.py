@@ -175,7 +175,7 @@ def test_healthz_and_metrics(tmp_path: Path, sandbox, apicode_env) -> None:
     server = MetricsServer("127.0.0.1", 0, metrics, lambda: (False, {"feeds": {"x": {"alive": False}}})).start()
     try:
         with pytest.raises(urllib.error.HTTPError) as failed:
-            urllib.request.urlopen("http://%s:%d/healthz" % server.address, timeout=5)
+            urllib.request.urlopen("http://{}:{}/healthz".format(*server.address), timeout=5)
         assert failed.value.code == 503
     finally:
         server.close()

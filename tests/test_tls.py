@@ -153,7 +153,7 @@ def test_sandbox_command_serves_https_with_a_certificate_file(
     proc = subprocess.Popen([sys.executable, "-m", "batch", "sandbox", "--port", "0", "--tls-cert", str(pem)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline()  # type: ignore[union-attr]
+        line = proc.stderr.readline()
         assert "listening at https://127.0.0.1:" in line, line
         base_url = line.split("listening at ", 1)[1].strip()
         settings = ApiSettings(base_url=base_url, token="${" + TOKEN_ENV + "}", ca_bundle=ca_bundle)

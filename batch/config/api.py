@@ -33,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from batch.config.envpath import expand_env_path
+
 # SecretResolutionError and resolve_secret are imported from here by callers and tests (re-exported)
 from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret  # noqa: F401
 
@@ -180,8 +182,8 @@ def _check_parsers_agree(url: str, origin: ApiOrigin, path: str) -> None:
         raise ValueError("the HTTP client cannot parse this URL") from None
     ours = (origin.scheme, origin.host, origin.port, path)
     by_urllib = (split.scheme, split.hostname, split.port or _DEFAULT_PORTS[split.scheme], split.path.rstrip("/"))
-    by_urllib3 = (parsed.scheme, (parsed.host or "").strip("[]"), parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0),
-                  (parsed.path or "").rstrip("/"))
+    by_urllib3 = (parsed.scheme, (parsed.host or "").strip("[]"),
+                  parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0), (parsed.path or "").rstrip("/"))
     if not ours == by_urllib == by_urllib3 or split.username or parsed.auth:
         raise ValueError("the URL is ambiguous: the HTTP client would read it differently; write scheme://host:port/path")
 
@@ -245,8 +247,8 @@ class ApiSettings(BaseModel):
 
     @field_validator("apicode", "token", mode="before")
     @classmethod
-    def _check_reference(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
-        return check_reference(value, info.field_name)
+    def _check_reference(cls, value: object, info: ValidationInfo) -> SecretStr | None:
+        return check_reference(value, info.field_name or "")
 
     @model_validator(mode="after")
     def _check_auth_choice(self) -> ApiSettings:

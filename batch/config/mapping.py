@@ -10,14 +10,16 @@ from __future__ import annotations
 import codecs
 import re
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from batch.config.yamlload import (
     ConfigError,
+    ConfigProblem,
     LoadedYaml,
     load_yaml_file,
     load_yaml_text,
@@ -73,7 +75,7 @@ class CsvOptions(Strict):
         return value
 
     @model_validator(mode="after")
-    def _header_or_columns(self) -> "CsvOptions":
+    def _header_or_columns(self) -> CsvOptions:
         if self.header_line is None and not self.columns:
             raise ValueError("a file without a header row (header_line: null) needs 'columns'")
         if self.header_line is not None and self.skip_lines:
@@ -106,7 +108,7 @@ class FixedOptions(Strict):
         return check_encoding(value)
 
     @model_validator(mode="after")
-    def _layout(self) -> "FixedOptions":
+    def _layout(self) -> FixedOptions:
         names = [column.name for column in self.columns]
         doubled = sorted({name for name in names if names.count(name) > 1})
         if doubled:
@@ -185,7 +187,7 @@ class ValueSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ValueSpec":
+    def _one_source(self) -> ValueSpec:
         given = [k for k in ("column", "xpath", "const", "template") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give only one of column, xpath, const, template (got {', '.join(given)})")
@@ -241,7 +243,7 @@ class IdSpec(ValueSpec):
     prefix: str = Field("", description="Text put before a generated id.")
 
     @model_validator(mode="after")
-    def _generate_alone(self) -> "IdSpec":
+    def _generate_alone(self) -> IdSpec:
         if self.generate and self.sources():
             raise ValueError("generate: true takes no column/xpath/template")
         return self
@@ -274,7 +276,8 @@ class Invoices(Strict):
             "elements: repeated XML elements."
         ),
     )
-    element: str | None = Field(None, description="elements: XPath of the repeated invoice element, relative to the record.")
+    element: str | None = Field(
+        None, description="elements: XPath of the repeated invoice element, relative to the record.")
     invoicenumber: ValueSpec
     jobid: ValueSpec | None = None
 
@@ -308,7 +311,7 @@ class Mapping(Strict):
         return check_zone(value)
 
     @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> "Mapping":
+    def _consistent(self, info: ValidationInfo) -> Mapping:
         problems = list(mapping_problems(self))
         if problems:
             # one ValueError per model; the loader reports each separately through `_problems`
@@ -396,7 +399,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
     for section in ("csv", "xml", "fixed"):
         if section != fmt and getattr(mapping, section) is not None:
-            problems.append((section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
+            problems.append(
+                (section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
     if fmt == "fixed" and mapping.fixed is None:
         problems.append(("fixed", "a fixed-width feed needs a 'fixed' section with its columns"))
 
@@ -411,7 +415,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         ]
     for path, spec in specs:
         if fmt != "xml" and spec.xpath is not None:
-            problems.append((path, f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
+            problems.append(
+                (path, f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
         if fmt == "fixed" and mapping.fixed is not None:
             declared = [column.name for column in mapping.fixed.columns]
             for source in spec.sources():
@@ -422,7 +427,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         is_id = isinstance(spec, IdSpec) and spec.generate
         if not is_id and not spec.sources() and spec.const is None and spec.default is None:
             problems.append((path, "say where the value comes from: column, xpath, const or template"))
-        if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices.mode == "columns"):
+        if spec.split is not None and not (path.startswith("invoices.") and mapping.invoices is not None
+                                           and mapping.invoices.mode == "columns"):
             problems.append((path, "'split' is only for invoices with mode: columns"))
 
     for name in (n for n in EVENT_FIELDS if n in DEFAULT_REQUIRED):  # a stable order: sets vary per run
@@ -435,7 +441,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
     status = mapping.fields.status
     vocabulary = set(mapping.status_vocabulary())
     if status is not None:
-        targets = list((status.map or {}).values()) + [v for v in (status.map_default, status.const, status.default) if v]
+        targets: list[str | int] = list((status.map or {}).values())
+        targets += [v for v in (status.map_default, status.const, status.default) if v]
         for value in targets:
             if str(value) not in vocabulary:
                 problems.append(
@@ -446,7 +453,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         for key in description.default_by_status:
             if key not in vocabulary:
                 problems.append(
-                    ("fields.description.default_by_status", f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
+                    ("fields.description.default_by_status",
+                     f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
                 )
 
     if fmt == "xml" and mapping.xml is not None:
@@ -463,7 +471,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
                 spec = getattr(invoices, name)
                 if fmt == "xml" and spec is not None and spec.xpath is None:
                     problems.append(
-                        (f"invoices.{name}", "mode 'elements' reads each invoice with 'xpath' (relative to the element)")
+                        (f"invoices.{name}",
+                         "mode 'elements' reads each invoice with 'xpath' (relative to the element)")
                     )
         elif invoices.element is not None:
             problems.append(("invoices.element", f"'element' is only for mode 'elements' (mode is {invoices.mode!r})"))
@@ -471,7 +480,8 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
             for name in INVOICE_FIELDS:
                 spec = getattr(invoices, name)
                 if spec is not None and spec.sources() and spec.split is None:
-                    problems.append((f"invoices.{name}", "mode 'columns' needs 'split' (the separator inside the cell)"))
+                    problems.append(
+                        (f"invoices.{name}", "mode 'columns' needs 'split' (the separator inside the cell)"))
         if invoices.mode == "rows":
             id_spec = mapping.fields.id
             if id_spec is None or id_spec.generate or not id_spec.sources():
@@ -509,7 +519,7 @@ def load_mapping_text(text: str, file: str = "<mapping>") -> Mapping:
     return _check(load_yaml_text(text, file))
 
 
-def _check(loaded) -> Mapping:
+def _check(loaded: LoadedYaml) -> Mapping:
     if not isinstance(loaded.data, dict):
         raise ConfigError([loaded.problem((), "a mapping file must be a YAML mapping (key: value lines)")])
     try:
@@ -590,7 +600,7 @@ def _remove_key(data: Any, key: tuple[str, ...]) -> bool:
     return False
 
 
-def _split_cross_field(problems, loaded):
+def _split_cross_field(problems: list[ConfigProblem], loaded: LoadedYaml) -> list[ConfigProblem]:
     """Cross-field problems arrive as one multi-line message at the top; give each its own line."""
     result = []
     for problem in problems:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batch.config.api import MAX_SECONDS, ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.mapping import Mapping, load_mapping
-from batch.config.yamlload import ConfigError, ConfigProblem, load_yaml_file, validate_model
 from batch.config.secrets import secret_file_warning
+from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
 from batch.errors import ConfigurationError
 from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
@@ -58,7 +58,8 @@ class MetricsSettings(BaseModel):
 
 class ServiceConfig(BaseModel):
     # hide_input_in_errors: no error text of the service configuration quotes a value (D17)
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
+                              hide_input_in_errors=True)
 
     schema_ref: str | None = Field(None, alias="$schema")
     api: ApiSettings
@@ -84,7 +85,7 @@ class ServiceConfig(BaseModel):
         return feeds
 
     @model_validator(mode="after")
-    def _distinct_inboxes(self) -> "ServiceConfig":
+    def _distinct_inboxes(self) -> ServiceConfig:
         inboxes = [feed.inbox for feed in self.feeds]
         doubled = sorted({inbox for inbox in inboxes if inboxes.count(inbox) > 1})
         if doubled:
@@ -118,7 +119,7 @@ def load_service_config(path: str | Path) -> LoadedService:
     return _check(load_yaml_file(path, echo_values=False), path)
 
 
-def _check(loaded, path: Path) -> LoadedService:
+def _check(loaded: LoadedYaml, path: Path) -> LoadedService:
     if not isinstance(loaded.data, dict):
         raise ConfigError([loaded.problem((), "a service configuration must be a YAML mapping (key: value lines)")])
     config = validate_model(ServiceConfig, loaded)
@@ -151,7 +152,7 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
 
     feeds = []
     for feed in config.feeds:
-        update = {
+        update: dict[str, Any] = {
             "mapping": absolute(feed.mapping),
             "known_hosts": absolute(feed.known_hosts),
             "private_key_file": absolute(feed.private_key_file),

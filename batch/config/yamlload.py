@@ -18,9 +18,10 @@ expanded.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -163,6 +164,7 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             node = super().compose_node(parent, index)
+            assert node is not None  # an alias event composes to the node its anchor names
             self._count_alias(node, mark)
             return node
         self._depth += 1
@@ -174,6 +176,7 @@ class _Loader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        assert node is not None  # the stubs allow None; PyYAML returns a node for every event taken here
         self._size[id(node)] = self._measure(node)
         return node
 

@@ -3,8 +3,8 @@ path to read, a place for the receipt, and the original archived or errored"."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 
 from batch.inbox.base import (
     Candidate,
@@ -13,9 +13,9 @@ from batch.inbox.base import (
     HostKeyError,
     Inbox,
     InboxError,
-    InboxUnusable,
     InboxSettings,
     InboxUnavailable,
+    InboxUnusable,
     LocalLocation,
     NameRules,
     SftpLocation,

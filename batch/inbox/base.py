@@ -15,8 +15,8 @@ and `resume()` for what a previous run left in processing/.
 from __future__ import annotations
 
 import abc
-import logging
 import fnmatch
+import logging
 import posixpath
 import re
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from batch.config.api import MAX_SECONDS
 from batch.config.secrets import check_reference, resolve_secret
@@ -201,8 +201,8 @@ class InboxSettings(BaseModel):
 
     @field_validator("key_passphrase", "password", mode="before")
     @classmethod
-    def _env_secret(cls, value: object, info) -> SecretStr | None:  # type: ignore[no-untyped-def]
-        return check_reference(value, info.field_name)  # resolved when needed: resolved_*()
+    def _env_secret(cls, value: object, info: ValidationInfo) -> SecretStr | None:
+        return check_reference(value, info.field_name or "")  # resolved when needed: resolved_*()
 
     @field_validator("private_key_file", "key_passphrase_file", "password_file", "known_hosts", mode="before")
     @classmethod
@@ -350,7 +350,7 @@ def name_is_safe(name: str, refused: set[str], where: str) -> bool:
     return True
 
 
-def left_in_processing(entries: list[FileStat], rules: "NameRules") -> list[Claimed]:
+def left_in_processing(entries: list[FileStat], rules: NameRules) -> list[Claimed]:
     """The data files a previous run left in processing/, each with its marker, oldest first."""
     names = {entry.name for entry in entries}
     found = []

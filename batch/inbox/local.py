@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch.fsutil import (
     OwnFolderPath,
@@ -36,22 +37,26 @@ from batch.fsutil import (
     symlink_refusal,
 )
 from batch.inbox.base import (
-    name_is_safe,
-    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
     Inbox,
-    InboxUnusable,
     InboxSettings,
+    InboxUnusable,
     LocalLocation,
     NameRules,
     check_name,
     folder_path,
+    left_in_processing,
     marker_name,
+    name_is_safe,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness
+
+if TYPE_CHECKING:  # watchdog is imported when a local inbox starts watching
+    from watchdog.events import FileSystemEvent
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ try:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     _renameat2.restype = ctypes.c_int
 except (OSError, AttributeError):  # not glibc / not Linux
-    _renameat2 = None
+    _renameat2 = None  # type: ignore[assignment]  # checked before each use
 
 
 def rename_noreplace(src: Path | str, dst: Path | str, *, src_dir_fd: int = _AT_FDCWD,
@@ -107,7 +112,7 @@ def _not_shutdown_noise(record: logging.LogRecord) -> bool:
 logging.getLogger("watchdog.observers.inotify").addFilter(_not_shutdown_noise)
 
 
-def _make_observer():  # type: ignore[no-untyped-def]
+def _make_observer() -> BaseObserver:
     try:
         from watchdog.observers.inotify import InotifyObserver
 
@@ -128,7 +133,7 @@ class _Handler:
         self._events = events
         self._wake = wake
 
-    def dispatch(self, event) -> None:  # type: ignore[no-untyped-def]
+    def dispatch(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             return
         kind = event.event_type
@@ -182,7 +187,7 @@ class LocalInbox(Inbox):
         self._wake = threading.Event()
         self._closed = False
         self._refused: set[str] = set()
-        self._observer = None
+        self._observer: BaseObserver | None = None
         if settings.mode == "native":
             self._start_observer()
 
@@ -229,8 +234,9 @@ class LocalInbox(Inbox):
 
     def _start_observer(self) -> None:
         observer = _make_observer()
+        handler = _Handler(str(self.root), self._events, self._wake)
         try:
-            observer.schedule(_Handler(str(self.root), self._events, self._wake), str(self.root), recursive=False)
+            observer.schedule(handler, str(self.root), recursive=False)  # type: ignore[arg-type]  # needs dispatch()
             observer.start()
         except OSError as exc:  # e.g. the inotify watch limit
             log.warning("inbox %s: file system events unavailable (%s); polling every %.0f s",
@@ -374,7 +380,8 @@ class LocalInbox(Inbox):
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)
         os.close(self._open(self.outbox, "write receipt"))  # a symlink: refused with its name
-        with open(local_path, "rb") as src, atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
+        with open(local_path, "rb") as src, \
+                atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
     # -- waiting

@@ -56,22 +56,22 @@ from batch.fsutil import (
     temporary_name,
 )
 from batch.inbox.base import (
-    name_is_safe,
-    left_in_processing,
     Candidate,
     Claimed,
     FileStat,
     HostKeyError,
     Inbox,
     InboxError,
-    InboxUnusable,
     InboxSettings,
     InboxUnavailable,
+    InboxUnusable,
     NameRules,
     SftpLocation,
     check_name,
     folder_path,
+    left_in_processing,
     marker_name,
+    name_is_safe,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness
@@ -124,7 +124,10 @@ def _short_upload(exc: OSError) -> OSError:
 def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]:
     """`SFTPClient.listdir_attr`, but names that are not UTF-8 come back surrogate-escaped
     (like `os.listdir`) instead of failing the whole listing with UnicodeDecodeError."""
-    kind, msg = sftp._request(CMD_OPENDIR, _b(folder))
+    # paramiko's own listdir_attr, on its private request and decoding calls (not in its stubs)
+    request = sftp._request  # type: ignore[attr-defined]  # private: see the comment above
+    from_msg = SFTPAttributes._from_msg  # type: ignore[attr-defined]  # private: see the comment above
+    kind, msg = request(CMD_OPENDIR, _b(folder))
     if kind != CMD_HANDLE:
         raise SFTPError("Expected handle")
     handle = msg.get_binary()
@@ -132,7 +135,7 @@ def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]
     try:
         while True:
             try:
-                kind, msg = sftp._request(CMD_READDIR, handle)
+                kind, msg = request(CMD_READDIR, handle)
             except EOFError:
                 break
             if kind != CMD_NAME:
@@ -140,11 +143,11 @@ def listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> list[SFTPAttributes]
             for _ in range(msg.get_int()):
                 filename = os.fsdecode(msg.get_string())
                 longname = msg.get_string().decode("utf-8", "replace")
-                attr = SFTPAttributes._from_msg(msg, filename, longname)
+                attr = from_msg(msg, filename, longname)
                 if filename not in (".", ".."):
                     found.append(attr)
     finally:
-        sftp._request(CMD_CLOSE, handle)
+        request(CMD_CLOSE, handle)
     return found
 
 # Signature algorithms that carry an RSA host key (known_hosts records it as ssh-rsa).
@@ -206,7 +209,9 @@ def load_private_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
     if passphrase is None:
         raise InboxUnusable(f"private key {path} is encrypted: set key_passphrase or key_passphrase_file")
     try:
-        return paramiko.PKey.from_path(path, passphrase.get_secret_value().encode())
+        # paramiko annotates the password as str, but hands it to cryptography's loaders, which take bytes only
+        secret = passphrase.get_secret_value().encode()
+        return paramiko.PKey.from_path(path, secret)  # type: ignore[arg-type]  # bytes: see above
     except (TypeError, ValueError, paramiko.SSHException, OSError):
         raise InboxUnusable(f"cannot decrypt private key {path} with the configured passphrase "
                          "(key_passphrase / key_passphrase_file): is it the right one?") from None
@@ -310,7 +315,7 @@ class SftpInbox(Inbox):
             transport.auth_timeout = s.connect_timeout_seconds
             known = host_keys.lookup(known_hosts_name(loc.host, loc.port))
             if known:  # negotiate the key type we can verify
-                preferred = [a for k in known.keys() for a in _KEY_TYPE_ALGORITHMS.get(k, [k])]
+                preferred = [a for k in known for a in _KEY_TYPE_ALGORITHMS.get(k, [k])]
                 options = transport.get_security_options()
                 options.key_types = preferred + [t for t in options.key_types if t not in preferred]
             transport.start_client(timeout=s.connect_timeout_seconds)
@@ -323,7 +328,9 @@ class SftpInbox(Inbox):
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
                 raise InboxUnavailable(f"{loc.display}: the server refused the sftp subsystem")
-            sftp.get_channel().settimeout(s.io_timeout_seconds)
+            channel = sftp.get_channel()
+            assert channel is not None  # from_transport opened it
+            channel.settimeout(s.io_timeout_seconds)
             self._transport = transport
             try:
                 if not stat.S_ISDIR(sftp.stat(self.root).st_mode or 0):
@@ -399,7 +406,8 @@ class SftpInbox(Inbox):
             sftp.mkdir(_b(folder))
         except OSError as exc:
             if not self._exists(sftp, folder):  # created meanwhile by another instance?
-                raise InboxUnusable(f"{self.location.display}: {named_error(f'create the {label} folder', folder, exc)}") from exc
+                refused = named_error(f"create the {label} folder", folder, exc)
+                raise InboxUnusable(f"{self.location.display}: {refused}") from exc
         self._check_folder(sftp, folder, label)
 
     def _check_folder(self, sftp: paramiko.SFTPClient, folder: str, label: str) -> None:
@@ -605,14 +613,14 @@ class SftpInbox(Inbox):
         def download(sftp: paramiko.SFTPClient) -> None:
             size = int(sftp.stat(_b(remote)).st_size or 0)
             try:
-                out = open(tmp, "xb")
+                out = open(tmp, "xb")  # noqa: SIM115 - its own error; the `with` follows
             except OSError as exc:
                 raise named_error(what, tmp, exc) from exc
             with out:
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # "alive": a stale-temporary sweep leaves it alone
                 staged = _StagingWriter(out, what, tmp)
                 # getfo is what SFTPClient.get uses: prefetch (pipelined reads) on.
-                written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]
+                written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]  # needs write()
                                      max_concurrent_prefetch_requests=self.settings.prefetch_max_requests)
                 staged.flush()
                 local_size = os.fstat(out.fileno()).st_size
