@@ -222,13 +222,14 @@ def installed_filter() -> RedactingFilter:
     return _installed
 
 
-def redact_config_secrets(config: ServiceConfig) -> None:
+def redact_config_secrets(config: ServiceConfig, redactor: RedactingFilter | None = None) -> None:
     """From now on, logging removes the configuration's secrets: the API code (or fixed token)
     and every feed's SFTP password and key passphrase, resolved from the environment or their
-    files. A secret that cannot be resolved is skipped: the command that needs it says so."""
+    files. A secret that cannot be resolved is skipped: the command that needs it says so.
+    `redactor`: the filter to teach (default: the one `setup_logging` installed)."""
     from batch.config.secrets import SecretResolutionError
 
-    redactor = installed_filter()
+    redactor = redactor or installed_filter()
     try:
         redactor.add_secrets(config.api.credentials().secrets())
     except SecretResolutionError:

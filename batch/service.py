@@ -81,7 +81,7 @@ from batch.journal import (
     StrEnum,
     this_process,
 )
-from batch.logs import RedactingFilter, apply_level
+from batch.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.metrics import Metrics, MetricsServer
 from batch.pipeline import (
     FeedRuntime,
@@ -128,19 +128,6 @@ def check_feed_secrets(loaded: LoadedService) -> None:
             feed.resolved_password()
         except SecretResolutionError as exc:
             raise SecretResolutionError(f"feeds[{feed.name}]: {exc}") from None
-
-
-def feed_secrets(feed: InboxSettings) -> list[str]:
-    """The SFTP secrets of a feed, resolved (for redaction)."""
-    found = []
-    for resolve in (feed.resolved_key_passphrase, feed.resolved_password):
-        try:
-            value = resolve()
-        except SecretResolutionError:
-            continue
-        if value is not None:
-            found.append(value.get_secret_value())
-    return found
 
 
 class ConfigWatcher:
@@ -932,8 +919,7 @@ class Service:
         if self.redactor is None:
             return
         self.redactor.add_redactor(generation.client.redact)
-        for feed in generation.config.feeds:
-            self.redactor.add_secrets(feed_secrets(feed))
+        redact_config_secrets(generation.config, self.redactor)
 
     # -- signals
 
