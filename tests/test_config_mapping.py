@@ -21,23 +21,12 @@ from batch.config.mapping import (
     mapping_json_schema,
 )
 from batch.config.yamlload import ConfigError
+from tests.fixtures_mapping import MINIMAL, mapping_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = sorted((ROOT / "config" / "mappings").glob("*.yaml"))
 
-MINIMAL = """\
-format: csv
-fields:
-  usageplacecode: {column: code}
-  time: {column: t}
-  status: {column: s}
-"""
-
-
-def problems(text: str, file: str = "m.yaml") -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_mapping_text(textwrap.dedent(text), file)
-    return [str(p) for p in info.value.problems]
+problems = mapping_problems
 
 
 # --- mappings that load ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,22 +17,9 @@ import pytest
 from batch.config.mapping import load_mapping_text
 from batch.config.yamlload import ConfigError, load_yaml_text
 from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_mapping import MINIMAL, mapping_problems
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import MAPPING, ServiceProcess, export, write_config
-
-MINIMAL = """\
-format: csv
-fields:
-  usageplacecode: {column: code}
-  time: {column: t}
-  status: {column: s}
-"""
-
-
-def mapping_problems(text: str, file: str = "m.yaml") -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_mapping_text(textwrap.dedent(text), file)
-    return [str(p) for p in info.value.problems]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
