@@ -1,4 +1,4 @@
-from batch.cli import main
+from batch.cli.commands import main
 
 if __name__ == "__main__":
     main()

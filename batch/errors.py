@@ -7,40 +7,40 @@ raises them and subclass their group here, so that this module imports nothing o
     ├── ConfigurationError              configuration unusable: fix it, then run again   (exit 2)
     │   ├── ConfigError                     batch.config.yamlload: a file's problems, every one
     │   ├── SecretResolutionError           batch.config.secrets: ${ENV} or *_file not resolvable
-    │   ├── FeedNotFound                    batch.runtime / config.service: no (or no one) feed
-    │   ├── FormatError                     batch.timeparse: a time format that cannot compile
+    │   ├── FeedNotFound                    batch.service.runtime / config.service: no (or no one) feed
+    │   ├── FormatError                     batch.syntax.timeparse: a time format that cannot compile
     │   ├── SymlinkRefused                  batch.fsutil: a folder of ours is a symlink (an OSError)
     │   ├── InboxUnusable                   batch.inbox.base: folder, key, login as configured fail
-    │   └── JournalUnusable                 batch.journal: schema too new, no WAL on that disk
+    │   └── JournalUnusable                 batch.store.journal: schema too new, no WAL on that disk
     ├── InputFileError                  input file unusable: fix or replace the file     (exit 2)
-    │   ├── FileError                       batch.readers: encoding, header, XML, structure
+    │   ├── FileError                       batch.transform.readers: encoding, header, XML, structure
     │   └── UnsafeNameError                 batch.inbox.base: a name that would leave the inbox
-    ├── (record invalid)                data, not an exception: batch.mapping.RecordError is
+    ├── (record invalid)                data, not an exception: batch.transform.mapping.RecordError is
     │                                   kept with the record, journaled ``invalid``, reported
     │                                   in the receipt; the file goes on                 (exit 1)
     ├── AccessRefused                   the API refused our credentials, or trust failed:
     │   │                               fix credentials / TLS / known_hosts              (exit 2)
-    │   ├── AuthError                       batch.ropo: /token refused the credentials
-    │   ├── OffOriginRequest                batch.ropo: a request would leave the configured origin
+    │   ├── AuthError                       batch.delivery.ropo: /token refused the credentials
+    │   ├── OffOriginRequest                batch.delivery.ropo: a request would leave the configured origin
     │   └── HostKeyError                    batch.inbox.base: SFTP host key unknown or changed
     ├── TransientError                  not now: keep the file, retry later (the service
     │   │                               does so itself with backoff)                    (exit 2)
     │   ├── InboxUnavailable                batch.inbox.base: connection refused or dropped
-    │   ├── JournalUnavailable              batch.journal: SQLite cannot read/write now
-    │   ├── FileInProgress                  batch.journal: another live process has the file
-    │   ├── TokenUnavailable                batch.ropo: /token unreachable or 5xx/408/429
+    │   ├── JournalUnavailable              batch.store.journal: SQLite cannot read/write now
+    │   ├── FileInProgress                  batch.store.journal: another live process has the file
+    │   ├── TokenUnavailable                batch.delivery.ropo: /token unreachable or 5xx/408/429
     │   └── StorageFault                    batch.pipeline: a folder of ours refused a step
     │       └── ReceiptNotWritten               the file is finished, its receipt is not
     └── InternalError                   a bug: report it                                (exit 3)
-        └── JournalMisuse                   batch.journal: a call the journal's state forbids
+        └── JournalMisuse                   batch.store.journal: a call the journal's state forbids
 
 Two *families* cut across the groups for callers that handle everything one part raises:
 ``InboxError`` (batch.inbox.base: InboxUnusable, UnsafeNameError, HostKeyError,
-InboxUnavailable) and ``JournalError`` (batch.journal: JournalUnusable, JournalMisuse,
+InboxUnavailable) and ``JournalError`` (batch.store.journal: JournalUnusable, JournalMisuse,
 JournalUnavailable, FileInProgress). A family is never raised itself; each of its members
 belongs to exactly one group.
 
-Anything else that reaches the command line's boundary (batch.cli) is an internal error:
+Anything else that reaches the command line's boundary (batch.cli.commands) is an internal error:
 ``internal error: ...; please report it`` and ``ExitStatus.INTERNAL``.
 """
 

@@ -19,15 +19,15 @@ from pathlib import Path
 from batch.config.api import DeliverySettings
 from batch.config.mapping import Mapping
 from batch.config.service import ReceiptOptions
-from batch.delivery import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
+from batch.delivery.ropo import RopoClient
+from batch.delivery.scheduler import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
-from batch.extract import mapped_file
 from batch.fsutil import display_name
-from batch.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
-from batch.mapping import CompiledMapping, MappedRecord
-from batch.readers import FileError
-from batch.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
-from batch.ropo import RopoClient
+from batch.store.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
+from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
+from batch.transform.extract import mapped_file
+from batch.transform.mapping import CompiledMapping, MappedRecord
+from batch.transform.readers import FileError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python bench/bench_delivery.py                 # 20,000 events, 0 ms and 50 ms latency
     python bench/bench_delivery.py --events 5000   # a quicker look
 
-The sandbox runs in its own process (`python -m batch.sandbox --port 0`), so client and
+The sandbox runs in its own process (`python -m batch.sandbox.server --port 0`), so client and
 server do not share a GIL; latency is injected through its /_sandbox/faults control.
 
 What is measured (each on a fresh journal):
@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from batch.config.service import load_service_config  # noqa: E402
 from batch.pipeline import Progress  # noqa: E402
-from batch.runtime import Runtime  # noqa: E402
-from batch.sandbox import DEFAULT_APICODE, DEFAULT_CID  # noqa: E402
+from batch.sandbox.server import DEFAULT_APICODE, DEFAULT_CID  # noqa: E402
+from batch.service.runtime import Runtime  # noqa: E402
 
 MAX_IN_FLIGHT = 16
 APICODE_ENV = "BENCH_DELIVERY_APICODE"
@@ -99,7 +99,7 @@ def generate(path: Path, events: int, places: int) -> None:
 
 class SandboxProcess:
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-u", "-m", "batch.sandbox", "--port", "0"],
+        self.process = subprocess.Popen([sys.executable, "-u", "-m", "batch.sandbox.server", "--port", "0"],
                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.process.stdout is not None
         self.base_url = self.process.stdout.readline().decode().strip()
@@ -205,8 +205,8 @@ def run_bare_session(sandbox: SandboxProcess, bodies: list[bytes], latency_ms: f
 def run_rate_limit(sandbox: SandboxProcess, limit: float = 200.0, events: int = 400) -> dict[str, float]:
     """deliver() with a rate limit, real time: events per second sent against the limit."""
     from batch.config.api import ApiSettings, DeliverySettings
-    from batch.delivery import Outgoing, deliver
-    from batch.ropo import RopoClient
+    from batch.delivery.ropo import RopoClient
+    from batch.delivery.scheduler import Outgoing, deliver
 
     sandbox.reset(0)
     settings = ApiSettings(base_url=sandbox.base_url, cid=DEFAULT_CID, apicode="${" + APICODE_ENV + "}")

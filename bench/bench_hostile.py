@@ -9,7 +9,7 @@
 3. What the D4 pattern '(a+)+$' costs a record whose value it does not match, for a 35- and a
    100,000-character value (Python's `re` took minutes for 35; RE2 is linear in the value).
 
-Each measurement runs the production code (batch.extract.mapped_file, the path the pipeline and
+Each measurement runs the production code (batch.transform.extract.mapped_file, the path the pipeline and
 `preview` read with) in a fresh child process, whose peak RSS is its VmHWM (ru_maxrss would
 carry the parent's peak over the fork). The last line printed is one JSON object.
 Targets: both peaks <= 150 MB; a pattern's cost per record bounded (printed as the bound).
@@ -87,8 +87,8 @@ def write_pattern_file(path: Path, value: str, count: int) -> None:
 def phase(mapping_text: str, data: Path) -> dict:
     """In the child: read + map every record of `data`; records, seconds, peak RSS."""
     from batch.config.mapping import load_mapping_text
-    from batch.extract import mapped_file
-    from batch.mapping import CompiledMapping
+    from batch.transform.extract import mapped_file
+    from batch.transform.mapping import CompiledMapping
 
     compiled = CompiledMapping(load_mapping_text(mapping_text))
     valid = invalid = 0

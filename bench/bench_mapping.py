@@ -109,7 +109,7 @@ class ParamsOnlyJournal:
         self.records = self.invalid = self.json_bytes = 0
 
     def record_events(self, file_id: int, events: Any) -> int:
-        from batch.journal import events_insert_params, to_text, utc_now
+        from batch.store.journal import events_insert_params, to_text, utc_now
 
         params = events_insert_params(file_id, events, to_text(utc_now()))
         for row in params:

@@ -10,7 +10,7 @@ Each is run `--rounds` times; the best round counts.
 
 End to end (`e2e_20x5000_s`): 20 CSV files of 5,000 records each are dropped with OpenSSH's
 `sftp` client (put under a temporary name, then rename, all in one session) into an sftp://
-inbox that the service (`batch.service.Service`, in this process) watches; a sandbox
+inbox that the service (`batch.service.supervisor.Service`, in this process) watches; a sandbox
 subprocess plays Ropo One with no added latency. The figure is the seconds from the end of
 the last upload to the last receipt in the outbox; it includes the readiness wait
 (`min_age_seconds` 1.0, a scan every 0.25 s). `--e2e-only` skips the download part.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paramiko  # noqa: E402
 
-from batch.inbox.base import InboxSettings  # noqa: E402
+from batch.config.inbox import InboxSettings  # noqa: E402
 from batch.inbox.sftp import SftpInbox  # noqa: E402
 from tests.sshd import Sshd  # noqa: E402
 
@@ -91,13 +91,13 @@ def run_e2e(files: int, records: int) -> dict[str, object]:
     import yaml
 
     from batch.config.service import load_service_config
-    from batch.service import Service
+    from batch.service.supervisor import Service
 
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     sshd = Sshd(work / "sshd")
     sshd.start()
     port = free_port()
-    sandbox = subprocess.Popen([sys.executable, "-m", "batch.sandbox", "--port", str(port)],
+    sandbox = subprocess.Popen([sys.executable, "-m", "batch.sandbox.server", "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     service: Service | None = None
     thread: threading.Thread | None = None

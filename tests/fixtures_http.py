@@ -25,8 +25,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from batch.config.api import ApiSettings
 from batch.contract import openapi_document
-from batch.ropo import RopoClient
-from batch.sandbox import RawRequest, Sandbox
+from batch.delivery.ropo import RopoClient
+from batch.sandbox.server import RawRequest, Sandbox
 
 APICODE_ENV = "ROPO_TEST_APICODE"
 

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from batch.config.service import load_service_config
-from batch.journal import Journal
 from batch.pipeline import FileOutcome
-from batch.runtime import Runtime
-from batch.sandbox import Arrival, Sandbox
+from batch.sandbox.server import Arrival, Sandbox
+from batch.service.runtime import Runtime
+from batch.store.journal import Journal
 from tests.fixtures_http import APICODE_ENV
 
 FEED = "simple"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch.inbox.base import InboxSettings
+from batch.config.inbox import InboxSettings
 from tests.sshd import SSHD, Sshd
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from batch.config.service import load_service_config
-from batch.logs import JsonFormatter, RedactingFilter
-from batch.sandbox import Sandbox
-from batch.service import Service
+from batch.sandbox.server import Sandbox
+from batch.service.logs import JsonFormatter, RedactingFilter
+from batch.service.supervisor import Service
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.sandbox import Sandbox
+from batch.sandbox.server import Sandbox
 from tests.fixtures_http import APICODE_ENV
 from tests.service_helpers import export, write_config
 
@@ -72,7 +72,7 @@ def test_D4_credential_patterns_stay_linear_on_a_hostile_server_body() -> None:
     # 1.3 s, a 1 MB rejection body minutes per event, holding the GIL like the D4 pattern did.
     import time
 
-    from batch.logs import redact_and_cut, redact_text
+    from batch.redact import redact_and_cut, redact_text
 
     for body in ("eyJ-" * 250_000, "eyJ_" * 250_000, "x-eyJ" * 200_000, "-eyJabcdef." * 100_000):
         started = time.perf_counter()
@@ -92,7 +92,7 @@ def test_D8_an_endless_server_answer_is_read_only_to_a_bound(monkeypatch) -> Non
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from batch.config.api import ApiSettings
-    from batch.ropo import RopoClient, SendKind
+    from batch.delivery.ropo import RopoClient, SendKind
 
     sent: list[int] = []
 

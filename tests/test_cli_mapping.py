@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from batch import cli
+from batch.cli import commands as cli
 from batch.config.mapping import mapping_json_schema
-from batch.readers import DEFAULT_CHUNK_SIZE
+from batch.transform.readers import DEFAULT_CHUNK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "config" / "mappings"
@@ -260,12 +260,12 @@ def test_hostile_xml_in_preview(tmp_path, capsys):
 
 
 def test_unexpected_errors_without_and_with_debug(feed, capsys, monkeypatch):
-    import batch.extract
+    import batch.transform.extract
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(batch.extract, "mapped_chunks", explode)
+    monkeypatch.setattr(batch.transform.extract, "mapped_chunks", explode)
     mapping, data = feed
     code, out, err = run(["preview", mapping, data], capsys)
     assert code == 3  # ExitStatus.INTERNAL: a bug, not the user's input

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import requests
 
-from batch.sandbox import DEFAULT_APICODE, DEFAULT_CID
+from batch.sandbox.server import DEFAULT_APICODE, DEFAULT_CID
 from tests.fixtures_pipeline import (
     Workspace,
     make_rows,
@@ -86,7 +86,7 @@ class RemoteSandbox:
 
 @pytest.fixture(scope="module")
 def remote_sandbox() -> Iterator[RemoteSandbox]:
-    process = subprocess.Popen([sys.executable, "-u", "-m", "batch.sandbox", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-u", "-m", "batch.sandbox.server", "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 import pytest
 
 from batch.config.api import DeliverySettings
-from batch.delivery import (
+from batch.delivery.ropo import RopoClient
+from batch.delivery.scheduler import (
     DeliveryReport,
     Outcome,
     Outgoing,
@@ -20,8 +21,7 @@ from batch.delivery import (
     backoff_delay,
     deliver,
 )
-from batch.ropo import RopoClient
-from batch.sandbox import DROP, DROP_AFTER, SLOW, Arrival, Sandbox
+from batch.sandbox.server import DROP, DROP_AFTER, SLOW, Arrival, Sandbox
 from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import settings_for
 

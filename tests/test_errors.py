@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 import batch
-from batch import cli
+from batch.cli import commands as cli
 from batch.config.service import FeedNotFound, load_service_config
 from batch.config.yamlload import ConfigError, ConfigProblem
+from batch.delivery.ropo import AuthError
 from batch.errors import (
     GROUPS,
     AccessRefused,
@@ -33,10 +34,9 @@ from batch.errors import (
     TransientError,
 )
 from batch.inbox.base import InboxError, InboxUnavailable
-from batch.journal import JournalError, JournalMisuse
-from batch.readers import FileError
-from batch.ropo import AuthError
-from batch.sandbox import Sandbox
+from batch.sandbox.server import Sandbox
+from batch.store.journal import JournalError, JournalMisuse
+from batch.transform.readers import FileError
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_pipeline import Workspace, make_rows, write_feed, write_workspace
 
@@ -137,23 +137,23 @@ def test_each_group_ends_the_command_with_its_status_and_one_line(
         error: BatchError, status: ExitStatus, line: str, preview_args: list[object],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """One group each: configuration, input file, access refused, transient, internal."""
-    import batch.extract
+    import batch.transform.extract
 
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(batch.extract, "mapped_chunks", fail)
+    monkeypatch.setattr(batch.transform.extract, "mapped_chunks", fail)
     assert run(preview_args, capsys) == (status, "", line.format(data=preview_args[2]) + "\n")
 
 
 def test_an_unexpected_exception_is_an_internal_error(
         preview_args: list[object], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import batch.extract
+    import batch.transform.extract
 
     def fail(*args: object, **kwargs: object) -> None:
         raise KeyError("usageplacecode")
 
-    monkeypatch.setattr(batch.extract, "mapped_chunks", fail)
+    monkeypatch.setattr(batch.transform.extract, "mapped_chunks", fail)
     assert run(preview_args, capsys) == (3, "", "internal error: KeyError: 'usageplacecode'; please report it "
                                                 "(run with --debug for the traceback)\n")
     code, out, err = run(["--debug", *preview_args], capsys)
@@ -226,9 +226,9 @@ def test_group_classes_are_disjoint() -> None:
 
 
 def test_states_are_enums_that_store_and_print_the_same_words(tmp_path: Path) -> None:
-    from batch.journal import EventState, FileState, Journal, NewEvent
     from batch.pipeline import FileStatus
-    from batch.service import WorkerState
+    from batch.service.worker import WorkerState
+    from batch.store.journal import EventState, FileState, Journal, NewEvent
 
     assert [s.value for s in FileState] == ["processing", "done", "error", "skipped"]
     assert [s.value for s in EventState] == ["pending", "accepted", "rejected", "invalid", "failed", "duplicate",

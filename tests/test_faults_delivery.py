@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from batch.config.api import DeliverySettings
-from batch.delivery import CircuitBreaker, Outgoing, State, deliver
+from batch.delivery.ropo import RopoClient
+from batch.delivery.scheduler import CircuitBreaker, Outgoing, State, deliver
 from batch.pipeline import FileOutcome
-from batch.ropo import RopoClient
-from batch.sandbox import Faults, Sandbox
+from batch.sandbox.server import Faults, Sandbox
 from tests.fixtures_http import APICODE_ENV, settings_for
 from tests.fixtures_pipeline import (
     Workspace,

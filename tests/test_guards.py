@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batch.cli import main
+from batch.cli.commands import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +40,16 @@ def test_no_test_module_imports_another_test_module() -> None:
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if re.match(r"\s*(from tests\.test_\w+ import|import tests\.test_)", line)]
     assert not offenders, f"imports from test modules (move the helper to a fixture module): {offenders}"
+
+
+def test_the_readme_layout_table_names_every_package_and_module_of_batch() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("Layout of `batch/`"):].split("\n\n")[1]  # the paragraph after the intro
+    named = set(re.findall(r"^\| `([a-z_]+(?:\.py|/))`|, `([a-z_]+(?:\.py|/))`", table, flags=re.MULTILINE))
+    named = {name for pair in named for name in pair if name}
+    on_disk = {
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in (ROOT / "batch").iterdir()
+        if not path.name.startswith("_") and path.name != "data" and (path.is_dir() or path.suffix == ".py")
+    }
+    assert named == on_disk

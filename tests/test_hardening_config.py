@@ -326,7 +326,7 @@ def test_D18_every_secret_variable_follows_the_same_rules(tmp_path: Path, sandbo
 
 def test_D18_a_secret_is_its_one_line_without_surrounding_whitespace(tmp_path: Path) -> None:
     from batch.config.api import ApiSettings
-    from batch.inbox.base import InboxSettings
+    from batch.config.inbox import InboxSettings
 
     path = secret_file(tmp_path / "s", "\n  pass word \r\n")  # a blank line before it is not the secret
     api = ApiSettings(base_url="https://ropo24.fi/rest", cid="1", apicode_file=path)

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from batch.config.api import ApiSettings
-from batch.delivery import DeliverySettings, Outgoing, State, deliver
-from batch.logs import RedactingFilter, redact_and_cut, redact_text
+from batch.delivery.ropo import AuthError, OffOriginRequest, RopoClient, SendKind, endpoint_urls
+from batch.delivery.scheduler import DeliverySettings, Outgoing, State, deliver
 from batch.pipeline import FileOutcome
-from batch.ropo import AuthError, OffOriginRequest, RopoClient, SendKind, endpoint_urls
+from batch.redact import redact_and_cut, redact_text
+from batch.service.logs import RedactingFilter
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_pipeline import (
     journal_events,

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
+from batch.config.inbox import InboxSettings
 from batch.inbox import InboxError
-from batch.inbox.base import InboxSettings, stamped_name
+from batch.inbox.base import stamped_name
 from batch.inbox.local import LocalInbox
-from batch.receipts import receipt_names
+from batch.store.receipts import receipt_names
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import MAPPING, ServiceThread, export, ids, run_once, write_config
@@ -218,7 +219,7 @@ def test_D6_a_name_that_is_not_utf8_is_processed_over_sftp(
 
 def test_D6_status_lists_a_name_that_is_not_utf8_escaped(tmp_path: Path, sandbox, apicode_env) -> None:
     from batch.config.service import load_service_config
-    from batch.service import feed_overview
+    from batch.service.supervisor import feed_overview
 
     inbox = tmp_path / "inbox"
     (inbox / "processing").mkdir(parents=True)
@@ -546,7 +547,7 @@ def test_F5_non_writable_archive_names_the_folder_local(tmp_path: Path) -> None:
         os.chmod(inbox_dir / "archive", 0o755)
         (inbox_dir / "a.csv").write_bytes(b"x")
         script = textwrap.dedent(f"""
-            from batch.inbox.base import InboxSettings
+            from batch.config.inbox import InboxSettings
             from batch.inbox.local import LocalInbox
             inbox = LocalInbox(InboxSettings(inbox={str(inbox_dir)!r}, mode="polling", min_age_seconds=0))
             claimed = inbox.claim(inbox.scan()[0])
@@ -697,7 +698,7 @@ def test_F9_a_download_killed_by_sigkill_leaves_a_part_the_next_download_removes
     downloader = start_python(f"""
         import time
         from pathlib import Path
-        from batch.inbox.base import InboxSettings
+        from batch.config.inbox import InboxSettings
         from batch.inbox import sftp
         from paramiko.sftp_file import SFTPFile
         read, calls = SFTPFile.read, []
@@ -763,7 +764,7 @@ def test_F9_an_upload_killed_by_sigkill_leaves_a_temporary_the_next_connect_remo
     os.mkfifo(fifo)
     uploader = start_python(f"""
         from pathlib import Path
-        from batch.inbox.base import InboxSettings
+        from batch.config.inbox import InboxSettings
         from batch.inbox.sftp import SftpInbox
         inbox = SftpInbox(InboxSettings.model_validate_json({settings.model_dump_json()!r}))
         inbox.put_receipt(Path({str(fifo)!r}), "u.csv.receipt.csv")
@@ -811,7 +812,7 @@ class FakeClock:
 def test_F7_a_changed_mapping_is_applied_only_once_it_has_settled(tmp_path: Path, sandbox, apicode_env,
                                                                   caplog) -> None:
     from batch.config.service import load_service_config
-    from batch.service import ConfigWatcher
+    from batch.service.reload import ConfigWatcher
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

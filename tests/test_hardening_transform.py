@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from batch.config.mapping import XmlOptions, load_mapping_text
-from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping
-from batch.readers import FileError, read_xml
-from batch.records import XmlPlan
+from batch.transform.extract import mapped_chunks
+from batch.transform.mapping import CompiledMapping
+from batch.transform.readers import FileError, read_xml
+from batch.transform.records import XmlPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,8 +73,8 @@ def _junk_documents() -> dict[str, str]:
 _MEASURE = """\
 import io, json, re, sys
 from batch.config.mapping import load_mapping_text
-from batch.extract import mapped_file
-from batch.mapping import CompiledMapping
+from batch.transform.extract import mapped_file
+from batch.transform.mapping import CompiledMapping
 compiled = CompiledMapping(load_mapping_text(sys.argv[1]))
 counts = {}
 for path in sys.argv[2:]:
@@ -345,7 +345,7 @@ HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\x00\r"
 
 
 def test_D20_preview_escapes_control_characters_in_every_output(tmp_path):
-    from batch.cli import terminal_safe
+    from batch.cli.commands import terminal_safe
 
     mapping = tmp_path / "m.yaml"
     mapping.write_text(PREVIEW_MAPPING)
@@ -368,7 +368,7 @@ def test_D20_preview_escapes_control_characters_in_every_output(tmp_path):
 
 
 def test_D20_one_escaping_function_for_the_whole_class():
-    from batch.cli import terminal_json, terminal_safe
+    from batch.cli.commands import terminal_json, terminal_safe
 
     controls = [chr(c) for c in range(0x20)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA0)]
     controls += ["\u2028", "\u2029", "\u200e", "\u202e", "\u2066", "\ufeff", "\U000e0001"]
@@ -503,7 +503,7 @@ def test_D23_xml_character_references_to_controls_are_refused_too():
 
 
 def test_D23_a_receipt_never_holds_a_raw_control_character(tmp_path):
-    from batch.receipts import ReceiptFormat, ReceiptRow, write_csv_rows
+    from batch.store.receipts import ReceiptFormat, ReceiptRow, write_csv_rows
 
     out = io.BytesIO()
     row = ReceiptRow(3, "E\x001", "\x1b[2J", None, "rejected", 400, "server said \x00\x1b]0;x\x07\x9b")

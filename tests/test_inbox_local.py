@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from watchdog.observers.inotify import InotifyObserver
 
-from batch.inbox.base import Candidate, Claimed, InboxSettings, UnsafeNameError
+from batch.config.inbox import InboxSettings
+from batch.inbox.base import Candidate, Claimed, UnsafeNameError
 from batch.inbox.local import LocalInbox
 from tests.fixtures_sftp import wait_until
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from watchdog.observers.inotify import InotifyObserver
 
-from batch.inbox.base import Candidate, HostKeyError, InboxError, InboxSettings, InboxUnavailable, UnsafeNameError
+from batch.config.inbox import InboxSettings
+from batch.inbox.base import Candidate, HostKeyError, InboxError, InboxUnavailable, UnsafeNameError
 from batch.inbox.sftp import SftpInbox
 from tests.fixtures_sftp import Dropper, wait_until
 from tests.sshd import Sshd, keygen

@@ -15,8 +15,8 @@ from typing import Literal
 
 import pytest
 
-from batch import journal as journal_module
-from batch.journal import (
+from batch.store import journal as journal_module
+from batch.store.journal import (
     SCHEMA_VERSION,
     EventRecord,
     FileInProgress,
@@ -70,7 +70,7 @@ def new_file(journal: Journal, name: str = "a.csv", sha: str = SHA_A, feed: str 
 
 def run_child(db: Path, body: str) -> subprocess.Popen[str]:
     """Start a Python child with ``j`` = Journal(db) open, running ``body``."""
-    code = "import sys, time\nfrom batch.journal import *\n" \
+    code = "import sys, time\nfrom batch.store.journal import *\n" \
            f"j = Journal({str(db)!r})\n" + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -602,7 +602,7 @@ def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(d
 
 
 def test_journal_schema_1_is_migrated_keeping_every_row(db: Path) -> None:
-    from batch.journal import MIGRATIONS
+    from batch.store.journal import MIGRATIONS
 
     conn = sqlite3.connect(db, isolation_level=None)
     for statement in MIGRATIONS[0]:
@@ -633,7 +633,7 @@ def journal_version(path: Path) -> int:
 
 
 def test_F2_journal_fault_names_the_path_and_operation(db: Path) -> None:
-    from batch.journal import JournalUnavailable
+    from batch.store.journal import JournalUnavailable
 
     with Journal(db, busy_timeout_s=0.2) as journal:
         file_id = new_file(journal)
@@ -650,7 +650,7 @@ def test_F2_journal_fault_names_the_path_and_operation(db: Path) -> None:
 
 
 def test_F2_reopen_never_creates_a_new_journal_and_recovers_when_the_file_is_back(db: Path) -> None:
-    from batch.journal import JournalUnavailable
+    from batch.store.journal import JournalUnavailable
 
     with Journal(db) as journal:
         file_id = new_file(journal)

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from batch import journal as journal_module
 from batch.config.api import ApiSettings, DeliverySettings
 from batch.config.mapping import load_mapping_text
-from batch.journal import Journal, NewEvent, Result, canonical_json, payload_digest
-from batch.jsonenc import event_bytes
-from batch.mapping import content_id
+from batch.delivery.ropo import RopoClient, encode_event
 from batch.pipeline import FeedRuntime, Processor
-from batch.ropo import RopoClient, encode_event
-from batch.sandbox import RawRequest, Sandbox
+from batch.sandbox.server import RawRequest, Sandbox
+from batch.store import journal as journal_module
+from batch.store.journal import Journal, NewEvent, Result, canonical_json, payload_digest
+from batch.transform.jsonenc import event_bytes
+from batch.transform.mapping import content_id
 
 # --------------------------------------------------------------------------- the old encoding
 

@@ -1,4 +1,4 @@
-"""batch.mapping: records -> UsageplaceEvent dicts, or errors naming line, field, source, value, expectation."""
+"""batch.transform.mapping: records -> UsageplaceEvent dicts, or errors naming line, field, source, value, expectation."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema
-from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping, MappedRecord, MappingRun, content_id
-from batch.records import Chunk
+from batch.transform.extract import mapped_chunks
+from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun, content_id
+from batch.transform.records import Chunk
 
 EVENT_SCHEMA = component_schema("UsageplaceEvent")
 EVENT_VALIDATOR = jsonschema.Draft202012Validator(EVENT_SCHEMA)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from batch.pipeline import FileOutcome, Progress
-from batch.runtime import Runtime
-from batch.sandbox import DROP, DROP_AFTER, SLOW, Faults, Sandbox
+from batch.sandbox.server import DROP, DROP_AFTER, SLOW, Faults, Sandbox
+from batch.service.runtime import Runtime
 from tests.fixtures_pipeline import (
     FEED,
     SIMPLE_MAPPING,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.cli import run
-from batch.sandbox import Faults, Sandbox
+from batch.cli.commands import run
+from batch.sandbox.server import Faults, Sandbox
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_pipeline import (
     COLUMNS,

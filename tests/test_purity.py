@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import subprocess
@@ -11,50 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_imports import forbidden, imported_modules
+
 IO_MODULES = {
     "os", "io", "pathlib", "socket", "sqlite3", "subprocess", "shutil", "tempfile", "requests", "urllib",
     "http", "paramiko", "watchdog",
 }
 PURE = {
-    "batch.mapping": IO_MODULES | {"lxml"},
-    "batch.events": IO_MODULES | {"lxml"},
-    "batch.timeparse": IO_MODULES,
-    "batch.records": IO_MODULES,
-    "batch.jsonenc": IO_MODULES | {"lxml"},  # the one event encoder, used by mapping's generated ids
-    # generated straight-line code for batch.mapping; part of the same pure path
-    "batch.fastpath": IO_MODULES | {"lxml"},
+    "batch.transform.mapping": IO_MODULES | {"lxml"},
+    "batch.transform.events": IO_MODULES | {"lxml"},
+    "batch.syntax.timeparse": IO_MODULES,
+    "batch.transform.records": IO_MODULES,
+    "batch.transform.jsonenc": IO_MODULES | {"lxml"},  # the one event encoder, used by mapping's generated ids
+    # generated straight-line code for batch.transform.mapping; part of the same pure path
+    "batch.transform.fastpath": IO_MODULES | {"lxml"},
 }
 NOT_LOADED = [
-    "requests", "paramiko", "sqlite3", "watchdog", "urllib3", "http.client", "batch.journal", "batch.ropo", "batch.inbox",
+    "requests", "paramiko", "sqlite3", "watchdog", "urllib3", "http.client", "batch.store.journal", "batch.delivery.ropo", "batch.inbox",
 ]
-
-
-def imported_modules(source: str, package: str) -> set[str]:
-    """Every module a source file imports: statements anywhere (functions too), and literal dynamic imports."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Call):
-            func = node.func
-            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if called in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
-                names.add(str(node.args[0].value))
-        elif isinstance(node, ast.Name) and node.id == "open":
-            names.add(f"<builtin {node.id}>")
-    return names
-
-
-def forbidden(names: set[str], banned: set[str]) -> list[str]:
-    return sorted(n for n in names if n.split(".")[0] in banned or n == "<builtin open>")
 
 
 def module_source(name: str) -> tuple[str, str]:
@@ -74,6 +47,7 @@ def test_the_import_check_sees_every_kind_of_import():
 import os.path
 from io import BytesIO
 from . import journal
+from .. import errors
 def later():
     import sqlite3
     from lxml import etree
@@ -81,11 +55,12 @@ def later():
     importlib.import_module("requests")
     return open("x")
 """
-    names = imported_modules(source, "batch")
+    names = imported_modules(source, "batch.store")
     assert forbidden(names, IO_MODULES | {"lxml"}) == [
         "<builtin open>", "io", "io.BytesIO", "lxml", "lxml.etree", "os.path", "requests", "socket", "sqlite3",
     ]
-    assert "batch.journal" in names
+    assert "batch.store.journal" in names
+    assert "batch.errors" in names
 
 
 @pytest.mark.parametrize("module", sorted(PURE))

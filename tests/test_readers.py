@@ -1,4 +1,4 @@
-"""batch.readers: binary streams -> chunks of records with their line numbers, and hostile input."""
+"""batch.transform.readers: binary streams -> chunks of records with their line numbers, and hostile input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import pytest
 
 from batch.config.mapping import CsvOptions, XmlOptions
-from batch.readers import FileError, detect_encoding, read_csv, read_xml
-from batch.records import XmlPlan
+from batch.transform.readers import FileError, detect_encoding, read_csv, read_xml
+from batch.transform.records import XmlPlan
 
 CANARY = "CANARY-7f3a9c0e-do-not-leak"
 
@@ -413,7 +413,7 @@ def test_xml_default_namespace_attributes_children_and_repeated_elements():
 def test_repeated_elements_are_found_as_findall_finds_them(path):
     from lxml import etree
 
-    from batch.xmlpaths import compile_element_finder
+    from batch.syntax.xmlpaths import compile_element_finder
 
     # several parent groups, a comment and a processing instruction between them, an element
     # of the same local name in another namespace, nesting that must not be searched

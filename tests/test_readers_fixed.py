@@ -8,9 +8,9 @@ import pytest
 
 from batch.config.mapping import load_mapping_text
 from batch.config.yamlload import ConfigError
-from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping
-from batch.readers import FileError
+from batch.transform.extract import mapped_chunks
+from batch.transform.mapping import CompiledMapping
+from batch.transform.readers import FileError
 
 MAPPING = """
 format: fixed

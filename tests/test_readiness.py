@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batch.inbox.base import (
-    FileStat,
-    InboxSettings,
-    NameRules,
-    SftpLocation,
-    UnsafeNameError,
-    check_name,
-    parse_location,
-    stamped_name,
-)
+from batch.config.inbox import InboxSettings, SftpLocation, parse_location
+from batch.inbox.base import FileStat, NameRules, UnsafeNameError, check_name, stamped_name
 from batch.inbox.readiness import Readiness
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.journal import Journal, NewEvent, Result
-from batch.receipts import (
+from batch.store.journal import Journal, NewEvent, Result
+from batch.store.receipts import (
     RECEIPT_COLUMNS,
     ReceiptFormat,
     ReceiptRow,

@@ -20,8 +20,8 @@ from batch.config.api import (
     DeliverySettings,
     SecretResolutionError,
 )
-from batch.ropo import AuthError, RopoClient, SendKind, _trusted_cas, jwt_expiry, parse_retry_after
-from batch.sandbox import DROP, DROP_AFTER, SLOW, Sandbox
+from batch.delivery.ropo import AuthError, RopoClient, SendKind, _trusted_cas, jwt_expiry, parse_retry_after
+from batch.sandbox.server import DROP, DROP_AFTER, SLOW, Sandbox
 from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import APICODE_ENV, settings_for
 

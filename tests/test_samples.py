@@ -11,11 +11,11 @@ import jsonschema
 import openapi_schema_validator
 import pytest
 
-from batch import cli
+from batch.cli import commands as cli
 from batch.config.mapping import load_mapping
 from batch.contract import component_schema, openapi_document
-from batch.extract import mapped_chunks
-from batch.mapping import CompiledMapping
+from batch.transform.extract import mapped_chunks
+from batch.transform.mapping import CompiledMapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted(p for p in (ROOT / "samples").iterdir() if p.is_file())

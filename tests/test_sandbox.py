@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
-from batch.sandbox import DROP, DROP_AFTER, ECHO, GARBAGE, Faults, RawRequest, Sandbox, iter_jsonl
+from batch.sandbox.server import DROP, DROP_AFTER, ECHO, GARBAGE, Faults, RawRequest, Sandbox, iter_jsonl
 from tests.fixtures_clock import FakeClock
 from tests.fixtures_http import ContractCheck
 
@@ -281,7 +281,7 @@ def test_contract_check_catches_violations() -> None:
 
 def test_serve_runs_until_sigterm(tmp_path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batch.sandbox", "--port", "0", "--data", str(tmp_path)],
+        [sys.executable, "-m", "batch.sandbox.server", "--port", "0", "--data", str(tmp_path)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         base_url = proc.stdout.readline().strip()

@@ -29,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from batch.sandbox import DEFAULT_APICODE, DEFAULT_CID, ECHO, GARBAGE, Sandbox
+from batch.sandbox.server import DEFAULT_APICODE, DEFAULT_CID, ECHO, GARBAGE, Sandbox
 from tests.fixtures_pipeline import SIMPLE_MAPPING, make_rows, write_feed
 from tests.sshd import SSHD, Sshd, keygen
 
@@ -272,7 +272,7 @@ def cli_logging() -> Iterator[None]:
     """Takes away the handler an in-process command installs on the root logger."""
     import logging
 
-    from batch.logs import RedactingFilter
+    from batch.service.logs import RedactingFilter
 
     yield
     root = logging.getLogger()
@@ -312,7 +312,7 @@ def test_P5_every_config_command_logs_through_the_redaction_that_knows_the_confi
         capsys: pytest.CaptureFixture[str], cli_logging: None) -> None:
     import logging
 
-    from batch.cli import run
+    from batch.cli.commands import run
 
     monkeypatch.setenv(APICODE_ENV, CANARY_APICODE)
     config = _config_with_canaries(tmp_path / "ws")
@@ -332,7 +332,7 @@ def test_P5_commands_without_a_config_log_through_the_redaction_too(
         capsys: pytest.CaptureFixture[str], cli_logging: None) -> None:
     import logging
 
-    from batch.cli import run
+    from batch.cli.commands import run
 
     _config_with_canaries(tmp_path)
     write_feed(tmp_path / "inbox" / "a.csv", make_rows(2, 2))
@@ -347,7 +347,7 @@ def test_P5_commands_without_a_config_log_through_the_redaction_too(
 def test_P5_the_debug_traceback_of_an_unexpected_error_is_redacted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         cli_logging: None) -> None:
-    from batch.cli import run
+    from batch.cli.commands import run
 
     monkeypatch.setenv(APICODE_ENV, CANARY_APICODE)
     config = _config_with_canaries(tmp_path / "ws")
@@ -355,7 +355,7 @@ def test_P5_the_debug_traceback_of_an_unexpected_error_is_redacted(
     def broken(*args: object) -> None:  # a bug whose message carries what it was handed
         raise RuntimeError(f"unexpected: {CANARY_APICODE} / {CANARY_PASSWORD}")
 
-    monkeypatch.setattr("batch.service.feed_overview", broken)  # what `status` prints first
+    monkeypatch.setattr("batch.service.supervisor.feed_overview", broken)  # what `status` prints first
     assert run(["--debug", "status", "--config", str(config)]) == 3  # an internal error (ExitStatus.INTERNAL)
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "RuntimeError: unexpected: *** / ***" in err

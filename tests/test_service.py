@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.logs import JsonFormatter, RedactingFilter
-from batch.metrics import Metrics, MetricsServer
+from batch.service.logs import JsonFormatter, RedactingFilter
+from batch.service.metrics import Metrics, MetricsServer
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import (
@@ -230,7 +230,7 @@ def test_an_exception_that_ends_a_thread_is_logged_as_json_and_redacted() -> Non
     # a child process: pytest installs its own threading.excepthook in the test process
     code = textwrap.dedent("""
         import threading
-        from batch.logs import setup_logging
+        from batch.service.logs import setup_logging
         redactor = setup_logging("DEBUG", "json")
         redactor.add_secret("canary-passphrase-77")
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batch.sandbox import Sandbox
+from batch.sandbox.server import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 FEEDS = {"finnish_cp1252.csv", "utf8_iso.csv", "mds7_rows.txt", "erp_export.xml", "invalid_records.csv", "mainframe_fixed.txt"}

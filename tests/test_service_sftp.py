@@ -222,7 +222,7 @@ def test_sftp_secrets_never_in_logs(dropper, remote_inbox: Path, sftp_config, sa
 
 def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
         dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path, capsys) -> None:
-    from batch.cli import run
+    from batch.cli.commands import run
 
     sandbox.set_faults(script=[503, 503, 503])  # the first three POSTs fail, and are not retried
     config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}})
@@ -246,7 +246,7 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
 
 def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(
         dropper, remote_inbox: Path, sftp_config, sandbox, sshd, tmp_path: Path, capsys) -> None:
-    from batch.cli import run
+    from batch.cli.commands import run
 
     sandbox.set_faults(script=[503])
     config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}},

@@ -1,4 +1,4 @@
-"""batch.timeparse: feed time formats -> Ropo's 'YYYY-MM-DD HH:MM:SS' in the configured zone."""
+"""batch.syntax.timeparse: feed time formats -> Ropo's 'YYYY-MM-DD HH:MM:SS' in the configured zone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from batch.timeparse import FormatError, TimeConverter, compile_format
+from batch.syntax.timeparse import FormatError, TimeConverter, compile_format
 
 HEL = "Europe/Helsinki"
 OUT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")

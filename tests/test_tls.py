@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import trustme
 
-from batch.cli import run
+from batch.cli.commands import run
 from batch.config.api import ApiSettings
-from batch.delivery import DeliverySettings, Outgoing, State, deliver
-from batch.ropo import AuthError, RopoClient, SendKind
-from batch.sandbox import Sandbox, tls_context
+from batch.delivery.ropo import AuthError, RopoClient, SendKind
+from batch.delivery.scheduler import DeliverySettings, Outgoing, State, deliver
+from batch.sandbox.server import Sandbox, tls_context
 from tests.fixtures_http import APICODE_ENV, settings_for
 from tests.fixtures_pipeline import Workspace, make_rows, write_feed
 

@@ -5,7 +5,7 @@ Ropo One base URLs (Finland; from the contract's ``servers``):
 - test environment:       https://rc.ropo24.fi/rest
 - production environment: https://ropo24.fi/rest
 
-Sweden and Norway have their own hosts. A local sandbox (``batch.sandbox``) listens on
+Sweden and Norway have their own hosts. A local sandbox (``batch.sandbox.server``) listens on
 ``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only. A base URL is
 only ``scheme://host[:port]/path`` that urllib.parse and urllib3 read alike (no user:password@,
 backslash, ``@``, ``%``, query or fragment): :attr:`ApiSettings.origin` is where every request goes.

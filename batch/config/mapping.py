@@ -31,8 +31,8 @@ from batch.contract import (
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
 )
-from batch.timeparse import FormatError, compile_format
-from batch.xmlpaths import clark_steps, xpath_problem
+from batch.syntax.timeparse import FormatError, compile_format
+from batch.syntax.xmlpaths import clark_steps, xpath_problem
 
 EVENT_FIELDS = ("id", "usageplacecode", "customernumber", "contract_no", "time", "status", "description")
 INVOICE_FIELDS = ("invoicenumber", "jobid")

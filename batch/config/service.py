@@ -16,11 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batch.config.api import MAX_SECONDS, ApiSettings, DeliverySettings, ca_bundle_problem
+from batch.config.inbox import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.secrets import secret_file_warning
 from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
 from batch.errors import ConfigurationError
-from batch.inbox.base import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 
 
 class ReceiptOptions(BaseModel):

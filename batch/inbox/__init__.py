@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from batch.config.inbox import InboxSettings, LocalLocation, SftpLocation, parse_location
 from batch.inbox.base import (
     Candidate,
     Claimed,
@@ -13,15 +14,11 @@ from batch.inbox.base import (
     HostKeyError,
     Inbox,
     InboxError,
-    InboxSettings,
     InboxUnavailable,
     InboxUnusable,
-    LocalLocation,
     NameRules,
-    SftpLocation,
     UnsafeNameError,
     check_name,
-    parse_location,
     stamped_name,
 )
 from batch.inbox.readiness import Readiness

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batch.config.inbox import InboxSettings, LocalLocation
 from batch.fsutil import (
     OwnFolderPath,
     atomic_writer,
@@ -41,9 +42,7 @@ from batch.inbox.base import (
     Claimed,
     FileStat,
     Inbox,
-    InboxSettings,
     InboxUnusable,
-    LocalLocation,
     NameRules,
     check_name,
     folder_path,

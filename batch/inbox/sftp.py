@@ -43,6 +43,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from paramiko.sftp_attr import SFTPAttributes
 from pydantic import SecretStr
 
+from batch.config.inbox import InboxSettings, SftpLocation
 from batch.config.secrets import SecretResolutionError
 from batch.fsutil import (
     PART_SUFFIX,
@@ -62,11 +63,9 @@ from batch.inbox.base import (
     HostKeyError,
     Inbox,
     InboxError,
-    InboxSettings,
     InboxUnavailable,
     InboxUnusable,
     NameRules,
-    SftpLocation,
     check_name,
     folder_path,
     left_in_processing,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from batch.events import EVENT_KEYS
+from batch.transform.events import EVENT_KEYS
 
 FastMapper = Callable[[list], "dict[str, Any] | None"]
 

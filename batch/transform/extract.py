@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from batch.gctune import fewer_collections
-from batch.mapping import CompiledMapping, MappedRecord
-from batch.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
+from batch.transform.gctune import fewer_collections
+from batch.transform.mapping import CompiledMapping, MappedRecord
+from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
 
 
 def mapped_file(

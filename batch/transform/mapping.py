@@ -27,11 +27,11 @@ from batch.config.mapping import (
     ValueSpec,
     compile_pattern,
 )
-from batch.events import EVENT_KEYS, Rules, check_event
-from batch.fastpath import FastMapper, build_fast_mapper
-from batch.jsonenc import event_bytes
-from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
-from batch.timeparse import TimeConverter
+from batch.syntax.timeparse import TimeConverter
+from batch.transform.events import EVENT_KEYS, Rules, check_event
+from batch.transform.fastpath import FastMapper, build_fast_mapper
+from batch.transform.jsonenc import event_bytes
+from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
 _MISSING = object()  # a column that the record does not have (too few fields)
 # shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
@@ -307,7 +307,7 @@ class _Bound:
     invoice_parts: list[tuple[_Value, Getter]]  # invoicenumber[, jobid] for columns/rows modes
     invoice_group: int | None  # index of the repeated-element group (elements mode)
     invoice_values: list[_Value]
-    fast: Callable[[list], dict | None] | None = None  # see batch.fastpath
+    fast: Callable[[list], dict | None] | None = None  # see batch.transform.fastpath
 
 
 class MappingRun:
@@ -664,7 +664,7 @@ def duplicate_id_message(first_line: int) -> str:
 
 
 def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
-    """How batch.fastpath reads a value: the same choices as _getter, as data."""
+    """How batch.transform.fastpath reads a value: the same choices as _getter, as data."""
     if spec.const is not None:
         return ("const", str(spec.const))
     if spec.template is not None:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
-from batch.jsonenc import event_bytes
+from batch.transform.jsonenc import event_bytes
 
 # --------------------------------------------------------------------------- states
 

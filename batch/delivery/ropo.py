@@ -8,7 +8,7 @@ lifetime), and renewed once more when an event POST answers 401.
 Secrets (the API code, tokens) never appear in log records, exception texts or
 ``SendResult`` messages: every text that may echo server output goes through
 :meth:`RopoClient.redact` (the log filter's patterns plus the known secret values) and is
-cut only after that (:func:`batch.logs.redact_and_cut`). Of an answer's body at most
+cut only after that (:func:`batch.redact.redact_and_cut`). Of an answer's body at most
 ``BODY_LIMIT`` bytes are ever read: a body without end costs neither memory nor time.
 
 Every request goes to the configured origin and nowhere else:
@@ -50,8 +50,8 @@ from urllib3.util.retry import Retry
 from batch.clock import SYSTEM_CLOCK, Clock
 from batch.config.api import DEFAULT_RETRY_STATUSES, ApiSettings, Credentials
 from batch.errors import AccessRefused, TransientError
-from batch.jsonenc import event_bytes
-from batch.logs import REDACTED, redact_and_cut, redact_text
+from batch.redact import REDACTED, redact_and_cut, redact_text
+from batch.transform.jsonenc import event_bytes
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import fnmatch
 import threading
 from pathlib import Path
 
+from batch.config.inbox import LocalLocation, parse_location
 from batch.config.service import FeedNotFound, FeedSettings, LoadedService
+from batch.delivery.ropo import RopoClient
 from batch.fsutil import OwnFolderPath
-from batch.inbox.base import LocalLocation, parse_location
-from batch.journal import Journal
 from batch.pipeline import FeedRuntime, Processor
-from batch.ropo import RopoClient
+from batch.store.journal import Journal
 
 
 class Runtime:

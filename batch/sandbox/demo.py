@@ -20,11 +20,11 @@ import yaml
 
 from batch.config.service import LoadedService, load_service_config
 from batch.errors import ExitStatus
-from batch.journal import Journal
-from batch.receipts import receipt_names
-from batch.runtime import Runtime
-from batch.sandbox import Faults, Sandbox
-from batch.service import Service
+from batch.sandbox.server import Faults, Sandbox
+from batch.service.runtime import Runtime
+from batch.service.supervisor import Service
+from batch.store.journal import Journal
+from batch.store.receipts import receipt_names
 
 APICODE_ENV = "USAGEPLACE_BATCH_DEMO_APICODE"
 REJECTED_PLACE = "643007572062443689"  # a place of samples/finnish_cp1252.csv that Ropo "does not know"

@@ -821,10 +821,10 @@ def serve(
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """``python -m batch.sandbox [--host H] [--port P] [--data DIR]``: a CLI-less runner."""
+    """``python -m batch.sandbox.server [--host H] [--port P] [--data DIR]``: a CLI-less runner."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m batch.sandbox")
+    parser = argparse.ArgumentParser(prog="python -m batch.sandbox.server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--data", default=None)

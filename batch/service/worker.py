@@ -1,88 +1,27 @@
-"""The long-running service: one worker thread per feed, hot reload, signals, health and metrics.
+"""One feed's worker thread: claim, process, write receipts, finish; resume and back off.
 
-Threads
-- one **feed worker** per feed: it owns the feed's Inbox (inboxes are not thread-safe) and its
-  own Processor (sharing the service's Journal and RopoClient, which are thread-safe). It
-  processes the feed's files oldest first, one at a time, so events keep their order across
-  files; feeds run side by side.
-- the **main thread** (`Service.run`) polls the configuration files for changes, starts and
-  retires workers, and on a stop request waits for the workers.
-- optionally a small **HTTP thread** for /healthz and /metrics (batch.metrics).
-
-A file's way through a worker
-
-    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts (SFTP:
-    written to staging, then uploaded CSV first, JSON last; local: straight into the outbox)
-    -> finish: done/skipped -> archive/, error (file-level) -> error/
-
-An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
-worker resumes what is in processing/ at start-up, after every reconnect and after every file
-that did not finish, oldest first, and takes nothing newer while one of them is unfinished; the
-journal resumes it by its sha256 without sending an accepted event again. A lost SFTP connection
-(InboxUnavailable) is logged and retried with backoff, never fatal; a receipt upload or an
-archive move that met a dead connection is redone after the reconnect without processing the
-file again; one that failed otherwise (permissions, a full disk) is noted in the journal and
-retried with backoff while the feed goes on. A journal or local disk that refuses a write pauses
-the feed (backoff) with the file kept in processing/. An unexpected error on one file is retried
-FILE_ATTEMPTS times (counted in the journal, across restarts), then the file goes to error/ with a
-file-level receipt; nothing ends a worker short of a stop request.
-
-Faults: a feed whose delivery holds for an API outage (the delivery's circuit breaker) or
-whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
-``state``) and the ``usageplace_batch_api_holding`` / ``usageplace_batch_inbox_unreachable``
-gauges. Failed events are sent again by the service itself once they have been failed for
-``delivery.retry_failed_after`` seconds (`Service.retry_failed`, called by an idle worker;
-the same Processor.retry as the `retry` command).
-
-Reload: the service file and every mapping it names are hashed every few seconds; a change
-that has stayed the same for a settle time (2 x the reload interval, at least 1 s) is loaded
-and checked in full (the same checks as `validate-config`, plus the credentials)
-before anything uses it. A valid change applies from the next file each worker starts; an
-invalid one is refused, every problem logged, and the previous configuration stays in force.
-"""
+See batch.service.supervisor for the threads and a file's way through a worker."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
-import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from batch.config.api import SecretResolutionError
+from batch.config.inbox import LocalLocation
 from batch.config.service import (
     FeedNotFound,
     FeedSettings,
-    LoadedService,
-    ServiceConfig,
-    load_service_config,
-    secret_file_warnings,
 )
-from batch.config.yamlload import ConfigError
+from batch.delivery.ropo import RopoClient
 from batch.errors import ExitStatus
-from batch.fsutil import display_name, read_regular_file
-from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxSettings, InboxUnavailable, open_inbox
-from batch.inbox.base import LocalLocation
-from batch.journal import (
-    OUTCOMES,
-    FileInProgress,
-    FileRecord,
-    FileState,
-    Journal,
-    JournalError,
-    JournalUnavailable,
-    StrEnum,
-    this_process,
-)
-from batch.logs import RedactingFilter, apply_level, redact_config_secrets
-from batch.metrics import Metrics, MetricsServer
+from batch.fsutil import display_name
+from batch.inbox import Claimed, HostKeyError, Inbox, InboxError, InboxUnavailable, open_inbox
 from batch.pipeline import (
     FeedRuntime,
     FileOutcome,
@@ -91,144 +30,35 @@ from batch.pipeline import (
     Progress,
     ReceiptNotWritten,
     StorageFault,
-    failed_file_ids,
     write_receipt_or_fault,
 )
-from batch.receipts import ReceiptPaths, write_file_level_receipt
-from batch.ropo import RopoClient
-from batch.runtime import Runtime
+from batch.service.metrics import Metrics
+from batch.service.reload import inbox_part, now_iso
+from batch.service.runtime import Runtime
+from batch.store.journal import (
+    OUTCOMES,
+    FileInProgress,
+    FileRecord,
+    FileState,
+    JournalError,
+    JournalUnavailable,
+    StrEnum,
+    this_process,
+)
+from batch.store.receipts import ReceiptPaths, write_file_level_receipt
 
-log = logging.getLogger("batch.service")
+if TYPE_CHECKING:
+    from batch.service.supervisor import Service
 
-DEFAULT_RELOAD_INTERVAL = 2.0
+log = logging.getLogger(__name__)
+
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
-PRUNE_EVERY_SECONDS = 6 * 3600.0  # journal retention is applied at start and then this often
 RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed events to send again
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def _inbox_part(feed: FeedSettings) -> dict[str, Any]:
-    return feed.model_dump(include=set(InboxSettings.model_fields))
-
-
-def check_feed_secrets(loaded: LoadedService) -> None:
-    """Resolve every feed's SFTP secrets once; SecretResolutionError names the feed and the key."""
-    for feed in loaded.config.feeds:
-        try:
-            feed.resolved_key_passphrase()
-            feed.resolved_password()
-        except SecretResolutionError as exc:
-            raise SecretResolutionError(f"feeds[{feed.name}]: {exc}") from None
-
-
-class ConfigWatcher:
-    """Notices changes to the service file and its mappings, and hands on a change only once
-    it has settled.
-
-    Every poll takes each file's content hash and mtime. A change is loaded only after the
-    files have stayed exactly so for `settle_seconds` (an editor that saves in two steps, or
-    a `cp` over the old file, shows a valid but incomplete prefix for a moment: that must
-    never go live). `version` is a short hash of the contents in force, for the log."""
-
-    def __init__(self, loaded: LoadedService, *, settle_seconds: float = 2 * DEFAULT_RELOAD_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = loaded.path
-        self.settle_seconds = settle_seconds
-        self._clock = clock
-        self._files = self._watched(loaded)
-        self._seen = self._fingerprint(self._files)
-        self._candidate: dict[Path, tuple[str, float] | None] | None = None
-        self._candidate_since = 0.0
-        self.version = self._version(self._seen)
-
-    @staticmethod
-    def _watched(loaded: LoadedService) -> list[Path]:
-        return [loaded.path, *(feed.mapping for feed in loaded.config.feeds)]
-
-    @staticmethod
-    def _fingerprint(paths: list[Path]) -> dict[Path, tuple[str, float] | None]:
-        prints: dict[Path, tuple[str, float] | None] = {}
-        for path in paths:
-            try:
-                mtime = path.stat().st_mtime
-                prints[path] = (hashlib.sha256(read_regular_file(path)).hexdigest(), mtime)
-            except OSError:
-                prints[path] = None
-        return prints
-
-    @staticmethod
-    def _version(prints: dict[Path, tuple[str, float] | None]) -> str:
-        digest = hashlib.sha256()
-        for path in sorted(prints):
-            found = prints[path]
-            digest.update(f"{path}\0{found[0] if found else '-'}\n".encode("utf-8", "surrogateescape"))
-        return digest.hexdigest()[:12]
-
-    def poll(self) -> LoadedService | ConfigError | None:
-        """None: nothing changed, or a change is still settling; a LoadedService: a checked
-        new version; a ConfigError: refused."""
-        now = self._fingerprint(self._files)
-        if now == self._seen:
-            self._candidate = None  # back as it was (or never changed)
-            return None
-        if now != self._candidate:
-            if self._candidate is None:
-                log.info("configuration: a change in %s; applied once it has not changed for %.1f s",
-                         ", ".join(str(p) for p in self._files if now.get(p) != self._seen.get(p)),
-                         self.settle_seconds)
-            self._candidate, self._candidate_since = now, self._clock()
-            return None
-        if self._clock() - self._candidate_since < self.settle_seconds:
-            return None
-        self._seen, self._candidate = now, None  # an invalid version is reported once, not on every poll
-        try:
-            loaded = load_service_config(self.path)
-        except ConfigError as exc:
-            return exc
-        files = self._watched(loaded)
-        if files != self._files:  # mappings added or renamed: what is in force is what was just read
-            self._files = files
-            self._seen = self._fingerprint(files)
-        self.version = self._version(self._seen)
-        return loaded
-
-
-@dataclass
-class Generation:
-    """One valid configuration with what was built from it."""
-
-    number: int
-    loaded: LoadedService
-    client: RopoClient
-    feeds: dict[str, FeedRuntime]
-
-    @property
-    def config(self) -> ServiceConfig:
-        return self.loaded.config
-
-
-def build_client(loaded: LoadedService) -> RopoClient:
-    config = loaded.config
-    # every feed may have max_in_flight requests open at once
-    return RopoClient(config.api, pool_size=config.delivery.max_in_flight * len(config.feeds),
-                      transient_statuses=config.delivery.retry_statuses)
-
-
-def build_feeds(loaded: LoadedService) -> dict[str, FeedRuntime]:
-    return {feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
-            for feed in loaded.config.feeds}
-
-
-# --------------------------------------------------------------------------- metered client
 
 
 class _MeteredClient:
@@ -372,7 +202,7 @@ class FeedWorker(threading.Thread):
         except FeedNotFound:
             self.retired = True
             return False
-        if self._settings is not None and _inbox_part(settings) != _inbox_part(self._settings):
+        if self._settings is not None and inbox_part(settings) != inbox_part(self._settings):
             log.info("feed %s: inbox settings changed; reopening the inbox", self.feed, extra={"feed": self.feed})
             self._close_inbox()
             self._need_resume = True
@@ -464,7 +294,7 @@ class FeedWorker(threading.Thread):
                     continue
                 step = "scanning the inbox"
                 candidates = inbox.scan()
-                self.last_scan = _now_iso()
+                self.last_scan = now_iso()
                 service.metrics.queue.labels(self.feed).set(len(candidates))
                 service.metrics.last_scan.labels(self.feed).set(time.time())
                 backoff.reset()
@@ -867,292 +697,8 @@ class FeedWorker(threading.Thread):
 # --------------------------------------------------------------------------- the service
 
 
-class Service:
-    """Watches every feed of a configuration until `stop` is set (or, `once`, until all is done)."""
 
-    def __init__(self, loaded: LoadedService, *, once: bool = False,
-                 reload_interval: float = DEFAULT_RELOAD_INTERVAL,
-                 redactor: RedactingFilter | None = None) -> None:
-        self.once = once
-        self.reload_interval = reload_interval
-        self.stop = threading.Event()
-        self.metrics = Metrics()
-        self.redactor = redactor
-        self._lock = threading.Lock()
-        self._signalled = False
-        self._said_again = False
-        config = loaded.config
-        config.journal.parent.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(config.journal)
-        try:
-            check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
-            client = build_client(loaded)
-            self._generation = Generation(1, loaded, client, build_feeds(loaded))
-        except BaseException:
-            self.journal.close()
-            raise
-        for warning in secret_file_warnings(loaded):
-            log.warning("%s", warning)
-        self._clients = [client]
-        self._register_secrets(self._generation)
-        self.watcher = ConfigWatcher(loaded, settle_seconds=max(1.0, 2 * reload_interval))
-        self.workers: dict[str, FeedWorker] = {}
-        self.metrics_server: MetricsServer | None = None
-        self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
-        self._next_retry: dict[str, float] = {}  # feed -> time.monotonic() of its next failed-events check
-        self.metrics.watch_feeds(self._feed_flags)
-
-    @classmethod
-    def from_path(cls, path: str | Path, **kwargs: Any) -> Service:
-        return cls(load_service_config(path), **kwargs)
-
-    @property
-    def generation(self) -> Generation:
-        with self._lock:
-            return self._generation
-
-    @property
-    def config(self) -> ServiceConfig:
-        return self.generation.config
-
-    def _register_secrets(self, generation: Generation) -> None:
-        if self.redactor is None:
-            return
-        self.redactor.add_redactor(generation.client.redact)
-        redact_config_secrets(generation.config, self.redactor)
-
-    # -- signals
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGINT: stop claiming, let the in-flight file finish or journal it, exit 0."""
-
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop(signum)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-    def request_stop(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.is_set():
-            # said once: a storm of signals would otherwise re-enter logging from the handler
-            # (it runs between any two bytecodes of the main thread) until the recursion limit
-            if not self._said_again:
-                self._said_again = True
-                log.warning("%s again: still finishing the files in flight", name)
-            return
-        self._signalled = True
-        log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
-        self.stop.set()
-
-    # -- health
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy: every feed thread runs and no feed is held up (API outage, inbox unreachable,
-        credentials refused); otherwise the problems, one line per feed, and 503."""
-        workers = dict(self.workers)
-        feeds: dict[str, Any] = {}
-        problems: list[str] = []
-        for name, worker in workers.items():
-            detail = worker.health()
-            trouble = feed_trouble(worker)
-            if trouble is not None:
-                detail["state"], detail["problem"] = trouble
-                problems.append(f"{name}: {trouble[0]}: {trouble[1]}")
-            elif not worker.is_alive():
-                problems.append(f"{name}: the feed's thread is not running ({worker.state})")
-            feeds[name] = detail
-        healthy = bool(workers) and not problems and not self.stop.is_set()
-        body: dict[str, Any] = {"configuration": self.generation.number, "feeds": feeds}
-        if problems:
-            body["problems"] = problems
-        return healthy, body
-
-    def _feed_flags(self) -> dict[str, dict[str, bool]]:
-        """Per feed, for the gauges: holding for the API, inbox unreachable."""
-        return {name: {"api_holding": _breaker_open(worker),
-                       "inbox_unreachable": worker.state == WorkerState.UNAVAILABLE}
-                for name, worker in dict(self.workers).items()}
-
-    # -- failed events
-
-    def retry_failed(self, worker: FeedWorker, inbox: Inbox) -> None:
-        """Send the feed's failed events again once they have been failed for
-        ``delivery.retry_failed_after`` seconds, as the `retry` command does (Processor.retry,
-        then the rewritten receipt into the outbox). Called by the feed's worker when idle."""
-        after = self.config.delivery.retry_failed_after
-        processor, runtime = worker._processor, worker._runtime
-        now = time.monotonic()
-        if after is None or processor is None or runtime is None or now < self._next_retry.get(worker.feed, 0.0):
-            return
-        self._next_retry[worker.feed] = now + min(after, RETRY_FAILED_CHECK_SECONDS)
-        failed_before = self.journal.clock() - timedelta(seconds=after)
-        for file_id in failed_file_ids(self.journal, None):
-            record = self.journal.get_file(file_id)
-            if record.feed != worker.feed or not record.finished or self.stop.is_set():
-                continue  # another feed's, or a file still being worked (here or by another instance)
-            if any(event.updated_at > failed_before for event in self.journal.failed_events(file_id)):
-                continue  # failed too recently: next time
-            extra = {"feed": worker.feed, "file": record.name}
-            log.info("feed %s: %s: sending its failed events again (delivery.retry_failed_after)",
-                     worker.feed, record.name, extra=extra)
-            receipt_dir = (Runtime.outbox(worker.settings) if not worker._remote
-                           else self.config.staging_dir / worker.feed / "receipts")
-            assert receipt_dir is not None
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            outcome = processor.retry(file_id, runtime, receipt_dir)
-            if outcome.receipt is not None and worker._remote:
-                for path in (outcome.receipt.csv, outcome.receipt.json):
-                    inbox.put_receipt(path, path.name)
-                    path.unlink(missing_ok=True)
-            counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
-            log.info("feed %s: %s: retried: %s: %s", worker.feed, record.name, outcome.status,
-                     outcome.message or counts, extra=extra)
-            if outcome.status != FileStatus.DONE:  # stopped, or credentials refused: try again later
-                return
-
-    # -- running
-
-    def _start_worker(self, name: str) -> None:
-        worker = FeedWorker(self, name)
-        self.workers[name] = worker
-        worker.start()
-
-    def run(self) -> ExitStatus:
-        config = self.config
-        if config.metrics is not None:
-            self.metrics_server = MetricsServer(config.metrics.host, config.metrics.port, self.metrics, self.health)
-            self.metrics_server.start()
-            host, port = self.metrics_server.address
-            log.info("health and metrics at http://%s:%d/healthz and /metrics", host, port)
-        log.info("watching %d feed(s): %s%s", len(config.feeds),
-                 ", ".join(f"{feed.name} ({feed.inbox})" for feed in config.feeds),
-                 " (once)" if self.once else "")
-        try:
-            self._prune_journal()
-            for feed in config.feeds:
-                self._start_worker(feed.name)
-            while True:
-                if self.once:
-                    if not any(worker.is_alive() for worker in self.workers.values()):
-                        break
-                    if self.stop.wait(0.1):
-                        break
-                    continue
-                if self.stop.wait(self.reload_interval):
-                    break
-                self._reload()
-                self._check_workers()
-                self._prune_journal()
-        finally:
-            self.stop.set()
-            for worker in list(self.workers.values()):
-                worker.join()
-            self.close()
-        codes = [worker.exit_code for worker in self.workers.values()]
-        if not self.once:
-            crashed = any(worker.state == WorkerState.CRASHED for worker in self.workers.values())
-            return ExitStatus.UNUSABLE if crashed and not self._signalled else ExitStatus.OK
-        return max(codes, default=ExitStatus.OK)
-
-    def close(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-            self.metrics_server = None
-        for client in self._clients:
-            client.close()
-        self._clients = []
-        self.journal.close()
-        log.info("stopped")
-
-    def _prune_journal(self) -> None:
-        """Apply journal_retention_days when it is due (see Journal.prune)."""
-        days = self.config.journal_retention_days
-        if days is None or time.monotonic() < self._next_prune:
-            return
-        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-        try:
-            files, events = prune_journal(self.journal, days)
-        except (sqlite3.Error, JournalError) as exc:  # e.g. locked too long: the files stay; next time
-            log.warning("journal: applying journal_retention_days failed: %s; trying again later", exc)
-            return
-        if files:
-            log.info("journal: forgot %d file(s) and %d event(s) finished more than %g days ago",
-                     files, events, days)
-
-    def _check_workers(self) -> None:
-        for name, worker in list(self.workers.items()):
-            if worker.retired and not worker.is_alive():
-                del self.workers[name]
-
-    # -- reload
-
-    def _reload(self) -> None:
-        try:
-            result = self.watcher.poll()
-        except Exception as exc:  # noqa: BLE001 - whatever a changed file holds, the service keeps running
-            self.metrics.reloads.labels("refused").inc()
-            log.error("configuration change refused; the previous configuration stays in force: "
-                      "the files could not be checked: %s: %s", type(exc).__name__, exc)
-            return
-        if result is None:
-            return
-        if isinstance(result, ConfigError):
-            self.metrics.reloads.labels("refused").inc()
-            log.error("configuration change refused; the previous configuration stays in force. Problems:\n%s",
-                      "\n".join(f"  {problem}" for problem in result.problems))
-            return
-        try:
-            generation = self._build_generation(result)
-        except Exception as exc:  # noqa: BLE001 - a changed configuration never stops the service
-            self.metrics.reloads.labels("refused").inc()
-            reason = exc if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-            log.error("configuration change refused; the previous configuration stays in force: %s", reason)
-            return
-        for warning in secret_file_warnings(result):
-            log.warning("%s", warning)
-        old = self.generation
-        notes = []
-        if generation.config.journal != old.config.journal:
-            notes.append("journal")
-        if generation.config.metrics != old.config.metrics:
-            notes.append("metrics")
-        if generation.config.logging.format != old.config.logging.format:
-            notes.append("logging.format")
-        if generation.config.staging_dir != old.config.staging_dir:
-            notes.append("staging_dir")
-        if notes:
-            log.warning("configuration: a change of %s takes effect after a restart", ", ".join(notes))
-        apply_level(generation.config.logging.level)
-        with self._lock:
-            self._generation = generation
-        self._register_secrets(generation)
-        self.metrics.reloads.labels("applied").inc()
-        names = {feed.name for feed in generation.config.feeds}
-        for name in names - set(self.workers):
-            self._start_worker(name)
-        removed = set(self.workers) - names
-        log.info("configuration #%d applied (version %s): it is used from the next file%s", generation.number,
-                 self.watcher.version,
-                 f"; feeds removed after their current file: {', '.join(sorted(removed))}" if removed else "")
-
-    def _build_generation(self, loaded: LoadedService) -> Generation:
-        old = self.generation
-        if loaded.config.journal != old.config.journal:
-            loaded = LoadedService(loaded.path, loaded.config.model_copy(update={"journal": old.config.journal}),
-                                   loaded.mappings)
-        check_feed_secrets(loaded)
-        feeds = build_feeds(loaded)
-        if loaded.config.api == old.config.api and loaded.config.delivery == old.config.delivery \
-                and len(loaded.config.feeds) <= len(old.config.feeds):
-            client = old.client
-        else:
-            client = build_client(loaded)  # resolves the credentials: refused if they are missing
-            self._clients.append(client)
-        return Generation(old.number + 1, loaded, client, feeds)
-
-
-def _breaker_open(worker: FeedWorker) -> bool:
+def breaker_open(worker: FeedWorker) -> bool:
     processor = worker._processor
     return processor is not None and processor.breaker.is_open
 
@@ -1173,112 +719,3 @@ def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
         WorkerState.ERROR: f"unexpected error, retrying ({worker.last_error})",
     }.get(worker.state)
     return (worker.state, why) if why is not None else None
-
-
-def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:
-    """Forget what finished more than `retention_days` ago: (files, events) forgotten."""
-    return journal.prune(journal.clock() - timedelta(days=retention_days))
-
-
-# --------------------------------------------------------------------------- status
-
-
-def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[str, Any]]:
-    """Per feed: its inbox, the files waiting in processing/, the last file in the journal."""
-    rows = []
-    for feed in loaded.config.feeds:
-        row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None}
-        try:
-            quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
-                                            "mode": "polling"})
-            with open_inbox(quick) as inbox:
-                row["in_processing"] = [claimed.source_name for claimed in inbox.resume()]  # D6: shown escaped
-        except (InboxError, OSError) as exc:
-            row["error"] = str(exc)
-        if journal is not None:
-            recent = journal.recent_files(1, feed.name)
-            if recent:
-                last = recent[0]
-                row["last_file"] = {"name": last.name, "state": last.state,
-                                    "started": last.started_at.isoformat(), "counts": dict(last.counts)}
-        rows.append(row)
-    return rows
-
-
-def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], list[str]]:
-    """What `validate-config` reports: (the config, problems, warnings).
-
-    Problems: the config and every mapping (file, line, key), secrets that cannot be resolved.
-    Warnings: what may only exist on the production host (local inbox folders, known_hosts)."""
-    try:
-        loaded = load_service_config(path)
-    except ConfigError as exc:
-        listed = [str(problem) for problem in exc.problems]
-        # the loader lists a mapping's problems itself when the rest of the file is good
-        return None, listed + [found for found in _mapping_problems(Path(path)) if found not in listed], []
-    problems: list[str] = []
-    warnings: list[str] = secret_file_warnings(loaded)
-    try:
-        loaded.config.api.credentials()
-    except SecretResolutionError as exc:
-        problems.append(f"{loaded.path}: api: {exc}")
-    for feed in loaded.config.feeds:
-        where = f"{loaded.path}: feeds[{feed.name}]"
-        try:
-            feed.resolved_password()
-        except SecretResolutionError as exc:
-            problems.append(f"{where}: {exc}")
-        problems += [f"{where}: {problem}" for problem in _key_problems(feed)]
-        location = feed.location
-        if isinstance(location, LocalLocation):
-            if not location.path.is_dir():
-                warnings.append(f"{where}: inbox: the folder {location.path} does not exist (yet)")
-        elif feed.known_hosts is not None and not feed.known_hosts.is_file() and not feed.accept_new_host_key:
-            warnings.append(f"{where}: known_hosts: {feed.known_hosts} does not exist: get the key with "
-                            f"ssh-keyscan -p {location.port} {location.host} and compare its fingerprint "
-                            "with the server's own (ssh-keygen -lf) before trusting it")
-    return loaded, problems, warnings
-
-
-def _key_problems(feed: FeedSettings) -> list[str]:
-    """The passphrase resolves and opens the private key (else the feed's worker would find out)."""
-    try:
-        passphrase = feed.resolved_key_passphrase()
-    except SecretResolutionError as exc:
-        return [str(exc)]
-    if feed.private_key_file is None or not feed.private_key_file.is_file():
-        return []  # a missing key file is a problem of the configuration itself
-    from batch.inbox.sftp import load_private_key
-
-    try:
-        load_private_key(feed.private_key_file, passphrase)
-    except InboxError as exc:
-        return [f"private_key_file: {exc}"]
-    return []
-
-
-def _mapping_problems(path: Path) -> list[str]:
-    """The mappings' own problems when the service file has some too (which stops the full check early)."""
-    from batch.config.mapping import load_mapping
-    from batch.config.yamlload import load_yaml_file
-
-    try:
-        data = load_yaml_file(path).data
-    except ConfigError:
-        return []
-    feeds = data.get("feeds") if isinstance(data, dict) else None
-    found: list[str] = []
-    seen: set[Path] = set()
-    for feed in feeds if isinstance(feeds, list) else []:
-        mapping = feed.get("mapping") if isinstance(feed, dict) else None
-        if not isinstance(mapping, str):
-            continue
-        mapping_path = (path.resolve().parent / mapping)
-        if mapping_path in seen:
-            continue
-        seen.add(mapping_path)
-        try:
-            load_mapping(mapping_path)
-        except ConfigError as exc:
-            found.extend(str(problem) for problem in exc.problems)
-    return found

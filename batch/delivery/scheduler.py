@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from batch.clock import SYSTEM_CLOCK, Clock
 from batch.config.api import DeliverySettings
-from batch.ropo import SendKind, SendResult
+from batch.delivery.ropo import SendKind, SendResult
 
 log = logging.getLogger(__name__)
 

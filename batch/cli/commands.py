@@ -21,8 +21,8 @@ import click
 from batch import __version__
 from batch.errors import BatchError, ConfigurationError, ExitStatus, InputFileError
 from batch.fsutil import file_kind
-from batch.logs import (
-    escape_unprintable,
+from batch.redact import escape_unprintable
+from batch.service.logs import (
     installed_filter,
     print_redacted_traceback,
     redact_config_secrets,
@@ -32,16 +32,16 @@ from batch.logs import (
 if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --help stays fast
     from rich.progress import Progress as Bar, TaskID
 
+    from batch.config.inbox import InboxSettings
     from batch.config.mapping import Mapping
     from batch.config.service import LoadedService
-    from batch.inbox.base import InboxSettings
-    from batch.journal import FileRecord, Journal
-    from batch.mapping import MappedRecord
     from batch.pipeline import Progress
-    from batch.receipts import ReceiptPaths
-    from batch.sandbox import Sandbox
+    from batch.sandbox.server import Sandbox
+    from batch.store.journal import FileRecord, Journal
+    from batch.store.receipts import ReceiptPaths
+    from batch.transform.mapping import MappedRecord
 
-log = logging.getLogger("batch.cli")
+log = logging.getLogger("batch.cli.commands")
 
 
 class BoundaryGroup(click.Group):
@@ -94,7 +94,7 @@ def terminal_safe(text: object, keep_newlines: bool = False) -> str:
     '\\u202e'): C0 and C1 controls, DEL, line/paragraph separators and format characters such as
     bidi overrides. Record values and file names come from uploaders; an ESC in them must not
     clear the administrator's screen or retitle the window. The rule is the log lines' one
-    (:func:`batch.logs.escape_unprintable`)."""
+    (:func:`batch.redact.escape_unprintable`)."""
     return escape_unprintable(str(text), "\n" if keep_newlines else "")
 
 
@@ -208,9 +208,9 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     """Show the events that MAPPING makes of FILE, and why any record is invalid. Sends nothing."""
     from batch.config.mapping import load_mapping
     from batch.config.yamlload import ConfigError
-    from batch.extract import mapped_file
-    from batch.mapping import CompiledMapping
-    from batch.readers import FileError
+    from batch.transform.extract import mapped_file
+    from batch.transform.mapping import CompiledMapping
+    from batch.transform.readers import FileError
 
     _regular_file(mapping, ConfigurationError)
     _regular_file(file)
@@ -351,7 +351,7 @@ def _load_service(path: Path) -> LoadedService:
 
 
 def _open_runtime(path: Path) -> Any:
-    from batch.runtime import Runtime
+    from batch.service.runtime import Runtime
 
     runtime = Runtime(_load_service(path))
     installed_filter().add_redactor(runtime.client.redact)  # the tokens it is issued
@@ -444,8 +444,8 @@ def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | Non
               help="Default: the configuration's journal_retention_days.")
 def prune(config_path: Path, older_than_days: float | None) -> None:
     """Forget files that finished long ago, and their events (the service does this itself)."""
-    from batch.journal import Journal
-    from batch.service import prune_journal
+    from batch.service.supervisor import prune_journal
+    from batch.store.journal import Journal
 
     loaded = _load_service(config_path)
     days = older_than_days or loaded.config.journal_retention_days
@@ -467,7 +467,7 @@ def prune(config_path: Path, older_than_days: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
     """Recent files with their counts per outcome, from the journal."""
-    from batch.journal import Journal
+    from batch.store.journal import Journal
 
     loaded = _load_service(config_path)
     if feed is not None:
@@ -584,7 +584,7 @@ class _progress:
 def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
             tls_cert: Path | None, tls_key: Path | None) -> None:
     """Run a local stand-in for the Ropo One API until Ctrl-C (for demos and tests)."""
-    from batch.sandbox import serve, tls_context
+    from batch.sandbox.server import serve, tls_context
 
     if tls_key is not None and tls_cert is None:
         raise click.UsageError("--tls-key needs --tls-cert")
@@ -592,7 +592,7 @@ def sandbox(host: str, port: int, data_dir: Path | None, token_ttl: float,
 
     def ready(running: Sandbox) -> None:
         click.echo(f"Ropo One sandbox listening at {running.base_url}", err=True)
-        click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox.py)", err=True)
+        click.echo(f"  cid {running.cid}; the apicode is the sandbox default (see batch/sandbox/server.py)", err=True)
 
     serve(host, port, data_dir, token_ttl=token_ttl, on_ready=ready, tls=tls)
 
@@ -605,7 +605,7 @@ def demo(workspace: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from batch.demo import run_demo
+    from batch.sandbox.demo import run_demo
 
     if workspace is not None:
         workspace.mkdir(parents=True, exist_ok=True)
@@ -639,7 +639,7 @@ def _print_feeds(loaded: LoadedService, journal: Journal | None, only: str | Non
     from rich.console import Console
     from rich.table import Table
 
-    from batch.service import feed_overview
+    from batch.service.supervisor import feed_overview
 
     table = Table(title="feeds", header_style="bold")
     for name in ("feed", "inbox", "in processing/", "last file"):
@@ -667,7 +667,7 @@ def run_command(ctx: click.Context, config_path: Path, once: bool, reload_interv
     file already processed); 2 something could not run (inbox, credentials, unusable file).
     Without --once: 0 after a SIGTERM/SIGINT.
     """
-    from batch.service import Service
+    from batch.service.supervisor import Service
 
     # A stop request that comes while the configuration is loaded and the service is built
     # is kept and honoured as soon as the service runs (the default handler would kill it).
@@ -700,7 +700,7 @@ def validate_config(config_path: Path) -> None:
     whether local inbox folders and known_hosts files exist (warnings: they may exist only on
     the production host). Exit 1 when there is a problem.
     """
-    from batch.service import check_service_config
+    from batch.service.supervisor import check_service_config
 
     _refuse_special(config_path)
     loaded, problems, warnings = check_service_config(config_path)

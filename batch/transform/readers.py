@@ -25,8 +25,8 @@ from lxml import etree
 
 from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
 from batch.errors import InputFileError
-from batch.records import LISTED_NAMES, Chunk, XmlPlan, short_list
-from batch.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
+from batch.syntax.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
+from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader

@@ -1,0 +1,1 @@
+"""The `usageplace-batch` command line (`commands`)."""

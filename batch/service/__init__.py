@@ -1,0 +1,1 @@
+"""The long-running service: feed workers, configuration reload, runtime state, metrics and logging."""
