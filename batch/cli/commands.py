@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --he
     from batch.config.inbox import InboxSettings
     from batch.config.mapping import Mapping
     from batch.config.service import LoadedService
-    from batch.pipeline import Progress
+    from batch.pipeline import FileOutcome, Progress
     from batch.sandbox.server import Sandbox
+    from batch.service.runtime import Runtime
     from batch.store.journal import FileRecord, Journal
     from batch.store.receipts import ReceiptPaths
     from batch.transform.mapping import MappedRecord
@@ -350,7 +351,7 @@ def _load_service(path: Path) -> LoadedService:
     return loaded
 
 
-def _open_runtime(path: Path) -> Any:
+def _open_runtime(path: Path) -> Runtime:
     from batch.service.runtime import Runtime
 
     runtime = Runtime(_load_service(path))
@@ -514,7 +515,7 @@ def _file_summary(record: FileRecord) -> dict[str, Any]:
     }
 
 
-def _report_outcome(name: str, outcome: Any, receipt_at: str | None = None) -> None:
+def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = None) -> None:
     from batch.pipeline import FileStatus
 
     counts = outcome.counts
