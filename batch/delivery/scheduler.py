@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from batch.backoff import Backoff, doubling, jittered
 from batch.clock import SYSTEM_CLOCK, Clock
 from batch.config.api import DeliverySettings
 from batch.delivery.ropo import SendKind, SendResult
@@ -98,8 +99,7 @@ OnBatchDone = Callable[[], None]
 def backoff_delay(attempt: int, settings: DeliverySettings,
                   retry_after: float | None = None, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    delay = min(settings.backoff_cap, settings.backoff_base * (2 ** (attempt - 1)))
-    delay *= 1.0 - settings.backoff_jitter * (rng or random).random()
+    delay = jittered(doubling(attempt, settings.backoff_base, settings.backoff_cap), settings.backoff_jitter, rng)
     return max(delay, retry_after or 0.0)
 
 
@@ -120,6 +120,7 @@ class CircuitBreaker:
         self._opened = 0.0              # time.monotonic() when it opened
         self._next_probe = 0.0
         self._probe_wait = 0.0
+        self._waits = Backoff(1.0, 1.0)  # the waits between probes; configure() sets them
         self._probing = False
         # One-shot runs (`run --once`, `process`, `retry`) must end: they give up once a probe
         # fails after the waits between probes have reached probe_max (the service holds on).
@@ -131,6 +132,7 @@ class CircuitBreaker:
         self.threshold = settings.breaker_threshold
         self.probe_initial = settings.breaker_probe_initial
         self.probe_max = settings.breaker_probe_max
+        self._waits.first, self._waits.longest = self.probe_initial, self.probe_max
 
     @property
     def is_open(self) -> bool:
@@ -163,7 +165,7 @@ class CircuitBreaker:
                 if probe:
                     self.reason = message
                     self.exhausted = self.give_up_at_probe_max and self._probe_wait >= self.probe_max
-                    self._probe_wait = min(self.probe_max, self._probe_wait * 2)
+                    self._probe_wait = self._waits.next()
                     self._next_probe = now + self._probe_wait
                     log.info("Ropo One is still unreachable (%s); next probe in %.0f s",
                              message, self._probe_wait)
@@ -175,7 +177,8 @@ class CircuitBreaker:
                 return False
             self._streak.clear()
             self.open_since, self._opened, self.reason = time.time(), now, message
-            self._probe_wait = self.probe_initial
+            self._waits.reset()
+            self._probe_wait = self._waits.next()
             self._next_probe = now + self._probe_wait
         log.warning("Ropo One is unreachable (%d events in a row: %s); delivery holds every "
                     "event and probes, the first time in %.0f s", self.threshold, message,

@@ -43,6 +43,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from paramiko.sftp_attr import SFTPAttributes
 from pydantic import SecretStr
 
+from batch.backoff import doubling
 from batch.config.inbox import InboxSettings, SftpLocation
 from batch.config.secrets import SecretResolutionError
 from batch.fsutil import (
@@ -285,10 +286,7 @@ class SftpInbox(Inbox):
     def _backoff(self, error: InboxError) -> None:
         self._drop()
         self._failures += 1
-        delay = min(
-            self.settings.reconnect_max_seconds,
-            self.settings.reconnect_initial_seconds * 2 ** (self._failures - 1),
-        )
+        delay = doubling(self._failures, self.settings.reconnect_initial_seconds, self.settings.reconnect_max_seconds)
         self._retry_at = self._clock() + delay
         self._last_error = error
         log.warning("%s: connection failed (%s); next attempt in %.1f s", self.location.display, error, delay)
