@@ -8,14 +8,16 @@ problem — a wrong mapping must not surface at 2 a.m. on record 40,000.
 from __future__ import annotations
 
 import codecs
+import copy
 import re
 import string
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batch.config.yamlload import (
     ConfigError,
@@ -24,7 +26,6 @@ from batch.config.yamlload import (
     load_yaml_file,
     load_yaml_text,
     problems_from_validation,
-    validate_model,
 )
 from batch.contract import (
     DEFAULT_STATUS_NOT_DISCONNECTED,
@@ -310,14 +311,6 @@ class Mapping(Strict):
     def _valid_zone(cls, value: str) -> str:
         return check_zone(value)
 
-    @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> Mapping:
-        problems = list(mapping_problems(self))
-        if problems:
-            # one ValueError per model; the loader reports each separately through `_problems`
-            raise ValueError("\n".join(f"{path}: {message}" for path, message in problems))
-        return self
-
     def status_vocabulary(self) -> tuple[str, ...]:
         return (STATUS_CONNECTED, STATUS_DISCONNECTED, self.statuses.not_disconnected)
 
@@ -363,11 +356,32 @@ def _as_text(value: Any) -> Any:
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def template_sources(template: str) -> list[str]:
+def template_parts(template: str) -> list[tuple[str, str | None]]:
+    """(literal text, placeholder or None) pairs of a template, in order.
+
+    A placeholder is everything between its braces: '{e:Type}' names the XPath 'e:Type' (or a
+    column of that name). str.format would read the ':' as the start of a format spec and the
+    '!' as a conversion, and silently look up 'e' instead; a conversion is refused.
+    """
+    parts: list[tuple[str, str | None]] = []
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        for literal, name, spec, conversion in string.Formatter().parse(template):
+            if conversion is not None:
+                raise ValueError(f"'!{conversion}' in a placeholder is not supported")
+            if name is None:
+                parts.append((literal, None))
+                continue
+            placeholder = f"{name}:{spec}" if spec else name
+            if not placeholder:
+                raise ValueError("an empty placeholder {} names nothing")
+            parts.append((literal, placeholder))
     except ValueError as exc:
         raise ValueError(f"template {template!r}: {exc}") from None
+    return parts
+
+
+def template_sources(template: str) -> list[str]:
+    return [name for _, name in template_parts(template) if name]
 
 
 def check_encoding(value: str) -> str:
@@ -389,9 +403,35 @@ def check_zone(value: str) -> str:
 _FORMAT_NAMES = {"csv": "a CSV", "xml": "an XML", "fixed": "a fixed-width"}
 
 
-def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
-    """Cross-field rules that no single key can check. Returns (key path, message) pairs."""
-    problems: list[tuple[str, str]] = []
+@dataclass(frozen=True)
+class CrossFieldProblem:
+    """A rule that no single key can check, broken: where (the key path) and why."""
+
+    path: tuple[str, ...]
+    message: str
+
+
+# A not-disconnected event must carry the reason from the record (Ropo One asks for it); a
+# stock text would fill every such event with the same words and the reason would never be asked for.
+NO_STOCK_REASON = (
+    "a not-disconnected event needs its own reason from the record (Ropo One requires it), so it gets no "
+    "stock description: remove this entry and map description from the export"
+)
+
+
+def mapping_problems(mapping: Mapping) -> list[CrossFieldProblem]:
+    """Cross-field rules that no single key can check, each problem with its key path."""
+    found: list[tuple[str | tuple[str, ...], str]] = []
+    _cross_field_rules(mapping, found)
+    return [
+        CrossFieldProblem(tuple(path.split(".")) if isinstance(path, str) else path, message)
+        for path, message in found
+    ]
+
+
+def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, ...], str]]) -> None:
+    """Appends (key path, message). A path is a dotted literal written here, or a tuple where a
+    part is the administrator's own key (which may hold a dot): never parsed out of a message."""
     fmt = mapping.format
     if fmt == "csv" and mapping.csv is None:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
@@ -451,11 +491,11 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
     description = mapping.fields.description
     if description is not None and description.default_by_status:
         for key in description.default_by_status:
+            where = ("fields", "description", "default_by_status", key)  # the entry itself, whatever it holds
             if key not in vocabulary:
-                problems.append(
-                    ("fields.description.default_by_status",
-                     f"{key!r} is not a status ({', '.join(sorted(vocabulary))})")
-                )
+                problems.append((where, f"{key!r} is not a status ({', '.join(sorted(vocabulary))})"))
+            elif key == mapping.statuses.not_disconnected:
+                problems.append((where, NO_STOCK_REASON))
 
     if fmt == "xml" and mapping.xml is not None:
         problems.extend(_xpath_problems(mapping.xml, specs, mapping.invoices))
@@ -488,11 +528,12 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
                 problems.append(
                     ("invoices.mode", "mode 'rows' merges rows by event id: map fields.id from the file")
                 )
-    return problems
 
 
-def _xpath_problems(xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None) -> list:
-    problems = []
+def _xpath_problems(
+    xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None
+) -> list[tuple[str | tuple[str, ...], str]]:
+    problems: list[tuple[str | tuple[str, ...], str]] = []
     try:
         clark_steps(xml.record_path, xml.namespaces)
     except KeyError as exc:
@@ -523,26 +564,32 @@ def _check(loaded: LoadedYaml) -> Mapping:
     if not isinstance(loaded.data, dict):
         raise ConfigError([loaded.problem((), "a mapping file must be a YAML mapping (key: value lines)")])
     try:
-        mapping = validate_model(Mapping, loaded)
-    except ConfigError as exc:
-        problems = _split_cross_field(exc.problems, loaded)
+        mapping = Mapping.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc, loaded, Mapping)
         raise ConfigError(_with_hidden_problems(problems, loaded)) from None
+    cross = _located(mapping_problems(mapping), loaded)
+    if cross:
+        raise ConfigError(cross)
     if mapping.format == "csv" and mapping.csv is None:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
     return mapping
 
 
-def _with_hidden_problems(problems: list, loaded: LoadedYaml, rounds: int = 4) -> list:
+def _located(problems: list[CrossFieldProblem], loaded: LoadedYaml) -> list[ConfigProblem]:
+    located = [loaded.problem(problem.path, problem.message) for problem in problems]
+    located.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return located
+
+
+def _with_hidden_problems(problems: list[ConfigProblem], loaded: LoadedYaml, rounds: int = 4) -> list[ConfigProblem]:
     """Add the problems that the first ones hide, so that one `validate` run lists them all.
 
-    pydantic runs a model's cross-field checks only when every key of it is valid, so a single
-    wrong value would hide e.g. a status map that names an unknown status. Validate again
-    without the keys at fault; what is new (and not about a removed key) is reported too.
+    pydantic runs a model's own checks only when every key of it is valid, and the cross-field
+    rules need a whole Mapping, so a single wrong value would hide e.g. a status map that names
+    an unknown status. Validate again without the keys at fault; what is new (and not about a
+    removed key) is reported too. Once what is left validates, its cross-field problems count.
     """
-    import copy
-
-    from pydantic import ValidationError
-
     found = list(problems)
     data = copy.deepcopy(loaded.data)
     removed: list[tuple[str, ...]] = []
@@ -555,12 +602,12 @@ def _with_hidden_problems(problems: list, loaded: LoadedYaml, rounds: int = 4) -
                 progress = True
         if not progress:
             break
+        complete = False
         try:
-            Mapping.model_validate(data)
-            break
+            again = _located(mapping_problems(Mapping.model_validate(data)), loaded)
+            complete = True
         except ValidationError as exc:
             again = problems_from_validation(exc, LoadedYaml(loaded.file, data, loaded.positions), Mapping)
-            again = _split_cross_field(again, loaded)
         to_remove = []
         for problem in again:
             key = _key_of(problem.path)
@@ -572,6 +619,8 @@ def _with_hidden_problems(problems: list, loaded: LoadedYaml, rounds: int = 4) -
                 continue
             found.append(problem)
             to_remove.append(key)
+        if complete:
+            break
     found.sort(key=lambda p: (p.line or 0, p.column or 0))
     return found
 
@@ -598,29 +647,6 @@ def _remove_key(data: Any, key: tuple[str, ...]) -> bool:
         del data[key[-1]]
         return True
     return False
-
-
-def _split_cross_field(problems: list[ConfigProblem], loaded: LoadedYaml) -> list[ConfigProblem]:
-    """Cross-field problems arrive as one multi-line message at the top; give each its own line."""
-    result = []
-    for problem in problems:
-        lines = problem.message.split("\n")
-        if problem.path == "" and all(": " in line for line in lines) and len(lines) >= 1 and _looks_like_paths(lines):
-            for line in lines:
-                path, message = line.split(": ", 1)
-                result.append(loaded.problem(tuple(_parse_path(path)), message))
-        else:
-            result.append(problem)
-    result.sort(key=lambda p: (p.line or 0, p.column or 0))
-    return result
-
-
-def _looks_like_paths(lines: list[str]) -> bool:
-    return all(re.fullmatch(r"[\w.]+", line.split(": ", 1)[0]) for line in lines)
-
-
-def _parse_path(path: str) -> list[Any]:
-    return path.split(".")
 
 
 def mapping_json_schema() -> dict[str, Any]:

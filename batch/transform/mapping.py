@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -26,6 +25,7 @@ from batch.config.mapping import (
     TimeSpec,
     ValueSpec,
     compile_pattern,
+    template_parts,
 )
 from batch.syntax.timeparse import TimeConverter
 from batch.transform.events import EVENT_KEYS, Rules, check_event
@@ -95,6 +95,9 @@ def _preview(value: str | None) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _BREAK = re.compile(r"[\t\n\r]")
 MULTILINE_FIELDS = frozenset({"description"})
+# UEInvoice pairs an invoice number with the Ropo One job id it belongs to; the contract types
+# both and marks neither required, but half a pair cannot be matched to anything.
+INVOICE_PART_EMPTY = "is required but empty: an invoice needs both its invoicenumber and its jobid"
 
 
 def _control_problem(value: str, multiline: bool) -> str | None:
@@ -126,6 +129,7 @@ class _Problem(Exception):
 # --- compiling one value spec --------------------------------------------------------------------
 
 Getter = Callable[[list], Any]  # row -> raw value (str | None | _MISSING)
+_Origin = dict[str, tuple[str | None, Any]]  # event field -> (source label, raw value)
 
 
 def _source_label(spec: ValueSpec, is_xml: bool) -> str | None:
@@ -145,9 +149,7 @@ def _getter(spec: ValueSpec, index: dict[str, int]) -> Getter:
         constant = str(spec.const)
         return lambda row: constant
     if spec.template is not None:
-        parts = [
-            (literal, index[name] if name else None) for literal, name, _, _ in string.Formatter().parse(spec.template)
-        ]
+        parts = [(literal, index[name] if name else None) for literal, name in template_parts(spec.template)]
 
         def template(row: list) -> Any:
             out: list[Any] = []
@@ -172,8 +174,9 @@ class _Value:
     """A compiled ValueSpec: raw value -> cleaned, mapped, typed value (None when empty)."""
 
     def __init__(self, name: str, spec: ValueSpec, required: bool, is_xml: bool,
-                 converter: TimeConverter | None = None, integer: bool = False):
+                 converter: TimeConverter | None = None, integer: bool = False, empty: str | None = None):
         self.name = name
+        self.empty = empty or "is required but empty"
         self.spec = spec
         self.required = required
         self.source = _source_label(spec, is_xml)
@@ -204,7 +207,7 @@ class _Value:
         if not value:
             if self.default is None:
                 if self.required:
-                    raise _Problem("is required but empty", raw)
+                    raise _Problem(self.empty, raw)
                 return None
             value = self.default
         if self.map is not None:
@@ -318,6 +321,7 @@ class MappingRun:
         self._bound: _Bound | None = None
         self._seen_ids: dict[str, int] = {}
         self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
+        self._open_origin: _Origin = {}  # ...and where its values came from (its first row)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -358,11 +362,11 @@ class MappingRun:
                     out.extend(self._close_open() if rows_mode else ())
                     out.append(_with_span(record, chunk.spans))
                     continue
-            record, invoice = self._map_row(bound, line, row)
+            record, invoice, origin = self._map_row(bound, line, row)
             if rows_mode:
-                out.extend(self._collect(record, invoice))
+                out.extend(self._collect(record, invoice, origin))
             else:
-                out.append(_with_span(self._finish(record), chunk.spans))
+                out.append(_with_span(self._finish(record, origin), chunk.spans))
         return out
 
     def _all_valid(self, fast: Callable[[list], dict | None], chunk: Chunk) -> list[MappedRecord] | None:
@@ -423,7 +427,11 @@ class MappingRun:
             for name, part, integer in specs:
                 if part is None:
                     continue
-                value = _Value(f"invoices.{name}", part, False, compiled.is_xml, integer=integer)
+                # an invoice is a pair: half of one (a number without its job id) is refused
+                # unless the mapping says `required: false` for that part
+                required = part.required is not False
+                value = _Value(f"invoices.{name}", part, required, compiled.is_xml, integer=integer,
+                               empty=INVOICE_PART_EMPTY if required else None)
                 values.append(value)
                 if invoices.mode != "elements":
                     parts.append((value, _getter(part, index)))
@@ -468,10 +476,12 @@ class MappingRun:
 
     # -- one row ------------------------------------------------------------------------------------
 
-    def _map_row(self, bound: _Bound, line: int, row: list) -> tuple[MappedRecord, dict | None]:
+    def _map_row(self, bound: _Bound, line: int, row: list) -> tuple[MappedRecord, dict | None, _Origin]:
+        """The record, its invoice (rows mode) and where each field's value came from (for the
+        contract checks' messages, which must quote this row's value)."""
         event: dict[str, Any] = {}
         errors: list[RecordError] = []
-        origin: dict[str, tuple[str | None, Any]] = {}
+        origin: _Origin = {}
         for name, value, get in bound.fields:
             raw = get(row)
             origin[name] = (value.source, raw)
@@ -498,10 +508,9 @@ class MappingRun:
         record = MappedRecord(line, event, errors)
         record.partial = {k: event[k] for k in ("id", "usageplacecode", "status") if k in event}
         record.event = event
-        self._origin = origin
-        return record, invoice
+        return record, invoice, origin
 
-    def _finish(self, record: MappedRecord) -> MappedRecord:
+    def _finish(self, record: MappedRecord, origin: _Origin) -> MappedRecord:
         """Generate the id, check the contract and business rules, catch repeated ids."""
         event = record.event
         assert event is not None
@@ -511,7 +520,7 @@ class MappingRun:
         ordered = {key: event[key] for key in EVENT_KEYS if key in event}
         if not record.errors:
             for violation in check_event(ordered, self.compiled.rules):
-                source, raw = self._origin.get(violation.field, (None, None))
+                source, raw = origin.get(violation.field, (None, None))
                 record.errors.append(RecordError(record.line, violation.field, source, _text(raw), violation.message))
         event_id = ordered.get("id")
         if event_id:
@@ -589,9 +598,11 @@ class MappingRun:
         return invoices
 
     def _row_invoice(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> dict | None:
+        raws = [(value, get(row)) for value, get in bound.invoice_parts]
+        if all(raw is not _MISSING and not (raw or "").strip() for _, raw in raws):
+            return None  # a row without an invoice (an event that has none)
         invoice: dict[str, Any] = {}
-        for value, get in bound.invoice_parts:
-            raw = get(row)
+        for value, raw in raws:
             try:
                 cleaned = value.clean(raw)
             except _Problem as problem:
@@ -603,27 +614,28 @@ class MappingRun:
 
     # -- rows mode: merging consecutive rows of one event -------------------------------------------
 
-    def _collect(self, record: MappedRecord, invoice: dict | None) -> list[MappedRecord]:
+    def _collect(self, record: MappedRecord, invoice: dict | None, origin: _Origin) -> list[MappedRecord]:
         event = record.event or {}
         event_id = event.get("id")
         current = self._open
         if current is not None and event_id and current.event is not None and current.event.get("id") == event_id:
-            self._merge_into(current, record, invoice)
+            self._merge_into(current, record, invoice, origin)
             return []
         closed = self._close_open()
         record.event = event
         event["invoices"] = [invoice] if invoice else []
-        self._open = record
-        self._open_origin = self._origin
+        self._open, self._open_origin = record, origin
         return closed
 
-    def _merge_into(self, current: MappedRecord, record: MappedRecord, invoice: dict | None) -> None:
+    def _merge_into(self, current: MappedRecord, record: MappedRecord, invoice: dict | None,
+                    origin: _Origin) -> None:
         assert current.event is not None and record.event is not None
         for key, value in record.event.items():
             if key != "invoices" and current.event.get(key, value) != value:
+                # the event is reported on its first line: the message names the line that differs
                 current.errors.append(
-                    RecordError(record.line, key, self._origin.get(key, (None,))[0], _text(value),
-                                f"differs from line {current.line} of the same event id "
+                    RecordError(record.line, key, origin.get(key, (None,))[0], _text(value),
+                                f"line {record.line} differs from line {current.line} of the same event id "
                                 f"({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
@@ -633,9 +645,9 @@ class MappingRun:
     def _close_open(self) -> list[MappedRecord]:
         if self._open is None:
             return []
-        record, self._open = self._open, None
-        self._origin = self._open_origin
-        return [self._finish(record)]
+        record, origin = self._open, self._open_origin
+        self._open, self._open_origin = None, {}
+        return [self._finish(record, origin)]
 
 
 def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
@@ -670,8 +682,7 @@ def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:
     if spec.template is not None:
         return (
             "template",
-            [(literal, index[name] if name else None)
-             for literal, name, _, _ in string.Formatter().parse(spec.template)],
+            [(literal, index[name] if name else None) for literal, name in template_parts(spec.template)],
         )
     sources = spec.sources()
     return ("column", index[sources[0]]) if sources else ("none",)
