@@ -169,6 +169,12 @@ def file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def filtered_note(count: int) -> str:
+    """The receipt summary's sentence about the records the mapping's `keep` rule left out."""
+    records = "record was" if count == 1 else "records were"
+    return f"{count:,} {records} filtered out by the mapping's keep rule (other record types; not events, no rows)."
+
+
 def new_event(record: MappedRecord) -> NewEvent:
     if record.event is not None:
         return NewEvent.valid(record.line, record.event)
@@ -308,13 +314,16 @@ class Processor:
         events recorded so far were never sent, and the file ends in error."""
         recorded = 0
         batch: list[MappedRecord] = []
-        for records in mapped_file(feed.compiled, path):
+        run = feed.compiled.start()
+        for records in mapped_file(feed.compiled, path, run=run):
             batch += records
             if len(batch) >= self.journal_batch:
                 recorded = self._journal(file_id, batch, progress, recorded)
                 batch = []
         if batch:
             self._journal(file_id, batch, progress, recorded)
+        if run.filtered:  # not events, so not in the counts per outcome: the summary says it
+            self.journal.add_note(file_id, filtered_note(run.filtered))
 
     def _journal(self, file_id: int, batch: list[MappedRecord], progress: Progress, before: int) -> int:
         """Record a batch in one transaction; returns how many records are recorded so far."""

@@ -223,8 +223,9 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
     shown = 0
     printer = _JsonPrinter() if as_json else _TablePrinter(file)
     _open_input(file).close()  # a clear message for a missing or unreadable file
+    run = compiled.start()
     try:
-        for records in mapped_file(compiled, file):
+        for records in mapped_file(compiled, file, run=run):
             for record in records:
                 counts["valid" if record.ok else "invalid"] += 1
                 if (limit is None or shown < limit) and not (errors_only and record.ok):
@@ -235,7 +236,8 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
         raise InputFileError(f"{file}: {exc}") from None
     printer.flush()
     total = counts["valid"] + counts["invalid"]
-    _echo(f"{file}: {total} records, {counts['valid']} valid, {counts['invalid']} invalid", err=True)
+    filtered = f", {run.filtered} filtered out (keep)" if compiled.keep is not None else ""
+    _echo(f"{file}: {total} records, {counts['valid']} valid, {counts['invalid']} invalid{filtered}", err=True)
     if counts["invalid"]:
         raise SystemExit(ExitStatus.PROBLEMS)
 

@@ -283,6 +283,54 @@ class Invoices(Strict):
     jobid: ValueSpec | None = None
 
 
+class KeepRule(Strict):
+    """Which records of the file are mapped at all: a rule on one column (or XPath).
+
+    Billing exports mix record types in one file (`H;...` header, `D;...` detail, `C;...`
+    comment, `T;...` trailer lines, each with its own number of fields). The records that do
+    not match are left out wherever they are in the file: counted as filtered, never invalid,
+    whatever their number of fields.
+    """
+
+    column: str | None = Field(None, description="The column the rule looks at (CSV, fixed-width).")
+    xpath: str | None = Field(None, description="The XPath the rule looks at, relative to the record (XML).")
+    equals: str | None = Field(None, description="Keep the records whose value is exactly this, e.g. 'D'.")
+    one_of: list[str] | None = Field(
+        None, min_length=1, description="Keep the records whose value is one of these, e.g. ['D', 'd']."
+    )
+    pattern: str | None = Field(
+        None, description="Keep the records whose whole value matches this regular expression (RE2), e.g. 'D\\d?'."
+    )
+    trim: bool = Field(True, description="Strip spaces around the value before comparing.")
+
+    @field_validator("equals", "one_of", mode="before")
+    @classmethod
+    def _codes_as_text(cls, value: Any) -> Any:
+        # record type codes are often numbers (10: detail); the rule compares text with text
+        return [_as_text(v) for v in value] if isinstance(value, list) else _as_text(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_pattern(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_one_test(self) -> KeepRule:
+        sources = [k for k in ("column", "xpath") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError("say which value the rule looks at: give exactly one of column, xpath")
+        tests = [k for k in ("equals", "one_of", "pattern") if getattr(self, k) is not None]
+        if len(tests) != 1:
+            raise ValueError("give exactly one of equals, one_of, pattern"
+                             + (f" (got {', '.join(tests)})" if tests else ""))
+        return self
+
+    def source(self) -> str:
+        return self.column if self.column is not None else self.xpath or ""
+
+
 class Statuses(Strict):
     not_disconnected: str = Field(
         DEFAULT_STATUS_NOT_DISCONNECTED,
@@ -303,6 +351,9 @@ class Mapping(Strict):
     xml: XmlOptions | None = None
     time_zone: str = Field(DEFAULT_TIME_ZONE, description="Zone that event times are written in.")
     statuses: Statuses = Field(default_factory=Statuses)
+    keep: KeepRule | None = Field(
+        None, description="Map only the records that match this rule; the others are counted as filtered."
+    )
     fields: Fields
     invoices: Invoices | None = None
 
@@ -453,6 +504,17 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
             for name in INVOICE_FIELDS
             if (spec := getattr(mapping.invoices, name)) is not None
         ]
+    keep = mapping.keep
+    if keep is not None:
+        if fmt == "xml" and keep.column is not None:
+            problems.append(("keep", "'column' is for CSV and fixed-width feeds; this feed is XML: use 'xpath'"))
+        if fmt != "xml" and keep.xpath is not None:
+            problems.append(
+                ("keep", f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
+        if fmt == "fixed" and mapping.fixed is not None and keep.column is not None:
+            declared = [column.name for column in mapping.fixed.columns]
+            if keep.column not in declared:
+                problems.append(("keep", f"column {keep.column!r} is not in fixed.columns ({', '.join(declared)})"))
     for path, spec in specs:
         if fmt != "xml" and spec.xpath is not None:
             problems.append(
@@ -498,7 +560,7 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
                 problems.append((where, NO_STOCK_REASON))
 
     if fmt == "xml" and mapping.xml is not None:
-        problems.extend(_xpath_problems(mapping.xml, specs, mapping.invoices))
+        problems.extend(_xpath_problems(mapping.xml, specs, mapping.invoices, mapping.keep))
 
     invoices = mapping.invoices
     if invoices is not None:
@@ -531,7 +593,7 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
 
 
 def _xpath_problems(
-    xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None
+    xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None, keep: KeepRule | None
 ) -> list[tuple[str | tuple[str, ...], str]]:
     problems: list[tuple[str | tuple[str, ...], str]] = []
     try:
@@ -541,6 +603,8 @@ def _xpath_problems(
     expressions = [(path, source) for path, spec in specs for source in spec.sources()]
     if invoices is not None and invoices.element:
         expressions.append(("invoices.element", invoices.element))
+    if keep is not None and keep.xpath is not None:
+        expressions.append(("keep.xpath", keep.xpath))
     for path, expression in expressions:
         reason = xpath_problem(expression, xml.namespaces)
         if reason:

@@ -11,22 +11,25 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batch.transform.gctune import fewer_collections
-from batch.transform.mapping import CompiledMapping, MappedRecord
+from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun
 from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
 
 
 def mapped_file(
-    compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+    compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None
 ) -> Iterator[list[MappedRecord]]:
     """The mapped records of the file at `path` (what the pipeline and `preview` read)."""
     with open(path, "rb") as stream:
-        yield from mapped_chunks(compiled, stream, chunk_size)
+        yield from mapped_chunks(compiled, stream, chunk_size, run)
 
 
 def mapped_chunks(
-    compiled: CompiledMapping, stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE
+    compiled: CompiledMapping, stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None
 ) -> Iterator[list[MappedRecord]]:
-    """Yields lists of mapped records in file order. Raises readers.FileError for a file-level fault."""
+    """Yields lists of mapped records in file order. Raises readers.FileError for a file-level fault.
+
+    `run`: the caller's MappingRun (from compiled.start()), to read its counts afterwards
+    (`run.filtered`: records the mapping's `keep` rule left out)."""
     mapping = compiled.mapping
     if mapping.format == "xml":
         assert mapping.xml is not None
@@ -37,7 +40,7 @@ def mapped_chunks(
     else:
         assert mapping.csv is not None
         chunks = read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)
-    run = compiled.start()
+    run = run or compiled.start()
     with fewer_collections():
         for chunk in chunks:
             records = run.map_chunk(chunk)

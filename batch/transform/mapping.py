@@ -21,6 +21,7 @@ from batch.config.mapping import (
     DEFAULT_REQUIRED,
     EVENT_FIELDS,
     IdSpec,
+    KeepRule,
     Mapping,
     TimeSpec,
     ValueSpec,
@@ -261,6 +262,8 @@ class CompiledMapping:
         self.invoices = mapping.invoices
         description = mapping.fields.description
         self.default_description = dict(description.default_by_status or {}) if description else {}
+        self.keep = mapping.keep
+        self.keeps = _keep_test(mapping.keep) if mapping.keep is not None else None
 
     def id_source_label(self) -> str | None:
         """Where event ids come from, as error messages name it (None when generated)."""
@@ -271,7 +274,7 @@ class CompiledMapping:
 
     # what the readers must deliver
     def sources(self) -> list[str]:
-        names: list[str] = []
+        names: list[str] = [self.keep.source()] if self.keep is not None else []
         for _, spec in self.field_specs:
             names += spec.sources()
         if self.invoices is not None and self.invoices.mode != "elements":
@@ -322,10 +325,13 @@ class MappingRun:
         self._seen_ids: dict[str, int] = {}
         self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
         self._open_origin: _Origin = {}  # ...and where its values came from (its first row)
+        self.filtered = 0  # records left out by the mapping's `keep` rule
 
     # -- public ---------------------------------------------------------------------------------
 
     def map_chunk(self, chunk: Chunk) -> list[MappedRecord]:
+        if self.compiled.keeps is not None:
+            chunk = self._kept(chunk)  # once a chunk, before (and outside) the per-record paths
         bound = self._bind(chunk.columns)
         if bound.fast is not None and not chunk.broken:
             records = self._all_valid(bound.fast, chunk)
@@ -396,6 +402,36 @@ class MappingRun:
                 seen.pop(event_id, None)
             return None
         return list(map(MappedRecord, chunk.lines, events, repeat(_NO_ERRORS), repeat(NO_PARTIAL)))
+
+    def _kept(self, chunk: Chunk) -> Chunk:
+        """The chunk without the records that the `keep` rule leaves out (counted in `filtered`).
+
+        A record is left out whatever its number of fields: a line too short to have the rule's
+        column at all is another record type. A line that could not be split into fields (broken
+        quoting) is kept, to be reported: its record type cannot be read."""
+        keeps = self.compiled.keeps
+        assert keeps is not None and self.compiled.keep is not None
+        position = chunk.columns.index(self.compiled.keep.source())
+        broken = chunk.broken
+        lines: list[int] = []
+        rows: list[list] = []
+        for line, row in zip(chunk.lines, chunk.rows):
+            if broken and line in broken:
+                pass
+            elif position >= len(row) or row[position] is None or not keeps(row[position]):
+                continue
+            lines.append(line)
+            rows.append(row)
+        dropped = len(chunk.lines) - len(lines)
+        if not dropped:
+            return chunk
+        self.filtered += dropped
+        kept = Chunk(chunk.columns, lines, rows)
+        if broken or chunk.spans:
+            taken = set(lines)
+            kept.broken = {line: why for line, why in broken.items() if line in taken}
+            kept.spans = {line: last for line, last in chunk.spans.items() if line in taken}
+        return kept
 
     def finish(self) -> list[MappedRecord]:
         """Records still held back at the end of the file (rows mode)."""
@@ -648,6 +684,19 @@ class MappingRun:
         record, origin = self._open, self._open_origin
         self._open, self._open_origin = None, {}
         return [self._finish(record, origin)]
+
+
+def _keep_test(rule: KeepRule) -> Callable[[str], bool]:
+    """The `keep` rule as value -> keep the record?"""
+    trim = rule.trim
+    if rule.equals is not None:
+        wanted = rule.equals
+        return (lambda value: value.strip() == wanted) if trim else (lambda value: value == wanted)
+    if rule.one_of is not None:
+        allowed = frozenset(rule.one_of)
+        return (lambda value: value.strip() in allowed) if trim else (lambda value: value in allowed)
+    matches = compile_pattern(rule.pattern or "")  # RE2: linear in the value, see config.mapping
+    return (lambda value: matches(value.strip())) if trim else matches
 
 
 def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
