@@ -117,14 +117,14 @@ def test_unknown_key_has_a_did_you_mean_hint():
         "m.yaml:5:34: fields.usageplacecode.patern: unknown key; did you mean 'pattern'? (allowed here: column, "
         "const, default, map, map_default, map_ignore_case, pattern, required, split, template, trim, xpath)",
         "m.yaml:8:1: feilds: unknown key; did you mean 'fields'? (allowed here: $schema, csv, fields, fixed, format, "
-        "invoices, name, statuses, time_zone, xml)",
+        "invoices, keep, name, statuses, time_zone, xml)",
     ]
 
 
 def test_unknown_key_without_a_close_match():
     assert problems(MINIMAL + "colour: blue\n") == [
-        "m.yaml:6:1: colour: unknown key (allowed here: $schema, csv, fields, fixed, format, invoices, name, statuses, "
-        "time_zone, xml)"
+        "m.yaml:6:1: colour: unknown key (allowed here: $schema, csv, fields, fixed, format, invoices, keep, name, "
+        "statuses, time_zone, xml)"
     ]
 
 
@@ -299,7 +299,7 @@ def test_field_rules(fields, message):
         ("{mode: columns, invoicenumber: {column: n}}", "m.yaml:7:27: invoices.invoicenumber: mode 'columns' needs 'split' (the separator inside the cell)"),
         ("{mode: rows, invoicenumber: {column: n}}", "m.yaml:7:12: invoices.mode: mode 'rows' merges rows by event id: map fields.id from the file"),
         ("{mode: elements, element: X, invoicenumber: {column: n}}", "m.yaml:7:12: invoices.mode: mode 'elements' is for XML feeds; use 'columns' or 'rows'"),
-        ("{mode: lines, invoicenumber: {column: n}}", "m.yaml:7:12: invoices.mode: Input should be 'columns', 'rows' or 'elements' (got 'lines')"),
+        ("{mode: lines, invoicenumber: {column: n}}", "m.yaml:7:12: invoices.mode: Input should be 'columns', 'rows', 'elements' or 'pairs' (got 'lines')"),
         ("{mode: columns}", "m.yaml:7:1: invoices.invoicenumber: required key is missing"),
         ("{mode: columns, element: X, invoicenumber: {column: n, split: ','}}", "m.yaml:7:27: invoices.element: 'element' is only for mode 'elements' (mode is 'columns')"),
     ],

@@ -266,20 +266,68 @@ class Fields(Strict):
     description: DescriptionSpec | None = None
 
 
+class InvoicePairs(Strict):
+    """mode: pairs — every invoice of the event in one cell, each item a number and a job id.
+
+    `594294:1234,594295:1235`: items split on `split` (','), each item split on `separator`
+    (':') into invoice number and job id — or matched whole by `pattern`, a regular expression
+    with the named groups `invoicenumber` and `jobid`.
+    """
+
+    column: str | None = Field(None, description="The cell that holds the invoices (CSV, fixed-width).")
+    xpath: str | None = Field(None, description="The XPath of the text that holds the invoices (XML).")
+    split: str = Field(",", min_length=1, description="Separator between invoices in the cell, e.g. ','.")
+    separator: str | None = Field(
+        None, min_length=1, description="Separator between invoice number and job id inside an item, e.g. ':'."
+    )
+    first: Literal["invoicenumber", "jobid"] = Field(
+        "invoicenumber", description="With 'separator': which part comes first in an item."
+    )
+    pattern: str | None = Field(
+        None,
+        description="Instead of 'separator': a regular expression (RE2) an item must match whole, with the named "
+        "groups invoicenumber and jobid, e.g. '(?P<invoicenumber>\\d+)/(?P<jobid>\\d+)'.",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _named_groups(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_groups(value, INVOICE_FIELDS)
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> InvoicePairs:
+        sources = [k for k in ("column", "xpath") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError("say where the invoices are: give exactly one of column, xpath")
+        if (self.separator is None) == (self.pattern is None):
+            raise ValueError("say how an item splits into number and job id: give exactly one of separator, pattern")
+        if self.separator is not None and self.separator == self.split:
+            raise ValueError("separator and split must differ")
+        return self
+
+    def source(self) -> str:
+        return self.column if self.column is not None else self.xpath or ""
+
+
 class Invoices(Strict):
     """Where an event's invoices come from."""
 
-    mode: Literal["columns", "rows", "elements"] = Field(
+    mode: Literal["columns", "rows", "elements", "pairs"] = Field(
         ...,
         description=(
             "columns: paired cells split on a separator ('1001|1002' with '71|72'); "
             "rows: one row per invoice, rows with the same event id merged into one event; "
-            "elements: repeated XML elements."
+            "elements: repeated XML elements; "
+            "pairs: number and job id together in one cell ('1001:71,1002:72')."
         ),
     )
     element: str | None = Field(
         None, description="elements: XPath of the repeated invoice element, relative to the record.")
-    invoicenumber: ValueSpec
+    pairs: InvoicePairs | None = Field(None, description="pairs: the cell and how it splits.")
+    invoicenumber: ValueSpec | None = Field(
+        None, description="The invoice number (modes columns, rows, elements).")
     jobid: ValueSpec | None = None
 
 
@@ -384,6 +432,46 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """
     import re2
 
+    compiled = _re2(pattern)
+    match, anchor = compiled.Match, re2._re2.RE2.Anchor.ANCHOR_BOTH
+
+    def fullmatch(value: str) -> bool:
+        data = value.encode("utf-8", "surrogatepass")
+        return match(anchor, data, 0, len(data))[0][0] >= 0  # no match: [(-1, -1)]
+
+    return fullmatch
+
+
+def compile_groups(pattern: str, names: tuple[str, ...]) -> Callable[[str], dict[str, str] | None]:
+    """`pattern` (RE2, with a named group for each of `names`) -> value -> {name: text}, or None
+    when the whole value does not match. Raises ValueError when a group is missing."""
+    import re2
+
+    compiled = _re2(pattern)
+    groups = {name.decode("utf-8") if isinstance(name, bytes) else str(name): number
+              for name, number in compiled.NamedCapturingGroups()}
+    missing = [name for name in names if name not in groups]
+    if missing:
+        raise ValueError(f"the pattern needs the named group{'s' if len(missing) > 1 else ''} "
+                         + ", ".join(f"(?P<{name}>...)" for name in missing))
+    match, anchor = compiled.Match, re2._re2.RE2.Anchor.ANCHOR_BOTH
+    wanted = [(name, groups[name]) for name in names]
+
+    def parts(value: str) -> dict[str, str] | None:
+        data = value.encode("utf-8", "surrogatepass")
+        spans = match(anchor, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        return {name: data[spans[number][0]:spans[number][1]].decode("utf-8", "surrogatepass")
+                if spans[number][0] >= 0 else "" for name, number in wanted}
+
+    return parts
+
+
+def _re2(pattern: str) -> Any:
+    """The compiled RE2 program of `pattern`; ValueError saying why it is not usable."""
+    import re2
+
     options = re2.Options()
     options.log_errors = False  # the reason goes into the ConfigError, not to stderr
     options.max_mem = 8 << 20  # the compiled program's memory (RE2's default); larger is refused
@@ -394,13 +482,7 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
         if "perl operator" in reason or re.search(r"escape sequence: \\[1-9]", reason):
             raise ValueError(f"not a usable regular expression: {reason} ({_RE2_LIMITS})")
         raise ValueError(f"not a valid regular expression: {reason}")
-    match, anchor = compiled.Match, re2._re2.RE2.Anchor.ANCHOR_BOTH
-
-    def fullmatch(value: str) -> bool:
-        data = value.encode("utf-8", "surrogatepass")
-        return match(anchor, data, 0, len(data))[0][0] >= 0  # no match: [(-1, -1)]
-
-    return fullmatch
+    return compiled
 
 
 def _as_text(value: Any) -> Any:
@@ -504,17 +586,8 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
             for name in INVOICE_FIELDS
             if (spec := getattr(mapping.invoices, name)) is not None
         ]
-    keep = mapping.keep
-    if keep is not None:
-        if fmt == "xml" and keep.column is not None:
-            problems.append(("keep", "'column' is for CSV and fixed-width feeds; this feed is XML: use 'xpath'"))
-        if fmt != "xml" and keep.xpath is not None:
-            problems.append(
-                ("keep", f"'xpath' is for XML feeds; this feed is {_FORMAT_NAMES[fmt].split(' ', 1)[1]}: use 'column'"))
-        if fmt == "fixed" and mapping.fixed is not None and keep.column is not None:
-            declared = [column.name for column in mapping.fixed.columns]
-            if keep.column not in declared:
-                problems.append(("keep", f"column {keep.column!r} is not in fixed.columns ({', '.join(declared)})"))
+    if mapping.keep is not None:
+        problems.extend(_source_problems("keep", mapping.keep.column, mapping.keep.xpath, mapping))
     for path, spec in specs:
         if fmt != "xml" and spec.xpath is not None:
             problems.append(
@@ -564,6 +637,21 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
 
     invoices = mapping.invoices
     if invoices is not None:
+        if invoices.mode == "pairs":
+            if invoices.pairs is None:
+                problems.append(("invoices.pairs", "mode 'pairs' needs 'pairs' (the cell and how it splits)"))
+            else:
+                pairs = invoices.pairs
+                problems.extend(_source_problems("invoices.pairs", pairs.column, pairs.xpath, mapping))
+            for name in INVOICE_FIELDS:
+                if getattr(invoices, name) is not None:
+                    problems.append((f"invoices.{name}", "mode 'pairs' reads number and job id from the one "
+                                                         "cell under 'pairs': remove this"))
+        else:
+            if invoices.pairs is not None:
+                problems.append(("invoices.pairs", f"'pairs' is only for mode 'pairs' (mode is {invoices.mode!r})"))
+            if invoices.invoicenumber is None:
+                problems.append(("invoices.invoicenumber", "required key is missing"))
         if invoices.mode == "elements":
             if fmt != "xml":
                 problems.append(("invoices.mode", "mode 'elements' is for XML feeds; use 'columns' or 'rows'"))
@@ -592,6 +680,23 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
                 )
 
 
+def _source_problems(path: str, column: str | None, xpath: str | None,
+                     mapping: Mapping) -> list[tuple[str | tuple[str, ...], str]]:
+    """A section that reads one value (keep, invoices.pairs): is its column/xpath right for the format?"""
+    fmt = mapping.format
+    problems: list[tuple[str | tuple[str, ...], str]] = []
+    if fmt == "xml" and column is not None:
+        problems.append((path, "'column' is for CSV and fixed-width feeds; this feed is XML: use 'xpath'"))
+    if fmt != "xml" and xpath is not None:
+        kind = _FORMAT_NAMES[fmt].split(" ", 1)[1]
+        problems.append((path, f"'xpath' is for XML feeds; this feed is {kind}: use 'column'"))
+    if fmt == "fixed" and mapping.fixed is not None and column is not None:
+        declared = [c.name for c in mapping.fixed.columns]
+        if column not in declared:
+            problems.append((path, f"column {column!r} is not in fixed.columns ({', '.join(declared)})"))
+    return problems
+
+
 def _xpath_problems(
     xml: XmlOptions, specs: list[tuple[str, ValueSpec]], invoices: Invoices | None, keep: KeepRule | None
 ) -> list[tuple[str | tuple[str, ...], str]]:
@@ -605,6 +710,8 @@ def _xpath_problems(
         expressions.append(("invoices.element", invoices.element))
     if keep is not None and keep.xpath is not None:
         expressions.append(("keep.xpath", keep.xpath))
+    if invoices is not None and invoices.pairs is not None and invoices.pairs.xpath is not None:
+        expressions.append(("invoices.pairs.xpath", invoices.pairs.xpath))
     for path, expression in expressions:
         reason = xpath_problem(expression, xml.namespaces)
         if reason:

@@ -20,11 +20,14 @@ from typing import Any, cast
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
     EVENT_FIELDS,
+    INVOICE_FIELDS,
     IdSpec,
+    InvoicePairs,
     KeepRule,
     Mapping,
     TimeSpec,
     ValueSpec,
+    compile_groups,
     compile_pattern,
     template_parts,
 )
@@ -264,6 +267,9 @@ class CompiledMapping:
         self.default_description = dict(description.default_by_status or {}) if description else {}
         self.keep = mapping.keep
         self.keeps = _keep_test(mapping.keep) if mapping.keep is not None else None
+        pairs = mapping.invoices.pairs if mapping.invoices is not None else None
+        self.pairs = pairs
+        self.split_pair = _pair_splitter(pairs) if pairs is not None else None
 
     def id_source_label(self) -> str | None:
         """Where event ids come from, as error messages name it (None when generated)."""
@@ -281,6 +287,8 @@ class CompiledMapping:
             for part in (self.invoices.invoicenumber, self.invoices.jobid):
                 if part is not None:
                     names += part.sources()
+            if self.invoices.pairs is not None:
+                names.append(self.invoices.pairs.source())
         return list(dict.fromkeys(names))
 
     def required_columns(self) -> list[str]:
@@ -289,7 +297,7 @@ class CompiledMapping:
     def xml_plan(self) -> XmlPlan:
         groups = []
         if self.invoices is not None and self.invoices.mode == "elements":
-            parts = [self.invoices.invoicenumber.xpath or ""]
+            parts = [self.invoices.invoicenumber.xpath or "" if self.invoices.invoicenumber else ""]
             parts.append(self.invoices.jobid.xpath if self.invoices.jobid and self.invoices.jobid.xpath else "")
             groups.append((self.invoices.element or "", [p for p in parts if p]))
         return XmlPlan(texts=self.sources(), groups=groups)
@@ -314,6 +322,7 @@ class _Bound:
     invoice_group: int | None  # index of the repeated-element group (elements mode)
     invoice_values: list[_Value]
     fast: Callable[[list], dict | None] | None = None  # see batch.transform.fastpath
+    pair_cell: Getter | None = None  # pairs mode: the cell with every invoice of the event
 
 
 class MappingRun:
@@ -473,15 +482,25 @@ class MappingRun:
                     parts.append((value, _getter(part, index)))
             if invoices.mode == "elements":
                 group = index[invoices.element or ""]
-        self._bound = _Bound(columns, fields, parts, group, values)
+        pair_cell = None
+        if compiled.pairs is not None:
+            # both parts come from one cell: they are named after it, and both are required
+            label = _source_label(ValueSpec(column=compiled.pairs.column, xpath=compiled.pairs.xpath), compiled.is_xml)
+            for name, integer in (("invoicenumber", False), ("jobid", True)):
+                value = _Value(f"invoices.{name}", ValueSpec(), True, compiled.is_xml, integer=integer,
+                               empty=INVOICE_PART_EMPTY)
+                value.source = label
+                values.append(value)
+            pair_cell = _getter(ValueSpec(column=compiled.pairs.source()), index)
+        self._bound = _Bound(columns, fields, parts, group, values, pair_cell=pair_cell)
         self._bound.fast = self._fast_mapper(self._bound, index)
         return self._bound
 
     def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> FastMapper | None:
         compiled = self.compiled
         invoices = compiled.invoices
-        if invoices is not None and invoices.mode == "rows":
-            return None  # merging rows needs the general path's state
+        if invoices is not None and invoices.mode in ("rows", "pairs"):
+            return None  # merging rows needs the general path's state; pairs are split there only
         fields = [(name, value, _getter_description(value.spec, index)) for name, value, _ in bound.fields]
         invoice_plan = None
         if invoices is not None:
@@ -539,6 +558,8 @@ class MappingRun:
                 event["invoices"] = self._split_invoices(bound, line, row, errors)
             elif mode == "elements":
                 event["invoices"] = self._element_invoices(bound, line, row, errors)
+            elif mode == "pairs":
+                event["invoices"] = self._pair_invoices(bound, line, row, errors)
             else:
                 invoice = self._row_invoice(bound, line, row, errors)
         record = MappedRecord(line, event, errors)
@@ -581,7 +602,7 @@ class MappingRun:
         invoices = self.compiled.invoices
         assert invoices is not None  # called only for a mapping with invoices
         separator_of = {
-            "invoicenumber": invoices.invoicenumber.split,
+            "invoicenumber": invoices.invoicenumber.split if invoices.invoicenumber else None,
             "jobid": invoices.jobid.split if invoices.jobid else None,
         }
         columns: list[tuple[_Value, list[str]]] = []
@@ -608,6 +629,37 @@ class MappingRun:
             )
             return []
         return self._invoice_dicts(line, [(value, items) for value, items in columns], errors)
+
+    def _pair_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
+        """pairs mode: '594294:1234,594295:1235' -> items -> (number, job id) -> cleaned invoices."""
+        pairs, split_pair = self.compiled.pairs, self.compiled.split_pair
+        assert pairs is not None and split_pair is not None and bound.pair_cell is not None
+        number, job = bound.invoice_values
+        raw = bound.pair_cell(row)
+        if raw is _MISSING:
+            errors.append(RecordError(line, "invoices", number.source, None,
+                                      "the record has fewer fields than the header"))
+            return []
+        text = (raw or "").strip()
+        if not text:
+            return []
+        items = [item.strip() for item in text.split(pairs.split)]
+        if not all(items):
+            errors.append(RecordError(line, "invoices", number.source, raw,
+                                      f"has an empty item between '{pairs.split}' separators"))
+            return []
+        numbers, jobs = [], []
+        for position, item in enumerate(items):
+            both = split_pair(item)
+            if both is None:
+                expected = (f"does not match the pattern {pairs.pattern!r}" if pairs.pattern is not None else
+                            f"is not {pairs.first}{pairs.separator}{_other_part(pairs.first)} "
+                            f"(an invoice number and a job id separated by '{pairs.separator}')")
+                errors.append(RecordError(line, f"invoices[{position}]", number.source, item, expected))
+                return []
+            numbers.append(both[0])
+            jobs.append(both[1])
+        return self._invoice_dicts(line, [(number, numbers), (job, jobs)], errors)
 
     def _element_invoices(self, bound: _Bound, line: int, row: list, errors: list[RecordError]) -> list[dict]:
         elements = row[bound.invoice_group] if bound.invoice_group is not None else []
@@ -697,6 +749,31 @@ def _keep_test(rule: KeepRule) -> Callable[[str], bool]:
         return (lambda value: value.strip() in allowed) if trim else (lambda value: value in allowed)
     matches = compile_pattern(rule.pattern or "")  # RE2: linear in the value, see config.mapping
     return (lambda value: matches(value.strip())) if trim else matches
+
+
+def _other_part(part: str) -> str:
+    return "jobid" if part == "invoicenumber" else "invoicenumber"
+
+
+def _pair_splitter(pairs: InvoicePairs) -> Callable[[str], tuple[str, str] | None]:
+    """An item of a pairs cell -> (invoice number, job id), or None when it is not one."""
+    if pairs.pattern is not None:
+        groups = compile_groups(pairs.pattern, INVOICE_FIELDS)  # RE2, see config.mapping
+
+        def matched(item: str) -> tuple[str, str] | None:
+            found = groups(item)
+            return None if found is None else (found["invoicenumber"], found["jobid"])
+
+        return matched
+    separator, number_first = pairs.separator or ":", pairs.first == "invoicenumber"
+
+    def split(item: str) -> tuple[str, str] | None:
+        parts = item.split(separator)
+        if len(parts) != 2:
+            return None
+        return (parts[0], parts[1]) if number_first else (parts[1], parts[0])
+
+    return split
 
 
 def _with_span(record: MappedRecord, spans: dict[int, int]) -> MappedRecord:
