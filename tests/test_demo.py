@@ -43,8 +43,10 @@ def test_demo_runs_every_sample_through_the_service(tmp_path):
     assert again["state"] == "skipped" and "same content as 'erp_export.xml'" in again["error"]
 
     accepted = [json.loads(line) for line in (workspace / "sandbox" / "accepted.jsonl").read_text().splitlines()]
-    assert len(accepted) == 16  # every valid event once; the rejected one and the re-drop not at all
-    assert len({event["id"] for event in accepted}) == 16
+    # every valid event once (16, and 3 + 3 of record_types.csv and invoice_pairs.csv); the rejected
+    # one and the re-drop not at all
+    assert len(accepted) == 22
+    assert len({event["id"] for event in accepted}) == 22
 
     status = subprocess.run(
         [sys.executable, "-m", "batch", "status", "--config", str(workspace / "service.yaml"), "--json"],

@@ -6,18 +6,16 @@ import csv
 import hashlib
 import io
 import json
-import textwrap
 from collections.abc import Iterable
 
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from batch.config.mapping import load_mapping_text
 from batch.contract import component_schema
-from batch.transform.extract import mapped_chunks
-from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun, content_id
+from batch.transform.mapping import MappedRecord, MappingRun, content_id
 from batch.transform.records import Chunk
+from tests.fixtures_mapping import ROWS, ROWS_HEADER, compile_mapping, map_bytes
 
 EVENT_SCHEMA = component_schema("UsageplaceEvent")
 EVENT_VALIDATOR = jsonschema.Draft202012Validator(EVENT_SCHEMA)
@@ -40,31 +38,6 @@ def map_all(run: MappingRun, chunks: Iterable[Chunk]) -> list[MappedRecord]:
     """Every record of a file's chunks, as extract.mapped_chunks yields them."""
     out = [record for chunk in chunks for record in run.map_chunk(chunk)]
     return out + run.finish()
-
-def compile_mapping(text: str) -> CompiledMapping:
-    return CompiledMapping(load_mapping_text(textwrap.dedent(text)))
-
-
-def map_bytes(mapping: str | CompiledMapping, data: bytes | str, chunk_size: int = 5000, general: bool = False):
-    """[(line, event or None, [error dicts])] for a whole file."""
-    compiled = mapping if isinstance(mapping, CompiledMapping) else compile_mapping(mapping)
-    if isinstance(data, str):
-        data = data.encode()
-    if general:
-        original = CompiledMapping.start
-
-        def start(self):
-            run = original(self)
-            run._fast_mapper = lambda bound, index: None  # type: ignore[method-assign]  # every record the general way
-            return run
-
-        compiled.start = start.__get__(compiled)  # type: ignore[method-assign]  # runs without the fast path
-    out = []
-    for records in mapped_chunks(compiled, io.BytesIO(data), chunk_size=chunk_size):
-        for record in records:
-            out.append((record.line, record.event, [e.as_dict() for e in record.errors]))
-    return out
-
 
 def only_event(mapping, data):
     [(line, event, errors)] = map_bytes(mapping, data)
@@ -366,22 +339,6 @@ def test_jobid_spellings():
     event = only_event(INVOICE_COLUMNS, INVOICE_HEADER + "1,6,2024-02-05 06:30:00,connected,,a|b|c,+7|1 234|0042\n")
     assert [i["jobid"] for i in event["invoices"]] == [7, 1234, 42]
     assert all(type(i["jobid"]) is int for i in event["invoices"])
-
-
-ROWS = """\
-format: csv
-fields:
-  id: {column: id}
-  usageplacecode: {column: code}
-  time: {column: time}
-  status: {column: status}
-  description: {column: note, default_by_status: {disconnected: Katkaistu}}
-invoices:
-  mode: rows
-  invoicenumber: {column: inv}
-  jobid: {column: job}
-"""
-ROWS_HEADER = "id,code,time,status,note,inv,job\n"
 
 
 def test_rows_sharing_an_event_id_are_merged():

@@ -7,8 +7,7 @@ import textwrap
 import pytest
 
 from batch.config.mapping import CrossFieldProblem, load_mapping_text, mapping_problems
-from tests.fixtures_mapping import mapping_problems as refused_with
-from tests.test_mapping import ROWS, ROWS_HEADER, map_bytes
+from tests.fixtures_mapping import ROWS, ROWS_HEADER, map_bytes, mapping_problems as refused_with
 
 # --- half an invoice ------------------------------------------------------------------------------
 

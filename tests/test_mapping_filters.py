@@ -17,9 +17,8 @@ from batch.cli import commands as cli
 from batch.pipeline import FileOutcome
 from batch.sandbox.server import Sandbox
 from batch.transform.extract import mapped_chunks
-from tests.fixtures_mapping import mapping_problems as refused_with
+from tests.fixtures_mapping import compile_mapping, map_bytes, mapping_problems as refused_with
 from tests.fixtures_pipeline import Workspace, read_receipt
-from tests.test_mapping import compile_mapping, map_bytes
 
 BILLING = """\
 format: csv

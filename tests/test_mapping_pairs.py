@@ -6,8 +6,7 @@ import textwrap
 
 import pytest
 
-from tests.fixtures_mapping import mapping_problems as refused_with
-from tests.test_mapping import compile_mapping, map_bytes
+from tests.fixtures_mapping import compile_mapping, map_bytes, mapping_problems as refused_with
 
 PAIRS = """\
 format: csv

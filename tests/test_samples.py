@@ -157,7 +157,36 @@ MAINFRAME: Expected = [  # line 1 is the HDR record, line 4 is blank, line 6 the
          "description": "Asiakas ei päästänyt sisään"}, []),
 ]
 
+BILLING: Expected = [  # H on line 1, C on lines 3, 5 and 6 (5 and 6 with 2 and 1 fields), T on line 8: filtered
+    (2, {"id": "BL-0001", "usageplacecode": "643007572062490001", "customernumber": "A200001",
+         "time": "2024-03-07 07:10:00", "status": "disconnected", "description": "Käyttöpaikka katkaistu"}, []),
+    (4, {"id": "BL-0002", "usageplacecode": "643007572062490018", "customernumber": "A200002",
+         "time": "2024-03-07 08:25:00", "status": "connected", "description": "Asiakas maksoi"}, []),
+    (7, {"id": "BL-0003", "usageplacecode": "643007572062490025", "customernumber": "A200003",
+         "time": "2024-03-07 09:40:00", "status": "not_disconnected", "description": "Mittari ei ollut saavutettavissa"},
+     []),
+]
+
+PAIRS: Expected = [
+    (2, {"id": "IP-0001", "usageplacecode": "643007572062491001",
+         "invoices": [{"invoicenumber": "594294", "jobid": 1234}, {"invoicenumber": "594295", "jobid": 1235}],
+         "time": "2024-03-08 06:45:00", "status": "disconnected"}, []),
+    (3, {"id": "IP-0002", "usageplacecode": "643007572062491018", "invoices": [], "time": "2024-03-08 07:05:00",
+         "status": "connected"}, []),
+    # ' 594310 : 1301 ': blanks around items and parts are trimmed
+    (4, {"id": "IP-0003", "usageplacecode": "643007572062491025", "invoices": [{"invoicenumber": "594310", "jobid": 1301}],
+         "time": "2024-03-08 07:30:00", "status": "disconnected"}, []),
+    # half an invoice is never sent
+    (5, None, [{"field": "invoices[1]", "source": "column 'Laskut'", "value": "594321",
+                "message": "is not invoicenumber:jobid (an invoice number and a job id separated by ':')"}]),
+]
+
+# records that a mapping's keep rule leaves out, as preview counts them
+FILTERED = {"record_types.csv": 5}
+
 EXPECTED = {
+    "record_types.csv": BILLING,
+    "invoice_pairs.csv": PAIRS,
     "finnish_cp1252.csv": FINNISH,
     "mainframe_fixed.txt": MAINFRAME,
     "erp_export.xml": ERP,
@@ -209,7 +238,8 @@ def test_preview_json_of_every_sample(sample, capsys):
         for line, event, errors in expected
     ]
     valid = sum(1 for _, event, _ in expected if event is not None)
-    assert err == f"{sample}: {len(expected)} records, {valid} valid, {len(expected) - valid} invalid\n"
+    filtered = f", {FILTERED[sample.name]} filtered out (keep)" if sample.name in FILTERED else ""
+    assert err == f"{sample}: {len(expected)} records, {valid} valid, {len(expected) - valid} invalid{filtered}\n"
 
 
 def test_same_record_same_id_in_another_file(tmp_path):
