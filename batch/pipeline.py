@@ -323,7 +323,9 @@ class Processor:
         if batch:
             self._journal(file_id, batch, progress, recorded)
         if run.filtered:  # not events, so not in the counts per outcome: the summary says it
-            self.journal.add_note(file_id, filtered_note(run.filtered))
+            note = filtered_note(run.filtered)
+            if note not in (self.journal.get_file(file_id).note or ""):  # recorded again after a kill
+                self.journal.add_note(file_id, note)
 
     def _journal(self, file_id: int, batch: list[MappedRecord], progress: Progress, before: int) -> int:
         """Record a batch in one transaction; returns how many records are recorded so far."""
