@@ -68,7 +68,9 @@ def test_validate_shipped_mappings(capsys):
     assert code == 0
     assert err == ""
     formats = {"erp_export.yaml": "xml", "mainframe_fixed.yaml": "fixed"}
-    assert out.splitlines() == [f"{p}: ok ({formats.get(p.name, 'csv')}, 7 fields)" for p in paths]
+    fields = {"record_types.yaml": 6, "invoice_pairs.yaml": 4}
+    assert out.splitlines() == [
+        f"{p}: ok ({formats.get(p.name, 'csv')}, {fields.get(p.name, 7)} fields)" for p in paths]
 
 
 def test_validate_reports_every_problem_of_every_file(tmp_path, capsys):

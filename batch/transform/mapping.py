@@ -297,7 +297,8 @@ class CompiledMapping:
     def xml_plan(self) -> XmlPlan:
         groups = []
         if self.invoices is not None and self.invoices.mode == "elements":
-            parts = [self.invoices.invoicenumber.xpath or "" if self.invoices.invoicenumber else ""]
+            number = self.invoices.invoicenumber  # always given in elements mode (checked at load)
+            parts = [(number.xpath or "") if number is not None else ""]
             parts.append(self.invoices.jobid.xpath if self.invoices.jobid and self.invoices.jobid.xpath else "")
             groups.append((self.invoices.element or "", [p for p in parts if p]))
         return XmlPlan(texts=self.sources(), groups=groups)
