@@ -76,6 +76,11 @@ def test_the_general_path_filters_alike():
     assert map_bytes(BILLING, BILLING_FILE, general=True) == map_bytes(BILLING, BILLING_FILE)
 
 
+def test_filtering_happens_before_the_fast_path_which_still_maps_the_kept_records():
+    run = compile_mapping(BILLING).start()
+    assert run._bind(["Type", "EventId", "Place", "Date", "Code", "Note"]).fast is not None
+
+
 @pytest.mark.parametrize(
     "rule, kept",
     [
