@@ -139,9 +139,9 @@ def _fail_recording_after(monkeypatch: pytest.MonkeyPatch, records: int) -> None
 
     real = pipeline.mapped_file
 
-    def failing(compiled, path):
+    def failing(compiled, path, **options):
         seen = 0
-        for chunk in real(compiled, path):
+        for chunk in real(compiled, path, **options):
             yield chunk
             seen += len(chunk)
             if seen >= records:
