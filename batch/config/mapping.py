@@ -473,8 +473,9 @@ def mapping_problems(mapping: Mapping) -> list[tuple[str, str]]:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
     if fmt == "xml" and mapping.xml is None:
         problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
-    if fmt == "xlsx" and mapping.compression is not None:
-        problems.append(("compression", "a workbook (.xlsx) is compressed already; remove the 'compression' section"))
+    if fmt == "xlsx" and mapping.compression is not None and mapping.compression.member is not None:
+        problems.append(
+            ("compression.member", "a workbook (.xlsx) is read whole, not by member: remove compression.member"))
     for section in ("csv", "xml", "fixed", "xlsx"):
         if section != fmt and getattr(mapping, section) is not None:
             problems.append(
