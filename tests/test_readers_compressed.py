@@ -29,10 +29,10 @@ fields:
   status: {{column: S, map: {{K: disconnected, KY: connected}}}}
 """
 CSV = (
-    "Id;Place;When;S\r\n"
-    "Z-1;643007572062400001;5.2.2024 06:30;K\r\n"
-    "Z-2;643007572062400002;5.2.2024 07:45;KY\r\n"
-).encode("utf-8")
+    b"Id;Place;When;S\r\n"
+    b"Z-1;643007572062400001;5.2.2024 06:30;K\r\n"
+    b"Z-2;643007572062400002;5.2.2024 07:45;KY\r\n"
+)
 EVENTS = [
     (2, {"id": "Z-1", "usageplacecode": "643007572062400001", "time": "2024-02-05 06:30:00", "status": "disconnected"}),
     (3, {"id": "Z-2", "usageplacecode": "643007572062400002", "time": "2024-02-05 07:45:00", "status": "connected"}),
@@ -163,7 +163,7 @@ def test_a_workbook_or_an_old_xls_in_a_text_feed_is_named_for_what_it_is():
         "'Workbooks')"
     )
     assert refused(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 500) == (
-        "line 1: the file is an old Excel workbook (.xls), not text: save it as .xlsx (and use format: xlsx) or as CSV"
+        "the file is an old Excel workbook (.xls), not text: save it as .xlsx (and use format: xlsx) or as CSV"
     )
 
 

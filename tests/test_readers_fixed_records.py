@@ -54,7 +54,7 @@ def mapped(data: bytes, encoding: str = "cp037", extra: str = "", trim: str = ""
     return found
 
 
-EXPECTED = [(1, ("A01", "disconnected", "Päätetty"), []), (2, ("A02", "connected", None), []),
+EXPECTED: list = [(1, ("A01", "disconnected", "Päätetty"), []), (2, ("A02", "connected", None), []),
             (3, ("A03", "not_disconnected", "Gate locked"), [])]
 
 
@@ -153,8 +153,9 @@ def test_trim_false_keeps_the_padding():
 
 
 def test_a_long_line_is_not_held_whole():
-    lines = fixed._lines(io.TextIOWrapper(io.BytesIO(b"x" * 5_000_000 + b"\nabc"), "ascii"),  # type: ignore[arg-type]
-                         load_mapping_text(LAYOUT.format(encoding="ascii", extra="", trim="")).fixed)
+    options = load_mapping_text(LAYOUT.format(encoding="ascii", extra="", trim="")).fixed
+    assert options is not None
+    lines = fixed._lines(io.TextIOWrapper(io.BytesIO(b"x" * 5_000_000 + b"\nabc"), "ascii"), options)
     first = next(lines)
     assert (first[0], len(first[1]), first[2], first[3]) == (1, WIDTH, 5_000_000, True)
     assert next(lines) == (2, "abc", 3, False)

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from batch.config.mapping import CompressionOptions
 from batch.transform.readers import FileError
@@ -52,18 +52,18 @@ def opened_export(stream: BinaryIO, options: CompressionOptions | None) -> Itera
     """The export inside `stream`: `stream` itself when it is not compressed, else the inflated
     gzip data or zip member, as a buffered stream that counts what it inflates."""
     options = options or CompressionOptions()
-    buffered = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[arg-type]
-    kind = sniff(buffered.peek(8)[:8])  # type: ignore[attr-defined]  # peek: a BufferedReader's
+    buffered = cast(io.BufferedReader, stream if hasattr(stream, "peek") else io.BufferedReader(cast(Any, stream)))
+    kind = sniff(buffered.peek(8)[:8])
     if kind is None:
         yield buffered
         return
     if kind == "xls":
         raise FileError(
-            f"the file is an old Excel workbook (.xls), not text: save it as .xlsx (and use format: xlsx) or as CSV", 1
+            "the file is an old Excel workbook (.xls), not text: save it as .xlsx (and use format: xlsx) or as CSV"
         )
     size = _size(buffered)
     if kind == "gzip":
-        inflated: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")
+        inflated = cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb"))
         compressed = size
         what = "the gzip data"
     else:
@@ -93,7 +93,7 @@ def opened_export(stream: BinaryIO, options: CompressionOptions | None) -> Itera
 
 def _workbook_error() -> FileError:
     return FileError(
-        f"the file is an Excel workbook (.xlsx), not text: set format: xlsx in the mapping (see config/README.md, "
+        "the file is an Excel workbook (.xlsx), not text: set format: xlsx in the mapping (see config/README.md, "
         "'Workbooks')",
         None,
     )
@@ -104,7 +104,7 @@ def _is_workbook(archive: zipfile.ZipFile) -> bool:
     return "xl/workbook.xml" in names or "[Content_Types].xml" in names and any(n.startswith("xl/") for n in names)
 
 
-def _size(stream: BinaryIO) -> int | None:
+def _size(stream: IO[bytes]) -> int | None:
     """The compressed size of a seekable stream from where it stands, or None."""
     try:
         here = stream.tell()
@@ -115,9 +115,9 @@ def _size(stream: BinaryIO) -> int | None:
     return end - here
 
 
-def _open_zip(stream: BinaryIO) -> zipfile.ZipFile:
+def _open_zip(stream: IO[bytes]) -> zipfile.ZipFile:
     if not stream.seekable():
-        raise FileError(f"the file is a zip file, which can only be read from a file that allows seeking", None)
+        raise FileError("the file is a zip file, which can only be read from a file that allows seeking", None)
     try:
         return zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -132,7 +132,7 @@ def _member(archive: zipfile.ZipFile, options: CompressionOptions) -> zipfile.Zi
             return files[0]
         listed = _names(names)
         if not files:
-            raise FileError(f"the file is an empty zip: it holds no file", None)
+            raise FileError("the file is an empty zip: it holds no file", None)
         raise FileError(
             f"the zip holds {len(files)} files ({listed}): say which one to read with compression.member "
             "(a name or a pattern such as 'export_*.csv')",
@@ -188,7 +188,7 @@ def check_declared(info: zipfile.ZipInfo, options: CompressionOptions, what: str
 class _Counted(io.RawIOBase):
     """Reads an inflating stream and stops with FileError once it passes a limit."""
 
-    def __init__(self, inflated: BinaryIO, compressed: int | None, options: CompressionOptions, what: str):
+    def __init__(self, inflated: IO[bytes], compressed: int | None, options: CompressionOptions, what: str):
         self.inflated = inflated
         self.compressed = compressed
         self.options = options

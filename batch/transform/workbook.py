@@ -149,7 +149,7 @@ def cell_text(cell: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
+        if value.is_integer() and abs(value) < 1e21:  # beyond, digits would be made up
             return str(int(value))
         return repr(value)
     if isinstance(value, datetime):
