@@ -191,3 +191,27 @@ def test_options_checked_at_load():
     assert mapping_problems(MAPPING.format(options="{}", zone="UTC") + "compression: {member: a.xml}\n") == [
         "m.yaml:14:15: compression.member: a workbook (.xlsx) is read whole, not by member: remove compression.member"
     ]
+
+
+def rewritten(data: bytes, part: str, change) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            body = source.read(info)
+            target.writestr(info, change(body) if info.filename == part else body)
+    return out.getvalue()
+
+
+def test_a_part_with_a_doctype_is_refused():
+    entities = '<!ENTITY a0 "lollollollol">' + "".join(
+        f'<!ENTITY a{i + 1} "' + f"&a{i};" * 10 + '">' for i in range(9))
+    laughs = rewritten(workbook(ROWS), "xl/worksheets/sheet2.xml", lambda body: (
+        f"<!DOCTYPE worksheet [{entities}]>".encode() + body.replace(b"<t>W-1</t>", b"<t>&a9;</t>")))
+    assert refused(laughs) == (
+        "workbook part 'xl/worksheets/sheet2.xml' has a DOCTYPE; workbooks with DTDs or entity declarations are "
+        "refused (they can expand to gigabytes). Save the workbook again from Excel.")
+
+
+def test_a_damaged_sheet_is_a_file_level_error():
+    damaged = rewritten(workbook(ROWS), "xl/worksheets/sheet2.xml", lambda body: body.replace(b"</sheetData>", b""))
+    assert refused(damaged).startswith("sheet 'Tapahtumat' cannot be read: ParseError: mismatched tag: line 1, column ")

@@ -43,7 +43,14 @@ def read_xlsx(
     workbook = _open(stream, limits or CompressionOptions())
     try:
         sheet = _sheet(workbook, options.sheet)
-        yield from _rows(sheet, options, required_columns, chunk_size)
+        try:
+            yield from _rows(sheet, options, required_columns, chunk_size)
+        except FileError:
+            raise
+        except Exception as exc:  # a damaged sheet: expat's ParseError, openpyxl's ValueError...
+            raise FileError(
+                f"sheet {sheet.title!r} cannot be read: {type(exc).__name__}: {exc} (is the workbook damaged?)"
+            ) from None
     finally:
         workbook.close()
 
@@ -62,6 +69,8 @@ def _open(stream: BinaryIO, limits: CompressionOptions) -> Any:
         with zipfile.ZipFile(stream) as archive:
             for info in archive.infolist():  # a zip bomb dressed as a workbook: refused before parsing
                 check_declared(info, limits, f"workbook part {info.filename!r}")
+            for info in archive.infolist():
+                _refuse_doctype(archive, info)
         stream.seek(0)
         from openpyxl import load_workbook
 
@@ -74,6 +83,24 @@ def _open(stream: BinaryIO, limits: CompressionOptions) -> Any:
         raise FileError(f"the file cannot be read as an xlsx workbook: {exc}") from None
     except Exception as exc:  # openpyxl's InvalidFileException and parse errors of a damaged part
         raise FileError(f"the file cannot be read as an xlsx workbook: {type(exc).__name__}: {exc}") from None
+
+
+# The prolog of an XML part (declaration, comments) is short; a DOCTYPE must come before the root.
+_PROLOG_BYTES = 4096
+
+
+def _refuse_doctype(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse a part with a DOCTYPE, as the XML reader does: entity declarations can expand to
+    gigabytes (the XML parser openpyxl uses stops them, but late and as a bare parse error)."""
+    if info.is_dir() or not info.filename.endswith((".xml", ".rels")):
+        return
+    with archive.open(info) as part:
+        head = part.read(_PROLOG_BYTES)
+    if b"<!DOCTYPE" in head.upper() or b"<\x00!\x00D\x00O\x00C" in head:
+        raise FileError(
+            f"workbook part {info.filename!r} has a DOCTYPE; workbooks with DTDs or entity declarations are refused "
+            "(they can expand to gigabytes). Save the workbook again from Excel."
+        )
 
 
 def _sheet(workbook: Any, wanted: str | int) -> Any:
