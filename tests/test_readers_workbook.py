@@ -215,3 +215,9 @@ def test_a_part_with_a_doctype_is_refused():
 def test_a_damaged_sheet_is_a_file_level_error():
     damaged = rewritten(workbook(ROWS), "xl/worksheets/sheet2.xml", lambda body: body.replace(b"</sheetData>", b""))
     assert refused(damaged).startswith("sheet 'Tapahtumat' cannot be read: ParseError: mismatched tag: line 1, column ")
+
+
+def test_cells_beside_the_table_belong_to_no_column():
+    rows = [ROWS[0] + ["huom: soitettu asiakkaalle"], ROWS[1][:4]]
+    assert [(line, event and event["id"], errors) for line, event, errors in mapped(workbook(rows))] == [
+        (3, "W-1", []), (4, "W-2", [])]

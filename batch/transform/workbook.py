@@ -138,8 +138,10 @@ def _rows(sheet: Any, options: XlsxOptions, required: list[str], chunk_size: int
             continue
         if len(values) < width:
             values += [""] * (width - len(values))
-        elif len(values) > width and not any(value.strip() for value in values[width:]):
-            del values[width:]  # cells past the header's last column, but empty
+        else:
+            # cells right of the header's last name belong to no column (a note typed beside
+            # the table): no field can name them. Unlike a CSV line, a row is never mis-split.
+            del values[width:]
         chunk.lines.append(number)
         chunk.rows.append(values)
         if len(chunk.lines) >= chunk_size:
