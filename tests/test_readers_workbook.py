@@ -221,3 +221,19 @@ def test_cells_beside_the_table_belong_to_no_column():
     rows = [ROWS[0] + ["huom: soitettu asiakkaalle"], ROWS[1][:4]]
     assert [(line, event and event["id"], errors) for line, event, errors in mapped(workbook(rows))] == [
         (3, "W-1", []), (4, "W-2", [])]
+
+
+def test_a_table_of_shared_texts_over_its_limit_is_refused():
+    # openpyxl writes texts inline; Excel writes them to a shared table, which is read whole
+    table = (b'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+             + b"<si><t>" + b"x" * (2 << 20) + b"</t></si></sst>")
+    data = workbook(ROWS)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr("xl/sharedStrings.xml", table)
+    assert refused(out.getvalue(), "{sheet: Tapahtumat, header_row: 2, max_shared_strings_mb: 1}") == (
+        f"the workbook's table of shared texts (xl/sharedStrings.xml) inflates to {len(table):,} bytes, more than "
+        "xlsx.max_shared_strings_mb (1 MB); it is held in memory while the sheet is read: raise the limit in the "
+        "mapping if the workbook is genuine, or export the sheet as CSV")

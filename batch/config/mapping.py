@@ -160,6 +160,12 @@ class XlsxOptions(Strict):
         1, ge=1, description="Row number (1-based, as Excel shows it) of the header; rows above it are skipped."
     )
     skip_blank_rows: bool = Field(True, description="Ignore rows whose cells are all empty.")
+    max_shared_strings_mb: int = Field(
+        128,
+        ge=1,
+        description="Refuse a workbook whose table of shared texts (held in memory while the sheet is read) "
+        "inflates to more than this many MB.",
+    )
 
     @field_validator("sheet")
     @classmethod

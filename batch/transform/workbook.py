@@ -1,9 +1,12 @@
 """Workbooks (.xlsx) -> chunks of records: one sheet, a header row, a record a row.
 
 Read with openpyxl in read-only mode, which parses the sheet's XML as it goes: memory stays
-flat whatever the number of rows (50 MB at 100,000 rows, 76 MB at 400,000; what grows is the
-workbook's table of shared strings). python-calamine reads 15 times faster but holds the whole
-sheet: 100 MB at 100,000 rows, 355 MB at 400,000 (bench/bench_mapping.py measures ours).
+nearly flat whatever the number of rows (peak RSS 50 MB at 100,000 rows, 76 MB at 400,000).
+python-calamine reads 15 times faster but holds the whole sheet: 100 MB at 100,000 rows, 355 MB
+at 400,000 (bench/bench_mapping.py measures both). The one part read whole is the table of
+shared texts (Excel writes each distinct text once there): xlsx.max_shared_strings_mb caps it.
+Parts with a DOCTYPE are refused, and every part's declared size is checked against the
+compression limits before anything is parsed.
 
 Cells become the text the mapping works on, as a person reads them in Excel:
 - text as it is; an empty cell ''; TRUE / FALSE;
@@ -40,7 +43,7 @@ def read_xlsx(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Iterator[Chunk]:
     """The records of one sheet. `stream` must allow seeking (a workbook is a zip)."""
-    workbook = _open(stream, limits or CompressionOptions())
+    workbook = _open(stream, limits or CompressionOptions(), options.max_shared_strings_mb)
     try:
         sheet = _sheet(workbook, options.sheet)
         try:
@@ -55,7 +58,7 @@ def read_xlsx(
         workbook.close()
 
 
-def _open(stream: BinaryIO, limits: CompressionOptions) -> Any:
+def _open(stream: BinaryIO, limits: CompressionOptions, max_shared_mb: int) -> Any:
     head = stream.read(8)
     stream.seek(-len(head), 1)
     kind = sniff(head)
@@ -69,6 +72,7 @@ def _open(stream: BinaryIO, limits: CompressionOptions) -> Any:
         with zipfile.ZipFile(stream) as archive:
             for info in archive.infolist():  # a zip bomb dressed as a workbook: refused before parsing
                 check_declared(info, limits, f"workbook part {info.filename!r}")
+                _check_shared_strings(info, max_shared_mb)
             for info in archive.infolist():
                 _refuse_doctype(archive, info)
         stream.seek(0)
@@ -83,6 +87,17 @@ def _open(stream: BinaryIO, limits: CompressionOptions) -> Any:
         raise FileError(f"the file cannot be read as an xlsx workbook: {exc}") from None
     except Exception as exc:  # openpyxl's InvalidFileException and parse errors of a damaged part
         raise FileError(f"the file cannot be read as an xlsx workbook: {type(exc).__name__}: {exc}") from None
+
+
+def _check_shared_strings(info: zipfile.ZipInfo, limit_mb: int) -> None:
+    """The one part read whole: every distinct text of the workbook, which the sheet's cells
+    refer to by number. Its size bounds the reader's memory (about three times the part's)."""
+    if info.filename.lower() == "xl/sharedstrings.xml" and info.file_size > limit_mb << 20:
+        raise FileError(
+            f"the workbook's table of shared texts (xl/sharedStrings.xml) inflates to {info.file_size:,} bytes, more "
+            f"than xlsx.max_shared_strings_mb ({limit_mb} MB); it is held in memory while the sheet is read: raise "
+            "the limit in the mapping if the workbook is genuine, or export the sheet as CSV"
+        )
 
 
 # The prolog of an XML part (declaration, comments) is short; a DOCTYPE must come before the root.
