@@ -194,3 +194,15 @@ def test_an_encoding_error_inside_a_gzip_is_about_the_text_inside():
         "cannot decode the file as utf-8-sig: bytes c4 2d 32 3b are not valid (is the file cp1252 or iso-8859-1 "
         "rather than utf-8?)"
     )
+
+
+def test_the_callers_stream_stays_open():
+    for data in (CSV, gzip.compress(CSV), zipped({"a.csv": CSV})):
+        stream = io.BytesIO(data)
+        with opened_export(stream, None) as export:
+            export.read()
+        del export
+        import gc
+
+        gc.collect()
+        assert not stream.closed

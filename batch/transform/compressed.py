@@ -50,12 +50,26 @@ def sniff(head: bytes) -> str | None:
 @contextmanager
 def opened_export(stream: BinaryIO, options: CompressionOptions | None) -> Iterator[BinaryIO]:
     """The export inside `stream`: `stream` itself when it is not compressed, else the inflated
-    gzip data or zip member, as a buffered stream that counts what it inflates."""
-    options = options or CompressionOptions()
-    buffered = cast(io.BufferedReader, stream if hasattr(stream, "peek") else io.BufferedReader(cast(Any, stream)))
+    gzip data or zip member, as a buffered stream that counts what it inflates. The caller's
+    stream is left open."""
+    ours = not hasattr(stream, "peek")
+    buffered = cast(io.BufferedReader, io.BufferedReader(cast(Any, stream)) if ours else stream)
+    try:
+        with _inside(buffered, options or CompressionOptions()) as export:
+            yield export
+    finally:
+        if ours:
+            try:
+                buffered.detach()  # collecting our wrapper would close the caller's stream
+            except ValueError:
+                pass
+
+
+@contextmanager
+def _inside(buffered: io.BufferedReader, options: CompressionOptions) -> Iterator[BinaryIO]:
     kind = sniff(buffered.peek(8)[:8])
     if kind is None:
-        yield buffered
+        yield cast(BinaryIO, buffered)
         return
     if kind == "xls":
         raise FileError(
