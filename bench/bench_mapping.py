@@ -19,6 +19,11 @@ would measure the neighbours. Wall seconds are printed too.
 Each phase runs in a fresh subprocess so that its peak RSS is its own. The last line printed is
 one JSON object: csv_records_per_s, csv_reader_only_per_s, xml_records_per_s,
 xml_reader_only_per_s, csv_peak_rss_mb, xml_peak_rss_mb, the two ratios and pass/fail.
+
+Workbooks are an extra figure, outside pass/fail: the production path on a 100,000-row .xlsx
+(20,000 with --small; the dialect of samples/workbook_billing.xlsx) as xlsx_records_per_s and
+xlsx_peak_rss_mb, next to the two readers it was chosen between, each alone on the same file:
+openpyxl in read-only mode (what production uses) and python-calamine (null when not installed).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CSV_MAPPING = ROOT / "config" / "mappings" / "finnish_cp1252.yaml"
 XML_MAPPING = ROOT / "config" / "mappings" / "erp_export.yaml"
+XLSX_MAPPING = ROOT / "config" / "mappings" / "workbook_billing.yaml"
 STATUS_CODES = ("K", "KY", "EK")
 
 
@@ -99,6 +105,27 @@ XML_RECORD_TAG = "{urn:example:erp:usageplace:1}Event"
 CSV_SKIP_LINES = 2  # the two preamble lines above the header (see generate_csv)
 TARGET_RATIO = 0.33
 TARGET_RSS_MB = {"csv": 400.0, "xml": 300.0}
+
+
+def generate_xlsx(path: Path, records: int) -> None:
+    """The billing workbook of samples/workbook_billing.xlsx: instructions, a title row, date-time
+    and number cells; written by openpyxl's streaming writer."""
+    from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
+
+    book = Workbook(write_only=True)
+    book.create_sheet("Ohjeet").append(["Kirjaa tapahtumat välilehdelle Tapahtumat."])
+    sheet = book.create_sheet("Tapahtumat")
+    sheet.append(["Katkaisut ja kytkennät 2024"])
+    sheet.append(["Tunnus", "Käyttöpaikka", "Asiakas", "Aika", "Tila", "Lasku", "Työ", "Selite"])
+    start = datetime(2024, 1, 1)
+    for i in range(records):
+        moment = WriteOnlyCell(sheet, start + timedelta(seconds=(i * 31_557_599) // records))
+        moment.number_format = "d.m.yyyy h:mm:ss"
+        code = STATUS_CODES[i % 3]
+        sheet.append([f"XL-{i:09d}", f"6430075720{i:08d}", f"B-{i % 999999:06d}", moment, code,
+                      5000000 + i, 100 + i % 9000, "Mittari lukitussa tilassa" if code == "EK" else None])
+    book.save(path)
 
 
 class ParamsOnlyJournal:
@@ -164,6 +191,31 @@ def iterparse_alone(data_path: Path) -> dict[str, Any]:
     return {"records": records, **took}
 
 
+def openpyxl_alone(data_path: Path) -> dict[str, Any]:
+    """openpyxl's read-only reader over the records' sheet, every cell's value; nothing else."""
+    from openpyxl import load_workbook
+
+    rows = 0
+    with timed() as took:
+        book = load_workbook(data_path, read_only=True, data_only=True)
+        for _ in book["Tapahtumat"].iter_rows(min_row=3, values_only=True):
+            rows += 1
+        book.close()
+    return {"records": rows, **took}
+
+
+def calamine_alone(data_path: Path) -> dict[str, Any]:
+    """python-calamine over the same sheet (it loads the whole sheet before the first row)."""
+    from python_calamine import CalamineWorkbook
+
+    rows = 0
+    with timed() as took, open(data_path, "rb") as stream:
+        book = CalamineWorkbook.from_filelike(stream)
+        for _ in book.get_sheet_by_name("Tapahtumat").iter_rows():
+            rows += 1
+    return {"records": rows - 2, **took}  # - 2: the title and the header
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
     """Fills in the CPU seconds (`seconds`) and wall seconds (`wall_seconds`) of the block."""
@@ -179,6 +231,10 @@ def run_phase(phase: str, mapping_path: Path, data_path: Path) -> dict[str, Any]
         figures = ours(mapping_path, data_path)
     elif phase == "pandas":
         figures = pandas_alone(data_path)
+    elif phase == "openpyxl":
+        figures = openpyxl_alone(data_path)
+    elif phase == "calamine":
+        figures = calamine_alone(data_path)
     else:
         figures = iterparse_alone(data_path)
     figures["records_per_s"] = round(figures["records"] / figures["seconds"])
@@ -233,8 +289,37 @@ def main() -> None:
                 f"{kind}_pass": ratio >= TARGET_RATIO and mine["peak_rss_mb"] <= TARGET_RSS_MB[kind],
             })
             data.unlink()
+        summary.update(bench_xlsx(Path(tmp), 20_000 if args.small else 100_000))
     summary["pass"] = summary["csv_pass"] and summary["xml_pass"]
     print(json.dumps(summary))
+
+
+def bench_xlsx(tmp: Path, count: int) -> dict[str, Any]:
+    """The workbook figures: production path, and openpyxl and python-calamine alone."""
+    import importlib.util
+
+    data = tmp / "export.xlsx"
+    generate_xlsx(data, count)
+    size_mb = data.stat().st_size / 1e6
+    mine = in_subprocess("ours", XLSX_MAPPING, data)
+    readers = {"openpyxl": in_subprocess("openpyxl", XLSX_MAPPING, data)}
+    if importlib.util.find_spec("python_calamine") is not None:
+        readers["calamine"] = in_subprocess("calamine", XLSX_MAPPING, data)
+    data.unlink()
+    print(f"xlsx: {count:,} rows ({size_mb:.1f} MB); production path {mine['records_per_s']:,} records/s "
+          f"({mine['seconds']} s CPU, peak RSS {mine['peak_rss_mb']} MB, invalid {mine['invalid']}); "
+          + "; ".join(f"{name} alone {alone['records_per_s']:,} records/s ({alone['seconds']} s CPU, "
+                      f"peak RSS {alone['peak_rss_mb']} MB)" for name, alone in readers.items()))
+    figures: dict[str, Any] = {
+        "xlsx_records_per_s": mine["records_per_s"],
+        "xlsx_peak_rss_mb": mine["peak_rss_mb"],
+        "xlsx_records": mine["records"],
+    }
+    for name in ("openpyxl", "calamine"):
+        alone = readers.get(name)
+        figures[f"xlsx_{name}_only_per_s"] = alone and alone["records_per_s"]
+        figures[f"xlsx_{name}_only_peak_rss_mb"] = alone and alone["peak_rss_mb"]
+    return figures
 
 
 if __name__ == "__main__":

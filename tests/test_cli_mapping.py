@@ -67,8 +67,9 @@ def test_validate_shipped_mappings(capsys):
     code, out, err = run(["validate", *paths], capsys)
     assert code == 0
     assert err == ""
-    formats = {"erp_export.yaml": "xml", "mainframe_fixed.yaml": "fixed"}
-    fields = {"record_types.yaml": 6, "invoice_pairs.yaml": 4}
+    formats = {"erp_export.yaml": "xml", "erp_zip.yaml": "xml", "mainframe_fixed.yaml": "fixed",
+               "mainframe_ebcdic.yaml": "fixed", "workbook_billing.yaml": "xlsx"}
+    fields = {"record_types.yaml": 6, "invoice_pairs.yaml": 4, "mainframe_ebcdic.yaml": 6, "workbook_billing.yaml": 6}
     assert out.splitlines() == [
         f"{p}: ok ({formats.get(p.name, 'csv')}, {fields.get(p.name, 7)} fields)" for p in paths]
 

@@ -116,15 +116,15 @@ def test_unknown_key_has_a_did_you_mean_hint():
         "doublequote, encoding, escapechar, header_line, quotechar, skip_blank_lines, skip_footer, skip_lines)",
         "m.yaml:5:34: fields.usageplacecode.patern: unknown key; did you mean 'pattern'? (allowed here: column, "
         "const, default, map, map_default, map_ignore_case, pattern, required, split, template, trim, xpath)",
-        "m.yaml:8:1: feilds: unknown key; did you mean 'fields'? (allowed here: $schema, csv, fields, fixed, format, "
-        "invoices, keep, name, statuses, time_zone, xml)",
+        "m.yaml:8:1: feilds: unknown key; did you mean 'fields'? (allowed here: $schema, compression, csv, fields, fixed, "
+        "format, invoices, keep, name, statuses, time_zone, xlsx, xml)",
     ]
 
 
 def test_unknown_key_without_a_close_match():
     assert problems(MINIMAL + "colour: blue\n") == [
-        "m.yaml:6:1: colour: unknown key (allowed here: $schema, csv, fields, fixed, format, invoices, keep, name, "
-        "statuses, time_zone, xml)"
+        "m.yaml:6:1: colour: unknown key (allowed here: $schema, compression, csv, fields, fixed, format, invoices, keep, "
+        "name, statuses, time_zone, xlsx, xml)"
     ]
 
 
@@ -356,7 +356,7 @@ def test_elements_mode_needs_xpaths_for_the_invoice_values():
             "base: &b {column: x}\nformat: csv\nfields:\n  usageplacecode: {<<: *b}\n",
             ["m.yaml:4:20: fields.usageplacecode: YAML merge keys (<<) are not supported here"],
         ),
-        ("format: json\n" + MINIMAL.split("\n", 1)[1], ["m.yaml:1:1: format: Input should be 'csv', 'xml' or 'fixed' (got 'json')"]),
+        ("format: json\n" + MINIMAL.split("\n", 1)[1], ["m.yaml:1:1: format: Input should be 'csv', 'xml', 'fixed' or 'xlsx' (got 'json')"]),
         (MINIMAL.replace("format: csv\n", ""), ["m.yaml:1:1: format: required key is missing"]),
     ],
 )

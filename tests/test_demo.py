@@ -26,7 +26,7 @@ def test_demo_runs_every_sample_through_the_service(tmp_path):
     assert "Traceback" not in done.stderr
     samples = sorted(path.name for path in (ROOT / "samples").iterdir())
     for name in samples:
-        feed = Path(name).stem
+        feed = name.split(".", 1)[0]
         assert (workspace / "inbox" / feed / "archive" / name).is_file()  # claimed, processed, archived
         assert (workspace / "inbox" / feed / "outbox" / f"{name}.receipt.json").is_file()
         assert name in done.stdout
@@ -43,10 +43,10 @@ def test_demo_runs_every_sample_through_the_service(tmp_path):
     assert again["state"] == "skipped" and "same content as 'erp_export.xml'" in again["error"]
 
     accepted = [json.loads(line) for line in (workspace / "sandbox" / "accepted.jsonl").read_text().splitlines()]
-    # every valid event once (16, and 3 + 3 of record_types.csv and invoice_pairs.csv); the rejected
-    # one and the re-drop not at all
-    assert len(accepted) == 22
-    assert len({event["id"] for event in accepted}) == 22
+    # every valid event once (16, 3 + 3 of record_types.csv and invoice_pairs.csv, and 11 of the gzip,
+    # zip, EBCDIC and workbook samples); the rejected one and the re-drop not at all
+    assert len(accepted) == 33
+    assert len({event["id"] for event in accepted}) == 33
 
     status = subprocess.run(
         [sys.executable, "-m", "batch", "status", "--config", str(workspace / "service.yaml"), "--json"],

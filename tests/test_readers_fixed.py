@@ -1,4 +1,4 @@
-"""Fixed-width exports (mainframe record layouts), read with pandas.read_fwf."""
+"""Fixed-width exports (mainframe record layouts), one record a line (batch/transform/fixed.py)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ VALIDATORS = [
 
 
 def mapping_for(sample: Path) -> Path:
-    return MAPPINGS / f"{sample.stem}.yaml"
+    return MAPPINGS / f"{sample.name.split('.', 1)[0]}.yaml"  # finnish_gzip.csv.gz -> finnish_gzip.yaml
 
 
 def preview(sample: Path) -> list[tuple[int, dict | None, list[dict]]]:
@@ -183,11 +183,60 @@ PAIRS: Expected = [
 
 # records that a mapping's keep rule leaves out, as preview counts them
 FILTERED = {"record_types.csv": 5}
+# the Finnish dialect, gzip-compressed: found by its first bytes, nothing in the mapping says so
+FINNISH_GZIP: Expected = [
+    (4, {"id": "KG-2024-0001", "usageplacecode": "643007572062490001", "customernumber": "A300001", "contract_no": "700001a",
+         "invoices": [{"invoicenumber": "594501", "jobid": 2001}, {"invoicenumber": "594502", "jobid": 2002}],
+         "time": "2024-03-07 06:30:00", "status": "disconnected", "description": "Käyttöpaikka katkaistu"}, []),
+    (5, {"id": "KG-2024-0002", "usageplacecode": "643007572062490018", "customernumber": "A300002", "contract_no": "700002a",
+         "invoices": [], "time": "2024-03-07 14:05:10", "status": "connected", "description": "Käyttöpaikka kytketty"}, []),
+    (6, {"id": "KG-2024-0003", "usageplacecode": "643007572062490025", "customernumber": "A300003", "contract_no": "700003a",
+         "invoices": [{"invoicenumber": "594510", "jobid": 2010}], "time": "2024-03-08 08:00:00",
+         "status": "not_disconnected", "description": "Portti lukossa"}, []),
+]
+
+ERP_ZIP: Expected = [  # the XML member of the zip chosen by pattern, next to a readme; lines are the member's
+    (4, {"id": "ERPZ-601", "usageplacecode": "643007572062491001", "customernumber": "X-4001", "contract_no": "78001a",
+         "invoices": [{"invoicenumber": "820001", "jobid": 9101}], "time": "2024-03-04 07:10:00",
+         "status": "disconnected", "description": "Usage place disconnected"}, []),
+    (14, {"id": "ERPZ-602", "usageplacecode": "643007572062491018", "customernumber": "X-4002", "contract_no": "78002a",
+          "invoices": [], "time": "2024-03-04 12:00:00", "status": "connected", "description": "Reconnected after payment"}, []),
+]
+
+MAINFRAME_EBCDIC: Expected = [  # cp037, 120-byte records without separators: a line is a record's number
+    (2, {"id": "EB00000201", "usageplacecode": "643007572062492001", "customernumber": "C0000201",
+         "invoices": [{"invoicenumber": "700200", "jobid": 61}, {"invoicenumber": "700201", "jobid": 62}],
+         "time": "2024-03-07 07:15:00", "status": "disconnected", "description": "Katkaistu mittarilta"}, []),
+    (3, {"id": "EB00000202", "usageplacecode": "643007572062492018", "customernumber": "C0000202", "invoices": [],
+         "time": "2024-03-07 09:30:15", "status": "connected", "description": "Usage place reconnected"}, []),
+    (4, {"id": "EB00000203", "usageplacecode": "643007572062492025", "customernumber": "C0000203",
+         "invoices": [{"invoicenumber": "700220", "jobid": 65}], "time": "2024-03-07 11:00:00",
+         "status": "not_disconnected", "description": "Asiakas ei päästänyt sisään"}, []),
+]
+
+WORKBOOK: Expected = [  # sheet 'Tapahtumat' under a title row; a line is the row number; row 5 is blank
+    (3, {"id": "XL-701", "usageplacecode": "643007572062493001", "customernumber": "B-7001",
+         "invoices": [{"invoicenumber": "594294", "jobid": 1234}], "time": "2024-03-29 06:30:00",
+         "status": "disconnected", "description": "Käyttöpaikka katkaistu"}, []),
+    (4, {"id": "XL-702", "usageplacecode": "643007572062493018", "customernumber": "B-7002", "invoices": [],
+         "time": "2024-03-29 14:05:10", "status": "connected", "description": "Maksu saapui"}, []),
+    (6, {"id": "XL-703", "usageplacecode": "643007572062493025", "customernumber": "B-7003",
+         "invoices": [{"invoicenumber": "594310", "jobid": 1240}], "time": "2024-04-02 08:00:00",
+         "status": "not_disconnected", "description": "Mittari ei saavutettavissa"}, []),
+    # a date-time cell in the hour that Helsinki skips when summer time starts
+    (7, None, [{"field": "time", "source": "column 'Aika'", "value": "2024-03-31 03:30:00",
+                "message": "2024-03-31 03:30:00 does not exist in Europe/Helsinki: the clocks move forward from 03:00 "
+                           "to 04:00 on 2024-03-31, skipping that time"}]),
+]
 
 EXPECTED = {
     "record_types.csv": BILLING,
     "invoice_pairs.csv": PAIRS,
     "finnish_cp1252.csv": FINNISH,
+    "finnish_gzip.csv.gz": FINNISH_GZIP,
+    "erp_zip.zip": ERP_ZIP,
+    "mainframe_ebcdic.dat": MAINFRAME_EBCDIC,
+    "workbook_billing.xlsx": WORKBOOK,
     "mainframe_fixed.txt": MAINFRAME,
     "erp_export.xml": ERP,
     "mds7_rows.txt": MDS7,

@@ -95,13 +95,27 @@ class FixedColumn(Strict):
 
 
 class FixedOptions(Strict):
-    """How a fixed-width export (mainframe / COBOL record layout) is laid out: one record a line."""
+    """How a fixed-width export (mainframe / COBOL record layout) is laid out: one record a line,
+    or records of `record_length` bytes one after the other, with no line separators."""
 
-    encoding: str = Field("utf-8", description="Text encoding; a byte order mark in the file wins.")
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding; a byte order mark in the file wins. EBCDIC: cp037, cp500, cp1140 (or cp273...).",
+    )
     columns: list[FixedColumn] = Field(..., min_length=1, description="The record layout, column by column.")
-    skip_lines: int = Field(0, ge=0, description="Banner lines before the first record.")
-    skip_footer: int = Field(0, ge=0, description="Trailing lines that are not records.")
-    skip_blank_lines: bool = Field(True, description="Ignore lines that are empty.")
+    record_length: int | None = Field(
+        None,
+        ge=1,
+        description="Bytes per record, for files without line separators (a mainframe dataset, RECFM=F/FB, "
+        "LRECL). null: one record a line.",
+    )
+    skip_lines: int = Field(0, ge=0, description="Banner lines (records, with record_length) before the first record.")
+    skip_footer: int = Field(0, ge=0, description="Trailing lines (records, with record_length) that are not records.")
+    skip_blank_lines: bool = Field(True, description="Ignore lines (records) that are empty or only blanks.")
+
+    def layout_end(self) -> int:
+        """The last character of the layout (1-based): a record may not hold data past it."""
+        return max(column.start + column.width - 1 for column in self.columns)
 
     @field_validator("encoding")
     @classmethod
@@ -118,7 +132,71 @@ class FixedOptions(Strict):
         for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
             if start <= end:
                 raise ValueError(f"columns {name!r} and {other!r} overlap (character {start})")
+        if self.record_length is not None and self.record_length < self.layout_end():
+            last = max(self.columns, key=lambda c: c.start + c.width)
+            raise ValueError(
+                f"record_length {self.record_length} is shorter than the layout: column {last.name!r} "
+                f"ends at character {self.layout_end()}"
+            )
+        if self.record_length is not None and _is_multibyte(self.encoding):
+            raise ValueError(
+                f"record_length counts bytes, and {self.encoding} writes some characters in several: "
+                "give a single-byte encoding (cp037, cp500, cp1140, cp1252, iso-8859-1...)"
+            )
         return self
+
+
+def _is_multibyte(encoding: str) -> bool:
+    name = codecs.lookup(encoding).name
+    return name.startswith(("utf", "gb", "big5", "shift", "euc", "iso2022", "cp932", "cp949", "cp950", "johab"))
+
+
+class XlsxOptions(Strict):
+    """How an Excel workbook (.xlsx) export is laid out: one sheet, a header row, a record a row."""
+
+    sheet: str | int = Field(
+        1, description="The sheet the records are on: its name ('Tapahtumat'), or its position (1 = the first)."
+    )
+    header_row: int = Field(
+        1, ge=1, description="Row number (1-based, as Excel shows it) of the header; rows above it are skipped."
+    )
+    skip_blank_rows: bool = Field(True, description="Ignore rows whose cells are all empty.")
+    max_shared_strings_mb: int = Field(
+        128,
+        ge=1,
+        description="Refuse a workbook whose table of shared texts (held in memory while the sheet is read) "
+        "inflates to more than this many MB.",
+    )
+
+    @field_validator("sheet")
+    @classmethod
+    def _sheet(cls, value: str | int) -> str | int:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError("a sheet's position counts from 1 (the first sheet); or give the sheet's name")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("give the sheet's name, or its position (1 = the first sheet)")
+        return value
+
+
+class CompressionOptions(Strict):
+    """Limits for compressed exports (gzip, zip), and which member of a zip to read. A compressed
+    file is recognised by its first bytes whatever it is called; this section is optional."""
+
+    member: str | None = Field(
+        None,
+        min_length=1,
+        description="Zip: the member to read, by name or pattern ('export_*.csv'; * and ? match within a name). "
+        "Default: the zip's only file.",
+    )
+    max_inflated_mb: int = Field(
+        2048, ge=1, description="Refuse a file that inflates to more than this many MB (a zip bomb)."
+    )
+    max_ratio: int = Field(
+        200,
+        ge=2,
+        description="Refuse a file that inflates to more than this many times its compressed size "
+        "(checked past 16 MB inflated; text exports inflate 5-20 times, zip bombs 1000).",
+    )
 
 
 class XmlOptions(Strict):
@@ -393,10 +471,14 @@ class Mapping(Strict):
 
     schema_ref: str | None = Field(None, alias="$schema", description="JSON Schema for editors; ignored.")
     name: str | None = Field(None, description="A short name for the feed (default: the file name).")
-    format: Literal["csv", "xml", "fixed"]
+    format: Literal["csv", "xml", "fixed", "xlsx"]
     csv: CsvOptions | None = None
     fixed: FixedOptions | None = None
     xml: XmlOptions | None = None
+    xlsx: XlsxOptions | None = None
+    compression: CompressionOptions | None = Field(
+        None, description="Limits for gzip/zip exports and the zip member to read (optional: detected anyway)."
+    )
     time_zone: str = Field(DEFAULT_TIME_ZONE, description="Zone that event times are written in.")
     statuses: Statuses = Field(default_factory=Statuses)
     keep: KeepRule | None = Field(
@@ -533,7 +615,7 @@ def check_zone(value: str) -> str:
     return value
 
 
-_FORMAT_NAMES = {"csv": "a CSV", "xml": "an XML", "fixed": "a fixed-width"}
+_FORMAT_NAMES = {"csv": "a CSV", "xml": "an XML", "fixed": "a fixed-width", "xlsx": "an xlsx"}
 
 
 @dataclass(frozen=True)
@@ -570,7 +652,10 @@ def _cross_field_rules(mapping: Mapping, problems: list[tuple[str | tuple[str, .
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
     if fmt == "xml" and mapping.xml is None:
         problems.append(("xml", "an XML feed needs an 'xml' section with record_path"))
-    for section in ("csv", "xml", "fixed"):
+    if fmt == "xlsx" and mapping.compression is not None and mapping.compression.member is not None:
+        problems.append(
+            ("compression.member", "a workbook (.xlsx) is read whole, not by member: remove compression.member"))
+    for section in ("csv", "xml", "fixed", "xlsx"):
         if section != fmt and getattr(mapping, section) is not None:
             problems.append(
                 (section, f"this is {_FORMAT_NAMES[fmt]} feed (format: {fmt}); remove the '{section}' section"))
@@ -744,6 +829,8 @@ def _check(loaded: LoadedYaml) -> Mapping:
         raise ConfigError(cross)
     if mapping.format == "csv" and mapping.csv is None:
         mapping = mapping.model_copy(update={"csv": CsvOptions()})
+    if mapping.format == "xlsx" and mapping.xlsx is None:
+        mapping = mapping.model_copy(update={"xlsx": XlsxOptions()})
     return mapping
 
 

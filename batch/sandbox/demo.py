@@ -59,11 +59,16 @@ def find_examples(start: Path | None = None) -> tuple[Path, Path]:
     )
 
 
+def feed_of(sample: Path) -> str:
+    """A sample's feed: its name before the first dot (finnish_gzip.csv.gz -> finnish_gzip)."""
+    return sample.name.split(".", 1)[0]
+
+
 def sample_pairs(samples: Path, mappings: Path) -> list[tuple[Path, Path]]:
-    """(sample, mapping) for every samples/NAME.ext with a config/mappings/NAME.yaml."""
+    """(sample, mapping) for every samples/NAME.ext (.csv.gz too) with a config/mappings/NAME.yaml."""
     pairs = []
     for sample in sorted(samples.iterdir()):
-        mapping = mappings / f"{sample.stem}.yaml"
+        mapping = mappings / f"{feed_of(sample)}.yaml"
         if sample.is_file() and mapping.is_file():
             pairs.append((sample, mapping))
     return pairs
@@ -72,7 +77,7 @@ def sample_pairs(samples: Path, mappings: Path) -> list[tuple[Path, Path]]:
 def write_workspace(workspace: Path, pairs: list[tuple[Path, Path]], base_url: str, cid: str) -> Path:
     feeds = []
     for sample, mapping in pairs:
-        name = sample.stem
+        name = feed_of(sample)
         shutil.copy(mapping, workspace / "mappings" / mapping.name)
         (workspace / "inbox" / name).mkdir(parents=True, exist_ok=True)
         feeds.append(
@@ -80,7 +85,7 @@ def write_workspace(workspace: Path, pairs: list[tuple[Path, Path]], base_url: s
                 "name": name,
                 "mapping": f"mappings/{mapping.name}",
                 "inbox": f"inbox/{name}",
-                "patterns": [f"*{sample.suffix}"],
+                "patterns": ["*" + sample.name[len(name):]],  # *.csv.gz
                 "min_age_seconds": 0,
             }
         )
@@ -127,7 +132,7 @@ def run_demo(
 def _drop(loaded: LoadedService, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     """Copy the samples into the inboxes; the first one also again, later, under a new name
     (a re-run export: same content). Returns (feed, file name, label) in drop order."""
-    drops = [(sample, sample.stem, sample.name, sample.name) for sample, _ in pairs]
+    drops = [(sample, feed_of(sample), sample.name, sample.name) for sample, _ in pairs]
     first = pairs[0][0]
     again = f"{first.stem}-again{first.suffix}"
     drops.append((first, first.stem, again, f"{again} (same content again)"))

@@ -1,5 +1,11 @@
 """Date/time parsing for feed formats, written out as Ropo's 'YYYY-MM-DD HH:MM:SS'.
 
+A time without an offset is a wall-clock time in the source zone. One that the zone skips (in
+Helsinki 2024-03-31 03:00-03:59: the clocks move from 03:00 to 04:00) never happened, so it is
+invalid, with a message that says so. One that the zone has twice (2024-10-27 03:00-03:59) is
+accepted as written: the contract's time has no offset either, so in the same zone it is sent
+unchanged, and converted to another zone it is taken as the first of the two (fold 0).
+
 Pure. Formats use strftime codes; each is compiled once into a regular expression, which is
 about twice as fast as datetime.strptime and lets single-digit days and hours ('5.2.2024
 6:30:00') through the way legacy exports write them.
@@ -86,13 +92,14 @@ class TimeConverter:
         self.formats = list(formats)
         self._patterns = [compile_format(fmt) for fmt in formats]
         self._source = ZoneInfo(source_zone)
+        self._source_name = source_zone
         self._output = ZoneInfo(output_zone)
         self._same_zone = source_zone == output_zone
         self._cache: dict[str, tuple[str | None, str | None]] = {}
         # the leading formats that have a fast parser get it (see _wall_clock_parser, _iso_parser)
         self._fast = []
         for fmt, pattern in zip(self.formats, self._patterns):
-            parser = _wall_clock_parser(pattern, fmt) if self._same_zone else None
+            parser = _wall_clock_parser(pattern, fmt, self._source) if self._same_zone else None
             parser = parser or _iso_parser(fmt, pattern, self._output)
             if parser is None:
                 break  # keep the formats' order: a later fast one must not win over this one
@@ -148,6 +155,10 @@ class TimeConverter:
         except ValueError as exc:  # e.g. 31.2.2024 or hour 25
             return None, f"not a real date/time ({exc})"
         offset = parts.get("z")
+        if offset is None:
+            skipped = skipped_time(moment, self._source, self._source_name)
+            if skipped is not None:
+                return None, skipped
         try:
             if offset is not None:
                 moment = moment.replace(tzinfo=_parse_offset(offset)).astimezone(self._output)
@@ -158,17 +169,60 @@ class TimeConverter:
         return _format(moment), None
 
 
+def skipped_time(moment: datetime, zone: ZoneInfo, zone_name: str) -> str | None:
+    """Why the naive wall-clock `moment` does not exist in `zone`, or None when it does.
+
+    A skipped time does not survive the round trip through UTC: 03:30 read with the offset
+    before the change (+02:00) is 01:30 UTC, which is 04:30 in summer time (+03:00).
+    """
+    local = moment.replace(tzinfo=zone)
+    if local.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) == moment:
+        return None
+    before = local.utcoffset() or timedelta(0)
+    after = local.replace(fold=1).utcoffset() or timedelta(0)
+    # the change happens between these two instants (UTC): find it to the second
+    low, high = moment - after, moment - before
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.replace(tzinfo=timezone.utc).astimezone(zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return (
+        f"{_format(moment)} does not exist in {zone_name}: the clocks move forward from "
+        f"{_clock(high + before)} to {_clock(high + after)} on {moment.date().isoformat()}, skipping that time"
+    )
+
+
+def _clock(moment: datetime) -> str:
+    return moment.strftime("%H:%M") if moment.second == 0 else moment.strftime("%H:%M:%S")
+
+
+def _has_skipped_times(year: int, month: int, day: int, zone: ZoneInfo) -> bool:
+    """Does the zone skip wall-clock times on this date (a change to summer time)?"""
+    start = datetime(year, month, day, tzinfo=zone)
+    try:
+        end = start + timedelta(days=1)
+    except OverflowError:  # 9999-12-31
+        end = start
+    return (end.utcoffset() or timedelta(0)) > (start.utcoffset() or timedelta(0))
+
+
 _NOT_REAL: Any = object()  # a wall-clock parser's "this format matched, but not a real date/time"
+_SKIPS: Any = object()  # a date on which the zone skips wall-clock times: never cached as a real date
 _WALL_CLOCK_CODES = {"Y", "y", "m", "d", "H", "M", "S"}
 
 
-def _wall_clock_parser(pattern: re.Pattern[str], fmt: str) -> Callable[[str], str | None] | None:
+def _wall_clock_parser(
+    pattern: re.Pattern[str], fmt: str, zone: ZoneInfo
+) -> Callable[[str], str | None] | None:
     """For a format with no offset, no 12-hour clock and no fraction, in an unchanged zone:
     text -> 'YYYY-MM-DD HH:MM:SS' or _NOT_REAL (matched, but no real date/time) or None (no
     match; the general path then explains why). The date and the time of day are checked and
     written once each and remembered — an export has at most a few hundred distinct dates and
     86,400 times of day. A 'DATE TIME' format (one space between a date-only and a time-only
-    half, the usual case) looks its two halves up before any regular expression runs.
+    half, the usual case) looks its two halves up before any regular expression runs. On a
+    date when the zone skips times (the change to summer time) the general path decides.
     """
     names = set(pattern.groupindex)
     if not names <= _WALL_CLOCK_CODES:
@@ -185,6 +239,8 @@ def _wall_clock_parser(pattern: re.Pattern[str], fmt: str) -> Callable[[str], st
             moment = datetime(int(year) + (2000 if two_digit else 0), int(month), int(day))
         except ValueError:
             return None
+        if _has_skipped_times(moment.year, moment.month, moment.day, zone):
+            return _SKIPS  # the general path checks each time of this date
         return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
 
     def time_text(hour: str | None, minute: str | None, second: str | None) -> str | None:
@@ -214,7 +270,7 @@ def _wall_clock_parser(pattern: re.Pattern[str], fmt: str) -> Callable[[str], st
             clock = time_text(*time_key)
             if len(times) < 200_000:
                 times[time_key] = clock
-        if date is None or clock is None:
+        if date is None or clock is None or date is _SKIPS:
             return _NOT_REAL  # matched, so no later format may: the general path says why
         return f"{date} {clock}"
 

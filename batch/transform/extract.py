@@ -1,7 +1,7 @@
 """One export file -> mapped records, chunk by chunk: the reader the mapping asks for, then the mapper.
 
 Shared by `preview` and the pipeline so that what an administrator previews is exactly what the
-service will send.
+service will send. A gzip or zip file is unwrapped first (compressed.py), whatever its name.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from batch.transform.compressed import opened_export
+from batch.transform.fixed import read_fixed
 from batch.transform.gctune import fewer_collections
 from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun
-from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_fixed, read_xml
+from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
+from batch.transform.records import Chunk
 
 
 def mapped_file(
@@ -31,15 +34,30 @@ def mapped_chunks(
     `run`: the caller's MappingRun (from compiled.start()), to read its counts afterwards
     (`run.filtered`: records the mapping's `keep` rule left out)."""
     mapping = compiled.mapping
+    if mapping.format == "xlsx":
+        from batch.config.mapping import XlsxOptions
+        from batch.transform.workbook import read_xlsx  # only workbook feeds pay for importing openpyxl
+
+        yield from _mapped(compiled, read_xlsx(
+            stream, mapping.xlsx or XlsxOptions(), compiled.required_columns(), mapping.compression, chunk_size), run)
+        return
+    with opened_export(stream, mapping.compression) as export:
+        yield from _mapped(compiled, _chunks(compiled, export, chunk_size), run)
+
+
+def _chunks(compiled: CompiledMapping, stream: BinaryIO, chunk_size: int) -> Iterator[Chunk]:
+    mapping = compiled.mapping
     if mapping.format == "xml":
         assert mapping.xml is not None
-        chunks = read_xml(stream, mapping.xml, compiled.xml_plan(), chunk_size)
-    elif mapping.format == "fixed":
+        return read_xml(stream, mapping.xml, compiled.xml_plan(), chunk_size)
+    if mapping.format == "fixed":
         assert mapping.fixed is not None
-        chunks = read_fixed(stream, mapping.fixed, compiled.required_columns(), chunk_size)
-    else:
-        assert mapping.csv is not None
-        chunks = read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)
+        return read_fixed(stream, mapping.fixed, compiled.required_columns(), chunk_size)
+    assert mapping.csv is not None
+    return read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)
+
+
+def _mapped(compiled: CompiledMapping, chunks: Iterator[Chunk], run: MappingRun | None) -> Iterator[list[MappedRecord]]:
     run = run or compiled.start()
     with fewer_collections():
         for chunk in chunks:

@@ -1,5 +1,8 @@
 """Readers: a binary stream of an export -> chunks of records with their line numbers.
 
+CSV and XML here; fixed-width records in fixed.py, workbooks in workbook.py, and compressed
+files are unwrapped before any of them by compressed.py (extract.py chooses).
+
 CSV is tokenised by the standard library's C `csv` reader rather than pandas: it streams, it
 knows the physical line where every record starts even when quoted fields hold line breaks,
 and on this machine it parses ~1.0M rows/s against pandas' ~0.7M. XML is fed block by block to
@@ -17,7 +20,7 @@ import codecs
 import csv
 import io
 import re
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -152,54 +155,6 @@ def _decoded(
         except ValueError:
             pass  # the caller closed it already
         _unwrap(stream, original)
-
-
-# pandas costs about a millisecond per block it parses, whatever its size: it reads in large
-# blocks, which are then handed on in chunks of the usual size.
-FIXED_BLOCK_ROWS = 5000
-
-
-def read_fixed(
-    stream: BinaryIO, options: FixedOptions, required_columns: list[str], chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Iterator[Chunk]:
-    """The records of a fixed-width file, one a line, cut by pandas.read_fwf at the declared columns."""
-    return _decoded(stream, options, lambda text: _fixed_chunks(text, options, chunk_size))
-
-
-def _fixed_chunks(text: io.TextIOWrapper, options: FixedOptions, chunk_size: int) -> Iterator[Chunk]:
-    import pandas as pd  # only fixed-width feeds pay for importing pandas
-
-    header = [column.name for column in options.columns]
-    frames = pd.read_fwf(
-        text,
-        colspecs=[(column.start - 1, column.start - 1 + column.width) for column in options.columns],
-        names=header,
-        header=None,
-        dtype=str,
-        na_filter=False,  # an empty column is '', never NaN
-        skiprows=options.skip_lines,
-        skip_blank_lines=False,  # every line keeps its place, so that a record's line is exact
-        chunksize=max(chunk_size, FIXED_BLOCK_ROWS),
-    )
-    line = options.skip_lines
-    held: deque[tuple[int, list]] = deque()  # the last skip_footer records
-    chunk = Chunk(header)
-    for frame in frames:
-        for row in frame.itertuples(index=False, name=None):
-            line += 1
-            if options.skip_blank_lines and not any(row):
-                continue
-            held.append((line, list(row)))
-            if len(held) <= options.skip_footer:
-                continue
-            record_line, values = held.popleft()
-            chunk.lines.append(record_line)
-            chunk.rows.append(values)
-            if len(chunk.lines) >= chunk_size:
-                yield chunk
-                chunk = Chunk(header)
-    if chunk.lines:
-        yield chunk
 
 
 def _csv_reader(text: io.TextIOWrapper, options: CsvOptions) -> CsvReader:
