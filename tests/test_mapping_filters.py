@@ -263,3 +263,28 @@ def test_the_receipt_summary_says_how_many_records_were_filtered(
     assert summary["records"] == 4
     assert summary["note"] == ("4 records were filtered out by the mapping's keep rule "
                                "(other record types; not events, no rows).")
+
+
+def test_a_kept_fixed_width_line_longer_than_its_layout_is_still_reported():
+    mapping = textwrap.dedent("""\
+        format: fixed
+        fixed:
+          columns:
+            - {name: Type, start: 1, width: 1}
+            - {name: Place, start: 2, width: 4}
+            - {name: Date, start: 6, width: 8}
+        keep: {column: Type, equals: D}
+        fields:
+          usageplacecode: {column: Place}
+          time: {column: Date, formats: ["%Y%m%d"]}
+          status: {const: connected}
+        """)
+    records, filtered = _filtered(mapping, "H20240301 export of the night\nD643020240301 and more\nD643120240301\n")
+    assert records == [
+        (2, None, [{"field": "(record)", "source": None, "value": None,
+                    "message": "the line has 22 characters and holds data past the layout's last column ('Date' "
+                               "ends at character 13); nothing is cut without a word (is a column missing from "
+                               "fixed.columns?)"}]),
+        (3, {"usageplacecode": "6431", "time": "2024-03-01 00:00:00", "status": "connected"}, []),
+    ]
+    assert filtered == 1

@@ -156,11 +156,11 @@ def _chunks(raws: Iterator[_Raw], options: FixedOptions, chunk_size: int) -> Ite
         if problem is None and options.skip_blank_lines and not text.strip(_PADDING):
             continue
         chunk.lines.append(position)
+        # A record with a problem keeps its fields too: a mapping's `keep` rule may still read its
+        # record type and leave it out (a long header line is not an invalid detail record).
+        chunk.rows.append([text[start:end] for _, start, end in columns])
         if problem is not None:
-            chunk.rows.append([])
             chunk.broken[position] = problem
-        else:
-            chunk.rows.append([text[start:end] for _, start, end in columns])
         if len(chunk.lines) >= chunk_size:
             yield chunk
             chunk = Chunk(header)

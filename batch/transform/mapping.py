@@ -352,7 +352,7 @@ class MappingRun:
         fast = bound.fast
         seen = self._seen_ids
         for line, row in zip(chunk.lines, chunk.rows):
-            if fast is not None:
+            if fast is not None and not (chunk.broken and line in chunk.broken):
                 try:
                     event = fast(row)
                 except Exception:  # noqa: BLE001 - the general path below is the authority
@@ -418,7 +418,9 @@ class MappingRun:
 
         A record is left out whatever its number of fields: a line too short to have the rule's
         column at all is another record type. A line that could not be split into fields (broken
-        quoting) is kept, to be reported: its record type cannot be read."""
+        quoting) is kept, to be reported: its record type cannot be read. A line with a problem
+        whose fields could be read (a fixed-width line longer than the layout) is judged by the
+        rule like any other: left out if it is another record type, reported if it is kept."""
         keeps = self.compiled.keeps
         assert keeps is not None and self.compiled.keep is not None
         position = chunk.columns.index(self.compiled.keep.source())
@@ -426,7 +428,7 @@ class MappingRun:
         lines: list[int] = []
         rows: list[list] = []
         for line, row in zip(chunk.lines, chunk.rows):
-            if broken and line in broken:
+            if broken and line in broken and position >= len(row):
                 pass
             elif position >= len(row) or row[position] is None or not keeps(row[position]):
                 continue
