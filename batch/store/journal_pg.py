@@ -127,7 +127,10 @@ _PG_SCHEMA_V1: tuple[str, ...] = (
         PRIMARY KEY (file_id, line)
     )
     """,
-    "CREATE INDEX events_by_event_id ON events (event_id)",
+    # the duplicate checks look an id up per event of a batch: by id and file, and among the
+    # accepted events (see SQL_MARK_*: the lookups are written so that only these indexes serve)
+    "CREATE INDEX events_by_event_id ON events (event_id, file_id, line)",
+    "CREATE INDEX events_accepted_by_event_id ON events (event_id, file_id, line) WHERE state = 'accepted'",
     "CREATE INDEX events_failed ON events (file_id, line) WHERE state = 'failed'",
     """
     CREATE TABLE file_attempts (
