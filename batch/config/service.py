@@ -9,11 +9,12 @@ configuration file, so a config directory can be moved as a whole.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from batch.config.api import MAX_SECONDS, ApiSettings, DeliverySettings, ca_bundle_problem
 from batch.config.envpath import expand_env_path
@@ -119,6 +120,17 @@ class ServiceConfig(BaseModel):
         if doubled:
             raise ValueError(f"two feeds watch the same inbox ({', '.join(doubled)}): each inbox belongs to one feed")
         return self
+
+    def resolved_journal_password(self) -> SecretStr | None:
+        """A PostgreSQL journal's password from the URI's ${ENV_NAME} or journal_password_file, or
+        libpq's PGPASSWORD; None for SQLite or when libpq finds it itself (PGPASSFILE). Raises
+        SecretResolutionError."""
+        if not isinstance(self.journal, PostgresJournal):
+            return None
+        password = self.journal.resolve(self.journal_password_file)[1]
+        if password is None and os.environ.get("PGPASSWORD"):
+            return SecretStr(os.environ["PGPASSWORD"])
+        return password
 
     def feed(self, name: str) -> FeedSettings:
         """The feed named `name`; FeedNotFound names the known feeds (a removed or misspelt name)."""
