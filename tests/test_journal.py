@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -906,3 +906,61 @@ def test_pg_a_wrong_password_is_refused_without_showing_it(pg_store: PgStore) ->
                                  f"connection to server at \"127.0.0.1\", port {pg_store.database.cluster.port} "
                                  f"failed: FATAL:  password authentication failed for user \"upb\"")
     assert "not-the-Secret-42" not in str(caught.value)
+
+
+class Refused(Exception):
+    """What a test's fence raises (a lease store's raises LeaseLost)."""
+
+
+def test_pg_a_fence_runs_inside_every_write_of_its_thread_and_refuses_it(pg_store: PgStore) -> None:
+    """The hook feed leases use (JournalStore.set_fence): the fence runs inside the write's
+    transaction on the journal's own connection; when it raises, nothing of the write is
+    committed; other threads' writes are not fenced; None removes it."""
+    with pg_store.open() as journal:
+        file_id = new_file(journal)
+        seen: list[object] = []
+        allowed = {"yes": True}
+
+        def fence(conn: Any) -> None:
+            import psycopg
+
+            written = conn.execute("SELECT txid_current_if_assigned() IS NOT NULL").fetchone()[0]
+            seen.append((conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, written))
+            if not allowed["yes"]:
+                raise Refused("lease lost")
+
+        journal.set_fence(fence)
+        journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
+        assert seen == [(True, False)]  # in the write's transaction, before anything is written
+        allowed["yes"] = False
+        with pytest.raises(Refused):
+            journal.record_results([Result(file_id, 1, "accepted", 200)])
+        with pytest.raises(Refused):
+            journal.finish_file(file_id, "error", "x")
+        assert states(journal, file_id) == {1: "pending", 2: "pending"}  # reads are not fenced
+
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.append(journal.record_results([Result(file_id, 2, "accepted",
+                                                                                             200)])))
+        thread.start()
+        thread.join()
+        assert other == [1]  # another thread: no fence
+        journal.set_fence(None)
+        assert journal.record_results([Result(file_id, 1, "accepted", 200)]) == 1
+
+
+def test_pg_with_a_fence_the_lease_not_the_owner_decides_who_resumes(pg_store: PgStore) -> None:
+    child = run_child(pg_store, f"""
+        j.begin_file("a.csv", {SHA_A!r}, 100, "feed")
+        print("begun", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        assert child.stdout.readline().strip() == "begun", child.stderr.read()
+        with pg_store.open() as journal:
+            with pytest.raises(FileInProgress):
+                journal.begin_file("a.csv", SHA_A, 100, "feed")
+            journal.set_fence(lambda conn: None)  # this thread holds the feed's lease
+            assert journal.begin_file("a.csv", SHA_A, 100, "feed").outcome == "resumed"
+    finally:
+        kill(child)

@@ -281,6 +281,14 @@ class JournalStore(ABC):
     def flush(self) -> None:
         """Durability barrier: every change committed so far survives power loss after this."""
 
+    def set_fence(self, fence: Callable[[Any], None] | None) -> None:
+        """Fencing (feed leases, batch.store.leases): every later write transaction of the
+        calling thread first runs ``fence(connection)`` inside the transaction, on the backend's
+        own connection; it raises (LeaseLost) to refuse the write, which is then rolled back.
+        None removes it. With a fence set, ``begin_file`` leaves it to the feed's lease who
+        works a file (no FileInProgress)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fencing")
+
     # -- files
 
     @abstractmethod

@@ -32,6 +32,7 @@ Faults
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -266,6 +267,7 @@ class PgJournal(JournalStore):
         if password is not None:
             kwargs["password"] = password
         self._location = conninfo  # holds no password: that comes apart
+        self._fences = threading.local()  # set_fence: a check per thread, run in every write
         self._kwargs = kwargs
         self._conninfo = conninfo
         # a connection of its own first: a refusal gives libpq's reason, not the pool's timeout
@@ -329,10 +331,24 @@ class PgJournal(JournalStore):
             secrets = [self._password] if self._password else []
             raise JournalUnavailable(self.location, operation, redact_text(one_line(error), secrets)) from error
 
+    def set_fence(self, fence: Callable[[Any], None] | None) -> None:
+        """See ``JournalStore.set_fence``. A PostgreSQL lease store's fence reads the lease row
+        ``FOR SHARE``: a takeover's UPDATE of that row then waits for this write's COMMIT, so a
+        write is either committed under the current epoch or refused."""
+        self._fences.fence = fence
+
+    def _fence(self) -> Callable[[Any], None] | None:
+        fence: Callable[[Any], None] | None = getattr(self._fences, "fence", None)
+        return fence
+
     @contextmanager
     def _write(self, operation: str = "write to it") -> Iterator[Connection]:
-        """One write transaction, committed when the block ends (rolled back on an exception)."""
+        """One write transaction, committed when the block ends (rolled back on an exception);
+        a fence set by this thread runs first, inside it."""
+        fence = self._fence()
         with self._unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
+            if fence is not None:
+                fence(conn)
             yield conn
 
     def _read(self, sql: str, params: Sequence[Any] = (), operation: str = "read it") -> list[Any]:
@@ -358,7 +374,8 @@ class PgJournal(JournalStore):
                 " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
             if unfinished is not None:
                 record = file_from_row(unfinished)
-                if owner_is_other_live_process(record.owner):
+                # with a fence set (feed leases) the feed's lease decides who works it
+                if self._fence() is None and owner_is_other_live_process(record.owner):
                     raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
                                          f"#{record.id}) is being processed by {record.owner}")
                 conn.execute("UPDATE files SET owner = %s WHERE id = %s", (this_process(), record.id))
@@ -580,9 +597,7 @@ class PgJournal(JournalStore):
         params = [result_params(result, now.isoformat()) for result in results]
         if not params:
             return 0
-        applied = 0
+        # executemany: one pipeline of statements run in order, rowcount their sum
         with self._write("record delivery results") as conn, conn.cursor() as cursor:
-            for one in params:
-                cursor.execute(SQL_RECORD_RESULT, (*one[:4], now, *one[5:]))
-                applied += cursor.rowcount
-        return applied
+            cursor.executemany(SQL_RECORD_RESULT, [(*one[:4], now, *one[5:]) for one in params])
+            return cursor.rowcount
