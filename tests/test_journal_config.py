@@ -110,6 +110,17 @@ def test_the_log_filter_knows_the_journal_password(
     assert redactor.redact("auth failed with journal-Secret-7") == "auth failed with ***"
 
 
+def test_validate_config_resolves_the_journal_password(
+        tmp_path: Path, sandbox: Sandbox, apicode_env: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("PGPW", raising=False)
+    config = config_with(tmp_path, sandbox, journal="postgresql://u:${PGPW}@db/x")
+    assert run(["validate-config", "--config", str(config)]) == 1
+    assert f"{config}: journal_password: environment variable PGPW is not set" in capsys.readouterr().err
+    monkeypatch.setenv("PGPW", "set-now")
+    assert run(["validate-config", "--config", str(config)]) == 0
+
+
 # --------------------------------------------------------------------------- opening it for real
 
 

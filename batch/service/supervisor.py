@@ -423,6 +423,10 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
         loaded.config.api.credentials()
     except SecretResolutionError as exc:
         problems.append(f"{loaded.path}: api: {exc}")
+    try:
+        loaded.config.resolved_journal_password()  # a PostgreSQL journal's ${ENV} or journal_password_file
+    except SecretResolutionError as exc:
+        problems.append(f"{loaded.path}: {exc}")
     for feed in loaded.config.feeds:
         where = f"{loaded.path}: feeds[{feed.name}]"
         try:
