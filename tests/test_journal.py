@@ -872,6 +872,7 @@ def test_pg_a_lost_server_is_journal_unavailable_and_nothing_is_lost(pg_store: P
             with pytest.raises(JournalUnavailable) as caught:
                 record_result(journal, file_id, 2, "accepted", http_status=200)
             assert str(caught.value).startswith(f"journal {pg_store.database.uri}: cannot record delivery results: ")
+            assert "Connection refused" in str(caught.value) and "\n" not in str(caught.value)
             with pytest.raises(JournalUnavailable) as again:
                 journal.reopen()
             assert str(again.value).startswith(f"journal {pg_store.database.uri}: cannot connect again: ")

@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batch.redact import redact_text
 from batch.store.journal import (
@@ -328,8 +328,18 @@ class PgJournal(JournalStore):
         try:
             yield
         except UNAVAILABLE as error:
+            reason = self._why_no_connection() if isinstance(error, PoolTimeout) else error
             secrets = [self._password] if self._password else []
-            raise JournalUnavailable(self.location, operation, redact_text(one_line(error), secrets)) from error
+            raise JournalUnavailable(self.location, operation, redact_text(one_line(reason), secrets)) from error
+
+    def _why_no_connection(self) -> BaseException:
+        """The pool only says it waited in vain; one connection attempt of our own gives libpq's
+        reason (refused, unknown host, password refused, the server starting up)."""
+        try:
+            psycopg.connect(self._conninfo, **self._kwargs).close()
+        except psycopg.Error as error:
+            return error
+        return psycopg.OperationalError(f"no free connection within {self.timeout_s:g} s")
 
     def set_fence(self, fence: Callable[[Any], None] | None) -> None:
         """See ``JournalStore.set_fence``. A PostgreSQL lease store's fence reads the lease row
