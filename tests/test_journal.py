@@ -405,6 +405,25 @@ def test_a_late_result_never_overwrites_a_final_state(journal: JournalStore) -> 
     assert states(journal, file_id) == {1: "accepted", 2: "invalid"}
 
 
+def test_a_nul_from_a_server_or_a_record_is_stored_and_shown_escaped(journal: JournalStore) -> None:
+    """A hostile answer or record may hold a NUL (PostgreSQL's text cannot: it stores the four
+    characters \\x00). What a receipt or a terminal shows is the same on both backends."""
+    from batch.redact import escape_unprintable
+
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), NewEvent.invalid(2, "bad \x00 value", {"id": "E\x002"})])
+    assert record_result(journal, file_id, 1, "rejected", http_status=400, message="no\x00pe")
+    shown = [(escape_unprintable(e.message or ""), escape_unprintable(e.event_id or ""))
+             for e in journal.file_events(file_id)]
+    assert shown == [("no\\x00pe", "E1"), ("bad \\x00 value", "E\\x002")]
+    journal.add_note(file_id, "note\x00")
+    journal.set_finish_problem(file_id, "move\x00failed")
+    assert journal.count_file_attempt("feed", "a.csv", "boom\x00") == 1
+    finished = journal.finish_file(file_id, "error", "err\x00or")
+    assert [escape_unprintable(v or "") for v in (finished.error, finished.note, finished.finish_problem)] == [
+        "err\\x00or", "note\\x00", "move\\x00failed"]
+
+
 def test_only_delivery_outcomes_are_results(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1")])

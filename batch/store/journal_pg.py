@@ -28,6 +28,11 @@ Faults
     JournalUnavailable naming the URI without its password and the operation: the feed pauses,
     calls ``reopen`` and tries again; nothing recorded is lost (every commit is durable: the
     server's ``synchronous_commit``).
+
+Text
+    PostgreSQL's text cannot hold a NUL, which SQLite stores and which a server's answer or an
+    invalid record's value may bring: it is stored as the four characters ``\\x00`` (``text``),
+    which is what receipts and terminals show of it on either backend.
 """
 
 from __future__ import annotations
@@ -239,6 +244,12 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 
+def text(value: str | None) -> str | None:
+    """A text as PostgreSQL can store it: a NUL (which SQLite stores, and a server's answer or a
+    record's value may hold) written as the four characters \\x00, as receipts show it."""
+    return value.replace("\x00", "\\x00") if value is not None and "\x00" in value else value
+
+
 def one_line(error: BaseException) -> str:
     """A driver's message on one line (libpq's have a line per attempted address and hints)."""
     return "; ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
@@ -429,13 +440,13 @@ class PgJournal(JournalStore):
         with self._write("finish the file") as conn:
             if state == FileState.ERROR:
                 conn.execute("UPDATE events SET state = 'not_sent', message = %s, updated_at = %s"
-                             " WHERE file_id = %s AND state = 'pending'", (not_sent_message(error), now, file_id))
+                             " WHERE file_id = %s AND state = 'pending'", (text(not_sent_message(error)), now, file_id))
             counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
             if state == FileState.DONE and counts[EventState.PENDING]:
                 raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
             changed = conn.execute(
                 f"UPDATE files SET state = %s, finished_at = %s, error = %s, {_SET_COUNTS} WHERE id = %s",
-                (str(state), now, error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
+                (str(state), now, text(error), *(counts[o] for o in OUTCOMES), file_id)).rowcount
             if not changed:
                 raise JournalMisuse(f"no file #{file_id}")
         return self.get_file(file_id)
@@ -475,11 +486,11 @@ class PgJournal(JournalStore):
     def add_note(self, file_id: int, note: str) -> None:
         with self._write("note on the file") as conn:
             conn.execute("UPDATE files SET note = CASE WHEN note IS NULL THEN %s ELSE note || ' ' || %s END"
-                         " WHERE id = %s", (note, note, file_id))
+                         " WHERE id = %s", (text(note), text(note), file_id))
 
     def set_finish_problem(self, file_id: int, problem: str | None) -> None:
         with self._write("note the finishing problem") as conn:
-            conn.execute("UPDATE files SET finish_problem = %s WHERE id = %s", (problem, file_id))
+            conn.execute("UPDATE files SET finish_problem = %s WHERE id = %s", (text(problem), file_id))
 
     # -- attempts on a file in processing/
 
@@ -489,7 +500,8 @@ class PgJournal(JournalStore):
                 "INSERT INTO file_attempts (feed, name, attempts, last_error, updated_at)"
                 " VALUES (%s, %s, 1, %s, %s) ON CONFLICT (feed, name) DO UPDATE SET"
                 " attempts = file_attempts.attempts + 1, last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at RETURNING attempts", (feed, name, error, self._now())).fetchone()
+                " updated_at = excluded.updated_at RETURNING attempts",
+                (feed, name, text(error), self._now())).fetchone()
             assert row is not None  # RETURNING of an upsert
             return int(row[0])
 
@@ -549,8 +561,10 @@ class PgJournal(JournalStore):
             return 0
         lines = [p[1] for p in params]
         # by column: line, event_id, usageplacecode, status, payload, digest, state, message
-        columns = [list(column) for column in zip(*(p[1:9] for p in params))]
+        columns: list[list[Any]] = [list(column) for column in zip(*(p[1:9] for p in params))]
         columns[6] = [str(state) for state in columns[6]]
+        for index in (1, 2, 3, 7):  # event id, usage place code, status, message: from the input file
+            columns[index] = [text(value) for value in columns[index]]
         with self._write("record events") as conn:
             inserted = conn.execute(SQL_INSERT_EVENTS, (file_id, now, *columns)).rowcount
             self._mark_duplicates(conn, file_id, min(lines), max(lines), now)
@@ -609,5 +623,6 @@ class PgJournal(JournalStore):
             return 0
         # executemany: one pipeline of statements run in order, rowcount their sum
         with self._write("record delivery results") as conn, conn.cursor() as cursor:
-            cursor.executemany(SQL_RECORD_RESULT, [(*one[:4], now, *one[5:]) for one in params])
+            cursor.executemany(SQL_RECORD_RESULT, [(one[0], one[1], text(one[2]), one[3], now, *one[5:])
+                                                   for one in params])
             return cursor.rowcount
