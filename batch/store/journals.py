@@ -22,17 +22,22 @@ def open_journal(config: ServiceConfig, *, create: bool = True,
     that only read it): None when a SQLite journal's file does not exist yet. Raises
     JournalUnavailable (cannot be reached now), JournalUnusable, or SecretResolutionError (the
     PostgreSQL password's variable or file)."""
-    return open_journal_at(config.journal, config.journal_password_file, create=create, clock=clock)
+    # PostgreSQL: a connection for each feed's thread (it records its file's results) and two
+    # for the rest (retention, status, a page of events read while results are recorded)
+    return open_journal_at(config.journal, config.journal_password_file, create=create, clock=clock,
+                           connections=len(config.feeds) + 2)
 
 
 def open_journal_at(location: Path | PostgresJournal, password_file: Path | None = None, *, create: bool = True,
-                    clock: Callable[[], datetime] = utc_now) -> JournalStore | None:
-    """The journal at ``location`` (a SQLite path, or a PostgreSQL URI as configured)."""
+                    clock: Callable[[], datetime] = utc_now, connections: int = 4) -> JournalStore | None:
+    """The journal at ``location`` (a SQLite path, or a PostgreSQL URI as configured; at most
+    ``connections`` to its server)."""
     if isinstance(location, PostgresJournal):
         from batch.store.journal_pg import PgJournal
 
         uri, password = location.resolve(password_file)
-        return PgJournal(uri, password=None if password is None else password.get_secret_value(), clock=clock)
+        return PgJournal(uri, password=None if password is None else password.get_secret_value(),
+                         max_connections=connections, clock=clock)
     if not create and not location.exists():
         return None
     location.parent.mkdir(parents=True, exist_ok=True)
