@@ -23,7 +23,7 @@ from batch.delivery.ropo import RopoClient
 from batch.delivery.scheduler import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
 from batch.fsutil import display_name
-from batch.store.journal import FileRecord, Journal, JournalMisuse, NewEvent, Result, StrEnum
+from batch.store.journal import FileRecord, JournalMisuse, JournalStore, NewEvent, Result, StrEnum
 from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.transform.extract import mapped_file
 from batch.transform.mapping import CompiledMapping, MappedRecord
@@ -185,7 +185,7 @@ def new_event(record: MappedRecord) -> NewEvent:
 class Processor:
     """Processes files with one journal, one API client and one set of delivery limits."""
 
-    journal: Journal
+    journal: JournalStore
     client: RopoClient
     delivery: DeliverySettings
     stop: threading.Event = field(default_factory=threading.Event)
@@ -388,7 +388,7 @@ class Processor:
         return FileOutcome(FileStatus.DONE, file, receipt, None, report)
 
 
-def failed_file_ids(journal: Journal, file_id: int | None) -> list[int]:
+def failed_file_ids(journal: JournalStore, file_id: int | None) -> list[int]:
     """Files with failed events (one file, or all)."""
     ids: Iterable[int] = (event.file_id for event in journal.failed_events(file_id))
     return sorted(set(ids))

@@ -6,6 +6,7 @@ from pathlib import Path
 pytest_plugins = [
     "tests.fixtures_clock",
     "tests.fixtures_http",
+    "tests.fixtures_pg",
     "tests.fixtures_pipeline",
     "tests.fixtures_sftp",
 ]

@@ -1,4 +1,6 @@
-"""The journal on real SQLite files, with real threads, processes and SIGKILLs."""
+"""The journal on real SQLite files and a real PostgreSQL cluster, with real threads, processes
+and SIGKILLs: one suite, parametrised over both backends (``store``), plus what only one of
+them has (SQLite's file and pragmas; PostgreSQL's schema table, server restarts, passwords)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -22,10 +26,14 @@ from batch.store.journal import (
     FileInProgress,
     Journal,
     JournalError,
+    JournalStore,
+    JournalUnavailable,
     NewEvent,
     Result,
     ResultOutcome,
+    utc_now,
 )
+from tests.fixtures_pg import PgDatabase
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -36,44 +44,120 @@ def event(line: int, event_id: str, code: str = "643007572062443672", **extra: o
     return NewEvent.valid(line, payload)
 
 
-def states(journal: Journal, file_id: int) -> dict[int, str]:
+def states(journal: JournalStore, file_id: int) -> dict[int, str]:
     return {e.line: e.state for e in journal.file_events(file_id)}
+
+
+class Store:
+    """Where a test's journal lives; ``open`` gives a new journal (a new connection) on it."""
+
+    name: str
+
+    def open(self, clock: Callable[[], datetime] = utc_now) -> JournalStore:
+        raise NotImplementedError
+
+    def child_code(self) -> str:
+        """Python source that opens the same journal as ``j`` in a child process."""
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def count(self, sql: str) -> int:
+        """One number from the store's own tables, read outside the journal."""
+        raise NotImplementedError
+
+
+class SqliteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open(self, clock: Callable[[], datetime] = utc_now) -> JournalStore:
+        return Journal(self.path, clock=clock)
+
+    def child_code(self) -> str:
+        return f"from batch.store.journal import Journal\nj = Journal({str(self.path)!r})\n"
+
+    def count(self, sql: str) -> int:
+        raw = sqlite3.connect(self.path)
+        try:
+            return int(raw.execute(sql).fetchone()[0])
+        finally:
+            raw.close()
+
+
+class PgStore(Store):
+    name = "postgresql"
+
+    def __init__(self, database: PgDatabase) -> None:
+        self.database = database
+
+    def open(self, clock: Callable[[], datetime] = utc_now) -> JournalStore:
+        from batch.store.journal_pg import PgJournal
+
+        return PgJournal(self.database.uri, password=self.database.password, timeout_s=5, clock=clock)
+
+    def child_code(self) -> str:  # the password through libpq's PGPASSWORD (child_env)
+        return f"from batch.store.journal_pg import PgJournal\nj = PgJournal({self.database.uri!r})\n"
+
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.database.password}
+
+    def count(self, sql: str) -> int:
+        with self.database.connect() as conn:  # type: ignore[attr-defined]
+            return int(conn.execute(sql).fetchone()[0])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """Each test that takes it runs on both backends."""
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "journal.sqlite")
+    return PgStore(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def journal(store: Store) -> Iterator[JournalStore]:
+    with store.open() as j:
+        yield j
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """A SQLite journal's path (the tests of what only SQLite has)."""
     return tmp_path / "journal.sqlite"
 
 
 @pytest.fixture
-def journal(db: Path) -> Iterator[Journal]:
+def sqlite_journal(db: Path) -> Iterator[Journal]:
     with Journal(db) as j:
         yield j
 
 
-def record_result(journal: Journal, file_id: int, line: int, outcome: ResultOutcome, *,
+def record_result(journal: JournalStore, file_id: int, line: int, outcome: ResultOutcome, *,
                   http_status: int | None = None, message: str | None = None, attempts: int = 1) -> bool:
     """One delivery result through ``record_results`` (as delivery records them); applied?"""
     return journal.record_results([Result(file_id, line, outcome, http_status, message, attempts)]) == 1
 
 
-def event_at(journal: Journal, file_id: int, line: int) -> EventRecord:
+def event_at(journal: JournalStore, file_id: int, line: int) -> EventRecord:
     [found] = [e for e in journal.file_events(file_id) if e.line == line]
     return found
 
 
-def new_file(journal: Journal, name: str = "a.csv", sha: str = SHA_A, feed: str = "feed") -> int:
+def new_file(journal: JournalStore, name: str = "a.csv", sha: str = SHA_A, feed: str = "feed") -> int:
     begun = journal.begin_file(name, sha, 100, feed)
     assert begun.outcome == "new"
     return begun.file.id
 
 
-def run_child(db: Path, body: str) -> subprocess.Popen[str]:
-    """Start a Python child with ``j`` = Journal(db) open, running ``body``."""
-    code = "import sys, time\nfrom batch.store.journal import *\n" \
-           f"j = Journal({str(db)!r})\n" + textwrap.dedent(body)
+def run_child(store: Store, body: str) -> subprocess.Popen[str]:
+    """Start a Python child with ``j`` = the store's journal open, running ``body``."""
+    code = "import sys, time\nfrom batch.store.journal import *\n" + store.child_code() + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=store.child_env())
 
 
 def kill(child: subprocess.Popen[str]) -> None:
@@ -85,7 +169,7 @@ def kill(child: subprocess.Popen[str]) -> None:
 # --------------------------------------------------------------------------- schema
 
 
-def test_schema_is_created_on_first_use_in_wal_mode(journal: Journal, db: Path) -> None:
+def test_schema_is_created_on_first_use_in_wal_mode(sqlite_journal: Journal, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -93,11 +177,11 @@ def test_schema_is_created_on_first_use_in_wal_mode(journal: Journal, db: Path) 
     assert {"files", "events", "meta"} <= tables
 
 
-def test_reopening_keeps_the_data(db: Path) -> None:
-    with Journal(db) as first:
+def test_reopening_keeps_the_data(store: Store) -> None:
+    with store.open() as first:
         file_id = new_file(first)
         first.record_events(file_id, [event(1, "E1")])
-    with Journal(db) as second:
+    with store.open() as second:
         assert [e.event_id for e in second.file_events(file_id)] == ["E1"]
 
 
@@ -110,7 +194,8 @@ def test_a_newer_schema_is_refused(db: Path) -> None:
         Journal(db)
 
 
-def test_synchronous_mode_is_normal_by_default_and_restored_after_flush(journal: Journal) -> None:
+def test_synchronous_mode_is_normal_by_default_and_restored_after_flush(sqlite_journal: Journal) -> None:
+    journal = sqlite_journal
     normal = 1
     assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == normal
     journal.flush()
@@ -120,7 +205,7 @@ def test_synchronous_mode_is_normal_by_default_and_restored_after_flush(journal:
 # --------------------------------------------------------------------------- begin_file
 
 
-def test_an_unfinished_file_with_the_same_content_is_resumed(journal: Journal) -> None:
+def test_an_unfinished_file_with_the_same_content_is_resumed(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
     again = journal.begin_file("a.csv", SHA_A, 100, "feed")
@@ -129,7 +214,7 @@ def test_an_unfinished_file_with_the_same_content_is_resumed(journal: Journal) -
     assert again.file.counts["pending"] == 2
 
 
-def test_a_completed_file_with_the_same_content_is_already_processed(journal: Journal) -> None:
+def test_a_completed_file_with_the_same_content_is_already_processed(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.finish_file(file_id, "done")
     again = journal.begin_file("renamed.csv", SHA_A, 100, "feed")
@@ -143,14 +228,14 @@ def test_a_completed_file_with_the_same_content_is_already_processed(journal: Jo
     assert journal.recent_files(1)[0].id == again.file.id  # the admin sees the second drop
 
 
-def test_force_processes_a_completed_content_again(journal: Journal) -> None:
+def test_force_processes_a_completed_content_again(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.finish_file(file_id, "done")
     forced = journal.begin_file("a.csv", SHA_A, 100, "feed", force=True)
     assert forced.outcome == "new" and forced.file.id != file_id
 
 
-def test_content_is_recognised_per_feed_and_errors_do_not_count(journal: Journal) -> None:
+def test_content_is_recognised_per_feed_and_errors_do_not_count(journal: JournalStore) -> None:
     first = new_file(journal, feed="one")
     journal.finish_file(first, "done")
     assert journal.begin_file("a.csv", SHA_A, 100, "two").outcome == "new"
@@ -159,15 +244,15 @@ def test_content_is_recognised_per_feed_and_errors_do_not_count(journal: Journal
     assert journal.begin_file("a.csv", SHA_B, 100, "feed").outcome == "new"
 
 
-def test_a_file_owned_by_another_live_process_is_not_resumed(db: Path) -> None:
-    child = run_child(db, f"""
+def test_a_file_owned_by_another_live_process_is_not_resumed(store: Store) -> None:
+    child = run_child(store, f"""
         j.begin_file("a.csv", {SHA_A!r}, 100, "feed")
         print("begun", flush=True)
         time.sleep(60)
     """)
     try:
         assert child.stdout.readline().strip() == "begun", child.stderr.read()
-        with Journal(db) as journal:
+        with store.open() as journal:
             with pytest.raises(FileInProgress):
                 journal.begin_file("a.csv", SHA_A, 100, "feed")
             kill(child)
@@ -180,7 +265,7 @@ def test_a_file_owned_by_another_live_process_is_not_resumed(db: Path) -> None:
 # --------------------------------------------------------------------------- events
 
 
-def test_recording_events_is_idempotent_per_line(journal: Journal) -> None:
+def test_recording_events_is_idempotent_per_line(journal: JournalStore) -> None:
     file_id = new_file(journal)
     batch = [event(1, "E1"), event(2, "E2"), NewEvent.invalid(3, "time: column 'Pvm' value 'x'")]
     assert journal.record_events(file_id, batch) == 3
@@ -189,7 +274,7 @@ def test_recording_events_is_idempotent_per_line(journal: Journal) -> None:
     assert states(journal, file_id) == {1: "pending", 2: "pending", 3: "invalid", 4: "pending"}
 
 
-def test_invalid_events_keep_their_message_and_are_never_to_send(journal: Journal) -> None:
+def test_invalid_events_keep_their_message_and_are_never_to_send(journal: JournalStore) -> None:
     file_id = new_file(journal)
     message = "time: column 'Pvm' value '32.13.2024' is not a date (formats: %d.%m.%Y)"
     journal.record_events(file_id, [NewEvent.invalid(7, message, {"id": "E7"}), event(8, "E8")])
@@ -198,13 +283,13 @@ def test_invalid_events_keep_their_message_and_are_never_to_send(journal: Journa
     assert [e.line for e in journal.to_send(file_id)] == [8]
 
 
-def test_a_valid_event_needs_a_payload(journal: Journal) -> None:
+def test_a_valid_event_needs_a_payload(journal: JournalStore) -> None:
     file_id = new_file(journal)
     with pytest.raises(ValueError):
         journal.record_events(file_id, [NewEvent(1, "E1", None, None, None)])
 
 
-def test_payload_is_stored_as_json_with_a_content_hash(journal: Journal) -> None:
+def test_payload_is_stored_as_json_with_a_content_hash(journal: JournalStore) -> None:
     file_id = new_file(journal)
     payload = {"id": "E1", "usageplacecode": "U1", "invoices": [{"jobid": 12, "invoicenumber": "Ä1"}]}
     journal.record_events(file_id, [NewEvent.valid(1, payload),
@@ -218,7 +303,7 @@ def test_payload_is_stored_as_json_with_a_content_hash(journal: Journal) -> None
     assert journal_module.event_insert_params(1, same_content_other_order, "t")[6] == first.payload_sha256
 
 
-def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journal: Journal) -> None:
+def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(line, f"E{line}") for line in (5, 1, 3, 2, 4)])
     assert [e.line for e in journal.to_send(file_id)] == [1, 2, 3, 4, 5]
@@ -230,7 +315,7 @@ def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journ
 
 
 def test_iteration_is_paged_and_tolerates_results_recorded_meanwhile(
-        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+        journal: JournalStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal_module, "PAGE_SIZE", 3)
     file_id = new_file(journal)
     journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 11)])
@@ -246,7 +331,7 @@ def test_iteration_is_paged_and_tolerates_results_recorded_meanwhile(
 # --------------------------------------------------------------------------- duplicates
 
 
-def test_an_event_id_accepted_in_an_earlier_file_is_a_duplicate(journal: Journal) -> None:
+def test_an_event_id_accepted_in_an_earlier_file_is_a_duplicate(journal: JournalStore) -> None:
     first = new_file(journal, "monday.csv", SHA_A)
     journal.record_events(first, [event(1, "E1"), event(2, "E2")])
     record_result(journal, first, 1, "accepted", http_status=200)
@@ -262,7 +347,7 @@ def test_an_event_id_accepted_in_an_earlier_file_is_a_duplicate(journal: Journal
     assert [e.line for e in journal.to_send(second)] == [11]
 
 
-def test_a_repeated_event_id_within_a_file_is_sent_once(journal: Journal) -> None:
+def test_a_repeated_event_id_within_a_file_is_sent_once(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [NewEvent.invalid(1, "bad", {"id": "E1"}), event(2, "E1")])
     journal.record_events(file_id, [event(3, "E1")])  # a later chunk
@@ -270,7 +355,7 @@ def test_a_repeated_event_id_within_a_file_is_sent_once(journal: Journal) -> Non
     assert event_at(journal, file_id, 3).message == "same event id as line 2"
 
 
-def test_retry_never_resends_an_id_accepted_meanwhile_by_another_file(journal: Journal) -> None:
+def test_retry_never_resends_an_id_accepted_meanwhile_by_another_file(journal: JournalStore) -> None:
     first = new_file(journal, "monday.csv", SHA_A)
     journal.record_events(first, [event(1, "E1")])
     record_result(journal, first, 1, "failed", http_status=503, message="down", attempts=5)
@@ -285,7 +370,8 @@ def test_retry_never_resends_an_id_accepted_meanwhile_by_another_file(journal: J
     assert journal.refresh_counts(first).counts["duplicate"] == 1
 
 
-def test_the_duplicate_lookup_uses_the_event_id_index(journal: Journal) -> None:
+def test_the_duplicate_lookup_uses_the_event_id_index(sqlite_journal: Journal) -> None:
+    journal = sqlite_journal
     for sql in (journal_module.SQL_MARK_ALREADY_ACCEPTED, journal_module.SQL_MARK_REPEATED_IN_FILE):
         plan = " ".join(row[3] for row in journal._conn.execute(
             "EXPLAIN QUERY PLAN " + sql, {"file_id": 1, "first": 1, "last": 2, "now": "t"}))
@@ -296,7 +382,7 @@ def test_the_duplicate_lookup_uses_the_event_id_index(journal: Journal) -> None:
 # --------------------------------------------------------------------------- results
 
 
-def test_results_record_status_message_and_attempts(journal: Journal) -> None:
+def test_results_record_status_message_and_attempts(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
     assert record_result(journal, file_id, 1, "failed", http_status=503, message="down", attempts=3)
@@ -309,7 +395,7 @@ def test_results_record_status_message_and_attempts(journal: Journal) -> None:
         "rejected", 422, "Unprocessable: usageplacecode unknown")
 
 
-def test_a_late_result_never_overwrites_a_final_state(journal: Journal) -> None:
+def test_a_late_result_never_overwrites_a_final_state(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1"), NewEvent.invalid(2, "bad")])
     assert record_result(journal, file_id, 1, "accepted", http_status=200)
@@ -319,14 +405,33 @@ def test_a_late_result_never_overwrites_a_final_state(journal: Journal) -> None:
     assert states(journal, file_id) == {1: "accepted", 2: "invalid"}
 
 
-def test_only_delivery_outcomes_are_results(journal: Journal) -> None:
+def test_a_nul_from_a_server_or_a_record_is_stored_and_shown_escaped(journal: JournalStore) -> None:
+    """A hostile answer or record may hold a NUL (PostgreSQL's text cannot: it stores the four
+    characters \\x00). What a receipt or a terminal shows is the same on both backends."""
+    from batch.redact import escape_unprintable
+
+    file_id = new_file(journal)
+    journal.record_events(file_id, [event(1, "E1"), NewEvent.invalid(2, "bad \x00 value", {"id": "E\x002"})])
+    assert record_result(journal, file_id, 1, "rejected", http_status=400, message="no\x00pe")
+    shown = [(escape_unprintable(e.message or ""), escape_unprintable(e.event_id or ""))
+             for e in journal.file_events(file_id)]
+    assert shown == [("no\\x00pe", "E1"), ("bad \\x00 value", "E\\x002")]
+    journal.add_note(file_id, "note\x00")
+    journal.set_finish_problem(file_id, "move\x00failed")
+    assert journal.count_file_attempt("feed", "a.csv", "boom\x00") == 1
+    finished = journal.finish_file(file_id, "error", "err\x00or")
+    assert [escape_unprintable(v or "") for v in (finished.error, finished.note, finished.finish_problem)] == [
+        "err\\x00or", "note\\x00", "move\\x00failed"]
+
+
+def test_only_delivery_outcomes_are_results(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(1, "E1")])
     with pytest.raises(ValueError):
         record_result(journal, file_id, 1, "duplicate")  # type: ignore[arg-type]
 
 
-def test_record_results_applies_a_batch_in_one_call(journal: Journal) -> None:
+def test_record_results_applies_a_batch_in_one_call(journal: JournalStore) -> None:
     file_id = new_file(journal)
     journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 5)])
     applied = journal.record_results([Result(file_id, 1, "accepted", 200),
@@ -337,7 +442,7 @@ def test_record_results_applies_a_batch_in_one_call(journal: Journal) -> None:
     assert states(journal, file_id) == {1: "accepted", 2: "rejected", 3: "failed", 4: "pending"}
 
 
-def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
+def test_eight_threads_record_results_concurrently(journal: JournalStore) -> None:
     file_id = new_file(journal)
     lines = range(1, 4001)
     journal.record_events(file_id, [event(line, f"E{line}") for line in lines])
@@ -363,7 +468,7 @@ def test_eight_threads_record_results_concurrently(journal: Journal) -> None:
                                "duplicate": 0, "not_sent": 0, "pending": 0}
 
 
-def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
+def test_two_processes_create_and_write_the_same_journal(store: Store) -> None:
     body = """
         name = "{name}"
         file_id = j.begin_file(name, name.ljust(64, "0"), 1, "feed").file.id
@@ -373,11 +478,11 @@ def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
         j.finish_file(file_id, "done")
         print("ok", flush=True)
     """
-    children = [run_child(db, body.format(name=name)) for name in ("p1", "p2")]
+    children = [run_child(store, body.format(name=name)) for name in ("p1", "p2")]
     for child in children:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0 and out.strip() == "ok", err
-    with Journal(db) as journal:
+    with store.open() as journal:
         files = journal.recent_files(10)
         assert sorted(f.name for f in files) == ["p1", "p2"]
         assert all(f.state == "done" and f.counts["accepted"] == 1500 for f in files)
@@ -386,11 +491,11 @@ def test_two_processes_create_and_write_the_same_journal(db: Path) -> None:
 # --------------------------------------------------------------------------- crash recovery
 
 
-def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
-    with Journal(db) as journal:
+def test_recorded_results_survive_a_sigkill_exactly(store: Store) -> None:
+    with store.open() as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 101)])
-    child = run_child(db, f"""
+    child = run_child(store, f"""
         for line in range(1, 41):
             j.record_results([Result({file_id}, line, "accepted", http_status=200)])
         j.record_results([Result({file_id}, 41, "failed", http_status=503, message="down", attempts=4)])
@@ -400,7 +505,7 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
     assert child.stdout.readline().strip() == "recorded", child.stderr.read()
     kill(child)
 
-    with Journal(db) as journal:
+    with store.open() as journal:
         resumed = journal.begin_file("a.csv", SHA_A, 100, "feed")
         assert resumed.outcome == "resumed" and resumed.file.id == file_id
         assert resumed.file.counts == {"accepted": 40, "rejected": 0, "invalid": 0, "failed": 1,
@@ -410,16 +515,16 @@ def test_recorded_results_survive_a_sigkill_exactly(db: Path) -> None:
         assert [e.line for e in journal.to_send(file_id)] == list(range(42, 101))
 
 
-def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(db: Path) -> None:
+def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(store: Store) -> None:
     """The child reports each line after record_result returned; it is killed mid-stream.
 
     Every reported line must be accepted, and nothing beyond the one result that may have
     been committed between the last report and the kill.
     """
-    with Journal(db) as journal:
+    with store.open() as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 50_001)])
-    child = run_child(db, f"""
+    child = run_child(store, f"""
         for line in range(1, 50_001):
             j.record_results([Result({file_id}, line, "accepted", http_status=200)])
             print(line, flush=True)
@@ -428,7 +533,7 @@ def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(db: Path) -> N
     kill(child)
     reported += [int(line) for line in child.stdout.read().split()]
 
-    with Journal(db) as journal:
+    with store.open() as journal:
         accepted = [e.line for e in journal.file_events(file_id) if e.state == "accepted"]
     assert reported == list(range(1, len(reported) + 1))
     assert accepted[: len(reported)] == reported
@@ -436,10 +541,10 @@ def test_a_kill_in_the_middle_of_recording_loses_nothing_reported(db: Path) -> N
     assert len(accepted) < 50_000, "the kill came too late to test anything"
 
 
-def test_a_kill_during_bulk_recording_leaves_whole_batches(db: Path) -> None:
-    with Journal(db) as journal:
+def test_a_kill_during_bulk_recording_leaves_whole_batches(store: Store) -> None:
+    with store.open() as journal:
         file_id = new_file(journal)
-    child = run_child(db, f"""
+    child = run_child(store, f"""
         for chunk in range(200):
             j.record_events({file_id}, [NewEvent.valid(chunk * 1000 + n, {{"id": f"E{{chunk}}-{{n}}"}})
                                         for n in range(1000)])
@@ -449,7 +554,7 @@ def test_a_kill_during_bulk_recording_leaves_whole_batches(db: Path) -> None:
     kill(child)
     reported += [int(line) for line in child.stdout.read().split()]
 
-    with Journal(db) as journal:
+    with store.open() as journal:
         rows = journal.file_counts(file_id)["pending"]
     assert rows % 1000 == 0
     assert rows // 1000 - len(reported) in (0, 1)
@@ -459,7 +564,7 @@ def test_a_kill_during_bulk_recording_leaves_whole_batches(db: Path) -> None:
 # --------------------------------------------------------------------------- finishing, listing
 
 
-def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
+def test_finish_file_counts_outcomes_from_the_events(journal: JournalStore) -> None:
     seed = new_file(journal, "old.csv", SHA_B)
     journal.record_events(seed, [event(1, "OLD")])
     record_result(journal, seed, 1, "accepted", http_status=200)
@@ -479,7 +584,7 @@ def test_finish_file_counts_outcomes_from_the_events(journal: Journal) -> None:
                                "duplicate": 1, "not_sent": 0, "pending": 0}
 
 
-def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
+def test_finish_as_error_keeps_the_error_text(journal: JournalStore) -> None:
     file_id = new_file(journal)
     finished = journal.finish_file(file_id, "error", "missing required column 'usageplacecode'")
     assert (finished.state, finished.error) == ("error", "missing required column 'usageplacecode'")
@@ -487,7 +592,7 @@ def test_finish_as_error_keeps_the_error_text(journal: Journal) -> None:
         journal.finish_file(file_id, "processing")  # type: ignore[arg-type]  # the refusal is under test
 
 
-def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: Journal) -> None:
+def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: JournalStore) -> None:
     ids = [new_file(journal, f"f{n}.csv", str(n) * 64, feed="x" if n % 2 else "y") for n in range(5)]
     journal.record_events(ids[4], [event(1, "E1"), event(2, "E2")])
     record_result(journal, ids[4], 1, "accepted", http_status=200)
@@ -497,7 +602,7 @@ def test_recent_files_newest_first_with_live_counts_and_feed_filter(journal: Jou
     assert [f.name for f in journal.recent_files(10, feed="x")] == ["f3.csv", "f1.csv"]
 
 
-def test_failed_events_across_files_and_per_file(journal: Journal) -> None:
+def test_failed_events_across_files_and_per_file(journal: JournalStore) -> None:
     first, second = new_file(journal, "a.csv", SHA_A), new_file(journal, "b.csv", SHA_B)
     for file_id in (first, second):
         journal.record_events(file_id, [event(1, f"{file_id}-1"), event(2, f"{file_id}-2")])
@@ -525,11 +630,11 @@ class Clock:
         self.now += timedelta(days=days)
 
 
-def test_prune_forgets_only_old_files_with_nothing_left_to_send(db: Path) -> None:
+def test_prune_forgets_only_old_files_with_nothing_left_to_send(store: Store) -> None:
     from datetime import timedelta
 
     clock = Clock()
-    with Journal(db, clock=clock) as journal:
+    with store.open(clock=clock) as journal:
         old_done = new_file(journal, "old.csv", SHA_A)
         journal.record_events(old_done, [event(n, f"O{n}") for n in range(1, 6)])
         journal.record_results([Result(old_done, n, "accepted", http_status=200) for n in range(1, 6)])
@@ -560,16 +665,17 @@ def test_prune_forgets_only_old_files_with_nothing_left_to_send(db: Path) -> Non
         with pytest.raises(JournalError):
             journal.get_file(old_skipped)
         assert journal.prune(clock.now - timedelta(days=10)) == (0, 0)
-    raw = sqlite3.connect(db)
-    assert raw.execute("SELECT count(*) FROM events WHERE file_id IN (?, ?)", (old_done, old_error)).fetchone() == (0,)
-    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert store.count(f"SELECT count(*) FROM events WHERE file_id IN ({old_done}, {old_error})") == 0
+    if store.name == "sqlite":  # PostgreSQL checks every foreign key on every write
+        raw = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
-def test_prune_after_a_retry_emptied_the_failed_events(db: Path) -> None:
+def test_prune_after_a_retry_emptied_the_failed_events(store: Store) -> None:
     from datetime import timedelta
 
     clock = Clock()
-    with Journal(db, clock=clock) as journal:
+    with store.open(clock=clock) as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(1, "E1")])
         record_result(journal, file_id, 1, "failed", message="503")
@@ -584,11 +690,11 @@ def test_prune_after_a_retry_emptied_the_failed_events(db: Path) -> None:
 # --------------------------------------------------------------------------- D14, F2, schema v2
 
 
-def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(db: Path) -> None:
+def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(store: Store) -> None:
     from datetime import timedelta
 
     clock = Clock()
-    with Journal(db, clock=clock) as journal:
+    with store.open(clock=clock) as journal:
         file_id = new_file(journal)
         journal.record_events(file_id, [event(n, f"E{n}") for n in range(1, 6)])
         record_result(journal, file_id, 1, "accepted", http_status=201)
@@ -668,3 +774,213 @@ def test_F2_reopen_never_creates_a_new_journal_and_recovers_when_the_file_is_bac
             if Path(f"{away}{suffix}").exists():
                 os.rename(f"{away}{suffix}", f"{db}{suffix}")
         assert journal.get_file(file_id).name == "a.csv"
+
+
+# --------------------------------------------------------------------------- both: concurrency
+
+
+def begin_at_once(journals: list[JournalStore], sha: str) -> list[tuple[str, int]]:
+    """Each journal calls begin_file on the same content at the same moment, from its thread."""
+    barrier = threading.Barrier(len(journals))
+    outcomes: list[tuple[str, int]] = []
+    errors: list[BaseException] = []
+
+    def begin(journal: JournalStore) -> None:
+        try:
+            barrier.wait(timeout=30)
+            begun = journal.begin_file("a.csv", sha, 100, "feed")
+            outcomes.append((begun.outcome, begun.file.id))
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=begin, args=(journal,)) for journal in journals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return outcomes
+
+
+def test_two_connections_beginning_the_same_content_at_once_get_one_file(store: Store) -> None:
+    """Two journals (two connections, as two instances have) register the same content at the
+    same moment, 20 times over: one gets it new, the other resumes that very file; never two
+    unfinished rows of one content."""
+    journals = [store.open(), store.open()]
+    try:
+        for round_ in range(20):
+            outcomes = begin_at_once(journals, f"{round_:064d}")
+            assert sorted(outcome for outcome, _ in outcomes) == ["new", "resumed"]
+            assert len({file_id for _, file_id in outcomes}) == 1
+        assert store.count("SELECT count(*) FROM files WHERE state = 'processing'") == 20
+    finally:
+        for journal in journals:
+            journal.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL only
+
+
+@pytest.fixture
+def pg_store(pg_database: PgDatabase) -> PgStore:
+    return PgStore(pg_database)
+
+
+def test_pg_schema_is_versioned_and_a_newer_one_is_refused(pg_store: PgStore) -> None:
+    from batch.store.journal_pg import PG_SCHEMA_VERSION
+
+    pg_store.open().close()
+    assert pg_store.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION
+    assert pg_store.count("SELECT count(*) FROM journal_schema") == 1
+    pg_store.open().close()  # opening again migrates nothing
+    with pg_store.database.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE journal_schema SET version = version + 1")
+    with pytest.raises(JournalError) as caught:
+        pg_store.open()
+    assert str(caught.value) == (f"{pg_store.database.uri}: journal schema version {PG_SCHEMA_VERSION + 1} is newer "
+                                 f"than this program supports ({PG_SCHEMA_VERSION})")
+
+
+def test_pg_instances_starting_at_once_create_the_schema_once(pg_store: PgStore) -> None:
+    """Four processes open a fresh database at the same moment: each waits for the one that
+    migrates (a transaction-scoped advisory lock), none fails, the schema is made once."""
+    body = """
+        f = j.begin_file("x", sys.argv[1].ljust(64, "0"), 1, "feed")
+        print(f.outcome, flush=True)
+    """
+    time_mark = time.time() + 1.5  # every child opens the journal at this moment
+    code = ("import sys, time\nfrom batch.store.journal import *\n"
+            f"time.sleep(max(0, {time_mark} - time.time()))\n" + pg_store.child_code() + textwrap.dedent(body))
+    children = [subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=pg_store.child_env()) for n in range(4)]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert (child.returncode, out.strip()) == (0, "new"), err
+    assert pg_store.count("SELECT count(*) FROM journal_schema") == 1
+    assert pg_store.count("SELECT count(*) FROM files") == 4
+
+
+def test_pg_duplicate_lookups_use_the_event_id_indexes(pg_store: PgStore) -> None:
+    """Per event of a batch, one index lookup, even before the server has statistics (a scan
+    per event made recording a 50,000-line file quadratic)."""
+    from batch.store import journal_pg
+
+    with pg_store.open() as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(line, f"E{line}") for line in range(1, 2001)])
+    with pg_store.database.connect() as conn:  # type: ignore[attr-defined]
+        for sql, index in ((journal_pg.SQL_MARK_ALREADY_ACCEPTED, "events_accepted_by_event_id"),
+                           (journal_pg.SQL_MARK_REPEATED_IN_FILE, "events_by_event_id")):
+            plan = "\n".join(row[0] for row in conn.execute(
+                "EXPLAIN " + sql, {"file_id": file_id, "first": 1, "last": 2000, "now": utc_now()}))
+            assert f"Index Scan using {index} on events" in plan
+            assert "Seq Scan" not in plan
+
+
+def test_pg_a_lost_server_is_journal_unavailable_and_nothing_is_lost(pg_store: PgStore) -> None:
+    """The server stops (every connection cut) and starts again: each call meanwhile raises
+    JournalUnavailable naming the URI and the operation; reopen() says so until the server is
+    back; then everything recorded before is there and recording goes on."""
+    cluster = pg_store.database.cluster
+    with pg_store.open() as journal:
+        file_id = new_file(journal)
+        journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
+        assert record_result(journal, file_id, 1, "accepted", http_status=200)
+        cluster.stop()
+        try:
+            with pytest.raises(JournalUnavailable) as caught:
+                record_result(journal, file_id, 2, "accepted", http_status=200)
+            assert str(caught.value).startswith(f"journal {pg_store.database.uri}: cannot record delivery results: ")
+            assert "Connection refused" in str(caught.value) and "\n" not in str(caught.value)
+            with pytest.raises(JournalUnavailable) as again:
+                journal.reopen()
+            assert str(again.value).startswith(f"journal {pg_store.database.uri}: cannot connect again: ")
+            with pytest.raises(JournalUnavailable):
+                journal.get_file(file_id)
+        finally:
+            cluster.start()
+        journal.reopen()
+        assert states(journal, file_id) == {1: "accepted", 2: "pending"}
+        assert record_result(journal, file_id, 2, "accepted", http_status=200)
+        assert journal.finish_file(file_id, "done").counts["accepted"] == 2
+
+
+def test_pg_a_server_that_is_down_at_start_is_journal_unavailable(pg_store: PgStore) -> None:
+    cluster = pg_store.database.cluster
+    cluster.stop()
+    try:
+        with pytest.raises(JournalUnavailable) as caught:
+            pg_store.open()
+    finally:
+        cluster.start()
+    assert str(caught.value).startswith(f"journal {pg_store.database.uri}: cannot open it: connection failed: ")
+    assert "Connection refused" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_pg_a_wrong_password_is_refused_without_showing_it(pg_store: PgStore) -> None:
+    from batch.store.journal_pg import PgJournal
+
+    with pytest.raises(JournalUnavailable) as caught:
+        PgJournal(pg_store.database.uri, password="not-the-Secret-42")
+    assert str(caught.value) == (f"journal {pg_store.database.uri}: cannot open it: connection failed: "
+                                 f"connection to server at \"127.0.0.1\", port {pg_store.database.cluster.port} "
+                                 f"failed: FATAL:  password authentication failed for user \"upb\"")
+    assert "not-the-Secret-42" not in str(caught.value)
+
+
+class Refused(Exception):
+    """What a test's fence raises (a lease store's raises LeaseLost)."""
+
+
+def test_pg_a_fence_runs_inside_every_write_of_its_thread_and_refuses_it(pg_store: PgStore) -> None:
+    """The hook feed leases use (JournalStore.set_fence): the fence runs inside the write's
+    transaction on the journal's own connection; when it raises, nothing of the write is
+    committed; other threads' writes are not fenced; None removes it."""
+    with pg_store.open() as journal:
+        file_id = new_file(journal)
+        seen: list[object] = []
+        allowed = {"yes": True}
+
+        def fence(conn: Any) -> None:
+            import psycopg
+
+            written = conn.execute("SELECT txid_current_if_assigned() IS NOT NULL").fetchone()[0]
+            seen.append((conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, written))
+            if not allowed["yes"]:
+                raise Refused("lease lost")
+
+        journal.set_fence(fence)
+        journal.record_events(file_id, [event(1, "E1"), event(2, "E2")])
+        assert seen == [(True, False)]  # in the write's transaction, before anything is written
+        allowed["yes"] = False
+        with pytest.raises(Refused):
+            journal.record_results([Result(file_id, 1, "accepted", 200)])
+        with pytest.raises(Refused):
+            journal.finish_file(file_id, "error", "x")
+        assert states(journal, file_id) == {1: "pending", 2: "pending"}  # reads are not fenced
+
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.append(journal.record_results([Result(file_id, 2, "accepted",
+                                                                                             200)])))
+        thread.start()
+        thread.join()
+        assert other == [1]  # another thread: no fence
+        journal.set_fence(None)
+        assert journal.record_results([Result(file_id, 1, "accepted", 200)]) == 1
+
+
+def test_pg_with_a_fence_the_lease_not_the_owner_decides_who_resumes(pg_store: PgStore) -> None:
+    child = run_child(pg_store, f"""
+        j.begin_file("a.csv", {SHA_A!r}, 100, "feed")
+        print("begun", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        assert child.stdout.readline().strip() == "begun", child.stderr.read()
+        with pg_store.open() as journal:
+            with pytest.raises(FileInProgress):
+                journal.begin_file("a.csv", SHA_A, 100, "feed")
+            journal.set_fence(lambda conn: None)  # this thread holds the feed's lease
+            assert journal.begin_file("a.csv", SHA_A, 100, "feed").outcome == "resumed"
+    finally:
+        kill(child)

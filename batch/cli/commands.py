@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --he
     from batch.pipeline import FileOutcome, Progress
     from batch.sandbox.server import Sandbox
     from batch.service.runtime import Runtime
-    from batch.store.journal import FileRecord, Journal
+    from batch.store.journal import FileRecord, JournalStore
     from batch.store.receipts import ReceiptPaths
     from batch.transform.mapping import MappedRecord
 
@@ -448,17 +448,18 @@ def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | Non
 def prune(config_path: Path, older_than_days: float | None) -> None:
     """Forget files that finished long ago, and their events (the service does this itself)."""
     from batch.service.supervisor import prune_journal
-    from batch.store.journal import Journal
+    from batch.store.journals import journal_display, open_journal
 
     loaded = _load_service(config_path)
     days = older_than_days or loaded.config.journal_retention_days
     if days is None:
         click.echo("journal_retention_days is null (keep everything): give --older-than-days", err=True)
         raise SystemExit(ExitStatus.PROBLEMS)
-    if not loaded.config.journal.exists():
-        click.echo(f"no journal yet at {loaded.config.journal}: nothing to prune", err=True)
+    journal = open_journal(loaded.config, create=False)
+    if journal is None:
+        click.echo(f"no journal yet at {journal_display(loaded.config.journal)}: nothing to prune", err=True)
         return
-    with Journal(loaded.config.journal) as journal:
+    with journal:
         files, events = prune_journal(journal, days)
     click.echo(f"forgot {files} file(s) and {events} event(s) finished more than {days:g} days ago")
 
@@ -470,18 +471,19 @@ def prune(config_path: Path, older_than_days: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
     """Recent files with their counts per outcome, from the journal."""
-    from batch.store.journal import Journal
+    from batch.store.journals import journal_display, open_journal
 
     loaded = _load_service(config_path)
     if feed is not None:
         loaded.config.feed(feed)  # a removed or misspelt name: FeedNotFound names the known feeds
-    journal_path = loaded.config.journal
-    if not journal_path.exists():
-        click.echo(f"no journal yet at {journal_path}: nothing has been processed", err=True)
+    journal = open_journal(loaded.config, create=False)
+    if journal is None:
+        click.echo(f"no journal yet at {journal_display(loaded.config.journal)}: nothing has been processed",
+                   err=True)
         if not as_json:
             _print_feeds(loaded, None, feed)
         return
-    with Journal(journal_path) as journal:
+    with journal:
         files = journal.recent_files(limit, feed)
         if not as_json:
             _print_feeds(loaded, journal, feed)
@@ -637,7 +639,7 @@ def demo(workspace: Path | None) -> None:
     raise SystemExit(ExitStatus.UNUSABLE if result.exit_code == ExitStatus.UNUSABLE else ExitStatus.OK)
 
 
-def _print_feeds(loaded: LoadedService, journal: Journal | None, only: str | None) -> None:
+def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str | None) -> None:
     """The feeds of `status`: inbox, files waiting in processing/, the last file."""
     from rich.console import Console
     from rich.table import Table

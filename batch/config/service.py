@@ -9,14 +9,17 @@ configuration file, so a config directory can be moved as a whole.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from batch.config.api import MAX_SECONDS, ApiSettings, DeliverySettings, ca_bundle_problem
+from batch.config.envpath import expand_env_path
 from batch.config.inbox import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
+from batch.config.journal import PostgresJournal, parse_journal
 from batch.config.mapping import Mapping, load_mapping
 from batch.config.secrets import secret_file_warning
 from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
@@ -64,7 +67,13 @@ class ServiceConfig(BaseModel):
     schema_ref: str | None = Field(None, alias="$schema")
     api: ApiSettings
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
-    journal: Path = Field(Path("var/journal.sqlite3"), description="The SQLite journal (relative to this file).")
+    journal: Path | PostgresJournal = Field(
+        Path("var/journal.sqlite3"),
+        description="The SQLite journal (a path, relative to this file), or a shared PostgreSQL journal: "
+                    "postgresql://user@host:port/dbname?sslmode=verify-full (a libpq URI; its password only as "
+                    "${ENV_NAME}, or from journal_password_file, PGPASSWORD or PGPASSFILE).")
+    journal_password_file: Path | None = Field(
+        None, description="A file holding the PostgreSQL journal's password (relative to this file).")
     journal_retention_days: float | None = Field(
         90, gt=0, le=MAX_SECONDS / 86400,
         description="Forget files (and their events) this many days after they finished with nothing left to "
@@ -74,6 +83,26 @@ class ServiceConfig(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
     feeds: list[FeedSettings] = Field(..., min_length=1)
+
+    @field_validator("journal", mode="before")
+    @classmethod
+    def _journal_location(cls, value: object) -> object:
+        return parse_journal(value)  # a postgresql:// URI, checked here; anything else a path
+
+    @field_validator("journal_password_file", mode="before")
+    @classmethod
+    def _expand_journal_password_file(cls, value: object) -> object:
+        return expand_env_path(value)  # e.g. ${CREDENTIALS_DIRECTORY}/journal-password (systemd)
+
+    @model_validator(mode="after")
+    def _journal_password(self) -> ServiceConfig:
+        if self.journal_password_file is None:
+            return self
+        if not isinstance(self.journal, PostgresJournal):
+            raise ValueError("journal_password_file is for a PostgreSQL journal (journal: postgresql://...)")
+        if self.journal.display != self.journal.uri:
+            raise ValueError("journal: give the password as ${ENV_NAME} in the URI or journal_password_file, not both")
+        return self
 
     @field_validator("feeds")
     @classmethod
@@ -91,6 +120,17 @@ class ServiceConfig(BaseModel):
         if doubled:
             raise ValueError(f"two feeds watch the same inbox ({', '.join(doubled)}): each inbox belongs to one feed")
         return self
+
+    def resolved_journal_password(self) -> SecretStr | None:
+        """A PostgreSQL journal's password from the URI's ${ENV_NAME} or journal_password_file, or
+        libpq's PGPASSWORD; None for SQLite or when libpq finds it itself (PGPASSFILE). Raises
+        SecretResolutionError."""
+        if not isinstance(self.journal, PostgresJournal):
+            return None
+        password = self.journal.resolve(self.journal_password_file)[1]
+        if password is None and os.environ.get("PGPASSWORD"):
+            return SecretStr(os.environ["PGPASSWORD"])
+        return password
 
     def feed(self, name: str) -> FeedSettings:
         """The feed named `name`; FeedNotFound names the known feeds (a removed or misspelt name)."""
@@ -129,6 +169,9 @@ def _check(loaded: LoadedYaml, path: Path) -> LoadedService:
         problem = ca_bundle_problem(config.api.ca_bundle)
         if problem:
             problems.append(loaded.problem(("api", "ca_bundle"), problem))
+    if config.journal_password_file is not None and not config.journal_password_file.is_file():
+        problems.append(loaded.problem(("journal_password_file",),
+                                       missing_secret_file("journal_password_file", config.journal_password_file)))
     for index, feed in enumerate(config.feeds):
         for field in SECRET_FILE_FIELDS:
             value = getattr(feed, field)
@@ -171,7 +214,8 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
             api_update[key] = absolute(Path(value))
     return config.model_copy(
         update={
-            "journal": absolute(config.journal),
+            "journal": config.journal if isinstance(config.journal, PostgresJournal) else absolute(config.journal),
+            "journal_password_file": absolute(config.journal_password_file),
             "staging_dir": absolute(config.staging_dir),
             "feeds": feeds,
             "api": api.model_copy(update=api_update) if api_update else api,
@@ -183,7 +227,8 @@ def secret_file_warnings(loaded: LoadedService) -> list[str]:
     """Secret files (API code or token, SFTP key, passphrase, password) open to group or others."""
     api = loaded.config.api
     found = [(f"{loaded.path}: api", api.apicode_file, "apicode_file"),
-             (f"{loaded.path}: api", api.token_file, "token_file")]
+             (f"{loaded.path}: api", api.token_file, "token_file"),
+             (f"{loaded.path}", loaded.config.journal_password_file, "journal_password_file")]
     for feed in loaded.config.feeds:
         found += [(f"{loaded.path}: feeds[{feed.name}]", getattr(feed, field), field) for field in SECRET_FILE_FIELDS]
     warnings = []

@@ -23,7 +23,7 @@ from batch.errors import ExitStatus
 from batch.sandbox.server import Faults, Sandbox
 from batch.service.runtime import Runtime
 from batch.service.supervisor import Service
-from batch.store.journal import Journal
+from batch.store.journals import open_journal
 from batch.store.receipts import receipt_names
 
 APICODE_ENV = "USAGEPLACE_BATCH_DEMO_APICODE"
@@ -147,7 +147,9 @@ def _drop(loaded: LoadedService, pairs: list[tuple[Path, Path]]) -> list[tuple[s
 
 
 def _results(loaded: LoadedService, dropped: list[tuple[str, str, str]]) -> list[DemoFile]:
-    with Journal(loaded.config.journal) as journal:
+    journal = open_journal(loaded.config)
+    assert journal is not None  # create=True: always a journal
+    with journal:
         latest = {(record.feed, record.name): record for record in reversed(journal.recent_files(1000))}
     files = []
     for feed, name, label in dropped:

@@ -161,9 +161,10 @@ def installed_filter() -> RedactingFilter:
 
 
 def redact_config_secrets(config: ServiceConfig, redactor: RedactingFilter | None = None) -> None:
-    """From now on, logging removes the configuration's secrets: the API code (or fixed token)
-    and every feed's SFTP password and key passphrase, resolved from the environment or their
-    files. A secret that cannot be resolved is skipped: the command that needs it says so.
+    """From now on, logging removes the configuration's secrets: the API code (or fixed token), a
+    PostgreSQL journal's password, and every feed's SFTP password and key passphrase, resolved
+    from the environment or their files. A secret that cannot be resolved is skipped: the
+    command that needs it says so.
     `redactor`: the filter to teach (default: the one `setup_logging` installed)."""
     from batch.config.secrets import SecretResolutionError
 
@@ -172,14 +173,16 @@ def redact_config_secrets(config: ServiceConfig, redactor: RedactingFilter | Non
         redactor.add_secrets(config.api.credentials().secrets())
     except SecretResolutionError:
         pass
+    resolvers = [config.resolved_journal_password]
     for feed in config.feeds:
-        for resolve in (feed.resolved_key_passphrase, feed.resolved_password):
-            try:
-                secret = resolve()
-            except SecretResolutionError:
-                continue
-            if secret is not None:
-                redactor.add_secret(secret.get_secret_value())
+        resolvers += [feed.resolved_key_passphrase, feed.resolved_password]
+    for resolve in resolvers:
+        try:
+            secret = resolve()
+        except SecretResolutionError:
+            continue
+        if secret is not None:
+            redactor.add_secret(secret.get_secret_value())
 
 
 def print_redacted_traceback(stream: IO[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from batch.config.service import FeedNotFound, FeedSettings, LoadedService
 from batch.delivery.ropo import RopoClient
 from batch.fsutil import OwnFolderPath
 from batch.pipeline import FeedRuntime, Processor
-from batch.store.journal import Journal
+from batch.store.journals import open_journal
 
 
 class Runtime:
@@ -27,8 +27,9 @@ class Runtime:
             feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
             for feed in self.config.feeds
         }
-        self.config.journal.parent.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.config.journal)
+        journal = open_journal(self.config)
+        assert journal is not None  # create=True: always a journal
+        self.journal = journal
         try:
             self.client = RopoClient(
                 self.config.api,

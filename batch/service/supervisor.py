@@ -81,10 +81,8 @@ from batch.service.reload import (
 )
 from batch.service.runtime import Runtime
 from batch.service.worker import RETRY_FAILED_CHECK_SECONDS, FeedWorker, WorkerState, breaker_open, feed_trouble
-from batch.store.journal import (
-    Journal,
-    JournalError,
-)
+from batch.store.journal import JournalError, JournalStore
+from batch.store.journals import open_journal
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -106,8 +104,9 @@ class Service:
         self._signalled = False
         self._said_again = False
         config = loaded.config
-        config.journal.parent.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(config.journal)
+        journal = open_journal(config)
+        assert journal is not None  # create=True: always a journal
+        self.journal = journal
         try:
             check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
             client = build_client(loaded)
@@ -377,7 +376,7 @@ class Service:
 
 
 
-def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:
+def prune_journal(journal: JournalStore, retention_days: float) -> tuple[int, int]:
     """Forget what finished more than `retention_days` ago: (files, events) forgotten."""
     return journal.prune(journal.clock() - timedelta(days=retention_days))
 
@@ -385,7 +384,7 @@ def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------- status
 
 
-def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[str, Any]]:
+def feed_overview(loaded: LoadedService, journal: JournalStore | None) -> list[dict[str, Any]]:
     """Per feed: its inbox, the files waiting in processing/, the last file in the journal."""
     rows = []
     for feed in loaded.config.feeds:
@@ -424,6 +423,10 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
         loaded.config.api.credentials()
     except SecretResolutionError as exc:
         problems.append(f"{loaded.path}: api: {exc}")
+    try:
+        loaded.config.resolved_journal_password()  # a PostgreSQL journal's ${ENV} or journal_password_file
+    except SecretResolutionError as exc:
+        problems.append(f"{loaded.path}: {exc}")
     for feed in loaded.config.feeds:
         where = f"{loaded.path}: feeds[{feed.name}]"
         try:

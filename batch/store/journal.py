@@ -1,10 +1,17 @@
-"""The journal: the SQLite state of files and events.
+"""The journal: the state of files and events, behind one interface, and its SQLite backend.
 
 Every event of a file is recorded here before anything is sent, and every delivery
 result is recorded as soon as it is known, so that a restart after a crash or a kill
 continues where the work stopped and never re-sends an event Ropo One accepted.
 
-One SQLite file (path given by the caller), WAL mode, schema created on first use and
+``JournalStore`` is the interface every caller uses; it has two implementations that pass
+one test suite (tests/test_journal.py, parametrised over both): ``Journal`` here, one SQLite
+file (the embedded default, for one host), and ``PgJournal`` (batch.store.journal_pg), a
+PostgreSQL database that instances on several hosts share. ``batch.store.journals.open_journal``
+opens the one a configuration names. The rows, states, errors and the pure helpers below
+(parameters of an event, counts, row conversions) are shared by both.
+
+SQLite: one file (path given by the caller), WAL mode, schema created on first use and
 versioned with ``PRAGMA user_version``.
 
 Concurrency
@@ -40,6 +47,7 @@ import sqlite3
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -117,12 +125,13 @@ class FileInProgress(JournalError, TransientError):
 
 
 class JournalUnavailable(JournalError, TransientError):
-    """The journal's SQLite file cannot be read or written now (disk I/O error, read-only
-    or full file system, locked longer than the busy timeout). Not the input file's fault:
-    the caller keeps the file and tries again later. The message names the journal's path,
-    the operation and SQLite's error."""
+    """The journal cannot be read or written now: its SQLite file (disk I/O error, read-only
+    or full file system, locked longer than the busy timeout) or its PostgreSQL server
+    (connection refused or lost, server shutting down, disk full). Not the input file's fault:
+    the caller keeps the file and tries again later. The message names the journal (its path,
+    or its URI without the password), the operation and the database's error."""
 
-    def __init__(self, path: Path, operation: str, error: BaseException) -> None:
+    def __init__(self, path: Path | str, operation: str, error: BaseException | str) -> None:
         super().__init__(f"journal {path}: cannot {operation}: {error}")
         self.path, self.operation, self.error = path, operation, error
 
@@ -228,6 +237,132 @@ class BeginResult:
     file: FileRecord
     outcome: Literal["new", "resumed", "already_processed"]
     original: FileRecord | None = None
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class JournalStore(ABC):
+    """What every journal backend does; callers (pipeline, service, commands) use only this.
+
+    Semantics (the same for every backend; tests/test_journal.py holds them):
+    - a write method's changes are committed when it returns (they survive a kill of the
+      process); ``flush`` makes them survive a power loss too;
+    - a fault of the storage itself (disk, lock, lost connection) raises ``JournalUnavailable``
+      naming the operation: the caller keeps its file, pauses, calls ``reopen`` and tries again;
+    - one object is shared by the threads of a process.
+    """
+
+    #: the clock the journal stamps its rows with (tests move it)
+    clock: Callable[[], datetime]
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the journal is, for messages: a path, or a URI without its password."""
+
+    # -- lifecycle
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> JournalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def reopen(self) -> None:
+        """Connect again after JournalUnavailable (a remounted disk, a restarted server); raises
+        JournalUnavailable while the journal still cannot be reached."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Durability barrier: every change committed so far survives power loss after this."""
+
+    def set_fence(self, fence: Callable[[Any], None] | None) -> None:
+        """Fencing (feed leases, batch.store.leases): every later write transaction of the
+        calling thread first runs ``fence(connection)`` inside the transaction, on the backend's
+        own connection; it raises (LeaseLost) to refuse the write, which is then rolled back.
+        None removes it. With a fence set, ``begin_file`` leaves it to the feed's lease who
+        works a file (no FileInProgress)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fencing")
+
+    # -- files
+
+    @abstractmethod
+    def begin_file(self, name: str, sha256: str, size: int, feed: str, force: bool = False) -> BeginResult:
+        """Register a file before processing it (see ``Journal.begin_file``)."""
+
+    @abstractmethod
+    def mark_recorded(self, file_id: int) -> None: ...
+
+    @abstractmethod
+    def finish_file(self, file_id: int, state: Literal[FileState.DONE, FileState.ERROR, "done", "error"],
+                    error: str | None = None) -> FileRecord: ...
+
+    @abstractmethod
+    def refresh_counts(self, file_id: int) -> FileRecord: ...
+
+    @abstractmethod
+    def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None: ...
+
+    @abstractmethod
+    def unfinished_named(self, feed: str, name: str) -> FileRecord | None: ...
+
+    @abstractmethod
+    def set_mapping_version(self, file_id: int, version: str) -> None: ...
+
+    @abstractmethod
+    def sent_any(self, file_id: int) -> bool: ...
+
+    @abstractmethod
+    def restart_recording(self, file_id: int, version: str) -> None: ...
+
+    @abstractmethod
+    def add_note(self, file_id: int, note: str) -> None: ...
+
+    @abstractmethod
+    def set_finish_problem(self, file_id: int, problem: str | None) -> None: ...
+
+    @abstractmethod
+    def count_file_attempt(self, feed: str, name: str, error: str) -> int: ...
+
+    @abstractmethod
+    def clear_file_attempts(self, feed: str, name: str) -> None: ...
+
+    @abstractmethod
+    def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]: ...
+
+    @abstractmethod
+    def get_file(self, file_id: int) -> FileRecord: ...
+
+    @abstractmethod
+    def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]: ...
+
+    @abstractmethod
+    def file_counts(self, file_id: int) -> dict[str, int]: ...
+
+    # -- events
+
+    @abstractmethod
+    def record_events(self, file_id: int, events: Iterable[NewEvent]) -> int: ...
+
+    @abstractmethod
+    def mark_duplicates(self, file_id: int) -> int: ...
+
+    @abstractmethod
+    def to_send(self, file_id: int, include_failed: bool = False) -> Iterator[EventRecord]: ...
+
+    @abstractmethod
+    def file_events(self, file_id: int) -> Iterator[EventRecord]: ...
+
+    @abstractmethod
+    def failed_events(self, file_id: int | None = None) -> list[EventRecord]: ...
+
+    @abstractmethod
+    def record_results(self, results: Iterable[Result]) -> int: ...
 
 
 # --------------------------------------------------------------------------- schema
@@ -424,13 +559,14 @@ def to_text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def from_text(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+def from_text(text: str | datetime | None) -> datetime | None:
+    """A stored time: ISO text (SQLite) or already a datetime (PostgreSQL's timestamptz)."""
+    return None if text is None else from_required_text(text)
 
 
-def from_required_text(text: str) -> datetime:
+def from_required_text(text: str | datetime) -> datetime:
     """A time from a NOT NULL column."""
-    return datetime.fromisoformat(text)
+    return text.astimezone(timezone.utc) if isinstance(text, datetime) else datetime.fromisoformat(text)
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
@@ -546,7 +682,7 @@ def _opt_str(value: Any) -> str | None:
 # --------------------------------------------------------------------------- connection
 
 
-class Journal:
+class Journal(JournalStore):
     """The journal in one SQLite file; safe to share between the threads of a process."""
 
     def __init__(self, path: str | os.PathLike[str], *,
@@ -605,15 +741,16 @@ class Journal:
             raise JournalUnavailable(self.path, "open it again", error) from error
         self._closed_by_fault = False
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     def __enter__(self) -> Journal:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _configure(self) -> None:
         self._enable_wal()
