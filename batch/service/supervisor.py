@@ -69,6 +69,7 @@ from batch.pipeline import (
     FileStatus,
     failed_file_ids,
 )
+from batch.service.leasing import LeaseKeeper
 from batch.service.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.service.metrics import Metrics, MetricsServer
 from batch.service.reload import (
@@ -85,6 +86,7 @@ from batch.store.journal import (
     Journal,
     JournalError,
 )
+from batch.store.leases import SqliteLeaseStore, default_instance_name
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -108,11 +110,21 @@ class Service:
         config = loaded.config
         config.journal.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal)
+        self.instance = config.instance or default_instance_name()
+        try:
+            # leases live in the journal's file: the processes that share a journal share its leases
+            self.lease_store = SqliteLeaseStore(config.journal)
+        except BaseException:
+            self.journal.close()
+            raise
+        self.leases = LeaseKeeper(self.lease_store, name=self.instance, journal_path=config.journal,
+                                  lease_seconds=config.lease_seconds, feed_count=lambda: len(self.config.feeds))
         try:
             check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
             client = build_client(loaded)
             self._generation = Generation(1, loaded, client, build_feeds(loaded))
         except BaseException:
+            self.lease_store.close()
             self.journal.close()
             raise
         for warning in secret_file_warnings(loaded):
@@ -253,6 +265,7 @@ class Service:
                  ", ".join(f"{feed.name} ({feed.inbox})" for feed in config.feeds),
                  " (once)" if self.once else "")
         try:
+            self.leases.start()
             self._prune_journal()
             for feed in config.feeds:
                 self._start_worker(feed.name)
@@ -286,6 +299,10 @@ class Service:
         for client in self._clients:
             client.close()
         self._clients = []
+        try:
+            self.leases.close()
+        finally:
+            self.lease_store.close()
         self.journal.close()
         log.info("stopped")
 
@@ -345,6 +362,10 @@ class Service:
             notes.append("logging.format")
         if generation.config.staging_dir != old.config.staging_dir:
             notes.append("staging_dir")
+        if generation.config.instance != old.config.instance:
+            notes.append("instance")
+        if generation.config.lease_seconds != old.config.lease_seconds:
+            notes.append("lease_seconds")
         if notes:
             log.warning("configuration: a change of %s takes effect after a restart", ", ".join(notes))
         apply_level(generation.config.logging.level)
