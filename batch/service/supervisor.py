@@ -49,7 +49,7 @@ import signal
 import sqlite3
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,12 @@ from batch.config.service import (
 from batch.config.yamlload import ConfigError
 from batch.errors import ExitStatus
 from batch.inbox import Inbox, InboxError, open_inbox
+from batch.inbox.base import LeaseMarker
 from batch.pipeline import (
     FileStatus,
     failed_file_ids,
 )
-from batch.service.leasing import LeaseKeeper
+from batch.service.leasing import SHARED_JOURNAL_HINT, LeaseKeeper, handover_hint
 from batch.service.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.service.metrics import Metrics, MetricsServer
 from batch.service.reload import (
@@ -86,7 +87,7 @@ from batch.store.journal import (
     Journal,
     JournalError,
 )
-from batch.store.leases import SqliteLeaseStore, default_instance_name
+from batch.store.leases import Lease, LeaseStore, SqliteLeaseStore, default_instance_name
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -406,16 +407,24 @@ def prune_journal(journal: Journal, retention_days: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------- status
 
 
-def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[str, Any]]:
-    """Per feed: its inbox, the files waiting in processing/, the last file in the journal."""
+def feed_overview(loaded: LoadedService, journal: Journal | None,
+                  leases: LeaseStore | None = None) -> list[dict[str, Any]]:
+    """Per feed: its inbox, the files waiting in processing/, the last file in the journal, and
+    (with `leases`) the feed's lease (holder, epoch, expiry) and the inbox's lease marker; a
+    marker of another journal says why this journal's instances leave the feed alone."""
     rows = []
+    now = time.time()
+    by_feed = {lease.feed: lease for lease in leases.leases()} if leases is not None else {}
     for feed in loaded.config.feeds:
         row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None}
+        marker: LeaseMarker | None = None
         try:
             quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
                                             "mode": "polling"})
             with open_inbox(quick) as inbox:
                 row["in_processing"] = [claimed.source_name for claimed in inbox.resume()]  # D6: shown escaped
+                if leases is not None:
+                    marker = inbox.read_lease_marker()
         except (InboxError, OSError) as exc:
             row["error"] = str(exc)
         if journal is not None:
@@ -424,8 +433,51 @@ def feed_overview(loaded: LoadedService, journal: Journal | None) -> list[dict[s
                 last = recent[0]
                 row["last_file"] = {"name": last.name, "state": last.state,
                                     "started": last.started_at.isoformat(), "counts": dict(last.counts)}
+        if leases is not None:
+            row["lease"] = lease_summary(by_feed.get(feed.name), now)
+            row["marker"] = marker_summary(marker, leases.journal_id, feed, row.get("in_processing") or [], now)
         rows.append(row)
     return rows
+
+
+def lease_summary(lease: Lease | None, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {"holder": lease.holder, "epoch": lease.epoch, "expires": _utc(lease.expires_at),
+            "live": lease.live(now)}
+
+
+def marker_summary(marker: LeaseMarker | None, journal_id: str, feed: FeedSettings, left: list[str],
+                   now: float) -> dict[str, Any] | None:
+    """The inbox's lease marker for `status`; for another journal's, why the feed is left alone."""
+    if marker is None:
+        return None
+    summary: dict[str, Any] = {"instance": marker.instance, "host": marker.host, "journal": marker.journal_path,
+                               "epoch": marker.epoch, "expires": marker.expires, "live": marker.live(now),
+                               "foreign": marker.journal != journal_id}
+    if summary["foreign"]:
+        if marker.live(now):
+            summary["note"] = (f"worked by instance {marker.instance} on {marker.host} with another journal "
+                               f"({marker.journal_path}); instances of this journal leave it alone: "
+                               f"{SHARED_JOURNAL_HINT}")
+        elif left:
+            summary["note"] = (f"{', '.join(left)} left in processing/ by instance {marker.instance} on "
+                               f"{marker.host} (another journal, {marker.journal_path}), whose lease expired "
+                               f"{marker.expires}: {handover_hint(feed)}")
+    return summary
+
+
+def instances_overview(leases: LeaseStore, lease_seconds: float, within: float = 3600.0) -> list[dict[str, Any]]:
+    """The instances seen within `within` seconds (live: seen within a lease and not stopped)."""
+    now = time.time()
+    return [{"instance": info.name, "host": info.host, "pid": info.pid, "started": _utc(info.started_at),
+             "seen": _utc(info.seen_at), "stopped": _utc(info.stopped_at) if info.stopped_at else None,
+             "live": info.live(lease_seconds, now)}
+            for info in leases.instances(within)]
+
+
+def _utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], list[str]]:

@@ -1,0 +1,236 @@
+"""Several `run` processes on one inbox (issue 10 points 1, 3, 4): real subprocesses, the real
+sandbox (it records every event it received), real SQLite journals, a local folder and a real
+sshd. Two journals on one inbox (two hosts with SQLite) never both work a feed; a file another
+journal's instance left waits for a handover; on one shared journal the survivor of a SIGKILL
+takes the feed over after the lease; feeds spread over instances."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_sftp import wait_until
+from tests.service_helpers import ServiceProcess, export, ids, receipt, write_config
+
+pytestmark = pytest.mark.slow  # several service processes and thousands of events
+
+LEASE_SECONDS = 2.0
+MAX_IN_FLIGHT = 4  # write_config's delivery.max_in_flight
+
+
+@pytest.fixture
+def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    tmp = inbox / f".{name}.tmp"
+    tmp.write_bytes(data)
+    tmp.rename(inbox / name)
+
+
+def rows(journal: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(journal)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def stop_all(*services: ServiceProcess) -> None:
+    for service in services:
+        if service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+    for service in services:
+        try:
+            service.wait(60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+
+
+def status_text(config: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert done.returncode == 0, done.stderr
+    return " ".join(done.stdout.split())  # rich wraps cells: compare words
+
+
+def feed_of(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """The feed's settings and the inbox folder as this machine sees it."""
+    if where == "local":
+        folder = tmp_path / "inbox"
+        folder.mkdir()
+        return {"name": "shared", "inbox": str(folder)}, folder
+    sshd = request.getfixturevalue("sshd")
+    folder = request.getfixturevalue("remote_inbox")
+    return {"name": "shared", "inbox": f"{sshd.url_prefix}{folder}", "private_key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts), "connect_timeout_seconds": 5, "io_timeout_seconds": 10,
+            "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1}, folder
+
+
+def two_journals(tmp_path: Path, sandbox, feed: dict[str, Any]) -> tuple[Path, Path]:
+    """Two hosts as configured today: each instance with its own SQLite journal."""
+    return (write_config(tmp_path / "host-a", sandbox, [feed], instance="A", lease_seconds=LEASE_SECONDS),
+            write_config(tmp_path / "host-b", sandbox, [feed], instance="B", lease_seconds=LEASE_SECONDS))
+
+
+# --------------------------------------------------------------------------- two journals, one inbox
+
+
+@pytest.mark.parametrize("where", ["local", "sftp"])
+def test_two_journals_on_one_inbox_send_nothing_twice(where: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                                      sandbox, apicode_env) -> None:
+    """The issue's case: A claims a 4,000-event file, B (its own journal) starts while A sends.
+    B leaves the feed alone (one log line, a status note); the sandbox gets every event once."""
+    sandbox.set_faults(latency_ms=2)
+    feed, inbox = feed_of(where, request, tmp_path)
+    config_a, config_b = two_journals(tmp_path, sandbox, feed)
+    a = ServiceProcess(config_a, tmp_path / "a.log")
+    b: ServiceProcess | None = None
+    try:
+        a.wait_log("this instance (A) works the feed (lease epoch 1)")
+        drop(inbox, "big.csv", export("W", 4000))
+        wait_until(lambda: len(sandbox.arrivals) >= 500, 60, what="500 arrivals")
+        b = ServiceProcess(config_b, tmp_path / "b.log")
+        b.wait_log("feed shared: not worked by this instance: the inbox's lease marker says instance A")
+        wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
+        drop(inbox, "next.csv", export("N", 10))  # A goes on working the feed; B still leaves it alone
+        wait_until(lambda: (inbox / "archive" / "next.csv").exists(), 60, what="next.csv archived")
+        status = status_text(config_b)
+    finally:
+        stop_all(a, *([b] if b else []))
+    assert sandbox.duplicates == {}
+    assert len(sandbox.arrivals) == 4010 and set(sandbox.accepted_ids) == ids("W", 4000) | ids("N", 10)
+    assert receipt(inbox / "outbox", "big.csv")["counts"]["accepted"] == 4000
+    assert rows(tmp_path / "host-b" / "var" / "journal.sqlite3", "SELECT count(*) FROM files") == [(0,)]
+    line = next(text for text in b.text().splitlines() if "not worked by this instance" in text)
+    assert b.text().count("not worked by this instance") == 1, b.text()
+    journal_a = tmp_path / "host-a" / "var" / "journal.sqlite3"
+    assert ("the inbox's lease marker says instance A (host " in line
+            and f"with another journal ({journal_a} on " in line
+            and "this instance leaves it alone: several hosts need one shared PostgreSQL journal "
+                "(journal: postgresql://...)" in line), line
+    assert ("shared: worked by instance A on" in status and f"with another journal ({journal_a}); instances of "
+            "this journal leave it alone: several hosts need one shared PostgreSQL journal" in status), status
+
+
+def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.FixtureRequest, tmp_path: Path, sandbox,
+                                                          apicode_env) -> None:
+    """A is killed mid-file; B (its own journal) does not resume the file blindly when A's lease
+    has expired: log and status say who left it and how to hand it over; after the marker is
+    removed (the documented step) B resumes it."""
+    sandbox.set_faults(latency_ms=2)
+    feed, inbox = feed_of("local", request, tmp_path)
+    config_a, config_b = two_journals(tmp_path, sandbox, feed)
+    a = ServiceProcess(config_a, tmp_path / "a.log")
+    a.wait_log("this instance (A) works the feed (lease epoch 1)")
+    drop(inbox, "big.csv", export("H", 4000))
+    wait_until(lambda: len(sandbox.arrivals) >= 500, 60, what="500 arrivals")
+    a.kill()
+    sent_by_a = len(sandbox.arrivals)
+    b = ServiceProcess(config_b, tmp_path / "b.log")
+    try:
+        b.wait_log("feed shared: not worked by this instance: big.csv in processing/ was left by instance A", 60)
+        assert len(sandbox.arrivals) == sent_by_a and (inbox / "processing" / "big.csv").exists()
+        status = status_text(config_b)
+        assert ("shared: big.csv left in processing/ by instance A on" in status
+                and "remove that file; this instance then resumes the file" in status), status
+        line = next(text for text in b.text().splitlines() if "was left by instance A" in text)
+        assert ("whose lease expired at " in line and "it is not resumed here without an operator: to hand it "
+                f"over: make sure {inbox}/.usageplace-batch.lease names no running instance, then remove that "
+                "file; this instance then resumes the file, and events the other instance sent already are sent "
+                "again (its journal is not this one)" in line), line
+        (inbox / ".usageplace-batch.lease").unlink()  # the operator's handover
+        b.wait_log("this instance (B) works the feed (lease epoch 1)", 30)
+        wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
+    finally:
+        stop_all(b)
+    assert set(sandbox.accepted_ids) == ids("H", 4000)
+    # the price of two journals, said in the hint: what A had sent goes out again
+    assert 0 < sum(sandbox.duplicates.values()) <= sent_by_a
+
+
+# --------------------------------------------------------------------------- one shared journal
+
+
+def shared_journal(tmp_path: Path, sandbox, feeds: list[dict[str, Any]], names: list[str]) -> list[Path]:
+    """One host: instances with their own staging folders and one SQLite journal."""
+    journal = tmp_path / "shared" / "journal.sqlite3"
+    return [write_config(tmp_path / name, sandbox, feeds, instance=name, lease_seconds=LEASE_SECONDS,
+                         journal=str(journal), staging_dir=str(tmp_path / name / "staging")) for name in names]
+
+
+def test_survivor_takes_a_killed_instances_feed_after_the_lease(tmp_path: Path, sandbox, apicode_env) -> None:
+    """Shared journal: SIGKILL the holder mid-file; the other instance takes the feed when the
+    lease expires and finishes the file from the journal (accepted events are not sent again)."""
+    sandbox.set_faults(latency_ms=2)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config_a, config_b = shared_journal(tmp_path, sandbox, [{"name": "shared", "inbox": str(inbox)}], ["A", "B"])
+    a = ServiceProcess(config_a, tmp_path / "a.log")
+    a.wait_log("this instance (A) works the feed (lease epoch 1)")
+    b = ServiceProcess(config_b, tmp_path / "b.log")
+    try:
+        b.wait_log("feed shared: not worked by this instance: instance A holds the feed's lease")
+        drop(inbox, "big.csv", export("K", 4000))
+        wait_until(lambda: len(sandbox.arrivals) >= 1000, 60, what="1,000 arrivals")
+        a.kill()
+        killed = time.monotonic()
+        before = len(sandbox.arrivals)
+        b.wait_log("this instance (B) works the feed (lease epoch 2)", 30)
+        wait_until(lambda: len(sandbox.arrivals) > before, 30, what="the first event sent by B")
+        takeover = min(arrival.started for arrival in sandbox.arrivals[before:]) - killed
+        wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
+    finally:
+        stop_all(b)
+    print(f"\ntakeover after SIGKILL: {takeover:.2f} s (lease {LEASE_SECONDS:g} s); "
+          f"duplicates: {sum(sandbox.duplicates.values())}")
+    assert set(sandbox.accepted_ids) == ids("K", 4000)
+    assert sum(sandbox.duplicates.values()) <= MAX_IN_FLIGHT
+    assert receipt(inbox / "outbox", "big.csv")["counts"]["accepted"] == 4000
+    assert sorted(p.name for p in (inbox / "archive").iterdir()) == ["big.csv"]
+    journal = tmp_path / "shared" / "journal.sqlite3"
+    assert rows(journal, "SELECT name, state FROM files") == [("big.csv", "done")]
+    assert rows(journal, "SELECT feed, holder, epoch FROM leases") == [("shared", "B", 2)]
+
+
+def test_feeds_spread_over_instances(tmp_path: Path, sandbox, apicode_env) -> None:
+    """Two feeds, one instance: it holds both; a second instance starts: one feed moves to it."""
+    feeds = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        feeds.append({"name": name, "inbox": str(tmp_path / name)})
+    config_a, config_b = shared_journal(tmp_path, sandbox, feeds, ["A", "B"])
+    journal = tmp_path / "shared" / "journal.sqlite3"
+
+    def holders() -> dict[str, str]:
+        now = time.time()
+        return {feed: holder for feed, holder, expires in rows(journal, "SELECT feed, holder, expires_at FROM leases")
+                if expires > now}
+
+    a = ServiceProcess(config_a, tmp_path / "a.log")
+    b: ServiceProcess | None = None
+    try:
+        a.wait_log("watching 2 feed(s)")
+        wait_until(lambda: holders() == {"one": "A", "two": "A"}, 30, what="A holding both feeds")
+        b = ServiceProcess(config_b, tmp_path / "b.log")
+        wait_until(lambda: sorted(holders().values()) == ["A", "B"], 30, what="one feed each")
+        a.wait_log("given up for another instance (this one held more than its share, 1)")
+        moved = next(feed for feed, holder in holders().items() if holder == "B")
+        drop(tmp_path / moved, "x.csv", export("S", 5))
+        wait_until(lambda: (tmp_path / moved / "archive" / "x.csv").exists(), 30, what="x.csv archived by B")
+        status = status_text(config_a)
+    finally:
+        stop_all(a, *([b] if b else []))
+    assert set(sandbox.accepted_ids) == ids("S", 5)
+    assert f"{moved} " in status and "B, epoch 2, until" in status and "instances (last hour)" in status, status
