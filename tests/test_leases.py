@@ -52,9 +52,19 @@ def test_a_free_lease_is_taken_at_epoch_1_and_a_live_one_is_refused_to_another(j
     lease = a.acquire("feed1", "A", 30)
     assert lease is not None and (lease.holder, lease.epoch, lease.expires_at) == ("A", 1, clock.now + 30)
     assert b.acquire("feed1", "B", 30) is None
-    again = a.acquire("feed1", "A", 30)  # the holder's own live lease: renewed, same tenure
-    assert again is not None and again.epoch == 1
     assert b.acquire("feed2", "B", 30) is not None  # another feed is free
+    again = a.acquire("feed1", "A", 30)  # a restart under the same name: a new tenure, the old token is void
+    assert again is not None and again.epoch == 2
+    with pytest.raises(LeaseLost):
+        a.check(lease)
+
+
+def test_a_live_lease_of_a_dead_instance_is_taken_at_once(journal_path: Path, clock: Clock) -> None:
+    a = store(journal_path, clock)
+    assert a.acquire("feed1", "A", 30) is not None
+    assert a.acquire("feed1", "B", 30, take_from="C") is None
+    taken = a.acquire("feed1", "B", 30, take_from="A")  # the caller knows A's process is gone
+    assert taken is not None and (taken.holder, taken.epoch) == ("B", 2)
 
 
 def test_an_expired_lease_is_taken_over_with_a_higher_epoch_and_the_old_token_is_refused(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
@@ -132,6 +133,8 @@ def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.Fixtur
     sandbox.set_faults(latency_ms=2)
     feed, inbox = feed_of("local", request, tmp_path)
     config_a, config_b = two_journals(tmp_path, sandbox, feed)
+    config_b = write_config(tmp_path / "host-b", sandbox, [feed], instance="B", lease_seconds=LEASE_SECONDS,
+                            metrics={"host": "127.0.0.1", "port": 0})
     a = ServiceProcess(config_a, tmp_path / "a.log")
     a.wait_log("this instance (A) works the feed (lease epoch 1)")
     drop(inbox, "big.csv", export("H", 4000))
@@ -150,6 +153,12 @@ def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.Fixtur
                 f"over: make sure {inbox}/.usageplace-batch.lease names no running instance, then remove that "
                 "file; this instance then resumes the file, and events the other instance sent already are sent "
                 "again (its journal is not this one)" in line), line
+        url = b.text().split("health and metrics at ")[1].split(" and /metrics")[0]
+        health = requests.get(url, timeout=10)
+        assert health.status_code == 503
+        detail = health.json()["feeds"]["shared"]
+        assert detail["state"] == "handover" and detail["problem"].startswith(
+            "waits for an operator: big.csv in processing/ was left by instance A"), detail
         (inbox / ".usageplace-batch.lease").unlink()  # the operator's handover
         b.wait_log("this instance (B) works the feed (lease epoch 1)", 30)
         wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
@@ -170,9 +179,10 @@ def shared_journal(tmp_path: Path, sandbox, feeds: list[dict[str, Any]], names: 
                          journal=str(journal), staging_dir=str(tmp_path / name / "staging")) for name in names]
 
 
-def test_survivor_takes_a_killed_instances_feed_after_the_lease(tmp_path: Path, sandbox, apicode_env) -> None:
-    """Shared journal: SIGKILL the holder mid-file; the other instance takes the feed when the
-    lease expires and finishes the file from the journal (accepted events are not sent again)."""
+def test_survivor_takes_a_killed_instances_feed_over(tmp_path: Path, sandbox, apicode_env) -> None:
+    """Shared journal: SIGKILL the holder mid-file; the other instance takes the feed (at once:
+    the holder was a process of this host that is gone) and finishes the file from the journal
+    (accepted events are not sent again)."""
     sandbox.set_faults(latency_ms=2)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -188,6 +198,8 @@ def test_survivor_takes_a_killed_instances_feed_after_the_lease(tmp_path: Path, 
         killed = time.monotonic()
         before = len(sandbox.arrivals)
         b.wait_log("this instance (B) works the feed (lease epoch 2)", 30)
+        b.wait_log(f"feed shared: instance A held the lease, but its process (pid {a.proc.pid}) on this host no "
+                   "longer runs: taken over at once")
         wait_until(lambda: len(sandbox.arrivals) > before, 30, what="the first event sent by B")
         takeover = min(arrival.started for arrival in sandbox.arrivals[before:]) - killed
         wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")

@@ -40,6 +40,7 @@ from batch.store.leases import InstanceInfo, Lease, LeaseLost, LeaseStore, fair_
 
 log = logging.getLogger(__name__)
 
+INSTANCES_LOOKBACK_SECONDS = 86400.0  # how far back a lease's holder is looked up among the instances
 SHARED_JOURNAL_HINT = "several hosts need one shared PostgreSQL journal (journal: postgresql://...)"
 
 
@@ -100,6 +101,13 @@ class LeaseKeeper:
     # -- life
 
     def start(self) -> None:
+        twin = next((row for row in self.store.instances(self.lease_seconds)
+                     if row.name == self.name and row.live(self.lease_seconds)
+                     and (row.host, row.pid) != (self._info.host, self._info.pid)), None)
+        if twin is not None:
+            log.warning("instance %s: an instance of that name (host %s, pid %d) was seen %.0f s ago; instance "
+                        "names must be unique per running process (config `instance:`), or the two take each "
+                        "other's feeds", self.name, twin.host, twin.pid, time.time() - twin.seen_at)
         self.store.heartbeat(self._info)
         self._thread = threading.Thread(target=self._heartbeat_loop, name="lease-heartbeat", daemon=True)
         self._thread.start()
@@ -164,7 +172,13 @@ class LeaseKeeper:
         if lease is None:
             current = next((row for row in self.store.leases() if row.feed == feed), None)
             holder = current.holder if current is not None else "?"
-            return Refusal("standby", f"instance {holder} holds the feed's lease", holder)
+            dead = self._dead_here(holder)
+            if dead is not None:
+                lease = self.store.acquire(feed, self.name, self.lease_seconds, take_from=holder)
+            if lease is None:
+                return Refusal("standby", f"instance {holder} holds the feed's lease", holder)
+            log.info("feed %s: instance %s held the lease, but its process (pid %d) on this host no longer "
+                     "runs: taken over at once", feed, holder, dead, extra={"feed": feed})
         try:
             written = self._write_marker(inbox, lease, replace=marker is not None and not foreign,
                                          remove_first=foreign)
@@ -179,6 +193,21 @@ class LeaseKeeper:
         self._lost.pop(feed, None)
         return lease
 
+    def _dead_here(self, holder: str) -> int | None:
+        """The pid of `holder` if it was a process of this host that no longer runs (its lease
+        needs no waiting); None otherwise. Processes sharing a journal must see each other's
+        pids (one pid namespace): a holder whose pid cannot be seen counts as dead."""
+        info = next((row for row in self.store.instances(INSTANCES_LOOKBACK_SECONDS) if row.name == holder), None)
+        if info is None or info.host != self._info.host or info.pid == os.getpid():
+            return None
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return info.pid
+        except PermissionError:
+            return None  # runs, as another user
+        return None
+
     def _write_marker(self, inbox: Inbox, lease: Lease, *, replace: bool, remove_first: bool = False,
                       expired: bool = False) -> bool:
         now = time.time()
@@ -189,9 +218,10 @@ class LeaseKeeper:
             inbox.remove_lease_marker()
         return inbox.write_lease_marker(marker, replace=replace)
 
-    def release(self, feed: str) -> None:
+    def release(self, feed: str, *, lost: bool = False) -> None:
         """Give the feed up: the lease expires now, and the marker says so (it stays, naming this
-        instance, so that a file left in processing/ is not resumed blindly by another journal)."""
+        instance, so that a file left in processing/ is not resumed blindly by another journal).
+        `lost`: the lease was lost already (only forget it here; the store keeps the new holder's)."""
         with self._lock:
             held = self._held.pop(feed, None)
             self._lost.pop(feed, None)
@@ -212,7 +242,8 @@ class LeaseKeeper:
                 except (InboxError, OSError) as exc:
                     log.warning("feed %s: could not update the inbox's lease marker: %s (it expires by itself)",
                                 feed, exc, extra={"feed": feed})
-        log.info("feed %s: lease released (epoch %d)", feed, held.lease.epoch, extra={"feed": feed})
+        if not lost:
+            log.info("feed %s: lease released (epoch %d)", feed, held.lease.epoch, extra={"feed": feed})
 
     def surplus(self, feed: str) -> bool:
         """True (and the lease is given up) when this instance holds more than its share."""

@@ -322,7 +322,7 @@ class FeedWorker(threading.Thread):
         self.state = WorkerState.STANDBY
         self.last_error = str(exc)
         self.lease_note = str(exc)
-        self.service.leases.release(self.feed)  # forget it here (the store keeps the new holder's)
+        self.service.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
         log.warning("%s; this instance stopped working the feed before recording or moving anything more%s",
                     exc, f" (it held epoch {lease.epoch})" if lease is not None else "", extra={"feed": self.feed})
 
@@ -807,5 +807,6 @@ def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
         WorkerState.PAUSED: f"the journal or a disk refused a write ({worker.last_error})",
         WorkerState.RETRYING: f"a file failed and holds the feed ({worker.last_error})",
         WorkerState.ERROR: f"unexpected error, retrying ({worker.last_error})",
+        WorkerState.HANDOVER: f"waits for an operator: {worker.lease_note}",
     }.get(worker.state)
     return (worker.state, why) if why is not None else None

@@ -120,10 +120,12 @@ class LeaseStore(abc.ABC):
         """Instances seen within the last `within` seconds (stopped ones included), by name."""
 
     @abc.abstractmethod
-    def acquire(self, feed: str, holder: str, seconds: float) -> Lease | None:
-        """Take the feed's lease for `seconds` if it is free, expired or already `holder`'s;
-        None while another holder's lease is live. Taking a free or expired lease raises the
-        epoch (also for the same holder: a new tenure); a live one of `holder` is renewed."""
+    def acquire(self, feed: str, holder: str, seconds: float, *, take_from: str | None = None) -> Lease | None:
+        """Take the feed's lease for `seconds`: a new tenure, the epoch one higher (1 for a
+        feed never leased). Taken if the lease is free or expired, or held (even live) by
+        `holder` itself (a previous run under the same name) or by `take_from` (an instance the
+        caller knows is dead: a process of this host that no longer runs); None otherwise.
+        Callers renew a lease they hold with `renew`, never with `acquire`."""
 
     @abc.abstractmethod
     def renew(self, lease: Lease, seconds: float) -> Lease:
@@ -185,18 +187,19 @@ INSTANCES_KEPT_SECONDS = 7 * 86400.0  # rows of instances not seen for this long
 
 
 class SqliteLeaseStore(LeaseStore):
-    """Leases in the journal's SQLite file (its own connection; WAL, as the journal sets it)."""
+    """Leases in the journal's SQLite file (its own connection; WAL, as the journal sets it).
+
+    After a fault of the file (I/O error, read-only disk) the connection is closed at once, so
+    that the disk can be unmounted and repaired, and opened again on the next call."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
+        self.busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                         check_same_thread=False)
-        except sqlite3.Error as error:
-            raise JournalUnavailable(self.path, "open it for leases", error) from error
+        self._conn: sqlite3.Connection | None = None
+        self._connect(self.path)
         try:
             with self._write("create the lease tables") as conn:
                 for statement in _SQLITE_SCHEMA:
@@ -207,20 +210,36 @@ class SqliteLeaseStore(LeaseStore):
                     conn.execute("INSERT INTO lease_journal (id) VALUES (?)", row)
                 self.journal_id = str(row[0])
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
+
+    def _connect(self, target: str | Path, uri: bool = False) -> sqlite3.Connection:
+        try:
+            self._conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False, uri=uri)
+        except sqlite3.Error as error:
+            raise JournalUnavailable(self.path, "open it for leases", error) from error
+        return self._conn
+
+    @property
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        # mode=rw: a missing file (its disk not mounted yet) is an error, not a new journal
+        return self._connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True)
 
     @contextmanager
     def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._unavailable_as(operation):
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._connection
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
+                yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
+                if conn.in_transaction:
                     try:
-                        self._conn.execute("ROLLBACK")
+                        conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
                 raise
@@ -230,11 +249,12 @@ class SqliteLeaseStore(LeaseStore):
         try:
             yield
         except sqlite3.Error as error:
+            self.close()  # let go of the file: the next call opens it again
             raise JournalUnavailable(self.path, operation, error) from error
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock, self._unavailable_as("read the leases"):
-            return self._conn.execute(sql, params).fetchall()
+            return self._connection.execute(sql, params).fetchall()
 
     # -- instances
 
@@ -259,26 +279,22 @@ class SqliteLeaseStore(LeaseStore):
 
     # -- leases
 
-    def acquire(self, feed: str, holder: str, seconds: float) -> Lease | None:
+    def acquire(self, feed: str, holder: str, seconds: float, *, take_from: str | None = None) -> Lease | None:
         now = self.clock()
         with self._write("take the feed's lease") as conn:
             row = conn.execute("SELECT holder, epoch, expires_at FROM leases WHERE feed = ?", (feed,)).fetchone()
             if row is None:
-                epoch, acquired = 1, now
+                epoch = 1
                 conn.execute("INSERT INTO leases (feed, holder, epoch, expires_at, acquired_at)"
                              " VALUES (?, ?, ?, ?, ?)", (feed, holder, epoch, now + seconds, now))
             else:
                 current, epoch, expires_at = row
-                if expires_at > now and current != holder:
+                if expires_at > now and current not in (holder, take_from):
                     return None
-                if expires_at > now:  # our own live lease: renewed, same tenure
-                    acquired = conn.execute("SELECT acquired_at FROM leases WHERE feed = ?", (feed,)).fetchone()[0]
-                    conn.execute("UPDATE leases SET expires_at = ? WHERE feed = ?", (now + seconds, feed))
-                else:
-                    epoch, acquired = epoch + 1, now
-                    conn.execute("UPDATE leases SET holder = ?, epoch = ?, expires_at = ?, acquired_at = ?"
-                                 " WHERE feed = ?", (holder, epoch, now + seconds, now, feed))
-            return Lease(feed, holder, epoch, now + seconds, acquired)
+                epoch += 1
+                conn.execute("UPDATE leases SET holder = ?, epoch = ?, expires_at = ?, acquired_at = ?"
+                             " WHERE feed = ?", (holder, epoch, now + seconds, now, feed))
+            return Lease(feed, holder, epoch, now + seconds, now)
 
     def renew(self, lease: Lease, seconds: float) -> Lease:
         now = self.clock()
@@ -296,8 +312,9 @@ class SqliteLeaseStore(LeaseStore):
 
     def check(self, lease: Lease) -> None:
         with self._lock, self._unavailable_as("check the feed's lease"):
-            if self._conn.execute(SQL_FENCE, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
-                raise LeaseLost(lease.feed, self._why_lost(self._conn, lease))
+            conn = self._connection
+            if conn.execute(SQL_FENCE, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
+                raise LeaseLost(lease.feed, self._why_lost(conn, lease))
 
     def fence(self, lease: Lease) -> Callable[[Any], None]:
         def check_in_transaction(conn: sqlite3.Connection) -> None:
@@ -318,4 +335,9 @@ class SqliteLeaseStore(LeaseStore):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
