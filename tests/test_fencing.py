@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_leases import LEASE_SECONDS, MAX_IN_FLIGHT, drop, shared_journal, stop_all
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import ServiceProcess, export, ids, receipt
-from tests.test_leases_service import LEASE_SECONDS, MAX_IN_FLIGHT, apicode_env, drop, shared_journal, stop_all
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["apicode_env"]  # the fixture, shared with test_leases_service
+
+@pytest.fixture
+def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
 
 
 def test_an_instance_woken_after_losing_its_lease_records_and_moves_nothing(tmp_path: Path, sandbox,
@@ -34,7 +39,9 @@ def test_an_instance_woken_after_losing_its_lease_records_and_moves_nothing(tmp_
         drop(inbox, "big.csv", export("F", 4000))
         wait_until(lambda: len(sandbox.arrivals) >= 1000, 60, what="1,000 arrivals")
         a.signal(signal.SIGSTOP)  # frozen mid-delivery, its lease runs out
+        stopped = time.monotonic()
         b.wait_log("this instance (B) works the feed (lease epoch 2)", 30)
+        takeover = time.monotonic() - stopped
         resumed_at = len(sandbox.arrivals)
         wait_until(lambda: len(sandbox.arrivals) >= resumed_at + 500, 60, what="B sending")
         a.signal(signal.SIGCONT)
@@ -45,6 +52,8 @@ def test_an_instance_woken_after_losing_its_lease_records_and_moves_nothing(tmp_
         wait_until(lambda: (inbox / "archive" / "next.csv").exists(), 60, what="next.csv archived")
     finally:
         stop_all(a, b)
+    print(f"\ntakeover of a frozen holder: {takeover:.2f} s (lease {LEASE_SECONDS:g} s); "
+          f"duplicates: {sum(sandbox.duplicates.values())}")
     log_a = a.text()
     assert "this instance stopped working the feed before recording or moving anything more" in log_a, log_a
     assert "Traceback" not in log_a and "moved to error/" not in log_a and "failed (attempt" not in log_a, log_a

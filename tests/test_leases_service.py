@@ -6,83 +6,32 @@ takes the feed over after the lease; feeds spread over instances."""
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from tests.fixtures_http import APICODE_ENV
+from tests.fixtures_leases import (
+    LEASE_SECONDS,
+    MAX_IN_FLIGHT,
+    drop,
+    feed_of,
+    rows,
+    shared_journal,
+    status_text,
+    stop_all,
+    two_journals,
+)
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import ServiceProcess, export, ids, receipt, write_config
 
 pytestmark = pytest.mark.slow  # several service processes and thousands of events
 
-LEASE_SECONDS = 2.0
-MAX_IN_FLIGHT = 4  # write_config's delivery.max_in_flight
-
-
 @pytest.fixture
 def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
-
-
-def drop(inbox: Path, name: str, data: bytes) -> None:
-    tmp = inbox / f".{name}.tmp"
-    tmp.write_bytes(data)
-    tmp.rename(inbox / name)
-
-
-def rows(journal: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(journal)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def stop_all(*services: ServiceProcess) -> None:
-    for service in services:
-        if service.proc.poll() is None:
-            service.signal(signal.SIGTERM)
-    for service in services:
-        try:
-            service.wait(60)
-        except subprocess.TimeoutExpired:
-            service.kill()
-
-
-def status_text(config: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "400"})
-    assert done.returncode == 0, done.stderr
-    return " ".join(done.stdout.split())  # rich wraps cells: compare words
-
-
-def feed_of(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[dict[str, Any], Path]:
-    """The feed's settings and the inbox folder as this machine sees it."""
-    if where == "local":
-        folder = tmp_path / "inbox"
-        folder.mkdir()
-        return {"name": "shared", "inbox": str(folder)}, folder
-    sshd = request.getfixturevalue("sshd")
-    folder = request.getfixturevalue("remote_inbox")
-    return {"name": "shared", "inbox": f"{sshd.url_prefix}{folder}", "private_key_file": str(sshd.client_key),
-            "known_hosts": str(sshd.known_hosts), "connect_timeout_seconds": 5, "io_timeout_seconds": 10,
-            "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1}, folder
-
-
-def two_journals(tmp_path: Path, sandbox, feed: dict[str, Any]) -> tuple[Path, Path]:
-    """Two hosts as configured today: each instance with its own SQLite journal."""
-    return (write_config(tmp_path / "host-a", sandbox, [feed], instance="A", lease_seconds=LEASE_SECONDS),
-            write_config(tmp_path / "host-b", sandbox, [feed], instance="B", lease_seconds=LEASE_SECONDS))
 
 
 # --------------------------------------------------------------------------- two journals, one inbox
@@ -170,13 +119,6 @@ def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.Fixtur
 
 
 # --------------------------------------------------------------------------- one shared journal
-
-
-def shared_journal(tmp_path: Path, sandbox, feeds: list[dict[str, Any]], names: list[str]) -> list[Path]:
-    """One host: instances with their own staging folders and one SQLite journal."""
-    journal = tmp_path / "shared" / "journal.sqlite3"
-    return [write_config(tmp_path / name, sandbox, feeds, instance=name, lease_seconds=LEASE_SECONDS,
-                         journal=str(journal), staging_dir=str(tmp_path / name / "staging")) for name in names]
 
 
 def test_survivor_takes_a_killed_instances_feed_over(tmp_path: Path, sandbox, apicode_env) -> None:
