@@ -216,3 +216,25 @@ def test_sftp_inbox_keeps_its_lease_marker(sftp_settings: Callable[..., InboxSet
     with open_inbox(sftp_settings(min_age_seconds=0)) as inbox:
         check_marker_life_cycle(inbox, on_disk)
     assert sorted(os.listdir(remote_inbox)) == ["archive", "error", "outbox", "processing"]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_instance_and_lease_seconds_are_checked_at_file_line_key(tmp_path: Path) -> None:
+    from batch.config.service import load_service_config
+    from batch.config.yamlload import ConfigError
+
+    (tmp_path / "m.yaml").write_text("format: csv\nfields:\n  id: {column: id}\n  usageplacecode: {column: p}\n"
+                                     "  time: {column: t}\n  status: {column: s}\n")
+    config = tmp_path / "s.yaml"
+    config.write_text("api: {base_url: 'http://127.0.0.1:1/rest', cid: c, apicode: '${X}'}\n"
+                      "instance: 'a b'\nlease_seconds: 0.5\nfeeds:\n  - {name: f, inbox: /tmp, mapping: m.yaml}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_service_config(config)
+    assert [str(problem) for problem in refused.value.problems] == [
+        f"{config}:2:1: instance: String should match pattern '^[A-Za-z0-9_.:@-]+$'",
+        f"{config}:3:1: lease_seconds: Input should be greater than or equal to 1"]
+    config.write_text(config.read_text().replace("instance: 'a b'\nlease_seconds: 0.5\n", ""))
+    loaded = load_service_config(config).config
+    assert (loaded.instance, loaded.lease_seconds) == (None, 30.0)

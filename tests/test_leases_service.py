@@ -188,3 +188,30 @@ def test_feeds_spread_over_instances(tmp_path: Path, sandbox, apicode_env) -> No
         stop_all(a, *([b] if b else []))
     assert set(sandbox.accepted_ids) == ids("S", 5)
     assert f"{moved} " in status and "B, epoch 2, until" in status and "instances (last hour)" in status, status
+
+
+def test_run_once_leaves_a_feed_another_instance_works(tmp_path: Path, sandbox, apicode_env) -> None:
+    """A manual `run --once` while the service works the feed mid-file: with the same journal it
+    leaves the feed to the holder and exits 0; with another journal (a second host) it exits 2
+    and says why. Nothing is sent twice."""
+    sandbox.set_faults(latency_ms=2)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    feed = {"name": "shared", "inbox": str(inbox)}
+    config_a, config_b = shared_journal(tmp_path, sandbox, [feed], ["A", "B"])
+    config_c = write_config(tmp_path / "host-c", sandbox, [feed], instance="C", lease_seconds=LEASE_SECONDS)
+    a = ServiceProcess(config_a, tmp_path / "a.log")
+    try:
+        a.wait_log("this instance (A) works the feed (lease epoch 1)")
+        drop(inbox, "big.csv", export("O", 3000))
+        wait_until(lambda: len(sandbox.arrivals) >= 300, 60, what="300 arrivals")
+        same = ServiceProcess(config_b, tmp_path / "b.log", "--once")
+        assert same.wait(60) == 0, same.text()
+        assert "feed shared: not worked by this instance: instance A holds the feed's lease" in same.text()
+        other = ServiceProcess(config_c, tmp_path / "c.log", "--once")
+        assert other.wait(60) == 2, other.text()
+        assert "feed shared: not worked by this instance: the inbox's lease marker says instance A" in other.text()
+        wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
+    finally:
+        stop_all(a)
+    assert sandbox.duplicates == {} and set(sandbox.accepted_ids) == ids("O", 3000)
