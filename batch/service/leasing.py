@@ -91,7 +91,8 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self._feed_count = feed_count
         self._info = InstanceInfo(name, socket.gethostname(), os.getpid(), time.time(), time.time())
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # _held and _lost: short sections only (the heartbeat takes it)
+        self._acquiring = threading.Lock()  # one acquisition or give-up at a time (the share), with I/O
         self._held: dict[str, _Held] = {}
         self._lost: dict[str, str] = {}  # feed -> why, until its worker has seen it
         self._inboxes: dict[str, _MarkerInbox] = {}
@@ -138,14 +139,16 @@ class LeaseKeeper:
 
     def acquire(self, feed: str, settings: FeedSettings) -> Lease | Refusal:
         """The feed's lease for this instance (taken now, or still held), or why not."""
-        with self._lock:
-            held = self._held.get(feed)
-            if held is not None and self._valid(held):
-                return held.lease
-            if held is not None:  # held, but not renewed in time (a freeze): a new tenure or nothing
-                self._drop(feed, "not renewed in time")
+        with self._acquiring:
+            with self._lock:
+                held = self._held.get(feed)
+                if held is not None and self._valid(held):
+                    return held.lease
+                if held is not None:  # held, but not renewed in time (a freeze): a new tenure or nothing
+                    self._drop(feed, "not renewed in time")
+                count = len(self._held)
             share = fair_share(self._feed_count(), self.live_instances())
-            if len(self._held) >= share:
+            if count >= share:
                 return Refusal("standby", f"this instance holds its share of the feeds ({share})")
             marker_inbox = self._marker_inbox(feed, settings)
             with marker_inbox.lock:
@@ -189,8 +192,9 @@ class LeaseKeeper:
             self.store.release(lease)
             return Refusal("foreign", "another instance wrote the inbox's lease marker first; "
                                       f"{SHARED_JOURNAL_HINT}")
-        self._held[feed] = _Held(lease, settings, started + self.lease_seconds, started + self.lease_seconds)
-        self._lost.pop(feed, None)
+        with self._lock:
+            self._held[feed] = _Held(lease, settings, started + self.lease_seconds, started + self.lease_seconds)
+            self._lost.pop(feed, None)
         return lease
 
     def _dead_here(self, holder: str) -> int | None:
@@ -247,14 +251,16 @@ class LeaseKeeper:
 
     def surplus(self, feed: str) -> bool:
         """True (and the lease is given up) when this instance holds more than its share."""
-        with self._lock:
-            if feed not in self._held:
+        with self._acquiring:
+            with self._lock:
+                count = len(self._held) if feed in self._held else 0
+            if not count:
                 return False
             try:
                 share = fair_share(self._feed_count(), self.live_instances())
             except JournalError:
                 return False
-            if len(self._held) <= share:
+            if count <= share:
                 return False
             self.release(feed)
         log.info("feed %s: given up for another instance (this one held more than its share, %d)", feed, share,
@@ -305,10 +311,14 @@ class LeaseKeeper:
             log.warning("instance %s: heartbeat not recorded: %s", self.name, exc)
         with self._lock:
             held = dict(self._held)
-        for feed, entry in held.items():
-            self._renew(feed, entry)
+        # the journal's leases first, the inboxes' markers after: a slow SFTP server delays no
+        # other feed's lease
+        renewed = [(feed, entry, lease) for feed, entry in held.items()
+                   if (lease := self._renew(feed, entry)) is not None]
+        for feed, entry, lease in renewed:
+            self._renew_marker(feed, entry, lease)
 
-    def _renew(self, feed: str, entry: _Held) -> None:
+    def _renew(self, feed: str, entry: _Held) -> Lease | None:
         started = time.monotonic()
         try:
             lease = self.store.renew(entry.lease, self.lease_seconds)
@@ -316,13 +326,17 @@ class LeaseKeeper:
             log.warning("%s; the feed's work stops before anything more is recorded or moved", exc,
                         extra={"feed": feed})
             self._drop(feed, str(exc))
-            return
+            return None
         except JournalError as exc:
             log.warning("feed %s: the lease could not be renewed: %s", feed, exc, extra={"feed": feed})
-            return
+            return None
         with self._lock:
             if self._held.get(feed) is entry:
                 entry.lease, entry.store_until = lease, started + self.lease_seconds
+        return lease
+
+    def _renew_marker(self, feed: str, entry: _Held, lease: Lease) -> None:
+        started = time.monotonic()
         marker_inbox = self._inboxes.get(feed)
         if marker_inbox is None:
             return
