@@ -44,10 +44,14 @@ def stop_all(*services: ServiceProcess) -> None:
             service.kill()
 
 
-def status_text(config: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60,
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`usageplace-batch ARGS` as a subprocess (its output as text)."""
+    return subprocess.run([sys.executable, "-m", "batch", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "400"})
+
+
+def status_text(config: Path) -> str:
+    done = run_cli("status", "--config", str(config))
     assert done.returncode == 0, done.stderr
     return " ".join(done.stdout.split())  # rich wraps cells: compare words
 

@@ -19,6 +19,7 @@ from tests.fixtures_leases import (
     drop,
     feed_of,
     rows,
+    run_cli,
     shared_journal,
     status_text,
     stop_all,
@@ -57,8 +58,13 @@ def test_two_journals_on_one_inbox_send_nothing_twice(where: str, request: pytes
         drop(inbox, "next.csv", export("N", 10))  # A goes on working the feed; B still leaves it alone
         wait_until(lambda: (inbox / "archive" / "next.csv").exists(), 60, what="next.csv archived")
         status = status_text(config_b)
+        refused = run_cli("handover", "--config", str(config_b), "--feed", "shared")
     finally:
         stop_all(a, *([b] if b else []))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: feed shared: instance A (host "), refused.stderr
+    assert "holds the feed until " in refused.stderr and refused.stderr.endswith(
+        "; stop it first (its lease then expires), then run handover again\n"), refused.stderr
     assert sandbox.duplicates == {}
     assert len(sandbox.arrivals) == 4010 and set(sandbox.accepted_ids) == ids("W", 4000) | ids("N", 10)
     assert receipt(inbox / "outbox", "big.csv")["counts"]["accepted"] == 4000
@@ -96,19 +102,25 @@ def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.Fixtur
         assert len(sandbox.arrivals) == sent_by_a and (inbox / "processing" / "big.csv").exists()
         status = status_text(config_b)
         assert ("shared: big.csv left in processing/ by instance A on" in status
-                and "remove that file; this instance then resumes the file" in status), status
+                and "usageplace-batch handover --config CONFIG --feed shared" in status), status
         line = next(text for text in b.text().splitlines() if "was left by instance A" in text)
         assert ("whose lease expired at " in line and "it is not resumed here without an operator: to hand it "
-                f"over: make sure {inbox}/.usageplace-batch.lease names no running instance, then remove that "
-                "file; this instance then resumes the file, and events the other instance sent already are sent "
-                "again (its journal is not this one)" in line), line
+                f"over: make sure the instance named in {inbox}/.usageplace-batch.lease is not running, then run "
+                "`usageplace-batch handover --config CONFIG --feed shared` (or remove that file); this instance "
+                "then resumes the file, and events the other instance sent already are sent again (its journal is "
+                "not this one)" in line), line
         url = b.text().split("health and metrics at ")[1].split(" and /metrics")[0]
         health = requests.get(url, timeout=10)
         assert health.status_code == 503
         detail = health.json()["feeds"]["shared"]
         assert detail["state"] == "handover" and detail["problem"].startswith(
             "waits for an operator: big.csv in processing/ was left by instance A"), detail
-        (inbox / ".usageplace-batch.lease").unlink()  # the operator's handover
+        handed = run_cli("handover", "--config", str(config_b), "--feed", "shared")
+        assert handed.returncode == 0, handed.stderr
+        assert handed.stdout.startswith("feed shared: removed the lease marker of instance A (host ")
+        assert handed.stdout.endswith("; an instance of this journal resumes big.csv from processing/ and sends "
+                                      "again what A had sent of it\n"), handed.stdout
+        assert not (inbox / ".usageplace-batch.lease").exists()
         b.wait_log("this instance (B) works the feed (lease epoch 1)", 30)
         wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
     finally:

@@ -463,6 +463,27 @@ def prune(config_path: Path, older_than_days: float | None) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@click.option("--feed", "feed_name", required=True, help="The feed to hand over.")
+def handover(config_path: Path, feed_name: str) -> None:
+    """Hand a feed over to this journal's instances: removes the inbox's lease marker of an
+    instance with another journal whose lease has expired (refused while it is live)."""
+    from batch.service.leasing import hand_over
+    from batch.store.journal import Journal
+    from batch.store.leases import SqliteLeaseStore
+
+    loaded = _load_service(config_path)
+    settings = loaded.config.feed(feed_name)  # a misspelt name: FeedNotFound names the known feeds
+    loaded.config.journal.parent.mkdir(parents=True, exist_ok=True)
+    Journal(loaded.config.journal).close()  # the journal whose identity the marker is compared with
+    leases = SqliteLeaseStore(loaded.config.journal)
+    try:
+        click.echo(terminal_safe(hand_over(settings, leases.journal_id)))
+    finally:
+        leases.close()
+
+
+@main.command()
+@CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many files.")
 @click.option("--feed", help="Only this feed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")

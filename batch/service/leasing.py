@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.config.service import FeedSettings
+from batch.errors import BatchError
 from batch.inbox import Inbox, InboxError, open_inbox
 from batch.inbox.base import LeaseMarker
 from batch.store.journal import JournalError
@@ -46,9 +47,38 @@ SHARED_JOURNAL_HINT = "several hosts need one shared PostgreSQL journal (journal
 
 def handover_hint(settings: FeedSettings) -> str:
     """How an operator hands over a file another journal's instance left in processing/."""
-    return (f"to hand it over: make sure {marker_where(settings)} names no running instance, then remove that "
-            "file; this instance then resumes the file, and events the other instance sent already are sent "
-            "again (its journal is not this one)")
+    return (f"to hand it over: make sure the instance named in {marker_where(settings)} is not running, then run "
+            f"`usageplace-batch handover --config CONFIG --feed {settings.name}` (or remove that file); this "
+            "instance then resumes the file, and events the other instance sent already are sent again (its "
+            "journal is not this one)")
+
+
+class HandoverRefused(BatchError):
+    """`handover` cannot hand the feed over now (the marker is live, or there is nothing to do)."""
+
+
+def hand_over(settings: FeedSettings, journal_id: str, now: float | None = None) -> str:
+    """Remove the inbox's lease marker of an instance with another journal whose lease has
+    expired, so that this journal's instances take the feed (and resume what is in processing/).
+    Returns what was done; HandoverRefused while the marker is live or not another journal's."""
+    quick = settings.model_copy(update={"mode": "polling"})
+    with open_inbox(quick) as inbox:
+        marker = inbox.read_lease_marker()
+        if marker is None:
+            raise HandoverRefused(f"feed {settings.name}: {marker_where(settings)} does not exist: nothing to hand "
+                                  "over (an instance of this journal takes the feed by itself)")
+        who = f"instance {marker.instance} (host {marker.host}, pid {marker.pid}, journal {marker.journal_path})"
+        if marker.journal == journal_id:
+            raise HandoverRefused(f"feed {settings.name}: the lease marker names {who} of this journal: nothing to "
+                                  "hand over (this journal's leases decide who works the feed)")
+        if marker.live(now):
+            raise HandoverRefused(f"feed {settings.name}: {who} holds the feed until {marker.expires}; stop it "
+                                  "first (its lease then expires), then run handover again")
+        left = [claimed.source_name for claimed in inbox.resume()]
+        inbox.remove_lease_marker()
+    resumed = (f"; an instance of this journal resumes {', '.join(left)} from processing/ and sends again what "
+               f"{marker.instance} had sent of it" if left else "")
+    return f"feed {settings.name}: removed the lease marker of {who}, expired {marker.expires}{resumed}"
 
 
 def marker_where(settings: FeedSettings) -> str:
