@@ -180,11 +180,20 @@ class LeaseKeeper:
             share = fair_share(self._feed_count(), self.live_instances())
             if count >= share:
                 return Refusal("standby", f"this instance holds its share of the feeds ({share})")
+            # a read first: a standby instance polls without writing to the journal or the inbox
+            current = next((row for row in self.store.leases() if row.feed == feed), None)
+            dead: tuple[str, int] | None = None
+            if current is not None and current.live() and current.holder != self.name:
+                pid = self._dead_here(current.holder)
+                if pid is None:
+                    return Refusal("standby", f"instance {current.holder} holds the feed's lease", current.holder)
+                dead = (current.holder, pid)
             marker_inbox = self._marker_inbox(feed, settings)
             with marker_inbox.lock:
-                return self._acquire(feed, settings, marker_inbox.inbox)
+                return self._acquire(feed, settings, marker_inbox.inbox, dead)
 
-    def _acquire(self, feed: str, settings: FeedSettings, inbox: Inbox) -> Lease | Refusal:
+    def _acquire(self, feed: str, settings: FeedSettings, inbox: Inbox,
+                 dead: tuple[str, int] | None) -> Lease | Refusal:
         marker = inbox.read_lease_marker()
         foreign = marker is not None and marker.journal != self.store.journal_id
         if marker is not None and foreign:
@@ -201,17 +210,14 @@ class LeaseKeeper:
                                            f"{marker.expires}; it is not resumed here without an operator: "
                                            f"{handover_hint(settings)}", marker.instance)
         started = time.monotonic()
-        lease = self.store.acquire(feed, self.name, self.lease_seconds)
-        if lease is None:
+        lease = self.store.acquire(feed, self.name, self.lease_seconds, take_from=dead[0] if dead else None)
+        if lease is None:  # another instance was quicker
             current = next((row for row in self.store.leases() if row.feed == feed), None)
             holder = current.holder if current is not None else "?"
-            dead = self._dead_here(holder)
-            if dead is not None:
-                lease = self.store.acquire(feed, self.name, self.lease_seconds, take_from=holder)
-            if lease is None:
-                return Refusal("standby", f"instance {holder} holds the feed's lease", holder)
+            return Refusal("standby", f"instance {holder} holds the feed's lease", holder)
+        if dead is not None:
             log.info("feed %s: instance %s held the lease, but its process (pid %d) on this host no longer "
-                     "runs: taken over at once", feed, holder, dead, extra={"feed": feed})
+                     "runs: taken over at once", feed, dead[0], dead[1], extra={"feed": feed})
         try:
             written = self._write_marker(inbox, lease, replace=marker is not None and not foreign,
                                          remove_first=foreign)
