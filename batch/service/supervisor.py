@@ -27,6 +27,14 @@ the feed (backoff) with the file kept in processing/. An unexpected error on one
 FILE_ATTEMPTS times (counted in the journal, across restarts), then the file goes to error/ with a
 file-level receipt; nothing ends a worker short of a stop request.
 
+Several instances (batch.service.leasing): a worker works its feed only while this instance
+holds the feed's lease (``LeaseKeeper``, whose heartbeat thread renews it); it claims and resumes
+nothing otherwise (state ``standby``, ``foreign`` or ``handover``). Every journal write of the
+worker's thread is fenced by the lease's epoch, and receipts, uploads and moves are preceded by
+a check; a lost lease stops the file where it is (LeaseLost) and leaves it to the new holder.
+The leases live in the journal's file (batch.store.leases); the inbox carries a lease marker for
+instances with another journal.
+
 Faults: a feed whose delivery holds for an API outage (the delivery's circuit breaker) or
 whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
 ``state``) and the ``usageplace_batch_api_holding`` / ``usageplace_batch_inbox_unreachable``
@@ -240,6 +248,7 @@ class Service:
             outcome = processor.retry(file_id, runtime, receipt_dir)
             if outcome.receipt is not None and worker._remote:
                 for path in (outcome.receipt.csv, outcome.receipt.json):
+                    worker._check_lease()  # check, then act (LeaseLost: the worker stops working the feed)
                     inbox.put_receipt(path, path.name)
                     path.unlink(missing_ok=True)
             counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
