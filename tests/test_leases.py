@@ -16,7 +16,7 @@ from batch.config.inbox import InboxSettings
 from batch.inbox import open_inbox
 from batch.inbox.base import LEASE_MARKER_NAME, Inbox, InboxUnusable, LeaseMarker
 from batch.store.journal import Journal, NewEvent, Result
-from batch.store.leases import InstanceInfo, LeaseLost, SqliteLeaseStore, fair_share
+from batch.store.leases import InstanceInfo, LeaseLost, LeaseStore, SqliteLeaseStore, fair_share
 
 
 class Clock:
@@ -43,12 +43,30 @@ def store(path: Path, clock: Clock) -> SqliteLeaseStore:
     return SqliteLeaseStore(path, clock=clock)
 
 
-# --------------------------------------------------------------------------- the store
+NewStore = Callable[[], LeaseStore]
 
 
-def test_a_free_lease_is_taken_at_epoch_1_and_a_live_one_is_refused_to_another(journal_path: Path,
+@pytest.fixture(params=["sqlite"])
+def new_store(request: pytest.FixtureRequest, journal_path: Path, clock: Clock) -> Iterator[NewStore]:
+    """Opens another connection to one lease store, on the test's clock: the tests of the interface
+    (a PostgreSQL backend adds its parameter here)."""
+    opened: list[LeaseStore] = []
+
+    def make() -> LeaseStore:
+        opened.append(store(journal_path, clock))
+        return opened[-1]
+
+    yield make
+    for each in opened:
+        each.close()
+
+
+# --------------------------------------------------------------------------- the store (interface)
+
+
+def test_a_free_lease_is_taken_at_epoch_1_and_a_live_one_is_refused_to_another(new_store: NewStore,
                                                                                 clock: Clock) -> None:
-    a, b = store(journal_path, clock), store(journal_path, clock)
+    a, b = new_store(), new_store()
     lease = a.acquire("feed1", "A", 30)
     assert lease is not None and (lease.holder, lease.epoch, lease.expires_at) == ("A", 1, clock.now + 30)
     assert b.acquire("feed1", "B", 30) is None
@@ -59,8 +77,8 @@ def test_a_free_lease_is_taken_at_epoch_1_and_a_live_one_is_refused_to_another(j
         a.check(lease)
 
 
-def test_a_live_lease_of_a_dead_instance_is_taken_at_once(journal_path: Path, clock: Clock) -> None:
-    a = store(journal_path, clock)
+def test_a_live_lease_of_a_dead_instance_is_taken_at_once(new_store: NewStore, clock: Clock) -> None:
+    a = new_store()
     assert a.acquire("feed1", "A", 30) is not None
     assert a.acquire("feed1", "B", 30, take_from="C") is None
     taken = a.acquire("feed1", "B", 30, take_from="A")  # the caller knows A's process is gone
@@ -68,8 +86,8 @@ def test_a_live_lease_of_a_dead_instance_is_taken_at_once(journal_path: Path, cl
 
 
 def test_an_expired_lease_is_taken_over_with_a_higher_epoch_and_the_old_token_is_refused(
-        journal_path: Path, clock: Clock) -> None:
-    a, b = store(journal_path, clock), store(journal_path, clock)
+        new_store: NewStore, clock: Clock) -> None:
+    a, b = new_store(), new_store()
     old = a.acquire("feed1", "A", 30)
     assert old is not None
     clock.now += 31
@@ -85,22 +103,22 @@ def test_an_expired_lease_is_taken_over_with_a_higher_epoch_and_the_old_token_is
     assert b.leases()[0].live(clock.now) and b.leases()[0].holder == "B"
 
 
-def test_renewal_keeps_the_epoch_and_release_lets_the_next_taker_raise_it(journal_path: Path, clock: Clock) -> None:
-    a = store(journal_path, clock)
+def test_renewal_keeps_the_epoch_and_release_lets_the_next_taker_raise_it(new_store: NewStore, clock: Clock) -> None:
+    a = new_store()
     lease = a.acquire("feed1", "A", 30)
     assert lease is not None
     clock.now += 20
     renewed = a.renew(lease, 30)
     assert (renewed.epoch, renewed.expires_at) == (1, clock.now + 30)
     clock.now += 20  # 40 s after taking it: alive only by the renewal
-    assert store(journal_path, clock).acquire("feed1", "B", 30) is None
+    assert new_store().acquire("feed1", "B", 30) is None
     a.release(renewed)
-    taken = store(journal_path, clock).acquire("feed1", "B", 30)
+    taken = new_store().acquire("feed1", "B", 30)
     assert taken is not None and taken.epoch == 2
 
 
-def test_instances_are_seen_by_heartbeat_and_stop(journal_path: Path, clock: Clock) -> None:
-    a = store(journal_path, clock)
+def test_instances_are_seen_by_heartbeat_and_stop(new_store: NewStore, clock: Clock) -> None:
+    a = new_store()
     a.heartbeat(InstanceInfo("A", "h1", 11, clock.now, clock.now))
     a.heartbeat(InstanceInfo("B", "h1", 12, clock.now, clock.now))
     clock.now += 20
