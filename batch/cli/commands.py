@@ -469,13 +469,13 @@ def handover(config_path: Path, feed_name: str) -> None:
     instance with another journal whose lease has expired (refused while it is live)."""
     from batch.service.leasing import hand_over
     from batch.store.journal import Journal
-    from batch.store.leases import SqliteLeaseStore
+    from batch.store.leases import open_lease_store
 
     loaded = _load_service(config_path)
     settings = loaded.config.feed(feed_name)  # a misspelt name: FeedNotFound names the known feeds
     loaded.config.journal.parent.mkdir(parents=True, exist_ok=True)
     Journal(loaded.config.journal).close()  # the journal whose identity the marker is compared with
-    leases = SqliteLeaseStore(loaded.config.journal)
+    leases = open_lease_store(loaded.config.journal)
     try:
         click.echo(terminal_safe(hand_over(settings, leases.journal_id)))
     finally:
@@ -491,7 +491,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     """Recent files with their counts per outcome, from the journal; the feeds with their leases
     (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently."""
     from batch.store.journal import Journal
-    from batch.store.leases import SqliteLeaseStore
+    from batch.store.leases import open_lease_store
 
     loaded = _load_service(config_path)
     if feed is not None:
@@ -505,7 +505,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     with Journal(journal_path) as journal:
         files = journal.recent_files(limit, feed)
         if not as_json:
-            leases = SqliteLeaseStore(journal_path)
+            leases = open_lease_store(journal_path)
             try:
                 _print_feeds(loaded, journal, feed, leases)
                 _print_instances(loaded, leases)

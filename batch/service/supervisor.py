@@ -95,7 +95,7 @@ from batch.store.journal import (
     Journal,
     JournalError,
 )
-from batch.store.leases import Lease, LeaseStore, SqliteLeaseStore, default_instance_name
+from batch.store.leases import Lease, LeaseStore, default_instance_name, open_lease_store
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -122,7 +122,7 @@ class Service:
         self.instance = config.instance or default_instance_name()
         try:
             # leases live in the journal's file: the processes that share a journal share its leases
-            self.lease_store = SqliteLeaseStore(config.journal)
+            self.lease_store = open_lease_store(config.journal)
         except BaseException:
             self.journal.close()
             raise

@@ -341,3 +341,9 @@ class SqliteLeaseStore(LeaseStore):
                     conn.close()
                 except sqlite3.Error:
                     pass
+
+
+def open_lease_store(journal: str | os.PathLike[str]) -> LeaseStore:
+    """The lease store of the journal the configuration names (`journal:`); today SQLite, in the
+    journal's own file (a PostgreSQL journal gets its own implementation, chosen here)."""
+    return SqliteLeaseStore(journal)
