@@ -6,6 +6,7 @@ takes the feed over after the lease; feeds spread over instances."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -120,8 +121,8 @@ def test_a_file_another_journal_left_waits_for_a_handover(request: pytest.Fixtur
         assert handed.stdout.startswith("feed shared: removed the lease marker of instance A (host ")
         assert handed.stdout.endswith("; an instance of this journal resumes big.csv from processing/ and sends "
                                       "again what A had sent of it\n"), handed.stdout
-        assert not (inbox / ".usageplace-batch.lease").exists()
         b.wait_log("this instance (B) works the feed (lease epoch 1)", 30)
+        assert json.loads((inbox / ".usageplace-batch.lease").read_text())["instance"] == "B"  # B's marker now
         wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
     finally:
         stop_all(b)
