@@ -320,10 +320,6 @@ class LeaseKeeper:
             raise LeaseLost(lease.feed, f"not renewed within {self.lease_seconds:g} s (was the process paused?)")
         self.store.check(lease)
 
-    def lost_reason(self, feed: str) -> str | None:
-        with self._lock:
-            return self._lost.get(feed)
-
     def _drop(self, feed: str, why: str) -> None:
         with self._lock:
             held = self._held.pop(feed, None)
