@@ -191,6 +191,8 @@ class Processor:
     stop: threading.Event = field(default_factory=threading.Event)
     journal_batch: int = JOURNAL_BATCH
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)  # held across files (F6)
+    # fencing (batch.store.leases): called before every receipt is written; raises to refuse
+    fence: Callable[[], None] | None = None
 
     def process(
         self,
@@ -226,7 +228,7 @@ class Processor:
         file = begun.file
         if begun.outcome == "already_processed":
             log.info("%s: already processed as %s; nothing sent", name, begun.original.name if begun.original else "?")
-            receipt = write_receipt_or_fault(
+            receipt = self._receipt(
                 lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
             return FileOutcome(FileStatus.SKIPPED, file, receipt, file.error)
         if begun.outcome == "resumed":
@@ -242,7 +244,7 @@ class Processor:
                 message = f"{name}: {exc}"
                 log.error("%s", message)
                 file = self.journal.finish_file(file.id, "error", error=str(exc))
-                receipt = write_receipt_or_fault(
+                receipt = self._receipt(
                     lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
                 return FileOutcome(FileStatus.ERROR, file, receipt, str(exc))
             self.journal.mark_recorded(file.id)
@@ -257,10 +259,15 @@ class Processor:
         """(Re)write the receipt of a finished file from the journal: one row per event for a
         done file, the file-level one otherwise. Raises ReceiptNotWritten."""
         if file.state == "done":
-            return write_receipt_or_fault(lambda: write_receipt(
+            return self._receipt(lambda: write_receipt(
                 receipt_dir, file, self.journal.file_events(file.id), feed.receipt_format), receipt_dir, file)
-        return write_receipt_or_fault(
+        return self._receipt(
             lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
+
+    def _receipt(self, write: Callable[[], ReceiptPaths], receipt_dir: Path, file: FileRecord) -> ReceiptPaths:
+        if self.fence is not None:
+            self.fence()
+        return write_receipt_or_fault(write, receipt_dir, file)
 
     def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
                      earlier: dict[str, FeedRuntime]) -> FeedRuntime | None:
@@ -382,7 +389,7 @@ class Processor:
             journal.flush()
         else:
             file = journal.finish_file(file_id, "done")
-        receipt = write_receipt_or_fault(
+        receipt = self._receipt(
             lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format),
             receipt_dir, file)
         return FileOutcome(FileStatus.DONE, file, receipt, None, report)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --he
     from batch.sandbox.server import Sandbox
     from batch.service.runtime import Runtime
     from batch.store.journal import FileRecord, JournalStore
+    from batch.store.leases import LeaseStore
     from batch.store.receipts import ReceiptPaths
     from batch.transform.mapping import MappedRecord
 
@@ -466,12 +467,36 @@ def prune(config_path: Path, older_than_days: float | None) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@click.option("--feed", "feed_name", required=True, help="The feed to hand over.")
+def handover(config_path: Path, feed_name: str) -> None:
+    """Hand a feed over to this journal's instances: removes the inbox's lease marker of an
+    instance with another journal whose lease has expired (refused while it is live)."""
+    from batch.service.leasing import hand_over
+    from batch.store.journals import open_journal
+    from batch.store.leases import open_lease_store
+
+    loaded = _load_service(config_path)
+    settings = loaded.config.feed(feed_name)  # a misspelt name: FeedNotFound names the known feeds
+    journal = open_journal(loaded.config)  # the journal whose identity the marker is compared with
+    if journal is not None:
+        journal.close()
+    leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+    try:
+        click.echo(terminal_safe(hand_over(settings, leases.journal_id)))
+    finally:
+        leases.close()
+
+
+@main.command()
+@CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many files.")
 @click.option("--feed", help="Only this feed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
-    """Recent files with their counts per outcome, from the journal."""
+    """Recent files with their counts per outcome, from the journal; the feeds with their leases
+    (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently."""
     from batch.store.journals import journal_display, open_journal
+    from batch.store.leases import open_lease_store
 
     loaded = _load_service(config_path)
     if feed is not None:
@@ -486,7 +511,12 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     with journal:
         files = journal.recent_files(limit, feed)
         if not as_json:
-            _print_feeds(loaded, journal, feed)
+            leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+            try:
+                _print_feeds(loaded, journal, feed, leases)
+                _print_instances(loaded, leases)
+            finally:
+                leases.close()
     if as_json:
         for record in files:
             click.echo(terminal_json(_file_summary(record)))
@@ -639,23 +669,55 @@ def demo(workspace: Path | None) -> None:
     raise SystemExit(ExitStatus.UNUSABLE if result.exit_code == ExitStatus.UNUSABLE else ExitStatus.OK)
 
 
-def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str | None) -> None:
-    """The feeds of `status`: inbox, files waiting in processing/, the last file."""
+def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str | None,
+                 leases: LeaseStore | None = None) -> None:
+    """The feeds of `status`: inbox, files waiting in processing/, the last file, the lease."""
     from rich.console import Console
     from rich.table import Table
 
     from batch.service.supervisor import feed_overview
 
     table = Table(title="feeds", header_style="bold")
-    for name in ("feed", "inbox", "in processing/", "last file"):
+    for name in ("feed", "inbox", "in processing/", "last file", "lease (holder, epoch, expires)"):
         table.add_column(name, overflow="fold")
-    for row in feed_overview(loaded, journal):
+    notes: list[str] = []
+    for row in feed_overview(loaded, journal, leases):
         if only is not None and row["feed"] != only:
             continue
         waiting = row.get("error") and f"unknown: {row['error']}" or (", ".join(row["in_processing"]) or "none")
         last = row["last_file"]
         shown = f"{last['name']} ({last['state']}, {last['started'][:19]})" if last else "-"
-        table.add_row(_escape(row["feed"]), _escape(str(row["inbox"])), _escape(waiting), _escape(shown))
+        lease, marker = row.get("lease"), row.get("marker")
+        held = "-"
+        if lease is not None:
+            held = f"{lease['holder']}, epoch {lease['epoch']}, {'until' if lease['live'] else 'expired'} " \
+                   f"{lease['expires']}"
+        if marker is not None and marker["foreign"]:
+            held = f"{marker['instance']} (another journal), until {marker['expires']}"
+        if marker is not None and marker.get("note"):
+            notes.append(f"{row['feed']}: {marker['note']}")
+        table.add_row(_escape(row["feed"]), _escape(str(row["inbox"])), _escape(waiting), _escape(shown),
+                      _escape(held))
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for note in notes:
+        console.print(_escape(f"note: {note}"), soft_wrap=True)
+
+
+def _print_instances(loaded: LoadedService, leases: LeaseStore) -> None:
+    """The instances of this journal seen in the last hour (live: seen within a lease)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batch.service.supervisor import instances_overview
+
+    table = Table(title="instances (last hour)", header_style="bold")
+    for name in ("instance", "host", "pid", "started", "last seen", "state"):
+        table.add_column(name, overflow="fold")
+    for row in instances_overview(leases, loaded.config.lease_seconds):
+        state = "live" if row["live"] else (f"stopped {row['stopped']}" if row["stopped"] else "gone")
+        table.add_row(_escape(row["instance"]), _escape(row["host"]), str(row["pid"]), row["started"], row["seen"],
+                      state)
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 

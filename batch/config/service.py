@@ -80,6 +80,14 @@ class ServiceConfig(BaseModel):
                     "retry; null keeps everything. Re-dropped files and repeated event ids are recognised "
                     "within this window.")
     staging_dir: Path = Field(Path("var/staging"), description="Where SFTP downloads are kept while processed.")
+    instance: str | None = Field(
+        None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$",
+        description="This instance's name in leases, the inbox's lease marker and `status` (unique per running "
+                    "process); default: host name, pid and a random suffix.")
+    lease_seconds: float = Field(
+        30.0, ge=1.0, le=3600.0,
+        description="How long a feed's lease lasts without a heartbeat (renewed every third of it); after it "
+                    "another instance may take the feed over.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
     feeds: list[FeedSettings] = Field(..., min_length=1)

@@ -10,16 +10,22 @@ SFTP server. Both implementations offer the same life cycle for one file:
     finish(claimed, ok)                    processing/ -> archive/ or error/
 
 and `resume()` for what a previous run left in processing/.
+
+The inbox also carries the *lease marker* (`LeaseMarker`, the file `.usageplace-batch.lease` in
+the inbox folder): which instance, of which journal, works the feed, and until when. Instances
+that share a journal arbitrate through the journal's leases (batch.store.leases); the marker is
+what an instance with *another* journal (a second host with its own SQLite file) can see.
 """
 
 from __future__ import annotations
 
 import abc
 import fnmatch
+import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -90,6 +96,51 @@ class Claimed:
     size: int
     mtime: float
     marker: str | None = None  # the marker's name inside processing/, if it came with one
+
+
+LEASE_MARKER_NAME = ".usageplace-batch.lease"  # a dotfile: never taken as data
+LEASE_MARKER_MAX_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class LeaseMarker:
+    """Who works this inbox's feed: written atomically into the inbox, renewed with the heartbeat.
+
+    `expires_at` is unix seconds by the writer's clock (hosts must keep their clocks in sync,
+    e.g. NTP; the lease is tens of seconds, skew should be well under that)."""
+
+    instance: str      # the instance's name (config `instance:`)
+    host: str
+    pid: int
+    journal: str       # the journal's identity (LeaseStore.journal_id)
+    journal_path: str  # where that journal is, on its host (for people)
+    feed: str
+    epoch: int
+    expires_at: float
+    written_at: float
+
+    def live(self, now: float | None = None) -> bool:
+        return self.expires_at > (time.time() if now is None else now)
+
+    @property
+    def expires(self) -> str:
+        return datetime.fromtimestamp(self.expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({**asdict(self), "expires": self.expires}, ensure_ascii=False, indent=1) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> LeaseMarker:
+        """Parse a marker; InboxUnusable names the file and says how to clear it."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            return cls(instance=str(raw["instance"]), host=str(raw["host"]), pid=int(raw["pid"]),
+                       journal=str(raw["journal"]), journal_path=str(raw["journal_path"]), feed=str(raw["feed"]),
+                       epoch=int(raw["epoch"]), expires_at=float(raw["expires_at"]),
+                       written_at=float(raw["written_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InboxUnusable(f"lease marker {where} cannot be read ({type(exc).__name__}: {exc}); "
+                                "if no other instance works this inbox, remove the file") from None
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -219,6 +270,20 @@ class Inbox(abc.ABC):
     @abc.abstractmethod
     def resume(self) -> list[Claimed]:
         """Files a previous run left in processing/, oldest first."""
+
+    @abc.abstractmethod
+    def read_lease_marker(self) -> LeaseMarker | None:
+        """The inbox's lease marker, or None when there is none."""
+
+    @abc.abstractmethod
+    def write_lease_marker(self, marker: LeaseMarker, *, replace: bool) -> bool:
+        """Write the marker atomically (a temporary, then a rename). `replace=False`: only if
+        there is none (a rename that never replaces: of two instances, one wins); False when
+        one was there."""
+
+    @abc.abstractmethod
+    def remove_lease_marker(self) -> None:
+        """Remove the marker (nothing if there is none)."""
 
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> bool:

@@ -36,13 +36,17 @@ from batch.fsutil import (
     open_folder,
     remove_stale_temporaries,
     symlink_refusal,
+    temporary_basename,
 )
 from batch.inbox.base import (
+    LEASE_MARKER_MAX_BYTES,
+    LEASE_MARKER_NAME,
     Candidate,
     Claimed,
     FileStat,
     Inbox,
     InboxUnusable,
+    LeaseMarker,
     NameRules,
     check_name,
     folder_path,
@@ -382,6 +386,64 @@ class LocalInbox(Inbox):
         with open(local_path, "rb") as src, \
                 atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+    # -- the lease marker (in the inbox folder itself, beside the files it is about)
+
+    def read_lease_marker(self) -> LeaseMarker | None:
+        fd = self._open(self.root, "read the lease marker")
+        try:
+            try:
+                marker_fd = os.open(LEASE_MARKER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise named_error("read the lease marker", self.root / LEASE_MARKER_NAME, exc) from exc
+            with os.fdopen(marker_fd, "rb") as handle:
+                data = handle.read(LEASE_MARKER_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        return LeaseMarker.from_bytes(data, str(self.root / LEASE_MARKER_NAME))
+
+    def write_lease_marker(self, marker: LeaseMarker, *, replace: bool) -> bool:
+        what = "write the lease marker"
+        if replace:
+            with atomic_writer(self.root / LEASE_MARKER_NAME, what=what) as out:
+                out.write(marker.to_bytes())
+            return True
+        fd = self._open(self.root, what)
+        temp = temporary_basename(LEASE_MARKER_NAME)
+        try:
+            try:
+                out_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                                 dir_fd=fd)
+                with os.fdopen(out_fd, "wb") as out:
+                    out.write(marker.to_bytes())
+                    out.flush()
+                    os.fsync(out.fileno())
+                rename_noreplace(temp, LEASE_MARKER_NAME, src_dir_fd=fd, dst_dir_fd=fd)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise named_error(what, self.root / LEASE_MARKER_NAME, exc) from exc
+            finally:
+                try:
+                    os.unlink(temp, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(fd)
+
+    def remove_lease_marker(self) -> None:
+        fd = self._open(self.root, "remove the lease marker")
+        try:
+            os.unlink(LEASE_MARKER_NAME, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise named_error("remove the lease marker", self.root / LEASE_MARKER_NAME, exc) from exc
+        finally:
+            os.close(fd)
 
     # -- waiting
 

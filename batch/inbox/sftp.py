@@ -58,6 +58,8 @@ from batch.fsutil import (
     temporary_name,
 )
 from batch.inbox.base import (
+    LEASE_MARKER_MAX_BYTES,
+    LEASE_MARKER_NAME,
     Candidate,
     Claimed,
     FileStat,
@@ -66,6 +68,7 @@ from batch.inbox.base import (
     InboxError,
     InboxUnavailable,
     InboxUnusable,
+    LeaseMarker,
     NameRules,
     check_name,
     folder_path,
@@ -664,6 +667,61 @@ class SftpInbox(Inbox):
                 raise
 
         self._run("upload receipt", upload, final)
+
+    # ------------------------------------------------------------------ the lease marker
+
+    @property
+    def _marker(self) -> str:
+        return posixpath.join(self.root, LEASE_MARKER_NAME)
+
+    def read_lease_marker(self) -> LeaseMarker | None:
+        def read(sftp: paramiko.SFTPClient) -> bytes | None:
+            try:
+                attrs = sftp.lstat(_b(self._marker))
+            except FileNotFoundError:
+                return None
+            if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+                raise InboxUnusable(f"lease marker {self._where}{self._marker} is not a regular file")
+            with sftp.open(_b(self._marker), "rb") as handle:
+                return bytes(handle.read(LEASE_MARKER_MAX_BYTES + 1))
+
+        data = self._run("read the lease marker", read, self._marker)
+        return None if data is None else LeaseMarker.from_bytes(data, f"{self._where}{self._marker}")
+
+    def write_lease_marker(self, marker: LeaseMarker, *, replace: bool) -> bool:
+        tmp = posixpath.join(self.root, temporary_basename(LEASE_MARKER_NAME))
+
+        def write(sftp: paramiko.SFTPClient) -> bool:
+            try:
+                with sftp.open(_b(tmp), "wb") as handle:
+                    handle.write(marker.to_bytes())
+                if replace:
+                    sftp.posix_rename(_b(tmp), _b(self._marker))
+                    return True
+                try:  # the standard SFTP rename never replaces a target (OpenSSH: link + unlink)
+                    sftp.rename(_b(tmp), _b(self._marker))
+                    return True
+                except OSError:
+                    if not self.connected or not self._exists(sftp, self._marker):
+                        raise
+                    return False
+            finally:
+                if self.connected:
+                    try:
+                        sftp.remove(_b(tmp))
+                    except OSError:
+                        pass
+
+        return self._run("write the lease marker", write, self._marker)
+
+    def remove_lease_marker(self) -> None:
+        def remove(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.remove(_b(self._marker))
+            except FileNotFoundError:
+                pass
+
+        self._run("remove the lease marker", remove, self._marker)
 
     # ------------------------------------------------------------------ waiting
 

@@ -27,6 +27,14 @@ the feed (backoff) with the file kept in processing/. An unexpected error on one
 FILE_ATTEMPTS times (counted in the journal, across restarts), then the file goes to error/ with a
 file-level receipt; nothing ends a worker short of a stop request.
 
+Several instances (batch.service.leasing): a worker works its feed only while this instance
+holds the feed's lease (``LeaseKeeper``, whose heartbeat thread renews it); it claims and resumes
+nothing otherwise (state ``standby``, ``foreign`` or ``handover``). Every journal write of the
+worker's thread is fenced by the lease's epoch, and receipts, uploads and moves are preceded by
+a check; a lost lease stops the file where it is (LeaseLost) and leaves it to the new holder.
+The leases live in the journal's file (batch.store.leases); the inbox carries a lease marker for
+instances with another journal.
+
 Faults: a feed whose delivery holds for an API outage (the delivery's circuit breaker) or
 whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
 ``state``) and the ``usageplace_batch_api_holding`` / ``usageplace_batch_inbox_unreachable``
@@ -49,7 +57,7 @@ import signal
 import sqlite3
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +73,12 @@ from batch.config.service import (
 from batch.config.yamlload import ConfigError
 from batch.errors import ExitStatus
 from batch.inbox import Inbox, InboxError, open_inbox
+from batch.inbox.base import LeaseMarker
 from batch.pipeline import (
     FileStatus,
     failed_file_ids,
 )
+from batch.service.leasing import SHARED_JOURNAL_HINT, LeaseKeeper, handover_hint
 from batch.service.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.service.metrics import Metrics, MetricsServer
 from batch.service.reload import (
@@ -82,7 +92,8 @@ from batch.service.reload import (
 from batch.service.runtime import Runtime
 from batch.service.worker import RETRY_FAILED_CHECK_SECONDS, FeedWorker, WorkerState, breaker_open, feed_trouble
 from batch.store.journal import JournalError, JournalStore
-from batch.store.journals import open_journal
+from batch.store.journals import journal_display, open_journal
+from batch.store.leases import Lease, LeaseStore, default_instance_name, open_lease_store
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -107,11 +118,21 @@ class Service:
         journal = open_journal(config)
         assert journal is not None  # create=True: always a journal
         self.journal = journal
+        self.instance = config.instance or default_instance_name()
+        try:
+            # leases live beside the journal: the processes that share a journal share its leases
+            self.lease_store = open_lease_store(config.journal, config.journal_password_file)
+        except BaseException:
+            self.journal.close()
+            raise
+        self.leases = LeaseKeeper(self.lease_store, name=self.instance, journal_path=journal_display(config.journal),
+                                  lease_seconds=config.lease_seconds, feed_count=lambda: len(self.config.feeds))
         try:
             check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
             client = build_client(loaded)
             self._generation = Generation(1, loaded, client, build_feeds(loaded))
         except BaseException:
+            self.lease_store.close()
             self.journal.close()
             raise
         for warning in secret_file_warnings(loaded):
@@ -226,6 +247,7 @@ class Service:
             outcome = processor.retry(file_id, runtime, receipt_dir)
             if outcome.receipt is not None and worker._remote:
                 for path in (outcome.receipt.csv, outcome.receipt.json):
+                    worker._check_lease()  # check, then act (LeaseLost: the worker stops working the feed)
                     inbox.put_receipt(path, path.name)
                     path.unlink(missing_ok=True)
             counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
@@ -252,6 +274,7 @@ class Service:
                  ", ".join(f"{feed.name} ({feed.inbox})" for feed in config.feeds),
                  " (once)" if self.once else "")
         try:
+            self.leases.start()
             self._prune_journal()
             for feed in config.feeds:
                 self._start_worker(feed.name)
@@ -285,6 +308,10 @@ class Service:
         for client in self._clients:
             client.close()
         self._clients = []
+        try:
+            self.leases.close()
+        finally:
+            self.lease_store.close()
         self.journal.close()
         log.info("stopped")
 
@@ -344,6 +371,10 @@ class Service:
             notes.append("logging.format")
         if generation.config.staging_dir != old.config.staging_dir:
             notes.append("staging_dir")
+        if generation.config.instance != old.config.instance:
+            notes.append("instance")
+        if generation.config.lease_seconds != old.config.lease_seconds:
+            notes.append("lease_seconds")
         if notes:
             log.warning("configuration: a change of %s takes effect after a restart", ", ".join(notes))
         apply_level(generation.config.logging.level)
@@ -384,16 +415,24 @@ def prune_journal(journal: JournalStore, retention_days: float) -> tuple[int, in
 # --------------------------------------------------------------------------- status
 
 
-def feed_overview(loaded: LoadedService, journal: JournalStore | None) -> list[dict[str, Any]]:
-    """Per feed: its inbox, the files waiting in processing/, the last file in the journal."""
+def feed_overview(loaded: LoadedService, journal: JournalStore | None,
+                  leases: LeaseStore | None = None) -> list[dict[str, Any]]:
+    """Per feed: its inbox, the files waiting in processing/, the last file in the journal, and
+    (with `leases`) the feed's lease (holder, epoch, expiry) and the inbox's lease marker; a
+    marker of another journal says why this journal's instances leave the feed alone."""
     rows = []
+    now = time.time()
+    by_feed = {lease.feed: lease for lease in leases.leases()} if leases is not None else {}
     for feed in loaded.config.feeds:
         row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None}
+        marker: LeaseMarker | None = None
         try:
             quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
                                             "mode": "polling"})
             with open_inbox(quick) as inbox:
                 row["in_processing"] = [claimed.source_name for claimed in inbox.resume()]  # D6: shown escaped
+                if leases is not None:
+                    marker = inbox.read_lease_marker()
         except (InboxError, OSError) as exc:
             row["error"] = str(exc)
         if journal is not None:
@@ -402,8 +441,51 @@ def feed_overview(loaded: LoadedService, journal: JournalStore | None) -> list[d
                 last = recent[0]
                 row["last_file"] = {"name": last.name, "state": last.state,
                                     "started": last.started_at.isoformat(), "counts": dict(last.counts)}
+        if leases is not None:
+            row["lease"] = lease_summary(by_feed.get(feed.name), now)
+            row["marker"] = marker_summary(marker, leases.journal_id, feed, row.get("in_processing") or [], now)
         rows.append(row)
     return rows
+
+
+def lease_summary(lease: Lease | None, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {"holder": lease.holder, "epoch": lease.epoch, "expires": _utc(lease.expires_at),
+            "live": lease.live(now)}
+
+
+def marker_summary(marker: LeaseMarker | None, journal_id: str, feed: FeedSettings, left: list[str],
+                   now: float) -> dict[str, Any] | None:
+    """The inbox's lease marker for `status`; for another journal's, why the feed is left alone."""
+    if marker is None:
+        return None
+    summary: dict[str, Any] = {"instance": marker.instance, "host": marker.host, "journal": marker.journal_path,
+                               "epoch": marker.epoch, "expires": marker.expires, "live": marker.live(now),
+                               "foreign": marker.journal != journal_id}
+    if summary["foreign"]:
+        if marker.live(now):
+            summary["note"] = (f"worked by instance {marker.instance} on {marker.host} with another journal "
+                               f"({marker.journal_path}); instances of this journal leave it alone: "
+                               f"{SHARED_JOURNAL_HINT}")
+        elif left:
+            summary["note"] = (f"{', '.join(left)} left in processing/ by instance {marker.instance} on "
+                               f"{marker.host} (another journal, {marker.journal_path}), whose lease expired "
+                               f"{marker.expires}: {handover_hint(feed)}")
+    return summary
+
+
+def instances_overview(leases: LeaseStore, lease_seconds: float, within: float = 3600.0) -> list[dict[str, Any]]:
+    """The instances seen within `within` seconds (live: seen within a lease and not stopped)."""
+    now = time.time()
+    return [{"instance": info.name, "host": info.host, "pid": info.pid, "started": _utc(info.started_at),
+             "seen": _utc(info.seen_at), "stopped": _utc(info.stopped_at) if info.stopped_at else None,
+             "live": info.live(lease_seconds, now)}
+            for info in leases.instances(within)]
+
+
+def _utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], list[str]]:

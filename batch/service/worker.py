@@ -32,6 +32,7 @@ from batch.pipeline import (
     StorageFault,
     write_receipt_or_fault,
 )
+from batch.service.leasing import Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
 from batch.service.runtime import Runtime
@@ -45,6 +46,7 @@ from batch.store.journal import (
     StrEnum,
     this_process,
 )
+from batch.store.leases import Lease, LeaseLost
 from batch.store.receipts import ReceiptPaths, write_file_level_receipt
 
 if TYPE_CHECKING:
@@ -142,6 +144,9 @@ class WorkerState(StrEnum):
     CRASHED = "crashed"          # the thread ended by a bug
     STOPPED = "stopped"          # ended on a stop request (or the feed was removed)
     HOLDING = "holding"          # (/healthz only) delivery holds for an API outage (circuit breaker)
+    STANDBY = "standby"          # another instance (same journal) holds the feed's lease
+    FOREIGN = "foreign"          # the inbox's lease marker names a live instance with another journal
+    HANDOVER = "handover"        # a file left in processing/ by another journal's instance waits for an operator
 
 
 class FeedWorker(threading.Thread):
@@ -178,12 +183,18 @@ class FeedWorker(threading.Thread):
         self._pause = _Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
         self._auth = _Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
         self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
+        self._lease: Lease | None = None      # this feed's lease while this instance holds it
+        self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
+        self.lease_note: str | None = None    # why this instance does not work the feed now (health, status)
 
     # -- health
 
     def health(self) -> dict[str, Any]:
+        lease = self._lease
         return {"alive": self.is_alive(), "state": self.state, "last_scan": self.last_scan,
-                "last_file": self.last_file, "last_status": self.last_status, "last_error": self.last_error}
+                "last_file": self.last_file, "last_status": self.last_status, "last_error": self.last_error,
+                "lease": None if lease is None else {"epoch": lease.epoch, "holder": lease.holder},
+                "lease_note": self.lease_note}
 
     # -- configuration
 
@@ -216,7 +227,7 @@ class FeedWorker(threading.Thread):
         client = cast(RopoClient, _MeteredClient(generation.client, self.service.metrics, self.feed))
         self._processor = Processor(
             self.service.journal, client,
-            generation.config.delivery, stop=self.service.stop,
+            generation.config.delivery, stop=self.service.stop, fence=self._check_lease,
         )
         self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
         self._staging = generation.config.staging_dir / self.feed
@@ -261,8 +272,71 @@ class FeedWorker(threading.Thread):
             log.exception("feed %s: the worker stopped on an unexpected error", self.feed, extra={"feed": self.feed})
         finally:
             self._close_inbox()
+            if self._lease is not None:
+                self._lease = None
+                try:
+                    self.service.leases.release(self.feed)
+                except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+                    log.warning("feed %s: releasing the lease: %s", self.feed, exc, extra={"feed": self.feed})
             if self.state != WorkerState.CRASHED:
                 self.state = WorkerState.STOPPED
+
+    # -- the feed's lease (batch.service.leasing)
+
+    def _hold_lease(self) -> bool:
+        """True while this instance holds the feed's lease (taking it when it is free, expired
+        and within this instance's share); otherwise the state and the log say who has it."""
+        if self._lease is not None:
+            try:
+                self.service.leases.check(self._lease)
+                return True
+            except LeaseLost as exc:
+                self._lease_lost(exc)
+        result = self.service.leases.acquire(self.feed, self.settings)
+        if isinstance(result, Refusal):
+            self._refused(result)
+            return False
+        self._lease = result
+        # every journal write of this thread checks the lease in its own transaction
+        self.service.journal.set_fence(self.service.lease_store.fence(result))
+        self._need_resume = True
+        self._refusal = None
+        self.lease_note = None
+        if self.state in (WorkerState.STANDBY, WorkerState.FOREIGN, WorkerState.HANDOVER):
+            self.state = WorkerState.IDLE
+        log.info("feed %s: this instance (%s) works the feed (lease epoch %d)", self.feed, result.holder,
+                 result.epoch, extra={"feed": self.feed})
+        return True
+
+    def _check_lease(self) -> None:
+        """Check, then act: before a receipt, an upload or a move (LeaseLost when lost)."""
+        if self._lease is None:
+            raise LeaseLost(self.feed, "this instance does not hold the feed's lease")
+        self.service.leases.check(self._lease)
+
+    def _lease_lost(self, exc: LeaseLost) -> None:
+        """Stop working the feed: what is in processing/ stays for the lease's holder."""
+        lease, self._lease = self._lease, None
+        self._unfinished.clear()  # a finishing step left is the new holder's now
+        self._need_resume = True
+        self.state = WorkerState.STANDBY
+        self.last_error = str(exc)
+        self.lease_note = str(exc)
+        self.service.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
+        log.warning("%s; this instance stopped working the feed before recording or moving anything more%s",
+                    exc, f" (it held epoch {lease.epoch})" if lease is not None else "", extra={"feed": self.feed})
+
+    def _refused(self, refusal: Refusal) -> None:
+        self.state = {"foreign": WorkerState.FOREIGN, "handover": WorkerState.HANDOVER}.get(
+            refusal.state, WorkerState.STANDBY)
+        self.lease_note = refusal.message
+        said = (refusal.state, refusal.holder)
+        if said == self._refusal:
+            return
+        self._refusal = said
+        level = {"foreign": logging.WARNING, "handover": logging.ERROR}.get(refusal.state, logging.INFO)
+        log.log(level, "feed %s: not worked by this instance: %s", self.feed, refusal.message,
+                extra={"feed": self.feed})
 
     def _loop(self) -> None:
         service = self.service
@@ -283,6 +357,14 @@ class FeedWorker(threading.Thread):
                 backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
                 step = "opening the inbox"
                 inbox = self._open()
+                step = "taking the feed's lease"
+                if not self._hold_lease():
+                    if once:
+                        if self.state != WorkerState.STANDBY:
+                            self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
+                        return
+                    stop.wait(min(1.0, service.leases.interval))
+                    continue
                 if self._finishing_due():
                     self._need_resume = True
                 if self._need_resume:
@@ -309,6 +391,9 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = WorkerState.IDLE
+                    if not self._unfinished and service.leases.surplus(self.feed):
+                        self._lease = None  # given up for an idle instance (more than this one's share)
+                        continue
                     step = "sending failed events again"
                     service.retry_failed(self, inbox)
                     self._idle(inbox)
@@ -337,6 +422,8 @@ class FeedWorker(threading.Thread):
                     self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                     return
                 stop.wait(delay)
+            except LeaseLost as exc:  # another instance works the feed now
+                self._lease_lost(exc)
             except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
                 self._need_resume = True
                 if not self._paused("the journal cannot be used", exc, None):
@@ -420,9 +507,9 @@ class FeedWorker(threading.Thread):
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
             outcome = self._processor.process(local, self._runtime, receipt_dir, name=claimed.source_name,
                                               progress=progress, resumed=resumed, earlier=self._runtimes)
-        except InboxError:
+        except (InboxError, LeaseLost):
             self._drop_staged(staged)
-            raise  # the inbox: the loop backs off, reconnects and resumes the file
+            raise  # the inbox: the loop backs off, reconnects and resumes the file; a lost lease: stop
         except FileInProgress as exc:
             self._others[claimed.name] = time.monotonic()
             log.info("feed %s: %s", feed, exc, extra=extra)
@@ -535,8 +622,10 @@ class FeedWorker(threading.Thread):
             for path in finishing.receipts:
                 if path.exists():
                     step = f"uploading the receipt {path.name} to the outbox"
+                    self._check_lease()
                     inbox.put_receipt(path, path.name)
             step = f"moving {claimed.name} from processing/ to {folder}"
+            self._check_lease()
             try:
                 target = inbox.finish(claimed, finishing.ok)
             except FileNotFoundError:  # removed from processing/ by hand (or by another instance)
@@ -679,6 +768,7 @@ class FeedWorker(threading.Thread):
                                 dict.fromkeys(OUTCOMES, 0), False, None, this_process())
         receipt_dir, runtime = self._receipt_dir(), self._runtime
         assert runtime is not None
+        self._check_lease()
 
         def write() -> ReceiptPaths:
             receipt_dir.mkdir(parents=True, exist_ok=True)
@@ -717,5 +807,6 @@ def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
         WorkerState.PAUSED: f"the journal or a disk refused a write ({worker.last_error})",
         WorkerState.RETRYING: f"a file failed and holds the feed ({worker.last_error})",
         WorkerState.ERROR: f"unexpected error, retrying ({worker.last_error})",
+        WorkerState.HANDOVER: f"waits for an operator: {worker.lease_note}",
     }.get(worker.state)
     return (worker.state, why) if why is not None else None

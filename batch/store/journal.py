@@ -696,6 +696,7 @@ class Journal(JournalStore):
         self.clock = clock
         self._lock = threading.RLock()
         self._closed_by_fault = False
+        self._fences = threading.local()  # set_fence: a check per thread, run in every write
         try:
             self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                          isolation_level=None, check_same_thread=False)
@@ -785,15 +786,26 @@ class Journal(JournalStore):
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def set_fence(self, fence: Callable[[sqlite3.Connection], None] | None) -> None:
+        """Fencing (batch.store.leases): every later write transaction *of the calling thread*
+        first runs ``fence(connection)`` inside the transaction; it raises (LeaseLost) to refuse
+        the write, which is then rolled back. None removes it. A feed's worker thread makes all
+        of its feed's journal writes (delivery records results in the calling thread)."""
+        self._fences.fence = fence
+
     @contextmanager
     def _write(self, operation: str = "write to it") -> Iterator[sqlite3.Connection]:
         """One write transaction, committed on success (see the module's durability note).
 
         A fault of the file itself (I/O error, read-only or full disk, locked too long)
-        raises JournalUnavailable naming the operation; the transaction is rolled back."""
+        raises JournalUnavailable naming the operation; the transaction is rolled back.
+        A fence set by this thread (``set_fence``) runs first, inside the transaction."""
+        fence = getattr(self._fences, "fence", None)
         with self._lock, self._unavailable_as(operation):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                if fence is not None:
+                    fence(self._conn)
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -861,7 +873,8 @@ class Journal(JournalStore):
                 " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
             if unfinished is not None:
                 record = file_from_row(unfinished)
-                if owner_is_other_live_process(record.owner):
+                # with a fence set (batch.store.leases) the feed's lease decides who works it
+                if getattr(self._fences, "fence", None) is None and owner_is_other_live_process(record.owner):
                     raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
                                          f"#{record.id}) is being processed by {record.owner}")
                 conn.execute("UPDATE files SET owner = ? WHERE id = ?", (this_process(), record.id))
