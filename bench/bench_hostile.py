@@ -117,7 +117,7 @@ def phase(mapping_text: str, data: Path) -> dict:
 
     class ParserFigures(logging.Handler):  # xmlprocess logs the parser process's peak when it ends
         def emit(self, record: logging.LogRecord) -> None:
-            parser_peaks.append(record.xml_child_peak_rss_mb)
+            parser_peaks.append(getattr(record, "xml_child_peak_rss_mb"))  # noqa: B009  # set by extra=
 
     logger = logging.getLogger("batch.transform.xmlprocess")
     logger.addHandler(ParserFigures())
