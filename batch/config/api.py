@@ -225,6 +225,12 @@ class ApiSettings(BaseModel):
     token_file: Path | None = Field(default=None, description="File holding a fixed token")
     connect_timeout: float = Field(default=5.0, gt=0, le=MAX_SECONDS, description="Seconds")
     read_timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS, description="Seconds")
+    # read_timeout bounds each socket read: a server sending a byte every few seconds never
+    # trips it. This bounds the whole request, from sending it to the last byte of the answer.
+    request_deadline: float = Field(
+        default=120.0, gt=0, le=MAX_SECONDS,
+        description="Seconds one request (token or event) may take in all, however the server trickles its answer",
+    )
     ca_bundle: Path | None = Field(default=None, description="PEM bundle of trusted CAs")
     token_renew_margin: float = Field(
         default=300.0, ge=0, le=MAX_SECONDS, description="Renew the token this many seconds before it expires"
