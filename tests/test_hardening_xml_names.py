@@ -195,6 +195,19 @@ def _children() -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
 
 
+def test_a_stop_signal_to_the_whole_service_leaves_the_parser_process_to_its_parent(tmp_path):
+    """systemd's stop signals every process of the service: the parse must not end as a broken file."""
+    path = tmp_path / "export.xml"
+    path.write_text("<Export><Events>" + "".join(EVENT.format(i=i) for i in range(20_000)) + "</Events></Export>")
+    records = mapped_file(CompiledMapping(load_mapping_text(MAPPING)), path)
+    count = len(next(records))
+    [child] = _children()
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(int(child), stop)
+    count += sum(len(chunk) for chunk in records)
+    assert count == 20_000
+
+
 def test_a_parser_process_that_dies_is_a_file_error_that_says_so(tmp_path):
     path = tmp_path / "export.xml"
     path.write_text("<Export><Events>" + "".join(EVENT.format(i=i) for i in range(100_000)) + "</Events></Export>")

@@ -13,7 +13,11 @@ ones, so the normal path loses little (bench/bench_mapping.py).
 
 The child is a fresh interpreter (`python -m batch.transform.xmlprocess`), not a fork: the
 service has threads, and a fork copies their locks mid-use. It reads the file through the
-descriptor the parent opened and imports only the reader (~0.1 s), not the configuration.
+descriptor the parent opened and imports only the reader (~60 ms), not the configuration. It
+ignores SIGINT, SIGTERM and SIGHUP from its first instruction on: systemd stops a service by
+signalling every process of it, and Ctrl-C reaches a command's whole process group; the parent
+decides when its parse ends (it stops reading and kills it), so a stop never looks like a
+broken file.
 
 The pipe carries length-prefixed JSON, never pickle: what comes back is data from a hostile
 file, handled by a process that parsed it. Messages: ["chunk", lines, rows], then ["done", peak]
@@ -82,7 +86,8 @@ def read_xml_file(
     }
     with tempfile.TemporaryFile() as errors:
         child = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(job)],
+            # `trap ""` sets the signals to SIG_IGN, which exec keeps: ignored before Python even starts
+            ["/bin/sh", "-c", 'trap "" INT TERM HUP; exec "$0" "$@"', sys.executable, "-m", __name__, json.dumps(job)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=errors,  # a file, not a pipe: nothing the child prints can block it
@@ -143,7 +148,7 @@ def _death(status: int, errors: IO[bytes]) -> str:
     how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
     errors.seek(0)
     said = errors.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
-    last = f": {said[-1]}" if said else ""
+    last = f": {said[-1][:200]!r}" if said else ""
     return (
         f"the XML parser process {how} before the end of the file{last} "
         f"(it may use {MEMORY_BUDGET_MB} MB; a file that needs more is refused)"
