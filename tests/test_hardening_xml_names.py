@@ -222,3 +222,16 @@ def test_a_parser_process_that_dies_is_a_file_error_that_says_so(tmp_path):
         "(it may use 64 MB; a file that needs more is refused)"
     )
     assert _children() == []
+
+
+def test_the_parser_process_refuses_a_stream_it_would_read_past(tmp_path):
+    """The child reads the file descriptor: a wrapped stream (gzip ...) would be bypassed, so it is refused."""
+    import gzip
+
+    path = tmp_path / "export.xml.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(("<Export><Events>" + EVENT.format(i=1) + "</Events></Export>").encode())
+    compiled = CompiledMapping(load_mapping_text(MAPPING))
+    with gzip.open(path, "rb") as stream, pytest.raises(TypeError) as info:
+        list(mapped_chunks(compiled, stream, xml_in_child=True))
+    assert str(info.value) == "read_xml_file needs a file opened with open(path, 'rb'), not GzipFile"

@@ -26,6 +26,7 @@ or ["error", message, line, peak].
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -72,6 +73,9 @@ def read_xml_file(
     passes its memory budget or the child dies."""
     from batch.transform.readers import FileError
 
+    if not isinstance(getattr(stream, "raw", None), io.FileIO):
+        # the child reads the descriptor itself: a wrapper (gzip, a decoder) would be bypassed
+        raise TypeError(f"read_xml_file needs a file opened with open(path, 'rb'), not {type(stream).__name__}")
     columns = list(plan.texts) + [element for element, _ in plan.groups]
     fd = stream.fileno()
     job = {
