@@ -4,7 +4,7 @@ requests' read timeout bounds each socket read, so a server that sends a byte ev
 trips a 1 s read timeout and holds the request as long as it likes. `Trickler` is such a server:
 a raw socket server in a thread that answers the status line, then dribbles the headers (on
 /token) or the body (on events) a byte at a time for up to `TRICKLE_SECONDS`, then finishes the
-answer. Before the fix the client waited it out and got a normal answer (the tests failed on
+answer; or, to an https client, dribbles its side of the TLS handshake. Before the fix the client waited it out and got a normal answer (the tests failed on
 `accepted`); now `api.request_deadline` cuts the connection and the request fails as transient.
 """
 
@@ -73,6 +73,15 @@ class Trickler:
             handler.join(timeout=TRICKLE_SECONDS + 10)
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.slow == "tls handshake":
+            with conn:
+                conn.recv(1 << 16)  # the ClientHello
+                try:  # a TLS record header (handshake, 16 KB), then its body a byte at a time
+                    conn.sendall(b"\x16\x03\x03\x40\x00")
+                    self._dribble(conn, b"\x02" * int(TRICKLE_SECONDS / TRICKLE_GAP))
+                except OSError:
+                    self.cut.append(self.slow)
+            return
         with conn, conn.makefile("rb") as reader:
             while True:  # keep-alive: one connection may carry the token and then the events
                 path = self._read_request(reader)
@@ -134,9 +143,9 @@ def trickler(request) -> Iterator[Trickler]:
     server.stop()
 
 
-def client_for(server: Trickler, **settings: float) -> RopoClient:
-    api = ApiSettings(base_url=f"http://127.0.0.1:{server.port}/rest", cid="1000011", apicode="${TRICKLE_APICODE}",
-                      read_timeout=1.0, **settings)
+def client_for(server: Trickler, scheme: str = "http", **settings: float) -> RopoClient:
+    api = ApiSettings(**{"base_url": f"{scheme}://127.0.0.1:{server.port}/rest", "cid": "1000011",
+                         "apicode": "${TRICKLE_APICODE}", "connect_timeout": 1.0, "read_timeout": 1.0, **settings})
     return RopoClient(api, env={"TRICKLE_APICODE": "trickle-apicode-0123456789"})
 
 
@@ -161,6 +170,16 @@ def test_an_event_answer_that_trickles_its_body_is_cut_at_the_request_deadline(t
     trickler.join()
     assert trickler.cut == ["event body"]
     assert trickler.answered == ["token", "event"]
+
+
+@pytest.mark.parametrize("trickler", ["tls handshake"], indirect=True)
+def test_a_server_that_trickles_the_tls_handshake_is_cut_at_the_request_deadline(trickler):
+    """CPython bounds a whole TLS handshake by the socket timeout (here the connect timeout, set
+    longer than the trickle); the request deadline cuts it sooner, as it cuts every phase."""
+    with client_for(trickler, "https", connect_timeout=TRICKLE_SECONDS + 5, request_deadline=DEADLINE) as client:
+        assert client.send_event(EVENT) == SendResult(SendKind.TRANSIENT, None, f"token request failed: {CUT}")
+    trickler.join()
+    assert trickler.cut == ["tls handshake"]
 
 
 @pytest.mark.parametrize("trickler", ["event body"], indirect=True)

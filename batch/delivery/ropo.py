@@ -11,11 +11,12 @@ Secrets (the API code, tokens) never appear in log records, exception texts or
 cut only after that (:func:`batch.redact.redact_and_cut`). Of an answer's body at most
 ``BODY_LIMIT`` bytes are ever read: a body without end costs neither memory nor time.
 
-Every request (token or event) has a total deadline, ``api.request_deadline``, from the
-moment it is sent to the last byte of its answer: the read timeout only bounds each socket
-read, so a server that trickles a byte every few seconds would hold a sender for ever. A
-watchdog thread shuts the request's socket down when its deadline passes; the read waiting on
-it ends at once, and the request fails like a timeout (transient).
+Every request (token or event) has a total deadline, ``api.request_deadline``, from its
+connection (a proxy's CONNECT and the TLS handshake included) to the last byte of its answer:
+the read timeout only bounds each socket read, so a server that trickles a byte every few
+seconds would hold a sender for ever. A watchdog thread shuts the request's socket down when
+its deadline passes; the read waiting on it ends at once, and the request fails like a timeout
+(transient).
 
 Every request goes to the configured origin and nowhere else:
 
@@ -96,13 +97,17 @@ class _Deadline:
         self.when = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._owned: socket.socket | None = None  # a duplicate made for this request: closed with it
         self._expired = False
         self.done = False
 
-    def attach(self, sock: socket.socket | None) -> None:
-        """The socket the request is using (a new connection's, or a reused one's)."""
+    def attach(self, sock: socket.socket | None, owned: bool = False) -> None:
+        """The socket the request is using (a new connection's, or a reused one's). `owned`: a
+        duplicate this deadline closes when the request is over."""
         with self._lock:
             self._sock = sock
+            if owned:
+                self._owned = sock
             if self._expired:
                 _shut_down(sock)
 
@@ -116,6 +121,9 @@ class _Deadline:
         """The request is over (answer read, or failed): did its deadline pass first?"""
         with self._lock:
             self.done = True
+            if self._owned is not None:
+                self._owned.close()  # the connection keeps its own descriptor
+                self._owned = None
             return self._expired
 
 
@@ -179,30 +187,43 @@ _in_flight = threading.local()
 
 
 class _WatchedHTTPConnection(HTTPConnection):
-    """A connection that hands its socket to the current request's deadline."""
+    """A connection that hands its socket to the current request's deadline.
 
-    def connect(self) -> None:
-        super().connect()
-        _attach(self.sock)
+    A new socket is handed over as soon as it is connected, so that the deadline also covers a
+    proxy's CONNECT and the TLS handshake, which a server can trickle as well. It is handed as a
+    duplicate (the same connection under a second descriptor): TLS takes over the original
+    socket object and detaches it, and a shutdown through either descriptor cuts the connection.
+    A reused connection is handed over when its answer is awaited."""
+
+    def _new_conn(self) -> socket.socket:
+        return _attach_new(super()._new_conn())
 
     def getresponse(self) -> Any:
-        _attach(self.sock)  # a reused connection did not connect for this request
+        _attach(self.sock)
         return super().getresponse()
 
 
 class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _attach(self.sock)
+    """_WatchedHTTPConnection's hooks on urllib3's TLS connection."""
+
+    def _new_conn(self) -> socket.socket:
+        return _attach_new(super()._new_conn())
 
     def getresponse(self) -> Any:
         _attach(self.sock)
         return super().getresponse()
 
 
-def _attach(sock: socket.socket | None) -> None:
+def _attach_new(sock: socket.socket) -> socket.socket:
     deadline = getattr(_in_flight, "deadline", None)
     if deadline is not None:
+        deadline.attach(sock.dup(), owned=True)
+    return sock
+
+
+def _attach(sock: socket.socket | None) -> None:
+    deadline = getattr(_in_flight, "deadline", None)
+    if deadline is not None and sock is not None:
         deadline.attach(sock)
 
 
