@@ -1,7 +1,7 @@
 """Issue 7: a trickling server must not hold a sender (a total deadline per request), on loopback.
 
 requests' read timeout bounds each socket read, so a server that sends a byte every 50 ms never
-trips a 1 s read timeout and holds the request as long as it likes. `Trickler` is such a server:
+trips a 2 s read timeout and holds the request as long as it likes. `Trickler` is such a server:
 a raw socket server in a thread that answers the status line, then dribbles the headers (on
 /token) or the body (on events) a byte at a time for up to `TRICKLE_SECONDS`, then finishes the
 answer; or, to an https client, dribbles its side of the TLS handshake. Before the fix the client waited it out and got a normal answer (the tests failed on
@@ -145,7 +145,7 @@ def trickler(request) -> Iterator[Trickler]:
 
 def client_for(server: Trickler, scheme: str = "http", **settings: float) -> RopoClient:
     api = ApiSettings(**{"base_url": f"{scheme}://127.0.0.1:{server.port}/rest", "cid": "1000011",
-                         "apicode": "${TRICKLE_APICODE}", "connect_timeout": 1.0, "read_timeout": 1.0, **settings})
+                         "apicode": "${TRICKLE_APICODE}", "connect_timeout": 2.0, "read_timeout": 2.0, **settings})
     return RopoClient(api, env={"TRICKLE_APICODE": "trickle-apicode-0123456789"})
 
 
