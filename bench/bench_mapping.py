@@ -218,12 +218,21 @@ def calamine_alone(data_path: Path) -> dict[str, Any]:
 
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
-    """Fills in the CPU seconds (`seconds`) and wall seconds (`wall_seconds`) of the block."""
+    """Fills in the CPU seconds (`seconds`) and wall seconds (`wall_seconds`) of the block.
+
+    CPU counts the child processes the block waited for: XML is parsed in one
+    (batch.transform.xmlprocess), and its work is part of the production path's cost."""
     took: dict[str, float] = {}
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall = _cpu_seconds(), time.perf_counter()
     yield took
-    took["seconds"] = time.process_time() - cpu
+    took["seconds"] = _cpu_seconds() - cpu
     took["wall_seconds"] = round(time.perf_counter() - wall, 3)
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time and that of its children that have ended and been waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def run_phase(phase: str, mapping_path: Path, data_path: Path) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Ropo One base URLs (Finland; from the contract's ``servers``):
 - production environment: https://ropo24.fi/rest
 
 Sweden and Norway have their own hosts. A local sandbox (``batch.sandbox.server``) listens on
-``http://127.0.0.1:PORT/rest``; plain http is accepted for loopback hosts only. A base URL is
+``http://127.0.0.1:PORT/rest``; plain http is accepted for a loopback address written as one
+(127.0.0.1 or [::1]) only, never for a name: ``localhost`` is whatever /etc/hosts or DNS says,
+and a name that resolves elsewhere would carry the API code in clear over the network. A base URL is
 only ``scheme://host[:port]/path`` that urllib.parse and urllib3 read alike (no user:password@,
 backslash, ``@``, ``%``, query or fragment): :attr:`ApiSettings.origin` is where every request goes.
 
@@ -54,9 +56,6 @@ TOKEN_LIFETIME_SECONDS = 7200.0  # "A token lives 2 hours" (contract)
 # every request (events "failed") or left a feed asleep for ever, while validate-config said ok.
 MAX_SECONDS = 365 * 86400.0
 
-_LOOPBACK_NAMES = {"localhost"}
-
-
 @dataclass(frozen=True)
 class Credentials:
     """Resolved secrets: either cid + apicode (a token is fetched) or a fixed token."""
@@ -70,9 +69,9 @@ class Credentials:
         return [s.get_secret_value() for s in (self.apicode, self.token) if s is not None]
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
+def _is_loopback_address(host: str) -> bool:
+    """Is `host` a loopback IP address (127.0.0.0/8, ::1)? A name never is: it is only what a
+    resolver answers, which /etc/hosts or DNS can point anywhere."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -156,7 +155,10 @@ def parse_base_url(value: str) -> tuple[str, ApiOrigin]:
         raise ValueError("the host must be a DNS name (letters, digits, '-', '.') or an IP address")
     if any(segment in (".", "..") for segment in path.split("/")):
         raise ValueError("the path must not contain . or .. segments")
-    if scheme == "http" and not _is_loopback(bare):
+    if scheme == "http" and not _is_loopback_address(bare):
+        if bare == "localhost" or bare.endswith(".localhost"):
+            raise ValueError(f"plain http is allowed only for a loopback address written as one (127.0.0.1 or [::1]), "
+                             f"not for the name {bare!r}, which /etc/hosts or DNS may point elsewhere; use https")
         raise ValueError("plain http is allowed only for a loopback sandbox; use https")
     origin = ApiOrigin(scheme, bare, port)
     normalised = origin.url + path
@@ -225,6 +227,12 @@ class ApiSettings(BaseModel):
     token_file: Path | None = Field(default=None, description="File holding a fixed token")
     connect_timeout: float = Field(default=5.0, gt=0, le=MAX_SECONDS, description="Seconds")
     read_timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS, description="Seconds")
+    # read_timeout bounds each socket read: a server sending a byte every few seconds never
+    # trips it. This bounds the whole request, from sending it to the last byte of the answer.
+    request_deadline: float = Field(
+        default=120.0, gt=0, le=MAX_SECONDS,
+        description="Seconds one request (token or event) may take in all, however the server trickles its answer",
+    )
     ca_bundle: Path | None = Field(default=None, description="PEM bundle of trusted CAs")
     token_renew_margin: float = Field(
         default=300.0, ge=0, le=MAX_SECONDS, description="Renew the token this many seconds before it expires"

@@ -11,6 +11,13 @@ Secrets (the API code, tokens) never appear in log records, exception texts or
 cut only after that (:func:`batch.redact.redact_and_cut`). Of an answer's body at most
 ``BODY_LIMIT`` bytes are ever read: a body without end costs neither memory nor time.
 
+Every request (token or event) has a total deadline, ``api.request_deadline``, from its
+connection (a proxy's CONNECT and the TLS handshake included) to the last byte of its answer:
+the read timeout only bounds each socket read, so a server that trickles a byte every few
+seconds would hold a sender for ever. A watchdog thread shuts the request's socket down when
+its deadline passes; the read waiting on it ends at once, and the request fails like a timeout
+(transient).
+
 Every request goes to the configured origin and nowhere else:
 
 - both URLs are built from the one parse of ``base_url`` (urllib3's, the parser that
@@ -30,11 +37,15 @@ Every request goes to the configured origin and nowhere else:
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import logging
 import os
+import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -43,6 +54,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
@@ -70,6 +83,172 @@ def endpoint_urls(settings: ApiSettings) -> tuple[str, str]:
 
 class OffOriginRequest(AccessRefused):
     """A request was about to leave the configured origin (a bug or a hostile URL): not sent."""
+
+
+class RequestDeadline(requests.Timeout):
+    """A request outlasted ``api.request_deadline`` (a server that answers too slowly): transient."""
+
+
+class _Deadline:
+    """One request's deadline: the socket it uses is shut down if the deadline passes first."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.when = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._owned: socket.socket | None = None  # a duplicate made for this request: closed with it
+        self._expired = False
+        self.done = False
+
+    def attach(self, sock: socket.socket | None, owned: bool = False) -> None:
+        """The socket the request is using (a new connection's, or a reused one's). `owned`: a
+        duplicate this deadline closes when the request is over."""
+        with self._lock:
+            self._sock = sock
+            if owned:
+                self._owned = sock
+            if self._expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if not self.done:
+                self._expired = True
+                _shut_down(self._sock)
+
+    def finish(self) -> bool:
+        """The request is over (answer read, or failed): did its deadline pass first?"""
+        with self._lock:
+            self.done = True
+            if self._owned is not None:
+                self._owned.close()  # the connection keeps its own descriptor
+                self._owned = None
+            return self._expired
+
+
+def _shut_down(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        # the plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop its TLS state
+        # under the thread that is reading
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
+
+
+class _Watchdog:
+    """One thread that expires the deadlines of a client's requests in flight, soonest first."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()  # ties on `when` never compare two _Deadline objects
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self, seconds: float) -> _Deadline:
+        deadline = _Deadline(seconds)
+        with self._wake:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="ropo-deadlines", daemon=True)
+                self._thread.start()
+            if len(self._due) >= _PRUNE_AT:
+                self._due = [entry for entry in self._due if not entry[2].done]
+                heapq.heapify(self._due)
+            heapq.heappush(self._due, (deadline.when, next(self._order), deadline))
+            if self._due[0][2] is deadline:  # sooner than all others: the thread sleeps too long
+                self._wake.notify()
+        return deadline
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._closed:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2].expire()  # a finished one ignores it
+                self._wake.wait(self._due[0][0] - now if self._due else None)
+
+
+# Finished deadlines stay queued until their time; past this many, the queue keeps only live ones
+# (at most max_in_flight + 1 are live), so it stays small at any rate of requests.
+_PRUNE_AT = 1024
+
+# The deadline of the request this thread is sending, for the connection to attach its socket to.
+_in_flight = threading.local()
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """A connection that hands its socket to the current request's deadline.
+
+    A new socket is handed over as soon as it is connected, so that the deadline also covers a
+    proxy's CONNECT and the TLS handshake, which a server can trickle as well. It is handed as a
+    duplicate (the same connection under a second descriptor): TLS takes over the original
+    socket object and detaches it, and a shutdown through either descriptor cuts the connection.
+    A reused connection is handed over when its answer is awaited."""
+
+    def _new_conn(self) -> socket.socket:
+        return _attach_new(super()._new_conn())
+
+    def getresponse(self) -> Any:
+        _attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    """_WatchedHTTPConnection's hooks on urllib3's TLS connection."""
+
+    def _new_conn(self) -> socket.socket:
+        return _attach_new(super()._new_conn())
+
+    def getresponse(self) -> Any:
+        _attach(self.sock)
+        return super().getresponse()
+
+
+def _attach_new(sock: socket.socket) -> socket.socket:
+    deadline = getattr(_in_flight, "deadline", None)
+    if deadline is not None:
+        deadline.attach(sock.dup(), owned=True)
+    return sock
+
+
+def _attach(sock: socket.socket | None) -> None:
+    deadline = getattr(_in_flight, "deadline", None)
+    if deadline is not None and sock is not None:
+        deadline.attach(sock)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, whose connections (direct or through an HTTP proxy) are watched."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 class _NoRedirectSession(requests.Session):
@@ -178,6 +357,7 @@ class RopoClient:
         self._verify = _trusted_cas(settings)
         self._proxies = requests.utils.get_environ_proxies(self._event_url)
         self._session = self._make_session(pool_size)
+        self._deadlines = _Watchdog()
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._token_renew_at = 0.0  # clock.monotonic() after which the token is renewed
@@ -195,8 +375,8 @@ class RopoClient:
         # trust_env would also let ~/.netrc replace the Authorization header.
         session.trust_env = False
         # +1: a token request can run while every sender holds a connection.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size) + 1,
-                              max_retries=0)  # POST is not idempotent: the caller retries
+        adapter = _WatchedAdapter(pool_connections=1, pool_maxsize=max(1, pool_size) + 1,
+                                  max_retries=0)  # POST is not idempotent: the caller retries
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update({"User-Agent": _USER_AGENT, "Accept": "application/json"})
@@ -206,6 +386,7 @@ class RopoClient:
 
     def close(self) -> None:
         self._session.close()
+        self._deadlines.close()
 
     def __enter__(self) -> RopoClient:
         return self
@@ -356,10 +537,27 @@ class RopoClient:
         """POST to ``url`` (one of the two endpoint URLs), never anywhere else, never twice."""
         prepared = self._session.prepare_request(requests.Request("POST", url, **kwargs))
         self._check_origin(prepared.url or "")
-        response = self._session.send(prepared, allow_redirects=False, timeout=self._timeout,
-                                      verify=self._verify, proxies=self._proxies, stream=True)
-        _read_capped(response)
+        deadline = self._deadlines.start(self.settings.request_deadline)
+        _in_flight.deadline = deadline
+        try:
+            response = self._session.send(prepared, allow_redirects=False, timeout=self._timeout,
+                                          verify=self._verify, proxies=self._proxies, stream=True)
+            _read_capped(response)
+        except Exception:
+            if deadline.finish():  # whatever the cut socket made of the read, it is the deadline
+                raise self._past_deadline(deadline) from None
+            raise
+        finally:
+            _in_flight.deadline = None
+        if deadline.finish():  # a cut body can look complete
+            response.close()
+            raise self._past_deadline(deadline)
         return response
+
+    def _past_deadline(self, deadline: _Deadline) -> RequestDeadline:
+        return RequestDeadline(
+            f"no complete answer within the request deadline of {deadline.seconds:g} s (api.request_deadline); "
+            f"the connection was closed")
 
     def _check_origin(self, url: str) -> None:
         if not self._origin.matches(url):
@@ -429,6 +627,8 @@ class RopoClient:
             f"TLS-inspecting proxy or a private CA, set api.ca_bundle to its PEM bundle")
 
     def _describe(self, exc: requests.RequestException) -> str:
+        if isinstance(exc, RequestDeadline):
+            return str(exc)
         if isinstance(exc, requests.ConnectTimeout):
             kind = "connect timeout"
         elif isinstance(exc, requests.ReadTimeout):

@@ -24,27 +24,13 @@ from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, cast
 
 from batch.config.mapping import CompressionOptions
+from batch.transform.magic import sniff
 from batch.transform.readers import FileError
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZIP_MAGIC = b"PK\x03\x04"
-EMPTY_ZIP_MAGIC = b"PK\x05\x06"
-OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an old Excel (.xls) or Word file
 # Below this many inflated bytes the ratio is not checked: a small export of near-identical
 # lines may inflate 300 times and harms nobody.
 INFLATED_FLOOR = 16 << 20
 _BLOCK = 1 << 16
-
-
-def sniff(head: bytes) -> str | None:
-    """'gzip', 'zip', 'xls' or None (not a container we know) from a file's first 8 bytes."""
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith((ZIP_MAGIC, EMPTY_ZIP_MAGIC)):
-        return "zip"
-    if head.startswith(OLE2_MAGIC):
-        return "xls"
-    return None
 
 
 @contextmanager

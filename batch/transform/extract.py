@@ -1,7 +1,10 @@
 """One export file -> mapped records, chunk by chunk: the reader the mapping asks for, then the mapper.
 
 Shared by `preview` and the pipeline so that what an administrator previews is exactly what the
-service will send. A gzip or zip file is unwrapped first (compressed.py), whatever its name.
+service will send. A gzip or zip file is unwrapped first (compressed.py), whatever its name. A
+file's XML is parsed in a child process (batch.transform.xmlprocess): the parser's name
+dictionary grows with every distinct name a file holds and never shrinks, so a hostile file
+must not be parsed in the service's own process.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from batch.transform.gctune import fewer_collections
 from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun
 from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
 from batch.transform.records import Chunk
+from batch.transform.xmlprocess import read_xml_file
 
 
 def mapped_file(
@@ -23,16 +27,18 @@ def mapped_file(
 ) -> Iterator[list[MappedRecord]]:
     """The mapped records of the file at `path` (what the pipeline and `preview` read)."""
     with open(path, "rb") as stream:
-        yield from mapped_chunks(compiled, stream, chunk_size, run)
+        yield from mapped_chunks(compiled, stream, chunk_size, run, xml_in_child=True)
 
 
 def mapped_chunks(
-    compiled: CompiledMapping, stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None
+    compiled: CompiledMapping, stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None,
+    xml_in_child: bool = False,
 ) -> Iterator[list[MappedRecord]]:
     """Yields lists of mapped records in file order. Raises readers.FileError for a file-level fault.
 
     `run`: the caller's MappingRun (from compiled.start()), to read its counts afterwards
-    (`run.filtered`: records the mapping's `keep` rule left out)."""
+    (`run.filtered`: records the mapping's `keep` rule left out). `xml_in_child`: parse XML in a
+    child process (`stream` must then be a real file; the child unwraps a compressed one)."""
     mapping = compiled.mapping
     if mapping.format == "xlsx":
         from batch.config.mapping import XlsxOptions
@@ -40,6 +46,13 @@ def mapped_chunks(
 
         yield from _mapped(compiled, read_xlsx(
             stream, mapping.xlsx or XlsxOptions(), compiled.required_columns(), mapping.compression, chunk_size), run)
+        return
+    if mapping.format == "xml" and xml_in_child:
+        assert mapping.xml is not None
+        name = repr(getattr(stream, "name", "the file"))
+        compression = mapping.compression.model_dump() if mapping.compression is not None else None
+        yield from _mapped(compiled, read_xml_file(
+            stream, mapping.xml, compiled.xml_plan(), chunk_size, name, compression), run)
         return
     with opened_export(stream, mapping.compression) as export:
         yield from _mapped(compiled, _chunks(compiled, export, chunk_size), run)

@@ -26,13 +26,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from lxml import etree
 
-from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions, compile_pattern
 from batch.errors import InputFileError
 from batch.syntax.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
 from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader
+
+    # for annotations only: batch.config.mapping (pydantic) costs 0.2 s to import, and the XML
+    # parser process (batch.transform.xmlprocess) imports this module and should start fast
+    from batch.config.mapping import CsvOptions, FixedOptions, XmlOptions
 
 # Records per chunk. Small on purpose: a chunk's rows and the events mapped from them stay in
 # the CPU's L2 cache while they are worked on; at 5,000 (~9 MB) they did not, and mapping a
@@ -297,9 +300,29 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 def read_xml(
     stream: BinaryIO, options: XmlOptions, plan: XmlPlan, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[Chunk]:
+    """The records of an XML export, parsed in this process.
+
+    libxml2 keeps every distinct name it meets (elements, attributes, namespaces) in a table that
+    lives as long as the thread: a hostile file of millions of names grows this process for good.
+    Whole files from an inbox go through batch.transform.xmlprocess, which runs this parse in a
+    child process with a memory budget; this in-process form is for what is already trusted or
+    small (tests, the mapping playground)."""
+    return parse_xml(stream, options.record_path, dict(options.namespaces), plan, chunk_size)
+
+
+def parse_xml(
+    stream: BinaryIO,
+    record_path: str,
+    namespaces: dict[str, str],
+    plan: XmlPlan,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    each_block: Callable[[int], None] | None = None,
+) -> Iterator[Chunk]:
+    """read_xml with the options spelt out; `each_block(line)` is called before each block is
+    parsed, with the line the block starts on (the parser process checks its memory there)."""
     original, stream = stream, _buffered(stream)
     try:
-        yield from _xml_chunks(stream, options, plan, chunk_size)
+        yield from _xml_chunks(stream, record_path, namespaces, plan, chunk_size, each_block)
     finally:
         _unwrap(stream, original)
 
@@ -316,6 +339,9 @@ MAX_RECORD_BYTES = 1 << 20
 MAX_MARKUP_RUN = 10_000_000 + XML_BLOCK
 # Before the first element there are only comments, processing instructions and blanks.
 MAX_PROLOG_BYTES = 1 << 20
+# A chunk is handed on early once its records span this much of the file, so that what one
+# chunk holds follows the file's bytes, not chunk_size times the largest record (1 MB).
+MAX_CHUNK_BYTES = 4 << 20
 
 _PARSER_OPTIONS = dict(
     resolve_entities=False,
@@ -331,8 +357,9 @@ class _Blocks:
     """The stream in blocks, with the line count before each and a guard against long runs
     without markup (which libxml2 would buffer whole and then report on the wrong line)."""
 
-    def __init__(self, stream: io.BufferedReader):
+    def __init__(self, stream: io.BufferedReader, each_block: Callable[[int], None] | None = None):
         self.stream = stream
+        self.each_block = each_block
         self.position = 0  # bytes handed out so far
         self.lines = 0  # newlines in them
         self.run = 0  # bytes since the last '<'
@@ -355,15 +382,23 @@ class _Blocks:
             else:
                 self.run = len(block) - last - 1
                 self.run_line = self.lines + block.count(b"\n", 0, last) + 1
+            if self.each_block is not None:
+                self.each_block(self.lines + 1)
             self.lines += block.count(b"\n")
             self.position += len(block)
             yield block
 
 
-def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, chunk_size: int) -> Iterator[Chunk]:
+def _xml_chunks(
+    stream: io.BufferedReader,
+    record_path: str,
+    namespaces: dict[str, str],
+    plan: XmlPlan,
+    chunk_size: int,
+    each_block: Callable[[int], None] | None,
+) -> Iterator[Chunk]:
     _refuse_doctype(stream.peek(1 << 16))
-    namespaces = dict(options.namespaces)
-    steps = clark_steps(options.record_path, namespaces)
+    steps = clark_steps(record_path, namespaces)
     record_tag = steps[-1][1]
     matches_path = _path_matcher(steps)
     texts = compile_row_extractor(plan.texts, namespaces)
@@ -372,8 +407,9 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
         for element, parts in plan.groups
     ]
     columns = list(plan.texts) + [element for element, _ in plan.groups]
-    blocks = _Blocks(stream)
+    blocks = _Blocks(stream, each_block)
     chunk = Chunk(columns)
+    chunk_since = 0  # where the chunk's first record was read
     parser = None
     try:
         root_tag, head = _root_tag(blocks)
@@ -412,10 +448,12 @@ def _xml_chunks(stream: io.BufferedReader, options: XmlOptions, plan: XmlPlan, c
                 row = texts(element)
                 for find, parts in groups:
                     row.append([parts(found) for found in find(element)])
+                if not chunk.lines:
+                    chunk_since = blocks.position
                 chunk.lines.append(element.sourceline or 0)
                 chunk.rows.append(row)
                 _release(element)
-                if len(chunk.lines) >= chunk_size:
+                if len(chunk.lines) >= chunk_size or blocks.position - chunk_since > MAX_CHUNK_BYTES:
                     yield chunk
                     chunk = Chunk(columns)
             if broken is not None:
@@ -530,6 +568,8 @@ def _path_matcher(steps: list[tuple[bool, str]]) -> Callable[[etree._Element], b
     if not any(descendant for descendant, _ in steps):
         return _absolute_matcher([tag for _, tag in steps])
     import re2
+
+    from batch.config.mapping import compile_pattern
 
     # on RE2: with backtracking, each '//' step multiplied the work by the depth (256 at most)
     fullmatch = compile_pattern(

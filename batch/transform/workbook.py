@@ -30,7 +30,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, BinaryIO
 
 from batch.config.mapping import CompressionOptions, XlsxOptions
-from batch.transform.compressed import check_declared, sniff
+from batch.transform.compressed import check_declared
+from batch.transform.magic import sniff
 from batch.transform.readers import DEFAULT_CHUNK_SIZE, FileError
 from batch.transform.records import LISTED_NAMES, Chunk, short_list
 
