@@ -11,7 +11,8 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── FormatError                     batch.syntax.timeparse: a time format that cannot compile
     │   ├── SymlinkRefused                  batch.fsutil: a folder of ours is a symlink (an OSError)
     │   ├── InboxUnusable                   batch.inbox.base: folder, key, login as configured fail
-    │   └── JournalUnusable                 batch.store.journal: schema too new, no WAL on that disk
+    │   ├── JournalUnusable                 batch.store.journal: schema too new, no WAL on that disk
+    │   └── HandoverRefused                 batch.service.leasing: `handover` while the other lease lives
     ├── InputFileError                  input file unusable: fix or replace the file     (exit 2)
     │   ├── FileError                       batch.transform.readers: encoding, header, XML, structure
     │   └── UnsafeNameError                 batch.inbox.base: a name that would leave the inbox
@@ -29,6 +30,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── JournalUnavailable              batch.store.journal: SQLite cannot read/write now
     │   ├── FileInProgress                  batch.store.journal: another live process has the file
     │   ├── TokenUnavailable                batch.delivery.ropo: /token unreachable or 5xx/408/429
+    │   ├── LeaseLost                       batch.store.leases: another instance took the feed: stop, record nothing
     │   └── StorageFault                    batch.pipeline: a folder of ours refused a step
     │       └── ReceiptNotWritten               the file is finished, its receipt is not
     └── InternalError                   a bug: report it                                (exit 3)

@@ -23,8 +23,9 @@ from batch.delivery.ropo import RopoClient
 from batch.delivery.scheduler import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
 from batch.fsutil import display_name
-from batch.store.journal import FileRecord, JournalMisuse, JournalStore, NewEvent, Result, StrEnum
+from batch.store.journal import FileRecord, JournalMisuse, JournalStore, NewEvent, Result
 from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
+from batch.strenum import StrEnum
 from batch.transform.extract import mapped_file
 from batch.transform.mapping import CompiledMapping, MappedRecord
 from batch.transform.readers import FileError

@@ -235,7 +235,8 @@ def test_states_are_enums_that_store_and_print_the_same_words(tmp_path: Path) ->
                                              "not_sent"]
     assert [s.value for s in FileStatus] == ["done", "skipped", "error", "interrupted", "auth_failed"]
     assert [s.value for s in WorkerState] == ["starting", "idle", "processing", "unavailable", "auth_failed",
-                                              "paused", "retrying", "error", "crashed", "stopped", "holding"]
+                                              "paused", "retrying", "error", "crashed", "stopped", "holding", "standby",
+                                              "foreign", "handover"]
     with Journal(tmp_path / "j.sqlite3") as journal:
         file = journal.begin_file("a.csv", "0" * 64, 10, "feed").file
         journal.record_events(file.id, [NewEvent(2, None, None, None, None, "time: not a time")])

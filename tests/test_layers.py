@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "batch"
 # each other, except in layer "base", whose order is the order of this list's first entry.
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["batch", "batch.errors"]),
-    ("base", ["batch.backoff", "batch.clock", "batch.contract", "batch.redact", "batch.fsutil", "batch.syntax"]),
+    ("base", ["batch.backoff", "batch.clock", "batch.strenum", "batch.contract", "batch.redact", "batch.fsutil", "batch.syntax"]),
     ("config", ["batch.config"]),
     ("transform", ["batch.transform"]),
     ("parts", ["batch.store", "batch.delivery", "batch.inbox"]),

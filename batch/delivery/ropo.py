@@ -85,7 +85,7 @@ class OffOriginRequest(AccessRefused):
     """A request was about to leave the configured origin (a bug or a hostile URL): not sent."""
 
 
-class RequestDeadline(requests.Timeout):
+class _RequestDeadline(requests.Timeout):
     """A request outlasted ``api.request_deadline`` (a server that answers too slowly): transient."""
 
 
@@ -554,8 +554,8 @@ class RopoClient:
             raise self._past_deadline(deadline)
         return response
 
-    def _past_deadline(self, deadline: _Deadline) -> RequestDeadline:
-        return RequestDeadline(
+    def _past_deadline(self, deadline: _Deadline) -> _RequestDeadline:
+        return _RequestDeadline(
             f"no complete answer within the request deadline of {deadline.seconds:g} s (api.request_deadline); "
             f"the connection was closed")
 
@@ -627,7 +627,7 @@ class RopoClient:
             f"TLS-inspecting proxy or a private CA, set api.ca_bundle to its PEM bundle")
 
     def _describe(self, exc: requests.RequestException) -> str:
-        if isinstance(exc, RequestDeadline):
+        if isinstance(exc, _RequestDeadline):
             return str(exc)
         if isinstance(exc, requests.ConnectTimeout):
             kind = "connect timeout"

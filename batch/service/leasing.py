@@ -32,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from batch.config.service import FeedSettings
-from batch.errors import BatchError
+from batch.errors import ConfigurationError
 from batch.inbox import Inbox, InboxError, open_inbox
 from batch.inbox.base import LeaseMarker
+from batch.service.states import WorkerState
 from batch.store.journal import JournalError
 from batch.store.leases import InstanceInfo, Lease, LeaseLost, LeaseStore, fair_share
 
@@ -52,8 +53,9 @@ def handover_hint(settings: FeedSettings) -> str:
             "journal is not this one)")
 
 
-class HandoverRefused(BatchError):
-    """`handover` cannot hand the feed over now (the marker is live, or there is nothing to do)."""
+class HandoverRefused(ConfigurationError):
+    """`handover` cannot hand the feed over now (the marker is live, or there is nothing to do):
+    the operator must act first (stop the other instance), then run it again."""
 
 
 def hand_over(settings: FeedSettings, journal_id: str, now: float | None = None) -> str:
@@ -89,7 +91,7 @@ def marker_where(settings: FeedSettings) -> str:
 class Refusal:
     """Why this instance does not work a feed now: `state` is the worker state to show."""
 
-    state: str    # "standby" (another instance of this journal), "foreign", "handover"
+    state: WorkerState  # STANDBY (another instance of this journal), FOREIGN, HANDOVER
     message: str
     holder: str | None = None
 
@@ -178,14 +180,15 @@ class LeaseKeeper:
                 count = len(self._held)
             share = fair_share(self._feed_count(), self.live_instances())
             if count >= share:
-                return Refusal("standby", f"this instance holds its share of the feeds ({share})")
+                return Refusal(WorkerState.STANDBY, f"this instance holds its share of the feeds ({share})")
             # a read first: a standby instance polls without writing to the journal or the inbox
             current = next((row for row in self.store.leases() if row.feed == feed), None)
             dead: tuple[str, int] | None = None
             if current is not None and current.live() and current.holder != self.name:
                 pid = self._dead_here(current.holder)
                 if pid is None:
-                    return Refusal("standby", f"instance {current.holder} holds the feed's lease", current.holder)
+                    return Refusal(WorkerState.STANDBY, f"instance {current.holder} holds the feed's lease",
+                                   current.holder)
                 dead = (current.holder, pid)
             marker_inbox = self._marker_inbox(feed, settings)
             with marker_inbox.lock:
@@ -199,21 +202,22 @@ class LeaseKeeper:
             who = (f"instance {marker.instance} (host {marker.host}, pid {marker.pid}) with another journal "
                    f"({marker.journal_path} on {marker.host})")
             if marker.live():
-                return Refusal("foreign", f"the inbox's lease marker says {who} works this feed until "
+                return Refusal(WorkerState.FOREIGN, f"the inbox's lease marker says {who} works this feed until "
                                           f"{marker.expires}; this instance leaves it alone: "
                                           f"{SHARED_JOURNAL_HINT}", marker.instance)
             left = inbox.resume()
             if left:
                 names = ", ".join(claimed.source_name for claimed in left)
-                return Refusal("handover", f"{names} in processing/ was left by {who}, whose lease expired at "
-                                           f"{marker.expires}; it is not resumed here without an operator: "
-                                           f"{handover_hint(settings)}", marker.instance)
+                return Refusal(WorkerState.HANDOVER,
+                               f"{names} in processing/ was left by {who}, whose lease expired at {marker.expires}; "
+                               f"it is not resumed here without an operator: {handover_hint(settings)}",
+                               marker.instance)
         started = time.monotonic()
         lease = self.store.acquire(feed, self.name, self.lease_seconds, take_from=dead[0] if dead else None)
         if lease is None:  # another instance was quicker
             current = next((row for row in self.store.leases() if row.feed == feed), None)
             holder = current.holder if current is not None else "?"
-            return Refusal("standby", f"instance {holder} holds the feed's lease", holder)
+            return Refusal(WorkerState.STANDBY, f"instance {holder} holds the feed's lease", holder)
         if dead is not None:
             log.info("feed %s: instance %s held the lease, but its process (pid %d) on this host no longer "
                      "runs: taken over at once", feed, dead[0], dead[1], extra={"feed": feed})
@@ -225,7 +229,7 @@ class LeaseKeeper:
             raise
         if not written:
             self.store.release(lease)
-            return Refusal("foreign", "another instance wrote the inbox's lease marker first; "
+            return Refusal(WorkerState.FOREIGN, "another instance wrote the inbox's lease marker first; "
                                       f"{SHARED_JOURNAL_HINT}")
         with self._lock:
             self._held[feed] = _Held(lease, settings, started + self.lease_seconds, started + self.lease_seconds)

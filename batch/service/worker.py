@@ -36,6 +36,7 @@ from batch.service.leasing import Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
 from batch.service.runtime import Runtime
+from batch.service.states import WorkerState
 from batch.store.journal import (
     OUTCOMES,
     FileInProgress,
@@ -43,7 +44,6 @@ from batch.store.journal import (
     FileState,
     JournalError,
     JournalUnavailable,
-    StrEnum,
     this_process,
 )
 from batch.store.leases import Lease, LeaseLost
@@ -128,25 +128,6 @@ def _describe(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}{where}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class WorkerState(StrEnum):
-    """What a feed worker is doing (/healthz ``state``); the words are the API of /healthz."""
-
-    STARTING = "starting"        # not yet through its first scan
-    IDLE = "idle"                # waiting for files
-    PROCESSING = "processing"    # a file is being processed
-    UNAVAILABLE = "unavailable"  # the inbox cannot be reached: reconnecting with backoff
-    AUTH_FAILED = "auth_failed"  # Ropo One refused the credentials (or TLS): retried with backoff
-    PAUSED = "paused"            # the journal or a disk refused a write: the file waits
-    RETRYING = "retrying"        # a file failed unexpectedly and holds the feed
-    ERROR = "error"              # an unexpected error outside a file: retrying
-    CRASHED = "crashed"          # the thread ended by a bug
-    STOPPED = "stopped"          # ended on a stop request (or the feed was removed)
-    HOLDING = "holding"          # (/healthz only) delivery holds for an API outage (circuit breaker)
-    STANDBY = "standby"          # another instance (same journal) holds the feed's lease
-    FOREIGN = "foreign"          # the inbox's lease marker names a live instance with another journal
-    HANDOVER = "handover"        # a file left in processing/ by another journal's instance waits for an operator
 
 
 class FeedWorker(threading.Thread):

@@ -44,7 +44,6 @@ import json
 import os
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -52,24 +51,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
+from batch.strenum import StrEnum
 from batch.transform.jsonenc import event_bytes
 
 # --------------------------------------------------------------------------- states
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10 (pyproject allows it): 3.11's StrEnum, by hand
-    class StrEnum(str, Enum):
-        """Members are their values: str(), format() and comparisons give the plain word."""
-
-        __str__ = str.__str__
-        __format__ = str.__format__  # type: ignore[assignment]  # str's format, as 3.11's StrEnum has
-
 
 class EventState(StrEnum):
     """An event's state in the journal (the stored word; also its receipt outcome)."""
