@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -29,7 +29,7 @@ from batch.config.mapping import (
 )
 from batch.syntax.timeparse import TimeConverter
 from batch.transform.events import EVENT_KEYS, Rules, check_event
-from batch.transform.fastpath import FastMapper, build_fast_mapper
+from batch.transform.fastpath import FastChunkMapper, FastMapper, build_fast_chunk_mapper, build_fast_mapper
 from batch.transform.jsonenc import event_bytes
 from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
@@ -307,7 +307,8 @@ class _Bound:
     invoice_parts: list[tuple[_Value, Getter]]  # invoicenumber[, jobid] for columns/rows modes
     invoice_group: int | None  # index of the repeated-element group (elements mode)
     invoice_values: list[_Value]
-    fast: Callable[[list], dict | None] | None = None  # see batch.transform.fastpath
+    fast: FastMapper | None = None  # see batch.transform.fastpath
+    fast_chunk: FastChunkMapper | None = None  # the same, column by column for a whole chunk
 
 
 class MappingRun:
@@ -323,8 +324,8 @@ class MappingRun:
 
     def map_chunk(self, chunk: Chunk) -> list[MappedRecord]:
         bound = self._bind(chunk.columns)
-        if bound.fast is not None and not chunk.broken:
-            records = self._all_valid(bound.fast, chunk)
+        if bound.fast_chunk is not None and not chunk.broken:
+            records = self._all_valid(bound.fast_chunk, chunk)
             if records is not None:
                 return records
         out: list[MappedRecord] = []
@@ -365,21 +366,22 @@ class MappingRun:
                 out.append(_with_span(self._finish(record), chunk.spans))
         return out
 
-    def _all_valid(self, fast: Callable[[list], dict | None], chunk: Chunk) -> list[MappedRecord] | None:
+    def _all_valid(self, fast_chunk: FastChunkMapper, chunk: Chunk) -> list[MappedRecord] | None:
         """The records of a chunk in which every record is valid and every id new, or None.
 
-        The common case, done in bulk: the per-record work runs in C-level loops (map, the
-        set operations of the id check). Any doubt — a record the fast mapper does not take,
-        a missing or repeated id — returns None, and the chunk goes record by record.
+        The common case, done in bulk: the mapping runs column by column (fastpath's chunk
+        function) and the id check is set operations, loops that run in C. Any doubt — a record
+        the fast mapper does not take, a missing or repeated id — returns None, and the chunk
+        goes record by record.
         """
         try:
-            events = list(map(fast, chunk.rows))
+            events = fast_chunk(chunk.rows)
         except Exception:  # noqa: BLE001 - the record-by-record path finds and explains it
             return None
-        if None in events:
+        if events is None:
             return None
         try:
-            ids = list(map(_event_id, cast("list[dict[str, Any]]", events)))  # no None: checked above
+            ids = list(map(_event_id, events))
         except KeyError:  # an optional id left empty
             return None
         seen = self._seen_ids
@@ -430,10 +432,13 @@ class MappingRun:
             if invoices.mode == "elements":
                 group = index[invoices.element or ""]
         self._bound = _Bound(columns, fields, parts, group, values)
-        self._bound.fast = self._fast_mapper(self._bound, index)
+        fast = self._fast_mapper(self._bound, index)
+        if fast is not None:
+            self._bound.fast, self._bound.fast_chunk = fast
         return self._bound
 
-    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> FastMapper | None:
+    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> tuple[FastMapper, FastChunkMapper] | None:
+        """The generated mappers (one row; a chunk column by column), or None where there are none."""
         compiled = self.compiled
         invoices = compiled.invoices
         if invoices is not None and invoices.mode == "rows":
@@ -456,7 +461,7 @@ class MappingRun:
                 "group": bound.invoice_group,
             }
         prefix = compiled.id_prefix
-        return build_fast_mapper(
+        plan: dict[str, Any] = dict(
             columns=None if compiled.is_xml else len(bound.columns),
             fields=fields,
             invoices=invoice_plan,
@@ -465,6 +470,7 @@ class MappingRun:
             default_description=compiled.default_description,
             generate_id=(lambda event: prefix + content_id(event)) if compiled.generate_id else None,
         )
+        return build_fast_mapper(**plan), build_fast_chunk_mapper(**plan)
 
     # -- one row ------------------------------------------------------------------------------------
 
