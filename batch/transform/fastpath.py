@@ -326,7 +326,9 @@ def _emit_column_clean(src: _Source, var: str, value: Any, nonempty: bool = Fals
     flag = "o_" + var.split("_", 1)[1]
     if value.trim or nonempty:
         src.add(1, f"{var} = list(map(str.strip, {var}))")
-    src.add(1, f"if not all(map(str.isprintable, {var})): return None")
+    # one check for the column: a text is printable when each of its characters is, so the values
+    # joined are printable exactly when every value is (and ''.join runs in C: ~2x faster)
+    src.add(1, f"if not ''.join({var}).isprintable(): return None")
     processed = value.map is not None or value.pattern is not None or value.converter is not None or value.integer
     may_be_empty = False
     if nonempty or (value.default is None and (value.required or processed)):
