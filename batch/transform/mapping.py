@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
@@ -386,12 +387,14 @@ class MappingRun:
             return None
         seen = self._seen_ids
         known = len(seen)
-        if not seen.keys().isdisjoint(ids):
-            return None
-        seen.update(zip(ids, chunk.lines))
-        if len(seen) != known + len(ids):  # an id repeated within the chunk: undo, go slowly
-            for event_id in ids:
-                seen.pop(event_id, None)
+        # one look-up an id: setdefault adds a new id and leaves a known one (and its first line)
+        # as it is, so the dict grew by one an id exactly when every id is new
+        deque(map(seen.setdefault, ids, chunk.lines), maxlen=0)
+        if len(seen) != known + len(ids):
+            # a repeated id: take back the ids this chunk added, which are the newest keys (a dict
+            # keeps insertion order), and go record by record
+            for event_id in list(islice(reversed(seen), len(seen) - known)):
+                del seen[event_id]
             return None
         return list(map(MappedRecord, chunk.lines, events, repeat(_NO_ERRORS), repeat(NO_PARTIAL)))
 
