@@ -809,6 +809,38 @@ def test_chunk_function_on_xml_records():
     assert _rows_of(compiled, chunk.columns, [missing]) is None
 
 
+_SIMPLE_ATOM = st.tuples(
+    st.sampled_from(["a", "Z", "0", "9", "_", "\\d", "[0-9]", "[A-F0-9]", "[a-z_]", "[0-z]"]),
+    st.sampled_from(["", "{0}", "{1}", "{3}", "{18}"]),
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_SIMPLE_ATOM, min_size=1, max_size=4).map("".join), st.data())
+def test_a_simple_pattern_checked_for_a_whole_column_answers_as_re2(pattern, data):
+    import re
+
+    from batch.config.mapping import compile_pattern
+    from batch.transform.fastpath import _column_pattern
+
+    matching = st.from_regex(re.compile(pattern, re.ASCII), fullmatch=True)
+    odd = st.one_of(st.text("aZ09_:`\n\u0660１ ", max_size=20), PLAUSIBLE)
+    values = data.draw(st.lists(st.one_of(matching, matching, matching, odd), min_size=1, max_size=5))
+    column = _column_pattern(pattern)
+    assert column is not None
+    lines = "\n".join(values)
+    whole_column = lines.count("\n") == len(values) - 1 and bool(column(lines))  # as the chunk function checks
+    assert whole_column == all(map(compile_pattern(pattern), values))
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "\\d+", "\\d*", "[^0-9]", ".", "\\s", "a|b", "\\D", "[\\d]", "\\d{1,3}",
+                                     "(?i)a", "é", "[a-é]", "\\w"])
+def test_other_patterns_are_checked_value_by_value_with_re2(pattern):
+    from batch.transform.fastpath import _column_pattern
+
+    assert _column_pattern(pattern) is None
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.one_of(st.sampled_from(["A", "B"]), PLAUSIBLE), min_size=7, max_size=7), min_size=1, max_size=8))
 def test_rows_mode_any_input(rows):

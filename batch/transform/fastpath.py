@@ -21,6 +21,7 @@ make the same event of it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from itertools import accumulate, chain, repeat
 from typing import Any
@@ -348,8 +349,14 @@ def _emit_column_clean(src: _Source, var: str, value: Any, nonempty: bool = Fals
         else:
             src.add(1, f"{var} = list(map({table}.get, {keys}, repeat({value.map_default!r})))")
     if value.pattern is not None:
-        pattern = src.const(value.pattern, "pat")
-        src.add(1, f"if not all(map({pattern}, {var})): return None")
+        column_pattern = _column_pattern(value.spec.pattern)
+        if column_pattern is not None:
+            pattern = src.const(column_pattern, "colpat")
+            src.add(1, f"lines = '\\n'.join({var})")
+            src.add(1, f"if lines.count('\\n') != len({var}) - 1 or not {pattern}(lines): return None")
+        else:
+            pattern = src.const(value.pattern, "pat")
+            src.add(1, f"if not all(map({pattern}, {var})): return None")
     if value.converter is not None:
         convert = src.const(value.converter.convert_text, "conv")
         src.add(1, f"{var} = list(map({convert}, {var}))")
@@ -396,3 +403,27 @@ def _emit_drop_empty(src: _Source, indent: int, flag: str, dicts: str, values: s
     src.add(indent, f"if {flag}:")
     src.add(indent + 1, f"for d, v in zip({dicts}, {values}):")
     src.add(indent + 2, f"if v is None: del d[{key!r}]")
+
+
+# A pattern made only of these atoms, each once or {n} times: ASCII letters, digits and '_', \d,
+# and classes of them ([0-9A-F], [A-Za-z_]) — such as GSRN's '\d{18}' or 'FI\d{16}'.
+_ATOM = r"(?:[A-Za-z0-9_]|\\d|\[(?:[A-Za-z0-9_](?:-[A-Za-z0-9_])?)+\])(?:\{[0-9]{1,3}\})?"
+_FIXED_ASCII = re.compile(f"(?:{_ATOM})+")
+
+
+def _column_pattern(pattern: str | None) -> Callable[[str], Any] | None:
+    r"""For a simple pattern, a check of a whole column at once: values joined by line breaks
+    -> does each line match the pattern? None for any other pattern.
+
+    Why: RE2 (the pattern language, config.mapping.compile_pattern) costs ~0.55 us a value
+    through its Python binding, and the GSRN check was the largest step of the CSV mapping after
+    times; Python's `re` checks a column of 128 in one call at ~0.05 us a value. Why it is the
+    same answer: for these atoms RE2 and `re` with re.ASCII match the very same strings (ASCII
+    characters and classes, \d = [0-9] in both, exact counts), and with no alternation and no
+    variable repetition `re` cannot backtrack more than once a line. No atom matches a line
+    break (every class lies within '0'..'z'), so with no line break inside a value (the caller
+    checks) the lines are exactly the values.
+    """
+    if pattern is None or not _FIXED_ASCII.fullmatch(pattern):
+        return None
+    return re.compile(f"(?:{pattern})(?:\n(?:{pattern}))*", re.ASCII).fullmatch
