@@ -710,5 +710,6 @@ def content_id(event: dict[str, Any]) -> str:
     32 hex characters. The file name, line and record order do not enter it, so a record that comes
     again in another file gets the same id — and is recognised as a duplicate.
     """
-    body = {key: value for key, value in event.items() if key != "id"}
+    # the mappers call this before the event has an id: then there is nothing to leave out
+    body = {key: value for key, value in event.items() if key != "id"} if "id" in event else event
     return hashlib.sha256(event_bytes(body, sorted_keys=True)).hexdigest()[:32]
