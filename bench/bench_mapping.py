@@ -5,9 +5,10 @@
 
 "ours" is exactly what production runs between reading a file and the journal's INSERT: the
 file's sha256 (`pipeline.file_digest`), then `Processor._record` (reader, mapping, validation,
-batches of `JOURNAL_BATCH`) into a journal whose `record_events` stops where SQLite starts: it
-builds the very INSERT parameters `Journal.record_events` builds (`journal.events_insert_params`:
-the JSON text stored and sent, the payload digest), but executes no SQL. Next to it, on the same
+each record's `NewEvent` with the JSON text stored and sent and the payload digest, batches of
+`JOURNAL_BATCH`) into a journal whose `record_events` stops where SQLite starts: it builds the
+very INSERT parameters `Journal.record_events` builds (`journal.events_insert_params`), but
+executes no SQL. Next to it, on the same
 file: pandas' C reader alone (CSV, chunks of 65,536 rows, every column as text) and lxml's
 `iterparse` alone (XML, each record element cleared when it ends). Absolute figures drift between
 machines; the targets are ratios from one run: ours >= 0.33 of each reader alone, peak RSS
