@@ -321,10 +321,11 @@ class Processor:
         A file-level fault (bad encoding, broken XML) half-way through raises FileError; the
         events recorded so far were never sent, and the file ends in error."""
         recorded = 0
-        batch: list[MappedRecord] = []
+        batch: list[NewEvent] = []
         run = feed.compiled.start()
         for records in mapped_file(feed.compiled, path, run=run):
-            batch += records
+            # each chunk's events serialised while they are still in the CPU cache (see NewEvent)
+            batch += map(new_event, records)
             if len(batch) >= self.journal_batch:
                 recorded = self._journal(file_id, batch, progress, recorded)
                 batch = []
@@ -335,9 +336,9 @@ class Processor:
             if note not in (self.journal.get_file(file_id).note or ""):  # recorded again after a kill
                 self.journal.add_note(file_id, note)
 
-    def _journal(self, file_id: int, batch: list[MappedRecord], progress: Progress, before: int) -> int:
+    def _journal(self, file_id: int, batch: list[NewEvent], progress: Progress, before: int) -> int:
         """Record a batch in one transaction; returns how many records are recorded so far."""
-        self.journal.record_events(file_id, (new_event(record) for record in batch))
+        self.journal.record_events(file_id, batch)
         recorded = before + len(batch)
         if progress.on_recorded:
             progress.on_recorded(recorded)

@@ -680,6 +680,124 @@ def test_generated_ids_any_input(rows):
     assert _as_tuples(fast) == _as_tuples(general)
 
 
+# The chunk function (fastpath.build_fast_chunk_mapper) maps a whole chunk column by column; when
+# it returns events, they are the row function's, keys in the same order. Values that are
+# mostly valid, so that it often does.
+def _mostly(valid: list[str], odd: list[str]):
+    """A valid value most of the time (each column of a chunk must be valid for it to go in bulk)."""
+    return st.tuples(st.integers(0, 29), st.sampled_from(valid), st.sampled_from(odd), PLAUSIBLE).map(
+        lambda drawn: drawn[1] if drawn[0] > 1 else drawn[2 + drawn[0]])
+
+
+_FINNISH_ROW = st.tuples(
+    _mostly(["A", " B ", "C"], [""]), _mostly(["643007572062443672", " 643007572062443672 "], ["6430075720624436"]),
+    _mostly(["", "C1", " "], ["\x00"]), _mostly(["", "K-1"], ["\t"]), _mostly(["5.2.2024", "05.02.2024"], ["31.2.2024"]),
+    _mostly(["6:30:00", "6:30", "23:59:59"], ["25:00:00"]), _mostly(["K", "ky", "KY"], ["EK", "x", ""]),
+    _mostly(["1001,1002", " 1 , 2 "], ["", "71", "1,,2"]), _mostly(["71,72", " 8 , 9"], ["", "7", "x", "-1"]),
+    _mostly(["", "note", " note "], ["a\tb"]),
+).map(list)
+_BASE_ROW = st.tuples(
+    _mostly(["A", "B", "C", " D "], [""]), _mostly(["6", ""], ["\x01"]), _mostly(["2024-02-05 06:30:00"], ["2024-02-31 06:30:00"]),
+    _mostly(["connected", "disconnected", "not_disconnected"], ["x"]), _mostly(["", "note"], [" "]),
+).map(list)
+
+
+def _rows_of(compiled, columns, rows):
+    bound = compiled.start()._bind(columns)
+    events = bound.fast_chunk(rows)
+    one_by_one = [bound.fast(row) for row in rows]
+    if events is not None:
+        assert [list(event.items()) for event in events] == [list(event.items()) for event in one_by_one]
+    return events
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_FINNISH_ROW, min_size=1, max_size=6))
+def test_chunk_function_agrees_with_the_row_function(rows):
+    _rows_of(FINNISH_COMPILED, FINNISH_COLUMNS, rows)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_BASE_ROW, min_size=1, max_size=6))
+def test_chunk_function_agrees_with_the_row_function_optional_fields_and_generated_ids(rows):
+    for compiled in (compile_mapping(BASE), GENERATED_COMPILED):
+        _rows_of(compiled, ["id", "code", "time", "status", "note"], rows)
+
+
+def test_chunk_function_takes_valid_chunks_with_empty_optional_values():
+    rows = [["A", "643007572062443672", "", "", "5.2.2024", "6:30", "K", "", "", ""],
+            [" B ", "643007572062443672", "C1", "K-1", "5.2.2024", "6:30:00", "ek", "1001,1002", "71,72", "note"],
+            ["C", "643007572062443672", "", "", "5.2.2024", "6:30:00", "KY", "71", "7", ""]]
+    events = _rows_of(FINNISH_COMPILED, FINNISH_COLUMNS, rows)
+    assert events == [
+        {"id": "A", "usageplacecode": "643007572062443672", "contract_no": "-", "invoices": [],
+         "time": "2024-02-05 06:30:00", "status": "disconnected", "description": "Katkaistu"},
+        {"id": "B", "usageplacecode": "643007572062443672", "customernumber": "C1", "contract_no": "K-1",
+         "invoices": [{"invoicenumber": "1001", "jobid": 71}, {"invoicenumber": "1002", "jobid": 72}],
+         "time": "2024-02-05 06:30:00", "status": "not_disconnected", "description": "note"},
+        {"id": "C", "usageplacecode": "643007572062443672", "contract_no": "-",
+         "invoices": [{"invoicenumber": "71", "jobid": 7}], "time": "2024-02-05 06:30:00", "status": "connected"},
+    ]
+    assert [list(event) for event in events][2] == ["id", "usageplacecode", "contract_no", "invoices", "time", "status"]
+
+
+def test_chunk_function_on_xml_records():
+    from batch.transform.readers import read_xml
+
+    compiled = compile_mapping(XML_MAPPING)
+    data = xml_doc(
+        '<Event id="X1"><Place code="6"/><Customer>  A  B </Customer><Time>2024-02-05T04:30:00Z</Time>'
+        '<Status>disconnected</Status><inv:Invoices><inv:Invoice jobid="7"><inv:Number>100</inv:Number></inv:Invoice>'
+        '</inv:Invoices></Event>',
+        '<Event id="X2"><Place code="7"/><Time>2024-02-05T04:30:00Z</Time><Status>connected</Status><Note>n</Note>'
+        '<inv:Invoices/></Event>',
+    )
+    assert compiled.mapping.xml is not None
+    [chunk] = read_xml(io.BytesIO(data.encode()), compiled.mapping.xml, compiled.xml_plan())
+    events = _rows_of(compiled, chunk.columns, chunk.rows)
+    assert events == [
+        {"id": "X1", "usageplacecode": "6", "customernumber": "A B", "invoices": [{"invoicenumber": "100", "jobid": 7}],
+         "time": "2024-02-05 06:30:00", "status": "disconnected"},
+        {"id": "X2", "usageplacecode": "7", "invoices": [], "time": "2024-02-05 06:30:00", "status": "connected",
+         "description": "n"},
+    ]
+    # an invoice without a job id: the row function (and the general mapper) take the chunk
+    missing = chunk.rows[0][:-1] + [[["101", None]]]
+    assert _rows_of(compiled, chunk.columns, [missing]) is None
+
+
+_SIMPLE_ATOM = st.tuples(
+    st.sampled_from(["a", "Z", "0", "9", "_", "\\d", "[0-9]", "[A-F0-9]", "[a-z_]", "[0-z]"]),
+    st.sampled_from(["", "{0}", "{1}", "{3}", "{18}"]),
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_SIMPLE_ATOM, min_size=1, max_size=4).map("".join), st.data())
+def test_a_simple_pattern_checked_for_a_whole_column_answers_as_re2(pattern, data):
+    import re
+
+    from batch.config.mapping import compile_pattern
+    from batch.transform.fastpath import _column_pattern
+
+    matching = st.from_regex(re.compile(pattern, re.ASCII), fullmatch=True)
+    odd = st.one_of(st.text("aZ09_:`\n\u0660１ ", max_size=20), PLAUSIBLE)
+    values = data.draw(st.lists(st.one_of(matching, matching, matching, odd), min_size=1, max_size=5))
+    column = _column_pattern(pattern)
+    assert column is not None
+    lines = "\n".join(values)
+    whole_column = lines.count("\n") == len(values) - 1 and bool(column(lines))  # as the chunk function checks
+    assert whole_column == all(map(compile_pattern(pattern), values))
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "\\d+", "\\d*", "[^0-9]", ".", "\\s", "a|b", "\\D", "[\\d]", "\\d{1,3}",
+                                     "(?i)a", "é", "[a-é]", "\\w"])
+def test_other_patterns_are_checked_value_by_value_with_re2(pattern):
+    from batch.transform.fastpath import _column_pattern
+
+    assert _column_pattern(pattern) is None
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.one_of(st.sampled_from(["A", "B"]), PLAUSIBLE), min_size=7, max_size=7), min_size=1, max_size=8))
 def test_rows_mode_any_input(rows):

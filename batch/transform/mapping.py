@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from batch.config.mapping import (
     DEFAULT_REQUIRED,
@@ -33,7 +34,7 @@ from batch.config.mapping import (
 )
 from batch.syntax.timeparse import TimeConverter
 from batch.transform.events import EVENT_KEYS, Rules, check_event
-from batch.transform.fastpath import FastMapper, build_fast_mapper
+from batch.transform.fastpath import FastChunkMapper, FastMapper, build_fast_chunk_mapper, build_fast_mapper
 from batch.transform.jsonenc import event_bytes
 from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
@@ -322,7 +323,8 @@ class _Bound:
     invoice_parts: list[tuple[_Value, Getter]]  # invoicenumber[, jobid] for columns/rows modes
     invoice_group: int | None  # index of the repeated-element group (elements mode)
     invoice_values: list[_Value]
-    fast: Callable[[list], dict | None] | None = None  # see batch.transform.fastpath
+    fast: FastMapper | None = None  # see batch.transform.fastpath
+    fast_chunk: FastChunkMapper | None = None  # the same, column by column for a whole chunk
     pair_cell: Getter | None = None  # pairs mode: the cell with every invoice of the event
 
 
@@ -343,8 +345,8 @@ class MappingRun:
         if self.compiled.keeps is not None:
             chunk = self._kept(chunk)  # once a chunk, before (and outside) the per-record paths
         bound = self._bind(chunk.columns)
-        if bound.fast is not None and not chunk.broken:
-            records = self._all_valid(bound.fast, chunk)
+        if bound.fast_chunk is not None and not chunk.broken:
+            records = self._all_valid(bound.fast_chunk, chunk)
             if records is not None:
                 return records
         out: list[MappedRecord] = []
@@ -385,31 +387,34 @@ class MappingRun:
                 out.append(_with_span(self._finish(record, origin), chunk.spans))
         return out
 
-    def _all_valid(self, fast: Callable[[list], dict | None], chunk: Chunk) -> list[MappedRecord] | None:
+    def _all_valid(self, fast_chunk: FastChunkMapper, chunk: Chunk) -> list[MappedRecord] | None:
         """The records of a chunk in which every record is valid and every id new, or None.
 
-        The common case, done in bulk: the per-record work runs in C-level loops (map, the
-        set operations of the id check). Any doubt — a record the fast mapper does not take,
-        a missing or repeated id — returns None, and the chunk goes record by record.
+        The common case, done in bulk: the mapping runs column by column (fastpath's chunk
+        function) and the id check is set operations, loops that run in C. Any doubt — a record
+        the fast mapper does not take, a missing or repeated id — returns None, and the chunk
+        goes record by record.
         """
         try:
-            events = list(map(fast, chunk.rows))
+            events = fast_chunk(chunk.rows)
         except Exception:  # noqa: BLE001 - the record-by-record path finds and explains it
             return None
-        if None in events:
+        if events is None:
             return None
         try:
-            ids = list(map(_event_id, cast("list[dict[str, Any]]", events)))  # no None: checked above
+            ids = list(map(_event_id, events))
         except KeyError:  # an optional id left empty
             return None
         seen = self._seen_ids
         known = len(seen)
-        if not seen.keys().isdisjoint(ids):
-            return None
-        seen.update(zip(ids, chunk.lines))
-        if len(seen) != known + len(ids):  # an id repeated within the chunk: undo, go slowly
-            for event_id in ids:
-                seen.pop(event_id, None)
+        # one look-up an id: setdefault adds a new id and leaves a known one (and its first line)
+        # as it is, so the dict grew by one an id exactly when every id is new
+        deque(map(seen.setdefault, ids, chunk.lines), maxlen=0)
+        if len(seen) != known + len(ids):
+            # a repeated id: take back the ids this chunk added, which are the newest keys (a dict
+            # keeps insertion order), and go record by record
+            for event_id in list(islice(reversed(seen), len(seen) - known)):
+                del seen[event_id]
             return None
         return list(map(MappedRecord, chunk.lines, events, repeat(_NO_ERRORS), repeat(NO_PARTIAL)))
 
@@ -496,10 +501,13 @@ class MappingRun:
                 values.append(value)
             pair_cell = _getter(ValueSpec(column=compiled.pairs.source()), index)
         self._bound = _Bound(columns, fields, parts, group, values, pair_cell=pair_cell)
-        self._bound.fast = self._fast_mapper(self._bound, index)
+        fast = self._fast_mapper(self._bound, index)
+        if fast is not None:
+            self._bound.fast, self._bound.fast_chunk = fast
         return self._bound
 
-    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> FastMapper | None:
+    def _fast_mapper(self, bound: _Bound, index: dict[str, int]) -> tuple[FastMapper, FastChunkMapper] | None:
+        """The generated mappers (one row; a chunk column by column), or None where there are none."""
         compiled = self.compiled
         invoices = compiled.invoices
         if invoices is not None and invoices.mode in ("rows", "pairs"):
@@ -522,7 +530,7 @@ class MappingRun:
                 "group": bound.invoice_group,
             }
         prefix = compiled.id_prefix
-        return build_fast_mapper(
+        plan: dict[str, Any] = dict(
             columns=None if compiled.is_xml else len(bound.columns),
             fields=fields,
             invoices=invoice_plan,
@@ -531,6 +539,7 @@ class MappingRun:
             default_description=compiled.default_description,
             generate_id=(lambda event: prefix + content_id(event)) if compiled.generate_id else None,
         )
+        return build_fast_mapper(**plan), build_fast_chunk_mapper(**plan)
 
     # -- one row ------------------------------------------------------------------------------------
 
@@ -841,5 +850,6 @@ def content_id(event: dict[str, Any]) -> str:
     32 hex characters. The file name, line and record order do not enter it, so a record that comes
     again in another file gets the same id — and is recognised as a duplicate.
     """
-    body = {key: value for key, value in event.items() if key != "id"}
+    # the mappers call this before the event has an id: then there is nothing to leave out
+    body = {key: value for key, value in event.items() if key != "id"} if "id" in event else event
     return hashlib.sha256(event_bytes(body, sorted_keys=True)).hexdigest()[:32]
