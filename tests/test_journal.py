@@ -727,7 +727,7 @@ def test_journal_schema_1_is_migrated_keeping_every_row(db: Path) -> None:
         assert record.counts["pending"] == 1
         assert journal.count_file_attempt("feed", "old.csv", "x") == 1
         assert journal.finish_file(1, "error", error="boom").counts["not_sent"] == 1
-    assert journal_version(db) == 2
+    assert journal_version(db) == SCHEMA_VERSION
 
 
 def journal_version(path: Path) -> int:

@@ -144,7 +144,9 @@ class NewEvent:
     """One mapped record, to be recorded before sending.
 
     ``error`` set means the record is invalid (mapping or validation failed): it is stored
-    with state ``invalid`` and that message, and never sent.
+    with state ``invalid`` and that message, and never sent. ``errors``: the same problems as
+    data, each a mapping of ``field``, ``source``, ``value`` and ``message`` (stored as a JSON
+    list; without it the message alone is stored as one error).
     """
 
     line: int
@@ -153,6 +155,7 @@ class NewEvent:
     status: str | None
     payload: Mapping[str, Any] | None
     error: str | None = None
+    errors: Sequence[Mapping[str, Any]] | None = None
 
     @classmethod
     def valid(cls, line: int, payload: Mapping[str, Any]) -> NewEvent:
@@ -160,11 +163,12 @@ class NewEvent:
                    _opt_str(payload.get("status")), payload)
 
     @classmethod
-    def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None) -> NewEvent:
+    def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None,
+                errors: Sequence[Mapping[str, Any]] | None = None) -> NewEvent:
         """An invalid record; ``payload`` is whatever part of the event could be mapped."""
         partial = payload or {}
         return cls(line, _opt_str(partial.get("id")), _opt_str(partial.get("usageplacecode")),
-                   _opt_str(partial.get("status")), payload, error)
+                   _opt_str(partial.get("status")), payload, error, errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,8 @@ class Result:
     http_status: int | None = None
     message: str | None = None
     attempts: int = 1  # HTTP attempts this result took; added to the stored count
+    title: str | None = None  # a rejection's problem document (HttpApiProblem): title and detail
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +199,15 @@ class EventRecord:
     payload_json: str | None
     payload_sha256: str | None
     updated_at: datetime
+    errors_json: str | None = None  # an invalid record's problems (a JSON list; see ``errors``)
+    title: str | None = None  # a rejected event's problem title and detail, as Ropo One sent them
+    detail: str | None = None
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """An invalid record's problems, each ``{field, source, value, message}`` (field, source
+        and value None where unknown, e.g. a record journaled before errors were data)."""
+        return [] if self.errors_json is None else list(json.loads(self.errors_json))
 
     @property
     def outcome(self) -> str:
@@ -222,6 +237,7 @@ class FileRecord:
     mapping_version: str | None = None  # the mapping its events were recorded with (a hash)
     finish_problem: str | None = None  # finished, but its receipt / archive move is still to do
     note: str | None = None  # what a reader of the receipt should know (e.g. the mapping changed)
+    filtered: int = 0  # records the mapping's `keep` rule left out (not events: not in counts)
 
     @property
     def finished(self) -> bool:
@@ -327,6 +343,10 @@ class JournalStore(ABC):
     def set_finish_problem(self, file_id: int, problem: str | None) -> None: ...
 
     @abstractmethod
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        """Store how many records the mapping's `keep` rule left out of the file."""
+
+    @abstractmethod
     def count_file_attempt(self, feed: str, name: str, error: str) -> int: ...
 
     @abstractmethod
@@ -367,7 +387,7 @@ class JournalStore(ABC):
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -469,8 +489,21 @@ _SCHEMA_V2: tuple[str, ...] = (
     """,
 )
 
+# Version 3: errors as data. An invalid record's problems as a JSON list of {field, source,
+# value, message} (``message`` keeps the joined text); a rejection's problem title and detail
+# apart; the count of records the mapping's keep rule filtered out. An invalid event recorded
+# before holds one string: it becomes one error with only its message.
+_SCHEMA_V3: tuple[str, ...] = (
+    "ALTER TABLE files ADD COLUMN n_filtered INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN errors TEXT",
+    "ALTER TABLE events ADD COLUMN problem_title TEXT",
+    "ALTER TABLE events ADD COLUMN problem_detail TEXT",
+    "UPDATE events SET errors = json_array(json_object('field', NULL, 'source', NULL, 'value', NULL,"
+    " 'message', message)) WHERE state = 'invalid' AND message IS NOT NULL",
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -478,23 +511,24 @@ _COUNT_COLUMNS = ", ".join(f"n_{outcome}" for outcome in OUTCOMES)
 _SET_COUNTS = ", ".join(f"n_{outcome} = ?" for outcome in OUTCOMES)
 _FILE_COLUMNS = (
     "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
-    f" original_id, owner, mapping_version, finish_problem, note, {_COUNT_COLUMNS}"
+    f" original_id, owner, mapping_version, finish_problem, note, n_filtered, {_COUNT_COLUMNS}"
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, payload_sha256, updated_at"
+    " payload, payload_sha256, updated_at, errors, problem_title, problem_detail"
 )
 
 SQL_INSERT_EVENT = """
     INSERT OR IGNORE INTO events
         (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
-         state, message, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         state, message, errors, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 SQL_RECORD_RESULT = """
     UPDATE events
-       SET state = ?, http_status = ?, message = ?, attempts = attempts + ?, updated_at = ?
+       SET state = ?, http_status = ?, message = ?, problem_title = ?, problem_detail = ?,
+           attempts = attempts + ?, updated_at = ?
      WHERE file_id = ? AND line = ? AND state IN ('pending', 'failed')
 """
 
@@ -593,7 +627,19 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
     else:
         state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
-            payload_json, digest, state, event.error, now)
+            payload_json, digest, state, event.error, errors_json(event), now)
+
+
+def errors_json(event: NewEvent) -> str | None:
+    """The JSON list of an invalid record's problems (None for a valid one)."""
+    if event.error is None:
+        return None
+    errors = event.errors or ({"field": None, "source": None, "value": None, "message": event.error},)
+    return json.dumps([{key: error.get(key) for key in ERROR_KEYS} for error in errors], ensure_ascii=False)
+
+
+#: The keys of one error of an invalid record, in the order receipts show them.
+ERROR_KEYS: tuple[str, ...] = ("field", "source", "value", "message")
 
 
 def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
@@ -608,8 +654,8 @@ def result_params(result: Result, now: str) -> tuple[Any, ...]:
         raise ValueError(f"not a delivery outcome: {result.outcome!r}")
     if result.attempts < 0:
         raise ValueError("attempts cannot be negative")
-    return (result.outcome, result.http_status, result.message, result.attempts, now,
-            result.file_id, result.line)
+    return (result.outcome, result.http_status, result.message, result.title, result.detail,
+            result.attempts, now, result.file_id, result.line)
 
 
 def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -621,21 +667,21 @@ def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 def file_from_row(row: Sequence[Any]) -> FileRecord:
     (id_, name, sha256, size, feed, state, started, finished, error, recorded, original,
-     owner, mapping_version, finish_problem, note, *numbers) = row
+     owner, mapping_version, finish_problem, note, filtered, *numbers) = row
     return FileRecord(
         id=id_, name=name, sha256=sha256, size=size, feed=feed, state=FileState(state),
         started_at=from_required_text(started), finished_at=from_text(finished), error=error,
         counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
         original_id=original, owner=owner, mapping_version=mapping_version,
-        finish_problem=finish_problem, note=note,
+        finish_problem=finish_problem, note=note, filtered=filtered or 0,
     )
 
 
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
-     digest, updated) = row
+     digest, updated, errors, title, detail) = row
     return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
-                       message, payload, digest, from_required_text(updated))
+                       message, payload, digest, from_required_text(updated), errors, title, detail)
 
 
 def already_processed_message(original: FileRecord) -> str:
@@ -977,6 +1023,10 @@ class Journal(JournalStore):
         """Note (or clear, None) why a finished file's receipt / archive move is still to do."""
         with self._write("note the finishing problem") as conn:
             conn.execute("UPDATE files SET finish_problem = ? WHERE id = ?", (problem, file_id))
+
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        with self._write("note the filtered records") as conn:
+            conn.execute("UPDATE files SET n_filtered = ? WHERE id = ?", (filtered, file_id))
 
     # -- attempts on a file in processing/ (by feed and name: it may have no file row yet)
 
