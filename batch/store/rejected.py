@@ -37,8 +37,9 @@ from batch.config.mapping import CsvOptions, FixedOptions, Mapping, XlsxOptions,
 from batch.fsutil import NAME_MAX, atomic_writer, fit_name, real_name
 from batch.syntax.xmlpaths import clark_steps
 from batch.transform.compressed import opened_export
-from batch.transform.fixed import is_ebcdic
+from batch.transform.fixed import is_ebcdic, read_fixed
 from batch.transform.readers import _PARSER_OPTIONS, _path_matcher, detect_encoding, read_csv
+from batch.transform.records import Chunk
 
 REJECTED_INFIX = ".rejected."
 _COMPRESSED_SUFFIXES = (".gz", ".gzip", ".zip")
@@ -109,12 +110,11 @@ def _lines(source: Path, mapping: Mapping, stream: BinaryIO, wanted: Iterator[in
         assert mapping.csv is not None
         options = mapping.csv
         head = (options.header_line or 0) or options.skip_lines
-        spans = _csv_spans(source, mapping, wanted)
     else:
         assert mapping.fixed is not None
         options = mapping.fixed
         head = options.skip_lines
-        spans = ((line, line) for line in wanted)
+    spans = _record_spans(source, mapping, wanted)
     buffered = cast(io.BufferedReader, stream)  # opened_export hands a buffered stream
     encoding = detect_encoding(buffered.peek(4)[:4], options.encoding)
     text = io.TextIOWrapper(buffered, encoding=encoding, newline="", errors="strict")
@@ -171,22 +171,56 @@ def _split_last(pending: str, separators: re.Pattern[str]) -> Iterator[str]:
     yield pending[position:]
 
 
-def _csv_spans(source: Path, mapping: Mapping, wanted: Iterator[int]) -> Iterator[tuple[int, int]]:
-    """(first, last) physical line of each chosen CSV record: a record with a quoted line break
-    runs over several lines (the reader's spans), read by a second pass of the same reader."""
-    assert mapping.csv is not None
-    target = next(wanted, None)
+def _record_spans(source: Path, mapping: Mapping, wanted: Iterator[int]) -> Iterator[tuple[int, int]]:
+    """(first, last) physical line of each chosen record, from a second pass of the feed's own
+    reader: a CSV record with a quoted line break runs over several lines (the reader's spans),
+    and in `rows` mode an event's later rows (the same id, next to each other) go with it."""
+    id_column = _rows_mode_id_column(mapping)
     with open(source, "rb") as raw, opened_export(raw, mapping.compression) as stream:
-        for chunk in read_csv(stream, mapping.csv, []):
-            for line in chunk.lines:
-                while target is not None and target < line:
-                    yield target, target  # not a record start the reader sees: the line alone
-                    target = next(wanted, None)
-                if target == line:
-                    yield line, chunk.spans.get(line, line)
-                    target = next(wanted, None)
-            if target is None:
-                return
+        if mapping.format == "csv":
+            assert mapping.csv is not None
+            chunks = read_csv(stream, mapping.csv, [])
+        else:
+            assert mapping.fixed is not None
+            chunks = read_fixed(stream, mapping.fixed, [])
+        yield from _grouped(chunks, wanted, id_column)
+
+
+def _rows_mode_id_column(mapping: Mapping) -> str | None:
+    """The id column that merges rows into one event (`invoices.mode: rows`), else None."""
+    if mapping.invoices is None or mapping.invoices.mode != "rows" or mapping.fields.id is None:
+        return None
+    return mapping.fields.id.column
+
+
+def _grouped(chunks: Iterable[Chunk], wanted: Iterator[int], id_column: str | None) -> Iterator[tuple[int, int]]:
+    target = next(wanted, None)
+    group: list[Any] | None = None  # [first, last, id] of the chosen event being extended
+    for chunk in chunks:
+        index = chunk.columns.index(id_column) if id_column in chunk.columns else None
+        for position, line in enumerate(chunk.lines):
+            last = chunk.spans.get(line, line)
+            value = None if index is None or index >= len(chunk.rows[position]) else str(
+                chunk.rows[position][index]).strip()
+            if group is not None:
+                if value is not None and value == group[2]:
+                    group[1] = last
+                    continue
+                yield group[0], group[1]
+                group = None
+            while target is not None and target < line:
+                yield target, target  # not a record start the reader sees: the line alone
+                target = next(wanted, None)
+            if target == line:
+                target = next(wanted, None)
+                if index is None:
+                    yield line, last
+                else:
+                    group = [line, last, value]
+        if target is None and group is None:
+            return
+    if group is not None:
+        yield group[0], group[1]
     while target is not None:
         yield target, target
         target = next(wanted, None)
@@ -261,7 +295,7 @@ def _xml(stream: BinaryIO, options: XmlOptions, wanted: Iterator[int], out: Bina
         for _, stack in reversed(opened):
             document.write("\n")
             stack.close()
-        out.write(b"\n")
+    out.write(b"\n")
 
 
 def _open_ancestors(document: Any, element: Any, opened: list[tuple[Any, ExitStack]]) -> None:
@@ -274,8 +308,11 @@ def _open_ancestors(document: Any, element: Any, opened: list[tuple[Any, ExitSta
         stack.close()
     del opened[keep:]
     for ancestor in chain[keep:]:
+        parent = ancestor.getparent()
+        inherited = {} if parent is None else parent.nsmap
+        declared = {prefix: uri for prefix, uri in ancestor.nsmap.items() if inherited.get(prefix) != uri}
         stack = ExitStack()
-        stack.enter_context(document.element(ancestor.tag, dict(ancestor.attrib), nsmap=ancestor.nsmap))
+        stack.enter_context(document.element(ancestor.tag, dict(ancestor.attrib), nsmap=declared))
         opened.append((ancestor, stack))
 
 
@@ -292,25 +329,42 @@ def _release(element: Any) -> None:
 # --------------------------------------------------------------------------- workbooks
 
 
+def _with_header(chunks: Iterator[Chunk], writer: Any) -> Iterator[Chunk]:
+    """The chunks, the header row written before the first."""
+    first = True
+    for chunk in chunks:
+        if first:
+            writer.writerow(chunk.columns)
+            first = False
+        yield chunk
+
+
 def _workbook(source: Path, mapping: Mapping, wanted: Iterator[int], out: BinaryIO) -> None:
     """A CSV (UTF-8, comma) with the sheet's header row and the chosen rows' cell values."""
     from batch.transform.workbook import read_xlsx  # only workbook feeds pay for importing openpyxl
 
     text = io.TextIOWrapper(out, encoding="utf-8", newline="")
     writer = csv.writer(text, lineterminator="\r\n")
-    target = next(wanted, None)
-    header_written = False
     with open(source, "rb") as stream:
-        for chunk in read_xlsx(stream, mapping.xlsx or XlsxOptions(), [], mapping.compression):
-            if not header_written:
-                writer.writerow(chunk.columns)
-                header_written = True
-            for line, row in zip(chunk.lines, chunk.rows):
-                while target is not None and target < line:
-                    target = next(wanted, None)
-                if target == line:
-                    writer.writerow(row)
-            if target is None:
-                break
+        chunks = _with_header(read_xlsx(stream, mapping.xlsx or XlsxOptions(), [], mapping.compression), writer)
+        # the rows of the chunk being read and of the one before, by row number: a span is
+        # known while its chunk is read, or (an event's rows in rows mode) when the next begins
+        rows: dict[int, list[str]] = {}
+        before: list[int] = []
+
+        def remembered(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+            for chunk in chunks:
+                for number in before:
+                    rows.pop(number, None)
+                before[:] = [number for number in rows]
+                rows.update(zip(chunk.lines, chunk.rows))
+                yield chunk
+
+        written = 0
+        for first, last in _grouped(remembered(chunks), wanted, _rows_mode_id_column(mapping)):
+            for number in range(max(first, written + 1), last + 1):
+                if number in rows:
+                    writer.writerow(rows[number])
+            written = last
     text.flush()
     text.detach()
