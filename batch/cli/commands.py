@@ -394,6 +394,7 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
 def retry(config_path: Path, file_id: int | None) -> None:
     """Send failed events again (those whose transient errors outlasted the retries)."""
     from batch.pipeline import failed_file_ids
+    from batch.store.rejected import archived_original
 
     with _open_runtime(config_path) as runtime:
         ids = failed_file_ids(runtime.journal, file_id)
@@ -409,7 +410,7 @@ def retry(config_path: Path, file_id: int | None) -> None:
             receipt_dir = outbox or runtime.config.staging_dir / settings.name / "receipts"
             receipt_dir.mkdir(parents=True, exist_ok=True)
             # the rejected-rows file is rewritten from the original, found in a local feed's archive/
-            source = _archived_original(settings, record)
+            source = archived_original(settings, record.name, record.size, record.sha256)
             with _progress() as progress:
                 outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress, source)
             if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
@@ -423,32 +424,6 @@ def retry(config_path: Path, file_id: int | None) -> None:
             _report_outcome(record.name, outcome, uploaded)
             worst = max(worst, outcome.exit_status)
     raise SystemExit(worst)
-
-
-def _archived_original(settings: InboxSettings, record: FileRecord) -> Path | None:
-    """The file as processed, in a local feed's archive/ (under its name, or the name stamped
-    when archive/ held one already), recognised by its size and sha256; None if not there."""
-    from batch.config.inbox import LocalLocation
-    from batch.fsutil import real_name
-    from batch.pipeline import file_digest
-
-    location = settings.location
-    if not isinstance(location, LocalLocation):
-        return None
-    archive = Path(settings.archive_dir)
-    archive = archive if archive.is_absolute() else location.path / archive
-    name = real_name(record.name)
-    stem, dot, ext = name.rpartition(".")
-    stamped = f"{stem}.*.{ext}" if dot and stem else f"{name}.*"
-    try:
-        candidates = [archive / name, *sorted(archive.glob(stamped), reverse=True)]
-        for candidate in candidates:
-            if (candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == record.size
-                    and file_digest(candidate)[0] == record.sha256):
-                return candidate
-    except OSError:
-        return None
-    return None
 
 
 def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
+import hashlib
 import io
 import os
 import re
@@ -33,6 +35,7 @@ from typing import Any, BinaryIO, cast
 
 from lxml import etree
 
+from batch.config.inbox import InboxSettings, LocalLocation
 from batch.config.mapping import CsvOptions, FixedOptions, Mapping, XlsxOptions, XmlOptions
 from batch.fsutil import NAME_MAX, atomic_writer, fit_name, real_name
 from batch.syntax.xmlpaths import clark_steps
@@ -93,6 +96,37 @@ def write_rejected(directory: Path, input_name: str, source: Path, mapping: Mapp
                 else:
                     _lines(source, mapping, stream, wanted, out)
     return path
+
+
+def archived_original(settings: InboxSettings, name: str, size: int, sha256: str) -> Path | None:
+    """A processed file in its local feed's archive/ (under its name, or the name stamped when
+    archive/ held one already), recognised by its size and sha256, to write its rejected-rows
+    file again (`retry`); None when it is not there (an SFTP feed's archive is on the server)."""
+    location = settings.location
+    if not isinstance(location, LocalLocation):
+        return None
+    archive = Path(settings.archive_dir)
+    archive = archive if archive.is_absolute() else location.path / archive
+    real = real_name(os.path.basename(name))
+    stem, dot, ext = real.rpartition(".")
+    stamped = f"{stem}.*.{ext}" if dot and stem else f"{real}.*"
+    try:
+        for candidate in [archive / real, *sorted(archive.glob(glob.escape(stem or real) + stamped[len(stem or real):]),
+                                                   reverse=True)]:
+            if (candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == size
+                    and _sha256(candidate) == sha256):
+                return candidate
+    except OSError:
+        return None
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _chain(first: int, rest: Iterator[int]) -> Iterator[int]:
