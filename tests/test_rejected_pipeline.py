@@ -97,3 +97,20 @@ def test_a_file_with_nothing_rejected_has_no_rejected_rows_file(
     outcome = process_file(ws, write_feed(ws.inbox / "ok.csv", make_rows(3, 3)))
     assert outcome.receipt is not None and outcome.receipt.rejected is None
     assert sorted(path.name for path in ws.outbox.iterdir()) == ["ok.csv.receipt.csv", "ok.csv.receipt.json"]
+
+
+def test_a_rejections_title_and_detail_reach_the_receipt_redacted_and_neutralised(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        process_file: Callable[..., FileOutcome]) -> None:
+    secret = "SECRET-apicode-77"
+    sandbox = make_sandbox(apicode=secret, faults=Faults(
+        reject_ids=["E000001"], reject_title="=Bad apicode " + secret, reject_detail=f"apicode={secret} and \x1b[2J"))
+    ws = workspace_for(sandbox)
+    outcome = process_file(ws, write_feed(ws.inbox / "r.csv", make_rows(2, 2)))
+    assert outcome.counts["rejected"] == 1
+    row = next(row for row in read_receipt(ws.receipt("r.csv")) if row["outcome"] == "rejected")
+    # redacted and cut by the client, control characters escaped; the CSV cell neutralised too
+    assert (row["title"], row["detail"]) == ("'=Bad apicode ***", "apicode=*** and \\x1b[2J")
+    problem = ws.summary("r.csv")["problems"][0]
+    assert (problem["title"], problem["detail"]) == ("=Bad apicode ***", "apicode=*** and \\x1b[2J")
+    assert secret not in ws.receipt("r.csv").read_text() + json.dumps(ws.summary("r.csv"))
