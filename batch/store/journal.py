@@ -627,7 +627,11 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
     else:
         state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
-            payload_json, digest, state, event.error, errors_json(event), now)
+            payload_json, digest, state, event.error, None if event.error is None else errors_json(event), now)
+
+
+#: The keys of one error of an invalid record, in the order receipts show them.
+ERROR_KEYS: tuple[str, ...] = ("field", "source", "value", "message")
 
 
 def errors_json(event: NewEvent) -> str | None:
@@ -636,10 +640,6 @@ def errors_json(event: NewEvent) -> str | None:
         return None
     errors = event.errors or ({"field": None, "source": None, "value": None, "message": event.error},)
     return json.dumps([{key: error.get(key) for key in ERROR_KEYS} for error in errors], ensure_ascii=False)
-
-
-#: The keys of one error of an invalid record, in the order receipts show them.
-ERROR_KEYS: tuple[str, ...] = ("field", "source", "value", "message")
 
 
 def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
