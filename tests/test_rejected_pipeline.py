@@ -114,3 +114,32 @@ def test_a_rejections_title_and_detail_reach_the_receipt_redacted_and_neutralise
     problem = ws.summary("r.csv")["problems"][0]
     assert (problem["title"], problem["detail"]) == ("=Bad apicode ***", "apicode=*** and \\x1b[2J")
     assert secret not in ws.receipt("r.csv").read_text() + json.dumps(ws.summary("r.csv"))
+
+
+KEEP_D = """\
+format: csv
+csv: {delimiter: ";", header_line: null, columns: [Type, EventId, Place, Date, Code]}
+keep: {column: Type, equals: D}
+fields:
+  id: {column: EventId}
+  usageplacecode: {column: Place}
+  time: {column: Date, formats: ["%d.%m.%Y %H:%M"]}
+  status: {column: Code, map: {K: disconnected}}
+"""
+
+
+def test_status_and_process_show_the_filtered_count(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace_for(make_sandbox(), mapping_text=KEEP_D, mapping_name="types")
+    path = ws.inbox / "t.csv"
+    path.write_text("H;x\nD;E1;643007572062440001;01.03.2024 07:45;K\nC;comment\nT;1\n")
+    assert run(["process", str(path), "--config", str(ws.config)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "t.csv: 1 accepted, 3 filtered"
+    assert run(["status", "--config", str(ws.config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert status["counts"] == {"accepted": 1, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0,
+                                "not_sent": 0, "pending": 0, "filtered": 3}
+    assert run(["status", "--config", str(ws.config)]) == 0
+    table = capsys.readouterr().out
+    assert "filtered" in table and table.count("│ 3 ") == 1
