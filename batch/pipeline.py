@@ -25,8 +25,10 @@ from batch.errors import ExitStatus, TransientError
 from batch.fsutil import display_name
 from batch.store.journal import FileRecord, JournalMisuse, JournalStore, NewEvent, Result
 from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
+from batch.store.rejected import write_rejected
 from batch.strenum import StrEnum
 from batch.transform.extract import mapped_file
+from batch.transform.fixed import is_ebcdic
 from batch.transform.mapping import CompiledMapping, MappedRecord
 from batch.transform.readers import FileError
 
@@ -101,12 +103,16 @@ def write_receipt_or_fault(write: Callable[[], ReceiptPaths], receipt_dir: Path,
 
 
 def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptFormat:
-    """The receipt speaks the input's dialect unless the feed says otherwise."""
+    """The receipt speaks the input's dialect unless the feed says otherwise; but an EBCDIC
+    feed's receipt is UTF-8: people and the legacy team read receipts on ordinary systems (its
+    rejected-rows file keeps the feed's encoding, to be dropped again)."""
     encoding, delimiter = "utf-8", ","
     if mapping.format == "csv" and mapping.csv is not None:
         encoding, delimiter = mapping.csv.encoding, mapping.csv.delimiter
     elif mapping.format == "fixed" and mapping.fixed is not None:
         encoding = mapping.fixed.encoding
+    if is_ebcdic(encoding):
+        encoding = "utf-8"
     return ReceiptFormat(
         delimiter=options.delimiter or delimiter,
         quotechar=options.quotechar,
@@ -170,16 +176,15 @@ def file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def filtered_note(count: int) -> str:
-    """The receipt summary's sentence about the records the mapping's `keep` rule left out."""
-    records = "record was" if count == 1 else "records were"
-    return f"{count:,} {records} filtered out by the mapping's keep rule (other record types; not events, no rows)."
+#: The outcomes whose records go into the rejected-rows file, to be fixed and dropped again.
+REJECTED_OUTCOMES = frozenset({"invalid", "rejected"})
 
 
 def new_event(record: MappedRecord) -> NewEvent:
     if record.event is not None:
         return NewEvent.valid(record.line, record.event)
-    return NewEvent.invalid(record.line, "; ".join(error.describe() for error in record.errors), record.partial or None)
+    return NewEvent.invalid(record.line, "; ".join(error.describe() for error in record.errors), record.partial or None,
+                            [error.as_dict() for error in record.errors])
 
 
 @dataclass
@@ -224,7 +229,7 @@ class Processor:
                 # again; no "already processed" receipt, no skipped row
                 log.info("%s: finished before as file #%d (%s); writing its receipt again", name,
                          finished.id, finished.state)
-                return self._finished_again(finished, feed, receipt_dir)
+                return self._finished_again(finished, feed, receipt_dir, path)
         begun = self.journal.begin_file(name, sha256, size, feed.name, force=force)
         file = begun.file
         if begun.outcome == "already_processed":
@@ -249,26 +254,50 @@ class Processor:
                     lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
                 return FileOutcome(FileStatus.ERROR, file, receipt, str(exc))
             self.journal.mark_recorded(file.id)
-        return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False)
+        return self._deliver_and_finish(file.id, feed, receipt_dir, progress, include_failed=False, source=path)
 
-    def _finished_again(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> FileOutcome:
-        receipt = self.write_receipt_of(file, feed, receipt_dir)
+    def _finished_again(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path, source: Path) -> FileOutcome:
+        receipt = self.write_receipt_of(file, feed, receipt_dir, source)
         status = FileStatus(file.state) if file.state in (FileStatus.DONE, FileStatus.SKIPPED) else FileStatus.ERROR
         return FileOutcome(status, file, receipt, None if status == FileStatus.DONE else file.error)
 
-    def write_receipt_of(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path) -> ReceiptPaths:
+    def write_receipt_of(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path,
+                         source: Path | None = None) -> ReceiptPaths:
         """(Re)write the receipt of a finished file from the journal: one row per event for a
-        done file, the file-level one otherwise. Raises ReceiptNotWritten."""
+        done file (and its rejected-rows file, read from `source`, the file as processed, when
+        given), the file-level one otherwise. Raises ReceiptNotWritten."""
         if file.state == "done":
-            return self._receipt(lambda: write_receipt(
-                receipt_dir, file, self.journal.file_events(file.id), feed.receipt_format), receipt_dir, file)
+            return self._done_receipt(file, feed, receipt_dir, source)
         return self._receipt(
             lambda: write_file_level_receipt(receipt_dir, file, feed.receipt_format), receipt_dir, file)
 
     def _receipt(self, write: Callable[[], ReceiptPaths], receipt_dir: Path, file: FileRecord) -> ReceiptPaths:
+        """Write a receipt (and what goes with it) under the feed's lease: the fence first."""
         if self.fence is not None:
             self.fence()
         return write_receipt_or_fault(write, receipt_dir, file)
+
+    def _done_receipt(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path,
+                      source: Path | None) -> ReceiptPaths:
+        """The rejected-rows file (when `source` is there to read the records from), then the
+        receipt that names it; an OSError of either raises ReceiptNotWritten."""
+        journal = self.journal
+
+        def write() -> ReceiptPaths:
+            rejected = None
+            if source is not None:
+                rejected = self._write_rejected(file, feed, receipt_dir, source)
+            return write_receipt(receipt_dir, file, journal.file_events(file.id), feed.receipt_format, rejected)
+
+        return self._receipt(write, receipt_dir, file)
+
+    def _write_rejected(self, file: FileRecord, feed: FeedRuntime, receipt_dir: Path, source: Path) -> Path | None:
+        lines = (event.line for event in self.journal.file_events(file.id) if event.outcome in REJECTED_OUTCOMES)
+        try:
+            return write_rejected(receipt_dir, file.name, source, feed.compiled.mapping, lines)
+        except (FileError, ValueError, SyntaxError) as exc:  # read once already; changed since?
+            log.error("%s: the rejected-rows file could not be written: %s", file.name, exc)
+            return None
 
     def _mapping_for(self, file: FileRecord, feed: FeedRuntime,
                      earlier: dict[str, FeedRuntime]) -> FeedRuntime | None:
@@ -308,10 +337,13 @@ class Processor:
         return feed
 
     def retry(
-        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None
+        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None,
+        source: Path | None = None,
     ) -> FileOutcome:
-        """Send a file's failed (and any pending) events again, then rewrite its receipt."""
-        return self._deliver_and_finish(file_id, feed, receipt_dir, progress or Progress(), include_failed=True)
+        """Send a file's failed (and any pending) events again, then rewrite its receipt (and its
+        rejected-rows file, from `source`: the original as archived, when it can be found)."""
+        return self._deliver_and_finish(file_id, feed, receipt_dir, progress or Progress(), include_failed=True,
+                                        source=source)
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -331,10 +363,9 @@ class Processor:
                 batch = []
         if batch:
             self._journal(file_id, batch, progress, recorded)
-        if run.filtered:  # not events, so not in the counts per outcome: the summary says it
-            note = filtered_note(run.filtered)
-            if note not in (self.journal.get_file(file_id).note or ""):  # recorded again after a kill
-                self.journal.add_note(file_id, note)
+        # not events, so not in the counts per outcome: a count of its own (set, not added: a
+        # file recorded again after a kill counts them again)
+        self.journal.set_filtered(file_id, run.filtered)
 
     def _journal(self, file_id: int, batch: list[NewEvent], progress: Progress, before: int) -> int:
         """Record a batch in one transaction; returns how many records are recorded so far."""
@@ -345,7 +376,8 @@ class Processor:
         return recorded
 
     def _deliver_and_finish(
-        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool
+        self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress, include_failed: bool,
+        source: Path | None = None,
     ) -> FileOutcome:
         journal = self.journal
         if progress.on_delivery_start:
@@ -361,9 +393,11 @@ class Processor:
 
         def on_result(item: Outgoing, outcome: Outcome) -> None:
             if outcome.state is not State.PENDING:  # pending: stopped before it was sent
+                rejected = outcome.state is State.REJECTED
                 results.append(Result(
                     file_id, item.key, outcome.state.value,
                     http_status=outcome.status, message=outcome.message or None, attempts=outcome.attempts,
+                    title=outcome.title if rejected else None, detail=outcome.detail if rejected else None,
                 ))
             if progress.on_result:
                 progress.on_result(outcome)
@@ -391,9 +425,7 @@ class Processor:
             journal.flush()
         else:
             file = journal.finish_file(file_id, "done")
-        receipt = self._receipt(
-            lambda: write_receipt(receipt_dir, file, journal.file_events(file_id), feed.receipt_format),
-            receipt_dir, file)
+        receipt = self._done_receipt(file, feed, receipt_dir, source)
         return FileOutcome(FileStatus.DONE, file, receipt, None, report)
 
 

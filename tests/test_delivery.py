@@ -149,7 +149,8 @@ def test_rejection_does_not_block_the_place(sandbox: Sandbox, make_client: MakeC
     recorder = Recorder()
     run([event("e1", "P"), event("e2", "P")], make_client(), recorder)
     outcomes = recorder.by_key()
-    assert outcomes["e1"] == Outcome(State.REJECTED, 1, 422, "HTTP 422: Bad event: no such place")
+    assert outcomes["e1"] == Outcome(State.REJECTED, 1, 422, "HTTP 422: Bad event: no such place",
+                                     "Bad event", "no such place")  # the problem's title and detail apart
     assert outcomes["e2"].state is State.ACCEPTED
 
 

@@ -506,11 +506,13 @@ def test_D23_a_receipt_never_holds_a_raw_control_character(tmp_path):
     from batch.store.receipts import ReceiptFormat, ReceiptRow, write_csv_rows
 
     out = io.BytesIO()
-    row = ReceiptRow(3, "E\x001", "\x1b[2J", None, "rejected", 400, "server said \x00\x1b]0;x\x07\x9b")
+    row = ReceiptRow(3, "E\x001", "\x1b[2J", None, "rejected", 400, "server said \x00\x1b]0;x\x07\x9b",
+                     None, None, "v\x00", "t\x1b", "d\x9b")
     write_csv_rows(out, [row], ReceiptFormat())
     text = out.getvalue().decode()
     assert not any(c in text for c in "\x00\x1b\x07\x9b")
-    assert text.splitlines()[1] == "3,E\\x001,\\x1b[2J,,rejected,400,server said \\x00\\x1b]0;x\\x07\\x9b"
+    assert text.splitlines()[1] == ("3,E\\x001,\\x1b[2J,,rejected,400,server said \\x00\\x1b]0;x\\x07\\x9b,,,"
+                                    "v\\x00,t\\x1b,d\\x9b")
 
 
 # --- D13: an unclosed quote never swallows records without a word ----------------------------------

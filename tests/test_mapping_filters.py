@@ -261,8 +261,14 @@ def test_the_receipt_summary_says_how_many_records_were_filtered(
     assert [row["line"] for row in read_receipt(ws.receipt("night.csv"), delimiter=";")] == ["2", "4", "6", "7"]
     summary: dict[str, Any] = ws.summary("night.csv")
     assert summary["records"] == 4
-    assert summary["note"] == ("4 records were filtered out by the mapping's keep rule "
-                               "(other record types; not events, no rows).")
+    assert summary["counts"]["filtered"] == 4  # a number of its own, not in "records"
+    assert "note" not in summary
+    assert outcome.file is not None and outcome.file.filtered == 4  # the journal keeps it
+    # the rejected-rows file: the invalid D lines (E3, E4) as they were, no H/C/T lines (no header: none kept)
+    rejected = ws.outbox / "night.csv.rejected.csv"
+    assert rejected.read_text() == ("D;E3;643007572062440003;01.03.2024 09:00;X;\n"
+                                    "D;E4;643007572062440004\n")
+    assert summary["rejected_rows"] == "night.csv.rejected.csv"
 
 
 def test_a_kept_fixed_width_line_longer_than_its_layout_is_still_reported():

@@ -202,7 +202,8 @@ def test_ids_already_accepted_in_another_file_or_repeated_in_the_file_are_not_se
     assert receipt[-1]["message"].endswith("event id is used again (first on line 11)")
     assert sandbox.duplicates == {}
     assert ws.summary("b.csv")["counts"] == {
-        "accepted": 5, "rejected": 0, "invalid": 1, "failed": 0, "duplicate": 5, "not_sent": 0, "pending": 0}
+        "accepted": 5, "rejected": 0, "invalid": 1, "failed": 0, "duplicate": 5, "not_sent": 0, "pending": 0,
+        "filtered": 0}
 
 
 # --------------------------------------------------------------------------- retry and status
@@ -249,7 +250,7 @@ def test_status_lists_the_files_with_their_counts(
     files = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(f["file"], f["state"]) for f in files] == [("short.csv", "error"), ("b.csv", "done"), ("a.csv", "done")]
     assert files[2]["counts"] == {"accepted": 7, "rejected": 1, "invalid": 0, "failed": 0,
-                                  "duplicate": 0, "not_sent": 0, "pending": 0}
+                                  "duplicate": 0, "not_sent": 0, "pending": 0, "filtered": 0}
     assert files[1]["counts"]["accepted"] == 3 and files[0]["error"]
     assert run(["status", "--config", str(ws.config)]) == 0
     table = capsys.readouterr().out
@@ -297,7 +298,9 @@ def test_the_receipt_speaks_the_feeds_dialect_and_encoding(
         ("KT-2024-0001", "accepted"), ("KT-2024-0002", "rejected"),
         ("KT-2024-0003", "accepted"), ("KT-2024-0004", "accepted")]
     assert receipt[1]["message"] == "HTTP 422: Unprocessable event: Käyttöpaikkaa ei löydy"
-    assert data.splitlines()[0] == b"line;event_id;usageplacecode;status;outcome;http_status;message"
+    assert (receipt[1]["title"], receipt[1]["detail"]) == ("Unprocessable event", "Käyttöpaikkaa ei löydy")
+    assert data.splitlines()[0] == (b"line;event_id;usageplacecode;status;outcome;http_status;message;"
+                                    b"field;source;value;title;detail")
 
 
 # --------------------------------------------------------------------------- secrets

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,9 @@ class Event:
     outcome: str
     http_status: int | None = None
     message: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    title: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,14 @@ class File:
 EVENTS = [
     Event(2, "E1", "643007572062443672", "disconnected", "accepted", 200),
     Event(3, "E2", "643007572062443673", "connected", "rejected", 400,
-          "Bad Request: usageplacecode not found"),
+          "HTTP 400: Bad Request: usageplacecode not found", title="Bad Request",
+          detail="usageplacecode not found"),
     Event(4, None, "643007572062443674", None, "invalid",
-          message="status: column 'Tila' value 'X' is not in the value map (K, L)"),
+          message="status: column 'Tila' value 'X' is not in the value map (K, L)",
+          errors=[{"field": "status", "source": "column 'Tila'", "value": "X",
+                   "message": "value is not in the map (expected one of 'K', 'L')"},
+                  {"field": "time", "source": "column 'Pvm'", "value": "=1+1",
+                   "message": "not a date/time in any of the formats"}]),
     Event(5, "E4", "643007572062443675", "disconnected", "failed", 503,
           "Service Unavailable after 5 attempts"),
     Event(6, "E1", "643007572062443672", "disconnected", "duplicate",
@@ -101,7 +110,14 @@ def test_a_minus_that_is_not_a_plain_number_is_neutralised(cell: str) -> None:
 
 def test_row_cells_render_none_as_empty_and_numbers_as_text() -> None:
     row = ReceiptRow(4, None, "=1+1", "disconnected", "rejected", 400, "@SUM(A1)")
-    assert row.cells() == ["4", "", "'=1+1", "disconnected", "rejected", "400", "'@SUM(A1)"]
+    assert row.cells() == ["4", "", "'=1+1", "disconnected", "rejected", "400", "'@SUM(A1)",
+                           "", "", "", "", ""]
+
+
+def test_field_source_and_value_cells_are_neutralised_and_escaped() -> None:
+    row = ReceiptRow(4, None, None, None, "invalid", None, "m", "time", "column 'Pvm'", "=cmd|'/C calc'!A0\x1b",
+                     "+title", "@detail\x00")
+    assert row.cells()[7:] == ["time", "column 'Pvm'", "'=cmd|'/C calc'!A0\\x1b", "'+title", "'@detail\\x00"]
 
 
 def test_file_level_row_says_what_happened_in_one_line() -> None:
@@ -120,9 +136,14 @@ def test_receipt_has_a_header_and_one_row_per_record(tmp_path: Path) -> None:
     assert paths.csv == tmp_path / "usageplaces_20240104.csv.receipt.csv"
     rows = read_rows(paths.csv)
     assert rows[0] == list(RECEIPT_COLUMNS)
-    assert rows[1] == ["2", "E1", "643007572062443672", "disconnected", "accepted", "200", ""]
+    assert rows[1] == ["2", "E1", "643007572062443672", "disconnected", "accepted", "200", "", "", "", "", "", ""]
+    assert rows[2] == ["3", "E2", "643007572062443673", "connected", "rejected", "400",
+                       "HTTP 400: Bad Request: usageplacecode not found", "", "", "", "Bad Request",
+                       "usageplacecode not found"]
+    # an invalid record: the field, source and value of its first error
     assert rows[3] == ["4", "", "643007572062443674", "", "invalid", "",
-                       "status: column 'Tila' value 'X' is not in the value map (K, L)"]
+                       "status: column 'Tila' value 'X' is not in the value map (K, L)",
+                       "status", "column 'Tila'", "X", "", ""]
     assert rows[6][2] == "Pääkatu 1; \"B\"\nrivi 2"  # delimiter, quote and newline survive
     assert [r[4] for r in rows[1:]] == ["accepted", "rejected", "invalid", "failed", "duplicate",
                                         "accepted"]
@@ -136,9 +157,20 @@ def test_summary_has_counts_times_and_file_identity(tmp_path: Path) -> None:
         "file": "usageplaces_20240104.csv", "sha256": "c" * 64, "size": 1234, "feed": "kuopio",
         "state": "done", "started": "2024-01-04T22:00:00+00:00",
         "finished": "2024-01-04T22:01:23.250000+00:00", "duration_seconds": 83.25,
-        "records": 6, "counts": File().counts, "error": None,
-        "receipt": "usageplaces_20240104.csv.receipt.csv",
+        "records": 6, "counts": {**File().counts, "filtered": 0}, "error": None,
+        "receipt": "usageplaces_20240104.csv.receipt.csv", "rejected_rows": None,
+        # every invalid record with all its errors, every rejected event with its problem
+        "problems": [
+            {"line": 3, "event_id": "E2", "outcome": "rejected", "http_status": 400, "title": "Bad Request",
+             "detail": "usageplacecode not found", "message": "HTTP 400: Bad Request: usageplacecode not found"},
+            {"line": 4, "event_id": None, "outcome": "invalid", "errors": EVENTS[2].errors},
+        ],
     }
+
+
+def test_a_summary_without_problems_has_an_empty_list(tmp_path: Path) -> None:
+    summary = json.loads(write_receipt(tmp_path, File(), EVENTS[:1]).json.read_text("utf-8"))
+    assert summary["problems"] == []
 
 
 @pytest.mark.parametrize("trigger", ["=", "+", "-", "@", "\t", "\r"])
@@ -193,7 +225,7 @@ def test_a_file_level_failure_gives_one_understandable_row(tmp_path: Path) -> No
     paths = write_file_level_receipt(tmp_path, failed, ReceiptFormat(delimiter=";"))
     rows = read_rows(paths.csv, ReceiptFormat(delimiter=";"))
     assert rows == [list(RECEIPT_COLUMNS),
-                    ["", "", "", "", "file_error", "", failed.error]]
+                    ["", "", "", "", "file_error", "", failed.error, "", "", "", "", ""]]
     summary = json.loads(paths.json.read_text("utf-8"))
     assert (summary["state"], summary["error"], summary["records"]) == ("error", failed.error, 0)
 
@@ -213,16 +245,23 @@ def test_journal_records_make_receipts(tmp_path: Path) -> None:
         first = journal.begin_file("monday.csv", "1" * 64, 10, "feed").file.id
         journal.record_events(first, [
             NewEvent.valid(2, {"id": "E1", "usageplacecode": "U1", "status": "connected"}),
-            NewEvent.invalid(3, "time: column 'Pvm' value '=1+1' is not a date"),
+            NewEvent.invalid(3, "time (column 'Pvm' = '=1+1'): is not a date", None,
+                             [{"field": "time", "source": "column 'Pvm'", "value": "=1+1", "message": "is not a date"}]),
+            NewEvent.valid(4, {"id": "E4", "usageplacecode": "U4", "status": "connected"}),
         ])
-        journal.record_results([Result(first, 2, "accepted", http_status=200)])
+        journal.record_results([Result(first, 2, "accepted", http_status=200),
+                                Result(first, 4, "rejected", 422, "HTTP 422: Unknown place: U4 is not ours",
+                                       title="Unknown place", detail="U4 is not ours")])
         done = journal.finish_file(first, "done")
         outbox = tmp_path / "outbox"
         outbox.mkdir()
         paths = write_receipt(outbox, done, journal.file_events(first))
         assert read_rows(paths.csv)[1:] == [
-            ["2", "E1", "U1", "connected", "accepted", "200", ""],
-            ["3", "", "", "", "invalid", "", "time: column 'Pvm' value '=1+1' is not a date"],
+            ["2", "E1", "U1", "connected", "accepted", "200", "", "", "", "", "", ""],
+            ["3", "", "", "", "invalid", "", "time (column 'Pvm' = '=1+1'): is not a date",
+             "time", "column 'Pvm'", "'=1+1", "", ""],
+            ["4", "E4", "U4", "connected", "rejected", "422", "HTTP 422: Unknown place: U4 is not ours",
+             "", "", "", "Unknown place", "U4 is not ours"],
         ]
         assert json.loads(paths.json.read_text("utf-8"))["counts"]["invalid"] == 1
 

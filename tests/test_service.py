@@ -86,7 +86,8 @@ def test_once_exit_codes(tmp_path: Path, sandbox, apicode_env) -> None:
     code, runner = run_once(config)
     assert code == 1, runner.logs.text  # one record invalid
     assert receipt(inbox / "outbox", "records.csv")["counts"] == {
-        "accepted": 2, "rejected": 0, "invalid": 1, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0}
+        "accepted": 2, "rejected": 0, "invalid": 1, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0,
+        "filtered": 0}
 
     drop(inbox, "unusable.csv", b"who,what\n1,2\n")  # not the columns the mapping reads
     code, runner = run_once(config)

@@ -238,7 +238,8 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
     assert "r.csv: 5 accepted" in out
     assert "receipt: sftp://root@127.0.0.1:" in out and f"{outbox}/r.csv.receipt.csv" in out
     assert receipt(outbox, "r.csv")["counts"] == {
-        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0}
+        "accepted": 5, "rejected": 0, "invalid": 0, "failed": 0, "duplicate": 0, "not_sent": 0, "pending": 0,
+        "filtered": 0}
     assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
     assert set(sandbox.accepted_ids) == ids("R", 5)
     assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind
@@ -262,3 +263,21 @@ def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(
     assert "the receipt could not be uploaded" in captured.err and str(kept) in captured.err
     assert (kept / "d.csv.receipt.csv").read_text().count("accepted") == 3
     assert (kept / "d.csv.receipt.json").exists()
+
+
+def test_the_rejected_rows_file_is_uploaded_to_the_sftp_outbox_with_the_receipt(
+        dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path) -> None:
+    data = export("J", 4).replace(b"J-2,643007572062450002,2024-02-05 06:30:00,disconnected",
+                                  b"J-2,643007572062450002,2024-02-30 06:30:00,disconnected")  # no such day
+    sandbox.set_faults(reject_ids=["J-3"], reject_status=422)
+    dropper.put("j.csv", data)
+    code, runner = run_once(sftp_config())
+    assert code == 1, runner.logs.text
+    outbox = remote_inbox / "outbox"
+    lines = data.splitlines(keepends=True)
+    assert (outbox / "j.csv.rejected.csv").read_bytes() == lines[0] + lines[2] + lines[3]  # header, invalid, rejected
+    summary = receipt(outbox, "j.csv")
+    assert summary["rejected_rows"] == "j.csv.rejected.csv"
+    assert [(p["line"], p["outcome"]) for p in summary["problems"]] == [(3, "invalid"), (4, "rejected")]
+    assert summary["problems"][0]["errors"][0]["value"] == "2024-02-30 06:30:00"
+    assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind

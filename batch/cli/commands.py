@@ -395,6 +395,7 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
 def retry(config_path: Path, file_id: int | None) -> None:
     """Send failed events again (those whose transient errors outlasted the retries)."""
     from batch.pipeline import failed_file_ids
+    from batch.store.rejected import archived_original
 
     with _open_runtime(config_path) as runtime:
         ids = failed_file_ids(runtime.journal, file_id)
@@ -409,8 +410,13 @@ def retry(config_path: Path, file_id: int | None) -> None:
             outbox = runtime.outbox(settings)
             receipt_dir = outbox or runtime.config.staging_dir / settings.name / "receipts"
             receipt_dir.mkdir(parents=True, exist_ok=True)
+            # the rejected-rows file is rewritten from the original, found in a local feed's archive/
+            source = archived_original(settings, record.name, record.size, record.sha256)
             with _progress() as progress:
-                outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress)
+                outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress, source)
+            if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
+                _echo(f"  {escape_unprintable(record.name)}: its rejected-rows file was not rewritten: the original "
+                      f"is not in the feed's local archive/ (an SFTP feed's is on the server)", err=True)
             uploaded = None
             if outbox is None and outcome.receipt is not None:
                 uploaded = _upload_receipt(settings, outcome.receipt)
@@ -422,21 +428,22 @@ def retry(config_path: Path, file_id: int | None) -> None:
 
 
 def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | None:
-    """Put a rewritten receipt (CSV, then JSON) into an SFTP feed's outbox: where it went,
-    or None when the upload failed (the receipt then stays in the staging folder)."""
+    """Put a rewritten receipt (CSV, its rejected-rows file, then JSON) into an SFTP feed's
+    outbox: where it went, or None when the upload failed (the receipt then stays in the
+    staging folder)."""
     from batch.inbox.base import InboxError
     from batch.inbox.sftp import SftpInbox
 
     inbox = SftpInbox(settings)  # only an SFTP feed stages its receipts
     try:
-        for path in (receipt.csv, receipt.json):
+        for path in receipt.files:
             inbox.put_receipt(path, path.name)
     except InboxError as exc:
         _echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt.csv.parent}", err=True)
         return None
     finally:
         inbox.close()
-    for path in (receipt.csv, receipt.json):
+    for path in receipt.files:
         path.unlink(missing_ok=True)
     location = inbox.location
     return f"sftp://{location.user}@{location.host}:{location.port}{inbox.outbox}/{receipt.csv.name}"
@@ -526,7 +533,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
 
     table = Table(header_style="bold")
     for name in ("id", "feed", "file", "state", "started (UTC)", "accepted", "rejected", "invalid", "failed",
-                 "duplicate", "not_sent", "pending"):
+                 "duplicate", "not_sent", "pending", "filtered"):
         table.add_column(name, no_wrap=name != "file")
     for record in files:
         counts = record.counts
@@ -534,7 +541,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
             str(record.id), _escape(record.feed), _escape(record.name), _escape(record.state),
             record.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             *(str(counts.get(key, 0)) for key in ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent",
-                                                  "pending")),
+                                                  "pending")), str(record.filtered),
         )
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -544,7 +551,7 @@ def _file_summary(record: FileRecord) -> dict[str, Any]:
         "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
         "sha256": record.sha256, "started": record.started_at.isoformat(),
         "finished": record.finished_at.isoformat() if record.finished_at else None,
-        "counts": dict(record.counts), "error": record.error,
+        "counts": {**record.counts, "filtered": record.filtered}, "error": record.error,
         "mapping_version": record.mapping_version, "finish_problem": record.finish_problem, "note": record.note,
     }
 
@@ -552,9 +559,9 @@ def _file_summary(record: FileRecord) -> dict[str, Any]:
 def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = None) -> None:
     from batch.pipeline import FileStatus
 
-    counts = outcome.counts
+    counts = {**outcome.counts, "filtered": outcome.file.filtered if outcome.file else 0}
     shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
-                                                         "not_sent", "pending") if counts.get(key))
+                                                         "not_sent", "pending", "filtered") if counts.get(key))
     if outcome.status == FileStatus.DONE:
         _echo(f"{name}: {shown or 'no records'}")
     elif outcome.status == FileStatus.SKIPPED:
@@ -567,6 +574,8 @@ def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = No
         _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
     if outcome.receipt is not None:
         _echo(f"  receipt: {receipt_at or outcome.receipt.csv}")
+        if outcome.receipt.rejected is not None and receipt_at is None:
+            _echo(f"  rejected rows (fix them and drop this file again): {outcome.receipt.rejected}")
 
 
 class _progress:

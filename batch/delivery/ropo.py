@@ -271,6 +271,9 @@ class SendResult:
     status: int | None  # HTTP status of the event POST (or of /token for AUTH); None: no answer
     message: str = ""
     retry_after: float | None = None  # seconds, from Retry-After
+    # a rejection's problem document (HttpApiProblem): its title and detail, redacted and cut
+    title: str | None = None
+    detail: str | None = None
 
     @property
     def final(self) -> bool:
@@ -593,7 +596,20 @@ class RopoClient:
         if status >= 500 or status in self._transient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return SendResult(SendKind.TRANSIENT, status, message, retry_after)
-        return SendResult(SendKind.REJECTED, status, message)
+        title, detail = self._problem_parts(response)
+        return SendResult(SendKind.REJECTED, status, message, title=title, detail=detail)
+
+    def _problem_parts(self, response: requests.Response) -> tuple[str | None, str | None]:
+        """The problem document's ``title`` and ``detail`` (each redacted and cut), if it has them."""
+        try:
+            payload = json.loads(response.text) if response.text else None
+        except ValueError:
+            return None, None
+        if not isinstance(payload, dict):
+            return None, None
+        return tuple(  # type: ignore[return-value]  # two items
+            self.redact_and_cut(_printable(str(payload[key]))) if payload.get(key) not in (None, "") else None
+            for key in ("title", "detail"))
 
     def _problem_message(self, response: requests.Response) -> str:
         """``title: detail`` of an HttpApiProblem, else the start of the raw body."""

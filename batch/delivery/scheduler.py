@@ -73,6 +73,8 @@ class Outcome:
     attempts: int           # POSTs made for this event in this run
     status: int | None      # last HTTP status, None if there was no answer
     message: str = ""
+    title: str | None = None   # the last answer's problem title and detail (a rejection's)
+    detail: str | None = None
 
 
 @dataclass
@@ -238,6 +240,8 @@ class _Task:
     attempts: int = 0
     status: int | None = None
     message: str = ""
+    title: str | None = None
+    detail: str | None = None
     holds_slot: bool = False  # sent, final, and not yet reported: still counts as in flight
     free: int = 0             # attempts the outage took, not charged to max_attempts
     probe: bool = False       # the attempt in flight is the breaker's probe
@@ -248,7 +252,7 @@ class _Task:
 
     def outcome(self, state: State, message: str | None = None) -> Outcome:
         return Outcome(state, self.attempts, self.status,
-                       self.message if message is None else message)
+                       self.message if message is None else message, self.title, self.detail)
 
     def cut_short(self, state: State, reason: str) -> Outcome:
         """The outcome of a task the run ended before it was final."""
@@ -391,6 +395,7 @@ class _Run:
                 self._final(task, halt, task.cut_short(halt, self.halt_reason).message)
             else:
                 task.status, task.message = result.status, result.message
+                task.title, task.detail = result.title, result.detail
                 reported_before = len(self.done)
                 self._settle(task, result, probe)
                 if any(done is task for done, _ in self.done[reported_before:]):

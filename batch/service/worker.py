@@ -557,7 +557,7 @@ class FeedWorker(threading.Thread):
             level = logging.INFO if code == ExitStatus.OK else logging.WARNING
             message = outcome.message if status != FileStatus.DONE else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
-            receipts = [outcome.receipt.csv, outcome.receipt.json] if (outcome.receipt and self._remote) else []
+            receipts = list(outcome.receipt.files) if (outcome.receipt and self._remote) else []
             record = outcome.file
             finishing = _Finishing(claimed, status != FileStatus.ERROR, receipts, staged,
                                    record.id if record is not None and record.id else None,
@@ -638,7 +638,7 @@ class FeedWorker(threading.Thread):
             raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
         receipt = self._processor.write_receipt_of(file, self._runtime, receipt_dir)
         if self._remote:
-            finishing.receipts = [receipt.csv, receipt.json]
+            finishing.receipts = list(receipt.files)
         finishing.receipt_missing = False
 
     def _finish_failed(self, finishing: _Finishing, step: str, exc: BaseException) -> None:

@@ -132,7 +132,9 @@ class NewEvent(NamedTuple):
     """One mapped record, to be recorded before sending; made by ``valid`` or ``invalid``.
 
     ``error`` set means the record is invalid (mapping or validation failed): it is stored
-    with state ``invalid`` and that message, and never sent.
+    with state ``invalid`` and that message, and never sent. ``errors``: the same problems as
+    data, each a mapping of ``field``, ``source``, ``value`` and ``message`` (stored as a JSON
+    list; without it the message alone is stored as one error).
 
     It holds the payload as the journal stores it — its JSON text (``canonical_json``) and
     digest (``payload_digest``), made right away — not the payload dict. The pipeline makes
@@ -150,6 +152,7 @@ class NewEvent(NamedTuple):
     payload_json: str | None  # None: nothing of the record could be mapped
     error: str | None = None
     payload_sha256: str | None = None  # with payload_json, always
+    errors: Sequence[Mapping[str, Any]] | None = None
 
     @classmethod
     def valid(cls, line: int, payload: Mapping[str, Any]) -> NewEvent:
@@ -157,12 +160,13 @@ class NewEvent(NamedTuple):
                    _opt_str(payload.get("status")), canonical_json(payload), None, payload_digest(payload))
 
     @classmethod
-    def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None) -> NewEvent:
+    def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None,
+                errors: Sequence[Mapping[str, Any]] | None = None) -> NewEvent:
         """An invalid record; ``payload`` is whatever part of the event could be mapped."""
         if payload is None:
-            return cls(line, None, None, None, None, error)
+            return cls(line, None, None, None, None, error, None, errors)
         return cls(line, _opt_str(payload.get("id")), _opt_str(payload.get("usageplacecode")),
-                   _opt_str(payload.get("status")), canonical_json(payload), error, payload_digest(payload))
+                   _opt_str(payload.get("status")), canonical_json(payload), error, payload_digest(payload), errors)
 
     @property
     def payload(self) -> dict[str, Any] | None:
@@ -180,6 +184,8 @@ class Result:
     http_status: int | None = None
     message: str | None = None
     attempts: int = 1  # HTTP attempts this result took; added to the stored count
+    title: str | None = None  # a rejection's problem document (HttpApiProblem): title and detail
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,15 @@ class EventRecord:
     payload_json: str | None
     payload_sha256: str | None
     updated_at: datetime
+    errors_json: str | None = None  # an invalid record's problems (a JSON list; see ``errors``)
+    title: str | None = None  # a rejected event's problem title and detail, as Ropo One sent them
+    detail: str | None = None
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """An invalid record's problems, each ``{field, source, value, message}`` (field, source
+        and value None where unknown, e.g. a record journaled before errors were data)."""
+        return [] if self.errors_json is None else list(json.loads(self.errors_json))
 
     @property
     def outcome(self) -> str:
@@ -225,6 +240,7 @@ class FileRecord:
     mapping_version: str | None = None  # the mapping its events were recorded with (a hash)
     finish_problem: str | None = None  # finished, but its receipt / archive move is still to do
     note: str | None = None  # what a reader of the receipt should know (e.g. the mapping changed)
+    filtered: int = 0  # records the mapping's `keep` rule left out (not events: not in counts)
 
     @property
     def finished(self) -> bool:
@@ -330,6 +346,10 @@ class JournalStore(ABC):
     def set_finish_problem(self, file_id: int, problem: str | None) -> None: ...
 
     @abstractmethod
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        """Store how many records the mapping's `keep` rule left out of the file."""
+
+    @abstractmethod
     def count_file_attempt(self, feed: str, name: str, error: str) -> int: ...
 
     @abstractmethod
@@ -370,7 +390,7 @@ class JournalStore(ABC):
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -472,8 +492,21 @@ _SCHEMA_V2: tuple[str, ...] = (
     """,
 )
 
+# Version 3: errors as data. An invalid record's problems as a JSON list of {field, source,
+# value, message} (``message`` keeps the joined text); a rejection's problem title and detail
+# apart; the count of records the mapping's keep rule filtered out. An invalid event recorded
+# before holds one string: it becomes one error with only its message.
+_SCHEMA_V3: tuple[str, ...] = (
+    "ALTER TABLE files ADD COLUMN n_filtered INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN errors TEXT",
+    "ALTER TABLE events ADD COLUMN problem_title TEXT",
+    "ALTER TABLE events ADD COLUMN problem_detail TEXT",
+    "UPDATE events SET errors = json_array(json_object('field', NULL, 'source', NULL, 'value', NULL,"
+    " 'message', message)) WHERE state = 'invalid' AND message IS NOT NULL",
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -481,23 +514,24 @@ _COUNT_COLUMNS = ", ".join(f"n_{outcome}" for outcome in OUTCOMES)
 _SET_COUNTS = ", ".join(f"n_{outcome} = ?" for outcome in OUTCOMES)
 _FILE_COLUMNS = (
     "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
-    f" original_id, owner, mapping_version, finish_problem, note, {_COUNT_COLUMNS}"
+    f" original_id, owner, mapping_version, finish_problem, note, n_filtered, {_COUNT_COLUMNS}"
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, payload_sha256, updated_at"
+    " payload, payload_sha256, updated_at, errors, problem_title, problem_detail"
 )
 
 SQL_INSERT_EVENT = """
     INSERT OR IGNORE INTO events
         (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
-         state, message, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         state, message, errors, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 SQL_RECORD_RESULT = """
     UPDATE events
-       SET state = ?, http_status = ?, message = ?, attempts = attempts + ?, updated_at = ?
+       SET state = ?, http_status = ?, message = ?, problem_title = ?, problem_detail = ?,
+           attempts = attempts + ?, updated_at = ?
      WHERE file_id = ? AND line = ? AND state IN ('pending', 'failed')
 """
 
@@ -595,7 +629,20 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
     else:
         state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
-            event.payload_json, event.payload_sha256, state, event.error, now)
+            event.payload_json, event.payload_sha256, state, event.error,
+            None if event.error is None else errors_json(event), now)
+
+
+#: The keys of one error of an invalid record, in the order receipts show them.
+ERROR_KEYS: tuple[str, ...] = ("field", "source", "value", "message")
+
+
+def errors_json(event: NewEvent) -> str | None:
+    """The JSON list of an invalid record's problems (None for a valid one)."""
+    if event.error is None:
+        return None
+    errors = event.errors or ({"field": None, "source": None, "value": None, "message": event.error},)
+    return json.dumps([{key: error.get(key) for key in ERROR_KEYS} for error in errors], ensure_ascii=False)
 
 
 def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
@@ -610,8 +657,8 @@ def result_params(result: Result, now: str) -> tuple[Any, ...]:
         raise ValueError(f"not a delivery outcome: {result.outcome!r}")
     if result.attempts < 0:
         raise ValueError("attempts cannot be negative")
-    return (result.outcome, result.http_status, result.message, result.attempts, now,
-            result.file_id, result.line)
+    return (result.outcome, result.http_status, result.message, result.title, result.detail,
+            result.attempts, now, result.file_id, result.line)
 
 
 def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -623,21 +670,21 @@ def counts_from_rows(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 def file_from_row(row: Sequence[Any]) -> FileRecord:
     (id_, name, sha256, size, feed, state, started, finished, error, recorded, original,
-     owner, mapping_version, finish_problem, note, *numbers) = row
+     owner, mapping_version, finish_problem, note, filtered, *numbers) = row
     return FileRecord(
         id=id_, name=name, sha256=sha256, size=size, feed=feed, state=FileState(state),
         started_at=from_required_text(started), finished_at=from_text(finished), error=error,
         counts=dict(zip(OUTCOMES, numbers)), recorded=recorded is not None,
         original_id=original, owner=owner, mapping_version=mapping_version,
-        finish_problem=finish_problem, note=note,
+        finish_problem=finish_problem, note=note, filtered=filtered or 0,
     )
 
 
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
-     digest, updated) = row
+     digest, updated, errors, title, detail) = row
     return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
-                       message, payload, digest, from_required_text(updated))
+                       message, payload, digest, from_required_text(updated), errors, title, detail)
 
 
 def already_processed_message(original: FileRecord) -> str:
@@ -992,6 +1039,10 @@ class Journal(JournalStore):
         """Note (or clear, None) why a finished file's receipt / archive move is still to do."""
         with self._write("note the finishing problem") as conn:
             conn.execute("UPDATE files SET finish_problem = ? WHERE id = ?", (problem, file_id))
+
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        with self._write("note the filtered records") as conn:
+            conn.execute("UPDATE files SET n_filtered = ? WHERE id = ?", (filtered, file_id))
 
     # -- attempts on a file in processing/ (by feed and name: it may have no file row yet)
 

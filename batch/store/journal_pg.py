@@ -79,7 +79,7 @@ from batch.store.journal import (
 
 # --------------------------------------------------------------------------- schema
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 
 _STATES_OF_FILES = "'processing', 'done', 'error', 'skipped'"
 _STATES_OF_EVENTS = "'pending', 'accepted', 'rejected', 'invalid', 'failed', 'duplicate', 'not_sent'"
@@ -150,8 +150,19 @@ _PG_SCHEMA_V1: tuple[str, ...] = (
     """,
 )
 
+# Version 2: what SQLite's schema version 3 adds (errors as data, problem title and detail,
+# the filtered count); an invalid event's old message becomes one error with only its message.
+_PG_SCHEMA_V2: tuple[str, ...] = (
+    "ALTER TABLE files ADD COLUMN n_filtered integer NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN errors text",
+    "ALTER TABLE events ADD COLUMN problem_title text",
+    "ALTER TABLE events ADD COLUMN problem_detail text",
+    "UPDATE events SET errors = jsonb_build_array(jsonb_build_object('field', NULL, 'source', NULL,"
+    " 'value', NULL, 'message', message))::text WHERE state = 'invalid' AND message IS NOT NULL",
+)
+
 #: PG_MIGRATIONS[i] takes the schema from version i to version i + 1.
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1,)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2)
 
 # The first key of every advisory lock this journal takes (always transaction-scoped):
 # 'UPBJ'; the second key says what is locked.
@@ -166,26 +177,27 @@ _COUNT_COLUMNS = ", ".join(f"n_{outcome}" for outcome in OUTCOMES)
 _SET_COUNTS = ", ".join(f"n_{outcome} = %s" for outcome in OUTCOMES)
 _FILE_COLUMNS = (
     "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
-    f" original_id, owner, mapping_version, finish_problem, note, {_COUNT_COLUMNS}"
+    f" original_id, owner, mapping_version, finish_problem, note, n_filtered, {_COUNT_COLUMNS}"
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, payload_sha256, updated_at"
+    " payload, payload_sha256, updated_at, errors, problem_title, problem_detail"
 )
 
 # One statement for a whole batch (the parameters of journal.events_insert_params, by column).
 SQL_INSERT_EVENTS = """
     INSERT INTO events (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
-                        state, message, updated_at)
-    SELECT %s, u.line, u.event_id, u.code, u.status, u.payload, u.digest, u.state, u.message, %s
+                        state, message, errors, updated_at)
+    SELECT %s, u.line, u.event_id, u.code, u.status, u.payload, u.digest, u.state, u.message, u.errors, %s
       FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                  %s::text[]) AS u(line, event_id, code, status, payload, digest, state, message)
+                  %s::text[], %s::text[]) AS u(line, event_id, code, status, payload, digest, state, message, errors)
     ON CONFLICT (file_id, line) DO NOTHING
 """
 
 SQL_RECORD_RESULT = """
     UPDATE events
-       SET state = %s, http_status = %s, message = %s, attempts = attempts + %s, updated_at = %s
+       SET state = %s, http_status = %s, message = %s, problem_title = %s, problem_detail = %s,
+           attempts = attempts + %s, updated_at = %s
      WHERE file_id = %s AND line = %s AND state IN ('pending', 'failed')
 """
 
@@ -492,6 +504,10 @@ class PgJournal(JournalStore):
         with self._write("note the finishing problem") as conn:
             conn.execute("UPDATE files SET finish_problem = %s WHERE id = %s", (text(problem), file_id))
 
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        with self._write("note the filtered records") as conn:
+            conn.execute("UPDATE files SET n_filtered = %s WHERE id = %s", (filtered, file_id))
+
     # -- attempts on a file in processing/
 
     def count_file_attempt(self, feed: str, name: str, error: str) -> int:
@@ -560,10 +576,10 @@ class PgJournal(JournalStore):
         if not params:
             return 0
         lines = [p[1] for p in params]
-        # by column: line, event_id, usageplacecode, status, payload, digest, state, message
-        columns: list[list[Any]] = [list(column) for column in zip(*(p[1:9] for p in params))]
+        # by column: line, event_id, usageplacecode, status, payload, digest, state, message, errors
+        columns: list[list[Any]] = [list(column) for column in zip(*(p[1:10] for p in params))]
         columns[6] = [str(state) for state in columns[6]]
-        for index in (1, 2, 3, 7):  # event id, usage place code, status, message: from the input file
+        for index in (1, 2, 3, 7, 8):  # event id, usage place code, status, message, errors: from the input
             columns[index] = [text(value) for value in columns[index]]
         with self._write("record events") as conn:
             inserted = conn.execute(SQL_INSERT_EVENTS, (file_id, now, *columns)).rowcount
@@ -623,6 +639,6 @@ class PgJournal(JournalStore):
             return 0
         # executemany: one pipeline of statements run in order, rowcount their sum
         with self._write("record delivery results") as conn, conn.cursor() as cursor:
-            cursor.executemany(SQL_RECORD_RESULT, [(one[0], one[1], text(one[2]), one[3], now, *one[5:])
-                                                   for one in params])
+            cursor.executemany(SQL_RECORD_RESULT, [(one[0], one[1], text(one[2]), text(one[3]), text(one[4]),
+                                                    one[5], now, *one[7:]) for one in params])
             return cursor.rowcount

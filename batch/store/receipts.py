@@ -3,10 +3,14 @@
 One receipt per input file, two files written atomically next to each other:
 
 - ``<input name>.receipt.csv``: a header and one row per record (line, event id, usage
-  place code, status, outcome, HTTP status, message), in the dialect and encoding the
-  caller gives (the feed defaults them to the input's); for a file-level failure or an
-  already processed file, one row that says so in a sentence;
-- ``<input name>.receipt.json``: the summary (counts per outcome, file, times, error).
+  place code, status, outcome, HTTP status, message; for an invalid record the field, source
+  and value of its first error; for a rejected event the problem title and detail Ropo One
+  sent), in the dialect and encoding the caller gives (the feed defaults them to the
+  input's); for a file-level failure or an already processed file, one row that says so in a
+  sentence;
+- ``<input name>.receipt.json``: the summary (counts per outcome and filtered, file, times,
+  error) and ``problems``: every invalid record with all its errors and every rejected event
+  with its problem, one entry each, in line order.
 
 The CSV is written first and the JSON last, so a present JSON means a complete receipt.
 Row building is pure; the writers only stream rows into ``fsutil.atomic_writer``.
@@ -25,18 +29,25 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from batch.fsutil import NAME_MAX, atomic_writer, display_name, fit_name, real_name
 
 RECEIPT_COLUMNS: tuple[str, ...] = (
     "line", "event_id", "usageplacecode", "status", "outcome", "http_status", "message",
+    "field", "source", "value", "title", "detail",
 )
 OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "invalid", "failed", "duplicate", "not_sent", "pending")
+
+#: Bytes of the JSON receipt's problem list held in memory while the CSV is written; more spill
+#: to a temporary file (a file of a million invalid records must not be held whole).
+PROBLEMS_IN_MEMORY = 1 << 20
 
 #: The outcome word of the single row of a file-level receipt, by file state.
 FILE_LEVEL_OUTCOMES: Mapping[str, str] = {"error": "file_error", "skipped": "already_processed"}
@@ -68,6 +79,12 @@ class EventOutcome(Protocol):
     def http_status(self) -> int | None: ...
     @property
     def message(self) -> str | None: ...
+    @property
+    def errors(self) -> list[dict[str, Any]]: ...
+    @property
+    def title(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
 
 
 class FileInfo(Protocol):
@@ -113,6 +130,12 @@ class ReceiptNames:
 class ReceiptPaths:
     csv: Path
     json: Path
+    rejected: Path | None = None  # NAME.rejected.<ext>: the original records of the invalid and rejected
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file of the receipt in the order to publish them: the JSON (complete) last."""
+        return (self.csv, self.json) if self.rejected is None else (self.csv, self.rejected, self.json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +147,16 @@ class ReceiptRow:
     outcome: str
     http_status: int | None
     message: str | None
+    field: str | None = None  # an invalid record's first error: the field, where its value came from, the value
+    source: str | None = None
+    value: str | None = None
+    title: str | None = None  # a rejected event's problem (Ropo One's HttpApiProblem)
+    detail: str | None = None
 
     def cells(self) -> list[str]:
         """The row as CSV cells: empty for None, formula triggers neutralised."""
         values = (self.line, self.event_id, self.usageplacecode, self.status, self.outcome,
-                  self.http_status, self.message)
+                  self.http_status, self.message, self.field, self.source, self.value, self.title, self.detail)
         return [neutralise_cell(escape_controls("" if value is None else str(value))) for value in values]
 
 
@@ -168,8 +196,23 @@ def neutralise_cell(text: str) -> str:
 
 
 def receipt_row(event: EventOutcome) -> ReceiptRow:
+    errors = event.errors if event.outcome == "invalid" else []
+    first = errors[0] if errors else {}
     return ReceiptRow(event.line, event.event_id, event.usageplacecode, event.status,
-                      event.outcome, event.http_status, event.message)
+                      event.outcome, event.http_status, event.message,
+                      first.get("field"), first.get("source"), first.get("value"), event.title, event.detail)
+
+
+def problem_entry(event: EventOutcome) -> dict[str, Any] | None:
+    """The JSON receipt's entry for an invalid record (all its errors) or a rejected event (its
+    problem); None for any other outcome."""
+    if event.outcome == "invalid":
+        return {"line": event.line, "event_id": event.event_id, "outcome": "invalid", "errors": event.errors}
+    if event.outcome == "rejected":
+        return {"line": event.line, "event_id": event.event_id, "outcome": "rejected",
+                "http_status": event.http_status, "title": event.title, "detail": event.detail,
+                "message": event.message}
+    return None
 
 
 def file_level_row(file: FileInfo) -> ReceiptRow:
@@ -185,9 +228,12 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def summary(file: FileInfo, names: ReceiptNames) -> dict[str, Any]:
-    """The JSON summary of a receipt."""
+def summary(file: FileInfo, names: ReceiptNames, rejected: Path | None = None) -> dict[str, Any]:
+    """The JSON summary of a receipt. ``counts.filtered``: records the mapping's `keep` rule left
+    out (not events: not in ``records``)."""
     counts = {outcome: int(file.counts.get(outcome, 0)) for outcome in OUTCOMES}
+    records = sum(counts.values())
+    counts["filtered"] = int(getattr(file, "filtered", 0) or 0)
     finished = file.finished_at
     duration = None if finished is None else round((finished - file.started_at).total_seconds(), 3)
     return {
@@ -199,10 +245,11 @@ def summary(file: FileInfo, names: ReceiptNames) -> dict[str, Any]:
         "started": file.started_at.isoformat(),
         "finished": None if finished is None else finished.isoformat(),
         "duration_seconds": duration,
-        "records": sum(counts.values()),
+        "records": records,
         "counts": counts,
         "error": file.error,
         "receipt": display_name(names.csv),
+        "rejected_rows": None if rejected is None else display_name(rejected.name),
         # the mapping the events were recorded with, and what a reader should know (e.g.
         # that the mapping changed while the file was unfinished): only when the journal has them
         **{key: getattr(file, key) for key in ("mapping_version", "note") if getattr(file, key, None)},
@@ -234,9 +281,22 @@ def summary_bytes(document: Mapping[str, Any]) -> bytes:
 
 def write_receipt(directory: str | os.PathLike[str], file: FileInfo,
                   events: Iterable[EventOutcome],
-                  fmt: ReceiptFormat = ReceiptFormat()) -> ReceiptPaths:
-    """Write the receipt of a processed file: one row per event (in the order given)."""
-    return _write(_as_path(directory), file, (receipt_row(event) for event in events), fmt)
+                  fmt: ReceiptFormat = ReceiptFormat(), rejected: Path | None = None) -> ReceiptPaths:
+    """Write the receipt of a processed file: one row per event (in the order given), and in the
+    JSON every invalid and rejected one with its errors or problem. `rejected`: the rejected-rows
+    file written beside it (named in the summary)."""
+    with tempfile.SpooledTemporaryFile(max_size=PROBLEMS_IN_MEMORY) as problems:
+        def rows() -> Iterator[ReceiptRow]:
+            first = True
+            for event in events:
+                entry = problem_entry(event)
+                if entry is not None:
+                    problems.write((("\n    " if first else ",\n    ") + json.dumps(entry, ensure_ascii=False))
+                                   .encode("utf-8"))
+                    first = False
+                yield receipt_row(event)
+
+        return _write(_as_path(directory), file, rows(), fmt, problems, rejected)
 
 
 def write_file_level_receipt(directory: str | os.PathLike[str], file: FileInfo,
@@ -250,12 +310,19 @@ def _as_path(directory: str | os.PathLike[str]) -> Path:
     return directory if isinstance(directory, Path) else Path(directory)  # keeps an OwnFolderPath
 
 
-def _write(directory: Path, file: FileInfo, rows: Iterator[ReceiptRow],
-           fmt: ReceiptFormat) -> ReceiptPaths:
+def _write(directory: Path, file: FileInfo, rows: Iterator[ReceiptRow], fmt: ReceiptFormat,
+           problems: IO[bytes] | None = None, rejected: Path | None = None) -> ReceiptPaths:
     names = receipt_names(file.name)
-    paths = ReceiptPaths(directory / names.csv, directory / names.json)
+    paths = ReceiptPaths(directory / names.csv, directory / names.json, rejected)
     with atomic_writer(paths.csv, what="write receipt") as handle:
         write_csv_rows(handle, rows, fmt)
     with atomic_writer(paths.json, what="write receipt") as handle:
-        handle.write(summary_bytes(summary(file, names)))
+        head = summary_bytes(summary(file, names, rejected))
+        if problems is None:
+            handle.write(head)
+        else:  # the summary, then its "problems" list streamed from the spool
+            handle.write(head.rstrip()[:-1].rstrip() + b',\n  "problems": [')
+            problems.seek(0)
+            shutil.copyfileobj(problems, handle)
+            handle.write(b"\n  ]\n}\n" if problems.tell() else b"]\n}\n")
     return paths
