@@ -233,3 +233,27 @@ def test_F6_failed_events_are_sent_again_by_the_service_after_retry_failed_after
     assert receipt(inbox / "outbox", "r.csv")["counts"]["failed"] == 0
     assert set(sandbox.accepted_ids) == ids("R", 5)
     assert "r.csv: sending its failed events again (delivery.retry_failed_after)" in runner.logs.text
+
+
+def test_F6_a_failed_event_the_service_retries_and_the_api_then_rejects_lands_in_the_rejected_rows_file(
+        tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's own retry rewrites the receipt *and* the rejected-rows file, from the archived original."""
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}],
+                          delivery={**SERVICE_DELIVERY, "retry_failed_after": 1.0})
+    sandbox.set_faults(error_ids=["R-2"])
+    data = export("R", 5)
+    with ServiceThread(config) as runner:
+        _drop(inbox, "r.csv", data)
+        wait_until(lambda: (inbox / "archive" / "r.csv").exists(), 30, what="r.csv archived")
+        assert not (inbox / "outbox" / "r.csv.rejected.csv").exists()  # failed is not rejected: nothing to fix yet
+        sandbox.set_faults(reject_ids=["R-2"])
+        runner.wait_log("r.csv: retried: done")
+    summary = receipt(inbox / "outbox", "r.csv")
+    assert (summary["counts"]["accepted"], summary["counts"]["rejected"]) == (4, 1)
+    assert summary["rejected_rows"] == "r.csv.rejected.csv"
+    lines = data.decode("utf-8").splitlines(keepends=True) if isinstance(data, bytes) else data.splitlines(True)
+    rejected = (inbox / "outbox" / "r.csv.rejected.csv").read_text(encoding="utf-8")
+    assert rejected == lines[0] + next(line for line in lines if "R-2" in line)

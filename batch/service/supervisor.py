@@ -94,6 +94,7 @@ from batch.service.worker import RETRY_FAILED_CHECK_SECONDS, FeedWorker, WorkerS
 from batch.store.journal import JournalError, JournalStore
 from batch.store.journals import journal_display, open_journal
 from batch.store.leases import Lease, LeaseStore, default_instance_name, open_lease_store
+from batch.store.rejected import archived_original
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -244,9 +245,11 @@ class Service:
                            else self.config.staging_dir / worker.feed / "receipts")
             assert receipt_dir is not None
             receipt_dir.mkdir(parents=True, exist_ok=True)
-            outcome = processor.retry(file_id, runtime, receipt_dir)
+            source = None if worker._remote else archived_original(worker.settings, record.name, record.size,
+                                                                   record.sha256)
+            outcome = processor.retry(file_id, runtime, receipt_dir, source=source)
             if outcome.receipt is not None and worker._remote:
-                for path in (outcome.receipt.csv, outcome.receipt.json):
+                for path in outcome.receipt.files:
                     worker._check_lease()  # check, then act (LeaseLost: the worker stops working the feed)
                     inbox.put_receipt(path, path.name)
                     path.unlink(missing_ok=True)
