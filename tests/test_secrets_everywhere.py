@@ -201,9 +201,12 @@ def test_no_command_shows_or_stores_a_secret_at_debug(
     drop(key_inbox, "k.csv", make_rows(4, 4, prefix="K"))
     sandbox.revoke_tokens()
     sandbox.set_faults(script=[401, 500, GARBAGE, ECHO], error_ids=["P000001", "K000002"], error_status=500)
-    cli("run", "--once", "--config", conf)
+    # with a 401 in the script, whether a one-shot run ends as "credentials refused" (2) or
+    # with problems (1) depends on which request meets it first (timing): either is a clean end;
+    # what this test checks is what the outputs hold, and that nothing ends as a crash (3)
+    cli("run", "--once", "--config", conf, expect=(0, 1, 2))
     sandbox.set_faults(script=[401, ECHO])
-    cli("retry", "--config", conf)
+    cli("retry", "--config", conf, expect=(0, 1, 2))
     cli("status", "--config", conf, expect=0)
     cli("status", "--config", conf, "--json", expect=0)
     cli("prune", "--config", conf, "--older-than-days", "0.000001", expect=0)
