@@ -307,6 +307,13 @@ class LeaseKeeper:
     def _valid(self, held: _Held) -> bool:
         return time.monotonic() < min(held.store_until, held.marker_until)
 
+    def valid(self, lease: Lease) -> bool:
+        """Without I/O: `lease` is still held by this instance and was renewed in time (on the
+        monotonic clock, so False at once in a process that wakes from a freeze past its lease)."""
+        with self._lock:
+            held = self._held.get(lease.feed)
+        return held is not None and held.lease.epoch == lease.epoch and self._valid(held)
+
     def check(self, lease: Lease) -> None:
         """LeaseLost unless `lease` is still this instance's, renewed in time, and current in
         the store (check, then act: before a receipt, an upload or a move)."""
