@@ -150,7 +150,10 @@ def test_a_frozen_holder_loses_the_feed_and_records_nothing_when_it_wakes(
     assert "this instance stopped working the feed before recording or moving anything more" in log_a, log_a
     assert "big.csv: done" not in log_a and "nothing to move" not in log_a and "Traceback" not in log_a, log_a
     assert "taken over at once" not in b.text(), b.text()
-    assert sent_awake == []  # the woken instance sent nothing more while B worked the feed
+    # the woken instance sends nothing more while B works the feed: without the lease check before
+    # every send, its senders waiting for a token sent 2-3 events; a sender frozen between that
+    # check and its write (a fraction of a millisecond) still sends its one request on waking
+    assert len(sent_awake) <= 1, sent_awake
     assert set(sandbox.accepted_ids) == ids("F", EVENTS)
     assert sum(sandbox.duplicates.values()) <= MAX_IN_FLIGHT, sandbox.duplicates
     check_finished_once(inbox, pg_database, [a, b], "F")
