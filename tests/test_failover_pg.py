@@ -15,6 +15,7 @@ receipt is written and the file archived once, and the journal agrees.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 
 from tests.fixtures_http import APICODE_ENV
-from tests.fixtures_leases import LEASE_SECONDS, MAX_IN_FLIGHT, as_host, can_fake_hosts, drop, stop_all
+from tests.fixtures_leases import (
+    LEASE_SECONDS,
+    MAX_IN_FLIGHT,
+    as_host,
+    can_fake_hosts,
+    drop,
+    run_cli,
+    stop_all,
+)
 from tests.fixtures_pg import PgDatabase
 from tests.fixtures_pipeline import read_receipt
 from tests.fixtures_sftp import wait_until
@@ -67,10 +76,12 @@ def check_finished_once(inbox: Path, database: PgDatabase, services: list[Servic
 
 @pytest.mark.parametrize("host", ["same host", "another host"])
 def test_the_survivor_of_a_sigkill_finishes_the_file_from_the_postgresql_journal(
-        host: str, tmp_path: Path, sandbox, apicode_env, pg_database: PgDatabase) -> None:
+        host: str, tmp_path: Path, sandbox, apicode_env, pg_database: PgDatabase,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     other = host == "another host"
     if other and not can_fake_hosts():
         pytest.skip("a host of its own needs root and unshare (util-linux)")
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)  # for `status` here
     sandbox.set_faults(latency_ms=2)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -90,6 +101,7 @@ def test_the_survivor_of_a_sigkill_finishes_the_file_from_the_postgresql_journal
         wait_until(lambda: len(sandbox.arrivals) > before, 30, what="the first event sent by B")
         takeover = min(arrival.started for arrival in sandbox.arrivals[before:]) - killed
         wait_until(lambda: (inbox / "archive" / "big.csv").exists(), 120, what="big.csv archived")
+        status = run_cli("status", "--config", str(config_a), "--json")
     finally:
         stop_all(b)
     print(f"\n{host}: first event of the new holder {takeover:.2f} s after the SIGKILL (lease {LEASE_SECONDS:g} s); "
@@ -103,6 +115,22 @@ def test_the_survivor_of_a_sigkill_finishes_the_file_from_the_postgresql_journal
     assert pg_rows(pg_database, "SELECT feed, holder, epoch FROM leases") == [("shared", "B", 2)]
     hosts = dict(pg_rows(pg_database, "SELECT name, host FROM instances"))
     assert (hosts["A"], hosts["B"]) == (("host-a", "host-b") if other else (hosts["B"], hosts["A"]))
+    # `status --json`: the file, then the feed with its lease and the inbox's marker, then the instances
+    assert status.returncode == 0, status.stderr
+    lines = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [line["kind"] for line in lines] == ["file", "feed", "instance", "instance"], lines
+    assert (lines[0]["file"], lines[0]["state"], lines[0]["counts"]["accepted"]) == ("big.csv", "done", EVENTS)
+    feed = lines[1]
+    assert (feed["feed"], feed["inbox"], feed["in_processing"], feed["last_file"]["name"]) == (
+        "shared", str(inbox), [], "big.csv")
+    assert {key: feed["lease"][key] for key in ("holder", "epoch", "live")} == {"holder": "B", "epoch": 2, "live": True}
+    assert feed["lease"]["expires"].endswith("Z")
+    assert {key: feed["marker"][key] for key in ("instance", "epoch", "foreign")} == {
+        "instance": "B", "epoch": 2, "foreign": False}
+    instances = {line["instance"]: line for line in lines[2:]}
+    assert (instances["A"]["host"], instances["A"]["pid"], instances["A"]["stopped"]) == (
+        hosts["A"], a.proc.pid, None)  # killed: never said it stopped
+    assert (instances["B"]["pid"], instances["B"]["live"]) == (b.proc.pid, True)
 
 
 def test_a_frozen_holder_loses_the_feed_and_records_nothing_when_it_wakes(
