@@ -18,7 +18,9 @@ resumed blindly: it waits for an operator (`handover_hint`).
 
 Validity is also kept locally, on the monotonic clock: a lease (and its marker) is trusted only
 until the moment its last renewal began + ``lease_seconds``. An instance frozen past that (SIGSTOP,
-a VM pause) refuses to act until a renewal succeeds again, which fails if another took over.
+a VM pause) refuses to act until a renewal succeeds again, which fails if another took over; its
+deliveries send no further event meanwhile (`valid`, asked before every send through the feed
+worker's stop event), so a woken instance does not send beside the new holder.
 """
 
 from __future__ import annotations
