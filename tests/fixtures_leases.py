@@ -4,6 +4,7 @@ two hosts (two journals) or one host (one shared journal), `status` output, stop
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -80,3 +81,19 @@ def shared_journal(tmp_path: Path, sandbox, feeds: list[dict[str, Any]], names: 
     journal = tmp_path / "shared" / "journal.sqlite3"
     return [write_config(tmp_path / name, sandbox, feeds, instance=name, lease_seconds=LEASE_SECONDS,
                          journal=str(journal), staging_dir=str(tmp_path / name / "staging")) for name in names]
+
+
+def as_host(name: str) -> list[str]:
+    """A command prefix that runs a program as a process of another host: its own UTS namespace
+    (`unshare --uts`, root only) whose host name is `name`. Other instances then cannot tell
+    whether its pid still runs (a pid is only checked on the same host) and must wait for its
+    lease to expire, as with a real second host."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', name]
+
+
+def can_fake_hosts() -> bool:
+    """True if `as_host` works here (root and util-linux's unshare)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    done = subprocess.run([*as_host("upb-probe"), "hostname"], capture_output=True, text=True, timeout=10)
+    return done.returncode == 0 and done.stdout.strip() == "upb-probe"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,14 @@ def run_once(config: Path) -> tuple[int, ServiceThread]:
 class ServiceProcess:
     """A real `usageplace-batch run` subprocess; its stderr (the log) goes to a file."""
 
-    def __init__(self, config: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, log: Path, *extra: str, env: dict[str, str] | None = None,
+                 wrap: Sequence[str] = ()) -> None:
+        """`wrap`: a command that execs the service (e.g. one that gives it a host name of its own)."""
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batch", "run", "--config", str(config), "--reload-interval", "0.2", *extra],
+            [*wrap, sys.executable, "-m", "batch", "run", "--config", str(config), "--reload-interval", "0.2",
+             *extra],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._out, env={**os.environ, **(env or {})},
         )
 

@@ -247,7 +247,7 @@ def test_status_lists_the_files_with_their_counts(
     process(ws, _missing_column(ws))
     capsys.readouterr()
     assert run(["status", "--config", str(ws.config), "--json"]) == 0
-    files = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    files = [row for row in map(json.loads, capsys.readouterr().out.splitlines()) if row["kind"] == "file"]
     assert [(f["file"], f["state"]) for f in files] == [("short.csv", "error"), ("b.csv", "done"), ("a.csv", "done")]
     assert files[2]["counts"] == {"accepted": 7, "rejected": 1, "invalid": 0, "failed": 0,
                                   "duplicate": 0, "not_sent": 0, "pending": 0, "filtered": 0}

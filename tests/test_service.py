@@ -401,7 +401,7 @@ def test_the_service_forgets_files_past_the_retention_at_start(tmp_path: Path, s
     assert "journal: forgot 1 file(s) and 3 event(s) finished more than 30 days ago" in runner.logs.text
     proc = subprocess.run([sys.executable, "-m", "batch", "status", "--config", str(config), "--json"],
                           capture_output=True, text=True)
-    assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == ["new.csv"]
+    assert [row["file"] for row in map(json.loads, proc.stdout.splitlines()) if row["kind"] == "file"] == ["new.csv"]
 
 
 def test_prune_command(tmp_path: Path, sandbox, apicode_env) -> None:

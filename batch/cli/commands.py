@@ -498,10 +498,13 @@ def handover(config_path: Path, feed_name: str) -> None:
 @CONFIG_OPTION
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many files.")
 @click.option("--feed", help="Only this feed.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line: each file ("kind": "file"), then each feed with its lease '
+                   '("kind": "feed"), then each instance seen in the last hour ("kind": "instance").')
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
     """Recent files with their counts per outcome, from the journal; the feeds with their leases
     (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently."""
+    from batch.service.supervisor import feed_overview, instances_overview
     from batch.store.journals import journal_display, open_journal
     from batch.store.leases import open_lease_store
 
@@ -512,22 +515,30 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     if journal is None:
         click.echo(f"no journal yet at {journal_display(loaded.config.journal)}: nothing has been processed",
                    err=True)
-        if not as_json:
+        if as_json:
+            for row in feed_overview(loaded, None):
+                if feed is None or row["feed"] == feed:
+                    click.echo(terminal_json({"kind": "feed", **row, "lease": None, "marker": None}))
+        else:
             _print_feeds(loaded, None, feed)
         return
     with journal:
         files = journal.recent_files(limit, feed)
-        if not as_json:
-            leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
-            try:
-                _print_feeds(loaded, journal, feed, leases)
-                _print_instances(loaded, leases)
-            finally:
-                leases.close()
-    if as_json:
-        for record in files:
-            click.echo(terminal_json(_file_summary(record)))
-        return
+        leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+        try:
+            if as_json:
+                for record in files:
+                    click.echo(terminal_json(_file_summary(record)))
+                for row in feed_overview(loaded, journal, leases):
+                    if feed is None or row["feed"] == feed:
+                        click.echo(terminal_json({"kind": "feed", **row}))
+                for row in instances_overview(leases, loaded.config.lease_seconds):
+                    click.echo(terminal_json({"kind": "instance", **row}))
+                return
+            _print_feeds(loaded, journal, feed, leases)
+            _print_instances(loaded, leases)
+        finally:
+            leases.close()
     from rich.console import Console
     from rich.table import Table
 
@@ -548,7 +559,7 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
 
 def _file_summary(record: FileRecord) -> dict[str, Any]:
     return {
-        "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
+        "kind": "file", "id": record.id, "feed": record.feed, "file": record.name, "state": record.state,
         "sha256": record.sha256, "started": record.started_at.isoformat(),
         "finished": record.finished_at.isoformat() if record.finished_at else None,
         "counts": {**record.counts, "filtered": record.filtered}, "error": record.error,

@@ -18,7 +18,9 @@ resumed blindly: it waits for an operator (`handover_hint`).
 
 Validity is also kept locally, on the monotonic clock: a lease (and its marker) is trusted only
 until the moment its last renewal began + ``lease_seconds``. An instance frozen past that (SIGSTOP,
-a VM pause) refuses to act until a renewal succeeds again, which fails if another took over.
+a VM pause) refuses to act until a renewal succeeds again, which fails if another took over; its
+deliveries send no further event meanwhile (`valid`, asked before every send through the feed
+worker's stop event), so a woken instance does not send beside the new holder.
 """
 
 from __future__ import annotations
@@ -310,6 +312,13 @@ class LeaseKeeper:
 
     def _valid(self, held: _Held) -> bool:
         return time.monotonic() < min(held.store_until, held.marker_until)
+
+    def valid(self, lease: Lease) -> bool:
+        """Without I/O: `lease` is still held by this instance and was renewed in time (on the
+        monotonic clock, so False at once in a process that wakes from a freeze past its lease)."""
+        with self._lock:
+            held = self._held.get(lease.feed)
+        return held is not None and held.lease.epoch == lease.epoch and self._valid(held)
 
     def check(self, lease: Lease) -> None:
         """LeaseLost unless `lease` is still this instance's, renewed in time, and current in

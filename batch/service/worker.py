@@ -8,6 +8,7 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,6 +80,26 @@ class _MeteredClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class _FeedStop(threading.Event):
+    """The stop event a feed's deliveries see: set when the service stops, and also while this
+    instance's lease of the feed is not known to be valid (checked on the local monotonic
+    clock, without I/O). Delivery looks at it before every event it sends: a process frozen
+    (SIGSTOP, a VM pause) past its lease sends nothing more when it wakes, though its senders
+    had free slots and its heartbeat has not yet told it that another instance took the feed.
+    The events left go out from the journal, by whoever holds the feed then."""
+
+    def __init__(self, stop: threading.Event, lease_valid: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop = stop
+        self._lease_valid = lease_valid
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or not self._lease_valid()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout) or self.is_set()
 
 
 # --------------------------------------------------------------------------- feed worker
@@ -208,7 +229,7 @@ class FeedWorker(threading.Thread):
         client = cast(RopoClient, _MeteredClient(generation.client, self.service.metrics, self.feed))
         self._processor = Processor(
             self.service.journal, client,
-            generation.config.delivery, stop=self.service.stop, fence=self._check_lease,
+            generation.config.delivery, stop=_FeedStop(self.service.stop, self._lease_valid), fence=self._check_lease,
         )
         self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
         self._staging = generation.config.staging_dir / self.feed
@@ -288,6 +309,10 @@ class FeedWorker(threading.Thread):
         log.info("feed %s: this instance (%s) works the feed (lease epoch %d)", self.feed, result.holder,
                  result.epoch, extra={"feed": self.feed})
         return True
+
+    def _lease_valid(self) -> bool:
+        lease = self._lease
+        return lease is not None and self.service.leases.valid(lease)
 
     def _check_lease(self) -> None:
         """Check, then act: before a receipt, an upload or a move (LeaseLost when lost)."""
