@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.config.api import DeliverySettings
-from batch.config.mapping import Mapping
+from batch.config.mapping import Mapping, XlsxOptions
 from batch.config.service import ReceiptOptions
 from batch.delivery.ropo import RopoClient
 from batch.delivery.scheduler import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
@@ -118,6 +118,8 @@ def receipt_format_for(mapping: Mapping, options: ReceiptOptions) -> ReceiptForm
         quotechar=options.quotechar,
         lineterminator="\r\n" if options.line_ending == "crlf" else "\n",
         encoding=options.encoding or encoding,
+        # a workbook's lines are rows of this sheet: its receipts say which (receipts.ReceiptFormat)
+        sheet=(mapping.xlsx or XlsxOptions()).sheet if mapping.format == "xlsx" else None,
     )
 
 

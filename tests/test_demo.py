@@ -74,6 +74,14 @@ def test_demo_runs_every_sample_through_the_service(tmp_path):
     book = read_receipt(workspace / "inbox/workbook_billing/outbox/workbook_billing.xlsx.receipt.csv", "utf-8", ",")
     assert [tuple(row[key] for key in cells) for row in book if row["outcome"] == "invalid"] == [
         ("7", "invalid", "time", "column 'Aika'", "2024-03-31 03:30:00", "", "")]
+    # a workbook's position is a row of a sheet: `line` is the row, the message names the sheet
+    assert [row["message"] for row in book if row["outcome"] == "invalid"] == [
+        "row 7 of sheet 'Tapahtumat': time (column 'Aika' = '2024-03-31 03:30:00'): 2024-03-31 03:30:00 does not "
+        "exist in Europe/Helsinki: the clocks move forward from 03:00 to 04:00 on 2024-03-31, skipping that time"]
+    book_summary = json.loads(
+        (workspace / "inbox/workbook_billing/outbox/workbook_billing.xlsx.receipt.json").read_text("utf-8"))
+    assert book_summary["sheet"] == "Tapahtumat"
+    assert [(p["line"], p["position"]) for p in book_summary["problems"]] == [(7, "row 7 of sheet 'Tapahtumat'")]
     # a rejected event keeps Ropo One's problem title and detail
     assert [tuple(row[key] for key in cells) for row in finnish if row["outcome"] == "rejected"] == [
         ("5", "rejected", "", "", "", "Unprocessable event", "The usage place is not known to Ropo One")]

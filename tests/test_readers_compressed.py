@@ -191,7 +191,7 @@ def test_preview_of_a_gz_file_whatever_its_name(tmp_path: Path, capsys):
 def test_an_encoding_error_inside_a_gzip_is_about_the_text_inside():
     # before: any .gz was "cannot decode the file as utf-8-sig: bytes 1f 8b 08 00 ... (is the file cp1252 ...)"
     assert refused(gzip.compress(CSV.replace(b"Z-2", "Ä-2".encode("cp1252")))) == (
-        "cannot decode the file as utf-8-sig: bytes c4 2d 32 3b are not valid (is the file cp1252 or iso-8859-1 "
+        "line 3: cannot decode the file as utf-8-sig: bytes c4 2d 32 3b are not valid (is the file cp1252 or iso-8859-1 "
         "rather than utf-8?)"
     )
 

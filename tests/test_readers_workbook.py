@@ -5,14 +5,20 @@ record's line the row number of the sheet."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
-from datetime import date, datetime, time
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from openpyxl import Workbook
 
-from batch.config.mapping import load_mapping_text
+from batch.config.mapping import load_mapping, load_mapping_text
+from batch.config.service import ReceiptOptions
+from batch.pipeline import receipt_format_for
+from batch.store.receipts import write_receipt
 from batch.transform.extract import mapped_chunks
 from batch.transform.mapping import CompiledMapping
 from batch.transform.readers import FileError
@@ -237,3 +243,116 @@ def test_a_table_of_shared_texts_over_its_limit_is_refused():
         f"the workbook's table of shared texts (xl/sharedStrings.xml) inflates to {len(table):,} bytes, more than "
         "xlsx.max_shared_strings_mb (1 MB); it is held in memory while the sheet is read: raise the limit in the "
         "mapping if the workbook is genuine, or export the sheet as CSV")
+
+
+# --- positions: a workbook record is a row of a sheet (issue 11, point 5) --------------------------
+
+ROWS_MAPPING = """
+format: xlsx
+xlsx: {sheet: 2, header_row: 2}
+fields:
+  id: {column: Tunnus}
+  usageplacecode: {column: Käyttöpaikka}
+  time: {column: Aika}
+  status: {column: Tila, map: {K: disconnected, KY: connected}}
+invoices:
+  mode: rows
+  invoicenumber: {column: Lasku}
+  jobid: {column: Työ}
+"""
+
+
+def test_the_chunks_name_the_sheet_and_messages_count_rows():
+    from batch.transform.records import position
+
+    assert position(7) == "line 7"
+    assert position(7, "Tapahtumat") == "row 7 of sheet 'Tapahtumat'"
+    assert position(7, 2) == "row 7 of sheet 2"
+    rows: list[list[Any]] = [
+        ["W-1", "643007572062400001", datetime(2024, 2, 5, 6, 30), "K", 594294, 1234],
+        ["W-1", "643007572062400001", datetime(2024, 2, 5, 6, 30), "KY", 594295, 1235],  # differs in Tila
+        ["W-2", "643007572062400002", datetime(2024, 2, 5, 7, 0), "K", 594296, 1236],
+        ["W-2", "643007572062400002", datetime(2024, 2, 5, 7, 0), "K", 594297, 1237],
+        ["W-1", "643007572062400001", datetime(2024, 2, 5, 6, 30), "K", 594298, 1238],  # W-1 again, later
+    ]
+    compiled = CompiledMapping(load_mapping_text(ROWS_MAPPING))
+    run = compiled.start()  # the sheet by position: the chunks still name it
+    records = [r for chunk in mapped_chunks(compiled, io.BytesIO(workbook(rows)), chunk_size=2, run=run)
+               for r in chunk]
+    assert run.sheet == "Tapahtumat"
+    assert [(r.line, [e.as_dict() for e in r.errors]) for r in records if not r.ok] == [
+        (3, [{"field": "status", "source": "column 'Tila'", "value": "connected",
+              "message": "row 4 differs from row 3 of the same event id ('disconnected')"}]),
+        (7, [{"field": "id", "source": "column 'Tunnus'", "value": "W-1",
+              "message": "event id is used again (first on row 3)"}]),
+    ]
+
+
+def test_preview_names_the_sheet_and_counts_rows(tmp_path, capsys):
+    from batch.cli import commands as cli
+
+    mapping, book = tmp_path / "m.yaml", tmp_path / "billing.xlsx"
+    mapping.write_text(MAPPING.format(options="{sheet: 2, header_row: 2}", zone="Europe/Helsinki"), encoding="utf-8")
+    book.write_bytes(workbook([ROWS[0], ["W-9", "643007572062400009", "31.2.2024", "K", None, None]]))
+    assert cli.run(["preview", "--json", str(mapping), str(book)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        '{"record": 4, "sheet": "Tapahtumat", "errors": [{"field": "time", "source": "column \'Aika\'", '
+        '"value": "31.2.2024", "message": "expected a time as \'%Y-%m-%d %H:%M:%S\'"}]}')
+    assert cli.run(["preview", str(mapping), str(book)]) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].strip() == "sheet 'Tapahtumat'"
+    assert table[2].split()[:3] == ["┃", "row", "┃"]
+
+
+def test_receipts_of_a_workbook_name_the_sheet(tmp_path):
+    @dataclass
+    class Event:  # what the journal hands a receipt (EventOutcome)
+        line: int
+        outcome: str
+        message: str | None = None
+        errors: list = field(default_factory=list)
+        event_id: str | None = None
+        usageplacecode: str | None = None
+        status: str | None = None
+        http_status: int | None = None
+        title: str | None = None
+        detail: str | None = None
+
+    @dataclass
+    class File:  # FileInfo
+        name: str = "billing.xlsx"
+        sha256: str = "0" * 64
+        size: int = 1
+        feed: str = "billing"
+        state: str = "done"
+        started_at: datetime = datetime(2024, 4, 2, tzinfo=timezone.utc)
+        finished_at: datetime | None = None
+        error: str | None = None
+        counts: dict = field(default_factory=lambda: {"accepted": 1, "invalid": 1})
+
+    error = {"field": "time", "source": "column 'Aika'", "value": "31.2.2024", "message": "not a real date"}
+    events = [Event(3, "accepted", http_status=201),
+              Event(7, "invalid", "time (column 'Aika' = '31.2.2024'): not a real date", [error])]
+    root = Path(__file__).resolve().parent.parent
+    named = receipt_format_for(load_mapping(root / "config/mappings/workbook_billing.yaml"), ReceiptOptions())
+    assert named.sheet == "Tapahtumat"
+    paths = write_receipt(tmp_path, File(), events, named)
+    assert paths.csv.read_text("utf-8").splitlines()[1:] == [
+        "3,,,,accepted,201,,,,,,",
+        "7,,,,invalid,,row 7 of sheet 'Tapahtumat': time (column 'Aika' = '31.2.2024'): not a real date,"
+        "time,column 'Aika',31.2.2024,,",
+    ]
+    summary = json.loads(paths.json.read_text("utf-8"))
+    assert summary["sheet"] == "Tapahtumat"
+    assert summary["problems"] == [
+        {"line": 7, "position": "row 7 of sheet 'Tapahtumat'", "event_id": None, "outcome": "invalid",
+         "errors": [error]}]
+    # a sheet given by its position: the receipt says so
+    by_position = receipt_format_for(load_mapping_text(MAPPING.format(options="{sheet: 2}", zone="UTC")),
+                                     ReceiptOptions())
+    paths = write_receipt(tmp_path, File(), events, by_position)
+    assert paths.csv.read_text("utf-8").splitlines()[2].startswith("7,,,,invalid,,row 7 of sheet 2: time ")
+    # a text feed's receipt is as before: no sheet, no position
+    text = receipt_format_for(load_mapping(root / "config/mappings/invoice_pairs.yaml"), ReceiptOptions())
+    assert text.sheet is None

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from batch.sandbox.demo import feed_of
 from batch.sandbox.server import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-FEEDS = {"finnish_cp1252.csv", "utf8_iso.csv", "mds7_rows.txt", "erp_export.xml", "invalid_records.csv", "mainframe_fixed.txt"}
+# every sample, each into the inbox of its feed (named like the sample before its first dot)
+FEEDS = {path.name for path in (ROOT / "samples").iterdir() if path.is_file()}
 
 
 def test_shipped_sandbox_config_processes_every_sample(tmp_path):
@@ -23,7 +25,7 @@ def test_shipped_sandbox_config_processes_every_sample(tmp_path):
         assert "http://127.0.0.1:8765/rest" in text
         (config_dir / "service.sandbox.yaml").write_text(text.replace(":8765/", f":{sandbox.port}/"), encoding="utf-8")
         for name in FEEDS:
-            inbox = config_dir / "var" / "inbox" / Path(name).stem
+            inbox = config_dir / "var" / "inbox" / feed_of(Path(name))
             inbox.mkdir(parents=True)
             shutil.copy(ROOT / "samples" / name, inbox / name)
             old = inbox / name
@@ -37,8 +39,9 @@ def test_shipped_sandbox_config_processes_every_sample(tmp_path):
     assert done.returncode == 1, done.stderr  # 1: invalid_records.csv has invalid records, as it should
     assert "Traceback" not in done.stderr
     for name in FEEDS:
-        inbox = config_dir / "var" / "inbox" / Path(name).stem
+        inbox = config_dir / "var" / "inbox" / feed_of(Path(name))
         assert (inbox / "archive" / name).is_file()
         assert (inbox / "outbox" / f"{name}.receipt.csv").is_file()
         assert not any((inbox / "processing").iterdir())
-    assert accepted == 17  # 4 + 3 + 3 + 3 + 1 + 3 valid events, each once
+    # 4 + 3 + 3 + 3 + 1 + 3 valid events of the first six samples, 3 + 3 + 3 + 2 + 3 + 3 of issue 11's, each once
+    assert accepted == 34

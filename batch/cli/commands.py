@@ -230,7 +230,7 @@ def preview(mapping: Path, file: Path, limit: int | None, as_json: bool, errors_
             for record in records:
                 counts["valid" if record.ok else "invalid"] += 1
                 if (limit is None or shown < limit) and not (errors_only and record.ok):
-                    printer.record(record)
+                    printer.record(record, run.sheet)
                     shown += 1
     except FileError as exc:
         printer.flush()
@@ -251,12 +251,13 @@ def _open_input(path: Path) -> BinaryIO:
 
 
 class _JsonPrinter:
-    def record(self, record: MappedRecord) -> None:
-        payload: dict[str, Any]
+    def record(self, record: MappedRecord, sheet: str | None = None) -> None:
+        """`record` is the line (a workbook's row number; `sheet` then names its sheet)."""
+        where: dict[str, Any] = {"record": record.line} if sheet is None else {"record": record.line, "sheet": sheet}
         if record.ok:
-            payload = {"record": record.line, "event": record.event}
+            payload = {**where, "event": record.event}
         else:
-            payload = {"record": record.line, "errors": [error.as_dict() for error in record.errors]}
+            payload = {**where, "errors": [error.as_dict() for error in record.errors]}
         click.echo(terminal_json(payload))
 
     def flush(self) -> None:
@@ -273,8 +274,10 @@ class _TablePrinter:
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
         self.file = file
         self.rows: list[MappedRecord] = []
+        self.sheet: str | None = None  # a workbook's: the table's first column is then its rows
 
-    def record(self, record: MappedRecord) -> None:
+    def record(self, record: MappedRecord, sheet: str | None = None) -> None:
+        self.sheet = sheet
         self.rows.append(record)
         if len(self.rows) >= 200:
             self.flush()
@@ -284,8 +287,10 @@ class _TablePrinter:
             return
         from rich.table import Table
 
-        table = Table(show_lines=False, header_style="bold")
-        for name in ("line", "id", "usageplacecode", "time", "status"):
+        # a workbook's rows: "row" numbers on the sheet the title names, as Excel shows them
+        title = None if self.sheet is None else f"sheet {_escape(repr(self.sheet))}"
+        table = Table(show_lines=False, header_style="bold", title=title)
+        for name in ("line" if self.sheet is None else "row", "id", "usageplacecode", "time", "status"):
             table.add_column(name, no_wrap=True)
         table.add_column("invoices", overflow="fold", max_width=30)
         table.add_column("description / problem", overflow="fold", ratio=1)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
 from batch.fsutil import NAME_MAX, atomic_writer, display_name, fit_name, real_name
+from batch.transform.records import position
 
 RECEIPT_COLUMNS: tuple[str, ...] = (
     "line", "event_id", "usageplacecode", "status", "outcome", "http_status", "message",
@@ -118,6 +119,10 @@ class ReceiptFormat:
     quotechar: str = '"'
     lineterminator: str = "\r\n"
     encoding: str = "utf-8"
+    # a workbook feed's sheet (its name, or its position as the mapping gives it): `line` is then
+    # a row of that sheet, and the message of an invalid or rejected row starts with
+    # "row 7 of sheet 'Tapahtumat': " (records.position); the JSON names it too
+    sheet: str | int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,21 +200,27 @@ def neutralise_cell(text: str) -> str:
     return text
 
 
-def receipt_row(event: EventOutcome) -> ReceiptRow:
+def receipt_row(event: EventOutcome, sheet: str | int | None = None) -> ReceiptRow:
+    """A record's row. `sheet`: a workbook's, named at the start of a message (what a clerk
+    reads to find the row; `line` stays the row number, for sorting)."""
     errors = event.errors if event.outcome == "invalid" else []
     first = errors[0] if errors else {}
+    message = event.message
+    if sheet is not None and message:
+        message = f"{position(event.line, sheet)}: {message}"
     return ReceiptRow(event.line, event.event_id, event.usageplacecode, event.status,
-                      event.outcome, event.http_status, event.message,
+                      event.outcome, event.http_status, message,
                       first.get("field"), first.get("source"), first.get("value"), event.title, event.detail)
 
 
-def problem_entry(event: EventOutcome) -> dict[str, Any] | None:
+def problem_entry(event: EventOutcome, sheet: str | int | None = None) -> dict[str, Any] | None:
     """The JSON receipt's entry for an invalid record (all its errors) or a rejected event (its
-    problem); None for any other outcome."""
+    problem); None for any other outcome. A workbook's entry has its `position` too."""
+    where = {} if sheet is None else {"position": position(event.line, sheet)}
     if event.outcome == "invalid":
-        return {"line": event.line, "event_id": event.event_id, "outcome": "invalid", "errors": event.errors}
+        return {"line": event.line, **where, "event_id": event.event_id, "outcome": "invalid", "errors": event.errors}
     if event.outcome == "rejected":
-        return {"line": event.line, "event_id": event.event_id, "outcome": "rejected",
+        return {"line": event.line, **where, "event_id": event.event_id, "outcome": "rejected",
                 "http_status": event.http_status, "title": event.title, "detail": event.detail,
                 "message": event.message}
     return None
@@ -228,9 +239,10 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def summary(file: FileInfo, names: ReceiptNames, rejected: Path | None = None) -> dict[str, Any]:
+def summary(file: FileInfo, names: ReceiptNames, rejected: Path | None = None,
+            sheet: str | int | None = None) -> dict[str, Any]:
     """The JSON summary of a receipt. ``counts.filtered``: records the mapping's `keep` rule left
-    out (not events: not in ``records``)."""
+    out (not events: not in ``records``). ``sheet``: a workbook's, whose rows the lines are."""
     counts = {outcome: int(file.counts.get(outcome, 0)) for outcome in OUTCOMES}
     records = sum(counts.values())
     counts["filtered"] = int(getattr(file, "filtered", 0) or 0)
@@ -245,6 +257,7 @@ def summary(file: FileInfo, names: ReceiptNames, rejected: Path | None = None) -
         "started": file.started_at.isoformat(),
         "finished": None if finished is None else finished.isoformat(),
         "duration_seconds": duration,
+        **({} if sheet is None else {"sheet": sheet}),
         "records": records,
         "counts": counts,
         "error": file.error,
@@ -289,12 +302,12 @@ def write_receipt(directory: str | os.PathLike[str], file: FileInfo,
         def rows() -> Iterator[ReceiptRow]:
             first = True
             for event in events:
-                entry = problem_entry(event)
+                entry = problem_entry(event, fmt.sheet)
                 if entry is not None:
                     problems.write((("\n    " if first else ",\n    ") + json.dumps(entry, ensure_ascii=False))
                                    .encode("utf-8"))
                     first = False
-                yield receipt_row(event)
+                yield receipt_row(event, fmt.sheet)
 
         return _write(_as_path(directory), file, rows(), fmt, problems, rejected)
 
@@ -317,7 +330,7 @@ def _write(directory: Path, file: FileInfo, rows: Iterator[ReceiptRow], fmt: Rec
     with atomic_writer(paths.csv, what="write receipt") as handle:
         write_csv_rows(handle, rows, fmt)
     with atomic_writer(paths.json, what="write receipt") as handle:
-        head = summary_bytes(summary(file, names, rejected))
+        head = summary_bytes(summary(file, names, rejected, fmt.sheet))
         if problems is None:
             handle.write(head)
         else:  # the summary, then its "problems" list streamed from the spool

@@ -199,6 +199,23 @@ class _Counted(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    # Seeking (back to the start, in practice) inflates again from the beginning: gzip and zip
+    # members both allow it on a seekable file. The readers use it on their error path only, to
+    # find the line of an undecodable byte (readers._line_of_decode_error).
+    def seekable(self) -> bool:
+        return self.inflated.seekable()
+
+    def tell(self) -> int:
+        return self.inflated.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            position = self.inflated.seek(offset, whence)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise FileError(f"{self.what} is damaged: {exc} (was the upload cut short?)", None) from None
+        self.count = position  # the limits count what is inflated from the start
+        return position
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         try:
             data = self.inflated.read(len(buffer))

@@ -36,7 +36,7 @@ from batch.syntax.timeparse import TimeConverter
 from batch.transform.events import EVENT_KEYS, Rules, check_event
 from batch.transform.fastpath import FastChunkMapper, FastMapper, build_fast_chunk_mapper, build_fast_mapper
 from batch.transform.jsonenc import event_bytes
-from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
+from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, line_word, short_list
 
 _MISSING = object()  # a column that the record does not have (too few fields)
 # shared by valid records, which are made by the hundred thousand: immutable, so never changed by mistake
@@ -338,10 +338,12 @@ class MappingRun:
         self._open: MappedRecord | None = None  # rows mode: the event still collecting invoices
         self._open_origin: _Origin = {}  # ...and where its values came from (its first row)
         self.filtered = 0  # records left out by the mapping's `keep` rule
+        self.sheet: str | None = None  # a workbook's sheet: positions are its rows (records.position)
 
     # -- public ---------------------------------------------------------------------------------
 
     def map_chunk(self, chunk: Chunk) -> list[MappedRecord]:
+        self.sheet = chunk.sheet  # once a chunk: records carry only their line (row) number
         if self.compiled.keeps is not None:
             chunk = self._kept(chunk)  # once a chunk, before (and outside) the per-record paths
         bound = self._bind(chunk.columns)
@@ -443,7 +445,7 @@ class MappingRun:
         if not dropped:
             return chunk
         self.filtered += dropped
-        kept = Chunk(chunk.columns, lines, rows)
+        kept = Chunk(chunk.columns, lines, rows, sheet=chunk.sheet)
         if broken or chunk.spans:
             taken = set(lines)
             kept.broken = {line: why for line, why in broken.items() if line in taken}
@@ -601,7 +603,7 @@ class MappingRun:
                 # the id as mapped (trimmed), like every other place that names an event id
                 record.errors.append(
                     RecordError(record.line, "id", self.compiled.id_source_label(), event_id,
-                                duplicate_id_message(first))
+                                duplicate_id_message(first, self.sheet))
                 )
         record.event = None if record.errors else ordered
         if len(record.errors) > MAX_ERRORS_PER_RECORD:
@@ -735,7 +737,8 @@ class MappingRun:
                 # the event is reported on its first line: the message names the line that differs
                 current.errors.append(
                     RecordError(record.line, key, origin.get(key, (None,))[0], _text(value),
-                                f"line {record.line} differs from line {current.line} of the same event id "
+                                f"{line_word(self.sheet)} {record.line} differs from {line_word(self.sheet)} "
+                                f"{current.line} of the same event id "
                                 f"({_preview(_text(current.event[key]))})")
                 )
         current.errors.extend(record.errors)
@@ -809,8 +812,8 @@ def _capped(errors: list[RecordError]) -> list[RecordError]:
     return kept
 
 
-def duplicate_id_message(first_line: int) -> str:
-    return f"event id is used again (first on line {first_line})"
+def duplicate_id_message(first_line: int, sheet: str | None = None) -> str:
+    return f"event id is used again (first on {line_word(sheet)} {first_line})"
 
 
 def _getter_description(spec: ValueSpec, index: dict[str, int]) -> tuple:

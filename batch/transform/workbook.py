@@ -16,7 +16,8 @@ Cells become the text the mapping works on, as a person reads them in Excel:
   (to the nearest second: Excel stores times as fractions of a day). The wall-clock time is
   the feed's: the time field reads it in its source time zone like any other text.
 
-A record's line is its row number in the sheet, as Excel shows it.
+A record's line is its row number in the sheet, as Excel shows it, and each chunk names the
+sheet (Chunk.sheet): errors and receipts say "row 7 of sheet 'Tapahtumat'" (records.position).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def _rows(sheet: Any, options: XlsxOptions, required: list[str], chunk_size: int
         header.pop()
     _check_header(header, required, where, options.header_row)
     width = len(header)
-    chunk = Chunk(header)
+    title = str(sheet.title)
+    chunk = Chunk(header, sheet=title)
     for number, cells in rows:
         values = [cell_text(cell) for cell in cells]
         if options.skip_blank_rows and not any(value.strip() for value in values):
@@ -162,7 +164,7 @@ def _rows(sheet: Any, options: XlsxOptions, required: list[str], chunk_size: int
         chunk.rows.append(values)
         if len(chunk.lines) >= chunk_size:
             yield chunk
-            chunk = Chunk(header)
+            chunk = Chunk(header, sheet=title)
     if chunk.lines:
         yield chunk
 
