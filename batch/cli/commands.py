@@ -501,14 +501,17 @@ def handover(config_path: Path, feed_name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
     """Recent files with their counts per outcome, from the journal; the feeds with their leases
-    (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently."""
+    (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently.
+
+    Only reads: the journal is opened read-only (a read-only disk, a copy being inspected)."""
+    from batch.store.journal import JournalError
     from batch.store.journals import journal_display, open_journal
     from batch.store.leases import open_lease_store
 
     loaded = _load_service(config_path)
     if feed is not None:
         loaded.config.feed(feed)  # a removed or misspelt name: FeedNotFound names the known feeds
-    journal = open_journal(loaded.config, create=False)
+    journal = open_journal(loaded.config, read_only=True)
     if journal is None:
         click.echo(f"no journal yet at {journal_display(loaded.config.journal)}: nothing has been processed",
                    err=True)
@@ -518,12 +521,17 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
     with journal:
         files = journal.recent_files(limit, feed)
         if not as_json:
-            leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
-            try:
-                _print_feeds(loaded, journal, feed, leases)
-                _print_instances(loaded, leases)
-            finally:
-                leases.close()
+            try:  # the lease store writes its tables when it opens: not on a read-only journal
+                leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+            except JournalError as exc:
+                _print_feeds(loaded, journal, feed)
+                click.echo(terminal_safe(f"note: leases and instances not shown: {exc}"), err=True)
+            else:
+                try:
+                    _print_feeds(loaded, journal, feed, leases)
+                    _print_instances(loaded, leases)
+                finally:
+                    leases.close()
     if as_json:
         for record in files:
             click.echo(terminal_json(_file_summary(record)))
