@@ -280,3 +280,27 @@ def test_what_this_tool_claimed_over_sftp_is_resumed_at_once(sftp: Callable[...,
     [candidate] = inbox.scan()
     assert inbox.claim(candidate) is not None
     assert names(inbox.resume(began=Began())) == ["r.csv"]
+
+
+def test_the_service_leaves_a_file_growing_in_processing_alone_over_sftp(
+        sshd, remote_inbox: Path, dropper, sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    (remote_inbox / "processing").mkdir()
+    growing = remote_inbox / "processing" / "h.csv"
+    growing.write_bytes(HALF)
+    feed = {"name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}", "private_key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts), "marker_suffixes": [".done"], "poll_interval_seconds": 0.1,
+            "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1}
+    config = write_config(tmp_path / "etc", sandbox, [feed])
+    with ServiceThread(config) as runner:
+        runner.wait_log("processing/ holds 1 file(s) this tool did not claim (h.csv)")
+        dropper.put_with_marker("a.csv", export("A", 3))
+        wait_until(lambda: (remote_inbox / "archive" / "a.csv").exists(), what="a.csv archived")
+        assert growing.exists() and set(sandbox.accepted_ids) == ids("A", 3)
+        with growing.open("ab") as out:  # the writer finishes, then says so with its marker
+            out.write(REST)
+        (remote_inbox / "processing" / "h.csv.done").write_bytes(b"")
+        wait_until(lambda: (remote_inbox / "archive" / "h.csv").exists(), what="h.csv archived")
+        runner.wait_log("taking h.csv from processing/: this tool did not claim it, and it is ready now "
+                        "(its marker (.done) is beside it)")
+    assert set(sandbox.accepted_ids) == ids("A", 3) | {"H-1"}
