@@ -777,18 +777,21 @@ class Journal(JournalStore):
         opened `immutable=1` (no locks, no shared memory). A schema older than this program's
         is refused with what to do (only a writer migrates it), a newer one too."""
         uri = self.path.resolve().as_uri()
+        if self.path.exists() and not self.path.is_file():  # SQLite would say "disk I/O error"
+            raise JournalUnavailable(self.path, "open it", "unable to open database file (not a regular file)")
         try:
-            if not self.path.is_file():
-                raise sqlite3.OperationalError("no such file")
             conn = self._read_only_connection(f"{uri}?mode=ro")
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-            except sqlite3.OperationalError:  # a WAL journal on a read-only disk without its -shm
+            except sqlite3.OperationalError as first:  # a WAL journal on a read-only disk without its -shm
                 conn.close()
-                conn = self._read_only_connection(f"{uri}?mode=ro&immutable=1")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                try:
+                    conn = self._read_only_connection(f"{uri}?mode=ro&immutable=1")
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                except sqlite3.Error:
+                    raise first from None  # not that: the first error says what is wrong
         except sqlite3.Error as error:
-            raise JournalUnavailable(self.path, "open it to read", error) from error
+            raise JournalUnavailable(self.path, "open it", error) from error
         if version != SCHEMA_VERSION:
             conn.close()
             if version > SCHEMA_VERSION:
