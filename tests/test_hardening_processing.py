@@ -304,3 +304,23 @@ def test_the_service_leaves_a_file_growing_in_processing_alone_over_sftp(
         runner.wait_log("taking h.csv from processing/: this tool did not claim it, and it is ready now "
                         "(its marker (.done) is beside it)")
     assert set(sandbox.accepted_ids) == ids("A", 3) | {"H-1"}
+
+
+def test_the_service_goes_on_past_symlinks_fifos_and_folders_in_processing(tmp_path: Path, sandbox,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
+    inbox = tmp_path / "inbox"
+    processing = inbox / "processing"
+    processing.mkdir(parents=True)
+    os.symlink("/etc/passwd", processing / "link.csv")
+    os.mkfifo(processing / "pipe.csv")
+    (processing / "dir.csv").mkdir()
+    (inbox / "a.csv").write_bytes(export("A", 2))
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    code, runner = run_once(config)
+    assert code == 0, runner.logs.text
+    assert (f"inbox {inbox}: processing/ holds 3 entries that are not a regular file (a symbolic link, FIFO, folder "
+            "or device: dir.csv, link.csv, pipe.csv); ignored, never read or followed: remove them") in runner.logs.text
+    assert set(sandbox.accepted_ids) == ids("A", 2)
+    assert sorted(os.listdir(processing)) == ["dir.csv", "link.csv", "pipe.csv"]
+    assert os.listdir(inbox / "error") == []

@@ -157,3 +157,18 @@ def test_a_read_only_journal_refuses_writes_and_newer_schemas(tmp_path: Path) ->
     conn.close()
     with pytest.raises(JournalUnusable, match=f"journal schema version {SCHEMA_VERSION + 1} is newer"):
         Journal(path, read_only=True)
+
+
+def test_a_read_only_journal_sees_what_a_live_writer_committed(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    writer = Journal(path)
+    try:
+        writer.begin_file("live.csv", hashlib.sha256(b"live").hexdigest(), 4, "local")  # in the WAL only
+        reader = Journal(path, read_only=True)
+        try:
+            assert [(record.name, record.state) for record in reader.recent_files(5, None)] == [
+                ("live.csv", "processing")]
+        finally:
+            reader.close()
+    finally:
+        writer.close()
