@@ -508,15 +508,18 @@ def handover(config_path: Path, feed_name: str) -> None:
                    '("kind": "feed"), then each instance seen in the last hour ("kind": "instance").')
 def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> None:
     """Recent files with their counts per outcome, from the journal; the feeds with their leases
-    (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently."""
+    (holder, epoch, expiry), the inbox's lease marker, and the instances seen recently.
+
+    Only reads: the journal is opened read-only (a read-only disk, a copy being inspected)."""
     from batch.service.supervisor import feed_overview, instances_overview
+    from batch.store.journal import JournalError
     from batch.store.journals import journal_display, open_journal
     from batch.store.leases import open_lease_store
 
     loaded = _load_service(config_path)
     if feed is not None:
         loaded.config.feed(feed)  # a removed or misspelt name: FeedNotFound names the known feeds
-    journal = open_journal(loaded.config, create=False)
+    journal = open_journal(loaded.config, read_only=True)
     if journal is None:
         click.echo(f"no journal yet at {journal_display(loaded.config.journal)}: nothing has been processed",
                    err=True)
@@ -529,7 +532,12 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
         return
     with journal:
         files = journal.recent_files(limit, feed)
-        leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+        leases: LeaseStore | None
+        try:  # the lease store writes its tables when it opens: not on a read-only journal
+            leases = open_lease_store(loaded.config.journal, loaded.config.journal_password_file)
+        except JournalError as exc:
+            leases = None
+            click.echo(terminal_safe(f"note: leases and instances not shown: {exc}"), err=True)
         try:
             if as_json:
                 for record in files:
@@ -537,13 +545,16 @@ def status(config_path: Path, limit: int, feed: str | None, as_json: bool) -> No
                 for row in feed_overview(loaded, journal, leases):
                     if feed is None or row["feed"] == feed:
                         click.echo(terminal_json({"kind": "feed", **row}))
-                for row in instances_overview(leases, loaded.config.lease_seconds):
-                    click.echo(terminal_json({"kind": "instance", **row}))
+                if leases is not None:
+                    for row in instances_overview(leases, loaded.config.lease_seconds):
+                        click.echo(terminal_json({"kind": "instance", **row}))
                 return
             _print_feeds(loaded, journal, feed, leases)
-            _print_instances(loaded, leases)
+            if leases is not None:
+                _print_instances(loaded, leases)
         finally:
-            leases.close()
+            if leases is not None:
+                leases.close()
     from rich.console import Console
     from rich.table import Table
 

@@ -25,6 +25,7 @@ import json
 import logging
 import posixpath
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -268,8 +269,19 @@ class Inbox(abc.ABC):
         """Move the file (and its marker) to archive/ (ok) or error/; returns the name it got there."""
 
     @abc.abstractmethod
-    def resume(self) -> list[Claimed]:
-        """Files a previous run left in processing/, oldest first."""
+    def resume(self, began: Callable[[Claimed], bool] | None = None) -> list[Claimed]:
+        """Files in processing/ to resume, oldest first.
+
+        With `began` (the worker's: is this file known to the journal as begun by this tool?),
+        a file this tool did not claim -- copied into processing/ by hand, perhaps still being
+        written -- is returned only once it passes the readiness rules of a new arrival; until
+        then it is in `waiting_in_processing` (batch.inbox.processing). Without `began`: every
+        data file there, for a listing (status, handover), never to take."""
+
+    @property
+    def waiting_in_processing(self) -> tuple[str, ...]:
+        """Files in processing/ this tool did not claim that are not ready yet (the last `resume`)."""
+        return ()
 
     @abc.abstractmethod
     def read_lease_marker(self) -> LeaseMarker | None:

@@ -55,6 +55,7 @@ from batch.inbox.base import (
     name_is_safe,
     stamped_name,
 )
+from batch.inbox.processing import ProcessingFolder
 from batch.inbox.readiness import Readiness
 
 if TYPE_CHECKING:  # watchdog is imported when a local inbox starts watching
@@ -186,6 +187,7 @@ class LocalInbox(Inbox):
 
         self._rules = NameRules.from_settings(settings)
         self._readiness = Readiness(self._rules, settings.min_age_seconds, clock)
+        self._processing = ProcessingFolder(self._rules, settings.min_age_seconds, f"inbox {self.root}", clock)
         self._events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._closed = False
@@ -268,7 +270,9 @@ class LocalInbox(Inbox):
     def _safe(self, name: str) -> bool:
         return name_is_safe(name, self._refused, f"inbox {self.root}")
 
-    def _list(self, folder: Path) -> list[FileStat]:
+    def _list(self, folder: Path, odd: list[str] | None = None) -> list[FileStat]:
+        """The regular files in `folder` (by lstat: a symlink is never followed); the names of
+        other entries (symlinks, FIFOs, folders, devices; dotfiles aside) go to `odd` if given."""
         entries: list[FileStat] = []
         fd = self._open(folder, "list")
         try:
@@ -282,6 +286,8 @@ class LocalInbox(Inbox):
                         continue
                     if stat.S_ISREG(st.st_mode):  # never follow a symlink out of the inbox
                         entries.append(FileStat(entry.name, st.st_size, st.st_mtime))
+                    elif odd is not None and not entry.name.startswith("."):
+                        odd.append(entry.name)
         finally:
             os.close(fd)
         return entries
@@ -326,6 +332,7 @@ class LocalInbox(Inbox):
                 self._readiness.forget(name)
                 return None
             self._readiness.forget(name)
+            self._processing.claimed(target)
             st = os.stat(target, dir_fd=processing_fd, follow_symlinks=False)
             marker = None
             if candidate.marker is not None:
@@ -349,6 +356,7 @@ class LocalInbox(Inbox):
         processing_fd, folder_fd = self._moving(self.processing, folder, operation)
         try:
             target = self._move(processing_fd, name, folder, folder_fd, name, operation)
+            self._processing.finished(name)
             if claimed.marker is not None:
                 check_name(claimed.marker)
                 try:
@@ -361,8 +369,16 @@ class LocalInbox(Inbox):
             os.close(folder_fd)
         return target
 
-    def resume(self) -> list[Claimed]:
-        return left_in_processing(self._list(self.processing), self._rules)
+    def resume(self, began: Callable[[Claimed], bool] | None = None) -> list[Claimed]:
+        if began is None:
+            return left_in_processing(self._list(self.processing), self._rules)
+        odd: list[str] = []
+        entries = self._list(self.processing, odd)
+        return self._processing.take(entries, odd, began)
+
+    @property
+    def waiting_in_processing(self) -> tuple[str, ...]:
+        return self._processing.waiting
 
     # -- content
 

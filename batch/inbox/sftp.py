@@ -77,6 +77,7 @@ from batch.inbox.base import (
     name_is_safe,
     stamped_name,
 )
+from batch.inbox.processing import ProcessingFolder
 from batch.inbox.readiness import Readiness
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,7 @@ class SftpInbox(Inbox):
         self._clock = clock
         self._rules = NameRules.from_settings(settings)
         self._readiness = Readiness(self._rules, settings.min_age_seconds, clock)
+        self._processing = ProcessingFolder(self._rules, settings.min_age_seconds, location.display, clock)
         self._refused: set[str] = set()
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -490,7 +492,9 @@ class SftpInbox(Inbox):
     def _safe(self, name: str) -> bool:
         return name_is_safe(name, self._refused, self.location.display)
 
-    def _list(self, sftp: paramiko.SFTPClient, folder: str) -> list[FileStat]:
+    def _list(self, sftp: paramiko.SFTPClient, folder: str, odd: list[str] | None = None) -> list[FileStat]:
+        """The regular files in `folder`; the names of other entries (symlinks, FIFOs, folders;
+        dotfiles aside) go to `odd` if given."""
         entries = []
         for attr in listdir_attr(sftp, folder):
             if not self._safe(attr.filename):
@@ -498,15 +502,24 @@ class SftpInbox(Inbox):
             # listdir reports lstat(): symlinks are not regular files and are never followed.
             if attr.st_mode is not None and stat.S_ISREG(attr.st_mode):
                 entries.append(FileStat(attr.filename, int(attr.st_size or 0), float(attr.st_mtime or 0)))
+            elif odd is not None and not attr.filename.startswith("."):
+                odd.append(attr.filename)
         return entries
 
     def scan(self) -> list[Candidate]:
         listing = self._run("list", lambda sftp: self._list(sftp, self.root), self.root)
         return self._readiness.observe(listing)
 
-    def resume(self) -> list[Claimed]:
-        return left_in_processing(self._run("list", lambda sftp: self._list(sftp, self.processing), self.processing),
-                                  self._rules)
+    def resume(self, began: Callable[[Claimed], bool] | None = None) -> list[Claimed]:
+        odd: list[str] = []
+        entries = self._run("list", lambda sftp: self._list(sftp, self.processing, odd), self.processing)
+        if began is None:
+            return left_in_processing(entries, self._rules)
+        return self._processing.take(entries, odd, began)
+
+    @property
+    def waiting_in_processing(self) -> tuple[str, ...]:
+        return self._processing.waiting
 
     # ------------------------------------------------------------------ moves
 
@@ -573,6 +586,8 @@ class SftpInbox(Inbox):
 
         result = self._run(what, operation, posixpath.join(self.processing, name))
         self._readiness.forget(name)
+        if result is not None:
+            self._processing.claimed(result.name)
         return result
 
     def finish(self, claimed: Claimed, ok: bool) -> str:
@@ -594,7 +609,9 @@ class SftpInbox(Inbox):
                     pass
             return target
 
-        return self._run(what, operation, posixpath.join(folder, name))
+        target = self._run(what, operation, posixpath.join(folder, name))
+        self._processing.finished(name)
+        return target
 
     # ------------------------------------------------------------------ content
 

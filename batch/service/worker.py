@@ -382,6 +382,8 @@ class FeedWorker(threading.Thread):
                     continue
                 step = "scanning the inbox"
                 candidates = inbox.scan()
+                if inbox.waiting_in_processing:  # copied into processing/ by hand: look again next round
+                    self._need_resume = True
                 self.last_scan = now_iso()
                 service.metrics.queue.labels(self.feed).set(len(candidates))
                 service.metrics.last_scan.labels(self.feed).set(time.time())
@@ -470,7 +472,7 @@ class FeedWorker(threading.Thread):
         Stops at the first file that is still unfinished: newer files wait behind it."""
         now = time.monotonic()
         self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
-        for claimed in inbox.resume():
+        for claimed in inbox.resume(began=self._began):
             if self.service.stop.is_set() or self._give_up:
                 return False
             if claimed.name in self._others:
@@ -484,6 +486,10 @@ class FeedWorker(threading.Thread):
             if not self._handle(inbox, claimed, resumed=True):
                 return False
         return True
+
+    def _began(self, claimed: Claimed) -> bool:
+        """Did this tool begin the file in processing/? (Else it is taken only once ready.)"""
+        return self.service.journal.unfinished_named(self.feed, claimed.source_name) is not None
 
     # -- one file
 

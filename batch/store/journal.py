@@ -736,16 +736,23 @@ class Journal(JournalStore):
 
     def __init__(self, path: str | os.PathLike[str], *,
                  synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
-                 busy_timeout_s: float = 30.0, clock: Callable[[], datetime] = utc_now) -> None:
+                 busy_timeout_s: float = 30.0, clock: Callable[[], datetime] = utc_now,
+                 read_only: bool = False) -> None:
+        """Open (create, migrate) the journal at `path`. `read_only`: for commands that only read
+        (`status`): see ``_open_read_only``."""
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout_s = busy_timeout_s
         self.clock = clock
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._closed_by_fault = False
         self._fences = threading.local()  # set_fence: a check per thread, run in every write
+        if read_only:
+            self._conn = self._open_read_only()
+            return
         try:
             self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                          isolation_level=None, check_same_thread=False)
@@ -760,6 +767,48 @@ class Journal(JournalStore):
         except BaseException:
             self._conn.close()
             raise
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: no WAL switch, no schema creation or migration.
+
+        `mode=ro` reads a journal another process is writing (its WAL included) as long as
+        SQLite can use the WAL's shared-memory file beside it. On a read-only disk (or folder)
+        where that file is not there, the journal cannot change under us either, so it is
+        opened `immutable=1` (no locks, no shared memory). A schema older than this program's
+        is refused with what to do (only a writer migrates it), a newer one too."""
+        uri = self.path.resolve().as_uri()
+        if self.path.exists() and not self.path.is_file():  # SQLite would say "disk I/O error"
+            raise JournalUnavailable(self.path, "open it", "unable to open database file (not a regular file)")
+        try:
+            conn = self._read_only_connection(f"{uri}?mode=ro")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.OperationalError as first:  # a WAL journal on a read-only disk without its -shm
+                conn.close()
+                try:
+                    conn = self._read_only_connection(f"{uri}?mode=ro&immutable=1")
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                except sqlite3.Error:
+                    raise first from None  # not that: the first error says what is wrong
+        except sqlite3.Error as error:
+            raise JournalUnavailable(self.path, "open it", error) from error
+        if version != SCHEMA_VERSION:
+            conn.close()
+            if version > SCHEMA_VERSION:
+                raise JournalUnusable(f"{self.path}: journal schema version {version} is newer "
+                                      f"than this program supports ({SCHEMA_VERSION})")
+            raise JournalUnusable(
+                f"{self.path}: journal schema version {version} is older than this program's "
+                f"({SCHEMA_VERSION}) and must be migrated before it can be read: start the service "
+                "(`usageplace-batch run`) once with write access to the journal; this command only "
+                "reads it and never migrates")
+        return conn
+
+    def _read_only_connection(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")  # belt and braces: no statement of ours writes
+        return conn
 
     # -- lifecycle
 
