@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from batch.backoff import Backoff, doubling
 from batch.config.inbox import LocalLocation
 from batch.config.service import (
     FeedNotFound,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
+FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS = 2.0, 30.0  # the wait before a failed file's next try
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
@@ -97,18 +99,6 @@ class _Finishing:
     noted: bool = False                                 # the journal has a finish_problem to clear
     failures: int = 0                                   # failed upload / move attempts
     next_try: float = 0.0                               # time.monotonic() of the next attempt
-
-
-class _Backoff:
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum, self.failures = initial, maximum, 0
-
-    def next(self) -> float:
-        self.failures += 1
-        return min(self.maximum, self.initial * 2 ** (self.failures - 1))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 #: errno values that mean a disk of ours (staging, outbox, journal) cannot take a write now:
@@ -161,8 +151,8 @@ class FeedWorker(threading.Thread):
         self._inbox: Inbox | None = None
         self._unfinished: dict[str, _Finishing] = {}
         self._attempts: dict[str, int] = {}  # failed attempts per file when the journal cannot count them
-        self._pause = _Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
-        self._auth = _Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
+        self._pause = Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
+        self._auth = Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
         self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
         self._lease: Lease | None = None      # this feed's lease while this instance holds it
         self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
@@ -326,7 +316,7 @@ class FeedWorker(threading.Thread):
         self._need_resume = True
         primed = False
         inbox_failures = 0
-        backoff = _Backoff(1.0, 60.0)
+        backoff = Backoff(1.0, 60.0)
         while not stop.is_set() and not self._give_up:
             step = "reading the configuration"
             try:
@@ -335,7 +325,7 @@ class FeedWorker(threading.Thread):
                              extra={"feed": self.feed})
                     return
                 settings = self.settings
-                backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
+                backoff.first, backoff.longest = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
                 step = "opening the inbox"
                 inbox = self._open()
                 step = "taking the feed's lease"
@@ -644,7 +634,7 @@ class FeedWorker(threading.Thread):
     def _finish_failed(self, finishing: _Finishing, step: str, exc: BaseException) -> None:
         finishing.failures += 1
         settings = self.settings
-        delay = min(settings.reconnect_max_seconds, settings.reconnect_initial_seconds * 2 ** (finishing.failures - 1))
+        delay = doubling(finishing.failures, settings.reconnect_initial_seconds, settings.reconnect_max_seconds)
         finishing.next_try = time.monotonic() + delay
         name = finishing.claimed.name
         problem = f"{step} failed: {_describe(exc)}"
@@ -715,7 +705,7 @@ class FeedWorker(threading.Thread):
             self._give_up = True
             return False
         if attempts < FILE_ATTEMPTS:
-            delay = min(30.0, 2.0 ** attempts)
+            delay = doubling(attempts, FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS)
             log.error("feed %s: %s failed (attempt %d of %d): %s; trying again in %.0f s", self.feed, claimed.name,
                       attempts, FILE_ATTEMPTS, described, delay, exc_info=exc, extra=extra)
             self.service.stop.wait(delay)
