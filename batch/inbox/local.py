@@ -23,7 +23,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -386,6 +386,13 @@ class LocalInbox(Inbox):
         with open(local_path, "rb") as src, \
                 atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+    def receipt_dir(self, staging_dir: Path) -> Path:
+        # OwnFolderPath: a receipt is never written through a symlink put in place of the outbox (D19)
+        return OwnFolderPath(self.outbox)
+
+    def publish_receipt(self, files: Sequence[Path], before: Callable[[Path], None] | None = None) -> list[str]:
+        return [str(path) for path in files]  # written into the outbox itself (receipt_dir)
 
     # -- the lease marker (in the inbox folder itself, beside the files it is about)
 

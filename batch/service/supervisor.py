@@ -89,7 +89,6 @@ from batch.service.reload import (
     build_feeds,
     check_feed_secrets,
 )
-from batch.service.runtime import Runtime
 from batch.service.worker import RETRY_FAILED_CHECK_SECONDS, FeedWorker, WorkerState, breaker_open, feed_trouble
 from batch.store.journal import JournalError, JournalStore
 from batch.store.journals import journal_display, open_journal
@@ -241,18 +240,14 @@ class Service:
             extra = {"feed": worker.feed, "file": record.name}
             log.info("feed %s: %s: sending its failed events again (delivery.retry_failed_after)",
                      worker.feed, record.name, extra=extra)
-            receipt_dir = (Runtime.outbox(worker.settings) if not worker._remote
-                           else self.config.staging_dir / worker.feed / "receipts")
-            assert receipt_dir is not None
+            receipt_dir = inbox.receipt_dir(self.config.staging_dir / worker.feed)
             receipt_dir.mkdir(parents=True, exist_ok=True)
-            source = None if worker._remote else archived_original(worker.settings, record.name, record.size,
-                                                                   record.sha256)
+            # the rejected-rows file is rewritten from the original in a local feed's archive/ (else None)
+            source = archived_original(worker.settings, record.name, record.size, record.sha256)
             outcome = processor.retry(file_id, runtime, receipt_dir, source=source)
-            if outcome.receipt is not None and worker._remote:
-                for path in outcome.receipt.files:
-                    worker._check_lease()  # check, then act (LeaseLost: the worker stops working the feed)
-                    inbox.put_receipt(path, path.name)
-                    path.unlink(missing_ok=True)
+            if outcome.receipt is not None:
+                # check, then act (LeaseLost: the worker stops working the feed)
+                inbox.publish_receipt(outcome.receipt.files, lambda path: worker._check_lease())
             counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
             log.info("feed %s: %s: retried: %s: %s", worker.feed, record.name, outcome.status,
                      outcome.message or counts, extra=extra)

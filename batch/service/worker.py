@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from batch.backoff import Backoff, doubling
-from batch.config.inbox import LocalLocation
 from batch.config.service import (
     FeedNotFound,
     FeedSettings,
@@ -36,7 +35,6 @@ from batch.pipeline import (
 from batch.service.leasing import Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
-from batch.service.runtime import Runtime
 from batch.service.states import WorkerState
 from batch.store.journal import (
     OUTCOMES,
@@ -92,8 +90,8 @@ class _Finishing:
 
     claimed: Claimed
     ok: bool
-    receipts: list[Path] = field(default_factory=list)  # local receipt files to upload (SFTP)
-    staged: Path | None = None                          # the downloaded copy (SFTP)
+    receipts: list[Path] = field(default_factory=list)  # the receipt's files, to publish (Inbox.publish_receipt)
+    staged: Path | None = None                          # the local copy open_local gave (Inbox.release_local)
     file_id: int | None = None                          # its journal record, to note a problem
     receipt_missing: bool = False                       # the receipt is still to be written
     noted: bool = False                                 # the journal has a finish_problem to clear
@@ -218,18 +216,10 @@ class FeedWorker(threading.Thread):
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
 
-    @property
-    def _remote(self) -> bool:
-        return not isinstance(self.settings.location, LocalLocation)
-
-    def _receipt_dir(self) -> Path:
-        """Where receipts are written: the local outbox, or (SFTP) staging before the upload."""
+    def _receipt_dir(self, inbox: Inbox) -> Path:
+        """Where receipts are written: the inbox says (local: the outbox; SFTP: staging, then uploaded)."""
         assert self._staging is not None
-        if self._remote:
-            return self._staging / "receipts"
-        outbox = Runtime.outbox(self.settings)
-        assert outbox is not None
-        return outbox
+        return inbox.receipt_dir(self._staging)
 
     # -- the loop
 
@@ -420,10 +410,8 @@ class FeedWorker(threading.Thread):
             left = deadline - time.monotonic()
             if left <= 0 or self._finishing_due():
                 return
-            if self._remote:
-                self.service.stop.wait(min(left, 0.5))
-            elif inbox.wait(min(left, 0.5)):
-                return  # a file was closed or moved in
+            if inbox.wait(min(left, 0.5)):
+                return  # a file was closed or moved in (a local folder's events)
 
     def _finishing_due(self) -> bool:
         now = time.monotonic()
@@ -467,31 +455,30 @@ class FeedWorker(threading.Thread):
         staged: Path | None = None
         assert self._staging is not None and self._processor is not None and self._runtime is not None
         try:
-            local = self._download(inbox, claimed)
-            staged = local if self._remote else None
-            receipt_dir = self._receipt_dir()
+            staged = self._download(inbox, claimed)
+            receipt_dir = self._receipt_dir(inbox)
             try:
                 receipt_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
             retries = service.metrics.retries.labels(feed)
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
-            outcome = self._processor.process(local, self._runtime, receipt_dir, name=claimed.source_name,
+            outcome = self._processor.process(staged, self._runtime, receipt_dir, name=claimed.source_name,
                                               progress=progress, resumed=resumed, earlier=self._runtimes)
         except (InboxError, LeaseLost):
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             raise  # the inbox: the loop backs off, reconnects and resumes the file; a lost lease: stop
         except FileInProgress as exc:
             self._others[claimed.name] = time.monotonic()
             log.info("feed %s: %s", feed, exc, extra=extra)
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             return True
         except JournalUnavailable as exc:
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             self._paused("the journal cannot be used", exc, claimed)
             return False
         except ReceiptNotWritten as exc:
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             if exc.file is None or not exc.file.finished:
                 self._paused("a disk refused a write", exc, claimed)
                 return False
@@ -504,7 +491,7 @@ class FeedWorker(threading.Thread):
             self._finish_failed(finishing, "writing its receipt", exc)
             return True
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the service
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             if _storage_fault(exc):
                 self._paused("a disk refused a write", exc, claimed)
                 return False
@@ -514,17 +501,16 @@ class FeedWorker(threading.Thread):
         return self._outcome(inbox, claimed, outcome, staged)
 
     def _download(self, inbox: Inbox, claimed: Claimed) -> Path:
-        """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial copy)."""
+        """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial
+        copy); a disk of ours that refuses the copy is a StorageFault (the feed pauses)."""
         assert self._staging is not None
         try:
-            if self._remote:
-                self._staging.mkdir(parents=True, exist_ok=True)
             return inbox.open_local(claimed, self._staging)
         except InboxError:
             raise
         except OSError as exc:
-            if self._remote and exc.errno in STORAGE_ERRNOS:
-                raise StorageFault(f"downloading {claimed.name} into the staging folder", self._staging, exc) from exc
+            if exc.errno in STORAGE_ERRNOS:
+                raise StorageFault(f"taking {claimed.name} into the staging folder", self._staging, exc) from exc
             raise
 
     def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None) -> bool:
@@ -547,7 +533,7 @@ class FeedWorker(threading.Thread):
             level = logging.INFO if code == ExitStatus.OK else logging.WARNING
             message = outcome.message if status != FileStatus.DONE else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
-            receipts = list(outcome.receipt.files) if (outcome.receipt and self._remote) else []
+            receipts = list(outcome.receipt.files) if outcome.receipt else []
             record = outcome.file
             finishing = _Finishing(claimed, status != FileStatus.ERROR, receipts, staged,
                                    record.id if record is not None and record.id else None,
@@ -557,7 +543,7 @@ class FeedWorker(threading.Thread):
             if self.state == WorkerState.PROCESSING:
                 self.state = WorkerState.IDLE
             return True
-        self._drop_staged(staged)
+        self._release(inbox, staged)
         if status == FileStatus.INTERRUPTED:
             log.info("feed %s: %s: interrupted (%s); left in processing/ to resume", feed, claimed.source_name,
                      shown or "nothing sent", extra=extra)
@@ -583,18 +569,20 @@ class FeedWorker(threading.Thread):
         not hold back the feed's next files."""
         claimed = finishing.claimed
         folder = "archive/" if finishing.ok else "error/"
-        self._drop_staged(finishing.staged)  # the download is not needed for either step
+        self._release(inbox, finishing.staged)  # the download is not needed for either step
         finishing.staged = None
         step = ""
         try:
             if finishing.receipt_missing:
                 step = "writing its receipt"
-                self._write_missing_receipt(finishing)
-            for path in finishing.receipts:
-                if path.exists():
-                    step = f"uploading the receipt {path.name} to the outbox"
-                    self._check_lease()
-                    inbox.put_receipt(path, path.name)
+                self._write_missing_receipt(inbox, finishing)
+
+            def before(path: Path) -> None:  # check, then act: each upload under the lease
+                nonlocal step
+                step = f"uploading the receipt {path.name} to the outbox"
+                self._check_lease()
+
+            inbox.publish_receipt(finishing.receipts, before)
             step = f"moving {claimed.name} from processing/ to {folder}"
             self._check_lease()
             try:
@@ -608,8 +596,6 @@ class FeedWorker(threading.Thread):
         except (InboxError, OSError, StorageFault, JournalError) as exc:
             self._finish_failed(finishing, step, exc)
             return
-        for path in finishing.receipts:
-            path.unlink(missing_ok=True)
         self._unfinished.pop(claimed.name, None)
         if (finishing.failures or finishing.noted) and finishing.file_id is not None:
             self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, None))
@@ -618,17 +604,16 @@ class FeedWorker(threading.Thread):
         else:
             log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
 
-    def _write_missing_receipt(self, finishing: _Finishing) -> None:
+    def _write_missing_receipt(self, inbox: Inbox, finishing: _Finishing) -> None:
         assert finishing.file_id is not None and self._processor is not None and self._runtime is not None
         file = self.service.journal.get_file(finishing.file_id)
-        receipt_dir = self._receipt_dir()
+        receipt_dir = self._receipt_dir(inbox)
         try:
             receipt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
         receipt = self._processor.write_receipt_of(file, self._runtime, receipt_dir)
-        if self._remote:
-            finishing.receipts = list(receipt.files)
+        finishing.receipts = list(receipt.files)
         finishing.receipt_missing = False
 
     def _finish_failed(self, finishing: _Finishing, step: str, exc: BaseException) -> None:
@@ -716,7 +701,7 @@ class FeedWorker(threading.Thread):
         self.last_status = FileStatus.ERROR
         self.service.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
         try:
-            finishing = self._give_up_file(claimed, f"failed {attempts} times: {described}")
+            finishing = self._give_up_file(inbox, claimed, f"failed {attempts} times: {described}")
         except (JournalError, StorageFault, OSError) as fault:  # journal or disk: keep it, try again
             self._paused("cannot move a failed file to error/", fault, claimed)
             return False
@@ -726,7 +711,7 @@ class FeedWorker(threading.Thread):
         self.state = WorkerState.IDLE
         return True
 
-    def _give_up_file(self, claimed: Claimed, error: str) -> _Finishing:
+    def _give_up_file(self, inbox: Inbox, claimed: Claimed, error: str) -> _Finishing:
         """Close the file in the journal as error (its pending events become not_sent) and write
         its file-level receipt; returns what moves it to error/."""
         journal = self.service.journal
@@ -737,7 +722,7 @@ class FeedWorker(threading.Thread):
             now = journal.clock()
             record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, FileState.ERROR, now, now, error,
                                 dict.fromkeys(OUTCOMES, 0), False, None, this_process())
-        receipt_dir, runtime = self._receipt_dir(), self._runtime
+        receipt_dir, runtime = self._receipt_dir(inbox), self._runtime
         assert runtime is not None
         self._check_lease()
 
@@ -746,13 +731,13 @@ class FeedWorker(threading.Thread):
             return write_file_level_receipt(receipt_dir, record, runtime.receipt_format)
 
         receipt = write_receipt_or_fault(write, receipt_dir)
-        receipts = [receipt.csv, receipt.json] if self._remote else []
-        return _Finishing(claimed, False, receipts, None, record.id or None)
+        return _Finishing(claimed, False, list(receipt.files), None, record.id or None)
 
     @staticmethod
-    def _drop_staged(staged: Path | None) -> None:
+    def _release(inbox: Inbox, staged: Path | None) -> None:
+        """The local copy of a file is done with (SFTP: the download is removed; local: nothing)."""
         if staged is not None:
-            staged.unlink(missing_ok=True)
+            inbox.release_local(staged)
 
 
 # --------------------------------------------------------------------------- the service
