@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from batch.backoff import Backoff, doubling
 from batch.config.service import (
@@ -32,6 +32,8 @@ from batch.pipeline import (
     StorageFault,
     write_receipt_or_fault,
 )
+from batch.service.context import WorkerContext
+from batch.service.failed import FailedEvents
 from batch.service.leasing import Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
@@ -48,9 +50,6 @@ from batch.store.journal import (
 from batch.store.leases import Lease, LeaseLost
 from batch.store.receipts import ReceiptPaths, write_file_level_receipt
 
-if TYPE_CHECKING:
-    from batch.service.supervisor import Service
-
 log = logging.getLogger(__name__)
 
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
@@ -58,7 +57,6 @@ FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS = 2.0, 30.0  # the wait bef
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
-RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed events to send again
 
 
 
@@ -127,9 +125,9 @@ class FeedWorker(threading.Thread):
     `_resume` got every file in processing/ out or handed it to a later step that does not
     hold the feed (a delivered file whose receipt upload / archive move failed)."""
 
-    def __init__(self, service: Service, name: str) -> None:
+    def __init__(self, context: WorkerContext, name: str) -> None:
         super().__init__(name=f"feed:{name}", daemon=True)
-        self.service = service
+        self.context = context
         self.feed = name
         self.state: WorkerState = WorkerState.STARTING
         self.last_scan: str | None = None
@@ -155,6 +153,7 @@ class FeedWorker(threading.Thread):
         self._lease: Lease | None = None      # this feed's lease while this instance holds it
         self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
         self.lease_note: str | None = None    # why this instance does not work the feed now (health, status)
+        self._failed = FailedEvents(name)     # its failed events, sent again when idle (retry_failed_after)
 
     # -- health
 
@@ -174,7 +173,7 @@ class FeedWorker(threading.Thread):
 
     def _refresh(self) -> bool:
         """Pick up a new configuration between files; False if this feed was removed."""
-        generation = self.service.generation
+        generation = self.context.generation()
         if generation.number == self._generation:
             return True
         try:
@@ -193,12 +192,12 @@ class FeedWorker(threading.Thread):
         self._runtime = generation.feeds[self.feed]
         self._runtimes[self._runtime.mapping_version] = self._runtime
         # a RopoClient in all but name: it times send_event and hands every other call on
-        client = cast(RopoClient, _MeteredClient(generation.client, self.service.metrics, self.feed))
+        client = cast(RopoClient, _MeteredClient(generation.client, self.context.metrics, self.feed))
         self._processor = Processor(
-            self.service.journal, client,
-            generation.config.delivery, stop=self.service.stop, fence=self._check_lease,
+            self.context.journal, client,
+            generation.config.delivery, stop=self.context.stop, fence=self._check_lease,
         )
-        self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
+        self._processor.breaker.give_up_at_probe_max = self.context.once  # cron must get its exit
         self._staging = generation.config.staging_dir / self.feed
         self._generation = generation.number
         return True
@@ -236,7 +235,7 @@ class FeedWorker(threading.Thread):
             if self._lease is not None:
                 self._lease = None
                 try:
-                    self.service.leases.release(self.feed)
+                    self.context.leases.release(self.feed)
                 except Exception as exc:  # noqa: BLE001 - the lease expires by itself
                     log.warning("feed %s: releasing the lease: %s", self.feed, exc, extra={"feed": self.feed})
             if self.state != WorkerState.CRASHED:
@@ -249,17 +248,17 @@ class FeedWorker(threading.Thread):
         and within this instance's share); otherwise the state and the log say who has it."""
         if self._lease is not None:
             try:
-                self.service.leases.check(self._lease)
+                self.context.leases.check(self._lease)
                 return True
             except LeaseLost as exc:
                 self._lease_lost(exc)
-        result = self.service.leases.acquire(self.feed, self.settings)
+        result = self.context.leases.acquire(self.feed, self.settings)
         if isinstance(result, Refusal):
             self._refused(result)
             return False
         self._lease = result
         # every journal write of this thread checks the lease in its own transaction
-        self.service.journal.set_fence(self.service.lease_store.fence(result))
+        self.context.journal.set_fence(self.context.leases.store.fence(result))
         self._need_resume = True
         self._refusal = None
         self.lease_note = None
@@ -273,7 +272,7 @@ class FeedWorker(threading.Thread):
         """Check, then act: before a receipt, an upload or a move (LeaseLost when lost)."""
         if self._lease is None:
             raise LeaseLost(self.feed, "this instance does not hold the feed's lease")
-        self.service.leases.check(self._lease)
+        self.context.leases.check(self._lease)
 
     def _lease_lost(self, exc: LeaseLost) -> None:
         """Stop working the feed: what is in processing/ stays for the lease's holder."""
@@ -283,7 +282,7 @@ class FeedWorker(threading.Thread):
         self.state = WorkerState.STANDBY
         self.last_error = str(exc)
         self.lease_note = str(exc)
-        self.service.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
+        self.context.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
         log.warning("%s; this instance stopped working the feed before recording or moving anything more%s",
                     exc, f" (it held epoch {lease.epoch})" if lease is not None else "", extra={"feed": self.feed})
 
@@ -300,9 +299,9 @@ class FeedWorker(threading.Thread):
                 extra={"feed": self.feed})
 
     def _loop(self) -> None:
-        service = self.service
-        stop = service.stop
-        once = service.once
+        context = self.context
+        stop = context.stop
+        once = context.once
         self._need_resume = True
         primed = False
         inbox_failures = 0
@@ -324,7 +323,7 @@ class FeedWorker(threading.Thread):
                         if self.state != WorkerState.STANDBY:
                             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                         return
-                    stop.wait(min(1.0, service.leases.interval))
+                    stop.wait(min(1.0, context.leases.interval))
                     continue
                 if self._finishing_due():
                     self._need_resume = True
@@ -338,8 +337,8 @@ class FeedWorker(threading.Thread):
                 step = "scanning the inbox"
                 candidates = inbox.scan()
                 self.last_scan = now_iso()
-                service.metrics.queue.labels(self.feed).set(len(candidates))
-                service.metrics.last_scan.labels(self.feed).set(time.time())
+                context.metrics.queue.labels(self.feed).set(len(candidates))
+                context.metrics.last_scan.labels(self.feed).set(time.time())
                 backoff.reset()
                 inbox_failures = 0
                 if self.state in (WorkerState.UNAVAILABLE, WorkerState.STARTING, WorkerState.ERROR):
@@ -352,11 +351,11 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = WorkerState.IDLE
-                    if not self._unfinished and service.leases.surplus(self.feed):
+                    if not self._unfinished and context.leases.surplus(self.feed):
                         self._lease = None  # given up for an idle instance (more than this one's share)
                         continue
                     step = "sending failed events again"
-                    service.retry_failed(self, inbox)
+                    self._retry_failed(inbox)
                     self._idle(inbox)
                     continue
                 if stop.is_set():
@@ -372,7 +371,7 @@ class FeedWorker(threading.Thread):
                 inbox_failures += 1
                 self.state = WorkerState.UNAVAILABLE
                 self.last_error = _describe(exc)
-                service.metrics.inbox_errors.labels(self.feed).inc()
+                context.metrics.inbox_errors.labels(self.feed).inc()
                 level = logging.WARNING if isinstance(exc, InboxUnavailable) else logging.ERROR
                 if not isinstance(exc, (InboxUnavailable, HostKeyError)):
                     self._close_inbox()  # e.g. a local folder that does not exist yet: reopen later
@@ -394,7 +393,7 @@ class FeedWorker(threading.Thread):
                 self._close_inbox()
                 self.state = WorkerState.ERROR
                 self.last_error = f"{step}: {type(exc).__name__}: {exc}"
-                service.metrics.faults.labels(self.feed, "worker").inc()
+                context.metrics.faults.labels(self.feed, "worker").inc()
                 delay = backoff.next()
                 log.error("feed %s: unexpected error while %s: %s: %s; retrying in %.1f s", self.feed, step,
                           type(exc).__name__, exc, delay, exc_info=exc, extra={"feed": self.feed})
@@ -403,10 +402,20 @@ class FeedWorker(threading.Thread):
                     return
                 stop.wait(delay)
 
+    def _retry_failed(self, inbox: Inbox) -> None:
+        """Send this feed's failed events again when they are due (batch.service.failed)."""
+        processor, runtime, staging = self._processor, self._runtime, self._staging
+        if processor is None or runtime is None or staging is None:
+            return
+        self._failed.retry(after=self.context.generation().config.delivery.retry_failed_after,
+                           journal=self.context.journal, processor=processor, runtime=runtime,
+                           settings=self.settings, inbox=inbox, staging=staging, stop=self.context.stop,
+                           check=self._check_lease)
+
     def _idle(self, inbox: Inbox) -> None:
         """Wait for the next scan; wake at once on a stop request."""
         deadline = time.monotonic() + self.settings.poll_interval_seconds
-        while not self.service.stop.is_set() and self.service.generation.number == self._generation:
+        while not self.context.stop.is_set() and self.context.generation().number == self._generation:
             left = deadline - time.monotonic()
             if left <= 0 or self._finishing_due():
                 return
@@ -424,7 +433,7 @@ class FeedWorker(threading.Thread):
         now = time.monotonic()
         self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
         for claimed in inbox.resume():
-            if self.service.stop.is_set() or self._give_up:
+            if self.context.stop.is_set() or self._give_up:
                 return False
             if claimed.name in self._others:
                 continue
@@ -448,7 +457,7 @@ class FeedWorker(threading.Thread):
         if pending is not None:  # processed already; the receipt / archive step failed before
             self._complete(inbox, pending)
             return True
-        service, feed = self.service, self.feed
+        context, feed = self.context, self.feed
         self.state = WorkerState.PROCESSING
         self.last_file = claimed.source_name
         extra = {"feed": feed, "file": claimed.name}
@@ -461,7 +470,7 @@ class FeedWorker(threading.Thread):
                 receipt_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
-            retries = service.metrics.retries.labels(feed)
+            retries = context.metrics.retries.labels(feed)
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
             outcome = self._processor.process(staged, self._runtime, receipt_dir, name=claimed.source_name,
                                               progress=progress, resumed=resumed, earlier=self._runtimes)
@@ -514,16 +523,16 @@ class FeedWorker(threading.Thread):
             raise
 
     def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None) -> bool:
-        service, feed = self.service, self.feed
+        context, feed = self.context, self.feed
         status = outcome.status
         self.last_status = status
         extra = {"feed": feed, "file": claimed.source_name, "status": status}
-        service.metrics.files.labels(feed, status).inc()
+        context.metrics.files.labels(feed, status).inc()
         counts = outcome.counts
         if status == FileStatus.DONE:
             for name in ("accepted", "rejected", "invalid", "failed", "duplicate"):
                 if counts.get(name):
-                    service.metrics.events.labels(feed, name).inc(counts[name])
+                    context.metrics.events.labels(feed, name).inc(counts[name])
         shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                         "not_sent", "pending") if counts.get(k))
         if outcome.final:
@@ -556,10 +565,10 @@ class FeedWorker(threading.Thread):
         delay = self._auth.next()
         log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
                   "resumed in %.0f s", feed, claimed.source_name, outcome.message, delay, extra=extra)
-        if service.once:
+        if context.once:
             self._give_up = True
         else:
-            service.stop.wait(delay)
+            context.stop.wait(delay)
         return False
 
     def _complete(self, inbox: Inbox, finishing: _Finishing) -> None:
@@ -598,7 +607,7 @@ class FeedWorker(threading.Thread):
             return
         self._unfinished.pop(claimed.name, None)
         if (finishing.failures or finishing.noted) and finishing.file_id is not None:
-            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, None))
+            self._journal_quietly(lambda: self.context.journal.set_finish_problem(finishing.file_id, None))
             log.info("feed %s: %s moved to %s%s; the earlier problem is solved", self.feed, claimed.name, folder,
                      target, extra={"feed": self.feed})
         else:
@@ -606,7 +615,7 @@ class FeedWorker(threading.Thread):
 
     def _write_missing_receipt(self, inbox: Inbox, finishing: _Finishing) -> None:
         assert finishing.file_id is not None and self._processor is not None and self._runtime is not None
-        file = self.service.journal.get_file(finishing.file_id)
+        file = self.context.journal.get_file(finishing.file_id)
         receipt_dir = self._receipt_dir(inbox)
         try:
             receipt_dir.mkdir(parents=True, exist_ok=True)
@@ -624,13 +633,13 @@ class FeedWorker(threading.Thread):
         name = finishing.claimed.name
         problem = f"{step} failed: {_describe(exc)}"
         self.last_error = f"{name}: {problem}"
-        self.service.metrics.faults.labels(self.feed, "finish").inc()
+        self.context.metrics.faults.labels(self.feed, "finish").inc()
         if finishing.file_id is not None:
-            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, problem))
+            self._journal_quietly(lambda: self.context.journal.set_finish_problem(finishing.file_id, problem))
         log.error("feed %s: %s: processed, but %s (attempt %d); it stays in processing/, the feed goes on with its "
                   "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
                   extra={"feed": self.feed, "file": name})
-        if self.service.once:
+        if self.context.once:
             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
 
     def _journal_quietly(self, write: Any) -> None:
@@ -646,20 +655,20 @@ class FeedWorker(threading.Thread):
         self.state = WorkerState.PAUSED
         self.last_error = _describe(exc)
         kind = "journal" if isinstance(exc, JournalUnavailable) else "storage"
-        self.service.metrics.faults.labels(self.feed, kind).inc()
+        self.context.metrics.faults.labels(self.feed, kind).inc()
         delay = self._pause.next()
         held = f"{claimed.name} stays in processing/; " if claimed is not None else ""
         log.error("feed %s: %s: %s; %sthe feed pauses and tries again in %.0f s (attempt %d)", self.feed, what,
                   self.last_error, held, delay, self._pause.failures,
                   extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
-        if self.service.once:
+        if self.context.once:
             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
             self._give_up = True
             return False
-        self.service.stop.wait(delay)
-        if kind == "journal" and not self.service.stop.is_set():
+        self.context.stop.wait(delay)
+        if kind == "journal" and not self.context.stop.is_set():
             try:  # a repaired or remounted disk is seen only through a new connection
-                self.service.journal.reopen()
+                self.context.journal.reopen()
             except JournalUnavailable as again:
                 log.warning("feed %s: %s", self.feed, again, extra={"feed": self.feed})
         return True
@@ -668,13 +677,13 @@ class FeedWorker(threading.Thread):
         """Count a failed attempt in the journal (across restarts); in memory if it cannot."""
         memory = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
         try:
-            return max(memory, self.service.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
+            return max(memory, self.context.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
         except JournalError:
             return memory
 
     def _forget_attempts(self, claimed: Claimed) -> None:
         self._attempts.pop(claimed.name, None)
-        self._journal_quietly(lambda: self.service.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
+        self._journal_quietly(lambda: self.context.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
 
     def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException) -> bool:
         extra = {"feed": self.feed, "file": claimed.name}
@@ -682,8 +691,8 @@ class FeedWorker(threading.Thread):
         attempts = self._count_attempt(claimed, described)
         self.last_error = f"{claimed.name}: {described}"
         self.state = WorkerState.RETRYING
-        self.service.metrics.faults.labels(self.feed, "file").inc()
-        if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
+        self.context.metrics.faults.labels(self.feed, "file").inc()
+        if self.context.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
             log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
                       self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
             self.exit_code = ExitStatus.UNUSABLE
@@ -693,13 +702,13 @@ class FeedWorker(threading.Thread):
             delay = doubling(attempts, FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS)
             log.error("feed %s: %s failed (attempt %d of %d): %s; trying again in %.0f s", self.feed, claimed.name,
                       attempts, FILE_ATTEMPTS, described, delay, exc_info=exc, extra=extra)
-            self.service.stop.wait(delay)
+            self.context.stop.wait(delay)
             return False
         log.error("feed %s: %s failed %d time(s): %s; moved to error/", self.feed, claimed.name, attempts,
                   described, exc_info=exc, extra=extra)
         self.exit_code = ExitStatus.UNUSABLE
         self.last_status = FileStatus.ERROR
-        self.service.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
+        self.context.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
         try:
             finishing = self._give_up_file(inbox, claimed, f"failed {attempts} times: {described}")
         except (JournalError, StorageFault, OSError) as fault:  # journal or disk: keep it, try again
@@ -714,7 +723,7 @@ class FeedWorker(threading.Thread):
     def _give_up_file(self, inbox: Inbox, claimed: Claimed, error: str) -> _Finishing:
         """Close the file in the journal as error (its pending events become not_sent) and write
         its file-level receipt; returns what moves it to error/."""
-        journal = self.service.journal
+        journal = self.context.journal
         record = journal.unfinished_named(self.feed, claimed.source_name)
         if record is not None:
             record = journal.finish_file(record.id, FileState.ERROR, error=error)
