@@ -82,10 +82,9 @@ from batch.service.reload import (
     DEFAULT_RELOAD_INTERVAL,
     ConfigWatcher,
     Generation,
-    build_client,
-    build_feeds,
     check_feed_secrets,
 )
+from batch.service.runtime import build_client, build_feeds
 from batch.service.worker import FeedWorker, WorkerState, breaker_open, feed_trouble
 from batch.store.journal import JournalError, JournalStore
 from batch.store.journals import journal_display, open_journal
@@ -125,7 +124,7 @@ class Service:
                                   lease_seconds=config.lease_seconds, feed_count=lambda: len(self.config.feeds))
         try:
             check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
-            client = build_client(loaded)
+            client = build_client(loaded.config, len(loaded.config.feeds))  # every feed sends at once
             self._generation = Generation(1, loaded, client, build_feeds(loaded))
         except BaseException:
             self.lease_store.close()
@@ -361,7 +360,8 @@ class Service:
                 and len(loaded.config.feeds) <= len(old.config.feeds):
             client = old.client
         else:
-            client = build_client(loaded)  # resolves the credentials: refused if they are missing
+            # resolves the credentials: refused if they are missing
+            client = build_client(loaded.config, len(loaded.config.feeds))
             self._clients.append(client)
         return Generation(old.number + 1, loaded, client, feeds)
 
