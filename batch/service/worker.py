@@ -97,6 +97,43 @@ class _Finishing:
     next_try: float = 0.0                               # time.monotonic() of the next attempt
 
 
+@dataclass(frozen=True)
+class _FeedConfig:
+    """What the configuration in force gives the feed's worker; rebuilt between files when a
+    reload brings a new generation (`FeedWorker._refresh`)."""
+
+    generation: int           # the generation's number
+    settings: FeedSettings
+    runtime: FeedRuntime      # the compiled mapping and the receipt format
+    processor: Processor      # the metered client, the delivery limits, fenced by the feed's lease
+    staging: Path             # the feed's staging folder (downloads; receipts before their upload)
+
+
+@dataclass
+class _InboxState:
+    """The feed's inbox connection, and whether processing/ must be looked at before new files."""
+
+    inbox: Inbox | None = None  # opened on first use; closed (and reopened later) after a refusal
+    need_resume: bool = True    # processing/ may hold an unfinished file: it goes before anything newer
+    others: dict[str, float] = field(default_factory=dict)  # files another live instance processes -> seen at
+
+
+@dataclass
+class _Files:
+    """What the worker remembers of single files between attempts."""
+
+    finishing: dict[str, _Finishing] = field(default_factory=dict)  # processed; receipt / move still to do
+    attempts: dict[str, int] = field(default_factory=dict)  # failures, when the journal cannot count them
+
+
+@dataclass
+class _Waits:
+    """The feed's backoffs for faults that keep the file where it is (batch.backoff)."""
+
+    pause: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))  # the journal or a disk refused a write
+    auth: Backoff = field(default_factory=lambda: Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS))
+
+
 #: errno values that mean a disk of ours (staging, outbox, journal) cannot take a write now:
 #: the file is not at fault; the feed pauses and tries again.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
@@ -121,7 +158,7 @@ class FeedWorker(threading.Thread):
 
     The state machine: while processing/ holds a file this worker has not finished (it
     failed, it was interrupted, the credentials were refused, the journal or a disk refused a
-    write) the worker works on that file and nothing newer -- `_need_resume` stays set until
+    write) the worker works on that file and nothing newer -- `_inbox_state.need_resume` stays set until
     `_resume` got every file in processing/ out or handed it to a later step that does not
     hold the feed (a delivered file whose receipt upload / archive move failed)."""
 
@@ -137,19 +174,11 @@ class FeedWorker(threading.Thread):
         self.exit_code: ExitStatus = ExitStatus.OK
         self.retired = False
         self._give_up = False  # --once: this feed cannot go on (credentials refused, a file failed)
-        self._need_resume = True
-        self._generation = 0
-        self._settings: FeedSettings | None = None
-        self._runtime: FeedRuntime | None = None
+        self._config: _FeedConfig | None = None      # what the configuration in force gives the feed
         self._runtimes: dict[str, FeedRuntime] = {}  # mapping versions loaded while running, by version
-        self._processor: Processor | None = None
-        self._staging: Path | None = None
-        self._inbox: Inbox | None = None
-        self._unfinished: dict[str, _Finishing] = {}
-        self._attempts: dict[str, int] = {}  # failed attempts per file when the journal cannot count them
-        self._pause = Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
-        self._auth = Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
-        self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
+        self._inbox_state = _InboxState()            # the connection; whether processing/ goes first
+        self._files = _Files()                       # files past processing (receipt / move left); attempts
+        self._waits = _Waits()                       # backoffs after journal / disk faults, refused credentials
         self._lease: Lease | None = None      # this feed's lease while this instance holds it
         self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
         self.lease_note: str | None = None    # why this instance does not work the feed now (health, status)
@@ -167,9 +196,22 @@ class FeedWorker(threading.Thread):
     # -- configuration
 
     @property
+    def config(self) -> _FeedConfig:
+        assert self._config is not None  # set by the loop's first _refresh
+        return self._config
+
+    @property
     def settings(self) -> FeedSettings:
-        assert self._settings is not None
-        return self._settings
+        return self.config.settings
+
+    @property
+    def processor(self) -> Processor | None:
+        """The feed's Processor (its delivery's circuit breaker: /healthz), once configured."""
+        return self._config.processor if self._config is not None else None
+
+    @property
+    def _generation(self) -> int:
+        return self._config.generation if self._config is not None else 0
 
     def _refresh(self) -> bool:
         """Pick up a new configuration between files; False if this feed was removed."""
@@ -181,34 +223,33 @@ class FeedWorker(threading.Thread):
         except FeedNotFound:
             self.retired = True
             return False
-        if self._settings is not None and inbox_part(settings) != inbox_part(self._settings):
+        if self._config is not None and inbox_part(settings) != inbox_part(self._config.settings):
             log.info("feed %s: inbox settings changed; reopening the inbox", self.feed, extra={"feed": self.feed})
             self._close_inbox()
-            self._need_resume = True
+            self._inbox_state.need_resume = True
         if self._generation:
             log.info("feed %s: using configuration #%d from the next file", self.feed, generation.number,
                      extra={"feed": self.feed})
-        self._settings = settings
-        self._runtime = generation.feeds[self.feed]
-        self._runtimes[self._runtime.mapping_version] = self._runtime
+        runtime = generation.feeds[self.feed]
+        self._runtimes[runtime.mapping_version] = runtime
         # a RopoClient in all but name: it times send_event and hands every other call on
         client = cast(RopoClient, _MeteredClient(generation.client, self.context.metrics, self.feed))
-        self._processor = Processor(
+        processor = Processor(
             self.context.journal, client,
             generation.config.delivery, stop=self.context.stop, fence=self._check_lease,
         )
-        self._processor.breaker.give_up_at_probe_max = self.context.once  # cron must get its exit
-        self._staging = generation.config.staging_dir / self.feed
-        self._generation = generation.number
+        processor.breaker.give_up_at_probe_max = self.context.once  # cron must get its exit
+        self._config = _FeedConfig(generation.number, settings, runtime, processor,
+                                   generation.config.staging_dir / self.feed)
         return True
 
     def _open(self) -> Inbox:
-        if self._inbox is None:
-            self._inbox = open_inbox(self.settings)
-        return self._inbox
+        if self._inbox_state.inbox is None:
+            self._inbox_state.inbox = open_inbox(self.settings)
+        return self._inbox_state.inbox
 
     def _close_inbox(self) -> None:
-        inbox, self._inbox = self._inbox, None
+        inbox, self._inbox_state.inbox = self._inbox_state.inbox, None
         if inbox is not None:
             try:
                 inbox.close()
@@ -217,8 +258,7 @@ class FeedWorker(threading.Thread):
 
     def _receipt_dir(self, inbox: Inbox) -> Path:
         """Where receipts are written: the inbox says (local: the outbox; SFTP: staging, then uploaded)."""
-        assert self._staging is not None
-        return inbox.receipt_dir(self._staging)
+        return inbox.receipt_dir(self.config.staging)
 
     # -- the loop
 
@@ -259,7 +299,7 @@ class FeedWorker(threading.Thread):
         self._lease = result
         # every journal write of this thread checks the lease in its own transaction
         self.context.journal.set_fence(self.context.leases.store.fence(result))
-        self._need_resume = True
+        self._inbox_state.need_resume = True
         self._refusal = None
         self.lease_note = None
         if self.state in (WorkerState.STANDBY, WorkerState.FOREIGN, WorkerState.HANDOVER):
@@ -277,8 +317,8 @@ class FeedWorker(threading.Thread):
     def _lease_lost(self, exc: LeaseLost) -> None:
         """Stop working the feed: what is in processing/ stays for the lease's holder."""
         lease, self._lease = self._lease, None
-        self._unfinished.clear()  # a finishing step left is the new holder's now
-        self._need_resume = True
+        self._files.finishing.clear()  # a finishing step left is the new holder's now
+        self._inbox_state.need_resume = True
         self.state = WorkerState.STANDBY
         self.last_error = str(exc)
         self.lease_note = str(exc)
@@ -302,7 +342,7 @@ class FeedWorker(threading.Thread):
         context = self.context
         stop = context.stop
         once = context.once
-        self._need_resume = True
+        self._inbox_state.need_resume = True
         primed = False
         inbox_failures = 0
         backoff = Backoff(1.0, 60.0)
@@ -326,13 +366,13 @@ class FeedWorker(threading.Thread):
                     stop.wait(min(1.0, context.leases.interval))
                     continue
                 if self._finishing_due():
-                    self._need_resume = True
-                if self._need_resume:
+                    self._inbox_state.need_resume = True
+                if self._inbox_state.need_resume:
                     step = "resuming the files in processing/"
                     # False: a file in processing/ is still unfinished (failed, interrupted,
                     # paused); it goes before anything newer, so resume again (after its wait)
                     if self._resume(inbox):
-                        self._need_resume = False
+                        self._inbox_state.need_resume = False
                     continue
                 step = "scanning the inbox"
                 candidates = inbox.scan()
@@ -351,7 +391,7 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = WorkerState.IDLE
-                    if not self._unfinished and context.leases.surplus(self.feed):
+                    if not self._files.finishing and context.leases.surplus(self.feed):
                         self._lease = None  # given up for an idle instance (more than this one's share)
                         continue
                     step = "sending failed events again"
@@ -363,11 +403,11 @@ class FeedWorker(threading.Thread):
                 step = "claiming a file"
                 claimed = inbox.claim(candidates[0])
                 if claimed is not None and not self._handle(inbox, claimed, resumed=False):
-                    self._need_resume = True  # it stays in processing/ and goes first
+                    self._inbox_state.need_resume = True  # it stays in processing/ and goes first
             except (InboxError, OSError) as exc:
                 # InboxUnavailable: the connection dropped; HostKeyError / InboxError: refused,
                 # misconfigured (the key file, the folder) -- all may be fixed while we wait.
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 inbox_failures += 1
                 self.state = WorkerState.UNAVAILABLE
                 self.last_error = _describe(exc)
@@ -385,11 +425,11 @@ class FeedWorker(threading.Thread):
             except LeaseLost as exc:  # another instance works the feed now
                 self._lease_lost(exc)
             except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 if not self._paused("the journal cannot be used", exc, None):
                     return
             except Exception as exc:  # noqa: BLE001 - a bug or a library's surprise never ends the feed
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 self._close_inbox()
                 self.state = WorkerState.ERROR
                 self.last_error = f"{step}: {type(exc).__name__}: {exc}"
@@ -404,12 +444,10 @@ class FeedWorker(threading.Thread):
 
     def _retry_failed(self, inbox: Inbox) -> None:
         """Send this feed's failed events again when they are due (batch.service.failed)."""
-        processor, runtime, staging = self._processor, self._runtime, self._staging
-        if processor is None or runtime is None or staging is None:
-            return
+        config = self.config
         self._failed.retry(after=self.context.generation().config.delivery.retry_failed_after,
-                           journal=self.context.journal, processor=processor, runtime=runtime,
-                           settings=self.settings, inbox=inbox, staging=staging, stop=self.context.stop,
+                           journal=self.context.journal, processor=config.processor, runtime=config.runtime,
+                           settings=config.settings, inbox=inbox, staging=config.staging, stop=self.context.stop,
                            check=self._check_lease)
 
     def _idle(self, inbox: Inbox) -> None:
@@ -424,20 +462,20 @@ class FeedWorker(threading.Thread):
 
     def _finishing_due(self) -> bool:
         now = time.monotonic()
-        return any(finishing.next_try <= now for finishing in self._unfinished.values())
+        return any(finishing.next_try <= now for finishing in self._files.finishing.values())
 
     def _resume(self, inbox: Inbox) -> bool:
         """Work on what is in processing/, oldest first; True when nothing there holds the feed.
 
         Stops at the first file that is still unfinished: newer files wait behind it."""
         now = time.monotonic()
-        self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
+        self._inbox_state.others = {n: t for n, t in self._inbox_state.others.items() if now - t < OTHER_OWNER_SECONDS}
         for claimed in inbox.resume():
             if self.context.stop.is_set() or self._give_up:
                 return False
-            if claimed.name in self._others:
+            if claimed.name in self._inbox_state.others:
                 continue
-            finishing = self._unfinished.get(claimed.name)
+            finishing = self._files.finishing.get(claimed.name)
             if finishing is not None and finishing.next_try > now:
                 continue  # delivered; only its receipt upload / archive move waits for its retry
             if finishing is None:
@@ -453,7 +491,7 @@ class FeedWorker(threading.Thread):
         """Process one file; True when it no longer holds the feed (finished, or only its
         receipt upload / archive move is left to retry), False when it stays in processing/
         to be tried again first (the wait before that try has been done)."""
-        pending = self._unfinished.get(claimed.name)
+        pending = self._files.finishing.get(claimed.name)
         if pending is not None:  # processed already; the receipt / archive step failed before
             self._complete(inbox, pending)
             return True
@@ -462,7 +500,7 @@ class FeedWorker(threading.Thread):
         self.last_file = claimed.source_name
         extra = {"feed": feed, "file": claimed.name}
         staged: Path | None = None
-        assert self._staging is not None and self._processor is not None and self._runtime is not None
+        config = self.config
         try:
             staged = self._download(inbox, claimed)
             receipt_dir = self._receipt_dir(inbox)
@@ -472,13 +510,13 @@ class FeedWorker(threading.Thread):
                 raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
             retries = context.metrics.retries.labels(feed)
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
-            outcome = self._processor.process(staged, self._runtime, receipt_dir, name=claimed.source_name,
+            outcome = config.processor.process(staged, config.runtime, receipt_dir, name=claimed.source_name,
                                               progress=progress, resumed=resumed, earlier=self._runtimes)
         except (InboxError, LeaseLost):
             self._release(inbox, staged)
             raise  # the inbox: the loop backs off, reconnects and resumes the file; a lost lease: stop
         except FileInProgress as exc:
-            self._others[claimed.name] = time.monotonic()
+            self._inbox_state.others[claimed.name] = time.monotonic()
             log.info("feed %s: %s", feed, exc, extra=extra)
             self._release(inbox, staged)
             return True
@@ -495,7 +533,7 @@ class FeedWorker(threading.Thread):
             # again later while the feed goes on (the journal keeps the result)
             finishing = _Finishing(claimed, exc.file.state != FileState.ERROR, [], None, exc.file.id,
                                    receipt_missing=True)
-            self._unfinished[claimed.name] = finishing
+            self._files.finishing[claimed.name] = finishing
             self._forget_attempts(claimed)
             self._finish_failed(finishing, "writing its receipt", exc)
             return True
@@ -505,21 +543,21 @@ class FeedWorker(threading.Thread):
                 self._paused("a disk refused a write", exc, claimed)
                 return False
             return self._file_failed(inbox, claimed, exc)
-        self._pause.reset()
+        self._waits.pause.reset()
         self._forget_attempts(claimed)
         return self._outcome(inbox, claimed, outcome, staged)
 
     def _download(self, inbox: Inbox, claimed: Claimed) -> Path:
         """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial
         copy); a disk of ours that refuses the copy is a StorageFault (the feed pauses)."""
-        assert self._staging is not None
+        staging = self.config.staging
         try:
-            return inbox.open_local(claimed, self._staging)
+            return inbox.open_local(claimed, staging)
         except InboxError:
             raise
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:
-                raise StorageFault(f"taking {claimed.name} into the staging folder", self._staging, exc) from exc
+                raise StorageFault(f"taking {claimed.name} into the staging folder", staging, exc) from exc
             raise
 
     def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None) -> bool:
@@ -538,7 +576,7 @@ class FeedWorker(threading.Thread):
         if outcome.final:
             code = outcome.exit_status
             self.exit_code = max(self.exit_code, code)
-            self._auth.reset()
+            self._waits.auth.reset()
             level = logging.INFO if code == ExitStatus.OK else logging.WARNING
             message = outcome.message if status != FileStatus.DONE else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
@@ -547,7 +585,7 @@ class FeedWorker(threading.Thread):
             finishing = _Finishing(claimed, status != FileStatus.ERROR, receipts, staged,
                                    record.id if record is not None and record.id else None,
                                    noted=record is not None and record.finish_problem is not None)
-            self._unfinished[claimed.name] = finishing
+            self._files.finishing[claimed.name] = finishing
             self._complete(inbox, finishing)
             if self.state == WorkerState.PROCESSING:
                 self.state = WorkerState.IDLE
@@ -562,7 +600,7 @@ class FeedWorker(threading.Thread):
         self.exit_code = ExitStatus.UNUSABLE
         self.last_error = outcome.message
         self.state = WorkerState.AUTH_FAILED
-        delay = self._auth.next()
+        delay = self._waits.auth.next()
         log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
                   "resumed in %.0f s", feed, claimed.source_name, outcome.message, delay, extra=extra)
         if context.once:
@@ -605,7 +643,7 @@ class FeedWorker(threading.Thread):
         except (InboxError, OSError, StorageFault, JournalError) as exc:
             self._finish_failed(finishing, step, exc)
             return
-        self._unfinished.pop(claimed.name, None)
+        self._files.finishing.pop(claimed.name, None)
         if (finishing.failures or finishing.noted) and finishing.file_id is not None:
             self._journal_quietly(lambda: self.context.journal.set_finish_problem(finishing.file_id, None))
             log.info("feed %s: %s moved to %s%s; the earlier problem is solved", self.feed, claimed.name, folder,
@@ -614,14 +652,15 @@ class FeedWorker(threading.Thread):
             log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
 
     def _write_missing_receipt(self, inbox: Inbox, finishing: _Finishing) -> None:
-        assert finishing.file_id is not None and self._processor is not None and self._runtime is not None
+        assert finishing.file_id is not None
+        config = self.config
         file = self.context.journal.get_file(finishing.file_id)
         receipt_dir = self._receipt_dir(inbox)
         try:
             receipt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
-        receipt = self._processor.write_receipt_of(file, self._runtime, receipt_dir)
+        receipt = config.processor.write_receipt_of(file, config.runtime, receipt_dir)
         finishing.receipts = list(receipt.files)
         finishing.receipt_missing = False
 
@@ -656,10 +695,10 @@ class FeedWorker(threading.Thread):
         self.last_error = _describe(exc)
         kind = "journal" if isinstance(exc, JournalUnavailable) else "storage"
         self.context.metrics.faults.labels(self.feed, kind).inc()
-        delay = self._pause.next()
+        delay = self._waits.pause.next()
         held = f"{claimed.name} stays in processing/; " if claimed is not None else ""
         log.error("feed %s: %s: %s; %sthe feed pauses and tries again in %.0f s (attempt %d)", self.feed, what,
-                  self.last_error, held, delay, self._pause.failures,
+                  self.last_error, held, delay, self._waits.pause.failures,
                   extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
         if self.context.once:
             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
@@ -675,14 +714,14 @@ class FeedWorker(threading.Thread):
 
     def _count_attempt(self, claimed: Claimed, error: str) -> int:
         """Count a failed attempt in the journal (across restarts); in memory if it cannot."""
-        memory = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
+        memory = self._files.attempts[claimed.name] = self._files.attempts.get(claimed.name, 0) + 1
         try:
             return max(memory, self.context.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
         except JournalError:
             return memory
 
     def _forget_attempts(self, claimed: Claimed) -> None:
-        self._attempts.pop(claimed.name, None)
+        self._files.attempts.pop(claimed.name, None)
         self._journal_quietly(lambda: self.context.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
 
     def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException) -> bool:
@@ -715,7 +754,7 @@ class FeedWorker(threading.Thread):
             self._paused("cannot move a failed file to error/", fault, claimed)
             return False
         self._forget_attempts(claimed)
-        self._unfinished[claimed.name] = finishing
+        self._files.finishing[claimed.name] = finishing
         self._complete(inbox, finishing)
         self.state = WorkerState.IDLE
         return True
@@ -731,8 +770,7 @@ class FeedWorker(threading.Thread):
             now = journal.clock()
             record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, FileState.ERROR, now, now, error,
                                 dict.fromkeys(OUTCOMES, 0), False, None, this_process())
-        receipt_dir, runtime = self._receipt_dir(inbox), self._runtime
-        assert runtime is not None
+        receipt_dir, runtime = self._receipt_dir(inbox), self.config.runtime
         self._check_lease()
 
         def write() -> ReceiptPaths:
@@ -754,13 +792,13 @@ class FeedWorker(threading.Thread):
 
 
 def breaker_open(worker: FeedWorker) -> bool:
-    processor = worker._processor
+    processor = worker.processor
     return processor is not None and processor.breaker.is_open
 
 
 def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
     """What holds a feed up, for /healthz: (state, why); None when nothing does."""
-    processor = worker._processor
+    processor = worker.processor
     breaker = processor.breaker if processor is not None else None
     if breaker is not None and breaker.open_since is not None:
         since = datetime.fromtimestamp(breaker.open_since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
