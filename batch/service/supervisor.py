@@ -11,9 +11,12 @@ Threads
 
 A file's way through a worker
 
-    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts (SFTP:
-    written to staging, then uploaded CSV first, JSON last; local: straight into the outbox)
-    -> finish: done/skipped -> archive/, error (file-level) -> error/
+    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts, where the
+    inbox says (Inbox.receipt_dir; SFTP: written to staging, then Inbox.publish_receipt uploads
+    CSV first, JSON last; local: straight into the outbox) -> finish: done/skipped -> archive/,
+    error (file-level) -> error/
+
+The worker sees of the service only its WorkerContext (batch.service.context).
 
 An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
 worker resumes what is in processing/ at start-up, after every reconnect and after every file
