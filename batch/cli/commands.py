@@ -374,10 +374,12 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
     Exit 0: every record accepted; 1: some were not (invalid, rejected, failed) or the file was
     already processed; 2: it could not run (unusable file or configuration, credentials refused).
     """
+    from batch.inbox.local import local_outbox
+
     _regular_file(file)
     with _open_runtime(config_path) as runtime:
         settings = runtime.feed_for(file.name, feed)
-        receipt_dir = receipts or runtime.outbox(settings) or file.parent
+        receipt_dir = receipts or local_outbox(settings) or file.parent
         receipt_dir.mkdir(parents=True, exist_ok=True)
         with _progress() as progress:
             outcome = runtime.processor.process(

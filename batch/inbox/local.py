@@ -161,6 +161,16 @@ class _Handler:
 # --------------------------------------------------------------------------- the inbox
 
 
+def local_outbox(settings: InboxSettings) -> Path | None:
+    """A local feed's outbox, where its receipts are written (`LocalInbox.receipt_dir`), known
+    without opening the inbox (the `process` command); None for an SFTP feed (receipts are uploaded)."""
+    location = settings.location
+    if not isinstance(location, LocalLocation):
+        return None
+    # OwnFolderPath: a receipt is never written through a symlink put in place of the outbox (D19)
+    return OwnFolderPath(folder_path(os.path.abspath(location.path), settings.outbox_dir))
+
+
 class LocalInbox(Inbox):
     def __init__(self, settings: InboxSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         location = settings.location
@@ -388,8 +398,9 @@ class LocalInbox(Inbox):
             shutil.copyfileobj(src, dst, 1 << 20)
 
     def receipt_dir(self, staging_dir: Path) -> Path:
-        # OwnFolderPath: a receipt is never written through a symlink put in place of the outbox (D19)
-        return OwnFolderPath(self.outbox)
+        outbox = local_outbox(self.settings)
+        assert outbox is not None  # a local inbox
+        return outbox
 
     def publish_receipt(self, files: Sequence[Path], before: Callable[[Path], None] | None = None) -> list[str]:
         return [str(path) for path in files]  # written into the outbox itself (receipt_dir)

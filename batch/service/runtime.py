@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from pathlib import Path
 
-from batch.config.inbox import LocalLocation, parse_location
 from batch.config.service import FeedNotFound, FeedSettings, LoadedService, ServiceConfig
 from batch.delivery.ropo import RopoClient
-from batch.fsutil import OwnFolderPath
 from batch.pipeline import FeedRuntime, Processor
 from batch.store.journals import open_journal
 
@@ -75,13 +72,3 @@ class Runtime:
         which = ", ".join(feed.name for feed in (matching or feeds))
         reason = "several feeds match" if matching else "no feed's patterns match"
         raise FeedNotFound(f"{file_name}: {reason} ({which}); choose one with --feed")
-
-    @staticmethod
-    def outbox(feed: FeedSettings) -> Path | None:
-        """The feed's receipt folder when its inbox is a local folder (else None: receipts are uploaded)."""
-        location = parse_location(feed.inbox)
-        if not isinstance(location, LocalLocation):
-            return None
-        outbox = Path(feed.outbox_dir)
-        # OwnFolderPath: receipts are never written through a symlink put in place of the outbox (D19)
-        return OwnFolderPath(outbox if outbox.is_absolute() else location.path / outbox)
