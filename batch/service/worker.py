@@ -30,7 +30,6 @@ from batch.pipeline import (
     Progress,
     ReceiptNotWritten,
     StorageFault,
-    write_receipt_or_fault,
 )
 from batch.service.context import WorkerContext
 from batch.service.failed import FailedEvents
@@ -39,16 +38,12 @@ from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
 from batch.service.states import WorkerState
 from batch.store.journal import (
-    OUTCOMES,
     FileInProgress,
-    FileRecord,
     FileState,
     JournalError,
     JournalUnavailable,
-    this_process,
 )
 from batch.store.leases import Lease, LeaseLost
-from batch.store.receipts import ReceiptPaths, write_file_level_receipt
 
 log = logging.getLogger(__name__)
 
@@ -762,23 +757,11 @@ class FeedWorker(threading.Thread):
     def _give_up_file(self, inbox: Inbox, claimed: Claimed, error: str) -> _Finishing:
         """Close the file in the journal as error (its pending events become not_sent) and write
         its file-level receipt; returns what moves it to error/."""
-        journal = self.context.journal
-        record = journal.unfinished_named(self.feed, claimed.source_name)
-        if record is not None:
-            record = journal.finish_file(record.id, FileState.ERROR, error=error)
-        else:  # it failed before the journal knew it (e.g. it could not be read at all)
-            now = journal.clock()
-            record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, FileState.ERROR, now, now, error,
-                                dict.fromkeys(OUTCOMES, 0), False, None, this_process())
-        receipt_dir, runtime = self._receipt_dir(inbox), self.config.runtime
-        self._check_lease()
-
-        def write() -> ReceiptPaths:
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            return write_file_level_receipt(receipt_dir, record, runtime.receipt_format)
-
-        receipt = write_receipt_or_fault(write, receipt_dir)
-        return _Finishing(claimed, False, list(receipt.files), None, record.id or None)
+        config = self.config  # the processor's fence is this worker's lease check
+        outcome = config.processor.give_up(config.runtime, claimed.source_name, claimed.size, error,
+                                           self._receipt_dir(inbox))
+        assert outcome.file is not None and outcome.receipt is not None
+        return _Finishing(claimed, False, list(outcome.receipt.files), None, outcome.file.id or None)
 
     @staticmethod
     def _release(inbox: Inbox, staged: Path | None) -> None:
