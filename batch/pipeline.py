@@ -23,7 +23,16 @@ from batch.delivery.ropo import RopoClient
 from batch.delivery.scheduler import CircuitBreaker, DeliveryReport, Outcome, Outgoing, State, deliver
 from batch.errors import ExitStatus, TransientError
 from batch.fsutil import display_name
-from batch.store.journal import FileRecord, JournalMisuse, JournalStore, NewEvent, Result
+from batch.store.journal import (
+    OUTCOMES,
+    FileRecord,
+    FileState,
+    JournalMisuse,
+    JournalStore,
+    NewEvent,
+    Result,
+    this_process,
+)
 from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
 from batch.store.rejected import write_rejected
 from batch.strenum import StrEnum
@@ -337,6 +346,27 @@ class Processor:
                     recorded_with)
         journal.add_note(file.id, note)
         return feed
+
+    def give_up(self, feed: FeedRuntime, name: str, size: int, error: str, receipt_dir: Path) -> FileOutcome:
+        """Close a file that cannot be processed (it failed too often) as error: its pending
+        events become not_sent; a file the journal never knew (it could not be read at all) gets
+        a record for its receipt only. Then its file-level receipt, under the fence. Raises
+        ReceiptNotWritten (a disk), JournalError."""
+        journal = self.journal
+        record = journal.unfinished_named(feed.name, name)
+        if record is not None:
+            record = journal.finish_file(record.id, FileState.ERROR, error=error)
+        else:
+            now = journal.clock()
+            record = FileRecord(0, name, "", size, feed.name, FileState.ERROR, now, now, error,
+                                dict.fromkeys(OUTCOMES, 0), False, None, this_process())
+        file = record
+
+        def write() -> ReceiptPaths:
+            receipt_dir.mkdir(parents=True, exist_ok=True)
+            return write_file_level_receipt(receipt_dir, file, feed.receipt_format)
+
+        return FileOutcome(FileStatus.ERROR, file, self._receipt(write, receipt_dir, file), error)
 
     def retry(
         self, file_id: int, feed: FeedRuntime, receipt_dir: Path, progress: Progress | None = None,

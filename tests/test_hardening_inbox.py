@@ -329,7 +329,7 @@ def test_D19_a_symlinked_outbox_or_processing_after_start_is_not_followed_local(
         with pytest.raises(InboxError) as refused:
             inbox.put_receipt(receipt, "a.csv.receipt.csv")
         assert str(refused.value) == refusal(f"inbox {inbox_dir}", "outbox", inbox_dir / "outbox")
-        # the service writes local receipts itself, into Runtime.outbox (an OwnFolderPath)
+        # the service writes local receipts itself, into LocalInbox.receipt_dir (an OwnFolderPath)
         with pytest.raises(NotADirectoryError) as refused_write, \
                 atomic_writer(OwnFolderPath(inbox_dir / "outbox" / "a.csv.receipt.csv"), what="write receipt"):
             pass

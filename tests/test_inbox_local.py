@@ -330,3 +330,30 @@ def test_resume_lists_what_a_previous_run_left_in_processing(root: Path, tmp_pat
         second.finish(c, ok=True)
     assert second.resume() == []
     assert names(second.scan()) == ["c.csv"]
+
+
+# ---------------------------------------------------------------- receipts through the inbox interface
+
+
+def test_a_local_receipt_is_written_into_the_outbox_and_needs_no_publishing(
+        inboxes: list[LocalInbox], root: Path, tmp_path: Path) -> None:
+    from batch.fsutil import OwnFolderPath
+
+    inbox = make(inboxes, root, min_age_seconds=0)
+    receipts = inbox.receipt_dir(tmp_path / "staging")
+    assert receipts == root / "outbox" and isinstance(receipts, OwnFolderPath)  # never through a symlink (D19)
+    receipt = receipts / "a.csv.receipt.csv"
+    receipt.write_text("r\n")
+
+    def fence(path: Path) -> None:
+        raise AssertionError(f"nothing to put in the outbox, nothing to check: {path}")
+
+    assert inbox.publish_receipt([receipt], fence) == [str(receipt)]
+    assert receipt.read_text() == "r\n" and not (tmp_path / "staging").exists()
+    (root / "b.csv").write_text("1\n")
+    (candidate,) = inbox.scan()
+    claimed = inbox.claim(candidate)
+    assert claimed is not None
+    local = inbox.open_local(claimed, tmp_path / "staging")
+    inbox.release_local(local)  # the file itself, in processing/: it stays
+    assert local == root / "processing" / "b.csv" and local.read_text() == "1\n"

@@ -400,3 +400,65 @@ def test_password_login_from_env(password_account: tuple[str, str], tmp_path: Pa
     finally:
         server.kill()
         shutil.rmtree(remote, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- receipts through the inbox interface
+
+
+class Refused(Exception):
+    pass
+
+
+def test_a_receipt_is_staged_then_published_csv_and_rejected_rows_before_the_json(
+        make: Callable[..., SftpInbox], sshd: Sshd, remote_inbox: Path, tmp_path: Path) -> None:
+    inbox = make()
+    inbox.connect()  # makes the outbox
+    receipts = inbox.receipt_dir(tmp_path / "staging")
+    assert receipts == tmp_path / "staging" / "receipts"  # staged, then uploaded
+    receipts.mkdir(parents=True)
+    files = [receipts / name for name in ("a.csv.receipt.csv", "a.csv.rejected.csv", "a.csv.receipt.json")]
+    for path in files:
+        path.write_text(f"{path.name}\n")
+    outbox = remote_inbox / "outbox"
+    seen: list[tuple[str, list[str]]] = []  # the fence's view: what the outbox holds before each upload
+    where = inbox.publish_receipt(files, lambda path: seen.append((path.name, sorted(os.listdir(outbox)))))
+    assert seen == [("a.csv.receipt.csv", []), ("a.csv.rejected.csv", ["a.csv.receipt.csv"]),
+                    ("a.csv.receipt.json", ["a.csv.receipt.csv", "a.csv.rejected.csv"])]
+    assert where == [f"{sshd.url_prefix}{outbox}/{path.name}" for path in files]
+    assert {path.name: (outbox / path.name).read_text() for path in files} == {
+        path.name: f"{path.name}\n" for path in files}
+    assert list(receipts.iterdir()) == []  # the staged copies are gone once all are up
+    assert inbox.publish_receipt(files) == where  # again (a retried finishing step): nothing left to upload
+
+
+def test_a_refused_upload_keeps_the_staged_receipt_and_never_puts_the_json(
+        make: Callable[..., SftpInbox], remote_inbox: Path, tmp_path: Path) -> None:
+    inbox = make()
+    receipts = inbox.receipt_dir(tmp_path / "staging")
+    receipts.mkdir(parents=True)
+    files = [receipts / "b.csv.receipt.csv", receipts / "b.csv.receipt.json"]
+    for path in files:
+        path.write_text("x\n")
+
+    def fence(path: Path) -> None:
+        if path.suffix == ".json":
+            raise Refused(path.name)
+
+    with pytest.raises(Refused):
+        inbox.publish_receipt(files, fence)
+    assert os.listdir(remote_inbox / "outbox") == ["b.csv.receipt.csv"]  # the JSON (complete) never went up
+    assert sorted(path.name for path in receipts.iterdir()) == ["b.csv.receipt.csv", "b.csv.receipt.json"]
+    inbox.publish_receipt(files)  # the redo
+    assert sorted(os.listdir(remote_inbox / "outbox")) == ["b.csv.receipt.csv", "b.csv.receipt.json"]
+
+
+def test_the_downloaded_copy_is_released(make: Callable[..., SftpInbox], remote_inbox: Path, tmp_path: Path) -> None:
+    inbox = make(min_age_seconds=0)
+    (remote_inbox / "c.csv").write_text("1\n")
+    (candidate,) = inbox.scan()
+    claimed = inbox.claim(candidate)
+    assert claimed is not None
+    local = inbox.open_local(claimed, tmp_path / "staging")
+    assert local.read_text() == "1\n"
+    inbox.release_local(local)
+    assert not local.exists() and (remote_inbox / "processing" / "c.csv").exists()

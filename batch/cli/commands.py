@@ -32,15 +32,14 @@ from batch.service.logs import (
 if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --help stays fast
     from rich.progress import Progress as Bar, TaskID
 
-    from batch.config.inbox import InboxSettings
     from batch.config.mapping import Mapping
     from batch.config.service import LoadedService
+    from batch.inbox import Inbox
     from batch.pipeline import FileOutcome, Progress
     from batch.sandbox.server import Sandbox
     from batch.service.runtime import Runtime
     from batch.store.journal import FileRecord, JournalStore
     from batch.store.leases import LeaseStore
-    from batch.store.receipts import ReceiptPaths
     from batch.transform.mapping import MappedRecord
 
 log = logging.getLogger("batch.cli.commands")
@@ -380,10 +379,12 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
     Exit 0: every record accepted; 1: some were not (invalid, rejected, failed) or the file was
     already processed; 2: it could not run (unusable file or configuration, credentials refused).
     """
+    from batch.inbox.local import local_outbox
+
     _regular_file(file)
     with _open_runtime(config_path) as runtime:
         settings = runtime.feed_for(file.name, feed)
-        receipt_dir = receipts or runtime.outbox(settings) or file.parent
+        receipt_dir = receipts or local_outbox(settings) or file.parent
         receipt_dir.mkdir(parents=True, exist_ok=True)
         with _progress() as progress:
             outcome = runtime.processor.process(
@@ -399,6 +400,7 @@ def process(file: Path, config_path: Path, feed: str | None, receipts: Path | No
               help="Only this file (an id from `status`); default: every file with failed events.")
 def retry(config_path: Path, file_id: int | None) -> None:
     """Send failed events again (those whose transient errors outlasted the retries)."""
+    from batch.inbox import InboxError, open_inbox
     from batch.pipeline import failed_file_ids
     from batch.store.rejected import archived_original
 
@@ -408,50 +410,37 @@ def retry(config_path: Path, file_id: int | None) -> None:
             click.echo("no failed events to retry", err=True)
             return
         worst = ExitStatus.OK
-        for one in ids:
-            record = runtime.journal.get_file(one)
-            settings = runtime.settings(record.feed)
-            # a local inbox: straight into its outbox; SFTP: staged here, then uploaded
-            outbox = runtime.outbox(settings)
-            receipt_dir = outbox or runtime.config.staging_dir / settings.name / "receipts"
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            # the rejected-rows file is rewritten from the original, found in a local feed's archive/
-            source = archived_original(settings, record.name, record.size, record.sha256)
-            with _progress() as progress:
-                outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress, source)
-            if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
-                _echo(f"  {escape_unprintable(record.name)}: its rejected-rows file was not rewritten: the original "
-                      f"is not in the feed's local archive/ (an SFTP feed's is on the server)", err=True)
-            uploaded = None
-            if outbox is None and outcome.receipt is not None:
-                uploaded = _upload_receipt(settings, outcome.receipt)
-                if uploaded is None:
-                    worst = ExitStatus.UNUSABLE
-            _report_outcome(record.name, outcome, uploaded)
-            worst = max(worst, outcome.exit_status)
+        inboxes: dict[str, Inbox] = {}
+        try:
+            for one in ids:
+                record = runtime.journal.get_file(one)
+                settings = runtime.settings(record.feed)
+                if settings.name not in inboxes:  # polling: no file system watcher for a command
+                    inboxes[settings.name] = open_inbox(settings.model_copy(update={"mode": "polling"}))
+                inbox = inboxes[settings.name]
+                # the inbox says where: a local one straight into its outbox; SFTP staged, then uploaded
+                receipt_dir = inbox.receipt_dir(runtime.config.staging_dir / settings.name)
+                receipt_dir.mkdir(parents=True, exist_ok=True)
+                # the rejected-rows file is rewritten from the original, found in a local feed's archive/
+                source = archived_original(settings, record.name, record.size, record.sha256)
+                with _progress() as progress:
+                    outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress, source)
+                if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
+                    _echo(f"  {escape_unprintable(record.name)}: its rejected-rows file was not rewritten: the "
+                          "original is not in the feed's local archive/ (an SFTP feed's is on the server)", err=True)
+                published = None
+                if outcome.receipt is not None:
+                    try:
+                        published = inbox.publish_receipt(outcome.receipt.files)
+                    except InboxError as exc:
+                        _echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt_dir}", err=True)
+                        worst = ExitStatus.UNUSABLE
+                _report_outcome(record.name, outcome, published)
+                worst = max(worst, outcome.exit_status)
+        finally:
+            for inbox in inboxes.values():
+                inbox.close()
     raise SystemExit(worst)
-
-
-def _upload_receipt(settings: InboxSettings, receipt: ReceiptPaths) -> str | None:
-    """Put a rewritten receipt (CSV, its rejected-rows file, then JSON) into an SFTP feed's
-    outbox: where it went, or None when the upload failed (the receipt then stays in the
-    staging folder)."""
-    from batch.inbox.base import InboxError
-    from batch.inbox.sftp import SftpInbox
-
-    inbox = SftpInbox(settings)  # only an SFTP feed stages its receipts
-    try:
-        for path in receipt.files:
-            inbox.put_receipt(path, path.name)
-    except InboxError as exc:
-        _echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt.csv.parent}", err=True)
-        return None
-    finally:
-        inbox.close()
-    for path in receipt.files:
-        path.unlink(missing_ok=True)
-    location = inbox.location
-    return f"sftp://{location.user}@{location.host}:{location.port}{inbox.outbox}/{receipt.csv.name}"
 
 
 @main.command()
@@ -583,7 +572,9 @@ def _file_summary(record: FileRecord) -> dict[str, Any]:
     }
 
 
-def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = None) -> None:
+def _report_outcome(name: str, outcome: FileOutcome, published: list[str] | None = None) -> None:
+    """One line for the file; then where its receipt is (`published`: where Inbox.publish_receipt
+    put each of its files, in ReceiptPaths.files order; else where it was written)."""
     from batch.pipeline import FileStatus
 
     counts = {**outcome.counts, "filtered": outcome.file.filtered if outcome.file else 0}
@@ -599,10 +590,13 @@ def _report_outcome(name: str, outcome: FileOutcome, receipt_at: str | None = No
         _echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
     else:
         _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
-    if outcome.receipt is not None:
-        _echo(f"  receipt: {receipt_at or outcome.receipt.csv}")
-        if outcome.receipt.rejected is not None and receipt_at is None:
-            _echo(f"  rejected rows (fix them and drop this file again): {outcome.receipt.rejected}")
+    receipt = outcome.receipt
+    if receipt is not None:
+        where = dict(zip(receipt.files, published)) if published is not None else {}
+        _echo(f"  receipt: {where.get(receipt.csv, receipt.csv)}")
+        if receipt.rejected is not None:
+            rejected = where.get(receipt.rejected, receipt.rejected)
+            _echo(f"  rejected rows (fix them and drop this file again): {rejected}")
 
 
 class _progress:

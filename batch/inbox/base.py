@@ -9,6 +9,14 @@ SFTP server. Both implementations offer the same life cycle for one file:
     put_receipt(path, name)                atomic write into the outbox
     finish(claimed, ok)                    processing/ -> archive/ or error/
 
+and what differs between a local folder and SFTP, so that callers never ask which one it is:
+
+    receipt_dir(staging) -> Path           where a receipt is written (local: the outbox itself;
+                                           SFTP: staging/receipts, to be uploaded)
+    publish_receipt(files, before)         bring a written receipt to the outbox (local: it is
+                                           there; SFTP: upload CSV, rejected rows, JSON last)
+    release_local(path)                    the copy open_local gave is done with (SFTP: removed)
+
 and `resume()` for what a previous run left in processing/.
 
 The inbox also carries the *lease marker* (`LeaseMarker`, the file `.usageplace-batch.lease` in
@@ -25,7 +33,7 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -263,6 +271,24 @@ class Inbox(abc.ABC):
     @abc.abstractmethod
     def put_receipt(self, local_path: Path, name: str) -> None:
         """Place a receipt in the outbox under `name`, atomically (never half a file)."""
+
+    @abc.abstractmethod
+    def receipt_dir(self, staging_dir: Path) -> Path:
+        """The folder a receipt of this inbox is written into: the outbox itself when it is a
+        local folder, else a folder under the feed's `staging_dir` (`publish_receipt` uploads)."""
+
+    @abc.abstractmethod
+    def publish_receipt(self, files: Sequence[Path], before: Callable[[Path], None] | None = None) -> list[str]:
+        """Bring a receipt written into `receipt_dir` to the outbox: each of `files` that is
+        there, in the order given (ReceiptPaths.files: the CSV, its rejected-rows file, the JSON
+        -- the sign of a complete receipt -- last), `before(path)` called before each is put
+        (the worker's fence: it raises to refuse). A local outbox has them already: nothing is
+        done. The staged copies are removed once every file is in the outbox. Returns where
+        each of `files` is now, for people."""
+
+    def release_local(self, path: Path) -> None:  # noqa: B027 - a local inbox has nothing to release
+        """The local path `open_local` gave is no longer needed: a copy in the staging folder
+        (SFTP) is removed; a local inbox's path is the file itself and stays."""
 
     @abc.abstractmethod
     def finish(self, claimed: Claimed, ok: bool) -> str:

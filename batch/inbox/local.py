@@ -23,7 +23,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,6 +160,16 @@ class _Handler:
 
 
 # --------------------------------------------------------------------------- the inbox
+
+
+def local_outbox(settings: InboxSettings) -> Path | None:
+    """A local feed's outbox, where its receipts are written (`LocalInbox.receipt_dir`), known
+    without opening the inbox (the `process` command); None for an SFTP feed (receipts are uploaded)."""
+    location = settings.location
+    if not isinstance(location, LocalLocation):
+        return None
+    # OwnFolderPath: a receipt is never written through a symlink put in place of the outbox (D19)
+    return OwnFolderPath(folder_path(os.path.abspath(location.path), settings.outbox_dir))
 
 
 class LocalInbox(Inbox):
@@ -402,6 +412,14 @@ class LocalInbox(Inbox):
         with open(local_path, "rb") as src, \
                 atomic_writer(OwnFolderPath(self.outbox / name), what="write receipt") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+
+    def receipt_dir(self, staging_dir: Path) -> Path:
+        outbox = local_outbox(self.settings)
+        assert outbox is not None  # a local inbox
+        return outbox
+
+    def publish_receipt(self, files: Sequence[Path], before: Callable[[Path], None] | None = None) -> list[str]:
+        return [str(path) for path in files]  # written into the outbox itself (receipt_dir)
 
     # -- the lease marker (in the inbox folder itself, beside the files it is about)
 

@@ -34,7 +34,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -684,6 +684,22 @@ class SftpInbox(Inbox):
                 raise
 
         self._run("upload receipt", upload, final)
+
+    def receipt_dir(self, staging_dir: Path) -> Path:
+        return staging_dir / "receipts"  # uploaded from there (publish_receipt); see _clean_staging
+
+    def publish_receipt(self, files: Sequence[Path], before: Callable[[Path], None] | None = None) -> list[str]:
+        staged = [path for path in files if path.exists()]  # a retry after a failure: what is left
+        for path in staged:
+            if before is not None:
+                before(path)
+            self.put_receipt(path, path.name)
+        for path in staged:  # kept until every file is up: a failed upload is redone from them
+            path.unlink(missing_ok=True)
+        return [f"{self._where}{posixpath.join(self.outbox, path.name)}" for path in files]
+
+    def release_local(self, path: Path) -> None:
+        path.unlink(missing_ok=True)  # the download in the staging folder
 
     # ------------------------------------------------------------------ the lease marker
 

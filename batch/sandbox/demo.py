@@ -20,8 +20,8 @@ import yaml
 
 from batch.config.service import LoadedService, load_service_config
 from batch.errors import ExitStatus
+from batch.inbox.local import local_outbox
 from batch.sandbox.server import Faults, Sandbox
-from batch.service.runtime import Runtime
 from batch.service.supervisor import Service
 from batch.store.journals import open_journal
 from batch.store.receipts import receipt_names
@@ -154,7 +154,7 @@ def _results(loaded: LoadedService, dropped: list[tuple[str, str, str]]) -> list
     files = []
     for feed, name, label in dropped:
         record = latest.get((feed, name))
-        outbox = Runtime.outbox(loaded.config.feed(feed))
+        outbox = local_outbox(loaded.config.feed(feed))
         receipt = outbox / receipt_names(name).csv if outbox is not None else None
         files.append(
             DemoFile(

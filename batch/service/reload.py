@@ -139,18 +139,3 @@ class Generation:
     @property
     def config(self) -> ServiceConfig:
         return self.loaded.config
-
-
-def build_client(loaded: LoadedService) -> RopoClient:
-    config = loaded.config
-    # every feed may have max_in_flight requests open at once
-    return RopoClient(config.api, pool_size=config.delivery.max_in_flight * len(config.feeds),
-                      transient_statuses=config.delivery.retry_statuses)
-
-
-def build_feeds(loaded: LoadedService) -> dict[str, FeedRuntime]:
-    return {feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
-            for feed in loaded.config.feeds}
-
-
-# --------------------------------------------------------------------------- metered client

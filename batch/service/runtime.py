@@ -1,21 +1,32 @@
 """Everything a loaded configuration needs at run time: journal, API client, feeds, processor.
 
-The commands and the long-running service build the same Runtime, so `process` on the command
-line does exactly what the service does with a dropped file.
+The one builder of run-time state: the commands use a Runtime, and the long-running service
+builds its API client and its feeds (each configuration generation, batch.service.reload) with
+the same `build_client` and `build_feeds`, so `process` on the command line does exactly what
+the service does with a dropped file.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import threading
-from pathlib import Path
 
-from batch.config.inbox import LocalLocation, parse_location
-from batch.config.service import FeedNotFound, FeedSettings, LoadedService
+from batch.config.service import FeedNotFound, FeedSettings, LoadedService, ServiceConfig
 from batch.delivery.ropo import RopoClient
-from batch.fsutil import OwnFolderPath
 from batch.pipeline import FeedRuntime, Processor
 from batch.store.journals import open_journal
+
+
+def build_client(config: ServiceConfig, feeds_at_once: int = 1) -> RopoClient:
+    """The API client; its connection pool holds max_in_flight requests per feed sent at once."""
+    return RopoClient(config.api, pool_size=config.delivery.max_in_flight * feeds_at_once,
+                      transient_statuses=config.delivery.retry_statuses)
+
+
+def build_feeds(loaded: LoadedService) -> dict[str, FeedRuntime]:
+    """Every feed's compiled mapping and receipt format, by feed name."""
+    return {feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
+            for feed in loaded.config.feeds}
 
 
 class Runtime:
@@ -23,19 +34,12 @@ class Runtime:
         self.loaded = loaded
         self.config = loaded.config
         self.stop = stop or threading.Event()
-        self.feeds: dict[str, FeedRuntime] = {
-            feed.name: FeedRuntime.build(feed.name, loaded.mappings[feed.name], feed.receipt)
-            for feed in self.config.feeds
-        }
+        self.feeds = build_feeds(loaded)
         journal = open_journal(self.config)
         assert journal is not None  # create=True: always a journal
         self.journal = journal
         try:
-            self.client = RopoClient(
-                self.config.api,
-                pool_size=self.config.delivery.max_in_flight,
-                transient_statuses=self.config.delivery.retry_statuses,
-            )
+            self.client = build_client(self.config)  # a command sends one file at a time
         except BaseException:
             self.journal.close()
             raise
@@ -68,13 +72,3 @@ class Runtime:
         which = ", ".join(feed.name for feed in (matching or feeds))
         reason = "several feeds match" if matching else "no feed's patterns match"
         raise FeedNotFound(f"{file_name}: {reason} ({which}); choose one with --feed")
-
-    @staticmethod
-    def outbox(feed: FeedSettings) -> Path | None:
-        """The feed's receipt folder when its inbox is a local folder (else None: receipts are uploaded)."""
-        location = parse_location(feed.inbox)
-        if not isinstance(location, LocalLocation):
-            return None
-        outbox = Path(feed.outbox_dir)
-        # OwnFolderPath: receipts are never written through a symlink put in place of the outbox (D19)
-        return OwnFolderPath(outbox if outbox.is_absolute() else location.path / outbox)

@@ -11,9 +11,12 @@ Threads
 
 A file's way through a worker
 
-    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts (SFTP:
-    written to staging, then uploaded CSV first, JSON last; local: straight into the outbox)
-    -> finish: done/skipped -> archive/, error (file-level) -> error/
+    claim -> open_local (SFTP: download to staging) -> Processor.process -> receipts, where the
+    inbox says (Inbox.receipt_dir; SFTP: written to staging, then Inbox.publish_receipt uploads
+    CSV first, JSON last; local: straight into the outbox) -> finish: done/skipped -> archive/,
+    error (file-level) -> error/
+
+The worker sees of the service only its WorkerContext (batch.service.context).
 
 An ``interrupted`` file (stop requested) or an ``auth_failed`` one stays in processing/; the
 worker resumes what is in processing/ at start-up, after every reconnect and after every file
@@ -39,7 +42,7 @@ Faults: a feed whose delivery holds for an API outage (the delivery's circuit br
 whose inbox cannot be reached is reported by /healthz (503, with the reason in the feed's
 ``state``) and the ``usageplace_batch_api_holding`` / ``usageplace_batch_inbox_unreachable``
 gauges. Failed events are sent again by the service itself once they have been failed for
-``delivery.retry_failed_after`` seconds (`Service.retry_failed`, called by an idle worker;
+``delivery.retry_failed_after`` seconds (batch.service.failed, called by an idle worker;
 the same Processor.retry as the `retry` command).
 
 Reload: the service file and every mapping it names are hashed every few seconds; a change
@@ -72,12 +75,9 @@ from batch.config.service import (
 )
 from batch.config.yamlload import ConfigError
 from batch.errors import ExitStatus
-from batch.inbox import Inbox, InboxError, open_inbox
+from batch.inbox import InboxError, open_inbox
 from batch.inbox.base import LeaseMarker
-from batch.pipeline import (
-    FileStatus,
-    failed_file_ids,
-)
+from batch.service.context import WorkerContext
 from batch.service.leasing import SHARED_JOURNAL_HINT, LeaseKeeper, handover_hint
 from batch.service.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.service.metrics import Metrics, MetricsServer
@@ -85,16 +85,13 @@ from batch.service.reload import (
     DEFAULT_RELOAD_INTERVAL,
     ConfigWatcher,
     Generation,
-    build_client,
-    build_feeds,
     check_feed_secrets,
 )
-from batch.service.runtime import Runtime
-from batch.service.worker import RETRY_FAILED_CHECK_SECONDS, FeedWorker, WorkerState, breaker_open, feed_trouble
+from batch.service.runtime import build_client, build_feeds
+from batch.service.worker import FeedWorker, WorkerState, breaker_open, feed_trouble
 from batch.store.journal import JournalError, JournalStore
 from batch.store.journals import journal_display, open_journal
 from batch.store.leases import Lease, LeaseStore, default_instance_name, open_lease_store
-from batch.store.rejected import archived_original
 
 log = logging.getLogger("batch.service.supervisor")
 
@@ -130,7 +127,7 @@ class Service:
                                   lease_seconds=config.lease_seconds, feed_count=lambda: len(self.config.feeds))
         try:
             check_feed_secrets(loaded)  # a secret that cannot be resolved stops the start, as the API code does
-            client = build_client(loaded)
+            client = build_client(loaded.config, len(loaded.config.feeds))  # every feed sends at once
             self._generation = Generation(1, loaded, client, build_feeds(loaded))
         except BaseException:
             self.lease_store.close()
@@ -144,7 +141,9 @@ class Service:
         self.workers: dict[str, FeedWorker] = {}
         self.metrics_server: MetricsServer | None = None
         self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
-        self._next_retry: dict[str, float] = {}  # feed -> time.monotonic() of its next failed-events check
+        # what each feed worker sees of the service (instead of the service itself)
+        self.context = WorkerContext(self.journal, self.leases, self.metrics, self.stop, lambda: self.generation,
+                                     once)
         self.metrics.watch_feeds(self._feed_flags)
 
     @classmethod
@@ -219,50 +218,10 @@ class Service:
                        "inbox_unreachable": worker.state == WorkerState.UNAVAILABLE}
                 for name, worker in dict(self.workers).items()}
 
-    # -- failed events
-
-    def retry_failed(self, worker: FeedWorker, inbox: Inbox) -> None:
-        """Send the feed's failed events again once they have been failed for
-        ``delivery.retry_failed_after`` seconds, as the `retry` command does (Processor.retry,
-        then the rewritten receipt into the outbox). Called by the feed's worker when idle."""
-        after = self.config.delivery.retry_failed_after
-        processor, runtime = worker._processor, worker._runtime
-        now = time.monotonic()
-        if after is None or processor is None or runtime is None or now < self._next_retry.get(worker.feed, 0.0):
-            return
-        self._next_retry[worker.feed] = now + min(after, RETRY_FAILED_CHECK_SECONDS)
-        failed_before = self.journal.clock() - timedelta(seconds=after)
-        for file_id in failed_file_ids(self.journal, None):
-            record = self.journal.get_file(file_id)
-            if record.feed != worker.feed or not record.finished or self.stop.is_set():
-                continue  # another feed's, or a file still being worked (here or by another instance)
-            if any(event.updated_at > failed_before for event in self.journal.failed_events(file_id)):
-                continue  # failed too recently: next time
-            extra = {"feed": worker.feed, "file": record.name}
-            log.info("feed %s: %s: sending its failed events again (delivery.retry_failed_after)",
-                     worker.feed, record.name, extra=extra)
-            receipt_dir = (Runtime.outbox(worker.settings) if not worker._remote
-                           else self.config.staging_dir / worker.feed / "receipts")
-            assert receipt_dir is not None
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            source = None if worker._remote else archived_original(worker.settings, record.name, record.size,
-                                                                   record.sha256)
-            outcome = processor.retry(file_id, runtime, receipt_dir, source=source)
-            if outcome.receipt is not None and worker._remote:
-                for path in outcome.receipt.files:
-                    worker._check_lease()  # check, then act (LeaseLost: the worker stops working the feed)
-                    inbox.put_receipt(path, path.name)
-                    path.unlink(missing_ok=True)
-            counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
-            log.info("feed %s: %s: retried: %s: %s", worker.feed, record.name, outcome.status,
-                     outcome.message or counts, extra=extra)
-            if outcome.status != FileStatus.DONE:  # stopped, or credentials refused: try again later
-                return
-
     # -- running
 
     def _start_worker(self, name: str) -> None:
-        worker = FeedWorker(self, name)
+        worker = FeedWorker(self.context, name)
         self.workers[name] = worker
         worker.start()
 
@@ -404,7 +363,8 @@ class Service:
                 and len(loaded.config.feeds) <= len(old.config.feeds):
             client = old.client
         else:
-            client = build_client(loaded)  # resolves the credentials: refused if they are missing
+            # resolves the credentials: refused if they are missing
+            client = build_client(loaded.config, len(loaded.config.feeds))
             self._clients.append(client)
         return Generation(old.number + 1, loaded, client, feeds)
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from batch.config.inbox import LocalLocation
+from batch.backoff import Backoff, doubling
 from batch.config.service import (
     FeedNotFound,
     FeedSettings,
@@ -31,35 +31,28 @@ from batch.pipeline import (
     Progress,
     ReceiptNotWritten,
     StorageFault,
-    write_receipt_or_fault,
 )
+from batch.service.context import WorkerContext
+from batch.service.failed import FailedEvents
 from batch.service.leasing import Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
-from batch.service.runtime import Runtime
 from batch.service.states import WorkerState
 from batch.store.journal import (
-    OUTCOMES,
     FileInProgress,
-    FileRecord,
     FileState,
     JournalError,
     JournalUnavailable,
-    this_process,
 )
 from batch.store.leases import Lease, LeaseLost
-from batch.store.receipts import ReceiptPaths, write_file_level_receipt
-
-if TYPE_CHECKING:
-    from batch.service.supervisor import Service
 
 log = logging.getLogger(__name__)
 
 FILE_ATTEMPTS = 3          # unexpected errors on one file before it goes to error/
+FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS = 2.0, 30.0  # the wait before a failed file's next try
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
-RETRY_FAILED_CHECK_SECONDS = 60.0  # how often an idle feed looks for failed events to send again
 
 
 
@@ -111,8 +104,8 @@ class _Finishing:
 
     claimed: Claimed
     ok: bool
-    receipts: list[Path] = field(default_factory=list)  # local receipt files to upload (SFTP)
-    staged: Path | None = None                          # the downloaded copy (SFTP)
+    receipts: list[Path] = field(default_factory=list)  # the receipt's files, to publish (Inbox.publish_receipt)
+    staged: Path | None = None                          # the local copy open_local gave (Inbox.release_local)
     file_id: int | None = None                          # its journal record, to note a problem
     receipt_missing: bool = False                       # the receipt is still to be written
     noted: bool = False                                 # the journal has a finish_problem to clear
@@ -120,16 +113,41 @@ class _Finishing:
     next_try: float = 0.0                               # time.monotonic() of the next attempt
 
 
-class _Backoff:
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum, self.failures = initial, maximum, 0
+@dataclass(frozen=True)
+class _FeedConfig:
+    """What the configuration in force gives the feed's worker; rebuilt between files when a
+    reload brings a new generation (`FeedWorker._refresh`)."""
 
-    def next(self) -> float:
-        self.failures += 1
-        return min(self.maximum, self.initial * 2 ** (self.failures - 1))
+    generation: int           # the generation's number
+    settings: FeedSettings
+    runtime: FeedRuntime      # the compiled mapping and the receipt format
+    processor: Processor      # the metered client, the delivery limits, fenced by the feed's lease
+    staging: Path             # the feed's staging folder (downloads; receipts before their upload)
 
-    def reset(self) -> None:
-        self.failures = 0
+
+@dataclass
+class _InboxState:
+    """The feed's inbox connection, and whether processing/ must be looked at before new files."""
+
+    inbox: Inbox | None = None  # opened on first use; closed (and reopened later) after a refusal
+    need_resume: bool = True    # processing/ may hold an unfinished file: it goes before anything newer
+    others: dict[str, float] = field(default_factory=dict)  # files another live instance processes -> seen at
+
+
+@dataclass
+class _Files:
+    """What the worker remembers of single files between attempts."""
+
+    finishing: dict[str, _Finishing] = field(default_factory=dict)  # processed; receipt / move still to do
+    attempts: dict[str, int] = field(default_factory=dict)  # failures, when the journal cannot count them
+
+
+@dataclass
+class _Waits:
+    """The feed's backoffs for faults that keep the file where it is (batch.backoff)."""
+
+    pause: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))  # the journal or a disk refused a write
+    auth: Backoff = field(default_factory=lambda: Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS))
 
 
 #: errno values that mean a disk of ours (staging, outbox, journal) cannot take a write now:
@@ -156,13 +174,13 @@ class FeedWorker(threading.Thread):
 
     The state machine: while processing/ holds a file this worker has not finished (it
     failed, it was interrupted, the credentials were refused, the journal or a disk refused a
-    write) the worker works on that file and nothing newer -- `_need_resume` stays set until
+    write) the worker works on that file and nothing newer -- `_inbox_state.need_resume` stays set until
     `_resume` got every file in processing/ out or handed it to a later step that does not
     hold the feed (a delivered file whose receipt upload / archive move failed)."""
 
-    def __init__(self, service: Service, name: str) -> None:
+    def __init__(self, context: WorkerContext, name: str) -> None:
         super().__init__(name=f"feed:{name}", daemon=True)
-        self.service = service
+        self.context = context
         self.feed = name
         self.state: WorkerState = WorkerState.STARTING
         self.last_scan: str | None = None
@@ -172,22 +190,15 @@ class FeedWorker(threading.Thread):
         self.exit_code: ExitStatus = ExitStatus.OK
         self.retired = False
         self._give_up = False  # --once: this feed cannot go on (credentials refused, a file failed)
-        self._need_resume = True
-        self._generation = 0
-        self._settings: FeedSettings | None = None
-        self._runtime: FeedRuntime | None = None
+        self._config: _FeedConfig | None = None      # what the configuration in force gives the feed
         self._runtimes: dict[str, FeedRuntime] = {}  # mapping versions loaded while running, by version
-        self._processor: Processor | None = None
-        self._staging: Path | None = None
-        self._inbox: Inbox | None = None
-        self._unfinished: dict[str, _Finishing] = {}
-        self._attempts: dict[str, int] = {}  # failed attempts per file when the journal cannot count them
-        self._pause = _Backoff(1.0, 60.0)   # journal / disk faults: the feed waits, the file stays
-        self._auth = _Backoff(AUTH_BACKOFF_SECONDS / 8, AUTH_BACKOFF_SECONDS)
-        self._others: dict[str, float] = {}  # files another live instance is processing -> when seen
+        self._inbox_state = _InboxState()            # the connection; whether processing/ goes first
+        self._files = _Files()                       # files past processing (receipt / move left); attempts
+        self._waits = _Waits()                       # backoffs after journal / disk faults, refused credentials
         self._lease: Lease | None = None      # this feed's lease while this instance holds it
         self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
         self.lease_note: str | None = None    # why this instance does not work the feed now (health, status)
+        self._failed = FailedEvents(name)     # its failed events, sent again when idle (retry_failed_after)
 
     # -- health
 
@@ -201,13 +212,26 @@ class FeedWorker(threading.Thread):
     # -- configuration
 
     @property
+    def config(self) -> _FeedConfig:
+        assert self._config is not None  # set by the loop's first _refresh
+        return self._config
+
+    @property
     def settings(self) -> FeedSettings:
-        assert self._settings is not None
-        return self._settings
+        return self.config.settings
+
+    @property
+    def processor(self) -> Processor | None:
+        """The feed's Processor (its delivery's circuit breaker: /healthz), once configured."""
+        return self._config.processor if self._config is not None else None
+
+    @property
+    def _generation(self) -> int:
+        return self._config.generation if self._config is not None else 0
 
     def _refresh(self) -> bool:
         """Pick up a new configuration between files; False if this feed was removed."""
-        generation = self.service.generation
+        generation = self.context.generation()
         if generation.number == self._generation:
             return True
         try:
@@ -215,52 +239,42 @@ class FeedWorker(threading.Thread):
         except FeedNotFound:
             self.retired = True
             return False
-        if self._settings is not None and inbox_part(settings) != inbox_part(self._settings):
+        if self._config is not None and inbox_part(settings) != inbox_part(self._config.settings):
             log.info("feed %s: inbox settings changed; reopening the inbox", self.feed, extra={"feed": self.feed})
             self._close_inbox()
-            self._need_resume = True
+            self._inbox_state.need_resume = True
         if self._generation:
             log.info("feed %s: using configuration #%d from the next file", self.feed, generation.number,
                      extra={"feed": self.feed})
-        self._settings = settings
-        self._runtime = generation.feeds[self.feed]
-        self._runtimes[self._runtime.mapping_version] = self._runtime
+        runtime = generation.feeds[self.feed]
+        self._runtimes[runtime.mapping_version] = runtime
         # a RopoClient in all but name: it times send_event and hands every other call on
-        client = cast(RopoClient, _MeteredClient(generation.client, self.service.metrics, self.feed))
-        self._processor = Processor(
-            self.service.journal, client,
-            generation.config.delivery, stop=_FeedStop(self.service.stop, self._lease_valid), fence=self._check_lease,
+        client = cast(RopoClient, _MeteredClient(generation.client, self.context.metrics, self.feed))
+        processor = Processor(
+            self.context.journal, client,
+            generation.config.delivery, stop=_FeedStop(self.context.stop, self._lease_valid), fence=self._check_lease,
         )
-        self._processor.breaker.give_up_at_probe_max = self.service.once  # cron must get its exit
-        self._staging = generation.config.staging_dir / self.feed
-        self._generation = generation.number
+        processor.breaker.give_up_at_probe_max = self.context.once  # cron must get its exit
+        self._config = _FeedConfig(generation.number, settings, runtime, processor,
+                                   generation.config.staging_dir / self.feed)
         return True
 
     def _open(self) -> Inbox:
-        if self._inbox is None:
-            self._inbox = open_inbox(self.settings)
-        return self._inbox
+        if self._inbox_state.inbox is None:
+            self._inbox_state.inbox = open_inbox(self.settings)
+        return self._inbox_state.inbox
 
     def _close_inbox(self) -> None:
-        inbox, self._inbox = self._inbox, None
+        inbox, self._inbox_state.inbox = self._inbox_state.inbox, None
         if inbox is not None:
             try:
                 inbox.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
 
-    @property
-    def _remote(self) -> bool:
-        return not isinstance(self.settings.location, LocalLocation)
-
-    def _receipt_dir(self) -> Path:
-        """Where receipts are written: the local outbox, or (SFTP) staging before the upload."""
-        assert self._staging is not None
-        if self._remote:
-            return self._staging / "receipts"
-        outbox = Runtime.outbox(self.settings)
-        assert outbox is not None
-        return outbox
+    def _receipt_dir(self, inbox: Inbox) -> Path:
+        """Where receipts are written: the inbox says (local: the outbox; SFTP: staging, then uploaded)."""
+        return inbox.receipt_dir(self.config.staging)
 
     # -- the loop
 
@@ -277,7 +291,7 @@ class FeedWorker(threading.Thread):
             if self._lease is not None:
                 self._lease = None
                 try:
-                    self.service.leases.release(self.feed)
+                    self.context.leases.release(self.feed)
                 except Exception as exc:  # noqa: BLE001 - the lease expires by itself
                     log.warning("feed %s: releasing the lease: %s", self.feed, exc, extra={"feed": self.feed})
             if self.state != WorkerState.CRASHED:
@@ -290,18 +304,18 @@ class FeedWorker(threading.Thread):
         and within this instance's share); otherwise the state and the log say who has it."""
         if self._lease is not None:
             try:
-                self.service.leases.check(self._lease)
+                self.context.leases.check(self._lease)
                 return True
             except LeaseLost as exc:
                 self._lease_lost(exc)
-        result = self.service.leases.acquire(self.feed, self.settings)
+        result = self.context.leases.acquire(self.feed, self.settings)
         if isinstance(result, Refusal):
             self._refused(result)
             return False
         self._lease = result
         # every journal write of this thread checks the lease in its own transaction
-        self.service.journal.set_fence(self.service.lease_store.fence(result))
-        self._need_resume = True
+        self.context.journal.set_fence(self.context.leases.store.fence(result))
+        self._inbox_state.need_resume = True
         self._refusal = None
         self.lease_note = None
         if self.state in (WorkerState.STANDBY, WorkerState.FOREIGN, WorkerState.HANDOVER):
@@ -312,23 +326,23 @@ class FeedWorker(threading.Thread):
 
     def _lease_valid(self) -> bool:
         lease = self._lease
-        return lease is not None and self.service.leases.valid(lease)
+        return lease is not None and self.context.leases.valid(lease)
 
     def _check_lease(self) -> None:
         """Check, then act: before a receipt, an upload or a move (LeaseLost when lost)."""
         if self._lease is None:
             raise LeaseLost(self.feed, "this instance does not hold the feed's lease")
-        self.service.leases.check(self._lease)
+        self.context.leases.check(self._lease)
 
     def _lease_lost(self, exc: LeaseLost) -> None:
         """Stop working the feed: what is in processing/ stays for the lease's holder."""
         lease, self._lease = self._lease, None
-        self._unfinished.clear()  # a finishing step left is the new holder's now
-        self._need_resume = True
+        self._files.finishing.clear()  # a finishing step left is the new holder's now
+        self._inbox_state.need_resume = True
         self.state = WorkerState.STANDBY
         self.last_error = str(exc)
         self.lease_note = str(exc)
-        self.service.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
+        self.context.leases.release(self.feed, lost=True)  # forget it here (the store keeps the new holder's)
         log.warning("%s; this instance stopped working the feed before recording or moving anything more%s",
                     exc, f" (it held epoch {lease.epoch})" if lease is not None else "", extra={"feed": self.feed})
 
@@ -345,13 +359,13 @@ class FeedWorker(threading.Thread):
                 extra={"feed": self.feed})
 
     def _loop(self) -> None:
-        service = self.service
-        stop = service.stop
-        once = service.once
-        self._need_resume = True
+        context = self.context
+        stop = context.stop
+        once = context.once
+        self._inbox_state.need_resume = True
         primed = False
         inbox_failures = 0
-        backoff = _Backoff(1.0, 60.0)
+        backoff = Backoff(1.0, 60.0)
         while not stop.is_set() and not self._give_up:
             step = "reading the configuration"
             try:
@@ -360,7 +374,7 @@ class FeedWorker(threading.Thread):
                              extra={"feed": self.feed})
                     return
                 settings = self.settings
-                backoff.initial, backoff.maximum = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
+                backoff.first, backoff.longest = settings.reconnect_initial_seconds, settings.reconnect_max_seconds
                 step = "opening the inbox"
                 inbox = self._open()
                 step = "taking the feed's lease"
@@ -369,24 +383,24 @@ class FeedWorker(threading.Thread):
                         if self.state != WorkerState.STANDBY:
                             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
                         return
-                    stop.wait(min(1.0, service.leases.interval))
+                    stop.wait(min(1.0, context.leases.interval))
                     continue
                 if self._finishing_due():
-                    self._need_resume = True
-                if self._need_resume:
+                    self._inbox_state.need_resume = True
+                if self._inbox_state.need_resume:
                     step = "resuming the files in processing/"
                     # False: a file in processing/ is still unfinished (failed, interrupted,
                     # paused); it goes before anything newer, so resume again (after its wait)
                     if self._resume(inbox):
-                        self._need_resume = False
+                        self._inbox_state.need_resume = False
                     continue
                 step = "scanning the inbox"
                 candidates = inbox.scan()
                 if inbox.waiting_in_processing:  # copied into processing/ by hand: look again next round
-                    self._need_resume = True
+                    self._inbox_state.need_resume = True
                 self.last_scan = now_iso()
-                service.metrics.queue.labels(self.feed).set(len(candidates))
-                service.metrics.last_scan.labels(self.feed).set(time.time())
+                context.metrics.queue.labels(self.feed).set(len(candidates))
+                context.metrics.last_scan.labels(self.feed).set(time.time())
                 backoff.reset()
                 inbox_failures = 0
                 if self.state in (WorkerState.UNAVAILABLE, WorkerState.STARTING, WorkerState.ERROR):
@@ -399,11 +413,11 @@ class FeedWorker(threading.Thread):
                             continue
                         return
                     self.state = WorkerState.IDLE
-                    if not self._unfinished and service.leases.surplus(self.feed):
+                    if not self._files.finishing and context.leases.surplus(self.feed):
                         self._lease = None  # given up for an idle instance (more than this one's share)
                         continue
                     step = "sending failed events again"
-                    service.retry_failed(self, inbox)
+                    self._retry_failed(inbox)
                     self._idle(inbox)
                     continue
                 if stop.is_set():
@@ -411,15 +425,15 @@ class FeedWorker(threading.Thread):
                 step = "claiming a file"
                 claimed = inbox.claim(candidates[0])
                 if claimed is not None and not self._handle(inbox, claimed, resumed=False):
-                    self._need_resume = True  # it stays in processing/ and goes first
+                    self._inbox_state.need_resume = True  # it stays in processing/ and goes first
             except (InboxError, OSError) as exc:
                 # InboxUnavailable: the connection dropped; HostKeyError / InboxError: refused,
                 # misconfigured (the key file, the folder) -- all may be fixed while we wait.
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 inbox_failures += 1
                 self.state = WorkerState.UNAVAILABLE
                 self.last_error = _describe(exc)
-                service.metrics.inbox_errors.labels(self.feed).inc()
+                context.metrics.inbox_errors.labels(self.feed).inc()
                 level = logging.WARNING if isinstance(exc, InboxUnavailable) else logging.ERROR
                 if not isinstance(exc, (InboxUnavailable, HostKeyError)):
                     self._close_inbox()  # e.g. a local folder that does not exist yet: reopen later
@@ -433,15 +447,15 @@ class FeedWorker(threading.Thread):
             except LeaseLost as exc:  # another instance works the feed now
                 self._lease_lost(exc)
             except JournalUnavailable as exc:  # e.g. while resuming, before any file was taken
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 if not self._paused("the journal cannot be used", exc, None):
                     return
             except Exception as exc:  # noqa: BLE001 - a bug or a library's surprise never ends the feed
-                self._need_resume = True
+                self._inbox_state.need_resume = True
                 self._close_inbox()
                 self.state = WorkerState.ERROR
                 self.last_error = f"{step}: {type(exc).__name__}: {exc}"
-                service.metrics.faults.labels(self.feed, "worker").inc()
+                context.metrics.faults.labels(self.feed, "worker").inc()
                 delay = backoff.next()
                 log.error("feed %s: unexpected error while %s: %s: %s; retrying in %.1f s", self.feed, step,
                           type(exc).__name__, exc, delay, exc_info=exc, extra={"feed": self.feed})
@@ -450,34 +464,40 @@ class FeedWorker(threading.Thread):
                     return
                 stop.wait(delay)
 
+    def _retry_failed(self, inbox: Inbox) -> None:
+        """Send this feed's failed events again when they are due (batch.service.failed)."""
+        config = self.config
+        self._failed.retry(after=self.context.generation().config.delivery.retry_failed_after,
+                           journal=self.context.journal, processor=config.processor, runtime=config.runtime,
+                           settings=config.settings, inbox=inbox, staging=config.staging, stop=self.context.stop,
+                           check=self._check_lease)
+
     def _idle(self, inbox: Inbox) -> None:
         """Wait for the next scan; wake at once on a stop request."""
         deadline = time.monotonic() + self.settings.poll_interval_seconds
-        while not self.service.stop.is_set() and self.service.generation.number == self._generation:
+        while not self.context.stop.is_set() and self.context.generation().number == self._generation:
             left = deadline - time.monotonic()
             if left <= 0 or self._finishing_due():
                 return
-            if self._remote:
-                self.service.stop.wait(min(left, 0.5))
-            elif inbox.wait(min(left, 0.5)):
-                return  # a file was closed or moved in
+            if inbox.wait(min(left, 0.5)):
+                return  # a file was closed or moved in (a local folder's events)
 
     def _finishing_due(self) -> bool:
         now = time.monotonic()
-        return any(finishing.next_try <= now for finishing in self._unfinished.values())
+        return any(finishing.next_try <= now for finishing in self._files.finishing.values())
 
     def _resume(self, inbox: Inbox) -> bool:
         """Work on what is in processing/, oldest first; True when nothing there holds the feed.
 
         Stops at the first file that is still unfinished: newer files wait behind it."""
         now = time.monotonic()
-        self._others = {n: t for n, t in self._others.items() if now - t < OTHER_OWNER_SECONDS}
+        self._inbox_state.others = {n: t for n, t in self._inbox_state.others.items() if now - t < OTHER_OWNER_SECONDS}
         for claimed in inbox.resume(began=self._began):
-            if self.service.stop.is_set() or self._give_up:
+            if self.context.stop.is_set() or self._give_up:
                 return False
-            if claimed.name in self._others:
+            if claimed.name in self._inbox_state.others:
                 continue
-            finishing = self._unfinished.get(claimed.name)
+            finishing = self._files.finishing.get(claimed.name)
             if finishing is not None and finishing.next_try > now:
                 continue  # delivered; only its receipt upload / archive move waits for its retry
             if finishing is None:
@@ -489,7 +509,7 @@ class FeedWorker(threading.Thread):
 
     def _began(self, claimed: Claimed) -> bool:
         """Did this tool begin the file in processing/? (Else it is taken only once ready.)"""
-        return self.service.journal.unfinished_named(self.feed, claimed.source_name) is not None
+        return self.context.journal.unfinished_named(self.feed, claimed.source_name) is not None
 
     # -- one file
 
@@ -497,42 +517,41 @@ class FeedWorker(threading.Thread):
         """Process one file; True when it no longer holds the feed (finished, or only its
         receipt upload / archive move is left to retry), False when it stays in processing/
         to be tried again first (the wait before that try has been done)."""
-        pending = self._unfinished.get(claimed.name)
+        pending = self._files.finishing.get(claimed.name)
         if pending is not None:  # processed already; the receipt / archive step failed before
             self._complete(inbox, pending)
             return True
-        service, feed = self.service, self.feed
+        context, feed = self.context, self.feed
         self.state = WorkerState.PROCESSING
         self.last_file = claimed.source_name
         extra = {"feed": feed, "file": claimed.name}
         staged: Path | None = None
-        assert self._staging is not None and self._processor is not None and self._runtime is not None
+        config = self.config
         try:
-            local = self._download(inbox, claimed)
-            staged = local if self._remote else None
-            receipt_dir = self._receipt_dir()
+            staged = self._download(inbox, claimed)
+            receipt_dir = self._receipt_dir(inbox)
             try:
                 receipt_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
-            retries = service.metrics.retries.labels(feed)
+            retries = context.metrics.retries.labels(feed)
             progress = Progress(on_result=lambda o: retries.inc(o.attempts - 1) if o.attempts > 1 else None)
-            outcome = self._processor.process(local, self._runtime, receipt_dir, name=claimed.source_name,
+            outcome = config.processor.process(staged, config.runtime, receipt_dir, name=claimed.source_name,
                                               progress=progress, resumed=resumed, earlier=self._runtimes)
         except (InboxError, LeaseLost):
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             raise  # the inbox: the loop backs off, reconnects and resumes the file; a lost lease: stop
         except FileInProgress as exc:
-            self._others[claimed.name] = time.monotonic()
+            self._inbox_state.others[claimed.name] = time.monotonic()
             log.info("feed %s: %s", feed, exc, extra=extra)
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             return True
         except JournalUnavailable as exc:
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             self._paused("the journal cannot be used", exc, claimed)
             return False
         except ReceiptNotWritten as exc:
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             if exc.file is None or not exc.file.finished:
                 self._paused("a disk refused a write", exc, claimed)
                 return False
@@ -540,65 +559,64 @@ class FeedWorker(threading.Thread):
             # again later while the feed goes on (the journal keeps the result)
             finishing = _Finishing(claimed, exc.file.state != FileState.ERROR, [], None, exc.file.id,
                                    receipt_missing=True)
-            self._unfinished[claimed.name] = finishing
+            self._files.finishing[claimed.name] = finishing
             self._forget_attempts(claimed)
             self._finish_failed(finishing, "writing its receipt", exc)
             return True
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the service
-            self._drop_staged(staged)
+            self._release(inbox, staged)
             if _storage_fault(exc):
                 self._paused("a disk refused a write", exc, claimed)
                 return False
             return self._file_failed(inbox, claimed, exc)
-        self._pause.reset()
+        self._waits.pause.reset()
         self._forget_attempts(claimed)
         return self._outcome(inbox, claimed, outcome, staged)
 
     def _download(self, inbox: Inbox, claimed: Claimed) -> Path:
-        """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial copy)."""
-        assert self._staging is not None
+        """The file as a local path (SFTP: downloaded into staging; the inbox removes a partial
+        copy); a disk of ours that refuses the copy is a StorageFault (the feed pauses)."""
+        staging = self.config.staging
         try:
-            if self._remote:
-                self._staging.mkdir(parents=True, exist_ok=True)
-            return inbox.open_local(claimed, self._staging)
+            return inbox.open_local(claimed, staging)
         except InboxError:
             raise
         except OSError as exc:
-            if self._remote and exc.errno in STORAGE_ERRNOS:
-                raise StorageFault(f"downloading {claimed.name} into the staging folder", self._staging, exc) from exc
+            if exc.errno in STORAGE_ERRNOS:
+                raise StorageFault(f"taking {claimed.name} into the staging folder", staging, exc) from exc
             raise
 
     def _outcome(self, inbox: Inbox, claimed: Claimed, outcome: FileOutcome, staged: Path | None) -> bool:
-        service, feed = self.service, self.feed
+        context, feed = self.context, self.feed
         status = outcome.status
         self.last_status = status
         extra = {"feed": feed, "file": claimed.source_name, "status": status}
-        service.metrics.files.labels(feed, status).inc()
+        context.metrics.files.labels(feed, status).inc()
         counts = outcome.counts
         if status == FileStatus.DONE:
             for name in ("accepted", "rejected", "invalid", "failed", "duplicate"):
                 if counts.get(name):
-                    service.metrics.events.labels(feed, name).inc(counts[name])
+                    context.metrics.events.labels(feed, name).inc(counts[name])
         shown = ", ".join(f"{counts[k]} {k}" for k in ("accepted", "rejected", "invalid", "failed", "duplicate",
                                                         "not_sent", "pending") if counts.get(k))
         if outcome.final:
             code = outcome.exit_status
             self.exit_code = max(self.exit_code, code)
-            self._auth.reset()
+            self._waits.auth.reset()
             level = logging.INFO if code == ExitStatus.OK else logging.WARNING
             message = outcome.message if status != FileStatus.DONE else (shown or "no records")
             log.log(level, "feed %s: %s: %s: %s", feed, claimed.source_name, status, message, extra=extra)
-            receipts = list(outcome.receipt.files) if (outcome.receipt and self._remote) else []
+            receipts = list(outcome.receipt.files) if outcome.receipt else []
             record = outcome.file
             finishing = _Finishing(claimed, status != FileStatus.ERROR, receipts, staged,
                                    record.id if record is not None and record.id else None,
                                    noted=record is not None and record.finish_problem is not None)
-            self._unfinished[claimed.name] = finishing
+            self._files.finishing[claimed.name] = finishing
             self._complete(inbox, finishing)
             if self.state == WorkerState.PROCESSING:
                 self.state = WorkerState.IDLE
             return True
-        self._drop_staged(staged)
+        self._release(inbox, staged)
         if status == FileStatus.INTERRUPTED:
             log.info("feed %s: %s: interrupted (%s); left in processing/ to resume", feed, claimed.source_name,
                      shown or "nothing sent", extra=extra)
@@ -608,13 +626,13 @@ class FeedWorker(threading.Thread):
         self.exit_code = ExitStatus.UNUSABLE
         self.last_error = outcome.message
         self.state = WorkerState.AUTH_FAILED
-        delay = self._auth.next()
+        delay = self._waits.auth.next()
         log.error("feed %s: %s: cannot deliver to Ropo One: %s; the file stays in processing/ and is "
                   "resumed in %.0f s", feed, claimed.source_name, outcome.message, delay, extra=extra)
-        if service.once:
+        if context.once:
             self._give_up = True
         else:
-            service.stop.wait(delay)
+            context.stop.wait(delay)
         return False
 
     def _complete(self, inbox: Inbox, finishing: _Finishing) -> None:
@@ -624,18 +642,20 @@ class FeedWorker(threading.Thread):
         not hold back the feed's next files."""
         claimed = finishing.claimed
         folder = "archive/" if finishing.ok else "error/"
-        self._drop_staged(finishing.staged)  # the download is not needed for either step
+        self._release(inbox, finishing.staged)  # the download is not needed for either step
         finishing.staged = None
         step = ""
         try:
             if finishing.receipt_missing:
                 step = "writing its receipt"
-                self._write_missing_receipt(finishing)
-            for path in finishing.receipts:
-                if path.exists():
-                    step = f"uploading the receipt {path.name} to the outbox"
-                    self._check_lease()
-                    inbox.put_receipt(path, path.name)
+                self._write_missing_receipt(inbox, finishing)
+
+            def before(path: Path) -> None:  # check, then act: each upload under the lease
+                nonlocal step
+                step = f"uploading the receipt {path.name} to the outbox"
+                self._check_lease()
+
+            inbox.publish_receipt(finishing.receipts, before)
             step = f"moving {claimed.name} from processing/ to {folder}"
             self._check_lease()
             try:
@@ -649,44 +669,42 @@ class FeedWorker(threading.Thread):
         except (InboxError, OSError, StorageFault, JournalError) as exc:
             self._finish_failed(finishing, step, exc)
             return
-        for path in finishing.receipts:
-            path.unlink(missing_ok=True)
-        self._unfinished.pop(claimed.name, None)
+        self._files.finishing.pop(claimed.name, None)
         if (finishing.failures or finishing.noted) and finishing.file_id is not None:
-            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, None))
+            self._journal_quietly(lambda: self.context.journal.set_finish_problem(finishing.file_id, None))
             log.info("feed %s: %s moved to %s%s; the earlier problem is solved", self.feed, claimed.name, folder,
                      target, extra={"feed": self.feed})
         else:
             log.debug("feed %s: %s moved to %s%s", self.feed, claimed.name, folder, target, extra={"feed": self.feed})
 
-    def _write_missing_receipt(self, finishing: _Finishing) -> None:
-        assert finishing.file_id is not None and self._processor is not None and self._runtime is not None
-        file = self.service.journal.get_file(finishing.file_id)
-        receipt_dir = self._receipt_dir()
+    def _write_missing_receipt(self, inbox: Inbox, finishing: _Finishing) -> None:
+        assert finishing.file_id is not None
+        config = self.config
+        file = self.context.journal.get_file(finishing.file_id)
+        receipt_dir = self._receipt_dir(inbox)
         try:
             receipt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageFault("creating the receipt folder", receipt_dir, exc) from exc
-        receipt = self._processor.write_receipt_of(file, self._runtime, receipt_dir)
-        if self._remote:
-            finishing.receipts = list(receipt.files)
+        receipt = config.processor.write_receipt_of(file, config.runtime, receipt_dir)
+        finishing.receipts = list(receipt.files)
         finishing.receipt_missing = False
 
     def _finish_failed(self, finishing: _Finishing, step: str, exc: BaseException) -> None:
         finishing.failures += 1
         settings = self.settings
-        delay = min(settings.reconnect_max_seconds, settings.reconnect_initial_seconds * 2 ** (finishing.failures - 1))
+        delay = doubling(finishing.failures, settings.reconnect_initial_seconds, settings.reconnect_max_seconds)
         finishing.next_try = time.monotonic() + delay
         name = finishing.claimed.name
         problem = f"{step} failed: {_describe(exc)}"
         self.last_error = f"{name}: {problem}"
-        self.service.metrics.faults.labels(self.feed, "finish").inc()
+        self.context.metrics.faults.labels(self.feed, "finish").inc()
         if finishing.file_id is not None:
-            self._journal_quietly(lambda: self.service.journal.set_finish_problem(finishing.file_id, problem))
+            self._journal_quietly(lambda: self.context.journal.set_finish_problem(finishing.file_id, problem))
         log.error("feed %s: %s: processed, but %s (attempt %d); it stays in processing/, the feed goes on with its "
                   "next files and tries again in %.1f s", self.feed, name, problem, finishing.failures, delay,
                   extra={"feed": self.feed, "file": name})
-        if self.service.once:
+        if self.context.once:
             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
 
     def _journal_quietly(self, write: Any) -> None:
@@ -702,35 +720,35 @@ class FeedWorker(threading.Thread):
         self.state = WorkerState.PAUSED
         self.last_error = _describe(exc)
         kind = "journal" if isinstance(exc, JournalUnavailable) else "storage"
-        self.service.metrics.faults.labels(self.feed, kind).inc()
-        delay = self._pause.next()
+        self.context.metrics.faults.labels(self.feed, kind).inc()
+        delay = self._waits.pause.next()
         held = f"{claimed.name} stays in processing/; " if claimed is not None else ""
         log.error("feed %s: %s: %s; %sthe feed pauses and tries again in %.0f s (attempt %d)", self.feed, what,
-                  self.last_error, held, delay, self._pause.failures,
+                  self.last_error, held, delay, self._waits.pause.failures,
                   extra={"feed": self.feed, **({"file": claimed.name} if claimed else {})})
-        if self.service.once:
+        if self.context.once:
             self.exit_code = max(self.exit_code, ExitStatus.UNUSABLE)
             self._give_up = True
             return False
-        self.service.stop.wait(delay)
-        if kind == "journal" and not self.service.stop.is_set():
+        self.context.stop.wait(delay)
+        if kind == "journal" and not self.context.stop.is_set():
             try:  # a repaired or remounted disk is seen only through a new connection
-                self.service.journal.reopen()
+                self.context.journal.reopen()
             except JournalUnavailable as again:
                 log.warning("feed %s: %s", self.feed, again, extra={"feed": self.feed})
         return True
 
     def _count_attempt(self, claimed: Claimed, error: str) -> int:
         """Count a failed attempt in the journal (across restarts); in memory if it cannot."""
-        memory = self._attempts[claimed.name] = self._attempts.get(claimed.name, 0) + 1
+        memory = self._files.attempts[claimed.name] = self._files.attempts.get(claimed.name, 0) + 1
         try:
-            return max(memory, self.service.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
+            return max(memory, self.context.journal.count_file_attempt(self.feed, display_name(claimed.name), error))
         except JournalError:
             return memory
 
     def _forget_attempts(self, claimed: Claimed) -> None:
-        self._attempts.pop(claimed.name, None)
-        self._journal_quietly(lambda: self.service.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
+        self._files.attempts.pop(claimed.name, None)
+        self._journal_quietly(lambda: self.context.journal.clear_file_attempts(self.feed, display_name(claimed.name)))
 
     def _file_failed(self, inbox: Inbox, claimed: Claimed, exc: BaseException) -> bool:
         extra = {"feed": self.feed, "file": claimed.name}
@@ -738,62 +756,49 @@ class FeedWorker(threading.Thread):
         attempts = self._count_attempt(claimed, described)
         self.last_error = f"{claimed.name}: {described}"
         self.state = WorkerState.RETRYING
-        self.service.metrics.faults.labels(self.feed, "file").inc()
-        if self.service.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
+        self.context.metrics.faults.labels(self.feed, "file").inc()
+        if self.context.once and attempts < FILE_ATTEMPTS:  # --once (cron): the next run tries again
             log.error("feed %s: %s failed (attempt %d of %d): %s; it stays in processing/ for the next run",
                       self.feed, claimed.name, attempts, FILE_ATTEMPTS, described, exc_info=exc, extra=extra)
             self.exit_code = ExitStatus.UNUSABLE
             self._give_up = True
             return False
         if attempts < FILE_ATTEMPTS:
-            delay = min(30.0, 2.0 ** attempts)
+            delay = doubling(attempts, FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS)
             log.error("feed %s: %s failed (attempt %d of %d): %s; trying again in %.0f s", self.feed, claimed.name,
                       attempts, FILE_ATTEMPTS, described, delay, exc_info=exc, extra=extra)
-            self.service.stop.wait(delay)
+            self.context.stop.wait(delay)
             return False
         log.error("feed %s: %s failed %d time(s): %s; moved to error/", self.feed, claimed.name, attempts,
                   described, exc_info=exc, extra=extra)
         self.exit_code = ExitStatus.UNUSABLE
         self.last_status = FileStatus.ERROR
-        self.service.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
+        self.context.metrics.files.labels(self.feed, FileStatus.ERROR).inc()
         try:
-            finishing = self._give_up_file(claimed, f"failed {attempts} times: {described}")
+            finishing = self._give_up_file(inbox, claimed, f"failed {attempts} times: {described}")
         except (JournalError, StorageFault, OSError) as fault:  # journal or disk: keep it, try again
             self._paused("cannot move a failed file to error/", fault, claimed)
             return False
         self._forget_attempts(claimed)
-        self._unfinished[claimed.name] = finishing
+        self._files.finishing[claimed.name] = finishing
         self._complete(inbox, finishing)
         self.state = WorkerState.IDLE
         return True
 
-    def _give_up_file(self, claimed: Claimed, error: str) -> _Finishing:
+    def _give_up_file(self, inbox: Inbox, claimed: Claimed, error: str) -> _Finishing:
         """Close the file in the journal as error (its pending events become not_sent) and write
         its file-level receipt; returns what moves it to error/."""
-        journal = self.service.journal
-        record = journal.unfinished_named(self.feed, claimed.source_name)
-        if record is not None:
-            record = journal.finish_file(record.id, FileState.ERROR, error=error)
-        else:  # it failed before the journal knew it (e.g. it could not be read at all)
-            now = journal.clock()
-            record = FileRecord(0, claimed.source_name, "", claimed.size, self.feed, FileState.ERROR, now, now, error,
-                                dict.fromkeys(OUTCOMES, 0), False, None, this_process())
-        receipt_dir, runtime = self._receipt_dir(), self._runtime
-        assert runtime is not None
-        self._check_lease()
-
-        def write() -> ReceiptPaths:
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            return write_file_level_receipt(receipt_dir, record, runtime.receipt_format)
-
-        receipt = write_receipt_or_fault(write, receipt_dir)
-        receipts = [receipt.csv, receipt.json] if self._remote else []
-        return _Finishing(claimed, False, receipts, None, record.id or None)
+        config = self.config  # the processor's fence is this worker's lease check
+        outcome = config.processor.give_up(config.runtime, claimed.source_name, claimed.size, error,
+                                           self._receipt_dir(inbox))
+        assert outcome.file is not None and outcome.receipt is not None
+        return _Finishing(claimed, False, list(outcome.receipt.files), None, outcome.file.id or None)
 
     @staticmethod
-    def _drop_staged(staged: Path | None) -> None:
+    def _release(inbox: Inbox, staged: Path | None) -> None:
+        """The local copy of a file is done with (SFTP: the download is removed; local: nothing)."""
         if staged is not None:
-            staged.unlink(missing_ok=True)
+            inbox.release_local(staged)
 
 
 # --------------------------------------------------------------------------- the service
@@ -801,13 +806,13 @@ class FeedWorker(threading.Thread):
 
 
 def breaker_open(worker: FeedWorker) -> bool:
-    processor = worker._processor
+    processor = worker.processor
     return processor is not None and processor.breaker.is_open
 
 
 def feed_trouble(worker: FeedWorker) -> tuple[WorkerState, str] | None:
     """What holds a feed up, for /healthz: (state, why); None when nothing does."""
-    processor = worker._processor
+    processor = worker.processor
     breaker = processor.breaker if processor is not None else None
     if breaker is not None and breaker.open_since is not None:
         since = datetime.fromtimestamp(breaker.open_since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
