@@ -328,10 +328,7 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
     except ValueError:  # Python 3.10 knows no 'Z': the general path handles these
         return None
 
-    def parse(text: str) -> str | None:
-        match = pattern.fullmatch(text)
-        if match is None:
-            return None
+    def exact(text: str, match: re.Match[str]) -> str | None:
         offset = match.group("z").replace(":", "")
         if len(offset) == 5 and offset[3:] > "59":
             return None  # fromisoformat would take +01:75; the general path refuses it
@@ -340,6 +337,36 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
             return _format(moment.astimezone(output))
         except (ValueError, OverflowError):
             return None  # the general path says why
+
+    # Most of a feed's times share their hour and offset with others: the text up to the hour
+    # plus the offset ('2024-01-04T10' '+02:00') -> the output up to the hour ('2024-01-04 10'),
+    # kept only for an hour that moves whole in the output zone (its first and last second keep
+    # their minutes and seconds and land in the same output hour: no offset change inside it, no
+    # offset of 30 or 45 minutes). Any minute and second of such an hour is the output hour
+    # plus the text's own ':MM:SS' (~0.4 us instead of ~1.5).
+    hours: dict[str, str] = {}
+
+    def parse(text: str) -> str | None:
+        match = pattern.fullmatch(text)
+        if match is None:
+            return None
+        hour_end, zone_start = match.end("H"), match.start("z")
+        key = text[:hour_end] + text[zone_start:]
+        clock = text[hour_end:zone_start]  # ':MM:SS', two digits each (the pattern)
+        known = hours.get(key)
+        if known is not None and clock[1:3] < "60" and clock[4:6] < "60":
+            return known + clock
+        result = exact(text, match)
+        if result is not None and key not in hours and len(hours) < 100_000:
+            first = _whole(text[:hour_end] + ":00:00" + text[zone_start:])
+            last = _whole(text[:hour_end] + ":59:59" + text[zone_start:])
+            if first and last and first[13:] == ":00:00" and last[13:] == ":59:59" and first[:13] == last[:13]:
+                hours[key] = first[:13]
+        return result
+
+    def _whole(text: str) -> str | None:
+        match = pattern.fullmatch(text)
+        return None if match is None else exact(text, match)
 
     return parse
 
