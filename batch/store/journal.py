@@ -189,7 +189,7 @@ class ValidEvents:
 
     __slots__ = ("lines", "event_ids", "usageplacecodes", "statuses", "payload_jsons", "payload_sha256s")
 
-    def __init__(self, lines: Sequence[int], payloads: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, lines: Sequence[int], payloads: Sequence[dict[str, Any]]) -> None:
         self.lines = lines
         self.event_ids = _text_column(payloads, "id")
         self.usageplacecodes = _text_column(payloads, "usageplacecode")
@@ -209,10 +209,10 @@ class ValidEvents:
                         repeat(None), repeat(now)))
 
 
-def _text_column(payloads: Sequence[Mapping[str, Any]], key: str) -> list[str | None]:
+def _text_column(payloads: Sequence[dict[str, Any]], key: str) -> list[str | None]:
     """``_opt_str(payload.get(key))`` of each payload (the mapped values are text already)."""
-    values = [payload.get(key) for payload in payloads]
-    if all(type(value) is str for value in values):
+    values = list(map(dict.get, payloads, repeat(key)))
+    if set(map(type, values)) <= {str}:
         return values
     return list(map(_opt_str, values))
 
