@@ -1113,10 +1113,11 @@ def test_valid_events_give_the_rows_that_new_events_give():
     chunks = list(mapped_file(compiled, root / "samples" / "finnish_cp1252.csv"))
     valid = [chunk for chunk in chunks if isinstance(chunk, ValidChunk)]
     assert valid, "the sample's records should take the chunk path"
-    odd = [{"id": 7, "usageplacecode": "643007572000000001", "status": "connected",
+    odd: list[dict[str, Any]] = [{"id": 7, "usageplacecode": "643007572000000001", "status": "connected",
             "invoices": [{"invoicenumber": "ä\"\\\u2028", "jobid": 2**70}]},
            {"id": "B", "time": "2024-02-05 06:30:00", "description": "x\ny"}]
-    cases = [(list(chunk.lines), list(chunk.events)) for chunk in valid] + [([5, 6], odd)]
+    cases: list[tuple[list[int], list[dict[str, Any]]]] = [(list(chunk.lines), list(chunk.events)) for chunk in valid]
+    cases.append(([5, 6], odd))
     for lines, payloads in cases:
         by_columns = journal_module.events_insert_params(3, [journal_module.ValidEvents(lines, payloads)], "now")
         one_by_one = [journal_module.event_insert_params(3, journal_module.NewEvent.valid(line, payload), "now")
