@@ -301,3 +301,14 @@ def test_remembered_iso_hours_agree_with_the_general_path(key, text):
     general._fast = []  # the general path only
     assert _WARM_ISO[key].convert_text(text) == general.convert(text)[0]
     assert _WARM_ISO[key].convert_text(text) == general.convert(text)[0]  # now remembered
+
+
+@pytest.mark.parametrize("other", ["2024-01-04T10:٤١:40+02:00", "2024-01-04T10:41:4²+02:00", "2024-01-04T10:60:00+02:00",
+                                   "2024-01-04T10:41:60+02:00", "2024-01-04T10-41:40+02:00", "2024-01-04T10:4:400+02:00",
+                                   "2024-01-04T10:05:09+02:00"])
+def test_a_remembered_iso_hour_takes_only_what_the_pattern_takes(other):
+    warm = TimeConverter(["%Y-%m-%dT%H:%M:%S%z"], "Europe/Helsinki", "Europe/Helsinki")
+    assert warm.convert_text("2024-01-04T10:41:40+02:00") == "2024-01-04 10:41:40"
+    general = TimeConverter(["%Y-%m-%dT%H:%M:%S%z"], "Europe/Helsinki", "Europe/Helsinki")
+    general._fast = []
+    assert warm.convert(other) == general.convert(other)
