@@ -31,6 +31,7 @@ from batch.store.journal import (
     JournalStore,
     NewEvent,
     Result,
+    ValidEvents,
     this_process,
 )
 from batch.store.receipts import ReceiptFormat, ReceiptPaths, write_file_level_receipt, write_receipt
@@ -38,7 +39,7 @@ from batch.store.rejected import write_rejected
 from batch.strenum import StrEnum
 from batch.transform.extract import mapped_file
 from batch.transform.fixed import is_ebcdic
-from batch.transform.mapping import CompiledMapping, MappedRecord
+from batch.transform.mapping import CompiledMapping, MappedRecord, ValidChunk
 from batch.transform.readers import FileError
 
 log = logging.getLogger(__name__)
@@ -384,25 +385,31 @@ class Processor:
 
         A file-level fault (bad encoding, broken XML) half-way through raises FileError; the
         events recorded so far were never sent, and the file ends in error."""
-        recorded = 0
-        batch: list[NewEvent] = []
+        recorded = batched = 0
+        batch: list[NewEvent | ValidEvents] = []
         run = feed.compiled.start()
         for records in mapped_file(feed.compiled, path, run=run):
             # each chunk's events serialised while they are still in the CPU cache (see NewEvent)
-            batch += map(new_event, records)
-            if len(batch) >= self.journal_batch:
-                recorded = self._journal(file_id, batch, progress, recorded)
-                batch = []
+            if isinstance(records, ValidChunk):
+                batch.append(ValidEvents(records.lines, records.events))
+            else:
+                batch += map(new_event, records)
+            batched += len(records)
+            if batched >= self.journal_batch:
+                recorded = self._journal(file_id, batch, batched, progress, recorded)
+                batch, batched = [], 0
         if batch:
-            self._journal(file_id, batch, progress, recorded)
+            self._journal(file_id, batch, batched, progress, recorded)
         # not events, so not in the counts per outcome: a count of its own (set, not added: a
         # file recorded again after a kill counts them again)
         self.journal.set_filtered(file_id, run.filtered)
 
-    def _journal(self, file_id: int, batch: list[NewEvent], progress: Progress, before: int) -> int:
-        """Record a batch in one transaction; returns how many records are recorded so far."""
+    def _journal(self, file_id: int, batch: list[NewEvent | ValidEvents], records: int, progress: Progress,
+                 before: int) -> int:
+        """Record a batch (of `records` records) in one transaction; returns how many records are
+        recorded so far."""
         self.journal.record_events(file_id, batch)
-        recorded = before + len(batch)
+        recorded = before + records
         if progress.on_recorded:
             progress.on_recorded(recorded)
         return recorded

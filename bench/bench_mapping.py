@@ -139,7 +139,7 @@ class ParamsOnlyJournal:
     INSERT parameters with the production function and keeps only counts."""
 
     def __init__(self) -> None:
-        self.records = self.invalid = self.json_bytes = 0
+        self.records = self.invalid = self.json_bytes = self.filtered = 0
 
     def record_events(self, file_id: int, events: Any) -> int:
         from batch.store.journal import events_insert_params, to_text, utc_now
@@ -152,6 +152,9 @@ class ParamsOnlyJournal:
                 self.json_bytes += len(row[5])
         self.records += len(params)
         return len(params)
+
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        self.filtered = filtered  # one UPDATE a file in the journal: nothing to build before SQLite
 
 
 def ours(mapping_path: Path, data_path: Path) -> dict[str, Any]:

@@ -1095,3 +1095,32 @@ def test_pg_schema_1_is_migrated_an_old_error_becomes_one_error_with_its_message
         assert old_invalid.message == "status (column 'Tila' = 'X'): value is not in the map"
         assert old_accepted.errors == [] and journal.get_file(1).filtered == 0
     assert store_.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION == 2
+
+
+# --- a chunk of valid events journaled as columns ------------------------------------------------
+
+
+def test_valid_events_give_the_rows_that_new_events_give():
+    """journal.ValidEvents (the chunk path: all of a chunk's records valid) makes exactly the
+    rows NewEvent.valid makes one by one: same JSON text, digest, ids and types; also for a job
+    id beyond 64 bits (orjson refuses it, the standard library writes it) and a non-text id."""
+    from batch.config.mapping import load_mapping
+    from batch.transform.extract import mapped_file
+    from batch.transform.mapping import CompiledMapping, ValidChunk
+
+    root = Path(__file__).resolve().parent.parent
+    compiled = CompiledMapping(load_mapping(root / "config" / "mappings" / "finnish_cp1252.yaml"))
+    chunks = list(mapped_file(compiled, root / "samples" / "finnish_cp1252.csv"))
+    valid = [chunk for chunk in chunks if isinstance(chunk, ValidChunk)]
+    assert valid, "the sample's records should take the chunk path"
+    odd: list[dict[str, Any]] = [{"id": 7, "usageplacecode": "643007572000000001", "status": "connected",
+            "invoices": [{"invoicenumber": "ä\"\\\u2028", "jobid": 2**70}]},
+           {"id": "B", "time": "2024-02-05 06:30:00", "description": "x\ny"}]
+    cases: list[tuple[list[int], list[dict[str, Any]]]] = [(list(chunk.lines), list(chunk.events)) for chunk in valid]
+    cases.append(([5, 6], odd))
+    for lines, payloads in cases:
+        by_columns = journal_module.events_insert_params(3, [journal_module.ValidEvents(lines, payloads)], "now")
+        one_by_one = [journal_module.event_insert_params(3, journal_module.NewEvent.valid(line, payload), "now")
+                      for line, payload in zip(lines, payloads)]
+        assert by_columns == one_by_one
+        assert [list(map(type, row)) for row in by_columns] == [list(map(type, row)) for row in one_by_one]

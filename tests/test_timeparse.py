@@ -278,3 +278,37 @@ def test_remembered_date_and_time_halves_agree_with_the_general_path(formats, te
     for _ in range(2):  # the second time from what the first one remembered
         assert warm.convert_text(text) == expected[0]
         assert warm.convert(text) == expected
+
+
+# One converter per format and zone for the whole run, so that the remembered hours are warm: a
+# time of a remembered hour must convert exactly as the general parser converts it.
+_WARM_ISO = {(fmt, zone): TimeConverter([fmt], "Europe/Helsinki", zone)
+             for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z")
+             for zone in ("Europe/Helsinki", "UTC", "America/St_Johns", "Australia/Lord_Howe", "Asia/Kathmandu")}
+_NEAR_CHANGES = st.builds(
+    lambda day, h, mi, s, off: f"2024-{day}T{h:02d}:{mi:02d}:{s:02d}{off}",
+    st.sampled_from(["03-31", "10-27", "03-10", "11-03", "04-07", "10-06", "01-04"]),
+    st.integers(0, 24), st.integers(0, 60), st.integers(0, 60),
+    st.sampled_from(["Z", "+02:00", "+03:00", "-03:30", "+0545", "+10:30", "+11", "-00:00", "+01:75"]),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(sorted(_WARM_ISO)), st.one_of(_NEAR_CHANGES, _ISO_TEXT))
+def test_remembered_iso_hours_agree_with_the_general_path(key, text):
+    text = text.replace("T", " ") if key[0] == "%Y-%m-%d %H:%M:%S%z" else text
+    general = TimeConverter([key[0]], "Europe/Helsinki", key[1])
+    general._fast = []  # the general path only
+    assert _WARM_ISO[key].convert_text(text) == general.convert(text)[0]
+    assert _WARM_ISO[key].convert_text(text) == general.convert(text)[0]  # now remembered
+
+
+@pytest.mark.parametrize("other", ["2024-01-04T10:٤١:40+02:00", "2024-01-04T10:41:4²+02:00", "2024-01-04T10:60:00+02:00",
+                                   "2024-01-04T10:41:60+02:00", "2024-01-04T10-41:40+02:00", "2024-01-04T10:4:400+02:00",
+                                   "2024-01-04T10:05:09+02:00"])
+def test_a_remembered_iso_hour_takes_only_what_the_pattern_takes(other):
+    warm = TimeConverter(["%Y-%m-%dT%H:%M:%S%z"], "Europe/Helsinki", "Europe/Helsinki")
+    assert warm.convert_text("2024-01-04T10:41:40+02:00") == "2024-01-04 10:41:40"
+    general = TimeConverter(["%Y-%m-%dT%H:%M:%S%z"], "Europe/Helsinki", "Europe/Helsinki")
+    general._fast = []
+    assert warm.convert(other) == general.convert(other)

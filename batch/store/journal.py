@@ -51,12 +51,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
 from batch.strenum import StrEnum
-from batch.transform.jsonenc import event_bytes
+from batch.transform.jsonenc import each_event_bytes, event_bytes
 
 # --------------------------------------------------------------------------- states
 
@@ -138,7 +139,8 @@ class NewEvent(NamedTuple):
 
     It holds the payload as the journal stores it — its JSON text (``canonical_json``) and
     digest (``payload_digest``), made right away — not the payload dict. The pipeline makes
-    NewEvents chunk by chunk as records are mapped and records them thousands at a time:
+    NewEvents chunk by chunk as records are mapped (a chunk whose records are all valid: one
+    ``ValidEvents``, the same rows by columns) and records them thousands at a time:
     serialised while the event is still in the CPU's cache, with the dict freed there and then,
     a record costs a third less than when the batch's dicts are serialised and freed at the end
     (bench/bench_mapping.py). A NamedTuple rather than a frozen dataclass: as immutable, and made
@@ -172,6 +174,48 @@ class NewEvent(NamedTuple):
     def payload(self) -> dict[str, Any] | None:
         """The payload, read back from its JSON text."""
         return None if self.payload_json is None else json.loads(self.payload_json)
+
+
+class ValidEvents:
+    """The valid records of one chunk, column by column: what ``NewEvent.valid`` makes of each
+    (the same row in the journal), without a Python object per event.
+
+    The mapper's chunk path hands over a chunk whose records are all valid as lists (lines,
+    ids, payloads); the payloads' JSON texts and digests are made here with loops that run in C
+    (``jsonenc.each_event_bytes``, sha256 over each), while the chunk is in the CPU's cache, and
+    ``insert_params`` zips the columns into the journal's rows. Per record that saves a
+    MappedRecord, a NewEvent, two function calls of serialising and a row built in Python
+    (bench/bench_mapping.py).
+    """
+
+    __slots__ = ("lines", "event_ids", "usageplacecodes", "statuses", "payload_jsons", "payload_sha256s")
+
+    def __init__(self, lines: Sequence[int], payloads: Sequence[dict[str, Any]]) -> None:
+        self.lines = lines
+        self.event_ids = _text_column(payloads, "id")
+        self.usageplacecodes = _text_column(payloads, "usageplacecode")
+        self.statuses = _text_column(payloads, "status")
+        self.payload_jsons = list(map(bytes.decode, each_event_bytes(payloads)))
+        # payload_digest of each payload
+        self.payload_sha256s = [hashlib.sha256(sorted_json).hexdigest()
+                                for sorted_json in each_event_bytes(payloads, sorted_keys=True)]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def insert_params(self, file_id: int, now: str) -> list[tuple[Any, ...]]:
+        """The SQL_INSERT_EVENT parameters of each event, as event_insert_params makes them."""
+        return list(zip(repeat(file_id), self.lines, self.event_ids, self.usageplacecodes, self.statuses,
+                        self.payload_jsons, self.payload_sha256s, repeat(EventState.PENDING), repeat(None),
+                        repeat(None), repeat(now)))
+
+
+def _text_column(payloads: Sequence[dict[str, Any]], key: str) -> list[str | None]:
+    """``_opt_str(payload.get(key))`` of each payload (the mapped values are text already)."""
+    values = list(map(dict.get, payloads, repeat(key)))
+    if set(map(type, values)) <= {str}:
+        return values
+    return list(map(_opt_str, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +414,7 @@ class JournalStore(ABC):
     # -- events
 
     @abstractmethod
-    def record_events(self, file_id: int, events: Iterable[NewEvent]) -> int: ...
+    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int: ...
 
     @abstractmethod
     def mark_duplicates(self, file_id: int) -> int: ...
@@ -645,10 +689,17 @@ def errors_json(event: NewEvent) -> str | None:
     return json.dumps([{key: error.get(key) for key in ERROR_KEYS} for error in errors], ensure_ascii=False)
 
 
-def events_insert_params(file_id: int, events: Iterable[NewEvent], now: str) -> list[tuple[Any, ...]]:
-    """Everything ``Journal.record_events`` does before SQLite: serialise and hash each event
-    (``bench/bench_mapping.py`` times production up to here)."""
-    return [event_insert_params(file_id, event, now) for event in events]
+def events_insert_params(file_id: int, events: Iterable[NewEvent | ValidEvents], now: str) -> list[tuple[Any, ...]]:
+    """Everything ``Journal.record_events`` does before SQLite: each event's row (a ValidEvents
+    block gives the rows of its events, in order); ``bench/bench_mapping.py`` times production up
+    to here."""
+    params: list[tuple[Any, ...]] = []
+    for event in events:
+        if isinstance(event, ValidEvents):
+            params += event.insert_params(file_id, now)
+        else:
+            params.append(event_insert_params(file_id, event, now))
+    return params
 
 
 def result_params(result: Result, now: str) -> tuple[Any, ...]:
@@ -1160,7 +1211,7 @@ class Journal(JournalStore):
 
     # -- events
 
-    def record_events(self, file_id: int, events: Iterable[NewEvent]) -> int:
+    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int:
         """Record mapped events (one transaction), before anything is sent.
 
         Idempotent on (file, line): a resumed run recording the same lines again changes

@@ -65,6 +65,7 @@ from batch.store.journal import (
     JournalUnusable,
     NewEvent,
     Result,
+    ValidEvents,
     already_processed_message,
     counts_from_rows,
     event_from_row,
@@ -569,7 +570,7 @@ class PgJournal(JournalStore):
 
     # -- events
 
-    def record_events(self, file_id: int, events: Iterable[NewEvent]) -> int:
+    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int:
         """See ``Journal.record_events``: one transaction, idempotent per line, duplicates marked."""
         now = self._now()
         params = events_insert_params(file_id, events, now.isoformat())

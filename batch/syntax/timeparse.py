@@ -281,6 +281,9 @@ def _wall_clock_parser(
     known_dates: dict[str, str] = {}  # a text that is exactly a real date of date_half -> its output
     known_times: dict[str, str] = {}  # likewise for time_half
 
+    # the time half's groups, for time_text
+    clock_groups = [name if name in time_half.groupindex else None for name in ("H", "M", "S")]
+
     def parse_halves(text: str) -> str | None:
         head, _, tail = text.partition(" ")
         date = known_dates.get(head)
@@ -288,6 +291,17 @@ def _wall_clock_parser(
             clock = known_times.get(tail)
             if clock is not None:
                 return date + " " + clock
+            # a known date and a time of day not seen yet (a year's export meets most of the
+            # 86,400 times of day for the first time on a date it knows already):
+            # the text is exactly date + ' ' + time, which the whole format matches with these
+            # very groups, so the time half alone decides (a quarter of the cost of `parse`)
+            found = time_half.fullmatch(tail)
+            if found is not None:
+                clock = time_text(*(found[name] if name else None for name in clock_groups))
+                if clock is not None:
+                    if len(known_times) < 200_000:
+                        known_times[tail] = clock
+                    return date + " " + clock
         result = parse(text)
         if result is not None and result is not _NOT_REAL:
             # remember each half only when it alone is exactly a date (a time), so that a
@@ -328,10 +342,7 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
     except ValueError:  # Python 3.10 knows no 'Z': the general path handles these
         return None
 
-    def parse(text: str) -> str | None:
-        match = pattern.fullmatch(text)
-        if match is None:
-            return None
+    def exact(text: str, match: re.Match[str]) -> str | None:
         offset = match.group("z").replace(":", "")
         if len(offset) == 5 and offset[3:] > "59":
             return None  # fromisoformat would take +01:75; the general path refuses it
@@ -340,6 +351,42 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
             return _format(moment.astimezone(output))
         except (ValueError, OverflowError):
             return None  # the general path says why
+
+    # Most of a feed's times share their hour and offset with others: the text up to the hour
+    # plus the offset ('2024-01-04T10' '+02:00') -> the output up to the hour ('2024-01-04 10'),
+    # kept only for an hour that moves whole in the output zone (its first and last second keep
+    # their minutes and seconds and land in the same output hour: no offset change inside it, no
+    # offset of 30 or 45 minutes). Any minute and second of such an hour is the output hour
+    # plus the text's own ':MM:SS' (~0.4 us instead of ~1.5).
+    # Only texts of the usual layout are remembered ('YYYY-MM-DDTHH' is 13 characters, the
+    # offset starts at 19), so a text whose first 13 characters and offset make a known key is
+    # exactly a remembered text with another ':MM:SS': with ASCII digits there, the pattern
+    # matches it too, and no regular expression needs to run.
+    hours: dict[str, str] = {}
+
+    def parse(text: str) -> str | None:
+        known = hours.get(text[:13] + text[19:])
+        if known is not None:
+            clock = text[13:19]  # six characters: a known key is at least one longer than 13
+            minute, second = clock[1:3], clock[4:6]
+            if (clock[0] == ":" == clock[3] and clock.isascii() and (minute + second).isdigit()
+                    and minute < "60" and second < "60"):
+                return known + clock
+        match = pattern.fullmatch(text)
+        if match is None:
+            return None
+        result = exact(text, match)
+        if (result is not None and match.end("H") == 13 and match.start("z") == 19 and len(hours) < 100_000
+                and text[:13] + text[19:] not in hours):
+            first = _whole(text[:13] + ":00:00" + text[19:])
+            last = _whole(text[:13] + ":59:59" + text[19:])
+            if first and last and first[13:] == ":00:00" and last[13:] == ":59:59" and first[:13] == last[:13]:
+                hours[text[:13] + text[19:]] = first[:13]
+        return result
+
+    def _whole(text: str) -> str | None:
+        match = pattern.fullmatch(text)
+        return None if match is None else exact(text, match)
 
     return parse
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from batch.transform.compressed import opened_export
 from batch.transform.fixed import read_fixed
 from batch.transform.gctune import fewer_collections
-from batch.transform.mapping import CompiledMapping, MappedRecord, MappingRun
+from batch.transform.mapping import CompiledMapping, MappedChunk, MappingRun
 from batch.transform.readers import DEFAULT_CHUNK_SIZE, read_csv, read_xml
 from batch.transform.records import Chunk
 from batch.transform.xmlprocess import read_xml_file
@@ -24,7 +24,7 @@ from batch.transform.xmlprocess import read_xml_file
 
 def mapped_file(
     compiled: CompiledMapping, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None
-) -> Iterator[list[MappedRecord]]:
+) -> Iterator[MappedChunk]:
     """The mapped records of the file at `path` (what the pipeline and `preview` read)."""
     with open(path, "rb") as stream:
         yield from mapped_chunks(compiled, stream, chunk_size, run, xml_in_child=True)
@@ -33,8 +33,10 @@ def mapped_file(
 def mapped_chunks(
     compiled: CompiledMapping, stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, run: MappingRun | None = None,
     xml_in_child: bool = False,
-) -> Iterator[list[MappedRecord]]:
-    """Yields lists of mapped records in file order. Raises readers.FileError for a file-level fault.
+) -> Iterator[MappedChunk]:
+    """Yields the mapped records chunk by chunk, in file order: a list of MappedRecords, or a
+    mapping.ValidChunk (iterating it gives its MappedRecords) when all of a chunk's records are
+    valid. Raises readers.FileError for a file-level fault.
 
     `run`: the caller's MappingRun (from compiled.start()), to read its counts afterwards
     (`run.filtered`: records the mapping's `keep` rule left out). `xml_in_child`: parse XML in a
@@ -70,11 +72,11 @@ def _chunks(compiled: CompiledMapping, stream: BinaryIO, chunk_size: int) -> Ite
     return read_csv(stream, mapping.csv, compiled.required_columns(), chunk_size)
 
 
-def _mapped(compiled: CompiledMapping, chunks: Iterator[Chunk], run: MappingRun | None) -> Iterator[list[MappedRecord]]:
+def _mapped(compiled: CompiledMapping, chunks: Iterator[Chunk], run: MappingRun | None) -> Iterator[MappedChunk]:
     run = run or compiled.start()
     with fewer_collections():
         for chunk in chunks:
-            records = run.map_chunk(chunk)
+            records = run.mapped(chunk)
             if records:
                 yield records
         tail = run.finish()

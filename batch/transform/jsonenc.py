@@ -18,12 +18,14 @@ the standard library, which gives those same bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
 
 _SORTED = orjson.OPT_SORT_KEYS
+_dumps_sorted = partial(orjson.dumps, option=_SORTED)
 
 
 def event_bytes(event: Mapping[str, Any], *, sorted_keys: bool = False) -> bytes:
@@ -32,6 +34,16 @@ def event_bytes(event: Mapping[str, Any], *, sorted_keys: bool = False) -> bytes
         return orjson.dumps(event, option=_SORTED if sorted_keys else None)
     except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a Mapping not a dict
         return stdlib_event_bytes(event, sorted_keys=sorted_keys)
+
+
+def each_event_bytes(events: Sequence[Mapping[str, Any]], *, sorted_keys: bool = False) -> list[bytes]:
+    """``event_bytes`` of each event, for a chunk's events at once: the loop runs in C (map over
+    orjson), ~0.1 us an event less than a call of event_bytes each. One event orjson refuses
+    sends the chunk through event_bytes, event by event, which gives the same bytes."""
+    try:
+        return list(map(_dumps_sorted if sorted_keys else orjson.dumps, events))
+    except TypeError:
+        return [event_bytes(event, sorted_keys=sorted_keys) for event in events]
 
 
 def stdlib_event_bytes(event: Mapping[str, Any], *, sorted_keys: bool = False) -> bytes:

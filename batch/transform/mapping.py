@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
@@ -84,6 +84,28 @@ class MappedRecord:
     @property
     def ok(self) -> bool:
         return self.event is not None
+
+
+class ValidChunk:
+    """A chunk whose records are all valid, as the chunk path maps it: lines, event ids and events
+    in three lists, no MappedRecord made per record. The pipeline journals the lists as they are
+    (journal.ValidEvents); iterating gives the MappedRecords (preview, and any other reader of
+    `extract.mapped_chunks`), the same records the row path would give."""
+
+    __slots__ = ("lines", "ids", "events")
+
+    def __init__(self, lines: list[int], ids: list[str], events: list[dict[str, Any]]) -> None:
+        self.lines, self.ids, self.events = lines, ids, events
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __iter__(self) -> Iterator[MappedRecord]:
+        return map(MappedRecord, self.lines, self.events, repeat(_NO_ERRORS), repeat(NO_PARTIAL))
+
+
+#: What mapping one chunk gives: its records, or for an all-valid chunk the same in columns.
+MappedChunk = list[MappedRecord] | ValidChunk
 
 
 def _preview(value: str | None) -> str:
@@ -343,6 +365,13 @@ class MappingRun:
     # -- public ---------------------------------------------------------------------------------
 
     def map_chunk(self, chunk: Chunk) -> list[MappedRecord]:
+        """The records of the chunk, in file order."""
+        records = self.mapped(chunk)
+        return records if isinstance(records, list) else list(records)
+
+    def mapped(self, chunk: Chunk) -> MappedChunk:
+        """The records of the chunk: a ValidChunk when all are valid (the common case, no object
+        made per record), else the list of MappedRecords."""
         self.sheet = chunk.sheet  # once a chunk: records carry only their line (row) number
         if self.compiled.keeps is not None:
             chunk = self._kept(chunk)  # once a chunk, before (and outside) the per-record paths
@@ -389,7 +418,7 @@ class MappingRun:
                 out.append(_with_span(self._finish(record, origin), chunk.spans))
         return out
 
-    def _all_valid(self, fast_chunk: FastChunkMapper, chunk: Chunk) -> list[MappedRecord] | None:
+    def _all_valid(self, fast_chunk: FastChunkMapper, chunk: Chunk) -> ValidChunk | None:
         """The records of a chunk in which every record is valid and every id new, or None.
 
         The common case, done in bulk: the mapping runs column by column (fastpath's chunk
@@ -418,7 +447,7 @@ class MappingRun:
             for event_id in list(islice(reversed(seen), len(seen) - known)):
                 del seen[event_id]
             return None
-        return list(map(MappedRecord, chunk.lines, events, repeat(_NO_ERRORS), repeat(NO_PARTIAL)))
+        return ValidChunk(chunk.lines, ids, events)
 
     def _kept(self, chunk: Chunk) -> Chunk:
         """The chunk without the records that the `keep` rule leaves out (counted in `filtered`).

@@ -21,7 +21,8 @@ broken file.
 
 The pipe carries length-prefixed JSON, never pickle: what comes back is data from a hostile
 file, handled by a process that parsed it. Messages: ["chunk", lines, rows], then ["done", peak]
-or ["error", message, line, peak].
+or ["error", message, line, peak]. orjson writes and reads them (UTF-8 JSON as the standard
+library's: ~0.6 us a record less CPU than json.dumps and json.loads, bench/bench_mapping.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import orjson
 
 from batch.transform.magic import sniff
 from batch.transform.records import Chunk, XmlPlan
@@ -149,8 +152,8 @@ def _receive(pipe: IO[bytes]) -> list[Any] | None:
     if len(body) < size:
         return None
     try:
-        message = json.loads(body)
-    except ValueError:
+        message = orjson.loads(body)
+    except ValueError:  # orjson.JSONDecodeError
         return None  # not what our child writes: treated as its death
     return message if isinstance(message, list) and message else None
 
@@ -214,7 +217,7 @@ def _child(job: dict[str, Any], out: IO[bytes]) -> None:
     from batch.transform.readers import FileError, parse_xml
 
     def send(message: list[Any]) -> None:
-        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = orjson.dumps(message)
         out.write(_LENGTH.pack(len(body)) + body)
 
     budget = job["budget_mb"]
