@@ -40,8 +40,8 @@ from batch.config.mapping import CsvOptions, FixedOptions, Mapping, XlsxOptions,
 from batch.fsutil import NAME_MAX, atomic_writer, fit_name, real_name
 from batch.syntax.xmlpaths import clark_steps
 from batch.transform.compressed import opened_export
-from batch.transform.fixed import is_ebcdic, read_fixed
-from batch.transform.readers import _PARSER_OPTIONS, _path_matcher, detect_encoding, read_csv
+from batch.transform.fixed import is_ebcdic, read_exactly, read_fixed
+from batch.transform.readers import PARSER_OPTIONS, detect_encoding, path_matcher, read_csv
 from batch.transform.records import Chunk
 
 REJECTED_INFIX = ".rejected."
@@ -269,7 +269,7 @@ def _fixed_records(stream: BinaryIO, options: FixedOptions, wanted: Iterator[int
     footer: deque[tuple[bytes, bool]] = deque(maxlen=options.skip_footer)
     target = next(wanted, None)
     number = 0
-    while data := _read_exactly(stream, size):
+    while data := read_exactly(stream, size):
         number += 1
         while target is not None and target < number:
             target = next(wanted, None)
@@ -283,16 +283,6 @@ def _fixed_records(stream: BinaryIO, options: FixedOptions, wanted: Iterator[int
             out.write(data)
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    data = stream.read(size)
-    while data and len(data) < size:
-        more = stream.read(size - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
 # --------------------------------------------------------------------------- XML
 
 
@@ -302,13 +292,13 @@ def _xml(stream: BinaryIO, options: XmlOptions, wanted: Iterator[int], out: Bina
     namespaces = dict(options.namespaces)
     steps = clark_steps(options.record_path, namespaces)
     record_tag = steps[-1][1]
-    matches = _path_matcher(steps)
+    matches = path_matcher(steps)
     target = next(wanted, None)
     pending: Any = None
     opened: list[tuple[Any, ExitStack]] = []  # the ancestors open in the output, outermost first
     with etree.xmlfile(out, encoding="utf-8") as document:
         document.write_declaration()
-        for event, element in etree.iterparse(stream, events=("start", "end"), **_PARSER_OPTIONS):
+        for event, element in etree.iterparse(stream, events=("start", "end"), **PARSER_OPTIONS):
             if event == "start":
                 if pending is None and element.tag == record_tag and matches(element):
                     pending = element

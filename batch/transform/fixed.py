@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from batch.config.mapping import FixedOptions
-from batch.transform.readers import DEFAULT_CHUNK_SIZE, FileError, _decoded
+from batch.transform.readers import DEFAULT_CHUNK_SIZE, FileError, decoded
 from batch.transform.records import Chunk
 
 _BLOCK = 1 << 16
@@ -47,7 +47,7 @@ def read_fixed(
     """The records of a fixed-width file, in chunks; `required_columns` are all declared (checked at load)."""
     if options.record_length is not None:
         return _chunks(_records(stream, options), options, chunk_size)
-    return _decoded(stream, options, lambda text: _chunks(_lines(text, options), options, chunk_size))
+    return decoded(stream, options, lambda text: _chunks(_lines(text, options), options, chunk_size))
 
 
 # One record as read: (position, the layout's width of its text, its length, data past the layout?)
@@ -109,7 +109,7 @@ def _records(stream: BinaryIO, options: FixedOptions) -> Iterator[_Raw]:
     keep = options.layout_end()
     number = 0
     while True:
-        data = _read_exactly(stream, size)
+        data = read_exactly(stream, size)
         if not data:
             return
         number += 1
@@ -124,7 +124,8 @@ def _records(stream: BinaryIO, options: FixedOptions) -> Iterator[_Raw]:
         yield number, text[:keep], len(text), bool(text[keep:].strip(_PADDING))
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+def read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """`size` bytes of `stream`, fewer only at its end (a pipe or an inflating stream may give less a call)."""
     data = stream.read(size)
     while data and len(data) < size:
         more = stream.read(size - len(data))

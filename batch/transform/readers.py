@@ -133,10 +133,10 @@ def read_csv(
     required_columns: list[str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Iterator[Chunk]:
-    return _decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size))
+    return decoded(stream, options, lambda text: _csv_chunks(text, options, required_columns, chunk_size))
 
 
-def _decoded(
+def decoded(
     stream: BinaryIO, options: CsvOptions | FixedOptions, body: Callable[[io.TextIOWrapper], Iterator[Chunk]]
 ) -> Iterator[Chunk]:
     """Decode `stream` as the options say and run `body(text)`; decoding problems become FileError."""
@@ -343,7 +343,7 @@ MAX_PROLOG_BYTES = 1 << 20
 # chunk holds follows the file's bytes, not chunk_size times the largest record (1 MB).
 MAX_CHUNK_BYTES = 4 << 20
 
-_PARSER_OPTIONS = dict(
+PARSER_OPTIONS = dict(
     resolve_entities=False,
     no_network=True,
     load_dtd=False,
@@ -400,7 +400,7 @@ def _xml_chunks(
     _refuse_doctype(stream.peek(1 << 16))
     steps = clark_steps(record_path, namespaces)
     record_tag = steps[-1][1]
-    matches_path = _path_matcher(steps)
+    matches_path = path_matcher(steps)
     texts = compile_row_extractor(plan.texts, namespaces)
     groups = [
         (compile_element_finder(element, namespaces), compile_row_extractor(parts, namespaces))
@@ -416,7 +416,7 @@ def _xml_chunks(
         if root_tag is None:
             return
         parser = etree.XMLPullParser(
-            events=("start", "end"), tag=list(dict.fromkeys((root_tag, record_tag))), **_PARSER_OPTIONS
+            events=("start", "end"), tag=list(dict.fromkeys((root_tag, record_tag))), **PARSER_OPTIONS
         )
         root: etree._Element | None = None
         pending: etree._Element | None = None  # the record element being read
@@ -479,7 +479,7 @@ def _root_tag(blocks: _Blocks) -> tuple[str | None, list[bytes]]:
     """The document element's tag, read by a throw-away parser, and the blocks it took to find it
     (to be fed again). A DOCTYPE is refused here, so a document without records is refused too.
     A syntax error after the root's start tag is left to the real parse (records before it count)."""
-    probe = etree.XMLPullParser(events=("start",), **_PARSER_OPTIONS)
+    probe = etree.XMLPullParser(events=("start",), **PARSER_OPTIONS)
     head: list[bytes] = []
     for block in blocks:
         head.append(block)
@@ -561,7 +561,7 @@ def _doctype_error() -> FileError:
     )
 
 
-def _path_matcher(steps: list[tuple[bool, str]]) -> Callable[[etree._Element], bool]:
+def path_matcher(steps: list[tuple[bool, str]]) -> Callable[[etree._Element], bool]:
     """Does an element's chain of ancestors match the record path?"""
     if len(steps) == 1 and steps[0][0]:
         return lambda element: True  # '//Event': the parser's tag filter already chose
