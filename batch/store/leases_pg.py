@@ -22,7 +22,6 @@ SQLite, and why:
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +59,8 @@ _PG_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS lease_journal (id text NOT NULL)",
 )
 
-SQL_FENCE = "SELECT 1 FROM leases WHERE feed = %s AND holder = %s AND epoch = %s FOR SHARE"
+SQL_CURRENT = "SELECT 1 FROM leases WHERE feed = %s AND holder = %s AND epoch = %s"
+SQL_FENCE = SQL_CURRENT + " FOR SHARE"  # inside a journal write: a takeover waits for its commit
 SQL_NOW = "SELECT extract(epoch FROM clock_timestamp())::double precision"
 
 
@@ -77,7 +77,6 @@ class PgLeaseStore(LeaseStore):
             kwargs["connect_timeout"] = max(2, round(timeout_s))
         if password is not None:
             kwargs["password"] = password
-        self._lock = threading.Lock()
         # a connection of its own first: a refusal gives libpq's reason, not the pool's timeout
         with self._unavailable_as("open it for leases"), psycopg.connect(conninfo, **kwargs) as conn:
             self.journal_id = self._create(conn)
@@ -180,8 +179,7 @@ class PgLeaseStore(LeaseStore):
 
     def check(self, lease: Lease) -> None:
         with self._unavailable_as("check the feed's lease"), self._pool.connection() as conn:
-            if conn.execute(SQL_FENCE.replace(" FOR SHARE", ""),
-                            (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
+            if conn.execute(SQL_CURRENT, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
                 raise LeaseLost(lease.feed, self._why_lost(conn, lease))
 
     def fence(self, lease: Lease) -> Callable[[Any], None]:
@@ -203,5 +201,4 @@ class PgLeaseStore(LeaseStore):
         return [Lease(*row) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._pool.close()
+        self._pool.close()
