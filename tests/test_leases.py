@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,12 +157,44 @@ def test_the_journal_id_is_made_once_and_differs_between_journals(tmp_path: Path
 # --------------------------------------------------------------------------- fencing in the journal
 
 
-def test_a_fenced_journal_write_after_a_takeover_is_refused_and_rolled_back(journal_path: Path,
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fenced(request: pytest.FixtureRequest, journal_path: Path, clock: Clock) -> Iterator[tuple[Any, ...]]:
+    """(journal, the lease store of instance A, that of instance B, a query on the database
+    itself) on SQLite (the journal's file) and on PostgreSQL (a fresh test database)."""
+    if request.param == "postgresql":
+        from batch.store.journal_pg import PgJournal
+        from batch.store.leases_pg import PgLeaseStore
+
+        database = request.getfixturevalue("pg_database")
+        stores: list[LeaseStore] = [PgLeaseStore(database.uri, password=database.password, clock=clock)
+                                    for _ in range(2)]
+        journal: Any = PgJournal(database.uri, password=database.password)
+
+        def query(sql: str) -> list[Any]:
+            with database.connect() as conn:
+                return list(conn.execute(sql).fetchall())
+    else:
+        stores = [store(journal_path, clock), store(journal_path, clock)]
+        journal = Journal(journal_path)
+
+        def query(sql: str) -> list[Any]:
+            conn = sqlite3.connect(journal_path)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+    yield journal, stores[0], stores[1], query
+    journal.close()
+    for each in stores:
+        each.close()
+
+
+def test_a_fenced_journal_write_after_a_takeover_is_refused_and_rolled_back(fenced: tuple[Any, ...],
                                                                             clock: Clock) -> None:
-    leases_a, leases_b = store(journal_path, clock), store(journal_path, clock)
+    journal, leases_a, leases_b, query = fenced
+    assert leases_a.journal_id == leases_b.journal_id
     lease = leases_a.acquire("feed1", "A", 30)
     assert lease is not None
-    journal = Journal(journal_path)
     journal.set_fence(leases_a.fence(lease))
     file = journal.begin_file("x.csv", "ab" * 32, 10, "feed1").file
     journal.record_events(file.id, [NewEvent.valid(1, {"id": "E1", "usageplacecode": "P", "status": "x"})])
@@ -173,13 +206,10 @@ def test_a_fenced_journal_write_after_a_takeover_is_refused_and_rolled_back(jour
                                "the journal write was refused")
     with pytest.raises(LeaseLost):
         journal.finish_file(file.id, "done")
-    conn = sqlite3.connect(journal_path)
-    assert conn.execute("SELECT state FROM events").fetchall() == [("pending",)]
-    assert conn.execute("SELECT state FROM files").fetchall() == [("processing",)]
-    conn.close()
+    assert query("SELECT state FROM events") == [("pending",)]
+    assert query("SELECT state FROM files") == [("processing",)]
     journal.set_fence(None)  # another thread's (or no) fence: writes go through
     assert journal.record_results([Result(file.id, 1, "accepted", 200)]) == 1
-    journal.close()
 
 
 # --------------------------------------------------------------------------- the inbox's marker
@@ -264,40 +294,6 @@ def test_instance_and_lease_seconds_are_checked_at_file_line_key(tmp_path: Path)
     config.write_text(config.read_text().replace("instance: 'a b'\nlease_seconds: 0.5\n", ""))
     loaded = load_service_config(config).config
     assert (loaded.instance, loaded.lease_seconds) == (None, 30.0)
-
-
-def test_a_fenced_postgresql_journal_write_after_a_takeover_is_refused_and_rolled_back(pg_database,
-                                                                                       clock: Clock) -> None:
-    from batch.store.journal_pg import PgJournal
-    from batch.store.leases_pg import PgLeaseStore
-
-    leases_a = PgLeaseStore(pg_database.uri, password=pg_database.password, clock=clock)
-    leases_b = PgLeaseStore(pg_database.uri, password=pg_database.password, clock=clock)
-    journal = PgJournal(pg_database.uri, password=pg_database.password)
-    try:
-        assert leases_a.journal_id == leases_b.journal_id
-        lease = leases_a.acquire("feed1", "A", 30)
-        assert lease is not None
-        journal.set_fence(leases_a.fence(lease))
-        file = journal.begin_file("x.csv", "ab" * 32, 10, "feed1").file
-        journal.record_events(file.id, [NewEvent.valid(1, {"id": "E1", "usageplacecode": "P", "status": "x"})])
-        clock.now += 31
-        assert leases_b.acquire("feed1", "B", 30) is not None  # A was paused past its lease
-        with pytest.raises(LeaseLost) as lost:
-            journal.record_results([Result(file.id, 1, "accepted", 200)])
-        assert str(lost.value) == ("feed feed1: lease lost: held as epoch 1 by A; now epoch 2 of B; "
-                                   "the journal write was refused")
-        with pytest.raises(LeaseLost):
-            journal.finish_file(file.id, "done")
-        with pg_database.connect() as conn:
-            assert conn.execute("SELECT state FROM events").fetchall() == [("pending",)]
-            assert conn.execute("SELECT state FROM files").fetchall() == [("processing",)]
-        journal.set_fence(None)
-        assert journal.record_results([Result(file.id, 1, "accepted", 200)]) == 1
-    finally:
-        journal.close()
-        leases_a.close()
-        leases_b.close()
 
 
 def test_two_postgresql_takers_of_one_expired_lease_get_one_tenure_each_in_turn(pg_database) -> None:
