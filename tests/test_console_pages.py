@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import yaml
 
@@ -100,7 +101,7 @@ def test_a_changed_configuration_is_read_again(tmp_path, demo_workspace, live_co
 
 
 def test_a_late_feed_is_shown_red():
-    row = {"feed": "north", "inbox": "/in", "in_processing": [], "last_file": None, "lease": None, "marker": None,
+    row: dict[str, Any] = {"feed": "north", "inbox": "/in", "in_processing": [], "last_file": None, "lease": None, "marker": None,
            "expected": {"description": "every day by 03:00 Europe/Helsinki, grace 30m",
                         "due": "2026-11-29T01:30:00+00:00", "next_due": "2026-11-30T01:30:00+00:00", "late": True,
                         "last_arrival": None}}
