@@ -27,7 +27,7 @@ from batch.config.mapping import Mapping, load_mapping
 from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret, secret_file_warning
 from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
 from batch.errors import ConfigurationError
-from batch.syntax.schedule import Schedule, ScheduleError, every, parse_cron, parse_duration, parse_hhmm, time_zone
+from batch.syntax.schedule import Schedule, every, parse_cron, parse_duration, parse_hhmm, time_zone
 
 
 class ReceiptOptions(BaseModel):
@@ -153,8 +153,8 @@ class NotifySettings(BaseModel):
 
 def webhook_url_problem(url: str) -> str | None:
     """Why `url` cannot be a webhook's URL, without quoting it; None when it can."""
-    from urllib3.util import parse_url
     from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
 
     if any(ord(c) <= 32 or ord(c) >= 127 or c == "\\" for c in url):
         return "the URL holds a space, control, backslash or non-ASCII character"

@@ -431,10 +431,28 @@ class JournalStore(ABC):
     @abstractmethod
     def record_results(self, results: Iterable[Result]) -> int: ...
 
+    # -- notifications (batch.service.notifying): each sent once, whatever instance fires it
+
+    @abstractmethod
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        """Record the notification (`feed`, `kind`, `subject`) in `state` ('pending': to send;
+        'off': no webhook, recorded so the alert is said once); True when this call recorded it,
+        False when it was there already (another instance, or before a restart)."""
+
+    @abstractmethod
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        """A pending notification's end: 'sent' or 'failed' (with why, never the URL)."""
+
+    @abstractmethod
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        """(kind, subject, message) of the feed's notifications still pending since before
+        `claimed_before`: their sender stopped before it was done (a crash); sent again."""
+
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -549,8 +567,27 @@ _SCHEMA_V3: tuple[str, ...] = (
     " 'message', message)) WHERE state = 'invalid' AND message IS NOT NULL",
 )
 
+# Version 4: notifications (late files, files with problems), each recorded before it is sent;
+# the primary key is what makes one notification fire once across restarts and instances.
+_SCHEMA_V4: tuple[str, ...] = (
+    """
+    CREATE TABLE notifications (
+        feed        TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,
+        subject     TEXT    NOT NULL,
+        message     TEXT    NOT NULL,
+        state       TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'off')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  TEXT    NOT NULL,
+        updated_at  TEXT    NOT NULL,
+        PRIMARY KEY (feed, kind, subject)
+    )
+    """,
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -1296,3 +1333,25 @@ class Journal(JournalStore):
             before = conn.total_changes
             conn.executemany(SQL_RECORD_RESULT, params)
             return conn.total_changes - before
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, message, state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
+                         " WHERE feed = ? AND kind = ? AND subject = ?",
+                         (state, attempts, error, self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = ? AND state = 'pending'"
+                          " AND updated_at < ? ORDER BY created_at", (feed, to_text(claimed_before)))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]

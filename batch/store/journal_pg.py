@@ -80,7 +80,7 @@ from batch.store.journal import (
 
 # --------------------------------------------------------------------------- schema
 
-PG_SCHEMA_VERSION = 2
+PG_SCHEMA_VERSION = 3
 
 _STATES_OF_FILES = "'processing', 'done', 'error', 'skipped'"
 _STATES_OF_EVENTS = "'pending', 'accepted', 'rejected', 'invalid', 'failed', 'duplicate', 'not_sent'"
@@ -162,8 +162,26 @@ _PG_SCHEMA_V2: tuple[str, ...] = (
     " 'value', NULL, 'message', message))::text WHERE state = 'invalid' AND message IS NOT NULL",
 )
 
+# Version 3: what SQLite's schema version 4 adds (notifications, each fired once).
+_PG_SCHEMA_V3: tuple[str, ...] = (
+    """
+    CREATE TABLE notifications (
+        feed        text        NOT NULL,
+        kind        text        NOT NULL,
+        subject     text        NOT NULL,
+        message     text        NOT NULL,
+        state       text        NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'off')),
+        attempts    integer     NOT NULL DEFAULT 0,
+        last_error  text,
+        created_at  timestamptz NOT NULL,
+        updated_at  timestamptz NOT NULL,
+        PRIMARY KEY (feed, kind, subject)
+    )
+    """,
+)
+
 #: PG_MIGRATIONS[i] takes the schema from version i to version i + 1.
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2, _PG_SCHEMA_V3)
 
 # The first key of every advisory lock this journal takes (always transaction-scoped):
 # 'UPBJ'; the second key says what is locked.
@@ -643,3 +661,25 @@ class PgJournal(JournalStore):
             cursor.executemany(SQL_RECORD_RESULT, [(one[0], one[1], text(one[2]), text(one[3]), text(one[4]),
                                                     one[5], now, *one[7:]) for one in params])
             return cursor.rowcount
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, text(message), state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = %s, attempts = attempts + %s, last_error = %s,"
+                         " updated_at = %s WHERE feed = %s AND kind = %s AND subject = %s",
+                         (state, attempts, None if error is None else text(error), self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = %s AND state = 'pending'"
+                          " AND updated_at < %s ORDER BY created_at", (feed, claimed_before))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]

@@ -235,8 +235,10 @@ def parse_duration(text: str | int | float) -> timedelta:
         if text < 0:
             raise ScheduleError("must not be negative")
         return timedelta(seconds=text)
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
-    if match is None or not text.strip():
+    if not isinstance(text, str) or not text.strip():
+        raise ScheduleError("expected a duration such as 30m, 2h, 1h30m or 45s")
+    match = _DURATION.match(text.strip())
+    if match is None:
         raise ScheduleError("expected a duration such as 30m, 2h, 1h30m or 45s")
     parts = {key: int(value) for key, value in match.groupdict().items() if value}
     return timedelta(days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0),
