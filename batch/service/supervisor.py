@@ -540,10 +540,17 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
         loaded.config.resolved_journal_password()  # a PostgreSQL journal's ${ENV} or journal_password_file
     except SecretResolutionError as exc:
         problems.append(f"{loaded.path}: {exc}")
+    if loaded.config.notify is not None:
+        try:
+            loaded.config.notify.resolved_url()
+        except SecretResolutionError as exc:
+            problems.append(f"{loaded.path}: {exc}")
     for feed in loaded.config.feeds:
         where = f"{loaded.path}: feeds[{feed.name}]"
         try:
             feed.resolved_password()
+            if feed.notify is not None:
+                feed.notify.resolved_url()
         except SecretResolutionError as exc:
             problems.append(f"{where}: {exc}")
         problems += [f"{where}: {problem}" for problem in _key_problems(feed)]
