@@ -32,11 +32,11 @@ from batch.syntax.schedule import Schedule, describe_duration
 class Lateness:
     """A feed's lateness at one moment (see the module docstring)."""
 
-    due: datetime | None        # the latest due time whose deadline has passed
+    due: datetime               # the latest due time whose deadline has passed
     next_due: datetime          # the due time after it
     late: bool                  # `due` is not covered by a file
     last_arrival: datetime | None
-    deadline: datetime | None   # due + grace
+    deadline: datetime          # due + grace
 
     def as_json(self, description: str) -> dict[str, Any]:
         """The ``expected`` of a `status --json` feed row (CONSOLE_CONTRACTS.md)."""

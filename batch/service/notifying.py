@@ -50,6 +50,7 @@ class Notifier:
         self._stop = stop
         self._queue: queue.Queue[_Send | None] = queue.Queue()
         self._queued: set[tuple[str, str, str]] = set()  # stale ones queued again, once
+        self._still: set[tuple[str, str]] = set()  # (feed, due) this process has said is late
         self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
 
     def start(self) -> None:
@@ -65,10 +66,19 @@ class Notifier:
 
     def late(self, feed: FeedSettings, notify: NotifySettings | None, state: Lateness, described: str) -> None:
         """The feed is late for `state.due`: said once per due time."""
-        assert state.due is not None
         message = late_message(feed.name, state, described)
-        subject = iso_utc(state.due) or ""
-        if not self._claim(feed.name, "late", subject, message, notify, "late"):
+        subject = iso_utc(state.due) or ""  # the due time: one notification per missed due time
+        said_here = (feed.name, subject) in self._still
+        self._still.add((feed.name, subject))
+        if said_here:
+            return  # said already by this process (below, or as a WARNING when it recorded it)
+        claimed = self._claim(feed.name, "late", subject, message, notify, "late")
+        if claimed is None:
+            self._still.discard((feed.name, subject))  # the journal failed: try again at the next check
+            return
+        if not claimed:  # recorded before this process started (a restart) or by another instance
+            log.info("feed %s: still late for the due time %s (said and notified before)", feed.name, subject,
+                     extra={"feed": feed.name})
             return
         log.warning("%s", message, extra={"feed": feed.name})
         if notify is not None and "late" in notify.on:
@@ -87,7 +97,7 @@ class Notifier:
         message = file_message(feed, file.name, str(file.state), problems, dict(file.counts))
         subject = str(file.id)
         if not self._claim(feed, "problems", subject, message, notify, "problems"):
-            return
+            return  # already sent (a file retried), or the journal failed (logged)
         payload = {"text": message, "feed": feed, "kind": "problems", "file": file.name, "file_id": file.id,
                    "state": str(file.state), "counts": dict(file.counts), "instance": self.instance}
         self._queue.put(_Send(feed, "problems", subject, payload, notify))
@@ -112,13 +122,14 @@ class Notifier:
             self._queue.put(_Send(feed, kind, subject, payload, notify))
 
     def _claim(self, feed: str, kind: str, subject: str, message: str, notify: NotifySettings | None,
-               on: str) -> bool:
+               on: str) -> bool | None:
+        """True: recorded now (so this caller says it); False: recorded before; None: the journal failed."""
         state = "pending" if notify is not None and on in notify.on else "off"
         try:
             return self.journal.claim_notification(feed, kind, subject, message, state)
-        except JournalError as exc:  # said next time round (late) or not at all (a file's): logged
+        except JournalError as exc:  # a late feed: tried again at the next check; a file's: logged, not sent
             log.warning("feed %s: cannot record the %s notification: %s", feed, kind, exc, extra={"feed": feed})
-            return False
+            return None
 
     # -- the sending thread
 

@@ -334,7 +334,7 @@ class Service:
             elif before is not None and before.late and state.last_arrival is not None:
                 log.info("feed %s: its file arrived at %s, after the deadline %s; the feed is no longer late",
                          feed.name, _utc(state.last_arrival.timestamp()),
-                         _utc(before.deadline.timestamp()) if before.deadline else "-", extra={"feed": feed.name})
+                         _utc(before.deadline.timestamp()), extra={"feed": feed.name})
             self.notifier.resend_stale(feed.name, notify, now)
 
     def _check_workers(self) -> None:
