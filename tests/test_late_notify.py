@@ -350,10 +350,48 @@ def test_a_good_schedule_and_a_feed_notify_override(tmp_path: Path, sandbox) -> 
     config = feed_config(tmp_path, sandbox, {"cron": "0 3 * * 1-5", "time_zone": "Europe/Helsinki", "grace": "1h30m"},
                          notify={"url": "${SERVICE_URL}"})
     data = yaml.safe_load(config.read_text())
-    data["feeds"][0]["notify"] = {"url": "${FEED_URL}", "on": ["late"]}
+    data["feeds"][0]["notify"] = {"url": "${FEED_URL}", "when": ["late"]}
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     loaded = load_service_config(config).config
     feed = loaded.feeds[0]
     assert feed.expected is not None and feed.expected.grace_period == timedelta(hours=1, minutes=30)
     assert feed.expected.schedule.description == "cron 0 3 * * 1-5 Europe/Helsinki"
-    assert loaded.notify_of(feed) == feed.notify and feed.notify is not None and feed.notify.on == ["late"]
+    assert loaded.notify_of(feed) == feed.notify and feed.notify is not None and feed.notify.when == ["late"]
+
+
+# --------------------------------------------------------------------------- the journal's notifications
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_instances(request: pytest.FixtureRequest, tmp_path: Path):
+    """Two journal objects on one journal (two instances), SQLite and PostgreSQL, on a clock the test sets."""
+    from tests.test_journal import PgStore, SqliteStore
+
+    store = SqliteStore(tmp_path / "journal.sqlite") if request.param == "sqlite" else \
+        PgStore(request.getfixturevalue("pg_database"))
+    now = [datetime(2026, 1, 10, 2, 0, tzinfo=timezone.utc)]
+    with store.open(clock=lambda: now[0]) as first, store.open(clock=lambda: now[0]) as second:
+        yield first, second, now
+
+
+def test_a_notification_is_recorded_once_across_instances_and_a_stale_one_is_found(two_instances) -> None:
+    first, second, now = two_instances
+    assert first.claim_notification("nightly", "late", "2026-01-10T01:00:00Z", "feed nightly: late", "pending")
+    assert not second.claim_notification("nightly", "late", "2026-01-10T01:00:00Z", "feed nightly: late", "pending")
+    assert second.claim_notification("nightly", "problems", "7", "feed nightly: f.csv: done with 1 invalid", "pending")
+    first.finish_notification("nightly", "problems", "7", "sent", 2, None)
+    assert second.stale_notifications("nightly", now[0]) == []  # not older than now
+    now[0] += timedelta(minutes=11)
+    assert second.stale_notifications("nightly", now[0] - timedelta(minutes=10)) == [
+        ("late", "2026-01-10T01:00:00Z", "feed nightly: late")]
+    first.finish_notification("nightly", "late", "2026-01-10T01:00:00Z", "failed", 3, "HTTP 500")
+    assert first.stale_notifications("nightly", now[0]) == []
+
+
+def test_the_shipped_service_yaml_declares_schedules_that_load() -> None:
+    from batch.config.service import ExpectedSettings
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "service.yaml").read_text())
+    described = [ExpectedSettings.model_validate(feed["expected"]).schedule.description
+                 for feed in shipped["feeds"] if "expected" in feed]
+    assert described == ["every day by 03:00 Europe/Helsinki", "cron 0 6 * * 1-5 Europe/Helsinki"]

@@ -118,7 +118,7 @@ class NotifySettings(BaseModel):
 
     url: SecretStr | None = Field(None, description="${ENV_NAME}: the webhook's URL (a secret), or url_file.")
     url_file: Path | None = Field(None, description="A file holding the webhook's URL (relative to this file).")
-    on: list[Literal["late", "problems"]] = Field(
+    when: list[Literal["late", "problems"]] = Field(
         ["late", "problems"], description="late: a file is late; problems: a file finished with failed, rejected "
                                           "or invalid records.")
     timeout_seconds: float = Field(10.0, gt=0, le=120, description="Per attempt.")

@@ -81,7 +81,7 @@ class Notifier:
                      extra={"feed": feed.name})
             return
         log.warning("%s", message, extra={"feed": feed.name})
-        if notify is not None and "late" in notify.on:
+        if notify is not None and "late" in notify.when:
             payload = {"text": message, "feed": feed.name, "kind": "late", "expected": described,
                        "due": iso_utc(state.due), "deadline": iso_utc(state.deadline),
                        "last_arrival": iso_utc(state.last_arrival), "instance": self.instance}
@@ -92,7 +92,7 @@ class Notifier:
         problems = file_problems(dict(file.counts))
         if not problems or not file.id:
             return
-        if notify is None or "problems" not in notify.on:
+        if notify is None or "problems" not in notify.when:
             return  # the file's own log line has said it
         message = file_message(feed, file.name, str(file.state), problems, dict(file.counts))
         subject = str(file.id)
@@ -124,7 +124,7 @@ class Notifier:
     def _claim(self, feed: str, kind: str, subject: str, message: str, notify: NotifySettings | None,
                on: str) -> bool | None:
         """True: recorded now (so this caller says it); False: recorded before; None: the journal failed."""
-        state = "pending" if notify is not None and on in notify.on else "off"
+        state = "pending" if notify is not None and on in notify.when else "off"
         try:
             return self.journal.claim_notification(feed, kind, subject, message, state)
         except JournalError as exc:  # a late feed: tried again at the next check; a file's: logged, not sent
