@@ -365,12 +365,18 @@ def test_a_good_schedule_and_a_feed_notify_override(tmp_path: Path, sandbox) -> 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def two_instances(request: pytest.FixtureRequest, tmp_path: Path):
     """Two journal objects on one journal (two instances), SQLite and PostgreSQL, on a clock the test sets."""
-    from tests.test_journal import PgStore, SqliteStore
+    from batch.store.journal import Journal, JournalStore
+    from batch.store.journal_pg import PgJournal
 
-    store = SqliteStore(tmp_path / "journal.sqlite") if request.param == "sqlite" else \
-        PgStore(request.getfixturevalue("pg_database"))
     now = [datetime(2026, 1, 10, 2, 0, tzinfo=timezone.utc)]
-    with store.open(clock=lambda: now[0]) as first, store.open(clock=lambda: now[0]) as second:
+
+    def open_journal() -> JournalStore:
+        if request.param == "sqlite":
+            return Journal(tmp_path / "journal.sqlite", clock=lambda: now[0])
+        database = request.getfixturevalue("pg_database")
+        return PgJournal(database.uri, password=database.password, timeout_s=5, clock=lambda: now[0])
+
+    with open_journal() as first, open_journal() as second:
         yield first, second, now
 
 
