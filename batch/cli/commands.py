@@ -756,7 +756,7 @@ def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str 
     from batch.service.supervisor import feed_overview
 
     table = Table(title="feeds", header_style="bold")
-    for name in ("feed", "inbox", "in processing/", "last file", "lease (holder, epoch, expires)"):
+    for name in ("feed", "inbox", "in processing/", "last file", "lease (holder, epoch, expires)", "expected"):
         table.add_column(name, overflow="fold")
     notes: list[str] = []
     for row in feed_overview(loaded, journal, leases):
@@ -775,11 +775,21 @@ def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str 
         if marker is not None and marker.get("note"):
             notes.append(f"{row['feed']}: {marker['note']}")
         table.add_row(_escape(row["feed"]), _escape(str(row["inbox"])), _escape(waiting), _escape(shown),
-                      _escape(held))
+                      _escape(held), _expected_cell(row["expected"]))
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(table)
     for note in notes:
         console.print(_escape(f"note: {note}"), soft_wrap=True)
+
+
+def _expected_cell(expected: dict[str, Any] | None) -> str:
+    """The feed's schedule in `status`: red "late: expected by ..." while its file is late."""
+    if expected is None:
+        return "-"
+    if expected["late"]:
+        said = f"late: expected by {expected['due']} ({expected['description']})"
+        return f"[bold red]{_escape(said)}[/]"
+    return _escape(f"ok: next due {expected['next_due']} ({expected['description']})")
 
 
 def _print_instances(loaded: LoadedService, leases: LeaseStore) -> None:

@@ -307,6 +307,10 @@ class FeedWorker(threading.Thread):
                  result.epoch, extra={"feed": self.feed})
         return True
 
+    def holds_lease(self) -> bool:
+        """Does this instance work the feed now (its lease held and renewed in time)? No I/O."""
+        return self._lease_valid()
+
     def _lease_valid(self) -> bool:
         lease = self._lease
         return lease is not None and self.context.leases.valid(lease)
@@ -616,6 +620,9 @@ class FeedWorker(threading.Thread):
                                    noted=record is not None and record.finish_problem is not None)
             self._files.finishing[claimed.name] = finishing
             self._complete(inbox, finishing)
+            if context.notifier is not None and status == FileStatus.DONE and record is not None:
+                # failed, rejected or invalid records: the webhook is told once (batch.service.notifying)
+                context.notifier.file_finished(feed, context.generation().config.notify_of(self.settings), record)
             if self.state == WorkerState.PROCESSING:
                 self.state = WorkerState.IDLE
             return True

@@ -523,10 +523,28 @@ class JournalStore(ABC):
         """Requests newest first, at most ``limit``: of one feed, of one file (``file_id``: the
         requests for that file, not the feed-wide ones), in some states, or all."""
 
+    # -- notifications (batch.service.notifying): each sent once, whatever instance fires it
+
+    @abstractmethod
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        """Record the notification (`feed`, `kind`, `subject`) in `state` ('pending': to send;
+        'off': no webhook, recorded so the alert is said once); True when this call recorded it,
+        False when it was there already (another instance, or before a restart)."""
+
+    @abstractmethod
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        """A pending notification's end: 'sent' or 'failed' (with why, never the URL)."""
+
+    @abstractmethod
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        """(kind, subject, message) of the feed's notifications still pending since before
+        `claimed_before`: their sender stopped before it was done (a crash); sent again."""
+
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -665,8 +683,27 @@ _SCHEMA_V4: tuple[str, ...] = (
     "CREATE INDEX retry_requests_by_file ON retry_requests (file_id, id)",
 )
 
+# Version 5: notifications (late files, files with problems), each recorded before it is sent;
+# the primary key is what makes one notification fire once across restarts and instances.
+_SCHEMA_V5: tuple[str, ...] = (
+    """
+    CREATE TABLE notifications (
+        feed        TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,
+        subject     TEXT    NOT NULL,
+        message     TEXT    NOT NULL,
+        state       TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'off')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  TEXT    NOT NULL,
+        updated_at  TEXT    NOT NULL,
+        PRIMARY KEY (feed, kind, subject)
+    )
+    """,
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -1562,3 +1599,25 @@ class Journal(JournalStore):
         rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT ?",
                           (*params, limit), "read the retry requests")
         return [retry_request_from_row(row) for row in rows]
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, message, state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
+                         " WHERE feed = ? AND kind = ? AND subject = ?",
+                         (state, attempts, error, self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = ? AND state = 'pending'"
+                          " AND updated_at < ? ORDER BY created_at", (feed, to_text(claimed_before)))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]

@@ -90,7 +90,7 @@ from batch.store.journal import (
 
 # --------------------------------------------------------------------------- schema
 
-PG_SCHEMA_VERSION = 3
+PG_SCHEMA_VERSION = 4
 
 _STATES_OF_FILES = "'processing', 'done', 'error', 'skipped'"
 _STATES_OF_EVENTS = "'pending', 'accepted', 'rejected', 'invalid', 'failed', 'duplicate', 'not_sent'"
@@ -194,8 +194,26 @@ _PG_SCHEMA_V3: tuple[str, ...] = (
     "CREATE INDEX retry_requests_by_file ON retry_requests (file_id, id)",
 )
 
+# Version 4: what SQLite's schema version 5 adds (notifications, each fired once).
+_PG_SCHEMA_V4: tuple[str, ...] = (
+    """
+    CREATE TABLE notifications (
+        feed        text        NOT NULL,
+        kind        text        NOT NULL,
+        subject     text        NOT NULL,
+        message     text        NOT NULL,
+        state       text        NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'off')),
+        attempts    integer     NOT NULL DEFAULT 0,
+        last_error  text,
+        created_at  timestamptz NOT NULL,
+        updated_at  timestamptz NOT NULL,
+        PRIMARY KEY (feed, kind, subject)
+    )
+    """,
+)
+
 #: PG_MIGRATIONS[i] takes the schema from version i to version i + 1.
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2, _PG_SCHEMA_V3)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2, _PG_SCHEMA_V3, _PG_SCHEMA_V4)
 
 # The first key of every advisory lock this journal takes (always transaction-scoped):
 # 'UPBJ'; the second key says what is locked.
@@ -770,3 +788,25 @@ class PgJournal(JournalStore):
         rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT %s",
                           (*params, limit), "read the retry requests")
         return [retry_request_from_row(row) for row in rows]
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, text(message), state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = %s, attempts = attempts + %s, last_error = %s,"
+                         " updated_at = %s WHERE feed = %s AND kind = %s AND subject = %s",
+                         (state, attempts, None if error is None else text(error), self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = %s AND state = 'pending'"
+                          " AND updated_at < %s ORDER BY created_at", (feed, claimed_before))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]
