@@ -322,6 +322,10 @@ class Service:
                 log.warning("feed %s: cannot check whether its file is late: %s", feed.name, exc,
                             extra={"feed": feed.name})
                 continue
+            except Exception as exc:  # noqa: BLE001 - a schedule check never stops the service
+                log.error("feed %s: checking whether its file is late failed: %s: %s", feed.name,
+                          type(exc).__name__, exc, exc_info=exc, extra={"feed": feed.name})
+                continue
             before = self.lateness.get(feed.name)
             self.lateness[feed.name] = state
             worker = self.workers.get(feed.name)
