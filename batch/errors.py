@@ -9,6 +9,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── SecretResolutionError           batch.config.secrets: ${ENV} or *_file not resolvable
     │   ├── FeedNotFound                    batch.service.runtime / config.service: no (or no one) feed
     │   ├── FormatError                     batch.syntax.timeparse: a time format that cannot compile
+    │   ├── ScheduleError                   batch.syntax.schedule: a feed's expected: that cannot be read
     │   ├── SymlinkRefused                  batch.fsutil: a folder of ours is a symlink (an OSError)
     │   ├── InboxUnusable                   batch.inbox.base: folder, key, login as configured fail
     │   ├── JournalUnusable                 batch.store.journal: schema too new, no WAL on that disk

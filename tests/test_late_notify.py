@@ -34,7 +34,8 @@ URL_ENV = "TEST_NOTIFY_URL"
 class WebhookServer:
     """A real HTTP server on loopback that records every POST; answers `statuses` in turn (then 200)."""
 
-    def __init__(self, statuses: list[int] | None = None, location: str | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, location: str | None = None, tls: Any = None) -> None:
+        """`tls`: a trustme.CA whose certificate for 127.0.0.1 the server presents (https)."""
         self.posts: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.statuses = list(statuses or [])
@@ -60,11 +61,19 @@ class WebhookServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.issue_cert("127.0.0.1").configure_cert(context)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{SECRET_PATH}"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}{SECRET_PATH}"
 
     def __enter__(self) -> WebhookServer:
         self.thread.start()
@@ -251,6 +260,21 @@ def test_the_webhook_never_follows_redirects_and_gives_up(fake_clock: FakeClock,
     assert SECRET_PATH not in repr(result)
 
 
+def test_the_webhook_verifies_tls(fake_clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    with WebhookServer(tls=ca) as hook:
+        refused = Webhook(hook.url, timeout=5, attempts=2, clock=fake_clock.clock).post({"text": "x"})
+        assert (refused.ok, refused.attempts, hook.posts) == (False, 2, [])
+        assert refused.problem == "TLS: the webhook's certificate is not trusted (or the TLS handshake failed)"
+        bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))  # a private CA, trusted as requests is told
+        trusted = Webhook(hook.url, timeout=5, attempts=1, clock=fake_clock.clock).post({"text": "over TLS"})
+        assert (trusted.ok, [post["text"] for post in hook.posts]) == (True, ["over TLS"])
+
+
 def test_the_webhook_unreachable_is_said_without_the_url(fake_clock: FakeClock) -> None:
     with WebhookServer() as hook:
         url = hook.url
@@ -401,3 +425,15 @@ def test_the_shipped_service_yaml_declares_schedules_that_load() -> None:
     described = [ExpectedSettings.model_validate(feed["expected"]).schedule.description
                  for feed in shipped["feeds"] if "expected" in feed]
     assert described == ["every day by 03:00 Europe/Helsinki", "cron 0 6 * * 1-5 Europe/Helsinki"]
+
+
+def test_the_service_models_json_schema_describes_expected_and_notify() -> None:
+    from batch.config.service import ServiceConfig
+
+    schema = ServiceConfig.model_json_schema(by_alias=True)
+    expected, notify = schema["$defs"]["ExpectedSettings"], schema["$defs"]["NotifySettings"]
+    assert list(expected["properties"]) == ["every", "by", "cron", "time_zone", "grace"]
+    assert expected["required"] == ["time_zone"]
+    assert list(notify["properties"]) == ["url", "url_file", "when", "timeout_seconds", "attempts"]
+    assert all(field.get("description") for field in [*expected["properties"].values(), *notify["properties"].values()])
+    assert "notify" in schema["properties"] and "expected" in schema["$defs"]["FeedSettings"]["properties"]

@@ -317,25 +317,30 @@ class Service:
                 self.lateness.pop(feed.name, None)
                 continue
             try:
-                state = feed_lateness(feed, self.journal, now)
+                self._check_feed(config, feed, now)
             except (sqlite3.Error, JournalError) as exc:
                 log.warning("feed %s: cannot check whether its file is late: %s", feed.name, exc,
                             extra={"feed": feed.name})
-                continue
-            before = self.lateness.get(feed.name)
-            self.lateness[feed.name] = state
-            worker = self.workers.get(feed.name)
-            if worker is None or not worker.holds_lease():
-                continue
-            notify = config.notify_of(feed)
-            if state.late:
-                self.notifier.late(feed, notify, state, description(feed.expected.schedule,
-                                                                    feed.expected.grace_period))
-            elif before is not None and before.late and state.last_arrival is not None:
-                log.info("feed %s: its file arrived at %s, after the deadline %s; the feed is no longer late",
-                         feed.name, _utc(state.last_arrival.timestamp()),
-                         _utc(before.deadline.timestamp()), extra={"feed": feed.name})
-            self.notifier.resend_stale(feed.name, notify, now)
+            except Exception as exc:  # noqa: BLE001 - a schedule check never stops the service
+                log.error("feed %s: checking whether its file is late failed: %s: %s", feed.name,
+                          type(exc).__name__, exc, exc_info=exc, extra={"feed": feed.name})
+
+    def _check_feed(self, config: ServiceConfig, feed: FeedSettings, now: datetime) -> None:
+        assert feed.expected is not None
+        state = feed_lateness(feed, self.journal, now)
+        before = self.lateness.get(feed.name)
+        self.lateness[feed.name] = state
+        worker = self.workers.get(feed.name)
+        if worker is None or not worker.holds_lease():
+            return  # another instance works the feed: it says what is to be said
+        notify = config.notify_of(feed)
+        if state.late:
+            self.notifier.late(feed, notify, state, description(feed.expected.schedule, feed.expected.grace_period))
+        elif before is not None and before.late and state.last_arrival is not None:
+            log.info("feed %s: its file arrived at %s, after the deadline %s; the feed is no longer late",
+                     feed.name, _utc(state.last_arrival.timestamp()), _utc(before.deadline.timestamp()),
+                     extra={"feed": feed.name})
+        self.notifier.resend_stale(feed.name, notify, now)
 
     def _check_workers(self) -> None:
         for name, worker in list(self.workers.items()):

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from batch.errors import ConfigurationError
+
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 ORDINALS = ("1st", "2nd", "3rd", "4th", "5th")
 RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
@@ -41,7 +43,7 @@ _TOKEN = re.compile(r"^(?P<start>\*|[0-9a-z]+)(?:-(?P<end>[0-9a-z]+))?(?:/(?P<st
 _HHMM = re.compile(r"^(?P<h>[0-9]{1,2}):(?P<m>[0-9]{2})$")
 
 
-class ScheduleError(ValueError):
+class ScheduleError(ValueError, ConfigurationError):
     """A schedule that cannot be read; the message says which part and why (never the whole text)."""
 
 
