@@ -23,6 +23,7 @@ import pytest
 from batch.sandbox.server import RawRequest, Sandbox
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_leases import LEASE_SECONDS, drop, rows, run_cli, stop_all
+from tests.fixtures_pg import PgDatabase
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import ServiceProcess, export, ids, receipt, write_config
 
@@ -239,3 +240,106 @@ def test_process_is_refused_while_a_live_service_holds_the_feed(
     assert done.returncode == 0, done.stderr
     assert rows(journal, "SELECT holder LIKE 'process:%', epoch FROM leases") == [(1, 2)]
     assert set(sandbox.accepted_ids) == ids("N", 3)
+
+
+def test_retry_on_a_postgresql_journal_is_carried_out_by_the_service(
+        tmp_path: Path, sandbox: Sandbox, inbox: Path, apicode_env: None, pg_database: PgDatabase,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The several-hosts setup: the service and the CLI share a PostgreSQL journal and its leases."""
+    monkeypatch.setenv("PGPASSWORD", pg_database.password)
+    config, _ = configure(tmp_path, sandbox, inbox, journal=pg_database.uri)
+    failed_file(sandbox, inbox, config)
+    service = ServiceProcess(config, tmp_path / "a.log")
+    try:
+        service.wait_log("this instance (A) works the feed (lease epoch 2)")
+        done = run_cli("retry", "--config", str(config), "--file-id", "1")
+    finally:
+        stop_all(service)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"r.csv: 5 accepted\n  receipt: {inbox / 'outbox' / 'r.csv.receipt.csv'}\n"
+    with pg_database.connect() as conn:  # type: ignore[attr-defined]
+        recorded = conn.execute(f"SELECT {REQUEST_COLUMNS} FROM retry_requests").fetchall()
+    assert [(*row[:6], json.loads(row[6]), row[7]) for row in recorded] == [
+        (1, "local", 1, REQUESTER, "done", "A", ALL_ACCEPTED, None)]
+    assert arrivals_per_id(sandbox) == {"R-1": 1, "R-2": 3, "R-3": 1, "R-4": 1, "R-5": 1}
+    assert sandbox.duplicates == {}
+
+
+# --------------------------------------------------------------------------- the console's API
+
+
+def test_a_feed_wide_request_through_the_api_retries_every_file_of_the_feed(
+        tmp_path: Path, sandbox: Sandbox, inbox: Path, apicode_env: None) -> None:
+    """What the console does: request_retry(feed=...) returns at once; await_requests carries it
+    out under the feed's lease (no service runs) and the journal holds the result per file."""
+    from batch.config.service import load_service_config
+    from batch.service.retrying import FileResult, await_requests, request_retry
+    from batch.service.runtime import Runtime
+
+    config, journal = configure(tmp_path, sandbox, inbox)
+    failed_file(sandbox, inbox, config)
+    sandbox.set_faults(error_ids=["S-1"])
+    second = tmp_path / "s.csv"
+    second.write_bytes(export("S", 2))
+    assert run_cli("process", str(second), "--config", str(config)).returncode == 1
+    sandbox.set_faults()
+    with Runtime(load_service_config(config)) as runtime:
+        ids_ = request_retry(runtime.journal, runtime.config, requested_by="console:admin", feed="local")
+        assert ids_ == [1]
+        waiting = runtime.journal.get_retry_request(1)
+        assert (waiting.feed, waiting.file_id, waiting.requested_by, waiting.state) == (
+            "local", None, "console:admin", "waiting")
+        awaited = await_requests(runtime, ids_, timeout=60, kind="console")
+        assert [request.id for request in awaited.finished] == [1] and awaited.waiting == []
+        request = runtime.journal.retry_requests(feed="local", limit=1)[0]
+        assert request == awaited.finished[0]
+        assert request.state == "done" and request.taken_by == f"console:{HOST}:{os.getpid()}"
+        assert request.counts == {**ALL_ACCEPTED, "accepted": 7}
+        assert [FileResult.from_json(one) for one in request.files] == [
+            FileResult(1, "r.csv", "done", {**ALL_ACCEPTED, "filtered": 0}, 0, None,
+                       str(inbox / "outbox" / "r.csv.receipt.csv")),
+            FileResult(2, "s.csv", "done", {**ALL_ACCEPTED, "accepted": 2, "filtered": 0}, 0, None,
+                       str(inbox / "outbox" / "s.csv.receipt.csv"))]
+        assert request_retry(runtime.journal, runtime.config, requested_by="console:admin", feed="local") == []
+    assert sandbox.duplicates == {}
+    assert rows(journal, "SELECT count(*) FROM retry_requests") == [(1,)]
+
+
+# --------------------------------------------------------------------------- a holder that dies in the middle
+
+
+def test_a_request_left_running_by_a_killed_service_is_carried_out_by_the_next_holder(
+        tmp_path: Path, sandbox: Sandbox, inbox: Path, apicode_env: None) -> None:
+    delivery = {**DELIVERY, "breaker_threshold": 1000}  # every event fails: no holding for an outage here
+    config, journal = configure(tmp_path, sandbox, inbox, delivery=delivery)
+    sandbox.set_faults(error_ids=sorted(ids("B", 40)))
+    path = tmp_path / "big.csv"
+    path.write_bytes(export("B", 40))
+    assert run_cli("process", str(path), "--config", str(config)).returncode == 1  # 40 failed
+    sandbox.set_faults(latency_ms=150)
+    first = ServiceProcess(config, tmp_path / "a.log")
+    second: ServiceProcess | None = None
+    try:
+        first.wait_log("this instance (A) works the feed (lease epoch 2)")
+        asker = subprocess.Popen([sys.executable, "-m", "batch", "retry", "--config", str(config)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sent_before = len(sandbox.arrivals)
+        wait_until(lambda: len(sandbox.arrivals) >= sent_before + 8, 30, what="the retry under way")
+        first.kill()
+        assert requests(journal)[0][4:6] == ("running", "A")
+        config_b = write_config(tmp_path / "b", sandbox, [{"name": "local", "inbox": str(inbox)}], instance="B",
+                                lease_seconds=LEASE_SECONDS, delivery=delivery, journal=str(journal))
+        second = ServiceProcess(config_b, tmp_path / "b.log")  # takes the feed over at once: A's pid is gone
+        out, err = asker.communicate(timeout=60)
+        log = second.text()
+    finally:
+        stop_all(first, *([second] if second else []))
+    assert asker.returncode == 0, err
+    assert out == f"big.csv: 40 accepted\n  receipt: {inbox / 'outbox' / 'big.csv.receipt.csv'}\n"
+    (_, _, _, _, state, taken_by, counts, message), = requests(journal)
+    # B, or the waiting retry itself had A's lease expired first (a slow start of B)
+    assert taken_by == "B" or taken_by.startswith(f"retry:{HOST}:"), taken_by
+    assert (state, counts, message) == ("done", {**ALL_ACCEPTED, "accepted": 40}, None)
+    assert "1 retry request(s) left running by an instance that stopped; carrying them out again" in log + err
+    assert set(sandbox.accepted_ids) == ids("B", 40)
+    assert sum(sandbox.duplicates.values()) <= 4  # at most max_in_flight were on their way at the kill
