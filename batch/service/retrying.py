@@ -35,7 +35,8 @@ kind="retry") -> Awaited``
     ``on_wait(feed, holder)`` once per feed whose holder is waited for. Returns what finished and
     what still waits after ``timeout`` seconds (it stays queued: the holder carries it out later).
     Blocking: the console calls it in a thread of its own (it opens the leases itself; ``kind``
-    ``"console"`` names the holder ``console:HOST:PID:N``).
+    ``"console"`` names the holder ``console:HOST:PID``, with ``:N`` for a further holder of the
+    same process, so that two threads never share a name).
 
 ``run_requests(work, taken_by, *, stop, progress=None, on_finished=None) -> list[RetryRequest]``
     The lease holder's part: carry out every waiting request of the feed of ``work`` (FeedWork:
