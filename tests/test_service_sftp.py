@@ -273,6 +273,30 @@ def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(
     assert (kept / "d.csv.receipt.json").exists()
 
 
+def test_retry_while_the_sftp_server_is_down_sends_nothing_and_stays_queued(
+        dropper, remote_inbox: Path, sftp_config, sandbox, sshd, tmp_path: Path, capsys) -> None:
+    """Its lease needs the inbox's lease marker: no lease, nothing sent; the request waits."""
+    from batch.cli.commands import run
+    from batch.store.journal import Journal
+
+    sandbox.set_faults(script=[503])
+    config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}},
+                         connect_timeout_seconds=2, reconnect_max_seconds=0.5)
+    dropper.put("d.csv", export("D", 3))
+    assert run_once(config)[0] == 1
+    sent = len(sandbox.arrivals)
+    sshd.kill()
+    capsys.readouterr()
+    assert run(["retry", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "retry request #1 (file #1 of feed remote) is still waiting: feed remote: its lease cannot be taken: " \
+           in err and err.endswith("; it stays queued for the instance that holds the feed next (or run retry "
+                                   "again)\n"), err
+    assert len(sandbox.arrivals) == sent
+    with Journal(tmp_path / "etc" / "var" / "journal.sqlite3") as journal:
+        assert [(r.file_id, r.state) for r in journal.retry_requests()] == [(1, "waiting")]
+
+
 def test_the_rejected_rows_file_is_uploaded_to_the_sftp_outbox_with_the_receipt(
         dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path) -> None:
     data = export("J", 4).replace(b"J-2,643007572062450002,2024-02-05 06:30:00,disconnected",

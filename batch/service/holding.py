@@ -17,12 +17,13 @@ refused (`FeedBusy`): it must not send beside it.
     finally:
         leases.close()
 
-A command counts as a live instance of the journal while it holds a feed (`status` lists it;
-the services' fair share of feeds counts it for that time).
+A command counts as a live instance of the journal from its first `hold` until `close` (`status`
+lists it; the services' fair share of feeds counts it for that time).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections.abc import Iterator
@@ -73,9 +74,14 @@ class HeldFeed:
         self.keeper.check(self.lease)
 
 
+_made = itertools.count()
+
+
 def command_name(kind: str) -> str:
-    """The lease holder's name of a command: ``KIND:HOST:PID``."""
-    return f"{kind}:{socket.gethostname()}:{os.getpid()}"
+    """The lease holder's name of a command: ``KIND:HOST:PID`` (``KIND:HOST:PID:N`` for the Nth
+    more of one process, e.g. a console's threads: two holders never share a name)."""
+    number = next(_made)
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}" + (f":{number}" if number else "")
 
 
 class CommandLeases:
@@ -102,13 +108,15 @@ class CommandLeases:
         """Hold the feed's lease for the block (FeedBusy if another instance works the feed)."""
         runtime = self.runtime
         settings = runtime.settings(feed)
+        if not self._started:
+            # this instance's row first: if the command is killed while it holds the lease, an
+            # instance on this host sees its pid gone and takes the feed over at once
+            self.keeper.start()
+            self._started = True
         result = self.keeper.acquire(feed, settings)
         if isinstance(result, Refusal):
             raise FeedBusy(feed, result)
         try:
-            if not self._started:  # the heartbeat renews the lease (and this instance's row) from now on
-                self.keeper.start()
-                self._started = True
             runtime.journal.set_fence(self.store.fence(result))
             lease = result
             processor = Processor(runtime.journal, runtime.client, runtime.config.delivery,

@@ -26,14 +26,17 @@ API (the console's contract)
     who (``"cli:ops@host-1"``, ``"console:admin"``; `user_at_host` makes the first). An empty list:
     nothing to retry. FeedNotFound when the feed is not (any more) in the configuration.
 
-``await_requests(runtime, ids, *, timeout, poll=0.2, progress=None, on_finished=None, on_wait=None) -> Awaited``
+``await_requests(runtime, ids, *, timeout, poll=0.2, progress=None, on_finished=None, on_wait=None,
+kind="retry") -> Awaited``
     See the requests through: while a live instance holds a request's feed, wait for it to carry
     the request out; whenever none does, take the feed's lease and carry out the feed's waiting
     requests here (``progress()``: a context manager giving the pipeline's Progress for each
     file). ``on_finished(request)`` is called once per request of ``ids`` as it finishes,
     ``on_wait(feed, holder)`` once per feed whose holder is waited for. Returns what finished and
     what still waits after ``timeout`` seconds (it stays queued: the holder carries it out later).
-    Blocking: the console calls it in a thread of its own (it opens the leases itself).
+    Blocking: the console calls it in a thread of its own (it opens the leases itself; ``kind``
+    ``"console"`` names the holder ``console:HOST:PID``, with ``:N`` for a further holder of the
+    same process, so that two threads never share a name).
 
 ``run_requests(work, taken_by, *, stop, progress=None, on_finished=None) -> list[RetryRequest]``
     The lease holder's part: carry out every waiting request of the feed of ``work`` (FeedWork:
@@ -310,13 +313,14 @@ def _shown(counts: dict[str, int]) -> str:
 def await_requests(runtime: Runtime, ids: Sequence[int], *, timeout: float, poll: float = 0.2,
                    progress: ProgressFactory | None = None,
                    on_finished: Callable[[RetryRequest], None] | None = None,
-                   on_wait: Callable[[str, str], None] | None = None) -> Awaited:
-    """See the requests `ids` through (see the module's docstring)."""
+                   on_wait: Callable[[str, str], None] | None = None, kind: str = "retry") -> Awaited:
+    """See the requests `ids` through (see the module's docstring); `kind` names the lease holder
+    when it carries them out itself (``KIND:HOST:PID``)."""
     journal = runtime.journal
     awaited = Awaited()
     pending = list(ids)
     deadline = time.monotonic() + timeout
-    leases = CommandLeases(runtime, "retry")
+    leases = CommandLeases(runtime, kind)
 
     def finished(request: RetryRequest) -> None:
         if request.id in pending:
@@ -335,19 +339,25 @@ def await_requests(runtime: Runtime, ids: Sequence[int], *, timeout: float, poll
             if not feeds:
                 break
             for feed in feeds:
+                # a read first: while a live instance holds the feed, this command only waits (a
+                # holder that died without releasing is waited for until its lease expires)
+                current = leases.live_holder(feed)
+                holder = current.holder if current is not None else None
                 try:
-                    with leases.hold(feed) as held:
-                        awaited.holders.pop(feed, None)
-                        _run_held(runtime, held, leases.name, progress, finished)
+                    if holder is None:
+                        with leases.hold(feed) as held:
+                            awaited.holders.pop(feed, None)
+                            _run_held(runtime, held, leases.name, progress, finished)
                 except InboxError as exc:  # the lease marker cannot be read or written: not now
                     awaited.refused[feed] = f"feed {feed}: its lease cannot be taken: {exc}"
                 except FeedBusy as busy:
                     if busy.holder is None:
                         awaited.refused[feed] = str(busy)
-                    elif awaited.holders.get(feed) != busy.holder:
-                        awaited.holders[feed] = busy.holder
-                        if on_wait is not None:
-                            on_wait(feed, busy.holder)
+                    holder = busy.holder
+                if holder is not None and awaited.holders.get(feed) != holder:
+                    awaited.holders[feed] = holder
+                    if on_wait is not None:
+                        on_wait(feed, holder)
             if time.monotonic() >= deadline or runtime.stop.is_set():
                 break
             runtime.stop.wait(poll)
