@@ -35,11 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_mapping import CSV_MAPPING, XML_MAPPING, generate_csv, generate_xml  # noqa: E402
-
 from batch.transform.mapcheck import check_mapping_text  # noqa: E402
 from batch.transform.mapdiff import diff_files, preview_file  # noqa: E402
 from batch.transform.mapping import CompiledMapping  # noqa: E402
+from bench.bench_mapping import CSV_MAPPING, XML_MAPPING, generate_csv, generate_xml  # noqa: E402
 
 FILES = 5
 TARGET_SECONDS = 10.0
