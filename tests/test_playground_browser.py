@@ -52,8 +52,10 @@ def test_edit_a_typo_see_it_on_its_line_fix_it_see_the_diff_save_and_the_service
         assert page.locator("#diff-summary").inner_text() == \
             "4 of 4 records change in the 1 last archived file(s)."
         assert page.locator("table.diff-fields tbody tr").first.inner_text().split("\t") == ["description", "4"]
-        first = page.locator("table.diff-samples tbody tr").first.inner_text()
-        assert "before.csv:2" in first and '"description": "note 1"' in first and '"description": "mapping-v2"' in first
+        cells = page.locator("table.diff-samples tbody tr").first.locator("td")
+        assert [cells.nth(i).locator("dt").all_inner_texts() for i in (2, 3)] == [["description"], ["description"]]
+        assert cells.nth(0).inner_text() == "before.csv:2"
+        assert [cells.nth(i).locator("dd").inner_text() for i in (2, 3)] == ['"note 1"', '"mapping-v2"']
 
         page.click("#save-button")
         page.wait_for_selector("#save-state.good")

@@ -135,13 +135,24 @@
       el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((c) => el("td", {}, c))))));
   }
 
-  function shown(side) {
-    if (side.event) return el("pre", { class: "record" }, JSON.stringify(side.event, null, 1));
-    if (side.problems) {
-      return el("ul", { class: "record-problems" }, ...side.problems.map((p) =>
-        el("li", {}, p.field + (p.source ? " (" + p.source + (p.value !== null ? " = " + JSON.stringify(p.value) : "")
-          + ")" : "") + ": " + p.message)));
+  function problemList(problems) {
+    return el("ul", { class: "record-problems" }, ...problems.map((p) =>
+      el("li", {}, p.field + (p.source ? " (" + p.source + (p.value !== null ? " = " + JSON.stringify(p.value) : "")
+        + ")" : "") + ": " + p.message)));
+  }
+
+  // One side of a changed record: the changed fields' values (the whole event folded away), its
+  // problems, or that this mapping does not make the record.
+  function shown(side, fields) {
+    if (side.event) {
+      const changed = (fields || []).filter((name) => name in side.event);
+      return el("div", {},
+        changed.length ? el("dl", { class: "changed" }, ...changed.flatMap((name) =>
+          [el("dt", {}, name), el("dd", {}, JSON.stringify(side.event[name]))])) : null,
+        el("details", {}, el("summary", {}, "the event"), el("pre", { class: "record" },
+          JSON.stringify(side.event, null, 1))));
     }
+    if (side.problems) return problemList(side.problems);
     return el("span", { class: "sub" }, "not a record with this mapping");
   }
 
@@ -159,8 +170,8 @@
         "diff-fields")
       : el("p", { class: "sub" }, "no event field changes");
     const samples = diff.samples.map((s) => [s.file + ":" + s.line, s.fields.join(", "),
-      el("div", {}, el("div", { class: "outcome" }, s.before.outcome), shown(s.before)),
-      el("div", {}, el("div", { class: "outcome" }, s.after.outcome), shown(s.after))]);
+      el("div", {}, el("div", { class: "outcome" }, s.before.outcome), shown(s.before, s.fields)),
+      el("div", {}, el("div", { class: "outcome" }, s.after.outcome), shown(s.after, s.fields))]);
     diffBox.replaceChildren(
       el("h2", {}, "What the edit changes"),
       el("p", { id: "diff-summary" }, diff.changed + " of " + diff.compared + " records change in the "
@@ -170,8 +181,8 @@
       el("h3", {}, "Event fields"), fields,
       el("h3", {}, "Before and after" + (diff.changed > diff.samples.length
         ? " (the first " + diff.samples.length + " of " + diff.changed + ")" : "")),
-      samples.length ? table(["record", "fields", "before", "after"], samples, "diff-samples")
-        : el("p", { class: "sub" }, "nothing changes"));
+      samples.length ? el("div", { class: "scroll" }, table(["record", "fields", "before", "after"], samples,
+        "diff-samples")) : el("p", { class: "sub" }, "nothing changes"));
   }
 
   diffButton.addEventListener("click", async () => {
@@ -229,13 +240,14 @@
     }
     const p = result.payload;
     const rows = p.records.map((r) => [String(r.line), r.event ? "valid" : "invalid",
-      r.event ? el("pre", { class: "record" }, JSON.stringify(r.event, null, 1)) : shown(r)]);
+      r.event ? el("code", { class: "record" }, JSON.stringify(r.event)) : problemList(r.problems)]);
     previewBox.replaceChildren(
       el("p", { id: "preview-summary" }, p.file + ": " + p.counts.records + " records, " + p.counts.valid + " valid, "
         + p.counts.invalid + " invalid, " + p.counts.filtered + " filtered"
         + (p.records.length < p.counts.records ? " (the first " + p.records.length + " shown)" : "")),
       p.counts.error ? el("p", { class: "error-message" }, p.counts.error) : null,
-      table([p.sheet ? "row" : "line", "outcome", "event / problems"], rows, "preview-records"));
+      el("div", { class: "scroll" }, table([p.sheet ? "row" : "line", "outcome", "event / problems"], rows,
+        "preview-records")));
   });
 
   const detectedBox = document.getElementById("detected");
