@@ -102,7 +102,9 @@ def test_save_keeps_the_earlier_version_and_refuses_a_concurrent_edit(feed_confi
     csrf = token(console)
     mapping = feed_config.parent / "mapping.yaml"
     page = console.get("/playground/feed/local").text
-    base_hash = re.search(r'data-base-hash="([0-9a-f]{64})"', page).group(1)  # type: ignore[union-attr]
+    found = re.search(r'data-base-hash="([0-9a-f]{64})"', page)
+    assert found is not None
+    base_hash = found.group(1)
     refused = post_json(console, "/playground/feed/local/save", {"text": MAPPING_BROKEN, "base_hash": base_hash}, csrf)
     assert refused.status_code == 422 and refused.json()["error"] == "the mapping has problems; it was not saved"
     saved = post_json(console, "/playground/feed/local/save", {"text": MAPPING_V2, "base_hash": base_hash}, csrf)
