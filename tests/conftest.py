@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 pytest_plugins = [
+    "tests.fixtures_browser",
     "tests.fixtures_clock",
     "tests.fixtures_http",
     "tests.fixtures_pg",

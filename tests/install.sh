@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh Debian machine: OpenSSH's server and client
 # (the SFTP tests run a real sshd and drive it with the real sftp client), PostgreSQL's server
 # (the journal tests start a private cluster with its initdb and pg_ctl; the package's own
-# cluster is not used) and the package with its test extra. Safe to run again; skips what is
+# cluster is not used), Chromium (the console's browser tests drive it with Playwright's Python
+# package by its path; no browser is downloaded) and the package with its test extra. Safe to run again; skips what is
 # already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ if ! command -v /usr/sbin/sshd >/dev/null || ! command -v sftp >/dev/null || ! c
 fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     PACKAGES+=(postgresql)
+fi
+if ! command -v /usr/bin/chromium >/dev/null; then
+    PACKAGES+=(chromium)
 fi
 if [ "${#PACKAGES[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

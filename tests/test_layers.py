@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> sandbox -> service -> pipeline -> parts -> config -> base.
+"""Imports flow one way: cli -> console -> sandbox -> service -> pipeline -> parts -> config -> base.
 
 A module may import a module of a lower layer, or one of its own package. An import that runs
 back up (or sideways between two parts, e.g. the journal importing the API client) fails here,
@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("pipeline", ["batch.pipeline"]),
     ("service", ["batch.service"]),
     ("sandbox", ["batch.sandbox"]),
+    ("console", ["batch.console"]),
     ("cli", ["batch.cli"]),
     ("entry", ["batch.__main__"]),
 ]

@@ -751,6 +751,27 @@ def _print_instances(loaded: LoadedService, leases: LeaseStore) -> None:
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any but loopback needs the configuration's console password.")
+@click.option("--port", default=8780, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+def console(config_path: Path, host: str, port: int) -> None:
+    """The web console in a browser: the feeds, every record of a file, retries, downloads.
+
+    Reads the service's configuration (reloaded when it changes) and journal; runs beside the
+    service until Ctrl-C. Loopback by default; another address needs `console.password`."""
+    from batch.console.app import bind, create_app, serve
+
+    _refuse_special(config_path)
+    app = create_app(config_path, host=host)  # refuses a non-loopback address without a login
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    serve(app, sock, on_ready=lambda url: click.echo(f"usageplace-batch console at {url} (Ctrl-C to stop)"))
+
+
 @main.command("run")
 @CONFIG_OPTION
 @click.option("--once", is_flag=True, help="Process what is ready in every feed, then exit (for cron).")

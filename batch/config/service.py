@@ -21,7 +21,7 @@ from batch.config.envpath import expand_env_path
 from batch.config.inbox import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 from batch.config.journal import PostgresJournal, parse_journal
 from batch.config.mapping import Mapping, load_mapping
-from batch.config.secrets import secret_file_warning
+from batch.config.secrets import check_reference, secret_file_warning
 from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
 from batch.errors import ConfigurationError
 
@@ -59,6 +59,33 @@ class MetricsSettings(BaseModel):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class ConsoleSettings(BaseModel):
+    """The web console (`usageplace-batch console`): its login. A password is required for any
+    address but loopback, optional on loopback (given, the console asks for it there too)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
+
+    password: SecretStr | None = Field(None, description="The console's login password, as ${ENV_NAME}.")
+    password_file: Path | None = Field(None, description="A file holding the console's password (relative to "
+                                                         "this file).")
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _check_reference(cls, value: object) -> SecretStr | None:
+        return check_reference(value, "password")
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _expand_password_file(cls, value: object) -> object:
+        return expand_env_path(value)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> ConsoleSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give either password or password_file, not both")
+        return self
+
+
 class ServiceConfig(BaseModel):
     # hide_input_in_errors: no error text of the service configuration quotes a value (D17)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
@@ -90,6 +117,7 @@ class ServiceConfig(BaseModel):
                     "another instance may take the feed over.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
+    console: ConsoleSettings | None = Field(None, description="The web console's login (`usageplace-batch console`).")
     feeds: list[FeedSettings] = Field(..., min_length=1)
 
     @field_validator("journal", mode="before")
@@ -225,6 +253,8 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
             "journal": config.journal if isinstance(config.journal, PostgresJournal) else absolute(config.journal),
             "journal_password_file": absolute(config.journal_password_file),
             "staging_dir": absolute(config.staging_dir),
+            "console": None if config.console is None else config.console.model_copy(
+                update={"password_file": absolute(config.console.password_file)}),
             "feeds": feeds,
             "api": api.model_copy(update=api_update) if api_update else api,
         }

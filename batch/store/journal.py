@@ -431,6 +431,24 @@ class JournalStore(ABC):
     @abstractmethod
     def record_results(self, results: Iterable[Result]) -> int: ...
 
+    # -- queries of the console (a page of a file's events; what waits for a retry)
+
+    @abstractmethod
+    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
+                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
+        """One page of a file's events in record order: the `limit` events from the `offset`-th
+        on, of those in `states` (all when empty) whose event id or usage place code is `search`
+        (exactly). The start is found on the (file_id, line) key and the page read from there
+        (keyset), so the last page of 100,000 records costs about what the first does."""
+
+    @abstractmethod
+    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
+        """How many events of the file `events_page` pages through with these filters."""
+
+    @abstractmethod
+    def failed_by_feed(self) -> dict[str, int]:
+        """The events waiting for a retry (state failed), per feed."""
+
 
 # --------------------------------------------------------------------------- schema
 
@@ -628,6 +646,37 @@ SQL_DELETE_EVENTS_OF_FILE = """
 """
 
 SQL_COUNT_BY_STATE = "SELECT state, count(*) FROM events WHERE file_id = ? GROUP BY state"
+
+SQL_FAILED_BY_FEED = ("SELECT f.feed, count(*) FROM events AS e JOIN files AS f ON f.id = e.file_id"
+                      " WHERE e.state = 'failed' GROUP BY f.feed")
+
+
+def events_filter(states: Sequence[str], search: str | None, mark: str = "?") -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause after ``file_id = ?`` of ``events_page`` and ``count_events`` (``mark``:
+    the backend's parameter mark), and its parameters."""
+    unknown = sorted(set(states) - set(OUTCOMES))
+    if unknown:
+        raise ValueError(f"not an outcome: {', '.join(unknown)}")
+    sql = ""
+    params: tuple[Any, ...] = ()
+    if states:
+        sql += f" AND state IN ({', '.join(mark for _ in states)})"
+        params += tuple(states)
+    if search:
+        sql += f" AND (event_id = {mark} OR usageplacecode = {mark})"
+        params += (search, search)
+    return sql, params
+
+
+def events_page_sql(states: Sequence[str], search: str | None, mark: str = "?") -> tuple[str, str, tuple[Any, ...]]:
+    """(the query of the page's first line, the query of the page, the filter's parameters) of
+    ``events_page``: the first takes (file_id, *filter, offset), the second (file_id, *filter,
+    first line, limit). The first reads only the (file_id, line) key when nothing filters."""
+    where, params = events_filter(states, search, mark)
+    first = f"SELECT line FROM events WHERE file_id = {mark}{where} ORDER BY line LIMIT 1 OFFSET {mark}"
+    page = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = {mark}{where} AND line >= {mark}"
+            f" ORDER BY line LIMIT {mark}")
+    return first, page, params
 
 
 def utc_now() -> datetime:
@@ -1281,6 +1330,27 @@ class Journal(JournalStore):
         rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
                           " ORDER BY file_id, line", params)
         return [event_from_row(row) for row in rows]
+
+    # -- queries of the console
+
+    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
+                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
+        first, page, params = events_page_sql(states, search)
+        with self._lock, self._unavailable_as("read a page of the file's events"):
+            start = self._conn.execute(first, (file_id, *params, max(0, offset))).fetchone()
+            if start is None:
+                return []
+            rows = self._conn.execute(page, (file_id, *params, start[0], limit)).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
+        where, params = events_filter(states, search)
+        rows = self._read(f"SELECT count(*) FROM events WHERE file_id = ?{where}", (file_id, *params),
+                          "count the file's events")
+        return int(rows[0][0])
+
+    def failed_by_feed(self) -> dict[str, int]:
+        return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
 
     # -- results
 

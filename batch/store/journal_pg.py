@@ -53,6 +53,7 @@ from batch.store.journal import (
     OUTCOMES,
     PAGE_SIZE,
     SENDABLE_STATES,
+    SQL_FAILED_BY_FEED,
     BeginResult,
     EventRecord,
     EventState,
@@ -69,7 +70,9 @@ from batch.store.journal import (
     already_processed_message,
     counts_from_rows,
     event_from_row,
+    events_filter,
     events_insert_params,
+    events_page_sql,
     file_from_row,
     not_sent_message,
     owner_is_other_live_process,
@@ -628,6 +631,28 @@ class PgJournal(JournalStore):
         rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
                           " ORDER BY file_id, line", params, "read the failed events")
         return [event_from_row(row) for row in rows]
+
+    # -- queries of the console
+
+    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
+                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
+        """See ``JournalStore.events_page``."""
+        first, page, params = events_page_sql(states, search, "%s")
+        with self._unavailable_as("read a page of the file's events"), self._pool.connection() as conn:
+            start = conn.execute(first, (file_id, *params, max(0, offset))).fetchone()
+            if start is None:
+                return []
+            rows = conn.execute(page, (file_id, *params, start[0], limit)).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
+        where, params = events_filter(states, search, "%s")
+        rows = self._read(f"SELECT count(*) FROM events WHERE file_id = %s{where}", (file_id, *params),
+                          "count the file's events")
+        return int(rows[0][0])
+
+    def failed_by_feed(self) -> dict[str, int]:
+        return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
 
     # -- results
 

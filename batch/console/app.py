@@ -1,0 +1,269 @@
+"""The console's web application: ``create_app`` puts the pages, the security middleware and the
+playground's routes together; ``serve`` runs it with uvicorn on a socket the caller bound.
+
+Middleware, outermost first: the Host check (on loopback only loopback names: a DNS-rebinding
+page cannot reach the console), security headers (a strict Content-Security-Policy: scripts and
+styles only from /static, no framing), the signed session cookie (HttpOnly, SameSite=Strict),
+the CSRF check of every POST, and the login (when a password is configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from batch.console import pages, playground
+from batch.console.render import STATIC, console_state, render, templates
+from batch.console.security import (
+    LOOPBACK_NAMES,
+    SESSION_USER,
+    ASGIApp,
+    CsrfMiddleware,
+    Password,
+    Receive,
+    Scope,
+    Send,
+    check_listening,
+    console_password,
+    is_loopback,
+)
+from batch.console.state import ConsoleState
+from batch.service.logs import installed_filter
+from batch.store.journal import JournalError
+
+SESSION_COOKIE = "usageplace_console"
+SESSION_SECONDS = 12 * 3600
+#: What the login lets through without a session.
+OPEN_PATHS = ("/login", "/static/")
+
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class HostCheck:
+    """On loopback, refuses a request whose Host header is not a loopback name (a page of another
+    site that made its name resolve to 127.0.0.1 -- DNS rebinding -- sends its own name)."""
+
+    def __init__(self, app: ASGIApp, loopback_only: bool) -> None:
+        self.app, self.loopback_only = app, loopback_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.loopback_only:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            if host_name(host) not in LOOPBACK_NAMES:
+                response = HTMLResponse("<h1>400: not a loopback host name</h1>", status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header, without its port ("[::1]:8780" -> "[::1]")."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+class LoginGate:
+    """With a password configured, every path but the login page and static files needs a
+    logged-in session: a page request is sent to the login, anything else gets 401."""
+
+    def __init__(self, app: ASGIApp, password: Password | None) -> None:
+        self.app, self.password = app, password
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.password is None or scope["type"] != "http" or scope.get("session", {}).get(SESSION_USER)
+                or scope["path"] == "/login" or scope["path"].startswith("/static/")):
+            await self.app(scope, receive, send)
+            return
+        response: Response
+        if scope["method"] == "GET":
+            target = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
+            response = RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
+        else:
+            response = HTMLResponse("<h1>401: log in first</h1>", status_code=401)
+        await response(scope, receive, send)
+
+
+async def refuse_csrf(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+    request = Request(scope, receive)
+    await render(request, "error.html", {"title": "Refused (403)", "message": f"{why}. Nothing was done: "
+                 "reload the page and try again."}, status_code=403)(scope, receive, send)
+
+
+# --------------------------------------------------------------------------- login
+
+
+def login_page(request: Request) -> Response:
+    if request.app.state.password is None:
+        return RedirectResponse("/", status_code=303)
+    return render(request, "login.html", {"next": safe_next(request.query_params.get("next")), "error": None})
+
+
+async def login(request: Request) -> Response:
+    password: Password | None = request.app.state.password
+    if password is None:
+        return RedirectResponse("/", status_code=303)
+    form = await request.form()
+    name, attempt, target = (str(form.get(key) or "") for key in ("name", "password", "next"))
+    name = " ".join(name.split())[:80]
+    if not name or not password.matches(attempt):
+        await asyncio.sleep(0.3)  # a guess costs a little time
+        message = "Give your name (recorded with what you do)." if not name else "Wrong password."
+        return render(request, "login.html", {"next": safe_next(target), "error": message, "name": name},
+                      status_code=401 if name else 400)
+    request.session.clear()  # a new session (and CSRF token) for the logged-in user
+    request.session[SESSION_USER] = name
+    return RedirectResponse(safe_next(target), status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login" if request.app.state.password is not None else "/", status_code=303)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after the login: a path of this console only (never another site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else "/"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _redacted(text: str) -> str:
+    return installed_filter().redact(text)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return render(request, "error.html", {"title": f"{exc.status_code}", "message": _redacted(str(exc.detail))},
+                  status_code=exc.status_code)
+
+
+async def journal_error(request: Request, exc: Exception) -> Response:
+    return render(request, "error.html", {
+        "title": "The journal cannot be read", "message": _redacted(str(exc))}, status_code=503)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    # the message is redacted of the configuration's secrets; the traceback stays in the log
+    return HTMLResponse(templates.get_template("error.html").render(
+        title="Internal error", message=_redacted(f"{type(exc).__name__}: {exc}; please report it"),
+        csrf="", user="", login_enabled=False, playground=False, nav=""), status_code=500)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | None = None) -> Starlette:
+    """The console for the service configuration at `config_path`, to listen on `host`.
+
+    Raises LoginRequired (a non-loopback `host` without a configured password), ConfigError /
+    ConfigurationError (an unusable configuration) before anything listens. `secret_key` signs
+    the session cookies (default: random, so sessions end when the console stops)."""
+    state = ConsoleState(Path(config_path))
+    password = console_password(state.loaded.config.console)
+    check_listening(host, password, state.config_path)
+    routes: list[BaseRoute] = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        *pages.routes,
+        Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
+    ]
+    if playground.routes:
+        routes.append(Mount("/playground", routes=playground.routes))
+    middleware = [
+        Middleware(HostCheck, loopback_only=is_loopback(host)),
+        Middleware(SecurityHeaders),
+        Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_urlsafe(32),
+                   session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
+        Middleware(CsrfMiddleware, refuse=refuse_csrf),
+        Middleware(LoginGate, password=password),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={
+        HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
+    app.state.console = state
+    app.state.password = password
+    app.state.playground_enabled = bool(playground.routes)
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for the console (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def make_server(app: Starlette, sock: socket.socket) -> Any:
+    """A uvicorn server for `app` on `sock` (quiet: no access log; the caller prints the URL)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, fd=None, log_level="warning", access_log=False, lifespan="off",
+                            server_header=False, proxy_headers=False)
+    return uvicorn.Server(config)
+
+
+def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl-C / SIGTERM."""
+    server = make_server(app, sock)
+    if on_ready is not None:
+        on_ready(url_of(sock))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        console_state_of(app).close()
+
+
+def console_state_of(app: Starlette) -> ConsoleState:
+    state: ConsoleState = app.state.console
+    return state
+
+
+__all__ = ["bind", "console_state", "create_app", "serve", "url_of"]

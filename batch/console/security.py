@@ -1,0 +1,218 @@
+"""The console's security rules, each in one place: where it may listen without a login, the
+login's password (held as a salted hash only), CSRF tokens, and the confinement of downloads to
+a feed's folders.
+
+- **Listening**: loopback by default. Any other address needs a login (``console.password`` as
+  ``${ENV_NAME}`` or ``console.password_file``); without one the console refuses to start
+  (``LoginRequired``). On loopback the login is optional: configured, it is asked there too.
+- **Password**: read once at start, kept as ``scrypt(salt, password)`` with a random salt; a
+  login attempt is hashed the same way and compared with ``hmac.compare_digest``.
+- **CSRF**: every session (logged in or not) has a random token; every form carries it as the
+  field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
+  refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
+  route runs, so a route cannot forget the check.
+- **Downloads**: ``confined`` takes a folder and a name from a request and returns the file only
+  when it is a regular file inside that folder after every symlink is resolved; a name with
+  ``..``, an absolute path, a NUL, a backslash or a control character is refused before the
+  file system is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from pydantic import SecretStr
+
+from batch.config.secrets import resolve_secret
+from batch.config.service import ConsoleSettings
+from batch.errors import ConfigurationError
+
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+SESSION_CSRF = "csrf"
+SESSION_USER = "user"
+#: The biggest request body the console reads (a sample file uploaded to the playground).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class LoginRequired(ConfigurationError):
+    """The console would listen on a non-loopback address without a login."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or `localhost`) that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+#: The host names a browser sends to a console on loopback.
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+class Password:
+    """The console's password as a salted hash; the text itself is not kept."""
+
+    def __init__(self, secret: SecretStr) -> None:
+        self._salt = secrets.token_bytes(16)
+        self._hash = self._derive(secret.get_secret_value())
+
+    def _derive(self, text: str) -> bytes:
+        return hashlib.scrypt(text.encode("utf-8"), salt=self._salt, n=2**14, r=8, p=1, dklen=32)
+
+    def matches(self, attempt: str) -> bool:
+        return hmac.compare_digest(self._derive(attempt), self._hash)
+
+
+def console_password(settings: ConsoleSettings | None) -> Password | None:
+    """The configured password, hashed; None when the configuration gives none. Raises
+    SecretResolutionError (a variable not set, a file missing) naming the key, never the value."""
+    if settings is None:
+        return None
+    secret = resolve_secret(settings.password, settings.password_file, field="console.password")
+    return None if secret is None else Password(secret)
+
+
+def check_listening(host: str, password: Password | None, config_path: Path) -> None:
+    """Refuse a non-loopback address without a login (LoginRequired, one line)."""
+    if password is None and not is_loopback(host):
+        raise LoginRequired(
+            f"the console would listen on {host}, which is not loopback, without a login: set "
+            f"console.password (${{ENV_NAME}}) or console.password_file in {config_path}, or listen on 127.0.0.1")
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def csrf_valid(session_token: object, sent: object) -> bool:
+    return (isinstance(session_token, str) and isinstance(sent, str) and bool(session_token)
+            and hmac.compare_digest(session_token.encode(), sent.encode()))
+
+
+class CsrfMiddleware:
+    """Refuses every unsafe request (POST ...) without the session's CSRF token, before any route.
+
+    Sits inside the session middleware (it reads ``scope["session"]``). The token comes in the
+    ``X-CSRF-Token`` header or as the form field ``csrf``; to read the field, the body is read
+    here (at most ``MAX_BODY_BYTES``) and handed on to the route unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, str], Awaitable[None]]) -> None:
+        self.app = app
+        self.refuse = refuse  # writes the 403 page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        expected = scope.get("session", {}).get(SESSION_CSRF)
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if CSRF_HEADER in headers:
+            if csrf_valid(expected, headers[CSRF_HEADER]):
+                await self.app(scope, receive, send)
+            else:
+                await self.refuse(scope, receive, send, "the form's security token (CSRF) is wrong")
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await self.refuse(scope, receive, send, f"the request is bigger than {MAX_BODY_BYTES} bytes")
+            return
+        sent = await _form_token(scope, headers.get("content-type", ""), body)
+        if not csrf_valid(expected, sent):
+            why = ("the form has no security token (CSRF)" if sent is None
+                   else "the form's security token (CSRF) is wrong or expired")
+            await self.refuse(scope, receive, send, why)
+            return
+        await self.app(scope, _replay(body), send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+    return receive
+
+
+async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | None:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get(CSRF_FIELD)
+        return values[0] if values else None
+    if kind == "multipart/form-data":
+        from starlette.requests import Request
+
+        form = await Request(scope, _replay(body)).form()
+        try:
+            value = form.get(CSRF_FIELD)
+            return value if isinstance(value, str) else None
+        finally:
+            await form.close()
+    return None
+
+
+class Refused(ValueError):
+    """A download name that is not a file of the folder; the message says why (no path shown
+    beyond the name asked for)."""
+
+
+def confined(folder: Path, name: str) -> Path:
+    """The regular file `name` directly or below `folder`, after resolving every symlink; Refused
+    for a name that leaves the folder (``..``, absolute, a symlink out of it), holds NUL, a
+    backslash or a control character, or is not a regular file there."""
+    if not name or "\x00" in name or "\\" in name or not name.isprintable():
+        raise Refused("not a file name")
+    if name.startswith("/") or os.path.isabs(name):
+        raise Refused("an absolute path is not a file of this folder")
+    if any(part in ("..", ".") for part in name.split("/")):
+        raise Refused("a name with '..' or '.' is not a file of this folder")
+    try:
+        base = folder.resolve(strict=True)
+        target = (base / name).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a symlink loop
+        raise Refused("no such file") from None
+    if not target.is_relative_to(base):
+        raise Refused("the name leads out of the folder")
+    if not target.is_file():
+        raise Refused("not a regular file")
+    return target

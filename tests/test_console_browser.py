@@ -1,0 +1,81 @@
+"""The console in a real browser (Debian's Chromium, headless, driven by Playwright): log in, the
+feeds page on the demo's journal, a file's invalid records with field, column and value."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+PASSWORD_ENV = "CONSOLE_BROWSER_PASSWORD"
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture
+def login_config(demo_workspace, monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    config = yaml.safe_load((demo_workspace / "service.yaml").read_text(encoding="utf-8"))
+    config["console"] = {"password": "${" + PASSWORD_ENV + "}"}
+    path = demo_workspace / "service.browser.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_log_in_and_see_every_feed_of_the_demo(login_config, live_console, browser_page):
+    console = live_console(login_config)
+    page = browser_page
+    page.goto(console.url)
+    assert page.url.startswith(console.url + "login?next=")
+    page.fill("input[name=name]", "Aino Admin")
+    page.fill("input[name=password]", "wrong")
+    page.click("button[type=submit]")
+    assert page.text_content("#login-error") == "Wrong password."
+    page.fill("input[name=name]", "Aino Admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("table#feeds")
+    assert page.url == console.url
+    assert "Aino Admin" in page.text_content("header")
+    feeds = page.locator("tr.feed")
+    names = sorted(page.locator("tr.feed").evaluate_all("rows => rows.map(r => r.dataset.feed)"))
+    assert feeds.count() == 12 and "finnish_cp1252" in names and "invalid_records" in names
+    finnish = page.locator("tr.feed[data-feed=finnish_cp1252]")
+    assert finnish.locator("a").first.text_content() == "finnish_cp1252.csv"
+    # its last file's counts per outcome: 3 accepted, 1 rejected
+    assert finnish.locator("td.num.accepted").text_content() == "3"
+    assert finnish.locator("td.num.rejected").text_content() == "1"
+
+
+def test_a_file_with_invalid_records_shows_field_column_and_value(demo_workspace, live_console, browser_page):
+    console = live_console(demo_workspace / "service.yaml")  # loopback, no login configured
+    page = browser_page
+    page.goto(console.url)
+    page.locator("tr.feed[data-feed=invalid_records] a").first.click()
+    page.wait_for_selector("table#events")
+    assert page.text_content("h1") == "invalid_records.csv"
+    page.select_option("select[name=outcome]", "invalid")
+    page.click("form.filter button[type=submit]")
+    page.wait_for_url(re.compile(r"outcome=invalid"))
+    rows = page.locator("tr.event.invalid")
+    assert rows.count() == 9
+    first = rows.first
+    assert [first.locator(f"td.{cell}").text_content() for cell in ("field", "source", "value")] == [
+        "status", "column 'Tila'", "X"]
+    time_row = page.locator("tr.event.invalid", has_text="31.2.2024 7:10:00")
+    assert time_row.locator("td.source").text_content() == "template '{Pvm} {Klo}'"
+    assert "#" not in page.text_content("#showing") and "9 records invalid" in page.text_content("#showing")
+
+
+def test_a_rejected_record_shows_the_apis_problem(demo_workspace, live_console, browser_page):
+    console = live_console(demo_workspace / "service.yaml")
+    page = browser_page
+    page.goto(console.url)
+    page.locator("tr.feed[data-feed=finnish_cp1252] a").first.click()
+    page.fill("input[name=q]", "643007572062443689")  # the place the demo's sandbox does not know
+    page.click("form.filter button[type=submit]")
+    row = page.locator("tr.event.rejected")
+    assert row.count() == 1
+    assert row.locator("td.num").nth(1).text_content() == "422"
+    assert row.locator("td.why .title").text_content() == "Unprocessable event"
+    assert row.locator("td.why .detail").text_content() == "The usage place is not known to Ropo One"

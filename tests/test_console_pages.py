@@ -1,0 +1,113 @@
+"""The console's pages over real HTTP: a file paged, filtered and searched; downloads of the
+receipt, summary, rejected rows and original; the configuration reloaded; a late feed."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from batch.console.pages import PAGE_SIZE, feed_view
+from tests.fixtures_pipeline import make_rows, write_feed
+
+LINE_CELL = re.compile(r'<tr class="event (\w+)[^"]*">\s*<td class="num"(?: rowspan="\d+")?>(\d+)</td>')
+
+
+def shown(html: str) -> list[tuple[str, int]]:
+    """(outcome, line) of each record row of a file page."""
+    return [(outcome, int(line)) for outcome, line in LINE_CELL.findall(html)]
+
+
+def test_a_file_is_paged_filtered_and_searched(sandbox, workspace_for, process_file, live_console):
+    ws = workspace_for(sandbox)
+    rows = make_rows(350, 40)
+    for index in range(0, 350, 50):
+        rows[index]["status"] = "X"  # 7 invalid records, at lines 2, 52, ... 302
+    path = ws.inbox / "big.csv"
+    write_feed(path, rows)
+    outcome = process_file(ws, path)
+    assert outcome.counts["invalid"] == 7 and outcome.counts["accepted"] == 343
+    console = live_console(ws.config)
+    first = console.get("/files/1").text
+    assert "350 records; page 1 of 4." in first
+    assert [line for _, line in shown(first)] == list(range(2, 2 + PAGE_SIZE))
+    assert [line for _, line in shown(console.get("/files/1?page=4").text)] == list(range(302, 352))
+    assert [line for _, line in shown(console.get("/files/1?page=99").text)] == list(range(302, 352))  # the last
+    invalid = console.get("/files/1?outcome=invalid").text
+    assert shown(invalid) == [("invalid", line) for line in range(2, 352, 50)]
+    assert "7 records invalid." in invalid
+    found = console.get("/files/1?q=E000123").text
+    assert shown(found) == [("accepted", 125)] and "1 record matching “E000123”." in found
+    by_place = console.get("/files/1", params={"q": rows[5]["place"]}).text
+    assert [line for _, line in shown(by_place)] == [7, 47, 87, 127, 167, 207, 247, 287, 327]
+    refused = console.get("/files/1?outcome=sent")
+    assert refused.status_code == 400
+    assert "no outcome &#39;sent&#39;" in refused.text
+
+
+def test_the_downloads_of_a_file(demo_workspace, live_console):
+    console = live_console(demo_workspace / "service.yaml")
+    page = console.get("/").text
+    file_id = int(re.search(r'<a href="/files/(\d+)">invalid_records.csv</a>', page).group(1))
+    html = console.get(f"/files/{file_id}").text
+    for kind in ("receipt", "summary", "rejected", "original"):
+        assert f'href="/files/{file_id}/{kind}"' in html, kind
+    outbox = demo_workspace / "inbox" / "invalid_records" / "outbox"
+    receipt = console.get(f"/files/{file_id}/receipt")
+    assert receipt.status_code == 200
+    assert receipt.content == (outbox / "invalid_records.csv.receipt.csv").read_bytes()
+    assert 'filename="invalid_records.csv.receipt.csv"' in receipt.headers["content-disposition"]
+    summary = console.get(f"/files/{file_id}/summary").json()
+    assert summary["rejected_rows"] == "invalid_records.csv.rejected.csv"
+    rejected = console.get(f"/files/{file_id}/rejected")
+    assert rejected.content == (outbox / "invalid_records.csv.rejected.csv").read_bytes()
+    original = console.get(f"/files/{file_id}/original")
+    archived = demo_workspace / "inbox" / "invalid_records" / "archive" / "invalid_records.csv"
+    assert original.status_code == 200 and original.content == archived.read_bytes()
+    assert console.get(f"/files/{file_id}/passwd").status_code == 404
+
+
+def test_a_file_without_rejected_rows_has_no_such_download(demo_workspace, live_console):
+    console = live_console(demo_workspace / "service.yaml")
+    page = console.get("/").text
+    file_id = int(re.search(r'<a href="/files/(\d+)">utf8_iso.csv</a>', page).group(1))
+    assert f'href="/files/{file_id}/rejected"' not in console.get(f"/files/{file_id}").text
+    answer = console.get(f"/files/{file_id}/rejected")
+    assert answer.status_code == 404 and "this file has no rejected-rows file" in answer.text
+
+
+def test_an_unknown_file_is_named(demo_workspace, live_console):
+    console = live_console(demo_workspace / "service.yaml")
+    answer = console.get("/files/4242")
+    assert answer.status_code == 404 and "no file #4242 in the journal" in answer.text
+
+
+def test_a_changed_configuration_is_read_again(tmp_path, demo_workspace, live_console):
+    config = yaml.safe_load((demo_workspace / "service.yaml").read_text(encoding="utf-8"))
+    path = demo_workspace / "service.reload.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    console = live_console(path)
+    assert 'data-feed="utf8_iso"' in console.get("/").text
+    config["feeds"] = [feed for feed in config["feeds"] if feed["name"] != "utf8_iso"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False) + "\n# changed\n", encoding="utf-8")
+    page = console.get("/").text
+    assert 'data-feed="utf8_iso"' not in page and 'data-feed="erp_export"' in page
+    path.write_text("api: [unusable\n", encoding="utf-8")
+    broken = console.get("/").text
+    assert "was changed and cannot be used; the last good configuration stays in force" in broken
+    assert 'data-feed="erp_export"' in broken
+
+
+def test_a_late_feed_is_shown_red():
+    row: dict[str, Any] = {"feed": "north", "inbox": "/in", "in_processing": [], "last_file": None, "lease": None, "marker": None,
+           "expected": {"description": "every day by 03:00 Europe/Helsinki, grace 30m",
+                        "due": "2026-11-29T01:30:00+00:00", "next_due": "2026-11-30T01:30:00+00:00", "late": True,
+                        "last_arrival": None}}
+    view = feed_view(row, None, [], 0, {})
+    assert (view["tone"], view["late"]) == ("bad", True)
+    assert view["state"] == "late: no file arrived for 2026-11-29T01:30:00+00:00"
+    on_time = feed_view({**row, "expected": {**row["expected"], "late": False}}, None, [], 0, {})
+    assert (on_time["tone"], on_time["late"]) == ("idle", False)
+    assert json.dumps(view["expected"])  # rendered from plain data
