@@ -4,6 +4,7 @@ the security rules (CSRF refused, traversal in feed and file names refused)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -155,3 +156,25 @@ def test_a_new_mapping_from_a_sample(feed_config: Path, live_console) -> None:
     assert (detected["encoding"], detected["delimiter"], detected["header_line"]) == ("cp1252", ";", 3)
     assert answer.json()["problems"] == []
     assert 'name: "local"' in answer.json()["text"] and '  delimiter: ";"' in answer.json()["text"]
+
+
+def test_the_console_settings_say_how_many_files_a_diff_reads_and_versions_a_save_keeps(
+        tmp_path: Path, sandbox, live_console) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "archive").mkdir(parents=True)
+    for n in range(1, 4):
+        (inbox / "archive" / f"night{n}.csv").write_bytes(export(f"n{n}", 2))
+        os.utime(inbox / "archive" / f"night{n}.csv", (1_700_000_000 + n,) * 2)
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}],
+                          console={"playground_files": 2, "mapping_versions": 1})
+    console = live_console(config)
+    csrf = token(console)
+    diff = post_json(console, "/playground/feed/local/diff", {"text": MAPPING_V2}, csrf).json()
+    assert [f["name"] for f in diff["files"]] == ["night3.csv", "night2.csv"]
+    mapping = tmp_path / "mapping.yaml"
+    first = post_json(console, "/playground/feed/local/save",
+                      {"text": MAPPING_V2, "base_hash": hashlib.sha256(MAPPING.encode()).hexdigest()}, csrf).json()
+    second = post_json(console, "/playground/feed/local/save", {"text": MAPPING, "base_hash": first["hash"]}, csrf)
+    assert second.json()["versions"] == ["mapping.yaml.1"]
+    assert mapping.with_name("mapping.yaml.1").read_text() == MAPPING_V2
+    assert not mapping.with_name("mapping.yaml.2").exists()

@@ -27,7 +27,7 @@ batch.console.mapping_store (saving with versions, the archive).
 
 How many archived files a diff reads and how many earlier versions a save keeps:
 ``console.playground_files`` (default 5) and ``console.mapping_versions`` (default 10) of the
-service configuration, when its console settings have them.
+service configuration.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from batch.config.mapping import Mapping
-from batch.config.service import FeedSettings
+from batch.config.service import ConsoleSettings, FeedSettings
 from batch.console.mapping_store import (
-    DEFAULT_VERSIONS,
     ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
@@ -69,7 +68,6 @@ from batch.transform.samplefile import detect_sample, proposed_mapping
 
 log = logging.getLogger("batch.console.playground")
 
-DEFAULT_DIFF_FILES = 5
 PREVIEW_LIMIT = 200  # records shown by a preview (all are counted)
 ARCHIVE_SHOWN = 100  # archived files offered for a preview
 _RUNS = threading.Semaphore(1)  # one diff or preview at a time
@@ -87,10 +85,9 @@ def _feed(request: Request) -> FeedSettings:
     raise HTTPException(404, f"no feed named {name!r}; the feeds are: {', '.join(f.name for f in feeds)}")
 
 
-def _setting(request: Request, name: str, default: int) -> int:
-    console = console_state(request).loaded.config.console
-    value = getattr(console, name, None) if console is not None else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+def _console_settings(request: Request) -> ConsoleSettings:
+    """The configuration's `console:` (playground_files, mapping_versions), or its defaults."""
+    return console_state(request).loaded.config.console or ConsoleSettings()
 
 
 def _in_force(request: Request, feed: FeedSettings) -> Mapping:
@@ -151,11 +148,11 @@ def editor(request: Request) -> Response:
         archived = [{"name": f.name, "size": f.size} for f in archived_files(feed, ARCHIVE_SHOWN)]
     except PlaygroundError as exc:
         archive_note = str(exc)
-    diff_files_count = _setting(request, "playground_files", DEFAULT_DIFF_FILES)
+    diff_files_count = _console_settings(request).playground_files
     return render(request, "playground_editor.html", {
         "feed": feed.name, "mapping_name": feed.mapping.name, "text": current.text, "base_hash": current.hash,
         "archived": archived, "archive_note": archive_note, "diff_files": diff_files_count,
-        "versions": mapping_versions(feed, _setting(request, "mapping_versions", DEFAULT_VERSIONS)),
+        "versions": mapping_versions(feed, _console_settings(request).mapping_versions),
         "nav": "playground",
     })
 
@@ -220,7 +217,7 @@ async def diff(request: Request) -> Response:
     if checked.mapping is None:
         return _error(422, "the mapping has problems: fix them to see what it changes",
                       problems=[p.as_dict() for p in checked.problems])
-    count = _setting(request, "playground_files", DEFAULT_DIFF_FILES)
+    count = _console_settings(request).playground_files
     try:
         files = [(f.name, archived_path(feed, f.name)) for f in archived_files(feed, count)]
     except PlaygroundError as exc:
@@ -239,7 +236,7 @@ async def save(request: Request) -> Response:
     feed = _feed(request)
     body = await _json_body(request)
     text, base_hash = _text(body), _text(body, "base_hash")
-    versions = _setting(request, "mapping_versions", DEFAULT_VERSIONS)
+    versions = _console_settings(request).mapping_versions
     try:
         saved = await run_in_threadpool(save_mapping, feed, text, base_hash, versions)
     except MappingRefused as exc:
