@@ -317,3 +317,31 @@ def test_other_kinds_of_sample_are_named() -> None:
     assert detect_sample((ROOT / "samples/workbook_billing.xlsx").read_bytes()).format == "xlsx"
     ebcdic = detect_sample((ROOT / "samples/mainframe_ebcdic.dat").read_bytes())
     assert (ebcdic.format, ebcdic.encoding) == ("unknown", "cp037")
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in (ROOT / "samples").iterdir()))
+def test_every_sample_diffed_with_its_own_mapping_changes_nothing(sample: str) -> None:
+    """Both streams are joined on the line in every format (rows merged by event id, XML in its
+    child process, fixed-length records, workbooks, compressed files): nothing is misaligned."""
+    name = sample.split(".")[0]
+    mapping = compiled((ROOT / "config" / "mappings" / f"{name}.yaml").read_text())
+    diff = diff_files(mapping, mapping, [(sample, ROOT / "samples" / sample)])
+    counts = diff.files[0].before
+    assert counts.error is None and counts.records > 0
+    assert diff.compared == counts.records and diff.changed == 0 and diff.samples == []
+
+
+@pytest.mark.parametrize(("name", "sample", "old", "new", "expected"), [
+    ("erp_export", "erp_export.xml", "disconnected: Usage place disconnected", "disconnected: Usage place cut off",
+     (3, 1, [{"field": "description", "records": 1}], 5)),
+    ("mds7_rows", "mds7_rows.txt", "CONNECTED: connected\n", "CONNECTED: disconnected\n",
+     (3, 1, [{"field": "status", "records": 1}], 6)),
+])
+def test_an_edit_of_an_xml_or_a_rows_mapping_changes_exactly_its_records(
+        name: str, sample: str, old: str, new: str, expected: tuple[int, int, list[dict[str, object]], int]) -> None:
+    text = (ROOT / "config" / "mappings" / f"{name}.yaml").read_text()
+    assert old in text
+    diff = diff_files(compiled(text), compiled(text.replace(old, new)), [(sample, ROOT / "samples" / sample)])
+    summary = diff.as_dict()
+    assert (summary["compared"], summary["changed"], summary["fields"], summary["samples"][0]["line"]) == expected
+    assert summary["outcomes"] == []
