@@ -62,6 +62,12 @@ def test_edit_a_typo_see_it_on_its_line_fix_it_see_the_diff_save_and_the_service
         assert page.locator("#save-state").inner_text() == (
             "Saved mapping.yaml (the earlier version kept as mapping.yaml.1). The service uses it from its next "
             "reload.")
+        # the earlier version can be loaded back into the editor (a revert is an edit like any other)
+        page.click("#versions button.version")
+        page.wait_for_selector("#save-state:has-text('mapping.yaml.1 is in the editor')")
+        page.wait_for_selector("#playground[data-checked='valid']")
+        assert "description: {column: note}" in page.locator("#mapping-text").input_value()
+        assert page.locator("#save-button").is_disabled()
         runner.wait_log("configuration #2 applied")
         (inbox / "after.csv").write_bytes(export("after", 3))
         wait_until(lambda: (inbox / "archive" / "after.csv").exists(), 30, what="after.csv archived")

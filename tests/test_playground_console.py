@@ -112,6 +112,13 @@ def test_save_keeps_the_earlier_version_and_refuses_a_concurrent_edit(feed_confi
     assert saved.status_code == 200
     assert saved.json()["saved"] == "mapping.yaml" and saved.json()["kept"] == "mapping.yaml.1"
     assert mapping.read_text() == MAPPING_V2 and mapping.with_name("mapping.yaml.1").read_text() == MAPPING
+    kept = console.get("/playground/feed/local/version/1")
+    assert kept.json() == {"version": "mapping.yaml.1", "text": MAPPING}
+    assert '<button type="button" class="link version" data-number="1">mapping.yaml.1</button>' in \
+        console.get("/playground/feed/local").text
+    for number, message in [(2, "no version 2 of mapping.yaml is kept"), (0, "no version 0 of mapping.yaml")]:
+        missing = console.get(f"/playground/feed/local/version/{number}")
+        assert (missing.status_code, missing.json()["error"]) == (404, message)
     again = post_json(console, "/playground/feed/local/save", {"text": MAPPING, "base_hash": base_hash}, csrf)
     assert again.status_code == 409
     assert again.json()["error"].startswith("mapping.yaml was changed since this editor loaded it")

@@ -148,6 +148,20 @@ def mapping_versions(feed: FeedSettings, versions: int = DEFAULT_VERSIONS) -> li
     return [f"{path.name}.{n}" for n in range(1, versions + 1) if path.with_name(f"{path.name}.{n}").is_file()]
 
 
+def read_version(feed: FeedSettings, number: int) -> str:
+    """The text of the earlier version NAME.yaml.<number> (to load into the editor: a revert is
+    an edit like any other, shown in the diff and saved as a new version)."""
+    if not 1 <= number <= MAX_VERSIONS:
+        raise PlaygroundError(f"no version {number} of {feed.mapping.name}")
+    path = feed.mapping.with_name(f"{feed.mapping.name}.{number}")
+    try:
+        return read_regular_file(path).decode("utf-8-sig")
+    except FileNotFoundError:
+        raise PlaygroundError(f"no version {number} of {feed.mapping.name} is kept") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlaygroundError(f"cannot read {path.name}: {exc}") from None
+
+
 # --- the archive ---------------------------------------------------------------------------------
 
 

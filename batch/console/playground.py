@@ -7,6 +7,8 @@ Routes (mounted under /playground by batch.console.app):
 
     GET  /                      the feeds, each with its mapping and archive
     GET  /feed/{feed}           the editor
+    GET  /feed/{feed}/version/{n}  {"version", "text"}: the earlier version NAME.yaml.n, to load
+                                into the editor (a revert is an edit: diffed, then saved)
     POST /feed/{feed}/validate  {"text"} -> {"ok", "problems": [{"line", "column", "key", "message", "text"}]}
     POST /feed/{feed}/preview   form: text, and archived (a name in the archive) or sample (a file)
     POST /feed/{feed}/diff      {"text"} -> the diff of the mapping in force and `text` over the
@@ -58,6 +60,7 @@ from batch.console.mapping_store import (
     archived_path,
     mapping_versions,
     read_mapping,
+    read_version,
     save_mapping,
 )
 from batch.console.render import console_state, current_user, render
@@ -155,6 +158,15 @@ def editor(request: Request) -> Response:
         "versions": mapping_versions(feed, _console_settings(request).mapping_versions),
         "nav": "playground",
     })
+
+
+def version(request: Request) -> Response:
+    feed = _feed(request)
+    number = request.path_params["number"]
+    try:
+        return JSONResponse({"version": f"{feed.mapping.name}.{number}", "text": read_version(feed, number)})
+    except PlaygroundError as exc:
+        return _error(404, str(exc))
 
 
 # --------------------------------------------------------------------------- as you type
@@ -272,6 +284,7 @@ async def new_from_sample(request: Request) -> Response:
 routes: list[BaseRoute] = [
     Route("/", index, methods=["GET"]),
     Route("/feed/{feed}", editor, methods=["GET"]),
+    Route("/feed/{feed}/version/{number:int}", version, methods=["GET"]),
     Route("/feed/{feed}/validate", validate, methods=["POST"]),
     Route("/feed/{feed}/preview", preview, methods=["POST"]),
     Route("/feed/{feed}/diff", diff, methods=["POST"]),

@@ -126,6 +126,17 @@
     checkTimer = setTimeout(check, 300);
   });
   text.addEventListener("scroll", () => { gutter.scrollTop = text.scrollTop; });
+  // YAML is indented with spaces: Tab indents by two instead of leaving the editor
+  text.addEventListener("keydown", (event) => {
+    if (event.key !== "Tab" || event.shiftKey || event.ctrlKey || event.altKey || event.metaKey) return;
+    event.preventDefault();
+    text.setRangeText("  ", text.selectionStart, text.selectionEnd, "end");
+    text.dispatchEvent(new Event("input"));
+  });
+  let savedText = text.value;
+  window.addEventListener("beforeunload", (event) => {
+    if (text.value !== savedText) event.preventDefault(); // the browser asks before an edit is lost
+  });
 
   // --- what the edit changes ------------------------------------------------------------------
 
@@ -218,11 +229,43 @@
       return;
     }
     baseHash = result.payload.hash;
+    savedText = diffedText;
     root.dataset.baseHash = baseHash;
     saveState.className = "good";
     saveState.textContent = "Saved " + result.payload.saved
       + (result.payload.kept ? " (the earlier version kept as " + result.payload.kept + ")" : "")
       + ". The service uses it from its next reload.";
+    showVersions(result.payload.versions);
+  });
+
+  // --- earlier versions -------------------------------------------------------------------------
+
+  const versionsBox = document.getElementById("versions");
+
+  function showVersions(names) {
+    versionsBox.replaceChildren();
+    if (!names.length) return;
+    versionsBox.append("Earlier versions kept (load one into the editor to go back to it): ");
+    for (const name of names) {
+      versionsBox.append(el("button", { type: "button", class: "link version",
+        "data-number": name.slice(name.lastIndexOf(".") + 1) }, name), " ");
+    }
+  }
+
+  versionsBox.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.version");
+    if (!button) return;
+    const response = await fetch(base + "/version/" + button.dataset.number, { credentials: "same-origin" });
+    const payload = await response.json();
+    if (!response.ok) {
+      saveState.className = "bad";
+      saveState.textContent = payload.error;
+      return;
+    }
+    text.value = payload.text;
+    text.dispatchEvent(new Event("input"));
+    saveState.className = "";
+    saveState.textContent = payload.version + " is in the editor: see what it changes, then save to go back to it.";
   });
 
   // --- preview and a new mapping from a sample --------------------------------------------------
