@@ -185,3 +185,36 @@ def test_the_console_settings_say_how_many_files_a_diff_reads_and_versions_a_sav
     assert second.json()["versions"] == ["mapping.yaml.1"]
     assert mapping.with_name("mapping.yaml.1").read_text() == MAPPING_V2
     assert not mapping.with_name("mapping.yaml.2").exists()
+
+
+def test_a_new_mapping_from_another_feeds_mapping_and_a_sample(tmp_path: Path, sandbox, live_console) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    template = tmp_path / "finnish.yaml"
+    template.write_text((ROOT / "config/mappings/finnish_cp1252.yaml").read_text())
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)},
+                                              {"name": "finnish", "inbox": str(inbox) + "2", "mapping": "finnish.yaml"}])
+    (tmp_path / "inbox2").mkdir()
+    console = live_console(config)
+    url = console.url.rstrip("/") + "/playground/feed/local/new"
+    sample = (ROOT / "samples/finnish_gzip.csv.gz").read_bytes()
+    csrf = {"X-CSRF-Token": token(console)}
+    answer = console.http.post(url, data={"template": "finnish"}, files={"sample": ("nightly.csv.gz", sample)},
+                               headers=csrf, timeout=60)
+    assert answer.status_code == 200 and answer.json()["problems"] == []
+    text = answer.json()["text"]
+    assert text.splitlines()[:2] == [
+        "# yaml-language-server: $schema=../mapping.schema.json",
+        "# Started from the mapping finnish.yaml with the layout of the sample nightly.csv.gz: check every field in "
+        "the preview.",
+    ]
+    assert 'name: "local"\nformat: csv\ncsv:\n  encoding: cp1252\n  delimiter: ";"\n  header_line: 3\n' in text
+    assert "    pattern: '\\d{18}'     # GSRN: 18 digits" in text  # the template's fields, comments and all
+    xml = console.http.post(url, data={"template": "finnish"},
+                            files={"sample": ("erp.xml", (ROOT / "samples/erp_export.xml").read_bytes())},
+                            headers=csrf, timeout=60)
+    assert (xml.status_code, xml.json()["error"]) == (
+        422, "the sample is not a CSV export (xml): start from the blank template")
+    unknown = console.http.post(url, data={"template": "nope"}, files={"sample": ("s.csv", sample)}, headers=csrf,
+                                timeout=60)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "no feed named 'nope'; the feeds are: local, finnish")

@@ -27,7 +27,7 @@ from batch.console.mapping_store import (
 from batch.transform.mapcheck import check_mapping_text
 from batch.transform.mapdiff import diff_files, preview_file
 from batch.transform.mapping import CompiledMapping
-from batch.transform.samplefile import detect_sample, proposed_mapping
+from batch.transform.samplefile import TemplateMismatch, detect_sample, mapping_from_template, proposed_mapping
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
 from tests.service_helpers import MAPPING, ServiceThread, export, ids, write_config
@@ -345,3 +345,23 @@ def test_an_edit_of_an_xml_or_a_rows_mapping_changes_exactly_its_records(
     summary = diff.as_dict()
     assert (summary["compared"], summary["changed"], summary["fields"], summary["samples"][0]["line"]) == expected
     assert summary["outcomes"] == []
+
+
+def test_a_template_takes_the_samples_layout_and_keeps_its_fields() -> None:
+    detected = detect_sample((ROOT / "samples/finnish_cp1252.csv").read_bytes())
+    template = "# a template\nname: old\nformat: csv\n\n# the fields\nfields:\n  usageplacecode: {column: a}\n" \
+               "  time: {column: b}\n  status: {column: c}\n"
+    assert mapping_from_template(template, "old.yaml", detected, "new", "s.csv") == (
+        "# Started from the mapping old.yaml with the layout of the sample s.csv: check every field in the preview.\n"
+        "# The sample's columns: Tapahtumatunnus, Käyttöpaikka, Asiakasnro, Sopimusnro, Pvm, Klo, Tila, Laskunumerot, "
+        "Toimeksiannot, Selite\n"
+        "# not UTF-8; Windows-1252 (cp1252) reads it: check the letters in the preview\n"
+        "# a template\n"
+        'name: "new"\nformat: csv\n'
+        'csv:\n  encoding: cp1252\n  delimiter: ";"\n  header_line: 3\n  skip_footer: 1\n'
+        "\n# the fields\nfields:\n  usageplacecode: {column: a}\n  time: {column: b}\n  status: {column: c}\n")
+    with pytest.raises(TemplateMismatch) as refused:
+        mapping_from_template((ROOT / "config/mappings/erp_export.yaml").read_text(), "erp_export.yaml", detected,
+                              "new", "s.csv")
+    assert str(refused.value) == ("the template erp_export.yaml reads xml files and the sample is a CSV export: "
+                                  "start from the blank template or a CSV feed's mapping")

@@ -15,7 +15,9 @@ Routes (mounted under /playground by batch.console.app):
                                 feed's last archived files (batch.transform.mapdiff)
     POST /feed/{feed}/save      {"text", "base_hash"} -> {"saved", "hash", "kept"}; 422 with the
                                 problems, 409 for a concurrent edit
-    POST /feed/{feed}/new       form: sample (a file) -> {"detected", "text"}: a first mapping
+    POST /feed/{feed}/new       form: sample (a file), template (a feed's name, or empty) ->
+                                {"detected", "text"}: a first mapping, blank (fields from the
+                                sample's column names) or the template feed's with the sample's layout
 
 Every POST carries the CSRF token (the script sends it as X-CSRF-Token; security.CsrfMiddleware
 checks it before any of these runs). The work itself (mapping files, the file system) runs in a
@@ -67,7 +69,7 @@ from batch.console.render import console_state, current_user, render
 from batch.transform.mapcheck import check_mapping_text
 from batch.transform.mapdiff import DEFAULT_SAMPLE, diff_files, preview_file
 from batch.transform.mapping import CompiledMapping
-from batch.transform.samplefile import detect_sample, proposed_mapping
+from batch.transform.samplefile import TemplateMismatch, detect_sample, mapping_from_template, proposed_mapping
 
 log = logging.getLogger("batch.console.playground")
 
@@ -80,7 +82,10 @@ _RUNS = threading.Semaphore(1)  # one diff or preview at a time
 
 
 def _feed(request: Request) -> FeedSettings:
-    name = request.path_params["feed"]
+    return _feed_named(request, request.path_params["feed"])
+
+
+def _feed_named(request: Request, name: str) -> FeedSettings:
     feeds = console_state(request).loaded.config.feeds
     for feed in feeds:
         if feed.name == name:
@@ -155,6 +160,8 @@ def editor(request: Request) -> Response:
     return render(request, "playground_editor.html", {
         "feed": feed.name, "mapping_name": feed.mapping.name, "text": current.text, "base_hash": current.hash,
         "archived": archived, "archive_note": archive_note, "diff_files": diff_files_count,
+        "templates": [{"feed": f.name, "mapping": f.mapping.name}
+                      for f in console_state(request).loaded.config.feeds],
         "versions": mapping_versions(feed, _console_settings(request).mapping_versions),
         "nav": "playground",
     })
@@ -274,8 +281,19 @@ async def new_from_sample(request: Request) -> Response:
             return _error(400, "choose a sample file: one export of the legacy system")
         data = await sample.read()
         name = os.path.basename(sample.filename)
+        template_feed = form.get("template")
     detected = await run_in_threadpool(detect_sample, data)
-    text = proposed_mapping(detected, feed.name, name)
+    if isinstance(template_feed, str) and template_feed:
+        try:
+            template = _feed_named(request, template_feed)
+        except HTTPException as exc:
+            return _error(404, str(exc.detail))
+        try:
+            text = mapping_from_template(read_mapping(template).text, template.mapping.name, detected, feed.name, name)
+        except (TemplateMismatch, PlaygroundError) as exc:
+            return _error(422, str(exc), detected=detected.as_dict())
+    else:
+        text = proposed_mapping(detected, feed.name, name)
     checked = check_mapping_text(text, feed.mapping.name)
     return JSONResponse({"sample": name, "detected": detected.as_dict(), "text": text,
                          "problems": [p.as_dict() for p in checked.problems]})

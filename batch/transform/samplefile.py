@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from batch.config.mapping import CompressionOptions
 from batch.syntax.timeparse import compile_format
 from batch.transform.compressed import opened_export
@@ -219,8 +221,15 @@ def proposed_mapping(detected: Detected, name: str, sample_name: str) -> str:
         lines += ["format: xlsx", "", "fields:", "  usageplacecode: {column: UsagePlace}", "  time: {column: Time}",
                   "  status: {column: Status}", ""]
         return "\n".join(lines)
-    lines += ["format: csv", "csv:", f"  encoding: {detected.encoding or 'utf-8'}",
-              f"  delimiter: {_quoted(detected.delimiter or ',')}"]
+    lines += ["format: csv", *_csv_block(detected), "time_zone: Europe/Helsinki", "", "fields:"]
+    lines += _csv_fields(detected)
+    return "\n".join(lines) + "\n"
+
+
+def _csv_block(detected: Detected) -> list[str]:
+    """The mapping's `csv:` block for the detected layout."""
+    lines = ["csv:", f"  encoding: {detected.encoding or 'utf-8'}",
+             f"  delimiter: {_quoted(detected.delimiter or ',')}"]
     if detected.header_line is not None:
         if detected.header_line != 1:
             lines.append(f"  header_line: {detected.header_line}")
@@ -232,9 +241,57 @@ def proposed_mapping(detected: Detected, name: str, sample_name: str) -> str:
         lines.append(f"  skip_footer: {detected.skip_footer}")
     if detected.container is not None:
         lines += [f"# a {detected.container} file: read as it is inflated, whatever its name"]
-    lines += ["time_zone: Europe/Helsinki", "", "fields:"]
-    lines += _csv_fields(detected)
+    return lines
+
+
+class TemplateMismatch(ValueError):
+    """The template cannot take the sample's layout; the message says why."""
+
+
+def mapping_from_template(template: str, template_name: str, detected: Detected, name: str, sample_name: str) -> str:
+    """Another mapping (`template`, e.g. a feed of the same legacy system) with the sample's
+    layout: its `name` and its `csv:` block replaced by what was detected, everything else
+    (fields, invoices, keep, comments) as it was written. Only for a CSV sample and a CSV template."""
+    if detected.format != "csv":
+        raise TemplateMismatch(f"the sample is not a CSV export ({detected.format}): start from the blank template")
+    try:
+        root = yaml.compose(template, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise TemplateMismatch(f"the template {template_name} is not valid YAML: {exc}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise TemplateMismatch(f"the template {template_name} is not a mapping file")
+    lines = template.splitlines()
+    spans: dict[str, tuple[int, int]] = {}
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.start_mark.column == 0:
+            end = value.end_mark.line + (1 if value.end_mark.column > 0 else 0)
+            while end - 1 > key.start_mark.line and _blank_or_comment(lines[end - 1]):
+                end -= 1  # blank and comment lines above the next key belong to it
+            spans[str(key.value)] = (key.start_mark.line, end)
+            if key.value == "format" and isinstance(value, yaml.ScalarNode) and value.value != "csv":
+                raise TemplateMismatch(f"the template {template_name} reads {value.value} files and the sample is "
+                                       "a CSV export: start from the blank template or a CSV feed's mapping")
+    edits = [  # (first line, line after the last, the new lines)
+        (*spans["name"], [f"name: {_quoted(name)}"]) if "name" in spans else (0, 0, [f"name: {_quoted(name)}"]),
+    ]
+    if "csv" in spans:
+        edits.append((*spans["csv"], _csv_block(detected)))
+    else:  # after `format:` (or at the top): the template reads CSV with the defaults
+        after = spans["format"][1] if "format" in spans else 0
+        edits.append((after, after, _csv_block(detected)))
+    for start, end, new in sorted(edits, key=lambda edit: (edit[0], edit[1]), reverse=True):  # bottom to top
+        lines[start:end] = new
+    head = [f"# Started from the mapping {_comment(template_name)} with the layout of the sample "
+            f"{_comment(sample_name)}: check every field in the preview.",
+            f"# The sample's columns: {_comment(', '.join(detected.columns))}"]
+    head += [f"# {_comment(note)}" for note in detected.notes]
+    at = 1 if lines and lines[0].startswith("# yaml-language-server:") else 0  # the editor's modeline stays first
+    lines[at:at] = head
     return "\n".join(lines) + "\n"
+
+
+def _blank_or_comment(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith("#")
 
 
 def _csv_fields(detected: Detected) -> list[str]:
