@@ -97,8 +97,8 @@ def diff_files(
 def _diff_file(before: CompiledMapping, after: CompiledMapping, name: str, path: Path, result: MappingDiff) -> FileDiff:
     diff = FileDiff(name)
     run_before, run_after = before.start(), after.start()
-    old = _Side(_records(before, path, run_before, diff.before), before)
-    new = _Side(_records(after, path, run_after, diff.after), after)
+    old = _Side(_records(before, path, run_before, diff.before), before, diff.before)
+    new = _Side(_records(after, path, run_after, diff.after), after, diff.after)
     while old.head is not None or new.head is not None:
         if new.head is None or (old.head is not None and old.head[0] < new.head[0]):
             assert old.head is not None
@@ -118,11 +118,18 @@ def _diff_file(before: CompiledMapping, after: CompiledMapping, name: str, path:
 class _Side:
     """One mapping's records of a file, one at a time (`head`: the next, or None at the end)."""
 
-    def __init__(self, records: Iterator[_Record], compiled: CompiledMapping):
+    def __init__(self, records: Iterator[_Record], compiled: CompiledMapping, counts: SideCounts):
         self._records = records
-        self.absent = FILTERED if compiled.keep is not None else NOT_READ  # what a line it does not make is
+        self._keeps = compiled.keep is not None
+        self._counts = counts
         self.head: _Record | None = None
         self.advance()
+
+    @property
+    def absent(self) -> str:
+        """What a line this mapping does not make is: left out by its `keep` rule, or not read
+        (no keep rule, or the file could not be read with it)."""
+        return FILTERED if self._keeps and self._counts.error is None else NOT_READ
 
     def advance(self) -> None:
         self.head = next(self._records, None)
