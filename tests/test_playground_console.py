@@ -140,6 +140,12 @@ def test_preview_of_an_archived_file_and_of_a_sample_and_traversal_refused(feed_
                                headers={"X-CSRF-Token": csrf}, timeout=60)
     assert sample.status_code == 200 and sample.json()["file"] == "mine.csv"
     assert sample.json()["counts"]["valid"] == 3
+    unreadable = console.http.post(url, data={"text": MAPPING}, files={"sample": ("wrong.csv", b"a;b\n1;2\n")},
+                                   headers={"X-CSRF-Token": csrf}, timeout=60)
+    assert unreadable.status_code == 200 and unreadable.json()["counts"]["records"] == 0
+    assert unreadable.json()["counts"]["error"] == (
+        "line 1: missing columns 'id', 'place', 'time', 'status', 'note': the header row (line 1) has 'a;b'. Check "
+        "the delimiter, header_line and encoding in the mapping.")
     for name, message in [
         ("../mapping.yaml", "refused file name '../mapping.yaml': it contains a path separator"),
         ("..", "refused file name '..': not a plain file name"),

@@ -58,6 +58,7 @@ from batch.console.mapping_store import (
     ConcurrentEdit,
     MappingRefused,
     PlaygroundError,
+    UnsafeFileName,
     archived_files,
     archived_path,
     mapping_versions,
@@ -207,14 +208,17 @@ async def preview(request: Request) -> Response:
         if isinstance(archived, str) and archived:
             try:
                 path = archived_path(feed, archived)
+            except UnsafeFileName as exc:
+                return _error(400, str(exc))
             except PlaygroundError as exc:
-                return _error(404 if "no file" in str(exc) else 400, str(exc))
+                return _error(404, str(exc))
             return await run_in_threadpool(_preview_path, compiled, path, archived)
     return _error(400, "choose an archived file or upload a sample file to preview")
 
 
 def _preview_upload(compiled: CompiledMapping, data: bytes, name: str) -> Response:
-    with tempfile.NamedTemporaryFile(prefix="playground-", suffix="-" + name[-40:].replace("/", "_")) as temp:
+    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file
+    with tempfile.NamedTemporaryFile(prefix="playground-sample-") as temp:
         temp.write(data)
         temp.flush()
         return _preview_path(compiled, Path(temp.name), name)
@@ -222,7 +226,10 @@ def _preview_upload(compiled: CompiledMapping, data: bytes, name: str) -> Respon
 
 def _preview_path(compiled: CompiledMapping, path: Path, name: str) -> Response:
     shown = _one_at_a_time(lambda: preview_file(compiled, path, PREVIEW_LIMIT))  # a file's fault: in counts.error
-    return JSONResponse({"file": name, "counts": shown.counts.as_dict(), "records": shown.records,
+    counts = shown.counts.as_dict()
+    if counts["error"]:  # a message may name the file by its path: the administrator knows it by its name
+        counts["error"] = counts["error"].replace(str(path), name)
+    return JSONResponse({"file": name, "counts": counts, "records": shown.records,
                          "sheet": shown.sheet, "limit": PREVIEW_LIMIT})
 
 
