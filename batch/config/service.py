@@ -211,6 +211,10 @@ class ConsoleSettings(BaseModel):
     password: SecretStr | None = Field(None, description="The console's login password, as ${ENV_NAME}.")
     password_file: Path | None = Field(None, description="A file holding the console's password (relative to "
                                                          "this file).")
+    playground_files: int = Field(5, ge=1, le=100, description="The mapping playground's diff: how many of a "
+                                  "feed's last archived files the current and the edited mapping are run over.")
+    mapping_versions: int = Field(10, ge=0, le=1000, description="The mapping playground's save: how many earlier "
+                                  "versions of a mapping are kept beside it (NAME.yaml.1, NAME.yaml.2, ...).")
 
     @field_validator("password", mode="before")
     @classmethod

@@ -1,10 +1,320 @@
-"""The mapping playground (issue 12 point 4): its routes, mounted by batch.console.app under
-/playground when this list is not empty (the navigation shows the link then). A placeholder
-until the playground is built; see batch/console/__init__.py for how a page is written.
+"""The mapping playground (issue 12 point 4): pick a feed, edit its mapping with its problems
+marked on their lines as you type, preview what it makes of an archived file or an uploaded
+sample, see what the edit changes on the feed's last archived files, save it; or start a new
+mapping from a sample file.
+
+Routes (mounted under /playground by batch.console.app):
+
+    GET  /                      the feeds, each with its mapping and archive
+    GET  /feed/{feed}           the editor
+    GET  /feed/{feed}/version/{n}  {"version", "text"}: the earlier version NAME.yaml.n, to load
+                                into the editor (a revert is an edit: diffed, then saved)
+    POST /feed/{feed}/validate  {"text"} -> {"ok", "problems": [{"line", "column", "key", "message", "text"}]}
+    POST /feed/{feed}/preview   form: text, and archived (a name in the archive) or sample (a file)
+    POST /feed/{feed}/diff      {"text"} -> the diff of the mapping in force and `text` over the
+                                feed's last archived files (batch.transform.mapdiff)
+    POST /feed/{feed}/save      {"text", "base_hash"} -> {"saved", "hash", "kept"}; 422 with the
+                                problems, 409 for a concurrent edit
+    POST /feed/{feed}/new       form: sample (a file), template (a feed's name, or empty) ->
+                                {"detected", "text"}: a first mapping, blank (fields from the
+                                sample's column names) or the template feed's with the sample's layout
+
+Every POST carries the CSRF token (the script sends it as X-CSRF-Token; security.CsrfMiddleware
+checks it before any of these runs). The work itself (mapping files, the file system) runs in a
+worker thread; diffs and previews one at a time per console, so that an administrator's clicks
+cannot stack up CPU-bound runs on the service's machine.
+
+The engine is elsewhere: batch.transform.mapcheck (the text's problems, as `validate`),
+batch.transform.mapdiff (diff and preview through the production mapping path),
+batch.transform.samplefile (a sample's encoding, delimiter, header and a first mapping) and
+batch.console.mapping_store (saving with versions, the archive).
+
+How many archived files a diff reads and how many earlier versions a save keeps:
+``console.playground_files`` (default 5) and ``console.mapping_versions`` (default 10) of the
+service configuration.
 """
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-routes: list[BaseRoute] = []
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from batch.config.mapping import Mapping
+from batch.config.service import ConsoleSettings, FeedSettings
+from batch.console.mapping_store import (
+    ArchiveNotAvailable,
+    ConcurrentEdit,
+    MappingRefused,
+    PlaygroundError,
+    UnsafeFileName,
+    archived_files,
+    archived_path,
+    mapping_versions,
+    read_mapping,
+    read_version,
+    save_mapping,
+)
+from batch.console.render import console_state, current_user, render
+from batch.transform.mapcheck import check_mapping_text
+from batch.transform.mapdiff import DEFAULT_SAMPLE, diff_files, preview_file
+from batch.transform.mapping import CompiledMapping
+from batch.transform.samplefile import TemplateMismatch, detect_sample, mapping_from_template, proposed_mapping
+
+log = logging.getLogger("batch.console.playground")
+
+PREVIEW_LIMIT = 200  # records shown by a preview (all are counted)
+ARCHIVE_SHOWN = 100  # archived files offered for a preview
+_RUNS = threading.Semaphore(1)  # one diff or preview at a time
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _feed(request: Request) -> FeedSettings:
+    return _feed_named(request, request.path_params["feed"])
+
+
+def _feed_named(request: Request, name: str) -> FeedSettings:
+    feeds = console_state(request).loaded.config.feeds
+    for feed in feeds:
+        if feed.name == name:
+            return feed
+    raise HTTPException(404, f"no feed named {name!r}; the feeds are: {', '.join(f.name for f in feeds)}")
+
+
+def _console_settings(request: Request) -> ConsoleSettings:
+    """The configuration's `console:` (playground_files, mapping_versions), or its defaults."""
+    return console_state(request).loaded.config.console or ConsoleSettings()
+
+
+def _in_force(request: Request, feed: FeedSettings) -> Mapping:
+    return console_state(request).loaded.mappings[feed.name]
+
+
+def _error(status: int, message: str, **more: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **more}, status_code=status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(400, "the request is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the request is not a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any] | Any, key: str = "text") -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise HTTPException(400, f"the request has no {key!r} text")
+    return value
+
+
+def _one_at_a_time(work: Callable[[], Any]) -> Any:
+    with _RUNS:
+        return work()
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def index(request: Request) -> Response:
+    rows = []
+    for feed in console_state(request).loaded.config.feeds:
+        try:
+            archive: str = f"{len(archived_files(feed)):,} archived file(s)"
+        except ArchiveNotAvailable:
+            archive = "archive on the SFTP server: not readable here"
+        except PlaygroundError as exc:
+            archive = str(exc)
+        rows.append({"name": feed.name, "mapping": feed.mapping.name, "archive": archive})
+    return render(request, "playground.html", {"feeds": rows, "nav": "playground"})
+
+
+def editor(request: Request) -> Response:
+    feed = _feed(request)
+    try:
+        current = read_mapping(feed)
+    except PlaygroundError as exc:
+        raise HTTPException(500, str(exc)) from None
+    archive_note = None
+    archived: list[dict[str, Any]] = []
+    try:
+        archived = [{"name": f.name, "size": f.size} for f in archived_files(feed, ARCHIVE_SHOWN)]
+    except PlaygroundError as exc:
+        archive_note = str(exc)
+    diff_files_count = _console_settings(request).playground_files
+    return render(request, "playground_editor.html", {
+        "feed": feed.name, "mapping_name": feed.mapping.name, "text": current.text, "base_hash": current.hash,
+        "archived": archived, "archive_note": archive_note, "diff_files": diff_files_count,
+        "templates": [{"feed": f.name, "mapping": f.mapping.name}
+                      for f in console_state(request).loaded.config.feeds],
+        "versions": mapping_versions(feed, _console_settings(request).mapping_versions),
+        "nav": "playground",
+    })
+
+
+def version(request: Request) -> Response:
+    feed = _feed(request)
+    number = request.path_params["number"]
+    try:
+        return JSONResponse({"version": f"{feed.mapping.name}.{number}", "text": read_version(feed, number)})
+    except PlaygroundError as exc:
+        return _error(404, str(exc))
+
+
+# --------------------------------------------------------------------------- as you type
+
+
+async def validate(request: Request) -> Response:
+    feed = _feed(request)
+    text = _text(await _json_body(request))
+    checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)
+    return JSONResponse({"ok": checked.ok, "problems": [p.as_dict() for p in checked.problems]})
+
+
+# --------------------------------------------------------------------------- preview
+
+
+async def preview(request: Request) -> Response:
+    feed = _feed(request)
+    async with request.form(max_files=1, max_fields=10) as form:
+        text = _text(form)
+        checked = check_mapping_text(text, feed.mapping.name)
+        if checked.mapping is None:
+            return _error(422, "the mapping has problems: fix them to preview",
+                          problems=[p.as_dict() for p in checked.problems])
+        compiled = CompiledMapping(checked.mapping)
+        archived = form.get("archived")
+        sample = form.get("sample")
+        if isinstance(sample, UploadFile) and sample.filename:
+            data = await sample.read()
+            shown_name = os.path.basename(sample.filename)
+            return await run_in_threadpool(_preview_upload, compiled, data, shown_name)
+        if isinstance(archived, str) and archived:
+            try:
+                path = archived_path(feed, archived)
+            except UnsafeFileName as exc:
+                return _error(400, str(exc))
+            except PlaygroundError as exc:
+                return _error(404, str(exc))
+            return await run_in_threadpool(_preview_path, compiled, path, archived)
+    return _error(400, "choose an archived file or upload a sample file to preview")
+
+
+def _preview_upload(compiled: CompiledMapping, data: bytes, name: str) -> Response:
+    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file
+    with tempfile.NamedTemporaryFile(prefix="playground-sample-") as temp:
+        temp.write(data)
+        temp.flush()
+        return _preview_path(compiled, Path(temp.name), name)
+
+
+def _preview_path(compiled: CompiledMapping, path: Path, name: str) -> Response:
+    shown = _one_at_a_time(lambda: preview_file(compiled, path, PREVIEW_LIMIT))  # a file's fault: in counts.error
+    counts = shown.counts.as_dict()
+    if counts["error"]:  # a message may name the file by its path: the administrator knows it by its name
+        counts["error"] = counts["error"].replace(str(path), name)
+    return JSONResponse({"file": name, "counts": counts, "records": shown.records,
+                         "sheet": shown.sheet, "limit": PREVIEW_LIMIT})
+
+
+# --------------------------------------------------------------------------- diff
+
+
+async def diff(request: Request) -> Response:
+    feed = _feed(request)
+    text = _text(await _json_body(request))
+    checked = check_mapping_text(text, feed.mapping.name)
+    if checked.mapping is None:
+        return _error(422, "the mapping has problems: fix them to see what it changes",
+                      problems=[p.as_dict() for p in checked.problems])
+    count = _console_settings(request).playground_files
+    try:
+        files = [(f.name, archived_path(feed, f.name)) for f in archived_files(feed, count)]
+    except PlaygroundError as exc:
+        return _error(409, str(exc))
+    if not files:
+        return _error(409, f"feed {feed.name} has no archived files yet: preview an uploaded sample instead")
+    before, after = CompiledMapping(_in_force(request, feed)), CompiledMapping(checked.mapping)
+    result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+    return JSONResponse(result.as_dict())
+
+
+# --------------------------------------------------------------------------- save
+
+
+async def save(request: Request) -> Response:
+    feed = _feed(request)
+    body = await _json_body(request)
+    text, base_hash = _text(body), _text(body, "base_hash")
+    versions = _console_settings(request).mapping_versions
+    try:
+        saved = await run_in_threadpool(save_mapping, feed, text, base_hash, versions)
+    except MappingRefused as exc:
+        return _error(422, "the mapping has problems; it was not saved", problems=[p.as_dict() for p in exc.problems])
+    except ConcurrentEdit as exc:
+        return _error(409, str(exc))
+    except (PlaygroundError, OSError) as exc:
+        return _error(500, f"the mapping was not saved: {exc}")
+    log.info("mapping %s of feed %s saved by %s%s; the service loads it at its next reload", saved.path,
+             feed.name, current_user(request), f" (the earlier one kept as {saved.kept})" if saved.kept else "")
+    return JSONResponse({"saved": saved.path.name, "hash": saved.hash, "kept": saved.kept,
+                         "versions": mapping_versions(feed, versions)})
+
+
+# --------------------------------------------------------------------------- new from a sample
+
+
+async def new_from_sample(request: Request) -> Response:
+    feed = _feed(request)
+    async with request.form(max_files=1, max_fields=10) as form:
+        sample = form.get("sample")
+        if not isinstance(sample, UploadFile) or not sample.filename:
+            return _error(400, "choose a sample file: one export of the legacy system")
+        data = await sample.read()
+        name = os.path.basename(sample.filename)
+        template_feed = form.get("template")
+    detected = await run_in_threadpool(detect_sample, data)
+    if isinstance(template_feed, str) and template_feed:
+        try:
+            template = _feed_named(request, template_feed)
+        except HTTPException as exc:
+            return _error(404, str(exc.detail))
+        try:
+            text = mapping_from_template(read_mapping(template).text, template.mapping.name, detected, feed.name, name)
+        except (TemplateMismatch, PlaygroundError) as exc:
+            return _error(422, str(exc), detected=detected.as_dict())
+    else:
+        text = proposed_mapping(detected, feed.name, name)
+    checked = check_mapping_text(text, feed.mapping.name)
+    return JSONResponse({"sample": name, "detected": detected.as_dict(), "text": text,
+                         "problems": [p.as_dict() for p in checked.problems]})
+
+
+routes: list[BaseRoute] = [
+    Route("/", index, methods=["GET"]),
+    Route("/feed/{feed}", editor, methods=["GET"]),
+    Route("/feed/{feed}/version/{number:int}", version, methods=["GET"]),
+    Route("/feed/{feed}/validate", validate, methods=["POST"]),
+    Route("/feed/{feed}/preview", preview, methods=["POST"]),
+    Route("/feed/{feed}/diff", diff, methods=["POST"]),
+    Route("/feed/{feed}/save", save, methods=["POST"]),
+    Route("/feed/{feed}/new", new_from_sample, methods=["POST"]),
+]
+
+__all__ = ["routes"]

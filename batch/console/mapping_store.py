@@ -1,0 +1,221 @@
+"""The playground's files: a feed's mapping (read, and saved with its earlier versions) and the
+files in its archive.
+
+Saving a mapping: only a text that validates (batch.transform.mapcheck, the checks of
+`validate`) is written; the text the editor started from must still be the file's content (its
+SHA-256), else the save is refused as a concurrent edit; the file in force is kept as
+`NAME.yaml.1` (the one before as `.2`, …, `versions` kept) and the new text replaces it
+atomically (fsutil.atomic_writer). Savers take a lock on the mapping's folder (flock), so two
+consoles never interleave the check and the write. The running service sees the new content at
+its next reload poll (batch.service.reload.ConfigWatcher hashes every feed's mapping file) and
+loads it as a configuration change; nothing here signals it.
+
+The archive: a local feed's `archive/` folder, newest first. An SFTP feed's archive is on the
+server and the inbox interface offers no listing or reading of it (batch.inbox.base.Inbox works
+on the inbox and processing/ only), so it is refused with a sentence that says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from batch.config.inbox import LocalLocation
+from batch.config.service import FeedSettings
+from batch.errors import ConfigurationError, InputFileError
+from batch.fsutil import atomic_writer, open_folder, read_regular_file
+from batch.inbox.base import NameRules, UnsafeNameError, check_name, folder_path
+from batch.transform.mapcheck import Problem, check_mapping_text
+
+DEFAULT_VERSIONS = 10  # earlier versions kept beside a mapping: NAME.yaml.1 … NAME.yaml.10
+MAX_VERSIONS = 1000
+
+
+class PlaygroundError(ConfigurationError):
+    """What the playground cannot do; the message is shown to the administrator as it is."""
+
+
+class ArchiveNotAvailable(PlaygroundError):
+    pass
+
+
+class ConcurrentEdit(PlaygroundError):
+    pass
+
+
+class MappingRefused(PlaygroundError):
+    """The text has problems: nothing was written."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("the mapping has problems; it was not saved:\n" + "\n".join(p.text for p in problems))
+
+
+class UnsafeFileName(PlaygroundError, InputFileError):
+    pass
+
+
+def text_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class MappingText:
+    path: Path
+    text: str
+    hash: str  # of the bytes on disk: what a save must find unchanged
+
+
+def read_mapping(feed: FeedSettings) -> MappingText:
+    try:
+        data = read_regular_file(feed.mapping)
+    except OSError as exc:
+        raise PlaygroundError(f"cannot read the mapping {feed.mapping}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlaygroundError(
+            f"the mapping {feed.mapping} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return MappingText(feed.mapping, text, text_hash(data))
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: Path
+    hash: str
+    kept: str | None  # the name the earlier version got (NAME.yaml.1), None for a new file
+
+
+def save_mapping(feed: FeedSettings, text: str, base_hash: str, versions: int = DEFAULT_VERSIONS) -> Saved:
+    """Write `text` as the feed's mapping if it validates and the file still has `base_hash`."""
+    if not 0 <= versions <= MAX_VERSIONS:
+        raise PlaygroundError(f"versions must be 0 … {MAX_VERSIONS} (got {versions})")
+    path = feed.mapping
+    checked = check_mapping_text(text, path.name)
+    if not checked.ok:
+        raise MappingRefused(checked.problems)
+    data = text.encode("utf-8")
+    folder = open_folder(path.parent)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
+        try:
+            current = read_regular_file(path)
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise PlaygroundError(f"cannot read the mapping {path}: {exc.strerror or exc}") from None
+        if text_hash(current or b"") != base_hash:
+            raise ConcurrentEdit(
+                f"{path.name} was changed since this editor loaded it (by someone else, or in another tab): "
+                "nothing was saved; reload it and make the edit again")
+        kept = None
+        mode = 0o644
+        if current is not None:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            kept = _keep_version(path, current, versions, mode)
+        with atomic_writer(path, mode, what="save the mapping") as out:
+            out.write(data)
+    finally:
+        os.close(folder)
+    return Saved(path, text_hash(data), kept)
+
+
+def _keep_version(path: Path, current: bytes, versions: int, mode: int) -> str | None:
+    """NAME.yaml.1 becomes .2 (and so on, the oldest beyond `versions` dropped); the file in force
+    becomes .1. Each step is a rename or an atomic write: a crash leaves every version whole."""
+    if versions == 0:
+        return None
+    oldest = path.with_name(f"{path.name}.{versions}")
+    if oldest.exists() or oldest.is_symlink():
+        oldest.unlink()
+    for number in range(versions - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{number}")
+        if older.exists() and not older.is_symlink():
+            os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
+    first = path.with_name(f"{path.name}.1")
+    with atomic_writer(first, mode, what="keep the earlier mapping") as out:
+        out.write(current)
+    return first.name
+
+
+def mapping_versions(feed: FeedSettings, versions: int = DEFAULT_VERSIONS) -> list[str]:
+    """The kept earlier versions, newest first (NAME.yaml.1, NAME.yaml.2, …)."""
+    path = feed.mapping
+    return [f"{path.name}.{n}" for n in range(1, versions + 1) if path.with_name(f"{path.name}.{n}").is_file()]
+
+
+def read_version(feed: FeedSettings, number: int) -> str:
+    """The text of the earlier version NAME.yaml.<number> (to load into the editor: a revert is
+    an edit like any other, shown in the diff and saved as a new version)."""
+    if not 1 <= number <= MAX_VERSIONS:
+        raise PlaygroundError(f"no version {number} of {feed.mapping.name}")
+    path = feed.mapping.with_name(f"{feed.mapping.name}.{number}")
+    try:
+        return read_regular_file(path).decode("utf-8-sig")
+    except FileNotFoundError:
+        raise PlaygroundError(f"no version {number} of {feed.mapping.name} is kept") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlaygroundError(f"cannot read {path.name}: {exc}") from None
+
+
+# --- the archive ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchivedFile:
+    name: str
+    size: int
+    mtime: float
+
+
+def archive_folder(feed: FeedSettings) -> Path:
+    location = feed.location
+    if not isinstance(location, LocalLocation):
+        raise ArchiveNotAvailable(
+            f"feed {feed.name}: its archive is on the SFTP server ({location.display}), and the inbox "
+            "offers no way to list or read it; preview an uploaded sample instead")
+    return Path(folder_path(str(Path(os.path.abspath(location.path))), feed.archive_dir))
+
+
+def archived_files(feed: FeedSettings, limit: int | None = None) -> list[ArchivedFile]:
+    """The data files in the feed's archive (not markers or temporaries), newest first."""
+    folder = archive_folder(feed)
+    rules = NameRules.from_settings(feed)
+    found: list[ArchivedFile] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise PlaygroundError(f"feed {feed.name}: cannot list its archive {folder}: {exc.strerror}") from None
+    for entry in entries:
+        if not rules.is_data(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append(ArchivedFile(entry.name, info.st_size, info.st_mtime))
+    found.sort(key=lambda f: (f.mtime, f.name), reverse=True)
+    return found[:limit] if limit is not None else found
+
+
+def archived_path(feed: FeedSettings, name: str) -> Path:
+    """The path of the archived file `name`: a plain name of a regular file in the archive folder."""
+    try:
+        check_name(name)
+    except UnsafeNameError as exc:
+        raise UnsafeFileName(str(exc)) from None
+    path = archive_folder(feed) / name
+    try:
+        info = os.lstat(path)
+    except OSError:
+        raise PlaygroundError(f"feed {feed.name}: no file {name!r} in its archive") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive is not a regular file")
+    return path
