@@ -230,6 +230,10 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by every accepted connection: uvicorn writes a response's head and body apart,
+    # and with Nagle's algorithm the body waits for the client's delayed ACK, ~40 ms a page on a
+    # kept-alive connection (bench/bench_console.py)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(64)
     sock.set_inheritable(True)
