@@ -31,6 +31,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── FileInProgress                  batch.store.journal: another live process has the file
     │   ├── TokenUnavailable                batch.delivery.ropo: /token unreachable or 5xx/408/429
     │   ├── LeaseLost                       batch.store.leases: another instance took the feed: stop, record nothing
+    │   ├── FeedBusy                        batch.service.holding: a command meets a live instance working the feed
     │   └── StorageFault                    batch.pipeline: a folder of ours refused a step
     │       └── ReceiptNotWritten               the file is finished, its receipt is not
     └── InternalError                   a bug: report it                                (exit 3)

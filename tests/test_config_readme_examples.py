@@ -6,7 +6,9 @@ Each ```yaml block is one of, by the HTML comment on the line before it:
 - `<!-- example: part of config/mappings/NAME.yaml -->`: a part — its top-level keys put in
   place of the same keys of that shipped mapping, `validate` accepts the result and `preview`
   reads the mapping's sample with it (invalid records allowed, a file-level error not);
-- `<!-- example: sketch -->`: an outline with `{ ... }` — every key it names is a mapping key.
+- `<!-- example: sketch -->`: an outline with `{ ... }` — every key it names is a mapping key;
+- `<!-- example: feed of config/service.yaml -->`: keys of a feed in the service configuration —
+  a service configuration whose feed has them loads.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def test_the_readme_has_examples_of_each_kind():
     assert len(kinds) == len(re.findall(r"^```yaml$", README.read_text(encoding="utf-8"), re.MULTILINE))
     assert kinds.count("sketch") == 1
     assert kinds.count("complete") >= 1
-    assert all(kind in ("sketch", "complete") or PART.fullmatch(kind) for kind in kinds), kinds
+    assert all(kind in ("sketch", "complete", FEED) or PART.fullmatch(kind) for kind in kinds), kinds
 
 
 def sample_of(mapping: Path) -> Path:
@@ -53,7 +55,9 @@ def validate(path: Path, capsys, line: int) -> None:
     assert (code, err) == (0, ""), f"the example on line {line} of config/README.md: {err}"
 
 
-MAPPINGS = [example for example in examples() if example[1] != "sketch"]
+FEED = "feed of config/service.yaml"
+MAPPINGS = [example for example in examples() if example[1] not in ("sketch", FEED)]
+FEEDS = [example for example in examples() if example[1] == FEED]
 
 
 @pytest.mark.parametrize("line, kind, body", MAPPINGS, ids=[f"line {line}" for line, _, _ in MAPPINGS])
@@ -82,3 +86,17 @@ def test_the_sketch_names_only_mapping_keys():
     [sketch] = [body for _, kind, body in examples() if kind == "sketch"]
     keys = [found.group(1) for found in re.finditer(r"^(\w+):", sketch, re.MULTILINE)]
     assert set(keys) == set(mapping_json_schema()["properties"]) - {"$schema"}, keys  # every key, and only keys
+
+
+@pytest.mark.parametrize("line, kind, body", FEEDS, ids=[f"line {line}" for line, _, _ in FEEDS])
+def test_every_feed_example_loads_in_a_service_configuration(line: int, kind: str, body: str, tmp_path: Path) -> None:
+    from batch.config.service import load_service_config
+
+    feed = {"name": "billing", "inbox": str(tmp_path / "inbox"),
+            "mapping": str(ROOT / "config" / "mappings" / "finnish_cp1252.yaml"), **yaml.safe_load(body)}
+    service = {"api": {"base_url": "https://ropo24.fi/rest", "cid": "1", "apicode": "${ROPO_APICODE}"},
+               "feeds": [feed]}
+    target = tmp_path / "service.yaml"
+    target.write_text(json.dumps(service), encoding="utf-8")
+    loaded = load_service_config(target)  # a ConfigError names the problem
+    assert set(yaml.safe_load(body)) <= set(loaded.config.feeds[0].model_fields_set), f"line {line}"

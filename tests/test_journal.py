@@ -1069,7 +1069,7 @@ def test_sqlite_schema_2_is_migrated_an_old_error_becomes_one_error_with_its_mes
         old_file = journal.get_file(1)
         assert (old_file.filtered, old_file.note) == (0, "5 records were filtered out by the mapping's keep rule.")
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 
@@ -1094,7 +1094,7 @@ def test_pg_schema_1_is_migrated_an_old_error_becomes_one_error_with_its_message
                                        "message": "status (column 'Tila' = 'X'): value is not in the map"}]
         assert old_invalid.message == "status (column 'Tila' = 'X'): value is not in the map"
         assert old_accepted.errors == [] and journal.get_file(1).filtered == 0
-    assert store_.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION == 2
+    assert store_.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION == 4
 
 
 # --- a chunk of valid events journaled as columns ------------------------------------------------

@@ -254,8 +254,16 @@ def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(
                          connect_timeout_seconds=2, reconnect_max_seconds=0.5)
     dropper.put("d.csv", export("D", 3))
     assert run_once(config)[0] == 1
-    sshd.kill()
     capsys.readouterr()
+    checked = sandbox.request_hook
+
+    def server_down_while_sending(request: Any) -> None:  # the retry holds the lease (its marker is written)
+        if request.path.endswith("/usageplace/event"):
+            sshd.kill()
+        if checked is not None:
+            checked(request)
+
+    sandbox.request_hook = server_down_while_sending
     assert run(["retry", "--config", str(config)]) == 2  # delivered, but the receipt did not reach the outbox
     captured = capsys.readouterr()
     kept = tmp_path / "etc" / "var" / "staging" / "remote" / "receipts"

@@ -34,11 +34,11 @@ if TYPE_CHECKING:  # the CLI imports its parts when a command runs, so that --he
 
     from batch.config.mapping import Mapping
     from batch.config.service import LoadedService
-    from batch.inbox import Inbox
     from batch.pipeline import FileOutcome, Progress
     from batch.sandbox.server import Sandbox
+    from batch.service.holding import FeedBusy
     from batch.service.runtime import Runtime
-    from batch.store.journal import FileRecord, JournalStore
+    from batch.store.journal import FileRecord, JournalStore, RetryRequest
     from batch.store.leases import LeaseStore
     from batch.transform.mapping import MappedRecord
 
@@ -376,71 +376,109 @@ def _open_runtime(path: Path) -> Runtime:
 def process(file: Path, config_path: Path, feed: str | None, receipts: Path | None, force: bool) -> None:
     """Process one FILE end to end: map, journal, deliver, receipt.
 
+    Works under the feed's lease, as an instance of the service would: refused while a running
+    instance holds the feed (drop the file into the feed's inbox instead, or stop that instance).
+
     Exit 0: every record accepted; 1: some were not (invalid, rejected, failed) or the file was
-    already processed; 2: it could not run (unusable file or configuration, credentials refused).
+    already processed; 2: it could not run (unusable file or configuration, credentials refused,
+    the feed worked by a running instance).
     """
     from batch.inbox.local import local_outbox
+    from batch.service.holding import CommandLeases, FeedBusy
 
     _regular_file(file)
     with _open_runtime(config_path) as runtime:
         settings = runtime.feed_for(file.name, feed)
         receipt_dir = receipts or local_outbox(settings) or file.parent
         receipt_dir.mkdir(parents=True, exist_ok=True)
-        with _progress() as progress:
-            outcome = runtime.processor.process(
-                file, runtime.feeds[settings.name], receipt_dir, force=force, progress=progress
-            )
+        leases = CommandLeases(runtime, "process")
+        try:
+            with leases.hold(settings.name) as held, _progress() as progress:
+                outcome = held.processor.process(
+                    file, runtime.feeds[settings.name], receipt_dir, force=force, progress=progress
+                )
+        except FeedBusy as busy:
+            _echo(f"error: {_process_refused(busy, file, settings.inbox)}", err=True)
+            raise SystemExit(ExitStatus.UNUSABLE) from None
+        finally:
+            leases.close()
         _report_outcome(file.name, outcome)
     raise SystemExit(outcome.exit_status)
+
+
+def _process_refused(busy: FeedBusy, file: Path, inbox: str) -> str:
+    """Why `process` does not run now (batch.service.holding.FeedBusy), and what to do."""
+    if busy.holder is None:
+        return str(busy)
+    return (f"feed {busy.feed} is worked by instance {busy.holder}, which holds its lease: drop {file.name} into "
+            f"the feed's inbox ({inbox}) and that instance processes it, or stop that instance and run process "
+            "again")
 
 
 @main.command()
 @CONFIG_OPTION
 @click.option("--file-id", type=int,
               help="Only this file (an id from `status`); default: every file with failed events.")
-def retry(config_path: Path, file_id: int | None) -> None:
-    """Send failed events again (those whose transient errors outlasted the retries)."""
-    from batch.inbox import InboxError, open_inbox
-    from batch.pipeline import failed_file_ids
-    from batch.store.rejected import archived_original
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for a running instance that holds the feed to carry the retry out; "
+                   "the request stays queued after that.")
+def retry(config_path: Path, file_id: int | None, timeout: float) -> None:
+    """Send failed events again (those whose transient errors outlasted the retries).
+
+    Records a retry request per file in the journal. A running instance that holds the file's
+    feed carries it out (this waits for it and prints the result); when none does, this command
+    takes the feed's lease and carries it out itself.
+    """
+    from batch.service.retrying import await_requests, request_retry, user_at_host
 
     with _open_runtime(config_path) as runtime:
-        ids = failed_file_ids(runtime.journal, file_id)
+        ids = request_retry(runtime.journal, runtime.config, requested_by=f"cli:{user_at_host()}", file_id=file_id)
         if not ids:
             click.echo("no failed events to retry", err=True)
             return
         worst = ExitStatus.OK
-        inboxes: dict[str, Inbox] = {}
-        try:
-            for one in ids:
-                record = runtime.journal.get_file(one)
-                settings = runtime.settings(record.feed)
-                if settings.name not in inboxes:  # polling: no file system watcher for a command
-                    inboxes[settings.name] = open_inbox(settings.model_copy(update={"mode": "polling"}))
-                inbox = inboxes[settings.name]
-                # the inbox says where: a local one straight into its outbox; SFTP staged, then uploaded
-                receipt_dir = inbox.receipt_dir(runtime.config.staging_dir / settings.name)
-                receipt_dir.mkdir(parents=True, exist_ok=True)
-                # the rejected-rows file is rewritten from the original, found in a local feed's archive/
-                source = archived_original(settings, record.name, record.size, record.sha256)
-                with _progress() as progress:
-                    outcome = runtime.processor.retry(one, runtime.feeds[record.feed], receipt_dir, progress, source)
-                if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
-                    _echo(f"  {escape_unprintable(record.name)}: its rejected-rows file was not rewritten: the "
-                          "original is not in the feed's local archive/ (an SFTP feed's is on the server)", err=True)
-                published = None
-                if outcome.receipt is not None:
-                    try:
-                        published = inbox.publish_receipt(outcome.receipt.files)
-                    except InboxError as exc:
-                        _echo(f"  the receipt could not be uploaded ({exc}); it is kept in {receipt_dir}", err=True)
-                        worst = ExitStatus.UNUSABLE
-                _report_outcome(record.name, outcome, published)
-                worst = max(worst, outcome.exit_status)
-        finally:
-            for inbox in inboxes.values():
-                inbox.close()
+
+        def finished(request: RetryRequest) -> None:
+            nonlocal worst
+            worst = max(worst, _report_request(request))
+
+        def waiting(feed: str, holder: str) -> None:
+            _echo(f"feed {feed}: instance {holder} holds the feed's lease and sends its failed events again; "
+                  "waiting for it", err=True)
+
+        awaited = await_requests(runtime, ids, timeout=timeout, progress=_progress, on_finished=finished,
+                                 on_wait=waiting)
+        for request in awaited.waiting:
+            worst = ExitStatus.UNUSABLE
+            which = f"file #{request.file_id}" if request.file_id is not None else "every file"
+            if request.feed in awaited.refused:
+                why = (f"{awaited.refused[request.feed]}; it stays queued for the instance that holds the feed "
+                       "next (or run retry again)")
+            else:
+                holder = awaited.holders.get(request.feed, "the instance that holds the feed")
+                why = (f"{holder} has not carried it out within {timeout:g} s; it stays queued and {holder} "
+                       "carries it out when it gets to it")
+            _echo(f"retry request #{request.id} ({which} of feed {request.feed}) is still {request.state}: {why}",
+                  err=True)
     raise SystemExit(worst)
+
+
+def _report_request(request: RetryRequest) -> ExitStatus:
+    """The lines of a finished retry request (one per file, as `process` prints a file); the
+    exit status it calls for."""
+    from batch.service.retrying import FileResult
+
+    results = [FileResult.from_json(one) for one in request.files]
+    for result in results:
+        for note in result.notes:
+            _echo(f"  {note}", err=True)
+        _report_file(result.name, result.status, result.counts, result.message, result.receipt,
+                     result.rejected_rows)
+    worst = max((ExitStatus(result.exit_status) for result in results), default=ExitStatus.OK)
+    if request.state == "failed" and worst < ExitStatus.UNUSABLE:  # no file's line says why
+        _echo(f"retry request #{request.id}: failed: {request.message}", err=True)
+        worst = ExitStatus.UNUSABLE
+    return worst
 
 
 @main.command()
@@ -575,27 +613,37 @@ def _file_summary(record: FileRecord) -> dict[str, Any]:
 def _report_outcome(name: str, outcome: FileOutcome, published: list[str] | None = None) -> None:
     """One line for the file; then where its receipt is (`published`: where Inbox.publish_receipt
     put each of its files, in ReceiptPaths.files order; else where it was written)."""
-    from batch.pipeline import FileStatus
-
     counts = {**outcome.counts, "filtered": outcome.file.filtered if outcome.file else 0}
-    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
-                                                         "not_sent", "pending", "filtered") if counts.get(key))
-    if outcome.status == FileStatus.DONE:
-        _echo(f"{name}: {shown or 'no records'}")
-    elif outcome.status == FileStatus.SKIPPED:
-        _echo(f"{name}: not sent: {outcome.message}")
-    elif outcome.status == FileStatus.ERROR:
-        _echo(f"{name}: the file cannot be used: {outcome.message}", err=True)
-    elif outcome.status == FileStatus.AUTH_FAILED:
-        _echo(f"{name}: cannot deliver to Ropo One: {outcome.message} ({shown}; rerun to continue)", err=True)
-    else:
-        _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
     receipt = outcome.receipt
+    csv = rejected = None
     if receipt is not None:
         where = dict(zip(receipt.files, published)) if published is not None else {}
-        _echo(f"  receipt: {where.get(receipt.csv, receipt.csv)}")
-        if receipt.rejected is not None:
-            rejected = where.get(receipt.rejected, receipt.rejected)
+        csv = where.get(receipt.csv, receipt.csv)
+        rejected = None if receipt.rejected is None else where.get(receipt.rejected, receipt.rejected)
+    _report_file(name, outcome.status, counts, outcome.message, csv, rejected)
+
+
+def _report_file(name: str, status: str, counts: dict[str, int], message: str | None, receipt: object | None,
+                 rejected: object | None) -> None:
+    """One line for a processed (or retried) file, then where its receipt and rejected rows are."""
+    from batch.pipeline import FileStatus
+    from batch.service.retrying import NOTHING_LEFT
+
+    shown = ", ".join(f"{counts[key]} {key}" for key in ("accepted", "rejected", "invalid", "failed", "duplicate",
+                                                         "not_sent", "pending", "filtered") if counts.get(key))
+    if status == FileStatus.DONE:
+        _echo(f"{name}: {shown or 'no records'}")
+    elif status in (FileStatus.SKIPPED, NOTHING_LEFT):
+        _echo(f"{name}: not sent: {message}")
+    elif status == FileStatus.ERROR:
+        _echo(f"{name}: the file cannot be used: {message}", err=True)
+    elif status == FileStatus.AUTH_FAILED:
+        _echo(f"{name}: cannot deliver to Ropo One: {message} ({shown}; rerun to continue)", err=True)
+    else:
+        _echo(f"{name}: interrupted ({shown}); rerun to continue where it stopped", err=True)
+    if receipt is not None:
+        _echo(f"  receipt: {receipt}")
+        if rejected is not None:
             _echo(f"  rejected rows (fix them and drop this file again): {rejected}")
 
 
@@ -708,7 +756,7 @@ def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str 
     from batch.service.supervisor import feed_overview
 
     table = Table(title="feeds", header_style="bold")
-    for name in ("feed", "inbox", "in processing/", "last file", "lease (holder, epoch, expires)"):
+    for name in ("feed", "inbox", "in processing/", "last file", "lease (holder, epoch, expires)", "expected"):
         table.add_column(name, overflow="fold")
     notes: list[str] = []
     for row in feed_overview(loaded, journal, leases):
@@ -727,11 +775,21 @@ def _print_feeds(loaded: LoadedService, journal: JournalStore | None, only: str 
         if marker is not None and marker.get("note"):
             notes.append(f"{row['feed']}: {marker['note']}")
         table.add_row(_escape(row["feed"]), _escape(str(row["inbox"])), _escape(waiting), _escape(shown),
-                      _escape(held))
+                      _escape(held), _expected_cell(row["expected"]))
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(table)
     for note in notes:
         console.print(_escape(f"note: {note}"), soft_wrap=True)
+
+
+def _expected_cell(expected: dict[str, Any] | None) -> str:
+    """The feed's schedule in `status`: red "late: expected by ..." while its file is late."""
+    if expected is None:
+        return "-"
+    if expected["late"]:
+        said = f"late: expected by {expected['due']} ({expected['description']})"
+        return f"[bold red]{_escape(said)}[/]"
+    return _escape(f"ok: next due {expected['next_due']} ({expected['description']})")
 
 
 def _print_instances(loaded: LoadedService, leases: LeaseStore) -> None:

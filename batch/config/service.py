@@ -9,8 +9,11 @@ configuration file, so a config directory can be moved as a whole.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +24,10 @@ from batch.config.envpath import expand_env_path
 from batch.config.inbox import SECRET_FILE_FIELDS, InboxSettings, LocalLocation, missing_secret_file, parse_location
 from batch.config.journal import PostgresJournal, parse_journal
 from batch.config.mapping import Mapping, load_mapping
-from batch.config.secrets import check_reference, secret_file_warning
+from batch.config.secrets import SecretResolutionError, check_reference, resolve_secret, secret_file_warning
 from batch.config.yamlload import ConfigError, ConfigProblem, LoadedYaml, load_yaml_file, validate_model
 from batch.errors import ConfigurationError
+from batch.syntax.schedule import Schedule, every, parse_cron, parse_duration, parse_hhmm, time_zone
 
 
 class ReceiptOptions(BaseModel):
@@ -37,12 +41,151 @@ class ReceiptOptions(BaseModel):
     line_ending: Literal["crlf", "lf"] = "crlf"
 
 
+class ExpectedSettings(BaseModel):
+    """When the feed's file is expected (batch.syntax.schedule; lateness: batch.service.lateness)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
+
+    every: str | list[str] | None = Field(
+        None, description="day, weekdays, or a list of days [mon, tue, ...]; with `by`.")
+    by: str | None = Field(None, description='The local time the file must have arrived by, "HH:MM".')
+    cron: str | None = Field(None, description='Instead of every/by: a 5-field cron expression of the due times, '
+                                               'e.g. "0 3 * * 1-5".')
+    time_zone: str = Field(..., description="The IANA time zone of `by` / `cron`, e.g. Europe/Helsinki.")
+    grace: str | float = Field("0m", description="How long after a due time the file may still come before the feed "
+                                                 "is late: 30m, 2h, 1h30m, 45s (or seconds).")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        time_zone(value)
+        return value
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hhmm(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_cron(value, "UTC")
+        return value
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, value: str | float) -> str | float:
+        if parse_duration(value) > timedelta(days=7):
+            raise ValueError("at most 7 days")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None:
+            every(value, "00:00", "UTC")  # the days alone
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ExpectedSettings:
+        if self.cron is not None and (self.every is not None or self.by is not None):
+            raise ValueError("give either cron or every + by, not both")
+        if self.cron is None and (self.every is None or self.by is None):
+            raise ValueError('give every (day, weekdays or [mon, ...]) and by ("HH:MM"), or cron')
+        self.schedule  # noqa: B018 - a schedule that never matches is refused here, at load
+        return self
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        if self.cron is not None:
+            return parse_cron(self.cron, self.time_zone)
+        assert self.every is not None and self.by is not None  # _one_way
+        return every(self.every if isinstance(self.every, str) else list(self.every), self.by, self.time_zone)
+
+    @property
+    def grace_period(self) -> timedelta:
+        return parse_duration(self.grace)
+
+
+class NotifySettings(BaseModel):
+    """A webhook (Slack / Teams style incoming webhook: a JSON POST with "text") told once of a
+    late file and once of a finished file with failed, rejected or invalid records."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
+
+    url: SecretStr | None = Field(None, description="${ENV_NAME}: the webhook's URL (a secret), or url_file.")
+    url_file: Path | None = Field(None, description="A file holding the webhook's URL (relative to this file).")
+    when: list[Literal["late", "problems"]] = Field(
+        ["late", "problems"], description="late: a file is late; problems: a file finished with failed, rejected "
+                                          "or invalid records.")
+    timeout_seconds: float = Field(10.0, gt=0, le=120, description="Per attempt.")
+    attempts: int = Field(3, ge=1, le=10, description="Attempts of one notification (1 s doubling between).")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_reference(cls, value: object) -> SecretStr | None:
+        return check_reference(value, "url")
+
+    @field_validator("url_file", mode="before")
+    @classmethod
+    def _expand_url_file(cls, value: object) -> object:
+        return expand_env_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NotifySettings:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("give the webhook's URL as url: ${ENV_NAME} or url_file: FILE (one of them)")
+        return self
+
+    def resolved_url(self) -> SecretStr:
+        """The webhook's URL, checked (https, or http to a loopback address); SecretResolutionError
+        names the key, never the URL."""
+        url = resolve_secret(self.url, self.url_file, field="notify.url")
+        assert url is not None  # _one_source
+        problem = webhook_url_problem(url.get_secret_value())
+        if problem:
+            raise SecretResolutionError(f"notify.url: {problem} (the URL is not shown: it is a secret)")
+        return url
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook's URL, without quoting it; None when it can."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    if any(ord(c) <= 32 or ord(c) >= 127 or c == "\\" for c in url):
+        return "the URL holds a space, control, backslash or non-ASCII character"
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        return "not a URL"
+    if parts.scheme not in ("https", "http") or not parts.host:
+        return "expected an https:// URL"
+    if parts.auth is not None:
+        return "a user or password in the URL is not accepted"
+    if parts.scheme == "http":
+        try:
+            loopback = ipaddress.ip_address(parts.host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return "plain http is allowed only for a loopback address (127.0.0.1, [::1]); use https"
+    return None
+
+
 class FeedSettings(InboxSettings):
     """One feed: where its files arrive (the inbox keys), how they are mapped, and the receipt."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name used in logs, journal and metrics.")
     mapping: Path = Field(..., description="The feed's mapping file (relative to this file).")
     receipt: ReceiptOptions = Field(default_factory=ReceiptOptions)
+    expected: ExpectedSettings | None = Field(
+        None, description="When the feed's file is due; a missing file makes the feed late (status, metrics, log, "
+                          "notify).")
+    notify: NotifySettings | None = Field(None, description="This feed's webhook, instead of the service's notify.")
 
 
 class LoggingSettings(BaseModel):
@@ -118,6 +261,8 @@ class ServiceConfig(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings | None = Field(None, description="HTTP /healthz and Prometheus /metrics; off when absent.")
     console: ConsoleSettings | None = Field(None, description="The web console's login (`usageplace-batch console`).")
+    notify: NotifySettings | None = Field(None, description="A webhook told of late files and of files with "
+                                                            "problems (a feed's own notify replaces it).")
     feeds: list[FeedSettings] = Field(..., min_length=1)
 
     @field_validator("journal", mode="before")
@@ -168,6 +313,10 @@ class ServiceConfig(BaseModel):
             return SecretStr(os.environ["PGPASSWORD"])
         return password
 
+    def notify_of(self, feed: FeedSettings) -> NotifySettings | None:
+        """The webhook of `feed`: its own, else the service's; None when there is none."""
+        return feed.notify if feed.notify is not None else self.notify
+
     def feed(self, name: str) -> FeedSettings:
         """The feed named `name`; FeedNotFound names the known feeds (a removed or misspelt name)."""
         for feed in self.feeds:
@@ -213,6 +362,11 @@ def _check(loaded: LoadedYaml, path: Path) -> LoadedService:
             value = getattr(feed, field)
             if value is not None and not value.is_file():
                 problems.append(loaded.problem(("feeds", index, field), missing_secret_file(field, value)))
+    notifies = [(("notify", "url_file"), config.notify)] + [
+        (("feeds", index, "notify", "url_file"), feed.notify) for index, feed in enumerate(config.feeds)]
+    for where, notify in notifies:
+        if notify is not None and notify.url_file is not None and not notify.url_file.is_file():
+            problems.append(loaded.problem(where, missing_secret_file("url_file", notify.url_file)))
     mappings: dict[str, Mapping] = {}
     for index, feed in enumerate(config.feeds):
         try:
@@ -238,6 +392,8 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
             "key_passphrase_file": absolute(feed.key_passphrase_file),
             "password_file": absolute(feed.password_file),
         }
+        if feed.notify is not None and feed.notify.url_file is not None:
+            update["notify"] = feed.notify.model_copy(update={"url_file": absolute(feed.notify.url_file)})
         location = parse_location(feed.inbox)
         if isinstance(location, LocalLocation) and not location.path.is_absolute():
             update["inbox"] = str(base / location.path)
@@ -257,6 +413,8 @@ def _absolute_paths(config: ServiceConfig, base: Path) -> ServiceConfig:
                 update={"password_file": absolute(config.console.password_file)}),
             "feeds": feeds,
             "api": api.model_copy(update=api_update) if api_update else api,
+            "notify": config.notify if config.notify is None or config.notify.url_file is None
+            else config.notify.model_copy(update={"url_file": absolute(config.notify.url_file)}),
         }
     )
 
@@ -267,8 +425,12 @@ def secret_file_warnings(loaded: LoadedService) -> list[str]:
     found = [(f"{loaded.path}: api", api.apicode_file, "apicode_file"),
              (f"{loaded.path}: api", api.token_file, "token_file"),
              (f"{loaded.path}", loaded.config.journal_password_file, "journal_password_file")]
+    if loaded.config.notify is not None:
+        found.append((f"{loaded.path}: notify", loaded.config.notify.url_file, "url_file"))
     for feed in loaded.config.feeds:
         found += [(f"{loaded.path}: feeds[{feed.name}]", getattr(feed, field), field) for field in SECRET_FILE_FIELDS]
+        if feed.notify is not None:
+            found.append((f"{loaded.path}: feeds[{feed.name}]: notify", feed.notify.url_file, "url_file"))
     warnings = []
     for where, path, field in found:
         warning = secret_file_warning(path, field)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from batch.service.leasing import LeaseKeeper
 from batch.service.metrics import Metrics
+from batch.service.notifying import Notifier
 from batch.service.reload import Generation
 from batch.store.journal import JournalStore
 
@@ -26,3 +27,4 @@ class WorkerContext:
     stop: threading.Event  # a stop request: the file in flight finishes or stays to resume
     generation: Callable[[], Generation]  # the configuration in force now (a reload swaps it)
     once: bool = False     # `run --once`: do what is ready, then end with an exit status (cron)
+    notifier: Notifier | None = None  # alerts said once: a finished file with problems (batch.service.notifying)

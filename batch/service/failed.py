@@ -1,23 +1,19 @@
 """Failed events sent again by the service itself, once they have been failed for
 ``delivery.retry_failed_after`` seconds: an idle feed's worker calls `FailedEvents.retry`,
-which does what the `retry` command does (Processor.retry, the receipt rewritten and published
-through the feed's inbox)."""
+which does what a retry request does (batch.service.retrying.retry_file: Processor.retry, the
+receipt rewritten and published through the feed's inbox). It runs in the feed worker's thread
+under the feed's lease, as the worker's retry requests do, so the two never run at once."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-from batch.config.service import FeedSettings
-from batch.inbox import Inbox
-from batch.pipeline import FeedRuntime, FileStatus, Processor, failed_file_ids
-from batch.store.journal import JournalStore
-from batch.store.rejected import archived_original
+from batch.pipeline import FileStatus, failed_file_ids
+from batch.service.retrying import FeedWork, retry_file
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +27,14 @@ class FailedEvents:
     feed: str
     next_check: float = 0.0  # time.monotonic() of the next look
 
-    def retry(self, *, after: float | None, journal: JournalStore, processor: Processor, runtime: FeedRuntime,
-              settings: FeedSettings, inbox: Inbox, staging: Path, stop: threading.Event,
-              check: Callable[[], None]) -> None:
+    def retry(self, work: FeedWork, *, after: float | None, stop: threading.Event) -> None:
         """Send the feed's failed events again, file by file, when they have been failed for
-        `after` seconds (None: never); `check` (the lease) before each receipt file is published."""
+        `after` seconds (None: never); the lease (`work.check`) before each receipt file is published."""
         now = time.monotonic()
         if after is None or now < self.next_check:
             return
         self.next_check = now + min(after, RETRY_FAILED_CHECK_SECONDS)
+        journal = work.journal
         failed_before = journal.clock() - timedelta(seconds=after)
         for file_id in failed_file_ids(journal, None):
             record = journal.get_file(file_id)
@@ -50,16 +45,11 @@ class FailedEvents:
             extra = {"feed": self.feed, "file": record.name}
             log.info("feed %s: %s: sending its failed events again (delivery.retry_failed_after)",
                      self.feed, record.name, extra=extra)
-            receipt_dir = inbox.receipt_dir(staging)
-            receipt_dir.mkdir(parents=True, exist_ok=True)
-            # the rejected-rows file is rewritten from the original in a local feed's archive/ (else None)
-            source = archived_original(settings, record.name, record.size, record.sha256)
-            outcome = processor.retry(file_id, runtime, receipt_dir, source=source)
-            if outcome.receipt is not None:
-                # check, then act (LeaseLost: the worker stops working the feed)
-                inbox.publish_receipt(outcome.receipt.files, lambda path: check())
-            counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "invalid")
-            log.info("feed %s: %s: retried: %s: %s", self.feed, record.name, outcome.status,
-                     outcome.message or counts, extra=extra)
-            if outcome.status != FileStatus.DONE:  # stopped, or credentials refused: try again later
+            result = retry_file(work, file_id)
+            for note in result.notes:
+                log.warning("feed %s: %s", self.feed, note, extra=extra)
+            counts = ", ".join(f"{n} {k}" for k, n in result.counts.items() if n and k not in ("invalid", "filtered"))
+            log.info("feed %s: %s: retried: %s: %s", self.feed, record.name, result.status,
+                     result.message or counts, extra=extra)
+            if result.status != FileStatus.DONE:  # stopped, or credentials refused: try again later
                 return

@@ -89,6 +89,26 @@ def marker_where(settings: FeedSettings) -> str:
     return f"{root}/.usageplace-batch.lease"
 
 
+class LeaseStop(threading.Event):
+    """The stop event a feed's deliveries see: set when the service (or command) stops, and also
+    while this instance's lease of the feed is not known to be valid (`lease_valid`, checked on the
+    local monotonic clock, without I/O: LeaseKeeper.valid). Delivery looks at it before every event
+    it sends: a process frozen (SIGSTOP, a VM pause) past its lease sends nothing more when it
+    wakes, though its senders had free slots and its heartbeat has not yet told it that another
+    instance took the feed. The events left go out from the journal, by whoever holds the feed then."""
+
+    def __init__(self, stop: threading.Event, lease_valid: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop = stop
+        self._lease_valid = lease_valid
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or not self._lease_valid()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout) or self.is_set()
+
+
 @dataclass
 class Refusal:
     """Why this instance does not work a feed now: `state` is the worker state to show."""

@@ -183,6 +183,15 @@ def redact_config_secrets(config: ServiceConfig, redactor: RedactingFilter | Non
             continue
         if secret is not None:
             redactor.add_secret(secret.get_secret_value())
+    from batch.delivery.notify import secret_forms
+
+    for notify in [config.notify, *(feed.notify for feed in config.feeds)]:
+        try:
+            url = notify.resolved_url() if notify is not None else None
+        except SecretResolutionError:
+            continue
+        for form in secret_forms(url.get_secret_value()) if url is not None else []:
+            redactor.add_secret(form)
 
 
 def print_redacted_traceback(stream: IO[str] | None = None) -> None:

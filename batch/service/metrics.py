@@ -45,10 +45,16 @@ class Metrics:
                                ["result"], registry=r)
         self._feed_flags = _FeedFlags()
         r.register(self._feed_flags)
+        self._lateness = _Lateness()
+        r.register(self._lateness)
 
     def watch_feeds(self, source: FlagsFn) -> None:
         """``source()``: per feed, {"api_holding": bool, "inbox_unreachable": bool}, read at each scrape."""
         self._feed_flags.source = source
+
+    def watch_lateness(self, source: LatenessFn) -> None:
+        """``source()``: per feed with `expected:`, its Lateness at the last check, read at each scrape."""
+        self._lateness.source = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -56,6 +62,7 @@ class Metrics:
 
 HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
 FlagsFn = Callable[[], dict[str, dict[str, bool]]]
+LatenessFn = Callable[[], dict[str, Any]]  # feed -> batch.service.lateness.Lateness
 
 
 class _FeedFlags:
@@ -74,6 +81,25 @@ class _FeedFlags:
             for feed, values in flags.items():
                 gauge.add_metric([feed], 1.0 if values.get(key) else 0.0)
             yield gauge
+
+
+class _Lateness:
+    """Per feed with `expected:`: late or not, and its next due time (batch.service.lateness)."""
+
+    def __init__(self) -> None:
+        self.source: LatenessFn | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = self.source() if self.source is not None else {}
+        late = GaugeMetricFamily("usageplace_batch_feed_late", "1 while the feed's expected file is late (a due time "
+                                 "and its grace passed with no file)", labels=["feed"])
+        due = GaugeMetricFamily("usageplace_batch_feed_next_due_timestamp_seconds",
+                                "Unix time of the feed's next due time (expected:)", labels=["feed"])
+        for feed, state in states.items():
+            late.add_metric([feed], 1.0 if state.late else 0.0)
+            due.add_metric([feed], state.next_due.timestamp())
+        yield late
+        yield due
 
 
 class _Handler(BaseHTTPRequestHandler):

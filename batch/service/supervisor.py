@@ -78,9 +78,11 @@ from batch.errors import ExitStatus
 from batch.inbox import InboxError, open_inbox
 from batch.inbox.base import LeaseMarker
 from batch.service.context import WorkerContext
+from batch.service.lateness import Lateness, description, lateness
 from batch.service.leasing import SHARED_JOURNAL_HINT, LeaseKeeper, handover_hint
 from batch.service.logs import RedactingFilter, apply_level, redact_config_secrets
 from batch.service.metrics import Metrics, MetricsServer
+from batch.service.notifying import Notifier
 from batch.service.reload import (
     DEFAULT_RELOAD_INTERVAL,
     ConfigWatcher,
@@ -96,6 +98,7 @@ from batch.store.leases import Lease, LeaseStore, default_instance_name, open_le
 log = logging.getLogger("batch.service.supervisor")
 
 PRUNE_EVERY_SECONDS = 6 * 3600.0  # journal retention is applied at start and then this often
+LATE_CHECK_SECONDS = 5.0  # how often the feeds' schedules are checked (at most; the reload interval if longer)
 
 
 class Service:
@@ -141,10 +144,14 @@ class Service:
         self.workers: dict[str, FeedWorker] = {}
         self.metrics_server: MetricsServer | None = None
         self._next_prune = 0.0  # time.monotonic() when the journal's retention is applied next
+        self._next_late_check = 0.0  # time.monotonic() when the feeds' schedules are checked next
+        self.lateness: dict[str, Lateness] = {}  # per feed with `expected:`, at the last check
+        self.notifier = Notifier(self.journal, self.instance, self.stop)
         # what each feed worker sees of the service (instead of the service itself)
         self.context = WorkerContext(self.journal, self.leases, self.metrics, self.stop, lambda: self.generation,
-                                     once)
+                                     once, self.notifier)
         self.metrics.watch_feeds(self._feed_flags)
+        self.metrics.watch_lateness(lambda: dict(self.lateness))
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> Service:
@@ -237,6 +244,7 @@ class Service:
                  " (once)" if self.once else "")
         try:
             self.leases.start()
+            self.notifier.start()
             self._prune_journal()
             for feed in config.feeds:
                 self._start_worker(feed.name)
@@ -252,10 +260,12 @@ class Service:
                 self._reload()
                 self._check_workers()
                 self._prune_journal()
+                self._check_lateness()
         finally:
             self.stop.set()
             for worker in list(self.workers.values()):
                 worker.join()
+            self.notifier.close()
             self.close()
         codes = [worker.exit_code for worker in self.workers.values()]
         if not self.once:
@@ -291,6 +301,41 @@ class Service:
         if files:
             log.info("journal: forgot %d file(s) and %d event(s) finished more than %g days ago",
                      files, events, days)
+
+    def _check_lateness(self) -> None:
+        """Every feed with `expected:`: is its file late? (batch.service.lateness). For the feeds
+        this instance works: the WARNING and the webhook once per missed due time, a line when
+        the late file arrives, and notifications a dead sender left unsent."""
+        if time.monotonic() < self._next_late_check:
+            return
+        self._next_late_check = time.monotonic() + max(self.reload_interval, min(LATE_CHECK_SECONDS,
+                                                                                 5 * self.reload_interval))
+        config = self.config
+        now = self.journal.clock()
+        for feed in config.feeds:
+            if feed.expected is None:
+                self.lateness.pop(feed.name, None)
+                continue
+            try:
+                state = feed_lateness(feed, self.journal, now)
+            except (sqlite3.Error, JournalError) as exc:
+                log.warning("feed %s: cannot check whether its file is late: %s", feed.name, exc,
+                            extra={"feed": feed.name})
+                continue
+            before = self.lateness.get(feed.name)
+            self.lateness[feed.name] = state
+            worker = self.workers.get(feed.name)
+            if worker is None or not worker.holds_lease():
+                continue
+            notify = config.notify_of(feed)
+            if state.late:
+                self.notifier.late(feed, notify, state, description(feed.expected.schedule,
+                                                                    feed.expected.grace_period))
+            elif before is not None and before.late and state.last_arrival is not None:
+                log.info("feed %s: its file arrived at %s, after the deadline %s; the feed is no longer late",
+                         feed.name, _utc(state.last_arrival.timestamp()),
+                         _utc(before.deadline.timestamp()), extra={"feed": feed.name})
+            self.notifier.resend_stale(feed.name, notify, now)
 
     def _check_workers(self) -> None:
         for name, worker in list(self.workers.items()):
@@ -387,7 +432,9 @@ def feed_overview(loaded: LoadedService, journal: JournalStore | None,
     now = time.time()
     by_feed = {lease.feed: lease for lease in leases.leases()} if leases is not None else {}
     for feed in loaded.config.feeds:
-        row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None}
+        row: dict[str, Any] = {"feed": feed.name, "inbox": feed.inbox, "in_processing": None, "last_file": None,
+                               "expected": expected_summary(feed, journal, journal.clock() if journal is not None
+                                                            else datetime.now(timezone.utc))}
         marker: LeaseMarker | None = None
         try:
             quick = feed.model_copy(update={"connect_timeout_seconds": 5.0, "io_timeout_seconds": 10.0,
@@ -409,6 +456,27 @@ def feed_overview(loaded: LoadedService, journal: JournalStore | None,
             row["marker"] = marker_summary(marker, leases.journal_id, feed, row.get("in_processing") or [], now)
         rows.append(row)
     return rows
+
+
+def feed_lateness(feed: FeedSettings, journal: JournalStore, now: datetime) -> Lateness:
+    """The lateness of a feed with `expected:` at `now`: its last file's arrival is when the
+    journal recorded the feed's newest file."""
+    assert feed.expected is not None
+    recent = journal.recent_files(1, feed.name)
+    arrival = recent[0].started_at if recent else None
+    return lateness(feed.expected.schedule, feed.expected.grace_period, arrival, now)
+
+
+def expected_summary(feed: FeedSettings, journal: JournalStore | None, now: datetime) -> dict[str, Any] | None:
+    """The ``expected`` of a feed row (CONSOLE_CONTRACTS.md): None without a schedule."""
+    if feed.expected is None:
+        return None
+    described = description(feed.expected.schedule, feed.expected.grace_period)
+    if journal is None:  # no journal yet: nothing has arrived
+        state = lateness(feed.expected.schedule, feed.expected.grace_period, None, now)
+    else:
+        state = feed_lateness(feed, journal, now)
+    return state.as_json(described)
 
 
 def lease_summary(lease: Lease | None, now: float) -> dict[str, Any] | None:
@@ -472,10 +540,17 @@ def check_service_config(path: Path) -> tuple[LoadedService | None, list[str], l
         loaded.config.resolved_journal_password()  # a PostgreSQL journal's ${ENV} or journal_password_file
     except SecretResolutionError as exc:
         problems.append(f"{loaded.path}: {exc}")
+    if loaded.config.notify is not None:
+        try:
+            loaded.config.notify.resolved_url()
+        except SecretResolutionError as exc:
+            problems.append(f"{loaded.path}: {exc}")
     for feed in loaded.config.feeds:
         where = f"{loaded.path}: feeds[{feed.name}]"
         try:
             feed.resolved_password()
+            if feed.notify is not None:
+                feed.notify.resolved_url()
         except SecretResolutionError as exc:
             problems.append(f"{where}: {exc}")
         problems += [f"{where}: {problem}" for problem in _key_problems(feed)]

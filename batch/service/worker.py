@@ -8,7 +8,6 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,15 +33,17 @@ from batch.pipeline import (
 )
 from batch.service.context import WorkerContext
 from batch.service.failed import FailedEvents
-from batch.service.leasing import Refusal
+from batch.service.leasing import LeaseStop, Refusal
 from batch.service.metrics import Metrics
 from batch.service.reload import inbox_part, now_iso
+from batch.service.retrying import FeedWork, run_requests
 from batch.service.states import WorkerState
 from batch.store.journal import (
     FileInProgress,
     FileState,
     JournalError,
     JournalUnavailable,
+    RetryState,
 )
 from batch.store.leases import Lease, LeaseLost
 
@@ -53,6 +54,7 @@ FILE_RETRY_FIRST_SECONDS, FILE_RETRY_LONGEST_SECONDS = 2.0, 30.0  # the wait bef
 ONCE_INBOX_ATTEMPTS = 3    # --once: connection attempts per feed before giving up
 AUTH_BACKOFF_SECONDS = 60.0
 OTHER_OWNER_SECONDS = 30.0  # a file another live instance is processing: look again after this
+REQUEST_POLL_SECONDS = 1.0  # an idle worker looks for retry requests of its feed this often
 
 
 
@@ -73,26 +75,6 @@ class _MeteredClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
-
-
-class _FeedStop(threading.Event):
-    """The stop event a feed's deliveries see: set when the service stops, and also while this
-    instance's lease of the feed is not known to be valid (checked on the local monotonic
-    clock, without I/O). Delivery looks at it before every event it sends: a process frozen
-    (SIGSTOP, a VM pause) past its lease sends nothing more when it wakes, though its senders
-    had free slots and its heartbeat has not yet told it that another instance took the feed.
-    The events left go out from the journal, by whoever holds the feed then."""
-
-    def __init__(self, stop: threading.Event, lease_valid: Callable[[], bool]) -> None:
-        super().__init__()
-        self._stop = stop
-        self._lease_valid = lease_valid
-
-    def is_set(self) -> bool:
-        return self._stop.is_set() or not self._lease_valid()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stop.wait(timeout) or self.is_set()
 
 
 # --------------------------------------------------------------------------- feed worker
@@ -199,6 +181,7 @@ class FeedWorker(threading.Thread):
         self._refusal: tuple[str, str | None] | None = None  # the last refusal logged: (state, holder)
         self.lease_note: str | None = None    # why this instance does not work the feed now (health, status)
         self._failed = FailedEvents(name)     # its failed events, sent again when idle (retry_failed_after)
+        self._next_request_look = 0.0         # time.monotonic() of the next look for retry requests (idle)
 
     # -- health
 
@@ -252,7 +235,7 @@ class FeedWorker(threading.Thread):
         client = cast(RopoClient, _MeteredClient(generation.client, self.context.metrics, self.feed))
         processor = Processor(
             self.context.journal, client,
-            generation.config.delivery, stop=_FeedStop(self.context.stop, self._lease_valid), fence=self._check_lease,
+            generation.config.delivery, stop=LeaseStop(self.context.stop, self._lease_valid), fence=self._check_lease,
         )
         processor.breaker.give_up_at_probe_max = self.context.once  # cron must get its exit
         self._config = _FeedConfig(generation.number, settings, runtime, processor,
@@ -324,6 +307,10 @@ class FeedWorker(threading.Thread):
                  result.epoch, extra={"feed": self.feed})
         return True
 
+    def holds_lease(self) -> bool:
+        """Does this instance work the feed now (its lease held and renewed in time)? No I/O."""
+        return self._lease_valid()
+
     def _lease_valid(self) -> bool:
         lease = self._lease
         return lease is not None and self.context.leases.valid(lease)
@@ -394,6 +381,8 @@ class FeedWorker(threading.Thread):
                     if self._resume(inbox):
                         self._inbox_state.need_resume = False
                     continue
+                step = "carrying out retry requests"
+                self._run_requests(inbox)
                 step = "scanning the inbox"
                 candidates = inbox.scan()
                 if inbox.waiting_in_processing:  # copied into processing/ by hand: look again next round
@@ -464,13 +453,29 @@ class FeedWorker(threading.Thread):
                     return
                 stop.wait(delay)
 
+    def _feed_work(self, inbox: Inbox) -> FeedWork:
+        """This worker's parts for sending failed events again (batch.service.retrying)."""
+        config = self.config
+        return FeedWork(self.context.journal, config.processor, config.runtime, config.settings, inbox,
+                        config.staging, self._check_lease)
+
     def _retry_failed(self, inbox: Inbox) -> None:
         """Send this feed's failed events again when they are due (batch.service.failed)."""
-        config = self.config
-        self._failed.retry(after=self.context.generation().config.delivery.retry_failed_after,
-                           journal=self.context.journal, processor=config.processor, runtime=config.runtime,
-                           settings=config.settings, inbox=inbox, staging=config.staging, stop=self.context.stop,
-                           check=self._check_lease)
+        self._failed.retry(self._feed_work(inbox), after=self.context.generation().config.delivery.retry_failed_after,
+                           stop=self.context.stop)
+
+    def _run_requests(self, inbox: Inbox) -> None:
+        """Carry out the retry requests waiting for this feed (batch.service.retrying): this
+        instance holds the feed's lease, so it does the sending, whoever asked."""
+        self._next_request_look = time.monotonic() + REQUEST_POLL_SECONDS
+        run_requests(self._feed_work(inbox), self.context.leases.name, stop=self.context.stop)
+
+    def _request_waits(self) -> bool:
+        """Look (at most every REQUEST_POLL_SECONDS) whether a retry request waits for this feed."""
+        if time.monotonic() < self._next_request_look:
+            return False
+        self._next_request_look = time.monotonic() + REQUEST_POLL_SECONDS
+        return bool(self.context.journal.retry_requests(feed=self.feed, states=(RetryState.WAITING,), limit=1))
 
     def _idle(self, inbox: Inbox) -> None:
         """Wait for the next scan; wake at once on a stop request."""
@@ -481,6 +486,8 @@ class FeedWorker(threading.Thread):
                 return
             if inbox.wait(min(left, 0.5)):
                 return  # a file was closed or moved in (a local folder's events)
+            if self._request_waits():
+                return  # a retry request to carry out
 
     def _finishing_due(self) -> bool:
         now = time.monotonic()
@@ -613,6 +620,9 @@ class FeedWorker(threading.Thread):
                                    noted=record is not None and record.finish_problem is not None)
             self._files.finishing[claimed.name] = finishing
             self._complete(inbox, finishing)
+            if context.notifier is not None and status == FileStatus.DONE and record is not None:
+                # failed, rejected or invalid records: the webhook is told once (batch.service.notifying)
+                context.notifier.file_finished(feed, context.generation().config.notify_of(self.settings), record)
             if self.state == WorkerState.PROCESSING:
                 self.state = WorkerState.IDLE
             return True

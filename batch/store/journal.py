@@ -49,7 +49,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
@@ -302,6 +302,43 @@ class BeginResult:
     original: FileRecord | None = None
 
 
+class RetryState(StrEnum):
+    """A retry request's state (batch.service.retrying): the stored word."""
+
+    WAITING = "waiting"  # recorded; the feed's lease holder has not taken it yet
+    RUNNING = "running"  # taken by ``taken_by`` (the feed's lease holder), which sends now
+    DONE = "done"        # carried out: ``counts`` and ``files`` say what came of it
+    FAILED = "failed"    # could not be carried out (``message`` says why)
+
+
+RETRY_FINAL_STATES: frozenset[RetryState] = frozenset({RetryState.DONE, RetryState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRequest:
+    """A request to send a feed's failed events again (``file_id`` None: every file of the feed
+    with failed events), as the journal keeps it: who asked and when, who carried it out, and
+    what came of it (``counts`` per outcome over its files; ``files``: one result per file, as
+    batch.service.retrying.FileResult writes them)."""
+
+    id: int
+    feed: str
+    file_id: int | None
+    requested_by: str
+    requested_at: datetime
+    state: RetryState
+    taken_by: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in RETRY_FINAL_STATES
+
+
 # --------------------------------------------------------------------------- the interface
 
 
@@ -449,10 +486,65 @@ class JournalStore(ABC):
     def failed_by_feed(self) -> dict[str, int]:
         """The events waiting for a retry (state failed), per feed."""
 
+    # -- retry requests (batch.service.retrying): who asked to send which failed events again
+
+    @abstractmethod
+    def add_retry_request(self, feed: str, file_id: int | None, requested_by: str) -> RetryRequest:
+        """Record a request (state ``waiting``) to send the failed events of file ``file_id``
+        (None: of every file of ``feed`` with failed events) again; ``requested_by`` says who."""
+
+    @abstractmethod
+    def take_retry_request(self, feed: str, taken_by: str) -> RetryRequest | None:
+        """The feed's oldest ``waiting`` request, now ``running`` (``taken_by``, ``started_at``
+        set), or None. Atomic: two callers never take the same request. Called by the feed's
+        lease holder, whose fence refuses the write once the lease is lost."""
+
+    @abstractmethod
+    def requeue_retry_requests(self, feed: str, message: str | None = None) -> int:
+        """Put the feed's ``running`` requests back to ``waiting`` (``message`` says why); returns
+        how many. The lease holder calls it before it takes requests (a request still running
+        then was left by a holder that stopped or lost the lease) and when it stops in one."""
+
+    @abstractmethod
+    def finish_retry_request(self, request_id: int, state: Literal[RetryState.DONE, RetryState.FAILED],
+                             counts: Mapping[str, int] | None = None,
+                             files: Sequence[Mapping[str, Any]] | None = None,
+                             message: str | None = None) -> RetryRequest:
+        """Close a ``running`` request as ``done`` or ``failed``, with its counts per outcome,
+        its per-file results and a message; JournalMisuse unless it is running."""
+
+    @abstractmethod
+    def get_retry_request(self, request_id: int) -> RetryRequest:
+        """One request by id; JournalMisuse if there is none."""
+
+    @abstractmethod
+    def retry_requests(self, *, feed: str | None = None, file_id: int | None = None,
+                       states: Iterable[RetryState | str] | None = None, limit: int = 20) -> list[RetryRequest]:
+        """Requests newest first, at most ``limit``: of one feed, of one file (``file_id``: the
+        requests for that file, not the feed-wide ones), in some states, or all."""
+
+    # -- notifications (batch.service.notifying): each sent once, whatever instance fires it
+
+    @abstractmethod
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        """Record the notification (`feed`, `kind`, `subject`) in `state` ('pending': to send;
+        'off': no webhook, recorded so the alert is said once); True when this call recorded it,
+        False when it was there already (another instance, or before a restart)."""
+
+    @abstractmethod
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        """A pending notification's end: 'sent' or 'failed' (with why, never the URL)."""
+
+    @abstractmethod
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        """(kind, subject, message) of the feed's notifications still pending since before
+        `claimed_before`: their sender stopped before it was done (a crash); sent again."""
+
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -567,8 +659,51 @@ _SCHEMA_V3: tuple[str, ...] = (
     " 'message', message)) WHERE state = 'invalid' AND message IS NOT NULL",
 )
 
+# Version 4: retry requests (batch.service.retrying). ``file_id`` is not a foreign key: prune
+# forgets old files, and a request names the file it was about whatever became of it (NULL
+# means every file of the feed with failed events). ``counts`` and ``files`` are JSON texts.
+_SCHEMA_V4: tuple[str, ...] = (
+    """
+    CREATE TABLE retry_requests (
+        id            INTEGER PRIMARY KEY,
+        feed          TEXT    NOT NULL,
+        file_id       INTEGER,
+        requested_by  TEXT    NOT NULL,
+        requested_at  TEXT    NOT NULL,
+        state         TEXT    NOT NULL CHECK (state IN ('waiting', 'running', 'done', 'failed')),
+        taken_by      TEXT,
+        started_at    TEXT,
+        finished_at   TEXT,
+        counts        TEXT,
+        files         TEXT,
+        message       TEXT
+    )
+    """,
+    "CREATE INDEX retry_requests_by_feed ON retry_requests (feed, state, id)",
+    "CREATE INDEX retry_requests_by_file ON retry_requests (file_id, id)",
+)
+
+# Version 5: notifications (late files, files with problems), each recorded before it is sent;
+# the primary key is what makes one notification fire once across restarts and instances.
+_SCHEMA_V5: tuple[str, ...] = (
+    """
+    CREATE TABLE notifications (
+        feed        TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,
+        subject     TEXT    NOT NULL,
+        message     TEXT    NOT NULL,
+        state       TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'off')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  TEXT    NOT NULL,
+        updated_at  TEXT    NOT NULL,
+        PRIMARY KEY (feed, kind, subject)
+    )
+    """,
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -785,6 +920,29 @@ def event_from_row(row: Sequence[Any]) -> EventRecord:
      digest, updated, errors, title, detail) = row
     return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
                        message, payload, digest, from_required_text(updated), errors, title, detail)
+
+
+RETRY_COLUMNS = ("id, feed, file_id, requested_by, requested_at, state, taken_by, started_at, finished_at,"
+                  " counts, files, message")
+
+
+def retry_request_from_row(row: Sequence[Any]) -> RetryRequest:
+    (id_, feed, file_id, requested_by, requested_at, state, taken_by, started, finished, counts, files,
+     message) = row
+    return RetryRequest(id_, feed, file_id, requested_by, from_required_text(requested_at), RetryState(state),
+                        taken_by, from_text(started), from_text(finished),
+                        json.loads(counts) if counts else {}, json.loads(files) if files else [], message)
+
+
+def retry_states(states: Iterable[RetryState | str] | None) -> list[str] | None:
+    """The words of `states` (each checked: a misspelt state is a bug, not an empty answer)."""
+    return None if states is None else [RetryState(state).value for state in states]
+
+
+def retry_result_json(counts: Mapping[str, int] | None, files: Sequence[Mapping[str, Any]] | None) -> tuple[str, str]:
+    """The stored JSON texts of a finished request's counts and per-file results."""
+    return (json.dumps(dict(counts or {}), ensure_ascii=False),
+            json.dumps([dict(one) for one in files or ()], ensure_ascii=False))
 
 
 def already_processed_message(original: FileRecord) -> str:
@@ -1213,7 +1371,8 @@ class Journal(JournalStore):
 
     def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
         """Forget the files that finished before ``finished_before`` with nothing left to send
-        or retry (no pending, no failed events), and their events; returns (files, events).
+        or retry (no pending, no failed events), and their events, and the retry requests that
+        finished before then; returns (files, events).
 
         What is forgotten is no longer recognised: the same content dropped again is processed
         anew, and its event ids are no longer duplicates. Events go in transactions of
@@ -1230,6 +1389,9 @@ class Journal(JournalStore):
                         conn.execute("UPDATE files SET original_id = NULL WHERE original_id = ?", (file_id,))
                         conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
                         break
+        with self._write("prune it") as conn:  # finished retry requests are kept as long as files
+            conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < ?",
+                         (to_text(finished_before),))
         return len(file_ids), events
 
     def get_file(self, file_id: int) -> FileRecord:
@@ -1366,3 +1528,96 @@ class Journal(JournalStore):
             before = conn.total_changes
             conn.executemany(SQL_RECORD_RESULT, params)
             return conn.total_changes - before
+
+    # -- retry requests
+
+    def add_retry_request(self, feed: str, file_id: int | None, requested_by: str) -> RetryRequest:
+        with self._write("record the retry request") as conn:
+            request_id = conn.execute(
+                "INSERT INTO retry_requests (feed, file_id, requested_by, requested_at, state)"
+                " VALUES (?, ?, ?, ?, 'waiting')", (feed, file_id, requested_by, self._now())).lastrowid
+            assert request_id is not None  # set by every INSERT
+            return self._retry_request(conn, request_id)
+
+    def take_retry_request(self, feed: str, taken_by: str) -> RetryRequest | None:
+        with self._write("take a retry request") as conn:  # BEGIN IMMEDIATE: one taker at a time
+            row = conn.execute("SELECT id FROM retry_requests WHERE feed = ? AND state = 'waiting'"
+                               " ORDER BY id LIMIT 1", (feed,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE retry_requests SET state = 'running', taken_by = ?, started_at = ?, message = NULL"
+                         " WHERE id = ?", (taken_by, self._now(), row[0]))
+            return self._retry_request(conn, row[0])
+
+    def requeue_retry_requests(self, feed: str, message: str | None = None) -> int:
+        with self._write("put retry requests back") as conn:
+            return conn.execute("UPDATE retry_requests SET state = 'waiting', taken_by = NULL, started_at = NULL,"
+                                " message = ? WHERE feed = ? AND state = 'running'", (message, feed)).rowcount
+
+    def finish_retry_request(self, request_id: int, state: Literal[RetryState.DONE, RetryState.FAILED],
+                             counts: Mapping[str, int] | None = None,
+                             files: Sequence[Mapping[str, Any]] | None = None,
+                             message: str | None = None) -> RetryRequest:
+        if state not in RETRY_FINAL_STATES:
+            raise ValueError(f"a retry request finishes as done or failed, not {str(state)!r}")
+        counts_json, files_json = retry_result_json(counts, files)
+        with self._write("finish the retry request") as conn:
+            changed = conn.execute(
+                "UPDATE retry_requests SET state = ?, finished_at = ?, counts = ?, files = ?, message = ?"
+                " WHERE id = ? AND state = 'running'",
+                (RetryState(state).value, self._now(), counts_json, files_json, message, request_id)).rowcount
+            if not changed:
+                raise JournalMisuse(f"retry request #{request_id} is not running")
+            return self._retry_request(conn, request_id)
+
+    def get_retry_request(self, request_id: int) -> RetryRequest:
+        with self._lock, self._unavailable_as("read the retry request"):
+            return self._retry_request(self._conn, request_id)
+
+    @staticmethod
+    def _retry_request(conn: sqlite3.Connection, request_id: int) -> RetryRequest:
+        row = conn.execute(f"SELECT {RETRY_COLUMNS} FROM retry_requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise JournalMisuse(f"no retry request #{request_id}")
+        return retry_request_from_row(row)
+
+    def retry_requests(self, *, feed: str | None = None, file_id: int | None = None,
+                       states: Iterable[RetryState | str] | None = None, limit: int = 20) -> list[RetryRequest]:
+        where: list[str] = []
+        params: list[Any] = []
+        if feed is not None:
+            where.append("feed = ?")
+            params.append(feed)
+        if file_id is not None:
+            where.append("file_id = ?")
+            params.append(file_id)
+        words = retry_states(states)
+        if words is not None:
+            where.append(f"state IN ({', '.join('?' for _ in words)})" if words else "0")
+            params += words
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT ?",
+                          (*params, limit), "read the retry requests")
+        return [retry_request_from_row(row) for row in rows]
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, message, state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
+                         " WHERE feed = ? AND kind = ? AND subject = ?",
+                         (state, attempts, error, self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = ? AND state = 'pending'"
+                          " AND updated_at < ? ORDER BY created_at", (feed, to_text(claimed_before)))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]
