@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from batch.console.app import bind, create_app, make_server, url_of
+from batch.console.app import bind, close, create_app, make_server, url_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -68,7 +68,7 @@ class LiveConsole:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-        self.app.state.console.close()
+        close(self.app)
         self.http.close()
 
 

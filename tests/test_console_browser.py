@@ -8,6 +8,8 @@ import re
 import pytest
 import yaml
 
+from tests.fixtures_pipeline import make_rows, write_feed
+
 PASSWORD_ENV = "CONSOLE_BROWSER_PASSWORD"
 PASSWORD = "browser-test-password"
 
@@ -79,3 +81,57 @@ def test_a_rejected_record_shows_the_apis_problem(demo_workspace, live_console, 
     assert row.locator("td.num").nth(1).text_content() == "422"
     assert row.locator("td.why .title").text_content() == "Unprocessable event"
     assert row.locator("td.why .detail").text_content() == "The usage place is not known to Ropo One"
+
+
+def test_retry_a_failed_event_and_see_it_accepted(sandbox, workspace_for, process_file, live_console, browser_page):
+    ws = workspace_for(sandbox, delivery={"max_attempts": 2})
+    rows = make_rows(6, 3)
+    sandbox.set_faults(error_ids=[rows[4]["id"]])  # Ropo One fails on this event until the fault is gone
+    path = ws.inbox / "night.csv"
+    write_feed(path, rows)
+    outcome = process_file(ws, path)
+    assert (outcome.counts["accepted"], outcome.counts["failed"]) == (5, 1)
+    sandbox.set_faults()  # Ropo One is well again
+    console = live_console(ws.config)
+    page = browser_page
+    page.goto(console.url)
+    assert page.locator("tr.feed[data-feed=simple] td.num.failed").first.text_content().strip().startswith("1")
+    page.locator("tr.feed[data-feed=simple] a").first.click()
+    failed = page.locator("tr.event.failed")
+    assert failed.count() == 1 and failed.locator("td").nth(1).text_content() == rows[4]["id"]
+    page.once("dialog", lambda dialog: dialog.accept())  # "Send the 1 failed event(s) of night.csv again?"
+    page.click("#retry-button")
+    page.wait_for_selector(".retry-request[data-state=done]", timeout=60_000)
+    request = page.locator(".retry-request")
+    assert "Asked by console:" in request.text_content()
+    assert request.locator(".pill.accepted").text_content() == "accepted 6"
+    assert page.locator("tr.event.failed").count() == 0
+    row = page.locator("tr.event", has_text=rows[4]["id"])
+    assert row.locator("td.outcome").text_content() == "accepted"
+    assert rows[4]["id"] in sandbox.accepted_ids
+    assert page.locator("#retry-button").count() == 0  # nothing left to retry
+
+
+def test_a_late_feed_turns_red(demo_workspace, live_console, browser_page):
+    config = yaml.safe_load((demo_workspace / "service.yaml").read_text(encoding="utf-8"))
+    (demo_workspace / "inbox" / "nightly_missing").mkdir(exist_ok=True)
+    config["feeds"].append({"name": "nightly_missing", "mapping": config["feeds"][0]["mapping"],
+                            "inbox": "inbox/nightly_missing", "patterns": ["*.csv"],
+                            # due every minute, no grace: its file is always missing
+                            "expected": {"cron": "* * * * *", "time_zone": "Europe/Helsinki", "grace": "0m"}})
+    for feed in config["feeds"][:-1]:
+        if feed["name"] == "utf8_iso":  # its file came minutes ago; due once a year: on time
+            feed["expected"] = {"cron": "0 3 1 1 *", "time_zone": "Europe/Helsinki", "grace": "0m"}
+    path = demo_workspace / "service.late.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    console = live_console(path)
+    page = browser_page
+    page.goto(console.url)
+    late = page.locator("tr.feed[data-feed=nightly_missing]")
+    assert late.get_attribute("class") == "feed bad late"
+    assert late.locator("td.state").text_content().strip().startswith("late: no file arrived for ")
+    red = late.locator("td.state").evaluate("cell => getComputedStyle(cell).color")
+    assert red == "rgb(176, 0, 32)"
+    on_time = page.locator("tr.feed[data-feed=utf8_iso]")
+    assert "late" not in on_time.get_attribute("class")
+    assert "expected" in on_time.text_content()

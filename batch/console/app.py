@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from batch.console import pages, playground
+from batch.console import pages, playground, retries
 from batch.console.render import STATIC, console_state, render, templates
 from batch.console.security import (
     LOOPBACK_NAMES,
@@ -205,6 +205,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         *pages.routes,
+        *retries.routes,
         Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
     ]
     if playground.routes:
@@ -220,6 +221,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
     app.state.console = state
+    app.state.retries = retries.Retries()
     app.state.password = password
     app.state.playground_enabled = bool(playground.routes)
     return app
@@ -262,12 +264,13 @@ def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] |
     try:
         server.run(sockets=[sock])
     finally:
-        console_state_of(app).close()
+        close(app)
 
 
-def console_state_of(app: Starlette) -> ConsoleState:
-    state: ConsoleState = app.state.console
-    return state
+def close(app: Starlette) -> None:
+    """Stop the retry threads, close the journal and the lease store."""
+    app.state.retries.close()
+    app.state.console.close()
 
 
-__all__ = ["bind", "console_state", "create_app", "serve", "url_of"]
+__all__ = ["bind", "close", "console_state", "create_app", "serve", "url_of"]

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings, LoadedService
 from batch.console.render import console_state, render
+from batch.console.retries import request_view
 from batch.console.security import Refused, confined
 from batch.inbox.local import local_outbox
 from batch.service.supervisor import feed_overview, instances_overview
@@ -69,7 +70,11 @@ def feeds_page(request: Request) -> Response:
             older = journal.recent_files(1, name)  # the last file is older than the window
             last = older[0] if older else None
         feeds.append(feed_view(row, last, files, failed.get(name, 0), instances))
+    retry_requests = [request_view(request, one) for one in journal.retry_requests(limit=5)] \
+        if journal is not None else []
     return render(request, "feeds.html", {
+        "retries": retry_requests, "retry_running": any(not one["request"].finished for one in retry_requests),
+        "retry_none": request.query_params.get("retry") == "none",
         "feeds": feeds, "files": recent, "days": days, "journal": state.journal_display, "no_journal": journal is None,
         "instances": list(instances.values()), "outcomes": OUTCOMES, "nav": "feeds"})
 
@@ -135,7 +140,10 @@ def file_page(request: Request) -> Response:
                                  limit=PAGE_SIZE)
     loaded = console_state(request).loaded
     settings = _feed_settings(loaded, record.feed)
+    retry_requests = [request_view(request, one) for one in journal.retry_requests(file_id=record.id, limit=5)]
     return render(request, "file.html", {
+        "retries": retry_requests, "retry_running": any(not one["request"].finished for one in retry_requests),
+        "retry_none": request.query_params.get("retry") == "none",
         "file": record, "events": events, "outcome": outcome, "search": search, "pager": pager,
         "outcomes": OUTCOMES, "downloads": downloads(settings, record) if settings else [],
         "local": settings is not None and isinstance(settings.location, LocalLocation),
