@@ -45,8 +45,8 @@ def test_log_in_and_see_every_feed_of_the_demo(login_config, live_console, brows
     finnish = page.locator("tr.feed[data-feed=finnish_cp1252]")
     assert finnish.locator("a").first.text_content() == "finnish_cp1252.csv"
     # its last file's counts per outcome: 3 accepted, 1 rejected
-    assert finnish.locator("td.num.accepted").text_content() == "3"
-    assert finnish.locator("td.num.rejected").text_content() == "1"
+    assert finnish.locator("td.n-accepted").text_content() == "3"
+    assert finnish.locator("td.n-rejected").text_content() == "1"
 
 
 def test_a_file_with_invalid_records_shows_field_column_and_value(demo_workspace, live_console, browser_page):
@@ -64,6 +64,9 @@ def test_a_file_with_invalid_records_shows_field_column_and_value(demo_workspace
     first = rows.first
     assert [first.locator(f"td.{cell}").text_content() for cell in ("field", "source", "value")] == [
         "status", "column 'Tila'", "X"]
+    empty = page.locator("tr.event.invalid", has_text="Käyttöpaikka")
+    assert [empty.locator(f"td.{cell}").text_content() for cell in ("field", "value", "why")] == [
+        "usageplacecode", "(empty)", "is required but empty"]
     time_row = page.locator("tr.event.invalid", has_text="31.2.2024 7:10:00")
     assert time_row.locator("td.source").text_content() == "template '{Pvm} {Klo}'"
     assert "#" not in page.text_content("#showing") and "9 records invalid" in page.text_content("#showing")
@@ -95,7 +98,7 @@ def test_retry_a_failed_event_and_see_it_accepted(sandbox, workspace_for, proces
     console = live_console(ws.config)
     page = browser_page
     page.goto(console.url)
-    assert page.locator("tr.feed[data-feed=simple] td.num.failed").first.text_content().strip().startswith("1")
+    assert page.locator("tr.feed[data-feed=simple] td.waiting").first.text_content().strip().startswith("1")
     page.locator("tr.feed[data-feed=simple] a").first.click()
     failed = page.locator("tr.event.failed")
     assert failed.count() == 1 and failed.locator("td").nth(1).text_content() == rows[4]["id"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,26 @@ def make_server(app: Starlette, sock: socket.socket) -> Any:
     return uvicorn.Server(config)
 
 
+class InThread:
+    """A console served by a thread of this process (tests, scripts/screenshots.py)."""
+
+    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+        self.app, self.url = app, url_of(sock)
+        self.server = make_server(app, sock)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="console",
+                                       daemon=True)
+        self.thread.start()
+        while not self.server.started:  # uvicorn sets it once it accepts connections
+            if not self.thread.is_alive():
+                raise RuntimeError("the console did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        close(self.app)
+
+
 def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until Ctrl-C / SIGTERM."""
     server = make_server(app, sock)
@@ -273,4 +295,4 @@ def close(app: Starlette) -> None:
     app.state.console.close()
 
 
-__all__ = ["bind", "close", "console_state", "create_app", "serve", "url_of"]
+__all__ = ["InThread", "bind", "close", "console_state", "create_app", "serve", "url_of"]
