@@ -138,3 +138,34 @@ def test_a_late_feed_turns_red(demo_workspace, live_console, browser_page):
     on_time = page.locator("tr.feed[data-feed=utf8_iso]")
     assert "late" not in on_time.get_attribute("class")
     assert "expected" in on_time.text_content()
+
+
+def test_a_retry_asked_in_the_console_is_carried_out_by_the_running_service(tmp_path, sandbox, live_console,
+                                                                              browser_page):
+    from tests.fixtures_http import APICODE_ENV
+    from tests.service_helpers import ServiceProcess, export, write_config
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "north", "inbox": str(inbox)}], instance="svc-1",
+                          delivery={"max_in_flight": 4, "max_attempts": 2, "backoff_base": 0.05, "backoff_cap": 0.1})
+    sandbox.set_faults(error_ids=["N-3"])
+    service = ServiceProcess(config, tmp_path / "service.log", env={APICODE_ENV: sandbox.apicode})
+    try:
+        service.wait_log("watching 1 feed(s)")
+        (inbox / "night.csv").write_bytes(export("N", 5))
+        service.wait_log("night.csv: done", timeout=60)
+        sandbox.set_faults()
+        console = live_console(config)  # the console has no API code: the service must carry it out
+        page = browser_page
+        page.goto(console.url + "files/1")
+        assert page.locator("tr.event.failed td").nth(1).text_content() == "N-3"
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#retry-button")
+        page.wait_for_selector(".retry-request[data-state=done]", timeout=60_000)
+        assert "carried out by svc-1" in page.text_content(".retry-request")
+        assert page.locator("tr.event", has_text="N-3").locator("td.outcome").text_content() == "accepted"
+        assert "N-3" in sandbox.accepted_ids
+    finally:
+        service.signal(15)
+        service.wait(30)
