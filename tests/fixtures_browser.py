@@ -18,16 +18,14 @@ its path.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from batch.console.app import bind, create_app, make_server, url_of
+from batch.console.app import InThread, bind, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -35,15 +33,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
-@dataclass
 class LiveConsole:
-    """A console serving on loopback in a thread of the test process."""
+    """A console serving on loopback in a thread of the test process, and a browser-like HTTP
+    session (cookies kept) to talk to it."""
 
-    url: str  # "http://127.0.0.1:PORT/"
-    app: Any
-    server: Any
-    thread: threading.Thread
-    http: requests.Session = field(default_factory=requests.Session)
+    def __init__(self, running: InThread) -> None:
+        self.running = running
+        self.url = running.url  # "http://127.0.0.1:PORT/"
+        self.app = running.app
+        self.http = requests.Session()
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.http.get(self.url.rstrip("/") + path, timeout=30, allow_redirects=False, **kwargs)
@@ -63,27 +61,16 @@ class LiveConsole:
 
     def other_session(self) -> LiveConsole:
         """The same console seen by another browser (its own cookies)."""
-        return LiveConsole(self.url, self.app, self.server, self.thread)
+        return LiveConsole(self.running)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.app.state.console.close()
         self.http.close()
+        self.running.stop()
 
 
 def start_console(config_path: Path, host: str = "127.0.0.1") -> LiveConsole:
     """A console for `config_path` on a free port of `host`, serving once this returns."""
-    app = create_app(config_path, host=host)
-    sock = bind(host, 0)
-    server = make_server(app, sock)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="console", daemon=True)
-    thread.start()
-    while not server.started:  # uvicorn sets it once it accepts connections
-        if not thread.is_alive():
-            raise RuntimeError("the console did not start")
-        threading.Event().wait(0.01)
-    return LiveConsole(url_of(sock), app, server, thread)
+    return LiveConsole(InThread(create_app(config_path, host=host), bind(host, 0)))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from batch.console.pages import PAGE_SIZE, feed_view
-from tests.fixtures_pipeline import make_rows, write_feed
+from tests.fixtures_pipeline import SIMPLE_MAPPING, make_rows, write_feed
 
 LINE_CELL = re.compile(r'<tr class="event (\w+)[^"]*">\s*<td class="num"(?: rowspan="\d+")?>(\d+)</td>')
 
@@ -111,3 +111,50 @@ def test_a_late_feed_is_shown_red():
     on_time = feed_view({**row, "expected": {**row["expected"], "late": False}}, None, [], 0, {})
     assert (on_time["tone"], on_time["late"]) == ("idle", False)
     assert json.dumps(view["expected"])  # rendered from plain data
+
+
+def test_a_receipt_replaced_by_a_later_file_of_the_same_name_is_not_offered(sandbox, workspace_for, process_file,
+                                                                             live_console):
+    ws = workspace_for(sandbox)
+    path = ws.inbox / "night.csv"
+    write_feed(path, make_rows(3, 3))
+    process_file(ws, path)
+    write_feed(path, make_rows(4, 3, start=100))  # the next night's export, under the same name
+    process_file(ws, path)
+    console = live_console(ws.config)
+    assert 'href="/files/1/receipt"' not in console.get("/files/1").text
+    answer = console.get("/files/1/receipt")
+    assert answer.status_code == 404
+    assert "the outbox holds no receipt of this night.csv (none, or a later file&#39;s of the same name)" in answer.text
+    assert 'href="/files/2/receipt"' in console.get("/files/2").text
+    assert console.get("/files/2/summary").json()["records"] == 4
+
+
+def test_the_console_reads_a_postgresql_journal(tmp_path, pg_database, live_console):
+    from batch.store.journal import NewEvent, Result
+    from batch.store.journal_pg import PgJournal
+
+    (tmp_path / "password").write_text(pg_database.password + "\n", encoding="utf-8")
+    (tmp_path / "password").chmod(0o600)
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "mapping.yaml").write_text(SIMPLE_MAPPING, encoding="utf-8")
+    config = {"api": {"base_url": "http://127.0.0.1:9/rest", "cid": "1", "apicode": "${CONSOLE_PG_APICODE}"},
+              "journal": pg_database.uri, "journal_password_file": "password",
+              "feeds": [{"name": "simple", "mapping": "mapping.yaml", "inbox": "inbox"}]}
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    with PgJournal(pg_database.uri, password=pg_database.password) as journal:
+        file_id = journal.begin_file("pg.csv", "f" * 64, 10, "simple").file.id
+        journal.record_events(file_id, [NewEvent.valid(line, {"id": f"E{line}", "usageplacecode": "P1"})
+                                        for line in range(2, 302)])
+        journal.record_events(file_id, [NewEvent.invalid(302, "status: bad", None, [
+            {"field": "status", "source": "column 'Tila'", "value": "X", "message": "bad"}])])
+        journal.record_results(Result(file_id, line, "accepted", 200) for line in range(2, 302))
+        journal.finish_file(file_id, "done")
+    console = live_console(path)
+    assert 'href="/files/1">pg.csv</a>' in console.get("/").text
+    assert "301 records; page 1 of 4." in console.get(f"/files/{file_id}").text
+    assert [line for _, line in shown(console.get(f"/files/{file_id}?page=4").text)] == [302]
+    invalid = console.get(f"/files/{file_id}?outcome=invalid").text
+    assert shown(invalid) == [("invalid", 302)] and "column &#39;Tila&#39;" in invalid
+    assert pg_database.password not in console.get("/").text

@@ -20,6 +20,7 @@ from batch.store.journal import Journal
 PASSWORD_ENV = "CONSOLE_TEST_PASSWORD"
 PASSWORD = "correct horse battery staple"
 APICODE = "s3cr3t-apicode-value"
+WEBHOOK = "https://hooks.example/services/T000/B000/s3cr3t-webhook-token"
 
 
 def with_console(workspace: Path, console: dict[str, str] | None, name: str) -> Path:
@@ -219,8 +220,11 @@ def test_pages_carry_a_strict_content_security_policy(demo_workspace, live_conso
 def test_no_secret_is_in_any_page(demo_workspace, live_console, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     monkeypatch.setenv("CONSOLE_TEST_APICODE", APICODE)
+    monkeypatch.setenv("CONSOLE_TEST_WEBHOOK", WEBHOOK)
     config = yaml.safe_load((demo_workspace / "service.yaml").read_text(encoding="utf-8"))
     config["api"]["apicode"] = "${CONSOLE_TEST_APICODE}"
+    config["notify"] = {"url": "${CONSOLE_TEST_WEBHOOK}"}
+    config["feeds"][1]["expected"] = {"every": "day", "by": "03:00", "time_zone": "Europe/Helsinki"}
     config["console"] = {"password": "${" + PASSWORD_ENV + "}"}
     path = demo_workspace / "service.secrets.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -236,7 +240,8 @@ def test_no_secret_is_in_any_page(demo_workspace, live_console, monkeypatch):
             pages.append(console.get(f"/files/{file_id}{query}").text)
     pages += [console.get(path).text for path in ("/files/99999", "/nothing", "/files/1?page=x")]
     assert len(pages) > 20
+    assert "expected every day by 03:00" in pages[2]
     for text in pages:
-        assert APICODE not in text and PASSWORD not in text
+        assert APICODE not in text and PASSWORD not in text and "hooks.example" not in text
         assert not re.search(r"apicode\W", text, flags=re.IGNORECASE)
     assert os.environ[PASSWORD_ENV] == PASSWORD

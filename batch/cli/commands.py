@@ -718,7 +718,7 @@ def demo(workspace: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from batch.sandbox.demo import run_demo
+    from batch.sandbox.demo import console_hint, run_demo
 
     if workspace is not None:
         workspace.mkdir(parents=True, exist_ok=True)
@@ -743,6 +743,8 @@ def demo(workspace: Path | None) -> None:
     click.echo(f"             usageplace-batch run --once --config {workspace_dir}/service.yaml")
     click.echo("            (the sandbox has stopped: start one with `usageplace-batch sandbox --port PORT` and")
     click.echo("             set api.base_url in service.yaml to it, or run the demo again)")
+    for line in console_hint(workspace_dir):
+        click.echo(line)
     # the demo shows invalid and rejected records on purpose: it went well if it could run
     raise SystemExit(ExitStatus.UNUSABLE if result.exit_code == ExitStatus.UNUSABLE else ExitStatus.OK)
 

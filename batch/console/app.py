@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from batch.console import pages, playground
+from batch.console import pages, playground, retries
 from batch.console.render import STATIC, console_state, render, templates
 from batch.console.security import (
     LOOPBACK_NAMES,
@@ -205,6 +207,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         *pages.routes,
+        *retries.routes,
         Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
     ]
     if playground.routes:
@@ -220,6 +223,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
     app.state.console = state
+    app.state.retries = retries.Retries()
     app.state.password = password
     app.state.playground_enabled = bool(playground.routes)
     return app
@@ -230,6 +234,10 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by every accepted connection: uvicorn writes a response's head and body apart,
+    # and with Nagle's algorithm the body waits for the client's delayed ACK, ~40 ms a page on a
+    # kept-alive connection (bench/bench_console.py)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(64)
     sock.set_inheritable(True)
@@ -250,6 +258,26 @@ def make_server(app: Starlette, sock: socket.socket) -> Any:
     return uvicorn.Server(config)
 
 
+class InThread:
+    """A console served by a thread of this process (tests, scripts/screenshots.py)."""
+
+    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+        self.app, self.url = app, url_of(sock)
+        self.server = make_server(app, sock)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="console",
+                                       daemon=True)
+        self.thread.start()
+        while not self.server.started:  # uvicorn sets it once it accepts connections
+            if not self.thread.is_alive():
+                raise RuntimeError("the console did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        close(self.app)
+
+
 def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until Ctrl-C / SIGTERM."""
     server = make_server(app, sock)
@@ -258,12 +286,13 @@ def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] |
     try:
         server.run(sockets=[sock])
     finally:
-        console_state_of(app).close()
+        close(app)
 
 
-def console_state_of(app: Starlette) -> ConsoleState:
-    state: ConsoleState = app.state.console
-    return state
+def close(app: Starlette) -> None:
+    """Stop the retry threads, close the journal and the lease store."""
+    app.state.retries.close()
+    app.state.console.close()
 
 
-__all__ = ["bind", "console_state", "create_app", "serve", "url_of"]
+__all__ = ["InThread", "bind", "close", "console_state", "create_app", "serve", "url_of"]

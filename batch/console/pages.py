@@ -24,6 +24,7 @@ from starlette.routing import Route
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings, LoadedService
 from batch.console.render import console_state, render
+from batch.console.retries import request_view
 from batch.console.security import Refused, confined
 from batch.inbox.local import local_outbox
 from batch.service.supervisor import feed_overview, instances_overview
@@ -69,7 +70,11 @@ def feeds_page(request: Request) -> Response:
             older = journal.recent_files(1, name)  # the last file is older than the window
             last = older[0] if older else None
         feeds.append(feed_view(row, last, files, failed.get(name, 0), instances))
+    retry_requests = [request_view(request, one) for one in journal.retry_requests(limit=5)] \
+        if journal is not None else []
     return render(request, "feeds.html", {
+        "retries": retry_requests, "retry_running": any(not one["request"].finished for one in retry_requests),
+        "retry_none": request.query_params.get("retry") == "none",
         "feeds": feeds, "files": recent, "days": days, "journal": state.journal_display, "no_journal": journal is None,
         "instances": list(instances.values()), "outcomes": OUTCOMES, "nav": "feeds"})
 
@@ -135,7 +140,10 @@ def file_page(request: Request) -> Response:
                                  limit=PAGE_SIZE)
     loaded = console_state(request).loaded
     settings = _feed_settings(loaded, record.feed)
+    retry_requests = [request_view(request, one) for one in journal.retry_requests(file_id=record.id, limit=5)]
     return render(request, "file.html", {
+        "retries": retry_requests, "retry_running": any(not one["request"].finished for one in retry_requests),
+        "retry_none": request.query_params.get("retry") == "none",
         "file": record, "events": events, "outcome": outcome, "search": search, "pager": pager,
         "outcomes": OUTCOMES, "downloads": downloads(settings, record) if settings else [],
         "local": settings is not None and isinstance(settings.location, LocalLocation),
@@ -155,36 +163,41 @@ def _page_link(file_id: int, outcome: str, search: str) -> Any:
 
 def downloads(settings: FeedSettings, record: FileRecord) -> list[dict[str, Any]]:
     """The files of `record` a local feed's folders hold: receipt, summary, rejected rows,
-    original (None of them for an SFTP feed: they are on the server)."""
+    original (none for an SFTP feed: they are on its server)."""
     outbox = local_outbox(settings)
-    found: list[dict[str, Any]] = []
     if outbox is None:
-        return found
+        return []
     names = receipt_names(record.name)
-    rejected = _summary(Path(outbox) / names.json, record)
-    entries = [("receipt", "Receipt (CSV)", names.csv), ("summary", "Summary (JSON)", names.json)]
-    if rejected:
-        entries.append(("rejected", "Rejected rows", rejected))
-    for kind, label, name in entries:
-        found.append({"kind": kind, "label": label, "url": f"/files/{record.id}/{kind}",
-                      "available": (Path(outbox) / name).is_file(), "name": name})
+    summary = receipt_summary(Path(outbox), record)
+    found = []
+    if summary is not None:
+        found += [{"kind": "receipt", "label": "Receipt (CSV)", "available": (Path(outbox) / names.csv).is_file()},
+                  {"kind": "summary", "label": "Summary (JSON)", "available": True}]
+        if rejected_rows(summary):
+            found.append({"kind": "rejected", "label": "Rejected rows", "available": True})
     original = archived_original(settings, record.name, record.size, record.sha256)
-    found.append({"kind": "original", "label": "Original", "url": f"/files/{record.id}/original",
-                  "available": original is not None, "name": record.name})
+    found.append({"kind": "original", "label": "Original", "available": original is not None})
+    for entry in found:
+        entry["url"] = f"/files/{record.id}/{entry['kind']}"
     return found
 
 
-def _summary(path: Path, record: FileRecord) -> str | None:
-    """The rejected-rows file the receipt summary of `record` names (None: none, or the summary
-    there is another file's)."""
+def receipt_summary(outbox: Path, record: FileRecord) -> dict[str, Any] | None:
+    """The receipt summary (JSON) of `record` in the outbox; None when there is none, or when the
+    one there is of another file of the same name (a later drop replaced it)."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        document = json.loads(confined(outbox, receipt_names(record.name).json).read_text(encoding="utf-8"))
+        started = datetime.fromisoformat(document["started"])
+    except (Refused, OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or document.get("sha256") != record.sha256 or started != record.started_at:
         return None
-    name = document.get("rejected_rows")
-    return name if isinstance(name, str) and "/" not in name else None
+    return document
+
+
+def rejected_rows(summary: dict[str, Any]) -> str | None:
+    name = summary.get("rejected_rows")
+    return name if isinstance(name, str) and name else None
 
 
 def file_download(request: Request) -> Response:
@@ -197,23 +210,27 @@ def file_download(request: Request) -> Response:
     settings = _feed_settings(console_state(request).loaded, record.feed)
     if settings is None or not isinstance(settings.location, LocalLocation):
         raise HTTPException(404, "this feed's files are on its SFTP server, not here")
-    names = receipt_names(record.name)
     if kind == "original":
         original = archived_original(settings, record.name, record.size, record.sha256)
         if original is None:
             raise HTTPException(404, f"{record.name} is not in the feed's archive/ (moved, or not finished)")
         return _send(_folder(settings, "archive"), original.name)
+    if kind not in ("receipt", "summary", "rejected"):
+        raise HTTPException(404, f"no download {kind!r}")
     outbox = _folder(settings, "outbox")
+    summary = receipt_summary(outbox, record)
+    if summary is None:
+        raise HTTPException(404, f"the outbox holds no receipt of this {record.name} (none, or a later file's of "
+                                 "the same name)")
+    names = receipt_names(record.name)
     if kind == "receipt":
         return _send(outbox, names.csv)
     if kind == "summary":
         return _send(outbox, names.json)
-    if kind == "rejected":
-        name = _summary(outbox / names.json, record)
-        if name is None:
-            raise HTTPException(404, "this file has no rejected-rows file")
-        return _send(outbox, name)
-    raise HTTPException(404, f"no download {kind!r}")
+    name = rejected_rows(summary)
+    if name is None:
+        raise HTTPException(404, "this file has no rejected-rows file")
+    return _send(outbox, name)
 
 
 def folder_download(request: Request) -> Response:

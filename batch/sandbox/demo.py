@@ -129,6 +129,12 @@ def run_demo(
         return DemoRun(workspace, files, exit_code, len(sandbox.accepted), sum(sandbox.duplicates.values()))
 
 
+def console_hint(workspace: Path, port: int = 8780) -> list[str]:
+    """How to look at the demo's files in the web console (the demo's last lines)."""
+    return [f"  console:   usageplace-batch console --config {workspace}/service.yaml",
+            f"             then open http://127.0.0.1:{port}/ (the feeds, every record of each file, downloads)"]
+
+
 def _drop(loaded: LoadedService, pairs: list[tuple[Path, Path]]) -> list[tuple[str, str, str]]:
     """Copy the samples into the inboxes; the first one also again, later, under a new name
     (a re-run export: same content). Returns (feed, file name, label) in drop order."""

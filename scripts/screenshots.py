@@ -1,0 +1,71 @@
+"""The README's screenshots of the console, made from the demo so that they stay true.
+
+    python scripts/screenshots.py            # writes docs/console-feeds.png, docs/console-file.png,
+                                             # docs/console-playground.png
+
+Runs `usageplace-batch demo` into a temporary workspace (every sample through the service against
+the sandbox), serves the console on it on a free loopback port in this process, and photographs
+the feeds page, the file page of the sample with invalid records (filtered to them) and the
+mapping playground with Debian's Chromium (/usr/bin/chromium, driven by Playwright; nothing is
+downloaded). A page that does not exist yet (the playground before it is built) is skipped with a
+note.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from batch.console.app import InThread, bind, create_app  # noqa: E402
+from batch.sandbox.demo import find_examples, run_demo  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+DOCS = ROOT / "docs"
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    DOCS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="console-screenshots-") as folder:
+        workspace = Path(folder) / "demo"
+        run_demo(workspace, examples=find_examples(ROOT), echo=lambda text: None)
+        console = InThread(create_app(workspace / "service.yaml"), bind("127.0.0.1", 0))
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(console.url)
+                page.wait_for_selector("table#feeds")
+                shoot(page, "console-feeds.png")
+                link = page.locator("tr.feed[data-feed=invalid_records] a").first
+                file_url = console.url.rstrip("/") + str(link.get_attribute("href"))
+                page.goto(file_url + "?outcome=invalid")
+                page.wait_for_selector("table#events")
+                shoot(page, "console-file.png")
+                answer = page.goto(console.url + "playground/")
+                if answer is not None and answer.ok:
+                    shoot(page, "console-playground.png")
+                else:
+                    print("skipped console-playground.png: the console has no playground yet", file=sys.stderr)
+                browser.close()
+        finally:
+            console.stop()
+
+
+def shoot(page: object, name: str) -> None:
+    page.screenshot(path=str(DOCS / name), full_page=True)  # type: ignore[attr-defined]
+    print(f"wrote {DOCS / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    if not re.match(r"^3\.(1[0-9]|[2-9][0-9])", sys.version.split()[0]):
+        raise SystemExit("Python 3.10 or later")
+    main()
