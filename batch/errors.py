@@ -13,10 +13,18 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── SymlinkRefused                  batch.fsutil: a folder of ours is a symlink (an OSError)
     │   ├── InboxUnusable                   batch.inbox.base: folder, key, login as configured fail
     │   ├── JournalUnusable                 batch.store.journal: schema too new, no WAL on that disk
-    │   └── HandoverRefused                 batch.service.leasing: `handover` while the other lease lives
+    │   ├── HandoverRefused                 batch.service.leasing: `handover` while the other lease lives
+    │   ├── TemplateMismatch                batch.transform.samplefile: a template that cannot take a sample
+    │   ├── LoginRequired                   batch.console.security: a console off loopback without a password
+    │   └── PlaygroundError                 batch.console.mapping_store: what the playground cannot do
+    │       ├── ArchiveNotAvailable             an SFTP feed's archive is on the server
+    │       ├── ConcurrentEdit                  the mapping changed since the editor loaded it
+    │       ├── MappingRefused                  the edited text has problems: nothing was written
+    │       └── UnsafeFileName                  a requested archive name that is not a plain file there
     ├── InputFileError                  input file unusable: fix or replace the file     (exit 2)
     │   ├── FileError                       batch.transform.readers: encoding, header, XML, structure
-    │   └── UnsafeNameError                 batch.inbox.base: a name that would leave the inbox
+    │   ├── UnsafeNameError                 batch.inbox.base: a name that would leave the inbox
+    │   └── Refused                         batch.console.security: a download outside the feed's folders
     ├── (record invalid)                data, not an exception: batch.transform.mapping.RecordError is
     │                                   kept with the record, journaled ``invalid``, reported
     │                                   in the receipt; the file goes on                 (exit 1)

@@ -191,8 +191,18 @@ def test_a_reader_that_stops_early_leaves_no_parser_process(tmp_path):
 
 
 def _children() -> list[str]:
+    """This process's parser children (others, such as a browser test's Playwright driver, may live
+    beside them for the whole session)."""
     pid = os.getpid()
-    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [child for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if b"batch.transform.xmlprocess" in _cmdline(child)]
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""
 
 
 def test_a_stop_signal_to_the_whole_service_leaves_the_parser_process_to_its_parent(tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings
-from batch.errors import ConfigurationError, InputFileError
+from batch.errors import ConfigurationError
 from batch.fsutil import atomic_writer, open_folder, read_regular_file
 from batch.inbox.base import NameRules, UnsafeNameError, check_name, folder_path
 from batch.transform.mapcheck import Problem, check_mapping_text
@@ -55,8 +55,8 @@ class MappingRefused(PlaygroundError):
         super().__init__("the mapping has problems; it was not saved:\n" + "\n".join(p.text for p in problems))
 
 
-class UnsafeFileName(PlaygroundError, InputFileError):
-    pass
+class UnsafeFileName(PlaygroundError):
+    """A file name a request gave that is not a plain file of the feed's archive."""
 
 
 def text_hash(data: bytes) -> str:

@@ -33,7 +33,7 @@ from pydantic import SecretStr
 
 from batch.config.secrets import resolve_secret
 from batch.config.service import ConsoleSettings
-from batch.errors import ConfigurationError
+from batch.errors import ConfigurationError, InputFileError
 
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -191,7 +191,7 @@ async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | Non
     return None
 
 
-class Refused(ValueError):
+class Refused(InputFileError):
     """A download name that is not a file of the folder; the message says why (no path shown
     beyond the name asked for)."""
 

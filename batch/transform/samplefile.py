@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from batch.config.mapping import CompressionOptions
+from batch.errors import ConfigurationError
 from batch.syntax.timeparse import compile_format
 from batch.transform.compressed import opened_export
 from batch.transform.magic import sniff
@@ -244,7 +245,7 @@ def _csv_block(detected: Detected) -> list[str]:
     return lines
 
 
-class TemplateMismatch(ValueError):
+class TemplateMismatch(ConfigurationError):
     """The template cannot take the sample's layout; the message says why."""
 
 
