@@ -724,6 +724,47 @@ def test_chunk_function_agrees_with_the_row_function_optional_fields_and_generat
         _rows_of(compiled, ["id", "code", "time", "status", "note"], rows)
 
 
+# Invoice cells split by the chunk function: with one-character separators a column's cells are
+# joined and split at once when every cell holds invoices; other separators split cell by cell.
+_SEPARATED = {
+    (";", ","): ["1;2", " 3 ; 4 ", "5", "6;;7", ";", "8; ", "", " ", "9,10", "1;2;3"],
+    ("||", ","): ["1||2", " 3 || 4 ", "5", "6||||7", "||", "8|| ", "", " ", "9|10", "1||2||3"],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(_SEPARATED)), st.data())
+def test_invoice_cells_split_by_the_chunk_function_as_by_the_row_function_and_the_general_path(separators, data):
+    numbers_split, jobs_split = separators
+    compiled = compile_mapping(FINNISH.replace('split: ","}\n  jobid', f'split: "{numbers_split}"}}\n  jobid')
+                               .replace('Toimeksiannot, split: ","', f'Toimeksiannot, split: "{jobs_split}"'))
+    invoices = compiled.mapping.invoices
+    assert invoices is not None and invoices.invoicenumber is not None and invoices.jobid is not None
+    assert (invoices.invoicenumber.split, invoices.jobid.split) == separators
+    numbers = st.one_of(st.sampled_from(_SEPARATED[separators]), PLAUSIBLE)
+    jobs = st.one_of(st.sampled_from(["7,8", " 7 , 8", "7", "7,,8", "", "7,8,9", "x,1", ","]), PLAUSIBLE)
+    rows = data.draw(st.lists(st.tuples(numbers, jobs).map(
+        lambda cells: ["A", "643007572062443672", "", "", "5.2.2024", "6:30", "K", cells[0], cells[1], ""]),
+        min_size=1, max_size=6))
+    rows = [[f"{row[0]}{i}", *row[1:]] for i, row in enumerate(rows)]  # distinct ids
+    _rows_of(compiled, FINNISH_COLUMNS, rows)
+    _, fast, general = _both_paths(compiled, FINNISH_COLUMNS, rows)
+    assert _as_tuples(fast) == _as_tuples(general)
+
+
+def test_invoice_cells_of_a_whole_column_joined_and_split():
+    rows = [["A", "643007572062443672", "", "", "5.2.2024", "6:30", "K", " 1001, 1002 ", "71 ,72", ""],
+            ["B", "643007572062443672", "", "", "5.2.2024", "6:30", "K", "1003", "73", ""]]
+    events = _rows_of(FINNISH_COMPILED, FINNISH_COLUMNS, rows)
+    assert events is not None
+    assert [event["invoices"] for event in events] == [
+        [{"invoicenumber": "1001", "jobid": 71}, {"invoicenumber": "1002", "jobid": 72}],
+        [{"invoicenumber": "1003", "jobid": 73}],
+    ]
+    # a cell with one item more than its pair: the chunk goes row by row
+    assert _rows_of(FINNISH_COMPILED, FINNISH_COLUMNS, [rows[0][:8] + ["71", ""], rows[1]]) is None
+
+
 def test_chunk_function_takes_valid_chunks_with_empty_optional_values():
     rows = [["A", "643007572062443672", "", "", "5.2.2024", "6:30", "K", "", "", ""],
             [" B ", "643007572062443672", "C1", "K-1", "5.2.2024", "6:30:00", "ek", "1001,1002", "71,72", "note"],

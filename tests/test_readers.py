@@ -8,6 +8,7 @@ import resource
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from batch.config.mapping import CsvOptions, XmlOptions
 from batch.transform.readers import FileError, detect_encoding, read_csv, read_xml
@@ -425,6 +426,73 @@ def test_repeated_elements_are_found_as_findall_finds_them(path):
     found = compile_element_finder(path, NAMESPACES)(record)
     expected = record.findall(path, {None: "urn:u", "inv": "urn:i"})
     assert found == expected and (found or path == "Invoices/Invoice")
+
+
+# A record's values as lxml's own ElementPath and XPath give them: what the one-pass row
+# extractor (xmlpaths.compile_row_extractor) must give, whatever the record holds.
+_TAGS = ["A", "B", "inv:C", "u:A"]
+_EXPRS = ["A", "B", "inv:C", "u:A", "@id", "@inv:n", "A/@id", "inv:C/@n", "B/@inv:n", "./A", "A/B", "string(u:B)",
+          "count(u:A)", "u:A[2]", "@missing"]
+_GROUPS = ["A", "inv:C", "A/B", "./B/inv:C", "A/B/A", "u:B[@id]", "u:A"]
+_PARTS = [["@id", "A"], [".", "B/@id"], ["inv:C"], []]
+
+
+def _xml_element(depth: int) -> st.SearchStrategy[str]:
+    text = st.one_of(st.none(), st.sampled_from(["", " x ", "y", "&amp;", "<![CDATA[c]]>z"]))
+    attributes = st.dictionaries(st.sampled_from(["id", "n", "inv:n"]), st.sampled_from(["1", "", "v"]), max_size=2)
+    children = st.lists(_xml_element(depth - 1), max_size=4) if depth > 0 else st.just([])
+    tail = st.sampled_from(["", "t", "<!-- c -->", "<?pi x?>"])
+
+    def render(parts) -> str:
+        tag, attrs, inner, kids, after = parts
+        attrs_text = "".join(f' {name}="{value}"' for name, value in attrs.items())
+        return f"<{tag}{attrs_text}>{inner or ''}{''.join(kids)}</{tag}>{after}"
+
+    return st.tuples(st.sampled_from(_TAGS), attributes, text, children, tail).map(render)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_row_extractor_gives_what_lxml_finds(data):
+    from lxml import etree
+
+    from batch.syntax.xmlpaths import compile_row_extractor
+
+    body = data.draw(st.lists(_xml_element(2), max_size=6).map("".join))
+    exprs = data.draw(st.lists(st.sampled_from(_EXPRS), max_size=6))
+    groups = data.draw(st.lists(st.tuples(st.sampled_from(_GROUPS), st.sampled_from(_PARTS)), max_size=3))
+    namespaces = {"": "urn:u", "inv": "urn:i", "u": "urn:u"}
+    record = etree.fromstring(f"<E xmlns='urn:u' xmlns:u='urn:u' xmlns:inv='urn:i' id='r' inv:n='q'>{body}</E>",
+                              etree.XMLParser(remove_comments=True, remove_pis=True))
+    element_ns = {None: "urn:u", "inv": "urn:i", "u": "urn:u"}
+    xpath_ns = {"inv": "urn:i", "u": "urn:u"}
+
+    def expected_text(element, expr: str):
+        if expr.startswith("@"):
+            name = expr[1:]
+            return element.get("{urn:i}n" if name == "inv:n" else name)
+        if expr in ("string(u:B)", "count(u:A)", "u:A[2]", "."):
+            result = element.xpath(expr, namespaces=xpath_ns)
+            if isinstance(result, list):
+                return (result[0].text or "") if result else None
+            if isinstance(result, float):
+                return str(int(result))
+            return result
+        if "/@" in expr:
+            path, _, name = expr.rpartition("/@")
+            found = element.find(path, element_ns)
+            return None if found is None else found.get("{urn:i}n" if name == "inv:n" else name)
+        return element.findtext(expr, None, element_ns)
+
+    def expected_found(element, path: str):
+        if path == "u:B[@id]":
+            return element.xpath(path, namespaces=xpath_ns)
+        return element.findall(path, element_ns)
+
+    expected = [expected_text(record, expr) for expr in exprs]
+    expected += [[[expected_text(found, part) for part in parts] for found in expected_found(record, path)]
+                 for path, parts in groups]
+    assert compile_row_extractor(exprs, namespaces, groups)(record) == expected
 
 
 def test_xml_descendant_record_path_matches_at_any_depth():

@@ -271,7 +271,8 @@ def build_fast_chunk_mapper(
         vocabulary = src.const(frozenset(statuses) | {None}, "vocab")
         src.add(1, f"if not {vocabulary}.issuperset(f_status): return None")
         if "description" in present:
-            src.add(1, f"if {not_disconnected!r} in f_status and not all("
+            # all(f_description): every event has a description, the usual case, checked in C
+            src.add(1, f"if {not_disconnected!r} in f_status and not all(f_description) and not all("
                        f"d for s, d in zip(f_status, f_description) if s == {not_disconnected!r}): return None")
         else:
             src.add(1, f"if {not_disconnected!r} in f_status: return None")
@@ -379,15 +380,34 @@ def _emit_column_invoices(src: _Source, invoices: dict, xml: bool) -> None:
         nonempty = False
     else:
         # columns: paired cells split on their separators
-        for (key, _, getter), separator in zip(parts, invoices["separators"]):
+        separators = invoices["separators"]
+        for key, _, getter in parts:
             cells = f"c_{key}"
             _emit_column_get(src, cells, getter, xml)
-            src.add(1, f"{cells} = [v.split({separator!r}) if v else [] for v in map(str.strip, {cells})]")
-        src.add(1, f"counts = list(map(len, c_{parts[0][0]}))")
+            src.add(1, f"{cells} = list(map(str.strip, {cells}))")
+        indent = 1
+        if all(len(separator) == 1 for separator in separators):
+            # the usual case, every cell holding invoices and one-character separators: a cell
+            # splits into its separators plus one items, and the cells of a column joined by
+            # the separator split into exactly all their items, in order (a one-character
+            # separator cannot straddle two cells): one join and one split a column, in C
+            src.add(1, f"if {' and '.join(f'all(c_{key})' for key, _, _ in parts)}:")
+            first, first_separator = parts[0][0], separators[0]
+            src.add(2, f"counts = list(map(str.count, c_{first}, repeat({first_separator!r})))")
+            for (key, _, _), separator in zip(parts[1:], separators[1:]):
+                src.add(2, f"if list(map(str.count, c_{key}, repeat({separator!r}))) != counts: return None")
+            src.add(2, "counts = [k + 1 for k in counts]")
+            for (key, _, _), separator in zip(parts, separators):
+                src.add(2, f"i_{key} = {separator!r}.join(c_{key}).split({separator!r})")
+            src.add(1, "else:")
+            indent = 2
+        for (key, _, _), separator in zip(parts, separators):
+            src.add(indent, f"c_{key} = [v.split({separator!r}) if v else [] for v in c_{key}]")
+        src.add(indent, f"counts = list(map(len, c_{parts[0][0]}))")
         for key, _, _ in parts[1:]:
-            src.add(1, f"if list(map(len, c_{key})) != counts: return None")
+            src.add(indent, f"if list(map(len, c_{key})) != counts: return None")
         for key, _, _ in parts:
-            src.add(1, f"i_{key} = list(chain.from_iterable(c_{key}))")
+            src.add(indent, f"i_{key} = list(chain.from_iterable(c_{key}))")
         nonempty = True  # an empty item between separators is an error in the general path
     optional = [key for key, value, _ in parts if _emit_column_clean(src, f"i_{key}", value, nonempty)]
     items = ", ".join(f"{key!r}: v{i}" for i, (key, _, _) in enumerate(parts))

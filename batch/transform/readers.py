@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from lxml import etree
 
 from batch.errors import InputFileError
-from batch.syntax.xmlpaths import clark_steps, compile_element_finder, compile_row_extractor
+from batch.syntax.xmlpaths import clark_steps, compile_row_extractor
 from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
 if TYPE_CHECKING:
@@ -401,11 +401,7 @@ def _xml_chunks(
     steps = clark_steps(record_path, namespaces)
     record_tag = steps[-1][1]
     matches_path = path_matcher(steps)
-    texts = compile_row_extractor(plan.texts, namespaces)
-    groups = [
-        (compile_element_finder(element, namespaces), compile_row_extractor(parts, namespaces))
-        for element, parts in plan.groups
-    ]
+    extract = compile_row_extractor(plan.texts, namespaces, plan.groups)
     columns = list(plan.texts) + [element for element, _ in plan.groups]
     blocks = _Blocks(stream, each_block)
     chunk = Chunk(columns)
@@ -445,9 +441,7 @@ def _xml_chunks(
                 if pending is None or element is not pending:
                     continue
                 pending = None
-                row = texts(element)
-                for find, parts in groups:
-                    row.append([parts(found) for found in find(element)])
+                row = extract(element)
                 if not chunk.lines:
                     chunk_since = blocks.position
                 chunk.lines.append(element.sourceline or 0)
