@@ -418,6 +418,20 @@ def test_a_notification_is_recorded_once_across_instances_and_a_stale_one_is_fou
     assert first.stale_notifications("nightly", now[0]) == []
 
 
+def test_prune_forgets_notifications_said_before_the_cutoff_and_keeps_pending_ones(two_instances) -> None:
+    first, second, now = two_instances
+    first.claim_notification("nightly", "late", "old", "feed nightly: late", "pending")
+    first.finish_notification("nightly", "late", "old", "sent", 1, None)
+    first.claim_notification("nightly", "late", "unsent", "feed nightly: late", "pending")  # its sender died
+    now[0] += timedelta(days=100)
+    first.claim_notification("nightly", "problems", "recent", "feed nightly: f.csv", "off")
+    assert first.prune(now[0] - timedelta(days=90)) == (0, 0)
+    # a pruned one may be claimed again; the pending and the recent ones are still there
+    assert second.claim_notification("nightly", "late", "old", "feed nightly: late", "pending")
+    assert not second.claim_notification("nightly", "late", "unsent", "feed nightly: late", "pending")
+    assert not second.claim_notification("nightly", "problems", "recent", "feed nightly: f.csv", "off")
+
+
 def test_the_shipped_service_yaml_declares_schedules_that_load() -> None:
     from batch.config.service import ExpectedSettings
 

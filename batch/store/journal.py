@@ -1389,8 +1389,11 @@ class Journal(JournalStore):
                         conn.execute("UPDATE files SET original_id = NULL WHERE original_id = ?", (file_id,))
                         conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
                         break
-        with self._write("prune it") as conn:  # finished retry requests are kept as long as files
+        with self._write("prune it") as conn:  # finished retry requests and notifications: as long as files
             conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < ?",
+                         (to_text(finished_before),))
+            # a notification said long ago is not said again: its due time or file is long gone
+            conn.execute("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < ?",
                          (to_text(finished_before),))
         return len(file_ids), events
 

@@ -591,8 +591,11 @@ class PgJournal(JournalStore):
                         conn.execute("UPDATE files SET original_id = NULL WHERE original_id = %s", (file_id,))
                         conn.execute("DELETE FROM files WHERE id = %s", (file_id,))
                         break
-        with self._write("prune it") as conn:  # finished retry requests are kept as long as files
+        with self._write("prune it") as conn:  # finished retry requests and notifications: as long as files
             conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < %s",
+                         (finished_before,))
+            # a notification said long ago is not said again: its due time or file is long gone
+            conn.execute("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < %s",
                          (finished_before,))
         return len(file_ids), events
 
