@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from typing import Any
 
+import requests
 import yaml
 
 from batch.console.pages import PAGE_SIZE, feed_view
@@ -158,3 +162,20 @@ def test_the_console_reads_a_postgresql_journal(tmp_path, pg_database, live_cons
     invalid = console.get(f"/files/{file_id}?outcome=invalid").text
     assert shown(invalid) == [("invalid", 302)] and "column &#39;Tila&#39;" in invalid
     assert pg_database.password not in console.get("/").text
+
+
+def test_the_command_prints_its_url_serves_and_stops_on_sigterm(demo_workspace):
+    process = subprocess.Popen([sys.executable, "-m", "batch", "console", "--config", str(demo_workspace / "service.yaml"),
+                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.fullmatch(r"usageplace-batch console at (http://127\.0\.0\.1:\d+/) \(Ctrl-C to stop\)\n", line)
+        assert found, line
+        assert 'data-feed="utf8_iso"' in requests.get(found.group(1), timeout=30).text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert process.stdout.read() == "" and process.stderr.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
