@@ -59,8 +59,7 @@ def feeds_page(request: Request) -> Response:
         if leases is not None else {}
     failed = journal.failed_by_feed() if journal is not None else {}
     since = datetime.now(timezone.utc) - timedelta(days=days)
-    recent = [record for record in journal.recent_files(MAX_RECENT_FILES)
-              if record.started_at >= since] if journal is not None else []
+    recent = journal.files_since(since, MAX_RECENT_FILES) if journal is not None else []
     feeds = []
     for row in rows:
         name = row["feed"]
