@@ -132,6 +132,9 @@ def test_a_receipt_replaced_by_a_later_file_of_the_same_name_is_not_offered(sand
     assert "the outbox holds no receipt of this night.csv (none, or a later file&#39;s of the same name)" in answer.text
     assert 'href="/files/2/receipt"' in console.get("/files/2").text
     assert console.get("/files/2/summary").json()["records"] == 4
+    missing = console.get("/files/2/original")  # `process` leaves the file where it was: not in archive/
+    assert missing.status_code == 404
+    assert "night.csv is not in the feed&#39;s archive/ (moved, or not finished)" in missing.text
 
 
 def test_the_console_reads_a_postgresql_journal(tmp_path, pg_database, live_console):

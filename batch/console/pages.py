@@ -174,8 +174,8 @@ def downloads(settings: FeedSettings, record: FileRecord) -> list[dict[str, Any]
                   {"kind": "summary", "label": "Summary (JSON)", "available": True}]
         if rejected_rows(summary):
             found.append({"kind": "rejected", "label": "Rejected rows", "available": True})
-    original = archived_original(settings, record.name, record.size, record.sha256)
-    found.append({"kind": "original", "label": "Original", "available": original is not None})
+    # offered without looking: finding it means hashing the archive's candidates (the download does)
+    found.append({"kind": "original", "label": "Original", "available": True})
     for entry in found:
         entry["url"] = f"/files/{record.id}/{entry['kind']}"
     return found
