@@ -4,6 +4,7 @@ events per feed), the same on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,17 @@ def test_failed_events_per_feed(journal):
     recorded_file(journal, "north", name="c.csv")
     recorded_file(journal, "south", lines=30, name="d.csv")
     assert journal.failed_by_feed() == {"north": 20, "south": 1}
+
+
+def test_files_since_a_time_newest_first(journal):
+    for day, name in ((26, "a.csv"), (27, "b.csv"), (28, "c.csv")):
+        journal.clock = lambda day=day: datetime(2026, 11, day, 1, tzinfo=timezone.utc)
+        recorded_file(journal, name=name, lines=3)
+    journal.clock = lambda: datetime(2026, 11, 29, 2, tzinfo=timezone.utc)
+    unfinished = journal.begin_file("d.csv", "d" * 64, 1, "f").file.id
+    journal.record_events(unfinished, [NewEvent.valid(2, {"id": "D1"})])
+    since = journal.files_since(datetime(2026, 11, 28, 0, 30, tzinfo=timezone.utc))
+    assert [(record.name, record.state) for record in since] == [("d.csv", "processing"), ("c.csv", "done")]
+    assert since[0].counts["pending"] == 1  # live counts of a file still processing
+    assert [record.name for record in journal.files_since(datetime(2026, 11, 1, tzinfo=timezone.utc), limit=2)] == [
+        "d.csv", "c.csv"]

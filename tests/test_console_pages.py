@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from typing import Any
 
+import requests
 import yaml
 
 from batch.console.pages import PAGE_SIZE, feed_view
@@ -128,6 +132,9 @@ def test_a_receipt_replaced_by_a_later_file_of_the_same_name_is_not_offered(sand
     assert "the outbox holds no receipt of this night.csv (none, or a later file&#39;s of the same name)" in answer.text
     assert 'href="/files/2/receipt"' in console.get("/files/2").text
     assert console.get("/files/2/summary").json()["records"] == 4
+    missing = console.get("/files/2/original")  # `process` leaves the file where it was: not in archive/
+    assert missing.status_code == 404
+    assert "night.csv is not in the feed&#39;s archive/ (moved, or not finished)" in missing.text
 
 
 def test_the_console_reads_a_postgresql_journal(tmp_path, pg_database, live_console):
@@ -158,3 +165,54 @@ def test_the_console_reads_a_postgresql_journal(tmp_path, pg_database, live_cons
     invalid = console.get(f"/files/{file_id}?outcome=invalid").text
     assert shown(invalid) == [("invalid", 302)] and "column &#39;Tila&#39;" in invalid
     assert pg_database.password not in console.get("/").text
+
+
+def test_the_command_prints_its_url_serves_and_stops_on_sigterm(demo_workspace):
+    process = subprocess.Popen([sys.executable, "-m", "batch", "console", "--config", str(demo_workspace / "service.yaml"),
+                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        found = re.fullmatch(r"usageplace-batch console at (http://127\.0\.0\.1:\d+/) \(Ctrl-C to stop\)\n", line)
+        assert found, line
+        assert 'data-feed="utf8_iso"' in requests.get(found.group(1), timeout=30).text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert process.stdout.read() == "" and process.stderr.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_playground_routes_are_mounted_with_the_console_s_security(demo_workspace, live_console, monkeypatch):
+    # the extension point batch/console/__init__.py documents: playground.routes under /playground
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from batch.console import playground
+    from batch.console.render import current_user, render
+
+    def index(request):
+        return render(request, "error.html", {"title": "Playground here", "message": "", "nav": "playground"})
+
+    async def check(request):
+        form = await request.form()
+        return JSONResponse({"user": current_user(request),
+                             "form": {key: value if isinstance(value, str) else value.filename
+                                      for key, value in form.items()}})
+
+    assert playground.routes == []  # the placeholder: the navigation shows it greyed out
+    assert '<span class="disabled" title="not available in this version">Playground</span>' in \
+        live_console(demo_workspace / "service.yaml").get("/").text
+    monkeypatch.setattr(playground, "routes", [Route("/", index), Route("/check", check, methods=["POST"])])
+    console = live_console(demo_workspace / "service.yaml")
+    page = console.get("/playground/").text
+    assert "<h1>Playground here</h1>" in page and '<a href="/playground/" class="current">Playground</a>' in page
+    token = console.csrf("/playground/")
+    answer = console.post("/playground/check", {"csrf": token, "mapping": "name: x"})
+    assert answer.status_code == 200 and answer.json()["form"] == {"csrf": token, "mapping": "name: x"}
+    assert console.post("/playground/check", headers={"X-CSRF-Token": token}).status_code == 200
+    assert console.post("/playground/check", {"mapping": "name: x"}).status_code == 403
+    upload = console.post("/playground/check", data={"csrf": token}, files={"sample": ("a.csv", b"id\n1\n")})
+    assert upload.status_code == 200 and upload.json()["form"] == {"csrf": token, "sample": "a.csv"}
+    assert console.post("/playground/check", files={"sample": ("a.csv", b"id\n1\n")}).status_code == 403

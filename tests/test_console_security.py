@@ -72,9 +72,11 @@ def test_loopback_addresses():
 
 def test_a_password_file_that_is_missing_is_named(demo_workspace):
     config = with_console(demo_workspace, {"password_file": "no-such-password"}, "service.nofile.yaml")
-    with pytest.raises(Exception) as refused:
+    from batch.config.secrets import SecretResolutionError
+
+    with pytest.raises(SecretResolutionError) as refused:
         create_app(config)
-    assert "password_file" in str(refused.value)
+    assert str(refused.value) == "console.password_file: cannot read the file it names: it does not exist"
 
 
 def test_with_a_password_every_page_asks_for_the_login_first(password_config, live_console):
@@ -245,3 +247,35 @@ def test_no_secret_is_in_any_page(demo_workspace, live_console, monkeypatch):
         assert APICODE not in text and PASSWORD not in text and "hooks.example" not in text
         assert not re.search(r"apicode\W", text, flags=re.IGNORECASE)
     assert os.environ[PASSWORD_ENV] == PASSWORD
+
+
+def test_the_console_section_is_checked_like_every_secret(demo_workspace, monkeypatch):
+    from batch.config.secrets import SecretResolutionError
+    from batch.config.service import load_service_config
+    from batch.config.yamlload import ConfigError
+
+    literal = with_console(demo_workspace, {"password": "hunter2"}, "service.literal.yaml")
+    with pytest.raises(ConfigError) as refused:
+        load_service_config(literal)
+    assert str(refused.value).endswith(
+        "console.password: write password as ${ENV_NAME} (an environment variable) or use password_file; "
+        "a literal secret is not allowed in configuration")
+    assert "hunter2" not in str(refused.value)
+    both = with_console(demo_workspace, {"password": "${X}", "password_file": "p"}, "service.both.yaml")
+    with pytest.raises(ConfigError, match="console: give either password or password_file, not both"):
+        load_service_config(both)
+    monkeypatch.delenv("CONSOLE_UNSET_PASSWORD", raising=False)
+    unset = with_console(demo_workspace, {"password": "${CONSOLE_UNSET_PASSWORD}"}, "service.unset.yaml")
+    with pytest.raises(SecretResolutionError) as missing:
+        create_app(unset)
+    assert str(missing.value) == "console.password: environment variable CONSOLE_UNSET_PASSWORD is not set"
+
+
+def test_a_password_file_gives_the_password(demo_workspace, live_console):
+    (demo_workspace / "console-password").write_text(PASSWORD + "\n", encoding="utf-8")
+    (demo_workspace / "console-password").chmod(0o600)
+    config = with_console(demo_workspace, {"password_file": "console-password"}, "service.file.yaml")
+    console = live_console(config)
+    assert console.login("wrong").status_code == 401
+    assert console.login(PASSWORD).status_code == 303
+    assert console.get("/").status_code == 200

@@ -823,7 +823,8 @@ def console(config_path: Path, host: str, port: int) -> None:
     service until Ctrl-C. Loopback by default; another address needs `console.password`."""
     from batch.console.app import bind, create_app, serve
 
-    _refuse_special(config_path)
+    settings = _load_service(config_path).config.logging  # the log redacts the configuration's secrets
+    setup_logging(settings.level, settings.format)
     app = create_app(config_path, host=host)  # refuses a non-loopback address without a login
     try:
         sock = bind(host, port)

@@ -428,7 +428,9 @@ def secret_file_warnings(loaded: LoadedService) -> list[str]:
     api = loaded.config.api
     found = [(f"{loaded.path}: api", api.apicode_file, "apicode_file"),
              (f"{loaded.path}: api", api.token_file, "token_file"),
-             (f"{loaded.path}", loaded.config.journal_password_file, "journal_password_file")]
+             (f"{loaded.path}", loaded.config.journal_password_file, "journal_password_file"),
+             (f"{loaded.path}: console", loaded.config.console.password_file if loaded.config.console else None,
+              "password_file")]
     if loaded.config.notify is not None:
         found.append((f"{loaded.path}: notify", loaded.config.notify.url_file, "url_file"))
     for feed in loaded.config.feeds:

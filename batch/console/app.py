@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -142,7 +144,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     name, attempt, target = (str(form.get(key) or "") for key in ("name", "password", "next"))
     name = " ".join(name.split())[:80]
-    if not name or not password.matches(attempt):
+    if not name or not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
         await asyncio.sleep(0.3)  # a guess costs a little time
         message = "Give your name (recorded with what you do)." if not name else "Wrong password."
         return render(request, "login.html", {"next": safe_next(target), "error": message, "name": name},
@@ -253,7 +255,9 @@ def make_server(app: Starlette, sock: socket.socket) -> Any:
     """A uvicorn server for `app` on `sock` (quiet: no access log; the caller prints the URL)."""
     import uvicorn
 
-    config = uvicorn.Config(app, fd=None, log_level="warning", access_log=False, lifespan="off",
+    # log_config None: uvicorn's loggers go through the root handler that setup_logging installed,
+    # with its redaction of secrets (an error's traceback included)
+    config = uvicorn.Config(app, fd=None, log_config=None, log_level="warning", access_log=False, lifespan="off",
                             server_header=False, proxy_headers=False)
     return uvicorn.Server(config)
 
@@ -279,8 +283,16 @@ class InThread:
 
 
 def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until Ctrl-C / SIGTERM."""
+    """Serve until Ctrl-C / SIGTERM, then return (exit 0): uvicorn stops gracefully on either and
+    then raises the signal again for the handler that was there before it: this one, which asks the
+    server to stop (a signal that comes before uvicorn's handlers are in place stops it too)."""
     server = make_server(app, sock)
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     if on_ready is not None:
         on_ready(url_of(sock))
     try:

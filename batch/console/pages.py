@@ -59,8 +59,7 @@ def feeds_page(request: Request) -> Response:
         if leases is not None else {}
     failed = journal.failed_by_feed() if journal is not None else {}
     since = datetime.now(timezone.utc) - timedelta(days=days)
-    recent = [record for record in journal.recent_files(MAX_RECENT_FILES)
-              if record.started_at >= since] if journal is not None else []
+    recent = journal.files_since(since, MAX_RECENT_FILES) if journal is not None else []
     feeds = []
     for row in rows:
         name = row["feed"]
@@ -175,8 +174,8 @@ def downloads(settings: FeedSettings, record: FileRecord) -> list[dict[str, Any]
                   {"kind": "summary", "label": "Summary (JSON)", "available": True}]
         if rejected_rows(summary):
             found.append({"kind": "rejected", "label": "Rejected rows", "available": True})
-    original = archived_original(settings, record.name, record.size, record.sha256)
-    found.append({"kind": "original", "label": "Original", "available": original is not None})
+    # offered without looking: finding it means hashing the archive's candidates (the download does)
+    found.append({"kind": "original", "label": "Original", "available": True})
     for entry in found:
         entry["url"] = f"/files/{record.id}/{entry['kind']}"
     return found

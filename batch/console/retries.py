@@ -49,6 +49,7 @@ class Retries:
     def _see_through(self, loaded: LoadedService, ids: list[int]) -> None:
         try:
             with Runtime(loaded, stop=self._stop) as runtime:
+                installed_filter().add_redactor(runtime.client.redact)  # the tokens it is issued
                 awaited = await_requests(runtime, ids, timeout=WAIT_SECONDS)
             for request in awaited.waiting:
                 why = awaited.refused.get(request.feed)

@@ -486,6 +486,11 @@ class JournalStore(ABC):
     def failed_by_feed(self) -> dict[str, int]:
         """The events waiting for a retry (state failed), per feed."""
 
+    @abstractmethod
+    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
+        """The files started at `since` or later, newest first, at most `limit` (one query, and
+        one count per file still processing)."""
+
     # -- retry requests (batch.service.retrying): who asked to send which failed events again
 
     @abstractmethod
@@ -1405,9 +1410,12 @@ class Journal(JournalStore):
         row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
         if row is None:
             raise JournalMisuse(f"no file #{file_id}")
-        record = file_from_row(row)
+        return self._live(conn, file_from_row(row))
+
+    @staticmethod
+    def _live(conn: sqlite3.Connection, record: FileRecord) -> FileRecord:
         if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
-            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
+            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (record.id,)))
             record = replace(record, counts=live)
         return record
 
@@ -1516,6 +1524,12 @@ class Journal(JournalStore):
 
     def failed_by_feed(self) -> dict[str, int]:
         return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
+
+    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
+        with self._lock, self._unavailable_as("read the recent files"):
+            rows = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE started_at >= ? ORDER BY id DESC"
+                                      " LIMIT ?", (to_text(since), limit)).fetchall()
+            return [self._live(self._conn, file_from_row(row)) for row in rows]
 
     # -- results
 

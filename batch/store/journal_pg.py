@@ -608,9 +608,12 @@ class PgJournal(JournalStore):
         row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = %s", (file_id,)).fetchone()
         if row is None:
             raise JournalMisuse(f"no file #{file_id}")
-        record = file_from_row(row)
+        return PgJournal._live(conn, file_from_row(row))
+
+    @staticmethod
+    def _live(conn: Connection, record: FileRecord) -> FileRecord:
         if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
-            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
+            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (record.id,)).fetchall())
             record = replace(record, counts=live)
         return record
 
@@ -706,6 +709,12 @@ class PgJournal(JournalStore):
 
     def failed_by_feed(self) -> dict[str, int]:
         return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
+
+    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
+        with self._unavailable_as("read the recent files"), self._pool.connection() as conn:
+            rows = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE started_at >= %s ORDER BY id DESC LIMIT %s",
+                                (since, limit)).fetchall()
+            return [self._live(conn, file_from_row(row)) for row in rows]
 
     # -- results
 
