@@ -192,9 +192,12 @@ class Service:
                 self._said_again = True
                 log.warning("%s again: still finishing the files in flight", name)
             return
+        # stop first, then say so: a signal that comes while this line is being logged re-enters
+        # here, and must find the stop set (else it logs too, and the next one, until the
+        # recursion limit: seen with a SIGTERM every millisecond on a loaded machine)
         self._signalled = True
-        log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
         self.stop.set()
+        log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
 
     # -- health
 
