@@ -6,9 +6,8 @@
 Runs `usageplace-batch demo` into a temporary workspace (every sample through the service against
 the sandbox), serves the console on it on a free loopback port in this process, and photographs
 the feeds page, the file page of the sample with invalid records (filtered to them) and the
-mapping playground with Debian's Chromium (/usr/bin/chromium, driven by Playwright; nothing is
-downloaded). A page that does not exist yet (the playground before it is built) is skipped with a
-note.
+mapping playground (an edit of that sample's mapping and its diff over the archived file, not
+saved) with Debian's Chromium (/usr/bin/chromium, driven by Playwright; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -50,11 +49,19 @@ def main() -> None:
                 page.goto(file_url + "?outcome=invalid")
                 page.wait_for_selector("table#events")
                 shoot(page, "console-file.png")
-                answer = page.goto(console.url + "playground/")
-                if answer is not None and answer.ok:
-                    shoot(page, "console-playground.png")
-                else:
-                    print("skipped console-playground.png: the console has no playground yet", file=sys.stderr)
+                # the playground: an edit of the invalid_records mapping (a default description
+                # reworded, a usage place code pattern loosened) and its diff over the archived file
+                page.goto(console.url + "playground/feed/invalid_records")
+                page.wait_for_selector("#playground[data-checked='valid']")
+                text = page.locator("#mapping-text").input_value()
+                edited = text.replace("Käyttöpaikka katkaistu", "Katkaistu (yön ajossa)").replace(
+                    r"pattern: '\d{18}'", r"pattern: '\d{16,18}'")
+                assert edited != text, "the demo's invalid_records mapping changed: update this script's edit"
+                page.fill("#mapping-text", edited)
+                page.wait_for_selector("#playground[data-checked='valid']")
+                page.click("#diff-button")
+                page.wait_for_selector("#diff-summary")
+                shoot(page, "console-playground.png")
                 browser.close()
         finally:
             console.stop()
