@@ -4,7 +4,8 @@ playground's routes together; ``serve`` runs it with uvicorn on a socket the cal
 Middleware, outermost first: the Host check (on loopback only loopback names: a DNS-rebinding
 page cannot reach the console), security headers (a strict Content-Security-Policy: scripts and
 styles only from /static, no framing), the signed session cookie (HttpOnly, SameSite=Strict),
-the CSRF check of every POST, and the login (when a password is configured).
+the limit of a request body's size (refused before it is read), the CSRF check of every POST,
+and the login (when a password is configured).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from batch.console.security import (
     LOOPBACK_NAMES,
     SESSION_USER,
     ASGIApp,
+    BodyLimit,
     CsrfMiddleware,
     Password,
     Receive,
@@ -126,6 +128,12 @@ async def refuse_csrf(scope: Scope, receive: Receive, send: Send, why: str) -> N
     request = Request(scope, receive)
     await render(request, "error.html", {"title": "Refused (403)", "message": f"{why}. Nothing was done: "
                  "reload the page and try again."}, status_code=403)(scope, receive, send)
+
+
+async def refuse_body(scope: Scope, receive: Receive, send: Send, status: int, why: str) -> None:
+    request = Request(scope, receive)
+    await render(request, "error.html", {"title": f"Refused ({status})", "message": f"{why}. Nothing was done."},
+                 status_code=status)(scope, receive, send)
 
 
 # --------------------------------------------------------------------------- login
@@ -219,6 +227,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_urlsafe(32),
                    session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
+        Middleware(BodyLimit, refuse=refuse_body),
         Middleware(CsrfMiddleware, refuse=refuse_csrf),
         Middleware(LoginGate, password=password),
     ]

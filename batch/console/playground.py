@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -202,9 +203,8 @@ async def preview(request: Request) -> Response:
         archived = form.get("archived")
         sample = form.get("sample")
         if isinstance(sample, UploadFile) and sample.filename:
-            data = await sample.read()
             shown_name = os.path.basename(sample.filename)
-            return await run_in_threadpool(_preview_upload, compiled, data, shown_name)
+            return await run_in_threadpool(_preview_upload, compiled, sample, shown_name)
         if isinstance(archived, str) and archived:
             try:
                 path = archived_path(feed, archived)
@@ -216,10 +216,12 @@ async def preview(request: Request) -> Response:
     return _error(400, "choose an archived file or upload a sample file to preview")
 
 
-def _preview_upload(compiled: CompiledMapping, data: bytes, name: str) -> Response:
-    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file
+def _preview_upload(compiled: CompiledMapping, sample: UploadFile, name: str) -> Response:
+    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file,
+    # copied a chunk at a time (the upload itself is spooled to disk: never the whole sample in memory)
     with tempfile.NamedTemporaryFile(prefix="playground-sample-") as temp:
-        temp.write(data)
+        sample.file.seek(0)
+        shutil.copyfileobj(sample.file, temp, 1 << 20)
         temp.flush()
         return _preview_path(compiled, Path(temp.name), name)
 

@@ -11,6 +11,8 @@ a feed's folders.
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
   refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
   route runs, so a route cannot forget the check.
+- **Request bodies**: ``BodyLimit`` refuses one bigger than ``MAX_BODY_BYTES`` (413): by its
+  Content-Length before a byte of it is read, else as soon as the bytes received pass the limit.
 - **Downloads**: ``confined`` takes a folder and a name from a request and returns the file only
   when it is a regular file inside that folder after every symlink is resolved; a name with
   ``..``, an absolute path, a NUL, a backslash or a control character is refused before the
@@ -113,7 +115,7 @@ class CsrfMiddleware:
 
     Sits inside the session middleware (it reads ``scope["session"]``). The token comes in the
     ``X-CSRF-Token`` header or as the form field ``csrf``; to read the field, the body is read
-    here (at most ``MAX_BODY_BYTES``) and handed on to the route unchanged.
+    here (at most ``MAX_BODY_BYTES``: BodyLimit sits outside) and handed on to the route unchanged.
     """
 
     def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, str], Awaitable[None]]) -> None:
@@ -132,10 +134,7 @@ class CsrfMiddleware:
             else:
                 await self.refuse(scope, receive, send, "the form's security token (CSRF) is wrong")
             return
-        body = await _read_body(receive)
-        if body is None:
-            await self.refuse(scope, receive, send, f"the request is bigger than {MAX_BODY_BYTES} bytes")
-            return
+        body = await _read_body(receive)  # at most MAX_BODY_BYTES: BodyLimit, outside, stops it there
         sent = await _form_token(scope, headers.get("content-type", ""), body)
         if not csrf_valid(expected, sent):
             why = ("the form has no security token (CSRF)" if sent is None
@@ -145,18 +144,13 @@ class CsrfMiddleware:
         await self.app(scope, _replay(body), send)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
@@ -189,6 +183,62 @@ async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | Non
         finally:
             await form.close()
     return None
+
+
+class BodyTooBig(Exception):
+    """Raised by BodyLimit's receive when a request body passes the limit (caught by BodyLimit)."""
+
+
+class BodyLimit:
+    """Refuses a request body bigger than `limit` with 413, before it is read when its
+    Content-Length says so, else as soon as the bytes received pass the limit: whatever a route
+    does with the body (a form parsed to a spooled file, JSON read whole), neither memory nor the
+    temporary folder holds more than `limit` bytes of one request."""
+
+    def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, int, str], Awaitable[None]],
+                 limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.refuse, self.limit = app, refuse, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [value for key, value in scope["headers"] if key.lower() == b"content-length"]
+        if declared:
+            text = declared[0].decode("latin-1").strip()
+            if len(declared) > 1 or not text.isdigit():
+                await self.refuse(scope, receive, send, 400, "the request's Content-Length is not one number")
+                return
+            if int(text) > self.limit:
+                await self.refuse(scope, receive, send, 413, self._too_big())
+                return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooBig()
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooBig:
+            if started:
+                raise
+            await self.refuse(scope, receive, send, 413, self._too_big())
+
+    def _too_big(self) -> str:
+        return f"the request is bigger than {self.limit:,} bytes (a sample file: upload a part of the export)"
 
 
 class Refused(InputFileError):
