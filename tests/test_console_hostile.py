@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from batch.console.security import MAX_BODY_BYTES, BodyLimit
+from batch.console.security import MAX_BODY_BYTES, BodyLimit, LoginThrottle
 from tests.fixtures_browser import LiveConsole
 from tests.service_helpers import export, write_config
 
@@ -38,7 +38,7 @@ def token(console: LiveConsole, path: str = "/playground/") -> str:
 def raw_request(console: LiveConsole, head: str, timeout: float = 20.0) -> bytes:
     """Sends `head` (request line and headers, no body) and returns what the console answers."""
     address = urlsplit(console.url)
-    with socket.create_connection((address.hostname, address.port), timeout=timeout) as sock:
+    with socket.create_connection((str(address.hostname), int(address.port or 80)), timeout=timeout) as sock:
         sock.sendall(head.encode("latin-1"))
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"</html>"):
@@ -106,3 +106,46 @@ def test_a_body_that_streams_past_the_limit_is_cut_when_it_passes_it() -> None:
     asyncio.run(BodyLimit(route, refuse, limit=1000)(scope, receive, send))
     assert read == [400, 400]  # the third chunk passes the limit: the route never gets it
     assert answered == [(413, "the request is bigger than 1,000 bytes (a sample file: upload a part of the export)")]
+
+
+# --------------------------------------------------------------------------- the login
+
+
+PASSWORD_ENV = "CONSOLE_HOSTILE_PASSWORD"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def login_config(tmp_path: Path, sandbox, monkeypatch) -> Path:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    return write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}],
+                        console={"password": "${" + PASSWORD_ENV + "}"})
+
+
+def test_repeated_wrong_passwords_pause_the_logins_of_that_address(login_config: Path, live_console) -> None:
+    console = live_console(login_config)
+    for _ in range(5):
+        assert console.login("guess").status_code == 401
+    refused = console.login(PASSWORD)  # even the right one: not looked at
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "60"
+    assert ("Too many wrong passwords from 127.0.0.1: logging in from there is refused for a minute after the last "
+            "one. Wait, then try again.") in refused.text
+    assert console.get("/").status_code == 303  # not logged in
+
+
+def test_the_pause_ends_and_a_right_password_clears_the_address() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(attempts=3, window=900, pause=60, clients=2, clock=lambda: now[0])
+    assert [throttle.start("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 0.0]  # three wrong ones
+    assert throttle.start("10.0.0.1") == 60.0
+    assert throttle.start("10.0.0.2") == 0.0  # another address is not paused
+    now[0] += 60
+    assert throttle.start("10.0.0.1") == 0.0  # the pause is over: one more try
+    throttle.succeeded("10.0.0.1")
+    assert [throttle.start("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 0.0]
+    throttle.start("10.0.0.3")
+    throttle.start("10.0.0.4")
+    assert throttle.start("10.0.0.1") == 0.0  # forgotten: at most two addresses are remembered

@@ -11,6 +11,8 @@ and the login (when a password is configured).
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import secrets
 import signal
 import socket
@@ -39,6 +41,7 @@ from batch.console.security import (
     ASGIApp,
     BodyLimit,
     CsrfMiddleware,
+    LoginThrottle,
     Password,
     Receive,
     Scope,
@@ -50,6 +53,8 @@ from batch.console.security import (
 from batch.console.state import ConsoleState
 from batch.service.logs import installed_filter
 from batch.store.journal import JournalError
+
+log = logging.getLogger("batch.console")
 
 SESSION_COOKIE = "usageplace_console"
 SESSION_SECONDS = 12 * 3600
@@ -152,11 +157,25 @@ async def login(request: Request) -> Response:
     form = await request.form()
     name, attempt, target = (str(form.get(key) or "") for key in ("name", "password", "next"))
     name = " ".join(name.split())[:80]
-    if not name or not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
+    if not name:
+        return render(request, "login.html", {"next": safe_next(target), "name": name,
+                                              "error": "Give your name (recorded with what you do)."}, status_code=400)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.start(client)
+    if wait:
+        log.warning("login refused for %s: too many wrong passwords", client)
+        response = render(request, "login.html", {"next": safe_next(target), "name": name, "error": (
+            f"Too many wrong passwords from {client}: logging in from there is refused for a minute after "
+            "the last one. Wait, then try again.")}, status_code=429)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    if not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
+        log.warning("login: wrong password from %s (name given: %s)", client, name)
         await asyncio.sleep(0.3)  # a guess costs a little time
-        message = "Give your name (recorded with what you do)." if not name else "Wrong password."
-        return render(request, "login.html", {"next": safe_next(target), "error": message, "name": name},
-                      status_code=401 if name else 400)
+        return render(request, "login.html", {"next": safe_next(target), "error": "Wrong password.", "name": name},
+                      status_code=401)
+    throttle.succeeded(client)
     request.session.clear()  # a new session (and CSRF token) for the logged-in user
     request.session[SESSION_USER] = name
     return RedirectResponse(safe_next(target), status_code=303)
@@ -236,6 +255,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     app.state.console = state
     app.state.retries = retries.Retries()
     app.state.password = password
+    app.state.login_throttle = LoginThrottle()
     app.state.playground_enabled = bool(playground.routes)
     return app
 

@@ -7,6 +7,8 @@ a feed's folders.
   (``LoginRequired``). On loopback the login is optional: configured, it is asked there too.
 - **Password**: read once at start, kept as ``scrypt(salt, password)`` with a random salt; a
   login attempt is hashed the same way and compared with ``hmac.compare_digest``.
+- **Guessing**: ``LoginThrottle`` refuses the logins of a client address for a minute after 5
+  wrong passwords within 15 minutes (429), without hashing the attempt.
 - **CSRF**: every session (logged in or not) has a random token; every form carries it as the
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
   refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
@@ -26,6 +28,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,36 @@ def check_listening(host: str, password: Password | None, config_path: Path) -> 
         raise LoginRequired(
             f"the console would listen on {host}, which is not loopback, without a login: set "
             f"console.password (${{ENV_NAME}}) or console.password_file in {config_path}, or listen on 127.0.0.1")
+
+
+class LoginThrottle:
+    """Slows a password guesser down: after `attempts` wrong passwords from one client address
+    within `window` seconds, its logins are refused without a look at the password until `pause`
+    seconds after its last wrong one. An attempt counts from its start (a burst of parallel
+    guesses is cut at `attempts` too); a right password clears the address. Bounded: at most
+    `clients` addresses are remembered (the oldest forgotten first)."""
+
+    def __init__(self, attempts: int = 5, window: float = 900.0, pause: float = 60.0, clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.attempts, self.window, self.pause, self.clients, self.clock = attempts, window, pause, clients, clock
+        self._failures: dict[str, list[float]] = {}  # address -> times of its recent wrong attempts
+
+    def start(self, client: str) -> float:
+        """0 when `client` may try a password now (the attempt is counted as wrong until
+        ``succeeded``), else how many seconds it must wait."""
+        now = self.clock()
+        recent = [when for when in self._failures.pop(client, []) if now - when < self.window]
+        if len(recent) >= self.attempts and now - recent[-1] < self.pause:
+            self._failures[client] = recent
+            return self.pause - (now - recent[-1])
+        recent.append(now)
+        self._failures[client] = recent  # re-inserted: the dict's order is the order of last use
+        while len(self._failures) > self.clients:
+            del self._failures[next(iter(self._failures))]
+        return 0.0
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
 
 
 def new_csrf_token() -> str:
