@@ -149,3 +149,19 @@ def test_the_pause_ends_and_a_right_password_clears_the_address() -> None:
     throttle.start("10.0.0.3")
     throttle.start("10.0.0.4")
     assert throttle.start("10.0.0.1") == 0.0  # forgotten: at most two addresses are remembered
+
+
+def test_a_copy_of_the_session_cookie_is_no_login_after_the_logout(login_config: Path, live_console) -> None:
+    console = live_console(login_config)
+    first = console.get("/login").cookies  # the session before the login
+    assert console.login(PASSWORD).status_code == 303
+    logged_in = dict(console.http.cookies)
+    assert logged_in != dict(first)  # a new session at the login (no fixation)
+    assert console.get("/").status_code == 200
+    assert console.post("/logout", {"csrf": console.csrf("/")}).status_code == 303
+    thief = console.other_session()
+    thief.http.cookies.update(logged_in)  # the cookie as it was before the logout
+    answer = thief.get("/")
+    assert (answer.status_code, answer.headers["location"]) == (303, "/login?next=%2F")
+    thief.http.cookies.update(first)
+    assert thief.get("/").status_code == 303

@@ -37,10 +37,12 @@ from batch.console import pages, playground, retries
 from batch.console.render import STATIC, console_state, render, templates
 from batch.console.security import (
     LOOPBACK_NAMES,
+    SESSION_ID,
     SESSION_USER,
     ASGIApp,
     BodyLimit,
     CsrfMiddleware,
+    LiveSessions,
     LoginThrottle,
     Password,
     Receive,
@@ -112,11 +114,14 @@ class LoginGate:
     """With a password configured, every path but the login page and static files needs a
     logged-in session: a page request is sent to the login, anything else gets 401."""
 
-    def __init__(self, app: ASGIApp, password: Password | None) -> None:
-        self.app, self.password = app, password
+    def __init__(self, app: ASGIApp, password: Password | None, sessions: LiveSessions) -> None:
+        self.app, self.password, self.sessions = app, password, sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.password is None or scope["type"] != "http" or scope.get("session", {}).get(SESSION_USER)
+        session = scope.get("session", {})
+        if self.password is not None and session.get(SESSION_USER) and not self.sessions.live(session.get(SESSION_ID)):
+            session.clear()  # logged out (or the console restarted): this cookie is no login any more
+        if (self.password is None or scope["type"] != "http" or session.get(SESSION_USER)
                 or scope["path"] == "/login" or scope["path"].startswith("/static/")):
             await self.app(scope, receive, send)
             return
@@ -178,10 +183,12 @@ async def login(request: Request) -> Response:
     throttle.succeeded(client)
     request.session.clear()  # a new session (and CSRF token) for the logged-in user
     request.session[SESSION_USER] = name
+    request.session[SESSION_ID] = request.app.state.sessions.open()
     return RedirectResponse(safe_next(target), status_code=303)
 
 
 async def logout(request: Request) -> Response:
+    request.app.state.sessions.close(request.session.get(SESSION_ID))
     request.session.clear()
     return RedirectResponse("/login" if request.app.state.password is not None else "/", status_code=303)
 
@@ -231,6 +238,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     state = ConsoleState(Path(config_path))
     password = console_password(state.loaded.config.console)
     check_listening(host, password, state.config_path)
+    sessions = LiveSessions(SESSION_SECONDS)
     routes: list[BaseRoute] = [
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
@@ -248,7 +256,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
                    session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
         Middleware(BodyLimit, refuse=refuse_body),
         Middleware(CsrfMiddleware, refuse=refuse_csrf),
-        Middleware(LoginGate, password=password),
+        Middleware(LoginGate, password=password, sessions=sessions),
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
@@ -256,6 +264,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     app.state.retries = retries.Retries()
     app.state.password = password
     app.state.login_throttle = LoginThrottle()
+    app.state.sessions = sessions
     app.state.playground_enabled = bool(playground.routes)
     return app
 

@@ -9,6 +9,8 @@ a feed's folders.
   login attempt is hashed the same way and compared with ``hmac.compare_digest``.
 - **Guessing**: ``LoginThrottle`` refuses the logins of a client address for a minute after 5
   wrong passwords within 15 minutes (429), without hashing the attempt.
+- **Logout**: ``LiveSessions`` keeps the id of every login in force; a logout ends it, so a copy
+  of the cookie taken before the logout no longer logs anyone in.
 - **CSRF**: every session (logged in or not) has a random token; every form carries it as the
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
   refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
@@ -44,6 +46,7 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SESSION_CSRF = "csrf"
 SESSION_USER = "user"
+SESSION_ID = "sid"  # the login's id in LiveSessions
 #: The biggest request body the console reads (a sample file uploaded to the playground).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -132,6 +135,31 @@ class LoginThrottle:
 
     def succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
+
+
+class LiveSessions:
+    """The logins in force: the session cookie is signed, not stored, so a copy of it would stay
+    good until it expires even after a logout. Each login gets a random id, kept here until its
+    logout (or `seconds`); a cookie whose id is not here is no login."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._started: dict[str, float] = {}
+
+    def open(self) -> str:
+        now = self.clock()
+        self._started = {sid: when for sid, when in self._started.items() if now - when < self.seconds}
+        sid = secrets.token_urlsafe(24)
+        self._started[sid] = now
+        return sid
+
+    def live(self, sid: object) -> bool:
+        when = self._started.get(sid) if isinstance(sid, str) else None
+        return when is not None and self.clock() - when < self.seconds
+
+    def close(self, sid: object) -> None:
+        if isinstance(sid, str):
+            self._started.pop(sid, None)
 
 
 def new_csrf_token() -> str:
