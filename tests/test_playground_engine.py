@@ -165,6 +165,20 @@ def test_an_unchanged_mapping_changes_nothing_and_a_file_it_cannot_read_is_said(
                                 {"before": "invalid", "after": "not read", "records": 1}]
 
 
+def test_a_file_gone_since_it_was_listed_is_said_and_the_others_are_diffed(tmp_path: Path) -> None:
+    files = archive_with(tmp_path, {"a.csv": FILE_A, "gone.csv": FILE_B, "b.csv": FILE_B})
+    files[1][1].unlink()  # the service pruned it between the listing and the diff
+    diff = diff_files(compiled(MAPPING), compiled(MAPPING), files).as_dict()
+    assert [(f["name"], f["before"]["records"], f["before"]["error"], f["after"]["error"])
+            for f in diff["files"]] == [
+        ("a.csv", 3, None, None),
+        ("gone.csv", 0, "cannot read the file: No such file or directory",
+         "cannot read the file: No such file or directory"),
+        ("b.csv", 2, None, None)]
+    shown = preview_file(compiled(MAPPING), files[1][1])
+    assert shown.counts.as_dict()["error"] == "cannot read the file: No such file or directory"
+
+
 def test_preview_of_a_file_counts_every_record_and_keeps_the_first() -> None:
     mapping = (ROOT / "config/mappings/finnish_cp1252.yaml").read_text()
     shown = preview_file(compiled(mapping), ROOT / "samples/finnish_cp1252.csv", limit=2)
