@@ -165,3 +165,30 @@ def test_a_copy_of_the_session_cookie_is_no_login_after_the_logout(login_config:
     assert (answer.status_code, answer.headers["location"]) == (303, "/login?next=%2F")
     thief.http.cookies.update(first)
     assert thief.get("/").status_code == 303
+
+
+# --------------------------------------------------------------------------- the playground
+
+
+def test_a_diff_or_preview_while_another_runs_is_refused_not_queued(feed_config: Path, live_console) -> None:
+    from batch.console import playground
+
+    console = live_console(feed_config)
+    csrf = token(console)
+    text = (feed_config.parent / "mapping.yaml").read_text()
+    assert playground._RUNS.acquire(blocking=False)  # a diff of someone else runs
+    try:
+        diff = console.http.post(console.url + "playground/feed/local/diff", json={"text": text},
+                                 headers={"X-CSRF-Token": csrf}, timeout=20)
+        preview = console.http.post(console.url + "playground/feed/local/preview",
+                                    files={"text": (None, text), "archived": (None, "night1.csv")},
+                                    headers={"X-CSRF-Token": csrf}, timeout=20)
+        for answer in (diff, preview):
+            assert answer.status_code == 429
+            assert answer.json() == {"error": "a preview or a diff is running already (one at a time on this "
+                                              "console): try again when it has finished"}
+    finally:
+        playground._RUNS.release()
+    answer = console.http.post(console.url + "playground/feed/local/diff", json={"text": text},
+                               headers={"X-CSRF-Token": csrf}, timeout=20)
+    assert answer.status_code == 200 and answer.json()["compared"] == 10

@@ -21,8 +21,9 @@ Routes (mounted under /playground by batch.console.app):
 
 Every POST carries the CSRF token (the script sends it as X-CSRF-Token; security.CsrfMiddleware
 checks it before any of these runs). The work itself (mapping files, the file system) runs in a
-worker thread; diffs and previews one at a time per console, so that an administrator's clicks
-cannot stack up CPU-bound runs on the service's machine.
+worker thread; diffs and previews one at a time per console (another one meanwhile is refused
+with 429, not queued), so that an administrator's clicks cannot stack up CPU-bound runs on the
+service's machine nor hold the worker threads every page needs.
 
 The engine is elsewhere: batch.transform.mapcheck (the text's problems, as `validate`),
 batch.transform.mapdiff (diff and preview through the production mapping path),
@@ -125,9 +126,22 @@ def _text(body: dict[str, Any] | Any, key: str = "text") -> str:
     return value
 
 
+class Busy(Exception):
+    """Another diff or preview is running (they run one at a time)."""
+
+
+BUSY = "a preview or a diff is running already (one at a time on this console): try again when it has finished"
+
+
 def _one_at_a_time(work: Callable[[], Any]) -> Any:
-    with _RUNS:
+    # Refused rather than queued: a waiting request would hold one of the worker threads every page
+    # shares (a few dozen clicks and no page of the console answers until the queue has drained)
+    if not _RUNS.acquire(blocking=False):
+        raise Busy(BUSY)
+    try:
         return work()
+    finally:
+        _RUNS.release()
 
 
 # --------------------------------------------------------------------------- pages
@@ -195,7 +209,7 @@ async def preview(request: Request) -> Response:
     feed = _feed(request)
     async with request.form(max_files=1, max_fields=10) as form:
         text = _text(form)
-        checked = check_mapping_text(text, feed.mapping.name)
+        checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)  # seconds for a megabyte
         if checked.mapping is None:
             return _error(422, "the mapping has problems: fix them to preview",
                           problems=[p.as_dict() for p in checked.problems])
@@ -204,7 +218,10 @@ async def preview(request: Request) -> Response:
         sample = form.get("sample")
         if isinstance(sample, UploadFile) and sample.filename:
             shown_name = os.path.basename(sample.filename)
-            return await run_in_threadpool(_preview_upload, compiled, sample, shown_name)
+            try:
+                return await run_in_threadpool(_preview_upload, compiled, sample, shown_name)
+            except Busy:
+                return _error(429, BUSY)
         if isinstance(archived, str) and archived:
             try:
                 path = archived_path(feed, archived)
@@ -212,7 +229,10 @@ async def preview(request: Request) -> Response:
                 return _error(400, str(exc))
             except PlaygroundError as exc:
                 return _error(404, str(exc))
-            return await run_in_threadpool(_preview_path, compiled, path, archived)
+            try:
+                return await run_in_threadpool(_preview_path, compiled, path, archived)
+            except Busy:
+                return _error(429, BUSY)
     return _error(400, "choose an archived file or upload a sample file to preview")
 
 
@@ -241,7 +261,7 @@ def _preview_path(compiled: CompiledMapping, path: Path, name: str) -> Response:
 async def diff(request: Request) -> Response:
     feed = _feed(request)
     text = _text(await _json_body(request))
-    checked = check_mapping_text(text, feed.mapping.name)
+    checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)
     if checked.mapping is None:
         return _error(422, "the mapping has problems: fix them to see what it changes",
                       problems=[p.as_dict() for p in checked.problems])
@@ -253,7 +273,10 @@ async def diff(request: Request) -> Response:
     if not files:
         return _error(409, f"feed {feed.name} has no archived files yet: preview an uploaded sample instead")
     before, after = CompiledMapping(_in_force(request, feed)), CompiledMapping(checked.mapping)
-    result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+    try:
+        result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+    except Busy:
+        return _error(429, BUSY)
     return JSONResponse(result.as_dict())
 
 
