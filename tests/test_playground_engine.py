@@ -16,12 +16,14 @@ from batch.console.mapping_store import (
     ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
+    MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
     archived_files,
     archived_path,
     mapping_versions,
     read_mapping,
+    read_version,
     save_mapping,
 )
 from batch.transform.mapcheck import check_mapping_text
@@ -232,6 +234,55 @@ def test_save_refuses_an_invalid_text_and_a_concurrent_edit(feed) -> None:
         "mapping.yaml was changed since this editor loaded it (by someone else, or in another tab): nothing was "
         "saved; reload it and make the edit again")
     assert feed.mapping.read_text() == MAPPING + "# someone else's edit\n"
+
+
+def test_a_gap_in_the_versions_is_filled_and_nothing_older_is_dropped(feed) -> None:
+    path = feed.mapping
+    path.with_name("mapping.yaml.1").write_text("one")
+    path.with_name("mapping.yaml.3").write_text("three")  # .2 was removed by hand
+    saved = save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), read_mapping(feed).hash, versions=3)
+    assert saved.kept == "mapping.yaml.1"
+    assert [path.with_name(f"mapping.yaml.{n}").read_text() for n in (1, 2, 3)] == [MAPPING, "one", "three"]
+
+
+def test_odd_names_among_the_versions_are_left_alone_and_the_save_refused(feed, tmp_path: Path) -> None:
+    path = feed.mapping
+    secret = tmp_path / "secret.txt"
+    secret.write_text("apicode: s3cr3t\n")
+    path.with_name("mapping.yaml.1").write_text("one")
+    path.with_name("mapping.yaml.2").symlink_to(secret)
+    path.with_name("mapping.yaml.3").mkdir()
+    assert mapping_versions(feed) == ["mapping.yaml.1"]  # the link and the folder are no kept versions
+    with pytest.raises(PlaygroundError) as refused:
+        read_version(feed, 2)
+    assert str(refused.value) == "mapping.yaml.2 is a symbolic link, not a version the playground kept"
+    base = read_mapping(feed).hash
+    with pytest.raises(MappingSlotTaken) as taken:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base, versions=5)
+    assert str(taken.value) == (
+        "mapping.yaml.2 is a symbolic link, not a kept version of mapping.yaml: the playground does not move or "
+        "delete it; nothing was saved (remove or rename it, then save again)")
+    path.with_name("mapping.yaml.2").unlink()
+    with pytest.raises(MappingSlotTaken) as taken:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base, versions=5)
+    assert str(taken.value).startswith("mapping.yaml.3 is a directory, not a kept version of mapping.yaml")
+    assert path.read_text() == MAPPING and secret.read_text() == "apicode: s3cr3t\n"
+    assert path.with_name("mapping.yaml.1").read_text() == "one"
+
+
+def test_a_mapping_that_is_a_symbolic_link_is_not_replaced_nor_written_through(feed, tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "real.yaml"
+    real.parent.mkdir()
+    real.write_text(MAPPING)
+    feed.mapping.unlink()
+    feed.mapping.symlink_to(real)
+    base = read_mapping(feed).hash  # the editor shows what the service reads
+    with pytest.raises(MappingSlotTaken) as refused:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base)
+    assert str(refused.value) == (
+        f"mapping.yaml is a symbolic link (to {real}): the playground neither replaces the link nor writes through "
+        "it; nothing was saved (edit the file it leads to, or replace the link by the file)")
+    assert feed.mapping.is_symlink() and real.read_text() == MAPPING and mapping_versions(feed) == []
 
 
 @pytest.fixture

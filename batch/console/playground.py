@@ -59,6 +59,7 @@ from batch.console.mapping_store import (
     ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
+    MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
     archived_files,
@@ -292,7 +293,7 @@ async def save(request: Request) -> Response:
         saved = await run_in_threadpool(save_mapping, feed, text, base_hash, versions)
     except MappingRefused as exc:
         return _error(422, "the mapping has problems; it was not saved", problems=[p.as_dict() for p in exc.problems])
-    except ConcurrentEdit as exc:
+    except (ConcurrentEdit, MappingSlotTaken) as exc:
         return _error(409, str(exc))
     except (PlaygroundError, OSError) as exc:
         return _error(500, f"the mapping was not saved: {exc}")
