@@ -10,11 +10,12 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
 from batch.console.security import MAX_BODY_BYTES, BodyLimit, LoginThrottle
+from batch.store.journal import Journal, NewEvent, Result
 from tests.fixtures_browser import LiveConsole
 from tests.service_helpers import export, write_config
 
@@ -192,3 +193,49 @@ def test_a_diff_or_preview_while_another_runs_is_refused_not_queued(feed_config:
     answer = console.http.post(console.url + "playground/feed/local/diff", json={"text": text},
                                headers={"X-CSRF-Token": csrf}, timeout=20)
     assert answer.status_code == 200 and answer.json()["compared"] == 10
+
+
+# --------------------------------------------------------------------------- hostile names and values
+
+
+EVIL = "<img src=x onerror=alert(1)>\"'</script>"
+
+
+def test_hostile_names_and_values_are_text_on_every_page(feed_config: Path, live_console) -> None:
+    journal_path = feed_config.parent / "var" / "journal.sqlite3"
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    with Journal(journal_path) as journal:
+        file_id = journal.begin_file(EVIL + ".csv", "a" * 64, 1, "local").file.id
+        journal.record_events(file_id, [
+            NewEvent.invalid(2, "status: " + EVIL, {"id": EVIL, "usageplacecode": EVIL},
+                             [{"field": EVIL, "source": EVIL, "value": EVIL, "message": EVIL}]),
+            NewEvent.valid(3, {"id": EVIL + "2", "usageplacecode": EVIL})])
+        journal.record_results([Result(file_id, 3, "rejected", 400, message=EVIL, title=EVIL, detail=EVIL)])
+        journal.finish_file(file_id, "done")
+    console = live_console(feed_config)
+    escaped = "&lt;img src=x onerror=alert(1)&gt;&#34;&#39;&lt;/script&gt;"
+    for path, shown in (("/", 2), (f"/files/{file_id}", 12), (f"/files/{file_id}?outcome=rejected", 6),
+                        (f"/files/{file_id}?q={quote(EVIL)}", 14), (f"/files/{file_id}?outcome={quote(EVIL)}", 0)):
+        page = console.get(path)
+        assert "<img" not in page.text and "</script>'" not in page.text, path
+        assert page.text.count(escaped) == shown, path
+        assert page.text.count("&lt;img src=x onerror=alert(1)&gt;") >= 1, path
+        assert page.headers["content-security-policy"].startswith("default-src 'none'; script-src 'self'; ")
+
+
+def test_download_names_with_quotes_line_ends_and_non_ascii(feed_config: Path, live_console) -> None:
+    outbox = feed_config.parent / "inbox" / "outbox"
+    outbox.mkdir()
+    for name in ('a"b.csv', "a\r\nSet-Cookie: x=1.csv", "ä€ ;x.csv", "n" * 250 + ".csv", "c%22d.csv"):
+        (outbox / name).write_text("x")
+    console = live_console(feed_config)
+    for name, disposition in (
+            ('a"b.csv', "attachment; filename*=utf-8''a%22b.csv"),
+            ("ä€ ;x.csv", "attachment; filename*=utf-8''%C3%A4%E2%82%AC%20%3Bx.csv"),
+            ("n" * 250 + ".csv", 'attachment; filename="' + "n" * 250 + '.csv"'),
+            ("c%22d.csv", "attachment; filename*=utf-8''c%2522d.csv")):
+        answer = console.get("/feeds/local/outbox/" + quote(name, safe=""))
+        assert (answer.status_code, answer.headers["content-disposition"], answer.text) == (200, disposition, "x")
+    refused = console.get("/feeds/local/outbox/" + quote("a\r\nSet-Cookie: x=1.csv", safe=""))
+    assert refused.status_code == 404 and "x=1" not in refused.headers.get("set-cookie", "")
+    assert '<p class="error-message">Not Found</p>' in refused.text  # no route takes a line end in a name
