@@ -6,6 +6,7 @@ failed before the fix it comes with."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from pathlib import Path
@@ -239,3 +240,38 @@ def test_download_names_with_quotes_line_ends_and_non_ascii(feed_config: Path, l
     refused = console.get("/feeds/local/outbox/" + quote("a\r\nSet-Cookie: x=1.csv", safe=""))
     assert refused.status_code == 404 and "x=1" not in refused.headers.get("set-cookie", "")
     assert '<p class="error-message">Not Found</p>' in refused.text  # no route takes a line end in a name
+
+
+def test_a_hard_link_fifo_or_unicode_dots_are_no_download_nor_preview(feed_config: Path, live_console) -> None:
+    inbox = feed_config.parent / "inbox"
+    secret = feed_config.parent / "secret.csv"
+    secret.write_text("id,place,time,status,note\ns3cr3t,1,2,3,4\n")
+    outbox = inbox / "outbox"
+    outbox.mkdir()
+    os.link(secret, outbox / "linked.csv")
+    os.link(secret, inbox / "archive" / "linked.csv")
+    os.mkfifo(outbox / "pipe.csv")
+    console = live_console(feed_config)
+    answers = {path: console.get(path) for path in (
+        "/feeds/local/outbox/linked.csv", "/feeds/local/outbox/pipe.csv",
+        "/feeds/local/outbox/%E2%80%A5/secret.csv", "/feeds/local/outbox/%EF%BC%8E%EF%BC%8E/secret.csv",
+        "/feeds/local/outbox/%252e%252e/secret.csv", "/feeds/local/outbox/..%5Csecret.csv")}
+    assert {path: (answer.status_code, re.findall(r'class="error-message">([^<]*)<', answer.text))
+            for path, answer in answers.items()} == {
+        "/feeds/local/outbox/linked.csv": (404, [
+            "&#39;linked.csv&#39;: a file with other hard links (it may be a file of another folder)"]),
+        "/feeds/local/outbox/pipe.csv": (404, ["&#39;pipe.csv&#39;: not a regular file"]),
+        "/feeds/local/outbox/%E2%80%A5/secret.csv": (404, ["&#39;\u2025/secret.csv&#39;: no such file"]),
+        "/feeds/local/outbox/%EF%BC%8E%EF%BC%8E/secret.csv": (404, ["&#39;\uff0e\uff0e/secret.csv&#39;: no such file"]),
+        "/feeds/local/outbox/%252e%252e/secret.csv": (404, ["&#39;%2e%2e/secret.csv&#39;: no such file"]),
+        "/feeds/local/outbox/..%5Csecret.csv": (404, ["&#39;..\\\\secret.csv&#39;: not a file name"]),
+    }
+    csrf = token(console)
+    preview = console.http.post(console.url + "playground/feed/local/preview",
+                                files={"text": (None, (feed_config.parent / "mapping.yaml").read_text()),
+                                       "archived": (None, "linked.csv")}, headers={"X-CSRF-Token": csrf}, timeout=20)
+    assert (preview.status_code, preview.json()) == (400, {"error": (
+        "feed local: 'linked.csv' in its archive has other hard links (it may be a file of another folder): not "
+        "previewed")})
+    assert "s3cr3t" not in preview.text
+    assert 'value="linked.csv"' not in console.get("/playground/feed/local").text  # not offered either

@@ -245,7 +245,7 @@ def archived_files(feed: FeedSettings, limit: int | None = None) -> list[Archive
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(info.st_mode):
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # a hard link may be any file (archived_path)
             found.append(ArchivedFile(entry.name, info.st_size, info.st_mtime))
     found.sort(key=lambda f: (f.mtime, f.name), reverse=True)
     return found[:limit] if limit is not None else found
@@ -264,4 +264,7 @@ def archived_path(feed: FeedSettings, name: str) -> Path:
         raise PlaygroundError(f"feed {feed.name}: no file {name!r} in its archive") from None
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive is not a regular file")
+    if info.st_nlink > 1:  # the service never links its files: another name of it may be any file (a secret)
+        raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive has other hard links (it may be a file "
+                             "of another folder): not previewed")
     return path

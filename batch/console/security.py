@@ -310,7 +310,8 @@ class Refused(InputFileError):
 def confined(folder: Path, name: str) -> Path:
     """The regular file `name` directly or below `folder`, after resolving every symlink; Refused
     for a name that leaves the folder (``..``, absolute, a symlink out of it), holds NUL, a
-    backslash or a control character, or is not a regular file there."""
+    backslash or a control character, or is not a regular file there (or one with other hard
+    links)."""
     if not name or "\x00" in name or "\\" in name or not name.isprintable():
         raise Refused("not a file name")
     if name.startswith("/") or os.path.isabs(name):
@@ -326,4 +327,8 @@ def confined(folder: Path, name: str) -> Path:
         raise Refused("the name leads out of the folder")
     if not target.is_file():
         raise Refused("not a regular file")
+    if target.stat().st_nlink > 1:
+        # the service renames its files and never links them: another name of the same file may be
+        # anywhere on this file system (a secret the console can read), resolving shows nothing
+        raise Refused("a file with other hard links (it may be a file of another folder)")
     return target
