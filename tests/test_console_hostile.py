@@ -275,3 +275,27 @@ def test_a_hard_link_fifo_or_unicode_dots_are_no_download_nor_preview(feed_confi
         "previewed")})
     assert "s3cr3t" not in preview.text
     assert 'value="linked.csv"' not in console.get("/playground/feed/local").text  # not offered either
+
+
+def test_the_login_goes_back_to_no_other_site_whatever_the_spelling() -> None:
+    from batch.console.app import safe_next
+
+    for target in ("//evil.example", "/\\evil.example", "\\\\evil.example", "https://evil.example", "https:evil.example",
+                   "/\t/evil.example", " //evil.example", "\n//evil.example", "///evil.example", "javascript:alert(1)",
+                   "evil.example", "", None):
+        assert safe_next(target) == "/", target
+    for target in ("/files/1?outcome=invalid", "/%2F%2Fevil.example", "/.//evil.example"):
+        assert safe_next(target) == target  # a path of this console (the browser stays on this host)
+
+
+def test_a_login_sent_as_json_or_with_a_method_override_is_refused(login_config: Path, live_console) -> None:
+    console = live_console(login_config)
+    csrf = console.csrf("/login")
+    as_json = console.http.post(console.url + "login", json={"csrf": csrf, "name": "A", "password": PASSWORD},
+                                allow_redirects=False, timeout=20)
+    assert as_json.status_code == 403
+    assert "the form has no security token (CSRF). Nothing was done: reload the page and try again." in as_json.text
+    override = console.http.post(console.url + "logout?_method=GET", headers={"X-HTTP-Method-Override": "GET"},
+                                 allow_redirects=False, timeout=20)
+    assert override.status_code == 403  # still a POST: the CSRF check applies
+    assert console.get("/").status_code == 303

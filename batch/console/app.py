@@ -176,7 +176,7 @@ async def login(request: Request) -> Response:
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
     if not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
-        log.warning("login: wrong password from %s (name given: %s)", client, name)
+        log.warning("login: wrong password from %s", client)  # not the name: a password typed in its field
         await asyncio.sleep(0.3)  # a guess costs a little time
         return render(request, "login.html", {"next": safe_next(target), "error": "Wrong password.", "name": name},
                       status_code=401)
