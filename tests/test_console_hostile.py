@@ -172,7 +172,7 @@ def test_a_copy_of_the_session_cookie_is_no_login_after_the_logout(login_config:
 # --------------------------------------------------------------------------- the playground
 
 
-def test_a_diff_or_preview_while_another_runs_is_refused_not_queued(feed_config: Path, live_console) -> None:
+def test_a_diff_preview_or_sample_detection_while_another_runs_is_refused_not_queued(feed_config: Path, live_console) -> None:
     from batch.console import playground
 
     console = live_console(feed_config)
@@ -185,7 +185,9 @@ def test_a_diff_or_preview_while_another_runs_is_refused_not_queued(feed_config:
         preview = console.http.post(console.url + "playground/feed/local/preview",
                                     files={"text": (None, text), "archived": (None, "night1.csv")},
                                     headers={"X-CSRF-Token": csrf}, timeout=20)
-        for answer in (diff, preview):
+        new = console.http.post(console.url + "playground/feed/local/new", files={"sample": ("a.csv", b"id\n1\n")},
+                                headers={"X-CSRF-Token": csrf}, timeout=20)
+        for answer in (diff, preview, new):
             assert answer.status_code == 429
             assert answer.json() == {"error": "a preview or a diff is running already (one at a time on this "
                                               "console): try again when it has finished"}

@@ -315,7 +315,10 @@ async def new_from_sample(request: Request) -> Response:
         data = await sample.read()
         name = os.path.basename(sample.filename)
         template_feed = form.get("template")
-    detected = await run_in_threadpool(detect_sample, data)
+    try:  # one at a time too: a zip's directory of 400,000 names takes seconds and hundreds of MB to read
+        detected = await run_in_threadpool(_one_at_a_time, lambda: detect_sample(data))
+    except Busy:
+        return _error(429, BUSY)
     if isinstance(template_feed, str) and template_feed:
         try:
             template = _feed_named(request, template_feed)
