@@ -236,6 +236,33 @@ def test_save_refuses_an_invalid_text_and_a_concurrent_edit(feed) -> None:
     assert feed.mapping.read_text() == MAPPING + "# someone else's edit\n"
 
 
+def test_two_saves_at_once_from_the_same_text_one_wins_the_other_is_told(feed) -> None:
+    import threading
+
+    base = read_mapping(feed).hash
+    texts = [MAPPING.replace("note}", f"note, default: editor{n}}}") for n in range(2)]
+    start = threading.Barrier(2)
+    outcomes: dict[int, str] = {}
+
+    def save(n: int) -> None:
+        start.wait()
+        try:
+            outcomes[n] = save_mapping(feed, texts[n], base).hash
+        except ConcurrentEdit:
+            outcomes[n] = "refused"
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes.values(), key=lambda value: value == "refused")[1] == "refused"
+    winner = next(n for n, value in outcomes.items() if value != "refused")
+    assert feed.mapping.read_text() == texts[winner]
+    assert mapping_versions(feed) == ["mapping.yaml.1"] and feed.mapping.with_name("mapping.yaml.1").read_text() == \
+        MAPPING
+
+
 def test_a_gap_in_the_versions_is_filled_and_nothing_older_is_dropped(feed) -> None:
     path = feed.mapping
     path.with_name("mapping.yaml.1").write_text("one")
