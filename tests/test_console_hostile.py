@@ -301,3 +301,28 @@ def test_a_login_sent_as_json_or_with_a_method_override_is_refused(login_config:
                                  allow_redirects=False, timeout=20)
     assert override.status_code == 403  # still a POST: the CSRF check applies
     assert console.get("/").status_code == 303
+
+
+# --------------------------------------------------------------------------- odd requests: a clear answer, never a 500
+
+
+def test_odd_numbers_and_json_get_a_clear_answer_not_an_internal_error(feed_config: Path, live_console) -> None:
+    journal_path = feed_config.parent / "var" / "journal.sqlite3"
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    Journal(journal_path).close()
+    console = live_console(feed_config)
+    huge = "9" * 23
+    page = console.get(f"/files/{huge}")
+    assert page.status_code == 404
+    assert f'<p class="error-message">no file #{huge} in the journal</p>' in page.text
+    csrf = console.csrf("/")
+    retry = console.post(f"/files/{huge}/retry", {"csrf": csrf})
+    assert retry.status_code == 404 and f"no file #{huge} in the journal" in retry.text
+    for body, error in ((b"[" * 100_000 + b"]" * 100_000, "the request's JSON is nested too deeply"),
+                        (b"\xff\xfe", "the request is not JSON"), (b'{"text": 5}', "the request has no 'text' text")):
+        answer = console.http.post(console.url + "playground/feed/local/validate", data=body, timeout=20,
+                                   headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()) == (400, {"error": error})
+    big_text = console.http.post(console.url + "playground/feed/local/preview", files={"text": (None, "x" * 2_000_000)},
+                                 headers={"X-CSRF-Token": csrf}, timeout=20)
+    assert (big_text.status_code, big_text.json()) == (400, {"error": "Part exceeded maximum size of 1024KB."})

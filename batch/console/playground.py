@@ -115,6 +115,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise HTTPException(400, "the request is not JSON") from None
+    except RecursionError:  # [[[[… a hundred thousand deep: the parser's recursion, not a 500
+        raise HTTPException(400, "the request's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "the request is not a JSON object")
     return body
@@ -127,7 +129,7 @@ def _text(body: dict[str, Any] | Any, key: str = "text") -> str:
     return value
 
 
-class Busy(Exception):
+class _Busy(Exception):
     """Another diff or preview is running (they run one at a time)."""
 
 
@@ -138,7 +140,7 @@ def _one_at_a_time(work: Callable[[], Any]) -> Any:
     # Refused rather than queued: a waiting request would hold one of the worker threads every page
     # shares (a few dozen clicks and no page of the console answers until the queue has drained)
     if not _RUNS.acquire(blocking=False):
-        raise Busy(BUSY)
+        raise _Busy(BUSY)
     try:
         return work()
     finally:
@@ -221,7 +223,7 @@ async def preview(request: Request) -> Response:
             shown_name = os.path.basename(sample.filename)
             try:
                 return await run_in_threadpool(_preview_upload, compiled, sample, shown_name)
-            except Busy:
+            except _Busy:
                 return _error(429, BUSY)
         if isinstance(archived, str) and archived:
             try:
@@ -232,7 +234,7 @@ async def preview(request: Request) -> Response:
                 return _error(404, str(exc))
             try:
                 return await run_in_threadpool(_preview_path, compiled, path, archived)
-            except Busy:
+            except _Busy:
                 return _error(429, BUSY)
     return _error(400, "choose an archived file or upload a sample file to preview")
 
@@ -276,7 +278,7 @@ async def diff(request: Request) -> Response:
     before, after = CompiledMapping(_in_force(request, feed)), CompiledMapping(checked.mapping)
     try:
         result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
-    except Busy:
+    except _Busy:
         return _error(429, BUSY)
     return JSONResponse(result.as_dict())
 
@@ -317,7 +319,7 @@ async def new_from_sample(request: Request) -> Response:
         template_feed = form.get("template")
     try:  # one at a time too: a zip's directory of 400,000 names takes seconds and hundreds of MB to read
         detected = await run_in_threadpool(_one_at_a_time, lambda: detect_sample(data))
-    except Busy:
+    except _Busy:
         return _error(429, BUSY)
     if isinstance(template_feed, str) and template_feed:
         try:

@@ -246,7 +246,7 @@ async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | Non
     return None
 
 
-class BodyTooBig(Exception):
+class _BodyTooBig(Exception):
     """Raised by BodyLimit's receive when a request body passes the limit (caught by BodyLimit)."""
 
 
@@ -282,7 +282,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooBig()
+                    raise _BodyTooBig()
             return message
 
         async def watched(message: Message) -> None:
@@ -293,7 +293,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, watched)
-        except BodyTooBig:
+        except _BodyTooBig:
             if started:
                 raise
             await self.refuse(scope, receive, send, 413, self._too_big())
