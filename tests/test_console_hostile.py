@@ -326,3 +326,22 @@ def test_odd_numbers_and_json_get_a_clear_answer_not_an_internal_error(feed_conf
     big_text = console.http.post(console.url + "playground/feed/local/preview", files={"text": (None, "x" * 2_000_000)},
                                  headers={"X-CSRF-Token": csrf}, timeout=20)
     assert (big_text.status_code, big_text.json()) == (400, {"error": "Part exceeded maximum size of 1024KB."})
+
+
+def test_a_journal_that_is_no_database_is_a_clear_page_and_read_again_once_it_is_back(feed_config: Path,
+                                                                                       live_console) -> None:
+    journal_path = feed_config.parent / "var" / "journal.sqlite3"
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    journal_path.write_bytes(b"not a database " * 1000)
+    console = live_console(feed_config)
+    for path in ("/", "/files/1"):
+        page = console.get(path)
+        assert page.status_code == 503
+        assert "<h1>The journal cannot be read</h1>" in page.text
+        assert (f'<p class="error-message">journal {journal_path}: file is not a database (the console reads it '
+                "again at the next page)</p>") in page.text
+        assert "Traceback" not in page.text and "please report it" not in page.text
+    journal_path.unlink()
+    with Journal(journal_path) as journal:
+        journal.begin_file("a.csv", "a" * 64, 1, "local")
+    assert console.get("/files/1").status_code == 200

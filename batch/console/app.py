@@ -16,6 +16,7 @@ import math
 import secrets
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -222,6 +223,17 @@ async def journal_error(request: Request, exc: Exception) -> Response:
         "title": "The journal cannot be read", "message": _redacted(str(exc))}, status_code=503)
 
 
+async def sqlite_error(request: Request, exc: Exception) -> Response:
+    """A SQLite journal the driver cannot read ("file is not a database", "malformed"): the journal's
+    page (503), and the stores are opened afresh by the next request (a journal put back is read)."""
+    state = console_state(request)
+    state.forget_stores()
+    return render(request, "error.html", {
+        "title": "The journal cannot be read",
+        "message": _redacted(f"journal {state.journal_display}: {exc} (the console reads it again at the next "
+                             "page)")}, status_code=503)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     # the message is redacted of the configuration's secrets; the traceback stays in the log
     return HTMLResponse(templates.get_template("error.html").render(
@@ -262,7 +274,8 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Middleware(LoginGate, password=password, sessions=sessions),
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
-        HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
+        HTTPException: http_error, JournalError: journal_error, sqlite3.DatabaseError: sqlite_error,
+        Exception: internal_error})
     app.state.console = state
     app.state.retries = retries.Retries()
     app.state.password = password
