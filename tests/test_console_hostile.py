@@ -345,3 +345,30 @@ def test_a_journal_that_is_no_database_is_a_clear_page_and_read_again_once_it_is
     with Journal(journal_path) as journal:
         journal.begin_file("a.csv", "a" * 64, 1, "local")
     assert console.get("/files/1").status_code == 200
+
+
+def test_a_stopped_postgresql_journal_is_a_clear_page_and_the_console_recovers(tmp_path: Path, sandbox, pg_database,
+                                                                               live_console) -> None:
+    from batch.store.journal_pg import PgJournal
+
+    with PgJournal(pg_database.uri, password=pg_database.password, timeout_s=5) as journal:
+        journal.begin_file("a.csv", "a" * 64, 1, "local")
+    password_file = tmp_path / "pg-password"
+    password_file.write_text(pg_database.password)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}], journal=pg_database.uri,
+                          journal_password_file=str(password_file))
+    console = live_console(config)
+    assert console.get("/files/1").status_code == 200
+    pg_database.cluster.stop("fast")
+    try:
+        for path in ("/", "/files/1"):
+            console.http.close()  # a new connection for each page: a 503 may close the kept-alive one
+            page = console.get(path)
+            assert page.status_code == 503, path
+            assert "<h1>The journal cannot be read</h1>" in page.text
+            assert pg_database.password not in page.text and "Traceback" not in page.text
+    finally:
+        pg_database.cluster.start()
+    assert console.get("/files/1").status_code == 200
