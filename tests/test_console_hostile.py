@@ -372,3 +372,16 @@ def test_a_stopped_postgresql_journal_is_a_clear_page_and_the_console_recovers(t
     finally:
         pg_database.cluster.start()
     assert console.get("/files/1").status_code == 200
+
+
+def test_the_editor_shows_hostile_mapping_text_and_archive_names_as_text(feed_config: Path, live_console) -> None:
+    mapping = feed_config.parent / "mapping.yaml"
+    mapping.write_text(mapping.read_text() + "# </textarea><script>alert(1)</script>\n")
+    (feed_config.parent / "inbox" / "archive" / "<img src=x onerror=alert(1)>.csv").write_bytes(export("x", 1))
+    console = live_console(feed_config)
+    page = console.get("/playground/feed/local")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    assert "# &lt;/textarea&gt;&lt;script&gt;alert(1)&lt;/script&gt;\n</textarea>" in page.text
+    assert ('<option value="&lt;img src=x onerror=alert(1)&gt;.csv">&lt;img src=x onerror=alert(1)&gt;.csv</option>'
+            in page.text)
