@@ -5,6 +5,7 @@ archived files is shown; saved, the service uses the new mapping for the next fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,7 +115,12 @@ def test_html_in_a_mapping_its_problems_a_diff_and_a_preview_stays_text(tmp_path
     console = live_console(config)
     page = browser_page
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.goto(console.url + "playground/feed/local")
     page.wait_for_selector("#playground[data-checked='valid']")
 
