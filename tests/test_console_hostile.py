@@ -105,9 +105,9 @@ def test_a_body_that_streams_past_the_limit_is_cut_when_it_passes_it() -> None:
         raise AssertionError("the route answered")
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"transfer-encoding", b"chunked")]}
-    asyncio.run(BodyLimit(route, refuse, limit=1000)(scope, receive, send))
+    asyncio.run(BodyLimit(route, refuse, limits=lambda path: 1000)(scope, receive, send))
     assert read == [400, 400]  # the third chunk passes the limit: the route never gets it
-    assert answered == [(413, "the request is bigger than 1,000 bytes (a sample file: upload a part of the export)")]
+    assert answered == [(413, "the request is bigger than 1,000 bytes")]
 
 
 # --------------------------------------------------------------------------- the login
@@ -151,6 +151,22 @@ def test_the_pause_ends_and_a_right_password_clears_the_address() -> None:
     throttle.start("10.0.0.3")
     throttle.start("10.0.0.4")
     assert throttle.start("10.0.0.1") == 0.0  # forgotten: at most two addresses are remembered
+
+
+def test_whoever_has_no_login_cannot_make_the_console_read_a_big_body(login_config: Path, live_console) -> None:
+    console = live_console(login_config)
+    csrf = console.csrf("/login")  # anyone who reaches the console gets a session and its token
+    for path, status, text in (
+            ("/login", 413, b"the request is bigger than 65,536 bytes. Nothing was done."),
+            ("/playground/feed/local/preview", 401, b"<h1>401: log in first</h1>")):
+        answer = raw_request(console, (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie_header(console)}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000000\r\n\r\n"
+            f"csrf={csrf}&"))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), (path, head)
+        assert text in body, path
+    assert console.login(PASSWORD).status_code == 303  # a login is a small form
 
 
 def test_a_copy_of_the_session_cookie_is_no_login_after_the_logout(login_config: Path, live_console) -> None:
@@ -299,7 +315,7 @@ def test_a_login_sent_as_json_or_with_a_method_override_is_refused(login_config:
     assert "the form has no security token (CSRF). Nothing was done: reload the page and try again." in as_json.text
     override = console.http.post(console.url + "logout?_method=GET", headers={"X-HTTP-Method-Override": "GET"},
                                  allow_redirects=False, timeout=20)
-    assert override.status_code == 403  # still a POST: the CSRF check applies
+    assert override.status_code == 401  # still a POST: refused (no login; without a token the CSRF check would)
     assert console.get("/").status_code == 303
 
 

@@ -4,8 +4,8 @@ playground's routes together; ``serve`` runs it with uvicorn on a socket the cal
 Middleware, outermost first: the Host check (on loopback only loopback names: a DNS-rebinding
 page cannot reach the console), security headers (a strict Content-Security-Policy: scripts and
 styles only from /static, no framing), the signed session cookie (HttpOnly, SameSite=Strict),
-the limit of a request body's size (refused before it is read), the CSRF check of every POST,
-and the login (when a password is configured).
+the limit of a request body's size (refused before it is read), the login (when a password is
+configured), the CSRF check of every POST.
 """
 
 from __future__ import annotations
@@ -270,8 +270,9 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_urlsafe(32),
                    session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
         Middleware(BodyLimit, refuse=refuse_body),
-        Middleware(CsrfMiddleware, refuse=refuse_csrf),
+        # the login before the CSRF check: a POST without a login is refused before its body is read
         Middleware(LoginGate, password=password, sessions=sessions),
+        Middleware(CsrfMiddleware, refuse=refuse_csrf),
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         HTTPException: http_error, JournalError: journal_error, sqlite3.DatabaseError: sqlite_error,

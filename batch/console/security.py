@@ -15,8 +15,10 @@ a feed's folders.
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
   refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
   route runs, so a route cannot forget the check.
-- **Request bodies**: ``BodyLimit`` refuses one bigger than ``MAX_BODY_BYTES`` (413): by its
-  Content-Length before a byte of it is read, else as soon as the bytes received pass the limit.
+- **Request bodies**: ``BodyLimit`` refuses one bigger than its path allows (``body_limit``: 64 MB
+  for a sample upload, 8 MB for the playground's other requests, 64 KB for a form such as the
+  login) with 413: by its Content-Length before a byte of it is read, else as soon as the bytes
+  received pass the limit.
 - **Downloads**: ``confined`` takes a folder and a name from a request and returns the file only
   when it is a regular file inside that folder after every symlink is resolved; a name with
   ``..``, an absolute path, a NUL, a backslash or a control character is refused before the
@@ -49,6 +51,12 @@ SESSION_USER = "user"
 SESSION_ID = "sid"  # the login's id in LiveSessions
 #: The biggest request body the console reads (a sample file uploaded to the playground).
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: A playground request that carries a mapping's text (at most a million characters) as JSON.
+MAX_JSON_BYTES = 8 * 1024 * 1024
+#: A form: the login, the logout, a retry (what anyone who can reach the console may send).
+MAX_FORM_BYTES = 64 * 1024
+#: The playground's routes that take a sample file.
+UPLOAD_ROUTES = ("/preview", "/new")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Scope = MutableMapping[str, Any]
@@ -60,6 +68,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class LoginRequired(ConfigurationError):
     """The console would listen on a non-loopback address without a login."""
+
+
+def body_limit(path: str) -> int:
+    """The biggest request body the console reads for `path`."""
+    if path.startswith("/playground/"):
+        return MAX_BODY_BYTES if path.endswith(UPLOAD_ROUTES) else MAX_JSON_BYTES
+    return MAX_FORM_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -176,7 +191,7 @@ class CsrfMiddleware:
 
     Sits inside the session middleware (it reads ``scope["session"]``). The token comes in the
     ``X-CSRF-Token`` header or as the form field ``csrf``; to read the field, the body is read
-    here (at most ``MAX_BODY_BYTES``: BodyLimit sits outside) and handed on to the route unchanged.
+    here (at most what ``body_limit`` allows: BodyLimit sits outside) and handed on to the route unchanged.
     """
 
     def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, str], Awaitable[None]]) -> None:
@@ -195,7 +210,7 @@ class CsrfMiddleware:
             else:
                 await self.refuse(scope, receive, send, "the form's security token (CSRF) is wrong")
             return
-        body = await _read_body(receive)  # at most MAX_BODY_BYTES: BodyLimit, outside, stops it there
+        body = await _read_body(receive)  # at most body_limit(path): BodyLimit, outside, stops it there
         sent = await _form_token(scope, headers.get("content-type", ""), body)
         if not csrf_valid(expected, sent):
             why = ("the form has no security token (CSRF)" if sent is None
@@ -251,27 +266,28 @@ class _BodyTooBig(Exception):
 
 
 class BodyLimit:
-    """Refuses a request body bigger than `limit` with 413, before it is read when its
+    """Refuses a request body bigger than `limits(path)` with 413, before it is read when its
     Content-Length says so, else as soon as the bytes received pass the limit: whatever a route
     does with the body (a form parsed to a spooled file, JSON read whole), neither memory nor the
-    temporary folder holds more than `limit` bytes of one request."""
+    temporary folder holds more than the limit of one request."""
 
     def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, int, str], Awaitable[None]],
-                 limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.refuse, self.limit = app, refuse, limit
+                 limits: Callable[[str], int] = body_limit) -> None:
+        self.app, self.refuse, self.limits = app, refuse, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits(scope["path"])
         declared = [value for key, value in scope["headers"] if key.lower() == b"content-length"]
         if declared:
             text = declared[0].decode("latin-1").strip()
             if len(declared) > 1 or not text.isdigit():
                 await self.refuse(scope, receive, send, 400, "the request's Content-Length is not one number")
                 return
-            if int(text) > self.limit:
-                await self.refuse(scope, receive, send, 413, self._too_big())
+            if int(text) > limit:
+                await self.refuse(scope, receive, send, 413, too_big(limit))
                 return
         received = 0
         started = False
@@ -281,7 +297,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _BodyTooBig()
             return message
 
@@ -296,10 +312,12 @@ class BodyLimit:
         except _BodyTooBig:
             if started:
                 raise
-            await self.refuse(scope, receive, send, 413, self._too_big())
+            await self.refuse(scope, receive, send, 413, too_big(limit))
 
-    def _too_big(self) -> str:
-        return f"the request is bigger than {self.limit:,} bytes (a sample file: upload a part of the export)"
+
+def too_big(limit: int) -> str:
+    hint = " (a sample file: upload a part of the export)" if limit == MAX_BODY_BYTES else ""
+    return f"the request is bigger than {limit:,} bytes{hint}"
 
 
 class Refused(InputFileError):
