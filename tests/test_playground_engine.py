@@ -19,6 +19,7 @@ from batch.console.mapping_store import (
     MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
+    archived_count,
     archived_files,
     archived_path,
     mapping_versions,
@@ -349,6 +350,7 @@ def test_archive_lists_data_files_newest_first_and_refuses_names_that_leave_it(f
     (archive / "link.csv").symlink_to(tmp_path / "mapping.yaml")
     assert [f.name for f in archived_files(feed)] == ["new.csv", "mid.csv", "old.csv"]
     assert [f.name for f in archived_files(feed, 2)] == ["new.csv", "mid.csv"]
+    assert archived_count(feed) == 3
     assert archived_path(feed, "mid.csv") == archive / "mid.csv"
     for name, message in [
         ("../service.yaml", "refused file name '../service.yaml': it contains a path separator"),

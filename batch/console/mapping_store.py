@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import heapq
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,27 +230,39 @@ def archive_folder(feed: FeedSettings) -> Path:
 
 
 def archived_files(feed: FeedSettings, limit: int | None = None) -> list[ArchivedFile]:
-    """The data files in the feed's archive (not markers or temporaries), newest first."""
+    """The data files in the feed's archive (not markers or temporaries), newest first; with a
+    `limit`, only that many are held while the folder is read (an archive of years: 100,000 files)."""
+    def newest(f: ArchivedFile) -> tuple[float, str]:
+        return f.mtime, f.name
+
+    if limit is None:
+        return sorted(_archive_entries(feed), key=newest, reverse=True)
+    return heapq.nlargest(limit, _archive_entries(feed), key=newest)
+
+
+def archived_count(feed: FeedSettings) -> int:
+    """How many data files the feed's archive holds (counted as the folder is read)."""
+    return sum(1 for _ in _archive_entries(feed))
+
+
+def _archive_entries(feed: FeedSettings) -> Iterator[ArchivedFile]:
     folder = archive_folder(feed)
     rules = NameRules.from_settings(feed)
-    found: list[ArchivedFile] = []
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not rules.is_data(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # a hard link may be any file (archived_path)
+                    yield ArchivedFile(entry.name, info.st_size, info.st_mtime)
     except FileNotFoundError:
-        return []
+        return
     except OSError as exc:
         raise PlaygroundError(f"feed {feed.name}: cannot list its archive {folder}: {exc.strerror}") from None
-    for entry in entries:
-        if not rules.is_data(entry.name):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # a hard link may be any file (archived_path)
-            found.append(ArchivedFile(entry.name, info.st_size, info.st_mtime))
-    found.sort(key=lambda f: (f.mtime, f.name), reverse=True)
-    return found[:limit] if limit is not None else found
 
 
 def archived_path(feed: FeedSettings, name: str) -> Path:

@@ -62,6 +62,7 @@ from batch.console.mapping_store import (
     MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
+    archived_count,
     archived_files,
     archived_path,
     mapping_versions,
@@ -154,7 +155,7 @@ def index(request: Request) -> Response:
     rows = []
     for feed in console_state(request).loaded.config.feeds:
         try:
-            archive: str = f"{len(archived_files(feed)):,} archived file(s)"
+            archive: str = f"{archived_count(feed):,} archived file(s)"
         except ArchiveNotAvailable:
             archive = "archive on the SFTP server: not readable here"
         except PlaygroundError as exc:
