@@ -55,7 +55,7 @@ from batch.console.security import (
 )
 from batch.console.state import ConsoleState
 from batch.service.logs import installed_filter
-from batch.store.journal import JournalError
+from batch.store.journal import JournalError, JournalUnavailable
 
 log = logging.getLogger("batch.console")
 
@@ -219,6 +219,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def journal_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, JournalUnavailable):
+        # opened afresh by the next page: a pool whose server went away reconnects on its own only
+        # after its backoff, and the page after a restart of PostgreSQL would still say it is down
+        console_state(request).forget_stores()
     return render(request, "error.html", {
         "title": "The journal cannot be read", "message": _redacted(str(exc))}, status_code=503)
 
