@@ -20,6 +20,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │       ├── ArchiveNotAvailable             an SFTP feed's archive is on the server
     │       ├── ConcurrentEdit                  the mapping changed since the editor loaded it
     │       ├── MappingRefused                  the edited text has problems: nothing was written
+    │       ├── MappingSlotTaken                a save would move or write through a link/folder it did not make
     │       └── UnsafeFileName                  a requested archive name that is not a plain file there
     ├── InputFileError                  input file unusable: fix or replace the file     (exit 2)
     │   ├── FileError                       batch.transform.readers: encoding, header, XML, structure

@@ -5,12 +5,13 @@ archived files is shown; saved, the service uses the new mapping for the next fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.fixtures_http import APICODE_ENV
 from tests.fixtures_sftp import wait_until
-from tests.service_helpers import MAPPING_BROKEN, MAPPING_V2, ServiceThread, export, ids, write_config
+from tests.service_helpers import MAPPING, MAPPING_BROKEN, MAPPING_V2, ServiceThread, export, ids, write_config
 
 
 @pytest.fixture
@@ -99,3 +100,43 @@ def test_a_new_mapping_from_a_sample_shows_what_was_detected(tmp_path: Path, san
     page.wait_for_selector("#preview-summary")
     assert page.locator("#preview-summary").inner_text() == \
         "finnish_cp1252.csv: 4 records, 0 valid, 4 invalid, 0 filtered"
+
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def test_html_in_a_mapping_its_problems_a_diff_and_a_preview_stays_text(tmp_path: Path, sandbox, live_console,
+                                                                        browser_page) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "archive").mkdir(parents=True)
+    (inbox / "archive" / f"{XSS}.csv").write_bytes(export("x", 2))
+    config = write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+    console = live_console(config)
+    page = browser_page
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(console.url + "playground/feed/local")
+    page.wait_for_selector("#playground[data-checked='valid']")
+
+    page.fill("#mapping-text", MAPPING_BROKEN.replace("colum: place", f'"{XSS}": place'))
+    page.wait_for_selector("#problems li")
+    assert f"fields.usageplacecode.{XSS}: unknown key" in page.locator("#problems").inner_text()
+
+    page.fill("#mapping-text", MAPPING.replace("description: {column: note}", f'description: {{const: "{XSS}"}}'))
+    page.wait_for_selector("#playground[data-checked='valid']")
+    page.click("#diff-button")
+    page.wait_for_selector("#diff-summary")
+    assert f'"{XSS}"' in page.locator("table.diff-samples").inner_text()
+    assert page.locator("table.diff-samples").inner_text().count(f"{XSS}.csv:") == 2
+
+    page.select_option("#archived", f"{XSS}.csv")
+    page.click("#preview-button")
+    page.wait_for_selector("#preview-summary")
+    assert page.locator("#preview-summary").inner_text().startswith(f"{XSS}.csv: 2 records, 2 valid")
+    assert f'"description":"{XSS}"' in page.locator("table.preview-records").inner_text()
+    assert page.locator("img").count() == 0 and dialogs == []  # shown as text: no element, no script ran

@@ -16,12 +16,15 @@ from batch.console.mapping_store import (
     ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
+    MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
+    archived_count,
     archived_files,
     archived_path,
     mapping_versions,
     read_mapping,
+    read_version,
     save_mapping,
 )
 from batch.transform.mapcheck import check_mapping_text
@@ -165,6 +168,20 @@ def test_an_unchanged_mapping_changes_nothing_and_a_file_it_cannot_read_is_said(
                                 {"before": "invalid", "after": "not read", "records": 1}]
 
 
+def test_a_file_gone_since_it_was_listed_is_said_and_the_others_are_diffed(tmp_path: Path) -> None:
+    files = archive_with(tmp_path, {"a.csv": FILE_A, "gone.csv": FILE_B, "b.csv": FILE_B})
+    files[1][1].unlink()  # the service pruned it between the listing and the diff
+    diff = diff_files(compiled(MAPPING), compiled(MAPPING), files).as_dict()
+    assert [(f["name"], f["before"]["records"], f["before"]["error"], f["after"]["error"])
+            for f in diff["files"]] == [
+        ("a.csv", 3, None, None),
+        ("gone.csv", 0, "cannot read the file: No such file or directory",
+         "cannot read the file: No such file or directory"),
+        ("b.csv", 2, None, None)]
+    shown = preview_file(compiled(MAPPING), files[1][1])
+    assert shown.counts.as_dict()["error"] == "cannot read the file: No such file or directory"
+
+
 def test_preview_of_a_file_counts_every_record_and_keeps_the_first() -> None:
     mapping = (ROOT / "config/mappings/finnish_cp1252.yaml").read_text()
     shown = preview_file(compiled(mapping), ROOT / "samples/finnish_cp1252.csv", limit=2)
@@ -220,6 +237,82 @@ def test_save_refuses_an_invalid_text_and_a_concurrent_edit(feed) -> None:
     assert feed.mapping.read_text() == MAPPING + "# someone else's edit\n"
 
 
+def test_two_saves_at_once_from_the_same_text_one_wins_the_other_is_told(feed) -> None:
+    import threading
+
+    base = read_mapping(feed).hash
+    texts = [MAPPING.replace("note}", f"note, default: editor{n}}}") for n in range(2)]
+    start = threading.Barrier(2)
+    outcomes: dict[int, str] = {}
+
+    def save(n: int) -> None:
+        start.wait()
+        try:
+            outcomes[n] = save_mapping(feed, texts[n], base).hash
+        except ConcurrentEdit:
+            outcomes[n] = "refused"
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes.values(), key=lambda value: value == "refused")[1] == "refused"
+    winner = next(n for n, value in outcomes.items() if value != "refused")
+    assert feed.mapping.read_text() == texts[winner]
+    assert mapping_versions(feed) == ["mapping.yaml.1"] and feed.mapping.with_name("mapping.yaml.1").read_text() == \
+        MAPPING
+
+
+def test_a_gap_in_the_versions_is_filled_and_nothing_older_is_dropped(feed) -> None:
+    path = feed.mapping
+    path.with_name("mapping.yaml.1").write_text("one")
+    path.with_name("mapping.yaml.3").write_text("three")  # .2 was removed by hand
+    saved = save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), read_mapping(feed).hash, versions=3)
+    assert saved.kept == "mapping.yaml.1"
+    assert [path.with_name(f"mapping.yaml.{n}").read_text() for n in (1, 2, 3)] == [MAPPING, "one", "three"]
+
+
+def test_odd_names_among_the_versions_are_left_alone_and_the_save_refused(feed, tmp_path: Path) -> None:
+    path = feed.mapping
+    secret = tmp_path / "secret.txt"
+    secret.write_text("apicode: s3cr3t\n")
+    path.with_name("mapping.yaml.1").write_text("one")
+    path.with_name("mapping.yaml.2").symlink_to(secret)
+    path.with_name("mapping.yaml.3").mkdir()
+    assert mapping_versions(feed) == ["mapping.yaml.1"]  # the link and the folder are no kept versions
+    with pytest.raises(PlaygroundError) as refused:
+        read_version(feed, 2)
+    assert str(refused.value) == "mapping.yaml.2 is a symbolic link, not a version the playground kept"
+    base = read_mapping(feed).hash
+    with pytest.raises(MappingSlotTaken) as taken:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base, versions=5)
+    assert str(taken.value) == (
+        "mapping.yaml.2 is a symbolic link, not a kept version of mapping.yaml: the playground does not move or "
+        "delete it; nothing was saved (remove or rename it, then save again)")
+    path.with_name("mapping.yaml.2").unlink()
+    with pytest.raises(MappingSlotTaken) as taken:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base, versions=5)
+    assert str(taken.value).startswith("mapping.yaml.3 is a directory, not a kept version of mapping.yaml")
+    assert path.read_text() == MAPPING and secret.read_text() == "apicode: s3cr3t\n"
+    assert path.with_name("mapping.yaml.1").read_text() == "one"
+
+
+def test_a_mapping_that_is_a_symbolic_link_is_not_replaced_nor_written_through(feed, tmp_path: Path) -> None:
+    real = tmp_path / "shared" / "real.yaml"
+    real.parent.mkdir()
+    real.write_text(MAPPING)
+    feed.mapping.unlink()
+    feed.mapping.symlink_to(real)
+    base = read_mapping(feed).hash  # the editor shows what the service reads
+    with pytest.raises(MappingSlotTaken) as refused:
+        save_mapping(feed, MAPPING.replace("note}", "note, default: x}"), base)
+    assert str(refused.value) == (
+        f"mapping.yaml is a symbolic link (to {real}): the playground neither replaces the link nor writes through "
+        "it; nothing was saved (edit the file it leads to, or replace the link by the file)")
+    assert feed.mapping.is_symlink() and real.read_text() == MAPPING and mapping_versions(feed) == []
+
+
 @pytest.fixture
 def apicode_env(sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(APICODE_ENV, sandbox.apicode)
@@ -257,6 +350,7 @@ def test_archive_lists_data_files_newest_first_and_refuses_names_that_leave_it(f
     (archive / "link.csv").symlink_to(tmp_path / "mapping.yaml")
     assert [f.name for f in archived_files(feed)] == ["new.csv", "mid.csv", "old.csv"]
     assert [f.name for f in archived_files(feed, 2)] == ["new.csv", "mid.csv"]
+    assert archived_count(feed) == 3
     assert archived_path(feed, "mid.csv") == archive / "mid.csv"
     for name, message in [
         ("../service.yaml", "refused file name '../service.yaml': it contains a path separator"),

@@ -4,15 +4,19 @@ playground's routes together; ``serve`` runs it with uvicorn on a socket the cal
 Middleware, outermost first: the Host check (on loopback only loopback names: a DNS-rebinding
 page cannot reach the console), security headers (a strict Content-Security-Policy: scripts and
 styles only from /static, no framing), the signed session cookie (HttpOnly, SameSite=Strict),
-the CSRF check of every POST, and the login (when a password is configured).
+the limit of a request body's size (refused before it is read), the login (when a password is
+configured), the CSRF check of every POST.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import secrets
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -34,9 +38,13 @@ from batch.console import pages, playground, retries
 from batch.console.render import STATIC, console_state, render, templates
 from batch.console.security import (
     LOOPBACK_NAMES,
+    SESSION_ID,
     SESSION_USER,
     ASGIApp,
+    BodyLimit,
     CsrfMiddleware,
+    LiveSessions,
+    LoginThrottle,
     Password,
     Receive,
     Scope,
@@ -47,7 +55,9 @@ from batch.console.security import (
 )
 from batch.console.state import ConsoleState
 from batch.service.logs import installed_filter
-from batch.store.journal import JournalError
+from batch.store.journal import JournalError, JournalUnavailable
+
+log = logging.getLogger("batch.console")
 
 SESSION_COOKIE = "usageplace_console"
 SESSION_SECONDS = 12 * 3600
@@ -105,11 +115,14 @@ class LoginGate:
     """With a password configured, every path but the login page and static files needs a
     logged-in session: a page request is sent to the login, anything else gets 401."""
 
-    def __init__(self, app: ASGIApp, password: Password | None) -> None:
-        self.app, self.password = app, password
+    def __init__(self, app: ASGIApp, password: Password | None, sessions: LiveSessions) -> None:
+        self.app, self.password, self.sessions = app, password, sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.password is None or scope["type"] != "http" or scope.get("session", {}).get(SESSION_USER)
+        session = scope.get("session", {})
+        if self.password is not None and session.get(SESSION_USER) and not self.sessions.live(session.get(SESSION_ID)):
+            session.clear()  # logged out (or the console restarted): this cookie is no login any more
+        if (self.password is None or scope["type"] != "http" or session.get(SESSION_USER)
                 or scope["path"] == "/login" or scope["path"].startswith("/static/")):
             await self.app(scope, receive, send)
             return
@@ -128,6 +141,12 @@ async def refuse_csrf(scope: Scope, receive: Receive, send: Send, why: str) -> N
                  "reload the page and try again."}, status_code=403)(scope, receive, send)
 
 
+async def refuse_body(scope: Scope, receive: Receive, send: Send, status: int, why: str) -> None:
+    request = Request(scope, receive)
+    await render(request, "error.html", {"title": f"Refused ({status})", "message": f"{why}. Nothing was done."},
+                 status_code=status)(scope, receive, send)
+
+
 # --------------------------------------------------------------------------- login
 
 
@@ -144,17 +163,33 @@ async def login(request: Request) -> Response:
     form = await request.form()
     name, attempt, target = (str(form.get(key) or "") for key in ("name", "password", "next"))
     name = " ".join(name.split())[:80]
-    if not name or not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
+    if not name:
+        return render(request, "login.html", {"next": safe_next(target), "name": name,
+                                              "error": "Give your name (recorded with what you do)."}, status_code=400)
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.start(client)
+    if wait:
+        log.warning("login refused for %s: too many wrong passwords", client)
+        response = render(request, "login.html", {"next": safe_next(target), "name": name, "error": (
+            f"Too many wrong passwords from {client}: logging in from there is refused for a minute after "
+            "the last one. Wait, then try again.")}, status_code=429)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    if not await run_in_threadpool(password.matches, attempt):  # scrypt: ~50 ms of CPU
+        log.warning("login: wrong password from %s", client)  # not the name: a password typed in its field
         await asyncio.sleep(0.3)  # a guess costs a little time
-        message = "Give your name (recorded with what you do)." if not name else "Wrong password."
-        return render(request, "login.html", {"next": safe_next(target), "error": message, "name": name},
-                      status_code=401 if name else 400)
+        return render(request, "login.html", {"next": safe_next(target), "error": "Wrong password.", "name": name},
+                      status_code=401)
+    throttle.succeeded(client)
     request.session.clear()  # a new session (and CSRF token) for the logged-in user
     request.session[SESSION_USER] = name
+    request.session[SESSION_ID] = request.app.state.sessions.open()
     return RedirectResponse(safe_next(target), status_code=303)
 
 
 async def logout(request: Request) -> Response:
+    request.app.state.sessions.close(request.session.get(SESSION_ID))
     request.session.clear()
     return RedirectResponse("/login" if request.app.state.password is not None else "/", status_code=303)
 
@@ -176,13 +211,31 @@ def _redacted(text: str) -> str:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.method == "POST" and request.url.path.startswith("/playground/"):
+        # the editor's script reads {"error"} from every answer of the playground (a page would be lost)
+        return JSONResponse({"error": _redacted(str(exc.detail))}, status_code=exc.status_code)
     return render(request, "error.html", {"title": f"{exc.status_code}", "message": _redacted(str(exc.detail))},
                   status_code=exc.status_code)
 
 
 async def journal_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, JournalUnavailable):
+        # opened afresh by the next page: a pool whose server went away reconnects on its own only
+        # after its backoff, and the page after a restart of PostgreSQL would still say it is down
+        console_state(request).forget_stores()
     return render(request, "error.html", {
         "title": "The journal cannot be read", "message": _redacted(str(exc))}, status_code=503)
+
+
+async def sqlite_error(request: Request, exc: Exception) -> Response:
+    """A SQLite journal the driver cannot read ("file is not a database", "malformed"): the journal's
+    page (503), and the stores are opened afresh by the next request (a journal put back is read)."""
+    state = console_state(request)
+    state.forget_stores()
+    return render(request, "error.html", {
+        "title": "The journal cannot be read",
+        "message": _redacted(f"journal {state.journal_display}: {exc} (the console reads it again at the next "
+                             "page)")}, status_code=503)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -204,6 +257,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     state = ConsoleState(Path(config_path))
     password = console_password(state.loaded.config.console)
     check_listening(host, password, state.config_path)
+    sessions = LiveSessions(SESSION_SECONDS)
     routes: list[BaseRoute] = [
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
@@ -219,14 +273,19 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_urlsafe(32),
                    session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
+        Middleware(BodyLimit, refuse=refuse_body),
+        # the login before the CSRF check: a POST without a login is refused before its body is read
+        Middleware(LoginGate, password=password, sessions=sessions),
         Middleware(CsrfMiddleware, refuse=refuse_csrf),
-        Middleware(LoginGate, password=password),
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
-        HTTPException: http_error, JournalError: journal_error, Exception: internal_error})
+        HTTPException: http_error, JournalError: journal_error, sqlite3.DatabaseError: sqlite_error,
+        Exception: internal_error})
     app.state.console = state
     app.state.retries = retries.Retries()
     app.state.password = password
+    app.state.login_throttle = LoginThrottle()
+    app.state.sessions = sessions
     app.state.playground_enabled = bool(playground.routes)
     return app
 

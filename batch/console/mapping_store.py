@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import heapq
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings
 from batch.errors import ConfigurationError
-from batch.fsutil import atomic_writer, open_folder, read_regular_file
+from batch.fsutil import atomic_writer, file_kind, open_folder, read_regular_file
 from batch.inbox.base import NameRules, UnsafeNameError, check_name, folder_path
-from batch.transform.mapcheck import Problem, check_mapping_text
+from batch.transform.mapcheck import MAX_MAPPING_CHARS, Problem, check_mapping_text
 
 DEFAULT_VERSIONS = 10  # earlier versions kept beside a mapping: NAME.yaml.1 … NAME.yaml.10
 MAX_VERSIONS = 1000
+MAX_MAPPING_BYTES = 4 * MAX_MAPPING_CHARS  # a kept version read back: what the editor accepts, in UTF-8
 
 
 class PlaygroundError(ConfigurationError):
@@ -53,6 +56,11 @@ class MappingRefused(PlaygroundError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("the mapping has problems; it was not saved:\n" + "\n".join(p.text for p in problems))
+
+
+class MappingSlotTaken(PlaygroundError):
+    """A save that would have to move, delete or write through something the playground did not
+    make (the mapping is a link, a version's name is taken by a folder or a link): nothing written."""
 
 
 class UnsafeFileName(PlaygroundError):
@@ -99,6 +107,10 @@ def save_mapping(feed: FeedSettings, text: str, base_hash: str, versions: int = 
     if not checked.ok:
         raise MappingRefused(checked.problems)
     data = text.encode("utf-8")
+    if path.is_symlink():
+        raise MappingSlotTaken(
+            f"{path.name} is a symbolic link (to {os.readlink(path)}): the playground neither replaces the link "
+            "nor writes through it; nothing was saved (edit the file it leads to, or replace the link by the file)")
     folder = open_folder(path.parent)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor is closed
@@ -124,18 +136,38 @@ def save_mapping(feed: FeedSettings, text: str, base_hash: str, versions: int = 
     return Saved(path, text_hash(data), kept)
 
 
+def _version_slot(path: Path, number: int) -> bool:
+    """True when NAME.yaml.<number> holds a kept version (a regular file), False when it is free;
+    MappingSlotTaken when something else is there (a folder, a link, a FIFO): the playground does not
+    move, delete or write through what it did not make."""
+    slot = path.with_name(f"{path.name}.{number}")
+    try:
+        mode = os.lstat(slot).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise MappingSlotTaken(f"cannot look at {slot.name}: {exc.strerror}; nothing was saved") from None
+    if stat.S_ISREG(mode):
+        return True
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else file_kind(mode)
+    raise MappingSlotTaken(
+        f"{slot.name} is {kind}, not a kept version of {path.name}: the playground does not move or "
+        "delete it; nothing was saved (remove or rename it, then save again)")
+
+
 def _keep_version(path: Path, current: bytes, versions: int, mode: int) -> str | None:
-    """NAME.yaml.1 becomes .2 (and so on, the oldest beyond `versions` dropped); the file in force
-    becomes .1. Each step is a rename or an atomic write: a crash leaves every version whole."""
+    """NAME.yaml.1 becomes .2 (and so on up to the first free number; when none is free the
+    oldest, .`versions`, is dropped); the file in force becomes .1. Each step is a rename or an
+    atomic write: a crash leaves every version whole. Nothing moves unless every slot is a kept
+    version or free."""
     if versions == 0:
         return None
-    oldest = path.with_name(f"{path.name}.{versions}")
-    if oldest.exists() or oldest.is_symlink():
-        oldest.unlink()
-    for number in range(versions - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{number}")
-        if older.exists() and not older.is_symlink():
-            os.replace(older, path.with_name(f"{path.name}.{number + 1}"))
+    taken = [_version_slot(path, number) for number in range(1, versions + 1)]
+    free = taken.index(False) + 1 if False in taken else versions
+    if free == versions and taken[-1]:
+        path.with_name(f"{path.name}.{versions}").unlink()
+    for number in range(free - 1, 0, -1):
+        os.replace(path.with_name(f"{path.name}.{number}"), path.with_name(f"{path.name}.{number + 1}"))
     first = path.with_name(f"{path.name}.1")
     with atomic_writer(first, mode, what="keep the earlier mapping") as out:
         out.write(current)
@@ -143,9 +175,17 @@ def _keep_version(path: Path, current: bytes, versions: int, mode: int) -> str |
 
 
 def mapping_versions(feed: FeedSettings, versions: int = DEFAULT_VERSIONS) -> list[str]:
-    """The kept earlier versions, newest first (NAME.yaml.1, NAME.yaml.2, …)."""
+    """The kept earlier versions, newest first (NAME.yaml.1, NAME.yaml.2, …): regular files only
+    (a link there is not one the playground kept)."""
     path = feed.mapping
-    return [f"{path.name}.{n}" for n in range(1, versions + 1) if path.with_name(f"{path.name}.{n}").is_file()]
+    found = []
+    for number in range(1, versions + 1):
+        try:
+            if stat.S_ISREG(os.lstat(path.with_name(f"{path.name}.{number}")).st_mode):
+                found.append(f"{path.name}.{number}")
+        except OSError:
+            continue
+    return found
 
 
 def read_version(feed: FeedSettings, number: int) -> str:
@@ -155,11 +195,19 @@ def read_version(feed: FeedSettings, number: int) -> str:
         raise PlaygroundError(f"no version {number} of {feed.mapping.name}")
     path = feed.mapping.with_name(f"{feed.mapping.name}.{number}")
     try:
-        return read_regular_file(path).decode("utf-8-sig")
+        if stat.S_ISLNK(os.lstat(path).st_mode):  # never read through: it may lead to any file
+            raise PlaygroundError(f"{path.name} is a symbolic link, not a version the playground kept")
+        data = read_regular_file(path, MAX_MAPPING_BYTES)
     except FileNotFoundError:
         raise PlaygroundError(f"no version {number} of {feed.mapping.name} is kept") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlaygroundError(f"cannot read {path.name}: {exc}") from None
+    except OSError as exc:
+        raise PlaygroundError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if len(data) > MAX_MAPPING_BYTES:
+        raise PlaygroundError(f"{path.name} is bigger than {MAX_MAPPING_BYTES:,} bytes: not a mapping")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlaygroundError(f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 # --- the archive ---------------------------------------------------------------------------------
@@ -182,27 +230,39 @@ def archive_folder(feed: FeedSettings) -> Path:
 
 
 def archived_files(feed: FeedSettings, limit: int | None = None) -> list[ArchivedFile]:
-    """The data files in the feed's archive (not markers or temporaries), newest first."""
+    """The data files in the feed's archive (not markers or temporaries), newest first; with a
+    `limit`, only that many are held while the folder is read (an archive of years: 100,000 files)."""
+    def newest(f: ArchivedFile) -> tuple[float, str]:
+        return f.mtime, f.name
+
+    if limit is None:
+        return sorted(_archive_entries(feed), key=newest, reverse=True)
+    return heapq.nlargest(limit, _archive_entries(feed), key=newest)
+
+
+def archived_count(feed: FeedSettings) -> int:
+    """How many data files the feed's archive holds (counted as the folder is read)."""
+    return sum(1 for _ in _archive_entries(feed))
+
+
+def _archive_entries(feed: FeedSettings) -> Iterator[ArchivedFile]:
     folder = archive_folder(feed)
     rules = NameRules.from_settings(feed)
-    found: list[ArchivedFile] = []
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not rules.is_data(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # a hard link may be any file (archived_path)
+                    yield ArchivedFile(entry.name, info.st_size, info.st_mtime)
     except FileNotFoundError:
-        return []
+        return
     except OSError as exc:
         raise PlaygroundError(f"feed {feed.name}: cannot list its archive {folder}: {exc.strerror}") from None
-    for entry in entries:
-        if not rules.is_data(entry.name):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            found.append(ArchivedFile(entry.name, info.st_size, info.st_mtime))
-    found.sort(key=lambda f: (f.mtime, f.name), reverse=True)
-    return found[:limit] if limit is not None else found
 
 
 def archived_path(feed: FeedSettings, name: str) -> Path:
@@ -218,4 +278,7 @@ def archived_path(feed: FeedSettings, name: str) -> Path:
         raise PlaygroundError(f"feed {feed.name}: no file {name!r} in its archive") from None
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive is not a regular file")
+    if info.st_nlink > 1:  # the service never links its files: another name of it may be any file (a secret)
+        raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive has other hard links (it may be a file "
+                             "of another folder): not previewed")
     return path

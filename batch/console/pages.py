@@ -24,7 +24,7 @@ from starlette.routing import Route
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings, LoadedService
 from batch.console.render import console_state, render
-from batch.console.retries import request_view
+from batch.console.retries import MAX_FILE_ID, request_view
 from batch.console.security import Refused, confined
 from batch.inbox.local import local_outbox
 from batch.service.supervisor import feed_overview, instances_overview
@@ -273,6 +273,8 @@ def _media_type(name: str) -> str:
 
 
 def _file_record(journal: JournalStore, file_id: int) -> FileRecord:
+    if file_id > MAX_FILE_ID:
+        raise HTTPException(404, f"no file #{file_id} in the journal")
     try:
         return journal.get_file(file_id)
     except JournalMisuse:

@@ -21,8 +21,9 @@ Routes (mounted under /playground by batch.console.app):
 
 Every POST carries the CSRF token (the script sends it as X-CSRF-Token; security.CsrfMiddleware
 checks it before any of these runs). The work itself (mapping files, the file system) runs in a
-worker thread; diffs and previews one at a time per console, so that an administrator's clicks
-cannot stack up CPU-bound runs on the service's machine.
+worker thread; diffs and previews one at a time per console (another one meanwhile is refused
+with 429, not queued), so that an administrator's clicks cannot stack up CPU-bound runs on the
+service's machine nor hold the worker threads every page needs.
 
 The engine is elsewhere: batch.transform.mapcheck (the text's problems, as `validate`),
 batch.transform.mapdiff (diff and preview through the production mapping path),
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -57,8 +59,10 @@ from batch.console.mapping_store import (
     ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
+    MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
+    archived_count,
     archived_files,
     archived_path,
     mapping_versions,
@@ -112,6 +116,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise HTTPException(400, "the request is not JSON") from None
+    except RecursionError:  # [[[[… a hundred thousand deep: the parser's recursion, not a 500
+        raise HTTPException(400, "the request's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "the request is not a JSON object")
     return body
@@ -124,9 +130,22 @@ def _text(body: dict[str, Any] | Any, key: str = "text") -> str:
     return value
 
 
+class _Busy(Exception):
+    """Another diff or preview is running (they run one at a time)."""
+
+
+BUSY = "a preview or a diff is running already (one at a time on this console): try again when it has finished"
+
+
 def _one_at_a_time(work: Callable[[], Any]) -> Any:
-    with _RUNS:
+    # Refused rather than queued: a waiting request would hold one of the worker threads every page
+    # shares (a few dozen clicks and no page of the console answers until the queue has drained)
+    if not _RUNS.acquire(blocking=False):
+        raise _Busy(BUSY)
+    try:
         return work()
+    finally:
+        _RUNS.release()
 
 
 # --------------------------------------------------------------------------- pages
@@ -136,7 +155,7 @@ def index(request: Request) -> Response:
     rows = []
     for feed in console_state(request).loaded.config.feeds:
         try:
-            archive: str = f"{len(archived_files(feed)):,} archived file(s)"
+            archive: str = f"{archived_count(feed):,} archived file(s)"
         except ArchiveNotAvailable:
             archive = "archive on the SFTP server: not readable here"
         except PlaygroundError as exc:
@@ -194,7 +213,7 @@ async def preview(request: Request) -> Response:
     feed = _feed(request)
     async with request.form(max_files=1, max_fields=10) as form:
         text = _text(form)
-        checked = check_mapping_text(text, feed.mapping.name)
+        checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)  # seconds for a megabyte
         if checked.mapping is None:
             return _error(422, "the mapping has problems: fix them to preview",
                           problems=[p.as_dict() for p in checked.problems])
@@ -202,9 +221,11 @@ async def preview(request: Request) -> Response:
         archived = form.get("archived")
         sample = form.get("sample")
         if isinstance(sample, UploadFile) and sample.filename:
-            data = await sample.read()
             shown_name = os.path.basename(sample.filename)
-            return await run_in_threadpool(_preview_upload, compiled, data, shown_name)
+            try:
+                return await run_in_threadpool(_preview_upload, compiled, sample, shown_name)
+            except _Busy:
+                return _error(429, BUSY)
         if isinstance(archived, str) and archived:
             try:
                 path = archived_path(feed, archived)
@@ -212,14 +233,19 @@ async def preview(request: Request) -> Response:
                 return _error(400, str(exc))
             except PlaygroundError as exc:
                 return _error(404, str(exc))
-            return await run_in_threadpool(_preview_path, compiled, path, archived)
+            try:
+                return await run_in_threadpool(_preview_path, compiled, path, archived)
+            except _Busy:
+                return _error(429, BUSY)
     return _error(400, "choose an archived file or upload a sample file to preview")
 
 
-def _preview_upload(compiled: CompiledMapping, data: bytes, name: str) -> Response:
-    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file
+def _preview_upload(compiled: CompiledMapping, sample: UploadFile, name: str) -> Response:
+    # the readers read a path (the XML child opens it itself): the sample goes to a private temporary file,
+    # copied a chunk at a time (the upload itself is spooled to disk: never the whole sample in memory)
     with tempfile.NamedTemporaryFile(prefix="playground-sample-") as temp:
-        temp.write(data)
+        sample.file.seek(0)
+        shutil.copyfileobj(sample.file, temp, 1 << 20)
         temp.flush()
         return _preview_path(compiled, Path(temp.name), name)
 
@@ -239,7 +265,7 @@ def _preview_path(compiled: CompiledMapping, path: Path, name: str) -> Response:
 async def diff(request: Request) -> Response:
     feed = _feed(request)
     text = _text(await _json_body(request))
-    checked = check_mapping_text(text, feed.mapping.name)
+    checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)
     if checked.mapping is None:
         return _error(422, "the mapping has problems: fix them to see what it changes",
                       problems=[p.as_dict() for p in checked.problems])
@@ -251,7 +277,10 @@ async def diff(request: Request) -> Response:
     if not files:
         return _error(409, f"feed {feed.name} has no archived files yet: preview an uploaded sample instead")
     before, after = CompiledMapping(_in_force(request, feed)), CompiledMapping(checked.mapping)
-    result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+    try:
+        result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+    except _Busy:
+        return _error(429, BUSY)
     return JSONResponse(result.as_dict())
 
 
@@ -267,7 +296,7 @@ async def save(request: Request) -> Response:
         saved = await run_in_threadpool(save_mapping, feed, text, base_hash, versions)
     except MappingRefused as exc:
         return _error(422, "the mapping has problems; it was not saved", problems=[p.as_dict() for p in exc.problems])
-    except ConcurrentEdit as exc:
+    except (ConcurrentEdit, MappingSlotTaken) as exc:
         return _error(409, str(exc))
     except (PlaygroundError, OSError) as exc:
         return _error(500, f"the mapping was not saved: {exc}")
@@ -289,7 +318,10 @@ async def new_from_sample(request: Request) -> Response:
         data = await sample.read()
         name = os.path.basename(sample.filename)
         template_feed = form.get("template")
-    detected = await run_in_threadpool(detect_sample, data)
+    try:  # one at a time too: a zip's directory of 400,000 names takes seconds and hundreds of MB to read
+        detected = await run_in_threadpool(_one_at_a_time, lambda: detect_sample(data))
+    except _Busy:
+        return _error(429, BUSY)
     if isinstance(template_feed, str) and template_feed:
         try:
             template = _feed_named(request, template_feed)

@@ -23,6 +23,10 @@ from batch.service.retrying import FileResult, await_requests, request_retry
 from batch.service.runtime import Runtime
 from batch.store.journal import JournalMisuse, JournalStore, RetryRequest
 
+#: The biggest id a journal holds (SQLite's and PostgreSQL's 64-bit integer): a path with a bigger
+#: number is no file, not an error of the database driver (pages use it too).
+MAX_FILE_ID = 2**63 - 1
+
 log = logging.getLogger("batch.console")
 
 #: How long a console thread sees a request through (the holder carries it out later otherwise).
@@ -85,6 +89,8 @@ def retry_file(request: Request) -> Response:
     journal = _journal(state.journal())
     file_id = request.path_params["file_id"]
     try:
+        if file_id > MAX_FILE_ID:  # beyond the journal's integers: no file (not a driver's overflow)
+            raise JournalMisuse(f"no file #{file_id}")
         journal.get_file(file_id)
         ids = request_retry(journal, state.loaded.config, requested_by=requested_by(request), file_id=file_id)
     except JournalMisuse:

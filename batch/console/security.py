@@ -7,10 +7,18 @@ a feed's folders.
   (``LoginRequired``). On loopback the login is optional: configured, it is asked there too.
 - **Password**: read once at start, kept as ``scrypt(salt, password)`` with a random salt; a
   login attempt is hashed the same way and compared with ``hmac.compare_digest``.
+- **Guessing**: ``LoginThrottle`` refuses the logins of a client address for a minute after 5
+  wrong passwords within 15 minutes (429), without hashing the attempt.
+- **Logout**: ``LiveSessions`` keeps the id of every login in force; a logout ends it, so a copy
+  of the cookie taken before the logout no longer logs anyone in.
 - **CSRF**: every session (logged in or not) has a random token; every form carries it as the
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
   refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
   route runs, so a route cannot forget the check.
+- **Request bodies**: ``BodyLimit`` refuses one bigger than its path allows (``body_limit``: 64 MB
+  for a sample upload, 8 MB for the playground's other requests, 64 KB for a form such as the
+  login) with 413: by its Content-Length before a byte of it is read, else as soon as the bytes
+  received pass the limit.
 - **Downloads**: ``confined`` takes a folder and a name from a request and returns the file only
   when it is a regular file inside that folder after every symlink is resolved; a name with
   ``..``, an absolute path, a NUL, a backslash or a control character is refused before the
@@ -24,6 +32,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -39,8 +48,15 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SESSION_CSRF = "csrf"
 SESSION_USER = "user"
+SESSION_ID = "sid"  # the login's id in LiveSessions
 #: The biggest request body the console reads (a sample file uploaded to the playground).
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: A playground request that carries a mapping's text (at most a million characters) as JSON.
+MAX_JSON_BYTES = 8 * 1024 * 1024
+#: A form: the login, the logout, a retry (what anyone who can reach the console may send).
+MAX_FORM_BYTES = 64 * 1024
+#: The playground's routes that take a sample file.
+UPLOAD_ROUTES = ("/preview", "/new")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Scope = MutableMapping[str, Any]
@@ -52,6 +68,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class LoginRequired(ConfigurationError):
     """The console would listen on a non-loopback address without a login."""
+
+
+def body_limit(path: str) -> int:
+    """The biggest request body the console reads for `path`."""
+    if path.startswith("/playground/"):
+        return MAX_BODY_BYTES if path.endswith(UPLOAD_ROUTES) else MAX_JSON_BYTES
+    return MAX_FORM_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -99,6 +122,61 @@ def check_listening(host: str, password: Password | None, config_path: Path) -> 
             f"console.password (${{ENV_NAME}}) or console.password_file in {config_path}, or listen on 127.0.0.1")
 
 
+class LoginThrottle:
+    """Slows a password guesser down: after `attempts` wrong passwords from one client address
+    within `window` seconds, its logins are refused without a look at the password until `pause`
+    seconds after its last wrong one. An attempt counts from its start (a burst of parallel
+    guesses is cut at `attempts` too); a right password clears the address. Bounded: at most
+    `clients` addresses are remembered (the oldest forgotten first)."""
+
+    def __init__(self, attempts: int = 5, window: float = 900.0, pause: float = 60.0, clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.attempts, self.window, self.pause, self.clients, self.clock = attempts, window, pause, clients, clock
+        self._failures: dict[str, list[float]] = {}  # address -> times of its recent wrong attempts
+
+    def start(self, client: str) -> float:
+        """0 when `client` may try a password now (the attempt is counted as wrong until
+        ``succeeded``), else how many seconds it must wait."""
+        now = self.clock()
+        recent = [when for when in self._failures.pop(client, []) if now - when < self.window]
+        if len(recent) >= self.attempts and now - recent[-1] < self.pause:
+            self._failures[client] = recent
+            return self.pause - (now - recent[-1])
+        recent.append(now)
+        self._failures[client] = recent  # re-inserted: the dict's order is the order of last use
+        while len(self._failures) > self.clients:
+            del self._failures[next(iter(self._failures))]
+        return 0.0
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+class LiveSessions:
+    """The logins in force: the session cookie is signed, not stored, so a copy of it would stay
+    good until it expires even after a logout. Each login gets a random id, kept here until its
+    logout (or `seconds`); a cookie whose id is not here is no login."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._started: dict[str, float] = {}
+
+    def open(self) -> str:
+        now = self.clock()
+        self._started = {sid: when for sid, when in self._started.items() if now - when < self.seconds}
+        sid = secrets.token_urlsafe(24)
+        self._started[sid] = now
+        return sid
+
+    def live(self, sid: object) -> bool:
+        when = self._started.get(sid) if isinstance(sid, str) else None
+        return when is not None and self.clock() - when < self.seconds
+
+    def close(self, sid: object) -> None:
+        if isinstance(sid, str):
+            self._started.pop(sid, None)
+
+
 def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -113,7 +191,7 @@ class CsrfMiddleware:
 
     Sits inside the session middleware (it reads ``scope["session"]``). The token comes in the
     ``X-CSRF-Token`` header or as the form field ``csrf``; to read the field, the body is read
-    here (at most ``MAX_BODY_BYTES``) and handed on to the route unchanged.
+    here (at most what ``body_limit`` allows: BodyLimit sits outside) and handed on to the route unchanged.
     """
 
     def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, str], Awaitable[None]]) -> None:
@@ -132,10 +210,7 @@ class CsrfMiddleware:
             else:
                 await self.refuse(scope, receive, send, "the form's security token (CSRF) is wrong")
             return
-        body = await _read_body(receive)
-        if body is None:
-            await self.refuse(scope, receive, send, f"the request is bigger than {MAX_BODY_BYTES} bytes")
-            return
+        body = await _read_body(receive)  # at most body_limit(path): BodyLimit, outside, stops it there
         sent = await _form_token(scope, headers.get("content-type", ""), body)
         if not csrf_valid(expected, sent):
             why = ("the form has no security token (CSRF)" if sent is None
@@ -145,18 +220,13 @@ class CsrfMiddleware:
         await self.app(scope, _replay(body), send)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
@@ -191,6 +261,65 @@ async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | Non
     return None
 
 
+class _BodyTooBig(Exception):
+    """Raised by BodyLimit's receive when a request body passes the limit (caught by BodyLimit)."""
+
+
+class BodyLimit:
+    """Refuses a request body bigger than `limits(path)` with 413, before it is read when its
+    Content-Length says so, else as soon as the bytes received pass the limit: whatever a route
+    does with the body (a form parsed to a spooled file, JSON read whole), neither memory nor the
+    temporary folder holds more than the limit of one request."""
+
+    def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, int, str], Awaitable[None]],
+                 limits: Callable[[str], int] = body_limit) -> None:
+        self.app, self.refuse, self.limits = app, refuse, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits(scope["path"])
+        declared = [value for key, value in scope["headers"] if key.lower() == b"content-length"]
+        if declared:
+            text = declared[0].decode("latin-1").strip()
+            if len(declared) > 1 or not text.isdigit():
+                await self.refuse(scope, receive, send, 400, "the request's Content-Length is not one number")
+                return
+            if int(text) > limit:
+                await self.refuse(scope, receive, send, 413, too_big(limit))
+                return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooBig()
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooBig:
+            if started:
+                raise
+            await self.refuse(scope, receive, send, 413, too_big(limit))
+
+
+def too_big(limit: int) -> str:
+    hint = " (a sample file: upload a part of the export)" if limit == MAX_BODY_BYTES else ""
+    return f"the request is bigger than {limit:,} bytes{hint}"
+
+
 class Refused(InputFileError):
     """A download name that is not a file of the folder; the message says why (no path shown
     beyond the name asked for)."""
@@ -199,7 +328,8 @@ class Refused(InputFileError):
 def confined(folder: Path, name: str) -> Path:
     """The regular file `name` directly or below `folder`, after resolving every symlink; Refused
     for a name that leaves the folder (``..``, absolute, a symlink out of it), holds NUL, a
-    backslash or a control character, or is not a regular file there."""
+    backslash or a control character, or is not a regular file there (or one with other hard
+    links)."""
     if not name or "\x00" in name or "\\" in name or not name.isprintable():
         raise Refused("not a file name")
     if name.startswith("/") or os.path.isabs(name):
@@ -215,4 +345,8 @@ def confined(folder: Path, name: str) -> Path:
         raise Refused("the name leads out of the folder")
     if not target.is_file():
         raise Refused("not a regular file")
+    if target.stat().st_nlink > 1:
+        # the service renames its files and never links them: another name of the same file may be
+        # anywhere on this file system (a secret the console can read), resolving shows nothing
+        raise Refused("a file with other hard links (it may be a file of another folder)")
     return target

@@ -124,6 +124,11 @@ class ConsoleState:
                     log.debug("closing a store failed", exc_info=True)
         self._journal = self._leases = None
 
+    def forget_stores(self) -> None:
+        """Close the journal and the lease store (one that failed): the next request opens them again."""
+        with self._lock:
+            self._close_stores()
+
     def close(self) -> None:
         with self._lock:
             self._close_stores()

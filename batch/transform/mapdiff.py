@@ -150,6 +150,8 @@ def _records(compiled: CompiledMapping, path: Path, run: MappingRun, counts: Sid
                 yield record.line, record.event, record.errors
     except FileError as exc:
         counts.error = str(exc)
+    except OSError as exc:  # gone since it was listed (the service archives and prunes meanwhile), unreadable
+        counts.error = f"cannot read the file: {exc.strerror or exc}"
 
 
 def _compare(result: MappingDiff, diff: FileDiff, name: str, old: _Record | None, new: _Record | None,
