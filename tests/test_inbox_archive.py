@@ -6,6 +6,7 @@ dotfiles, unsafe names, symlinks and folders left out), and one file fetched to 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 
 from batch.config.inbox import InboxSettings
 from batch.inbox import open_inbox
-from batch.inbox.base import ArchivedFileRefused, FileStat, Inbox, UnsafeNameError
+from batch.inbox.base import ArchivedFileRefused, FileStat, Inbox, UnsafeNameError, too_large
+from batch.inbox.staging import COPY_BLOCK, copy_bounded, staged_file
 
 Settings = Callable[..., InboxSettings]
 
@@ -132,3 +134,15 @@ def test_a_file_that_vanishes_between_listing_and_fetching_is_said_to_be_gone(
     with pytest.raises(FileNotFoundError, match=f"^cannot fetch from archive/: {where}/new.csv: No such file"):
         inbox.fetch_archived(listed[0], tmp_path / "staging", 1 << 20)
     assert inbox.fetch_archived(listed[1], tmp_path / "staging", 1 << 20).read_bytes() == MID
+
+
+def test_a_file_that_grows_past_the_limit_while_it_is_copied_leaves_nothing(tmp_path: Path) -> None:
+    """The limit holds for what is read, not only for the size seen before (a file still growing)."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    growing = io.BytesIO(b"x" * (3 * COPY_BLOCK))  # more than the size checked before the copy
+    with pytest.raises(ArchivedFileRefused) as refused, staged_file(staging, "g.csv", "fetch from archive/") as out:
+        copy_bounded(growing.read, out, 2 * COPY_BLOCK, None, lambda: too_large("/srv/in/archive/g.csv", 2 * COPY_BLOCK))
+    assert str(refused.value) == ("cannot fetch /srv/in/archive/g.csv: it grew past the limit of 2,097,152 bytes "
+                                  "while it was read")
+    assert list(staging.iterdir()) == []
