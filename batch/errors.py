@@ -17,7 +17,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── TemplateMismatch                batch.transform.samplefile: a template that cannot take a sample
     │   ├── LoginRequired                   batch.console.security: a console off loopback without a password
     │   └── PlaygroundError                 batch.console.mapping_store: what the playground cannot do
-    │       ├── ArchiveNotAvailable             an SFTP feed's archive is on the server
+    │       ├── ArchiveNotAvailable             the feed's archive cannot be read now (server unreachable)
     │       ├── ConcurrentEdit                  the mapping changed since the editor loaded it
     │       ├── MappingRefused                  the edited text has problems: nothing was written
     │       ├── MappingSlotTaken                a save would move or write through a link/folder it did not make
@@ -25,6 +25,7 @@ raises them and subclass their group here, so that this module imports nothing o
     ├── InputFileError                  input file unusable: fix or replace the file     (exit 2)
     │   ├── FileError                       batch.transform.readers: encoding, header, XML, structure
     │   ├── UnsafeNameError                 batch.inbox.base: a name that would leave the inbox
+    │   ├── ArchivedFileRefused             batch.inbox.base: an archived file too large, a symlink, not data
     │   └── Refused                         batch.console.security: a download outside the feed's folders
     ├── (record invalid)                data, not an exception: batch.transform.mapping.RecordError is
     │                                   kept with the record, journaled ``invalid``, reported
@@ -48,8 +49,8 @@ raises them and subclass their group here, so that this module imports nothing o
         └── JournalMisuse                   batch.store.journal: a call the journal's state forbids
 
 Two *families* cut across the groups for callers that handle everything one part raises:
-``InboxError`` (batch.inbox.base: InboxUnusable, UnsafeNameError, HostKeyError,
-InboxUnavailable) and ``JournalError`` (batch.store.journal: JournalUnusable, JournalMisuse,
+``InboxError`` (batch.inbox.base: InboxUnusable, UnsafeNameError, ArchivedFileRefused,
+HostKeyError, InboxUnavailable) and ``JournalError`` (batch.store.journal: JournalUnusable, JournalMisuse,
 JournalUnavailable, FileInProgress). A family is never raised itself; each of its members
 belongs to exactly one group.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,57 @@ def test_a_new_mapping_from_another_feeds_mapping_and_a_sample(tmp_path: Path, s
     unknown = console.http.post(url, data={"template": "nope"}, files={"sample": ("s.csv", sample)}, headers=csrf,
                                 timeout=60)
     assert (unknown.status_code, unknown.json()["error"]) == (404, "no feed named 'nope'; the feeds are: local, finnish")
+
+
+def test_an_sftp_feeds_archive_is_previewed_and_diffed_through_its_inbox(
+        tmp_path: Path, sandbox, sshd, remote_inbox: Path, live_console, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive is on a real sshd: listed (a symlink and a dotfile there left out), its files
+    downloaded to a temporary folder for a preview or a diff and removed afterwards; a server that
+    cannot be reached is said to be so, once."""
+    archive = remote_inbox / "archive"
+    archive.mkdir()
+    for n in range(1, 8):  # seven archived files: the diff reads the last five
+        path = archive / f"night{n}.csv"
+        path.write_bytes(export(f"n{n}", 10))
+        os.utime(path, (1_700_000_000 + n * 86_400,) * 2)
+    (archive / ".night9.csv").write_bytes(export("hidden", 1))
+    (archive / "night8.csv").symlink_to(tmp_path / "mapping.yaml")
+    config = write_config(tmp_path, sandbox, [{
+        "name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}", "private_key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts), "connect_timeout_seconds": 5, "io_timeout_seconds": 10,
+        "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1}])
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the console's copies go
+    console = live_console(config)
+    assert "7 archived file(s)" in console.get("/playground/").text
+    assert '<option value="night7.csv">night7.csv</option>' in console.get("/playground/feed/remote").text
+    csrf = token(console)
+
+    answer = post_json(console, "/playground/feed/remote/diff", {"text": MAPPING_V2}, csrf)
+    assert answer.status_code == 200, answer.text
+    diff = answer.json()
+    assert [f["name"] for f in diff["files"]] == ["night7.csv", "night6.csv", "night5.csv", "night4.csv", "night3.csv"]
+    assert (diff["compared"], diff["changed"], diff["fields"]) == (50, 50, [{"field": "description", "records": 50}])
+    assert (diff["samples"][0]["file"], diff["samples"][0]["after"]["event"]["description"]) == ("night7.csv",
+                                                                                                "mapping-v2")
+    url = console.url.rstrip("/") + "/playground/feed/remote/preview"
+    preview = console.http.post(url, data={"text": MAPPING, "archived": "night3.csv"}, headers={"X-CSRF-Token": csrf},
+                                timeout=60)
+    assert preview.status_code == 200 and preview.json()["counts"]["valid"] == 10
+    assert preview.json()["records"][0]["event"]["id"] == "n3-1"
+    link = console.http.post(url, data={"text": MAPPING, "archived": "night8.csv"}, headers={"X-CSRF-Token": csrf},
+                             timeout=60)
+    assert (link.status_code, link.json()["error"]) == (
+        400, f"feed remote: cannot fetch {sshd.url_prefix}{archive}/night8.csv: it is a symbolic link, not a regular "
+             "file")
+    assert list(temporary.iterdir()) == []  # every copy removed
+    assert sorted(p.name for p in archive.iterdir()) == [".night9.csv", *(f"night{n}.csv" for n in range(1, 9))]
+
+    sshd.kill()
+    down = post_json(console, "/playground/feed/remote/diff", {"text": MAPPING_V2}, csrf)
+    assert down.status_code == 409
+    assert down.json()["error"] == (f"feed remote: its archive cannot be read now: {sshd.url_prefix}{remote_inbox}: "
+                                    "cannot connect: ConnectionRefusedError: [Errno 111] Connection refused")
+    page = console.get("/playground/feed/remote").text
+    assert page.count("its archive cannot be read now") == 1

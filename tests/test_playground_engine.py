@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch.config.service import load_service_config
+from batch.console import mapping_store
 from batch.console.mapping_store import (
     ArchiveNotAvailable,
     ConcurrentEdit,
@@ -19,9 +20,9 @@ from batch.console.mapping_store import (
     MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
-    archived_count,
+    archived_copy,
     archived_files,
-    archived_path,
+    last_archived_copies,
     mapping_versions,
     read_mapping,
     read_version,
@@ -350,27 +351,44 @@ def test_archive_lists_data_files_newest_first_and_refuses_names_that_leave_it(f
     (archive / "link.csv").symlink_to(tmp_path / "mapping.yaml")
     assert [f.name for f in archived_files(feed)] == ["new.csv", "mid.csv", "old.csv"]
     assert [f.name for f in archived_files(feed, 2)] == ["new.csv", "mid.csv"]
-    assert archived_count(feed) == 3
-    assert archived_path(feed, "mid.csv") == archive / "mid.csv"
+    with archived_copy(feed, "mid.csv") as copy:  # a copy in a temporary folder, fetched through the inbox
+        assert copy.read_text() == HEADER and copy.parent != archive
+    assert not copy.parent.exists() and (archive / "mid.csv").read_text() == HEADER
+    with last_archived_copies(feed, 2) as files:
+        assert [(name, path.read_text()) for name, path in files] == [("new.csv", HEADER), ("mid.csv", HEADER)]
     for name, message in [
         ("../service.yaml", "refused file name '../service.yaml': it contains a path separator"),
         ("..", "refused file name '..': not a plain file name"),
-        ("link.csv", "feed local: 'link.csv' in its archive is not a regular file"),
+        ("link.csv", f"feed local: cannot fetch {archive}/link.csv: it is a symbolic link, not a regular file"),
+        ("notes.txt", f"feed local: cannot fetch {archive}/notes.txt: it is not one of the feed's data files (a "
+                      "marker, a dotfile, or a name its patterns do not take)"),
     ]:
-        with pytest.raises(UnsafeFileName) as refused:
-            archived_path(feed, name)
+        with pytest.raises(UnsafeFileName) as refused, archived_copy(feed, name):
+            pass
         assert str(refused.value) == message
-    with pytest.raises(PlaygroundError, match="feed local: no file 'gone.csv' in its archive"):
-        archived_path(feed, "gone.csv")
+    with pytest.raises(PlaygroundError, match="^feed local: no file 'gone.csv' in its archive$"), \
+            archived_copy(feed, "gone.csv"):
+        pass
 
 
-def test_an_sftp_feeds_archive_is_said_to_be_unavailable(feed) -> None:
-    remote = feed.model_copy(update={"inbox": "sftp://batch@sftp.example.fi:22/drop"})
+def test_an_archived_file_over_the_playgrounds_limit_is_refused(feed, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "inbox" / "archive"
+    (archive / "big.csv").write_text(HEADER + "x" * 100)
+    monkeypatch.setattr(mapping_store, "ARCHIVE_MAX_BYTES", 100)
+    with pytest.raises(UnsafeFileName) as refused, last_archived_copies(feed, 5):
+        pass
+    assert str(refused.value) == (f"feed local: cannot fetch {archive}/big.csv: it is 126 bytes, larger than the "
+                                  "limit of 100 bytes")
+
+
+def test_a_local_feed_whose_inbox_folder_is_gone_says_so(feed, tmp_path: Path) -> None:
+    (tmp_path / "inbox" / "archive").rmdir()
+    (tmp_path / "inbox").rmdir()
     with pytest.raises(ArchiveNotAvailable) as refused:
-        archived_files(remote)
-    assert str(refused.value) == (
-        "feed local: its archive is on the SFTP server (sftp://batch@sftp.example.fi:22/drop), and the inbox "
-        "offers no way to list or read it; preview an uploaded sample instead")
+        archived_files(feed)
+    assert str(refused.value) == (f"feed local: its archive cannot be read: inbox folder {tmp_path}/inbox does not "
+                                  "exist or is not a folder")
 
 
 # --- a new mapping from a sample ------------------------------------------------------------------

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batch.config.inbox import InboxSettings
 from batch.config.mapping import Mapping, load_mapping, load_mapping_text
-from batch.store.rejected import rejected_name, write_rejected
+from batch.inbox.local import LocalInbox
+from batch.store.rejected import original_from_archive, original_names, rejected_name, write_rejected
 from batch.transform.extract import mapped_file
 from batch.transform.mapping import CompiledMapping
 
@@ -152,3 +156,40 @@ def test_nothing_chosen_writes_nothing_and_removes_an_earlier_one(tmp_path: Path
     assert write_rejected(tmp_path, "finnish_cp1252.csv", source, mapping, [4]) is not None
     assert write_rejected(tmp_path, "finnish_cp1252.csv", source, mapping, []) is None
     assert list(tmp_path.iterdir()) == []  # no temporaries either
+
+
+def test_the_original_is_found_through_the_inbox_by_size_and_sha256_and_removed_after(tmp_path: Path) -> None:
+    """`retry`'s original: the archive's file of that name, or a stamped one, whose size and hash
+    match, fetched into the staging folder (only candidates of the right size) and removed after."""
+    assert original_names("k.csv", ["k.csv", "k.20261128T020000Z.csv", "k.20261129T020000Z.csv", "k.csv.done",
+                                    "kk.csv", "k.20261129T020000Z-2.csv"]) == [
+        "k.csv", "k.20261129T020000Z.csv", "k.20261129T020000Z-2.csv", "k.20261128T020000Z.csv"]
+    assert original_names("latin\\xe4.csv", [os.fsdecode(b"latin\xe4.csv")]) == [os.fsdecode(b"latin\xe4.csv")]
+    inbox_folder = tmp_path / "inbox"
+    archive = inbox_folder / "archive"
+    archive.mkdir(parents=True)
+    original = b"id\nK-1\n"
+    (archive / "k.csv").write_bytes(b"id\nK-9\n")                 # a later drop of the name: same size, not it
+    (archive / "k.20261129T020000Z.csv").write_bytes(original)
+    (archive / "k.20261128T020000Z.csv").write_bytes(b"id\nK-1 longer\n")  # another size: never fetched
+    fetched: list[str] = []
+    staging = tmp_path / "staging" / "originals"
+    with LocalInbox(InboxSettings(inbox=str(inbox_folder), mode="polling")) as inbox:
+        real = inbox.fetch_archived
+
+        def counted(name: str, *args: Any) -> Path:
+            fetched.append(name)
+            return real(name, *args)
+
+        inbox.fetch_archived = counted  # type: ignore[method-assign,assignment]  # to see which candidates are read
+        sha = hashlib.sha256(original).hexdigest()
+        with original_from_archive(inbox, staging, "k.csv", len(original), sha) as found:
+            assert found is not None and found.read_bytes() == original and found.parent == staging
+            assert list(staging.iterdir()) == [found]  # the candidate that did not match is gone already
+        assert fetched == ["k.csv", "k.20261129T020000Z.csv"] and list(staging.iterdir()) == []
+        with original_from_archive(inbox, staging, "k.csv", len(original), "0" * 64) as missing:
+            assert missing is None
+        (archive / "k.20261129T020000Z.csv").unlink()
+        with original_from_archive(inbox, staging, "k.csv", len(original), sha) as missing:
+            assert missing is None
+        assert (archive / "k.csv").read_bytes() == b"id\nK-9\n" and list(staging.iterdir()) == []

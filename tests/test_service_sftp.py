@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,41 @@ def test_retry_uploads_the_rewritten_receipt_to_the_sftp_outbox(
     assert (outbox / "r.csv.receipt.csv").read_text().count("accepted") == 5
     assert set(sandbox.accepted_ids) == ids("R", 5)
     assert not list((tmp_path / "etc" / "var" / "staging" / "remote" / "receipts").iterdir())  # nothing left behind
+
+
+def test_a_retry_that_turns_a_failed_event_rejected_rewrites_the_rejected_rows_from_the_sftp_archive(
+        dropper, remote_inbox: Path, sftp_config, sandbox, tmp_path: Path, capsys) -> None:
+    """The original is fetched from the server's archive/ (size and sha256 checked), the
+    rejected-rows file written again from it and uploaded with the receipt; no copy stays here."""
+    from batch.cli.commands import run
+
+    data = export("K", 5).replace(b"K-2,643007572062450002,2024-02-05", b"K-2,643007572062450002,2024-02-30")
+    lines = data.splitlines(keepends=True)
+    sandbox.set_faults(script=[503, 503])  # K-1 and K-3 (K-2 is invalid: never sent) fail, and are not retried
+    config = sftp_config(top={"delivery": {"max_in_flight": 1, "max_attempts": 1}})
+    (remote_inbox / "archive").mkdir()
+    (remote_inbox / "archive" / "k.csv").write_bytes(b"an earlier k.csv, archived under a stamped name\n")
+    dropper.put("k.csv", data)
+    code, runner = run_once(config)
+    assert code == 1, runner.logs.text
+    outbox, archive = remote_inbox / "outbox", remote_inbox / "archive"
+    stamped = [path.name for path in archive.iterdir() if path.name != "k.csv"]  # archive/ held a k.csv already
+    assert len(stamped) == 1 and re.fullmatch(r"k\.\d{8}T\d{6}Z\.csv", stamped[0]), stamped
+    assert (outbox / "k.csv.rejected.csv").read_bytes() == lines[0] + lines[2]  # header, the invalid one
+    (archive / "k.csv").write_bytes(b"x" * len(data))  # the earlier one, now of the same size: hashed, not taken
+
+    sandbox.set_faults(reject_ids=["K-3"], reject_status=422)  # Ropo One now refuses K-3 for good
+    capsys.readouterr()
+    assert run(["retry", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert "k.csv: 3 accepted, 1 rejected, 1 invalid" in out and "not rewritten" not in err, err
+    assert f"{outbox}/k.csv.rejected.csv" in out and "rejected rows (fix them and drop this file again): sftp://" in out
+    assert (outbox / "k.csv.rejected.csv").read_bytes() == lines[0] + lines[2] + lines[3]  # header, invalid, rejected
+    summary = receipt(outbox, "k.csv")
+    assert summary["rejected_rows"] == "k.csv.rejected.csv"
+    assert [(p["line"], p["outcome"]) for p in summary["problems"]] == [(3, "invalid"), (4, "rejected")]
+    staging = tmp_path / "etc" / "var" / "staging" / "remote"
+    assert not list((staging / "receipts").iterdir()) and not list((staging / "originals").iterdir())
 
 
 def test_retry_keeps_the_receipt_when_the_sftp_server_is_down(

@@ -10,27 +10,36 @@ consoles never interleave the check and the write. The running service sees the 
 its next reload poll (batch.service.reload.ConfigWatcher hashes every feed's mapping file) and
 loads it as a configuration change; nothing here signals it.
 
-The archive: a local feed's `archive/` folder, newest first. An SFTP feed's archive is on the
-server and the inbox interface offers no listing or reading of it (batch.inbox.base.Inbox works
-on the inbox and processing/ only), so it is refused with a sentence that says so.
+The archive: the feed's `archive/`, local or on its SFTP server, read through the feed's inbox
+(batch.inbox.base.Inbox.list_archive and fetch_archived: the inbox's name rules, no symlink
+followed, a size limit): listed newest first, and the files a preview or a diff reads copied
+into a temporary folder that is removed afterwards.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import heapq
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings
 from batch.errors import ConfigurationError
 from batch.fsutil import atomic_writer, file_kind, open_folder, read_regular_file
-from batch.inbox.base import NameRules, UnsafeNameError, check_name, folder_path
+from batch.inbox import (
+    ArchivedFileRefused,
+    HostKeyError,
+    Inbox,
+    InboxUnavailable,
+    InboxUnusable,
+    UnsafeNameError,
+    open_inbox,
+)
 from batch.transform.mapcheck import MAX_MAPPING_CHARS, Problem, check_mapping_text
 
 DEFAULT_VERSIONS = 10  # earlier versions kept beside a mapping: NAME.yaml.1 … NAME.yaml.10
@@ -212,6 +221,10 @@ def read_version(feed: FeedSettings, number: int) -> str:
 
 # --- the archive ---------------------------------------------------------------------------------
 
+#: An archived file larger than this is not read by the playground (it would be copied to a
+#: temporary folder first, and mapped twice by a diff).
+ARCHIVE_MAX_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ArchivedFile:
@@ -220,65 +233,66 @@ class ArchivedFile:
     mtime: float
 
 
-def archive_folder(feed: FeedSettings) -> Path:
-    location = feed.location
-    if not isinstance(location, LocalLocation):
-        raise ArchiveNotAvailable(
-            f"feed {feed.name}: its archive is on the SFTP server ({location.display}), and the inbox "
-            "offers no way to list or read it; preview an uploaded sample instead")
-    return Path(folder_path(str(Path(os.path.abspath(location.path))), feed.archive_dir))
+@contextmanager
+def _archive(feed: FeedSettings) -> Iterator[Inbox]:
+    """The feed's inbox, opened to read its archive (no file system watcher; an SFTP server gets
+    the short connect timeout of the console's feeds page). An inbox that cannot be opened or
+    reached is an ArchiveNotAvailable that says why, once."""
+    quick = feed.model_copy(update={"mode": "polling",
+                                    "connect_timeout_seconds": min(feed.connect_timeout_seconds, 5.0)})
+    try:
+        with open_inbox(quick) as inbox:
+            yield inbox
+    except InboxUnavailable as exc:
+        raise ArchiveNotAvailable(f"feed {feed.name}: its archive cannot be read now: {exc}") from None
+    except (InboxUnusable, HostKeyError) as exc:
+        raise ArchiveNotAvailable(f"feed {feed.name}: its archive cannot be read: {exc}") from None
+    except OSError as exc:  # a local folder (or the staging folder) refused: named by the inbox
+        raise PlaygroundError(f"feed {feed.name}: {exc}") from None
 
 
 def archived_files(feed: FeedSettings, limit: int | None = None) -> list[ArchivedFile]:
-    """The data files in the feed's archive (not markers or temporaries), newest first; with a
-    `limit`, only that many are held while the folder is read (an archive of years: 100,000 files)."""
-    def newest(f: ArchivedFile) -> tuple[float, str]:
-        return f.mtime, f.name
-
-    if limit is None:
-        return sorted(_archive_entries(feed), key=newest, reverse=True)
-    return heapq.nlargest(limit, _archive_entries(feed), key=newest)
+    """The data files in the feed's archive (not markers or temporaries), newest first, through
+    its inbox (local or SFTP: batch.inbox.base.Inbox.list_archive)."""
+    with _archive(feed) as inbox:
+        found = [ArchivedFile(entry.name, entry.size, entry.mtime) for entry in inbox.list_archive()]
+    return found[:limit] if limit is not None else found
 
 
 def archived_count(feed: FeedSettings) -> int:
-    """How many data files the feed's archive holds (counted as the folder is read)."""
-    return sum(1 for _ in _archive_entries(feed))
+    """How many data files the feed's archive holds (through its inbox)."""
+    with _archive(feed) as inbox:
+        return len(inbox.list_archive())
 
 
-def _archive_entries(feed: FeedSettings) -> Iterator[ArchivedFile]:
-    folder = archive_folder(feed)
-    rules = NameRules.from_settings(feed)
+def _fetch(feed: FeedSettings, inbox: Inbox, name: str, staging: Path) -> Path:
     try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not rules.is_data(entry.name):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:  # a hard link may be any file (archived_path)
-                    yield ArchivedFile(entry.name, info.st_size, info.st_mtime)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise PlaygroundError(f"feed {feed.name}: cannot list its archive {folder}: {exc.strerror}") from None
-
-
-def archived_path(feed: FeedSettings, name: str) -> Path:
-    """The path of the archived file `name`: a plain name of a regular file in the archive folder."""
-    try:
-        check_name(name)
+        return inbox.fetch_archived(name, staging, ARCHIVE_MAX_BYTES)
     except UnsafeNameError as exc:
         raise UnsafeFileName(str(exc)) from None
-    path = archive_folder(feed) / name
-    try:
-        info = os.lstat(path)
-    except OSError:
+    except ArchivedFileRefused as exc:  # a symlink, a folder, not a data file, too large
+        raise UnsafeFileName(f"feed {feed.name}: {exc}") from None
+    except FileNotFoundError:
         raise PlaygroundError(f"feed {feed.name}: no file {name!r} in its archive") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive is not a regular file")
-    if info.st_nlink > 1:  # the service never links its files: another name of it may be any file (a secret)
-        raise UnsafeFileName(f"feed {feed.name}: {name!r} in its archive has other hard links (it may be a file "
-                             "of another folder): not previewed")
-    return path
+
+
+@contextmanager
+def archived_copy(feed: FeedSettings, name: str) -> Iterator[Path]:
+    """A copy of the archived file `name` (a plain name of a regular data file in the archive, at
+    most ARCHIVE_MAX_BYTES), fetched through the feed's inbox into a temporary folder that is
+    removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="usageplace-playground-") as staging:
+        with _archive(feed) as inbox:
+            path = _fetch(feed, inbox, name, Path(staging))
+        yield path
+
+
+@contextmanager
+def last_archived_copies(feed: FeedSettings, count: int) -> Iterator[list[tuple[str, Path]]]:
+    """(name, copy) of the feed's last `count` archived files, newest first, fetched through its
+    inbox (one connection) into a temporary folder that is removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="usageplace-playground-") as staging:
+        with _archive(feed) as inbox:
+            files = [(entry.name, _fetch(feed, inbox, entry.name, Path(staging)))
+                     for entry in inbox.list_archive()[:count]]
+        yield files

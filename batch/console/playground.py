@@ -56,15 +56,15 @@ from starlette.routing import BaseRoute, Route
 from batch.config.mapping import Mapping
 from batch.config.service import ConsoleSettings, FeedSettings
 from batch.console.mapping_store import (
-    ArchiveNotAvailable,
     ConcurrentEdit,
     MappingRefused,
     MappingSlotTaken,
     PlaygroundError,
     UnsafeFileName,
+    archived_copy,
     archived_count,
     archived_files,
-    archived_path,
+    last_archived_copies,
     mapping_versions,
     read_mapping,
     read_version,
@@ -156,8 +156,6 @@ def index(request: Request) -> Response:
     for feed in console_state(request).loaded.config.feeds:
         try:
             archive: str = f"{archived_count(feed):,} archived file(s)"
-        except ArchiveNotAvailable:
-            archive = "archive on the SFTP server: not readable here"
         except PlaygroundError as exc:
             archive = str(exc)
         rows.append({"name": feed.name, "mapping": feed.mapping.name, "archive": archive})
@@ -228,16 +226,21 @@ async def preview(request: Request) -> Response:
                 return _error(429, BUSY)
         if isinstance(archived, str) and archived:
             try:
-                path = archived_path(feed, archived)
-            except UnsafeFileName as exc:
-                return _error(400, str(exc))
-            except PlaygroundError as exc:
-                return _error(404, str(exc))
-            try:
-                return await run_in_threadpool(_preview_path, compiled, path, archived)
+                return await run_in_threadpool(_preview_archived, feed, compiled, archived)
             except _Busy:
                 return _error(429, BUSY)
     return _error(400, "choose an archived file or upload a sample file to preview")
+
+
+def _preview_archived(feed: FeedSettings, compiled: CompiledMapping, name: str) -> Response:
+    # fetched through the feed's inbox (local or SFTP) into a temporary folder, removed afterwards
+    try:
+        with archived_copy(feed, name) as path:
+            return _preview_path(compiled, path, name)
+    except UnsafeFileName as exc:
+        return _error(400, str(exc))
+    except PlaygroundError as exc:
+        return _error(404, str(exc))
 
 
 def _preview_upload(compiled: CompiledMapping, sample: UploadFile, name: str) -> Response:
@@ -270,17 +273,26 @@ async def diff(request: Request) -> Response:
         return _error(422, "the mapping has problems: fix them to see what it changes",
                       problems=[p.as_dict() for p in checked.problems])
     count = _console_settings(request).playground_files
-    try:
-        files = [(f.name, archived_path(feed, f.name)) for f in archived_files(feed, count)]
-    except PlaygroundError as exc:
-        return _error(409, str(exc))
-    if not files:
-        return _error(409, f"feed {feed.name} has no archived files yet: preview an uploaded sample instead")
     before, after = CompiledMapping(_in_force(request, feed)), CompiledMapping(checked.mapping)
     try:
-        result = await run_in_threadpool(_one_at_a_time, lambda: diff_files(before, after, files, DEFAULT_SAMPLE))
+        return await run_in_threadpool(_one_at_a_time, lambda: _diff_archived(feed, before, after, count))
     except _Busy:
         return _error(429, BUSY)
+
+
+def _diff_archived(feed: FeedSettings, before: CompiledMapping, after: CompiledMapping, count: int) -> Response:
+    # the last files fetched through the feed's inbox (local or SFTP) into a temporary folder, removed afterwards
+    try:
+        with last_archived_copies(feed, count) as files:
+            if not files:
+                return _error(409, f"feed {feed.name} has no archived files yet: preview an uploaded sample instead")
+            result = diff_files(before, after, files, DEFAULT_SAMPLE)
+    except PlaygroundError as exc:
+        return _error(409, str(exc))
+    for (name, path), shown in zip(files, result.files):  # a message names the file as the administrator knows it
+        for side in (shown.before, shown.after):
+            if side.error:
+                side.error = side.error.replace(str(path), name)
     return JSONResponse(result.as_dict())
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from batch.config.inbox import InboxSettings, LocalLocation, SftpLocation, parse_location
 from batch.inbox.base import (
+    ArchivedFileRefused,
     Candidate,
     Claimed,
     FileStat,
@@ -38,6 +39,7 @@ def open_inbox(settings: InboxSettings, *, clock: Callable[[], float] = time.mon
 
 
 __all__ = [
+    "ArchivedFileRefused",
     "Candidate",
     "Claimed",
     "FileStat",

@@ -17,7 +17,13 @@ and what differs between a local folder and SFTP, so that callers never ask whic
                                            there; SFTP: upload CSV, rejected rows, JSON last)
     release_local(path)                    the copy open_local gave is done with (SFTP: removed)
 
-and `resume()` for what a previous run left in processing/.
+and `resume()` for what a previous run left in processing/. Read-only, the feed's archive/ (what
+`retry` rewrites a rejected-rows file from, and what the mapping playground previews and diffs):
+
+    list_archive() -> [FileStat]           the archived data files, newest first
+    fetch_archived(name, staging, max_bytes, on_data) -> Path
+                                           a complete local copy in the staging folder (the
+                                           caller removes it), bounded by `max_bytes`
 
 The inbox also carries the *lease marker* (`LeaseMarker`, the file `.usageplace-batch.lease` in
 the inbox folder): which instance, of which journal, works the feed, and until when. Instances
@@ -32,6 +38,7 @@ import fnmatch
 import json
 import logging
 import posixpath
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,7 +47,7 @@ from pathlib import Path
 
 from batch.config.inbox import InboxSettings
 from batch.errors import AccessRefused, BatchError, ConfigurationError, InputFileError, TransientError
-from batch.fsutil import display_name, fit_name
+from batch.fsutil import display_name, file_kind, fit_name
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,11 @@ class InboxUnavailable(InboxError, TransientError):
 
 class HostKeyError(InboxError, AccessRefused):
     """The SFTP server's host key is unknown or differs from the one in known_hosts."""
+
+
+class ArchivedFileRefused(InboxError, InputFileError):
+    """An archived file that is not fetched: larger than the caller's limit, not a regular file
+    (a symlink is never followed), or not one of the feed's data files."""
 
 
 # --------------------------------------------------------------------------- values
@@ -238,6 +250,41 @@ def name_is_safe(name: str, refused: set[str], where: str) -> bool:
     return True
 
 
+def newest_first(entries: list[FileStat], rules: NameRules) -> list[FileStat]:
+    """The data files among `entries` (a folder's regular files), newest first (mtime, then name)."""
+    return sorted((entry for entry in entries if rules.is_data(entry.name)), key=lambda e: (e.mtime, e.name),
+                  reverse=True)
+
+
+def archived_data_name(name: str, rules: NameRules, where: str) -> str:
+    """`name` if an archived file of that name may be fetched: a plain name (UnsafeNameError
+    otherwise) of one of the feed's data files (ArchivedFileRefused: a marker, a dotfile, a name
+    its patterns do not take). `where` is the file's path, for the message."""
+    check_name(name)
+    if not rules.is_data(name):
+        raise ArchivedFileRefused(f"cannot fetch {display_name(where)}: it is not one of the feed's data files (a "
+                                  "marker, a dotfile, or a name its patterns do not take)")
+    return name
+
+
+def refuse_unless_regular(mode: int, where: str) -> None:
+    """ArchivedFileRefused unless `mode` (by lstat, or of an opened file) is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else file_kind(mode)
+    raise ArchivedFileRefused(f"cannot fetch {display_name(where)}: it is {kind}, not a regular file")
+
+
+def too_large(where: str, limit: int, size: int | None = None) -> ArchivedFileRefused:
+    """The error for an archived file over `limit` bytes: its size when known before the copy,
+    else (it grew while it was read) that it went past the limit."""
+    if size is not None:
+        return ArchivedFileRefused(f"cannot fetch {display_name(where)}: it is {size:,} bytes, larger than the "
+                                   f"limit of {limit:,} bytes")
+    return ArchivedFileRefused(f"cannot fetch {display_name(where)}: it grew past the limit of {limit:,} bytes "
+                               "while it was read")
+
+
 def left_in_processing(entries: list[FileStat], rules: NameRules) -> list[Claimed]:
     """The data files a previous run left in processing/, each with its marker, oldest first."""
     names = {entry.name for entry in entries}
@@ -308,6 +355,27 @@ class Inbox(abc.ABC):
     def waiting_in_processing(self) -> tuple[str, ...]:
         """Files in processing/ this tool did not claim that are not ready yet (the last `resume`)."""
         return ()
+
+    @abc.abstractmethod
+    def list_archive(self) -> list[FileStat]:
+        """The data files in archive/, newest first (by mtime, then name), read-only. The feed's
+        name rules apply as in the inbox: markers, dotfiles (temporaries), names its patterns do
+        not take and unsafe names are left out, and so is every entry that is not a regular file
+        (a symlink is never followed, a folder never entered). An archive/ that is not there
+        lists nothing."""
+
+    @abc.abstractmethod
+    def fetch_archived(self, name: str, staging_dir: Path, max_bytes: int,
+                       on_data: Callable[[bytes], None] | None = None) -> Path:
+        """A complete copy of archive/`name` at `staging_dir`/`name`, made with the staging
+        helpers of `open_local` (a temporary renamed when complete: never half a file there).
+        The caller owns the copy and removes it. Each block read goes to `on_data` too (e.g. a
+        hash, computed while the file is copied).
+
+        Refused: an unsafe name (UnsafeNameError); a name that is not one of the feed's data
+        files, an entry that is not a regular file (a symlink is never followed), a file of more
+        than `max_bytes` bytes, or one that grows past them while it is read (ArchivedFileRefused,
+        the copy removed). A file that is not there: FileNotFoundError naming it."""
 
     @abc.abstractmethod
     def read_lease_marker(self) -> LeaseMarker | None:

@@ -41,6 +41,7 @@ from batch.fsutil import (
 from batch.inbox.base import (
     LEASE_MARKER_MAX_BYTES,
     LEASE_MARKER_NAME,
+    ArchivedFileRefused,
     Candidate,
     Claimed,
     FileStat,
@@ -48,15 +49,20 @@ from batch.inbox.base import (
     InboxUnusable,
     LeaseMarker,
     NameRules,
+    archived_data_name,
     check_name,
     folder_path,
     left_in_processing,
     marker_name,
     name_is_safe,
+    newest_first,
+    refuse_unless_regular,
     stamped_name,
+    too_large,
 )
 from batch.inbox.processing import ProcessingFolder
 from batch.inbox.readiness import Readiness
+from batch.inbox.staging import clean_staging, copy_bounded, prepare_staging, staged_file
 
 if TYPE_CHECKING:  # watchdog is imported when a local inbox starts watching
     from watchdog.events import FileSystemEvent
@@ -202,6 +208,7 @@ class LocalInbox(Inbox):
         self._wake = threading.Event()
         self._closed = False
         self._refused: set[str] = set()
+        self._staging_cleaned: set[Path] = set()
         self._observer: BaseObserver | None = None
         if settings.mode == "native":
             self._start_observer()
@@ -280,11 +287,11 @@ class LocalInbox(Inbox):
     def _safe(self, name: str) -> bool:
         return name_is_safe(name, self._refused, f"inbox {self.root}")
 
-    def _list(self, folder: Path, odd: list[str] | None = None) -> list[FileStat]:
+    def _list(self, folder: Path, odd: list[str] | None = None, operation: str = "list") -> list[FileStat]:
         """The regular files in `folder` (by lstat: a symlink is never followed); the names of
         other entries (symlinks, FIFOs, folders, devices; dotfiles aside) go to `odd` if given."""
         entries: list[FileStat] = []
-        fd = self._open(folder, "list")
+        fd = self._open(folder, operation)
         try:
             with os.scandir(fd) as it:
                 for entry in it:
@@ -405,6 +412,59 @@ class LocalInbox(Inbox):
         if info is None or not stat.S_ISREG(info.st_mode):
             raise InboxUnusable(f"{display_name(str(path))} is not in processing/ any more")
         return path
+
+    # -- the archive (read-only)
+
+    def list_archive(self) -> list[FileStat]:
+        try:
+            return newest_first(self._list(self.archive, operation=f"list {self.settings.archive_dir}/"),
+                                self._rules)
+        except FileNotFoundError:
+            return []  # removed since the inbox opened: nothing archived
+
+    def fetch_archived(self, name: str, staging_dir: Path, max_bytes: int,
+                       on_data: Callable[[bytes], None] | None = None) -> Path:
+        path = self.archive / name
+        archived_data_name(name, self._rules, str(path))
+        what = f"fetch from {self.settings.archive_dir}/"
+        prepare_staging(staging_dir, what)
+        if staging_dir not in self._staging_cleaned:
+            self._staging_cleaned.add(staging_dir)
+            clean_staging(staging_dir, f"inbox {self.root}")
+        folder = self._open(self.archive, what)  # archive/ itself a symlink: refused
+        try:
+            # O_NOFOLLOW: a symlink put in the file's place is refused, never followed out of archive/;
+            # O_NONBLOCK: a FIFO does not block the open (its type is refused below)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                refuse_unless_regular(stat.S_IFLNK, str(path))
+            raise named_error(what, path, exc) from exc
+        finally:
+            os.close(folder)
+        try:
+            info = os.fstat(fd)
+            refuse_unless_regular(info.st_mode, str(path))  # of what was opened: a swap cannot slip through
+            if info.st_nlink > 1:  # the service never links its files: another name of it may be any file
+                raise ArchivedFileRefused(f"cannot fetch {display_name(str(path))}: it has other hard links (it "
+                                          "may be a file of another folder)")
+            if info.st_size > max_bytes:
+                raise too_large(str(path), max_bytes, info.st_size)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as source:
+
+            def read(size: int) -> bytes:
+                try:
+                    return source.read(size)
+                except OSError as exc:
+                    raise named_error(what, path, exc) from exc
+
+            with staged_file(staging_dir, name, what) as out:
+                copy_bounded(read, out, max_bytes, on_data, lambda: too_large(str(path), max_bytes))
+        return staging_dir / name
 
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)

@@ -20,12 +20,14 @@
 - After every (re)connect, temporaries a killed upload left in the outbox are removed once
   they are an hour old (by the server's mtime; an upload in progress keeps its mtime fresh);
   stale `.part` downloads in the staging folder are removed before the next download.
+- The archive is readable (`list_archive`, `fetch_archived`): listed by lstat like the inbox,
+  and a file is fetched only if it is still the regular file the lstat saw once it is opened
+  (SFTP has no O_NOFOLLOW: the opened handle's fstat must agree), within the caller's limit.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import posixpath
@@ -36,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
@@ -47,19 +49,17 @@ from batch.backoff import doubling
 from batch.config.inbox import InboxSettings, SftpLocation
 from batch.config.secrets import SecretResolutionError
 from batch.fsutil import (
-    PART_SUFFIX,
     display_name,
     is_temporary_name,
     named_error,
     read_regular_file,
-    remove_stale_temporaries,
     symlink_refusal,
     temporary_basename,
-    temporary_name,
 )
 from batch.inbox.base import (
     LEASE_MARKER_MAX_BYTES,
     LEASE_MARKER_NAME,
+    ArchivedFileRefused,
     Candidate,
     Claimed,
     FileStat,
@@ -70,15 +70,20 @@ from batch.inbox.base import (
     InboxUnusable,
     LeaseMarker,
     NameRules,
+    archived_data_name,
     check_name,
     folder_path,
     left_in_processing,
     marker_name,
     name_is_safe,
+    newest_first,
+    refuse_unless_regular,
     stamped_name,
+    too_large,
 )
 from batch.inbox.processing import ProcessingFolder
 from batch.inbox.readiness import Readiness
+from batch.inbox.staging import clean_staging, copy_bounded, prepare_staging, staged_file
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +95,6 @@ REMOTE_STALE_SECONDS = 3600.0  # by the server's clock: an hour is safe against 
 def _b(path: str) -> bytes:
     """A remote path as the bytes to send (a surrogate-escaped name gets its real bytes back)."""
     return os.fsencode(path)
-
-
-class _StagingWriter:
-    """The local side of a download: its write errors (a full disk) name the staging file,
-    not the remote one."""
-
-    def __init__(self, out: BinaryIO, operation: str, path: Path) -> None:
-        self._out, self._operation, self._path = out, operation, path
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self._out.write(data)
-        except OSError as exc:
-            raise named_error(self._operation, self._path, exc) from exc
-
-    def flush(self) -> None:
-        try:
-            self._out.flush()
-        except OSError as exc:
-            raise named_error(self._operation, self._path, exc) from exc
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch in put!\s+(\d+) != (\d+)")
@@ -445,18 +430,12 @@ class SftpInbox(Inbox):
                         display_name(self.outbox), exc)
 
     def _clean_staging(self, staging_dir: Path) -> None:
-        """Downloads and receipts a killed run left half-written in the staging folder."""
+        """Downloads and receipts a killed run left half-written in the staging folder (once a
+        connection; staging.clean_staging)."""
         if staging_dir in self._staging_cleaned:
             return
         self._staging_cleaned.add(staging_dir)
-        for folder in (staging_dir, staging_dir / "receipts"):
-            try:
-                for stale in remove_stale_temporaries(folder):
-                    log.info("%s: removed %s, a temporary a killed download or receipt write left",
-                             self.location.display, display_name(str(stale)))
-            except OSError as exc:
-                log.warning("%s: could not clean stale temporaries in %s: %s", self.location.display,
-                            display_name(str(folder)), exc)
+        clean_staging(staging_dir, self.location.display)
 
     def _drop(self) -> None:
         sftp, transport = self._sftp, self._transport
@@ -619,40 +598,67 @@ class SftpInbox(Inbox):
         name = check_name(claimed.name)
         remote = posixpath.join(self.processing, name)
         what = "download to staging"
-        try:
-            staging_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise named_error(what, staging_dir, exc) from exc
+        prepare_staging(staging_dir, what)
         self._clean_staging(staging_dir)
-        final = staging_dir / name
-        tmp = temporary_name(final, PART_SUFFIX)
 
         def download(sftp: paramiko.SFTPClient) -> None:
             size = int(sftp.stat(_b(remote)).st_size or 0)
-            try:
-                out = open(tmp, "xb")  # noqa: SIM115 - its own error; the `with` follows
-            except OSError as exc:
-                raise named_error(what, tmp, exc) from exc
-            with out:
-                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # "alive": a stale-temporary sweep leaves it alone
-                staged = _StagingWriter(out, what, tmp)
+            with staged_file(staging_dir, name, what) as staged:
                 # getfo is what SFTPClient.get uses: prefetch (pipelined reads) on.
                 written = sftp.getfo(_b(remote), staged, prefetch=True,  # type: ignore[arg-type]  # needs write()
                                      max_concurrent_prefetch_requests=self.settings.prefetch_max_requests)
                 staged.flush()
-                local_size = os.fstat(out.fileno()).st_size
-            if not written == local_size == size:
-                raise InboxUnusable(
-                    f"download of {display_name(remote)} incomplete: {written} bytes received, {local_size} "
-                    f"written, {size} expected"
-                )
+                local_size = os.fstat(staged.fileno()).st_size
+                if not written == local_size == size:
+                    raise InboxUnusable(
+                        f"download of {display_name(remote)} incomplete: {written} bytes received, {local_size} "
+                        f"written, {size} expected"
+                    )
 
-        try:
-            self._run(what, download, remote)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        self._run(what, download, remote)
+        return staging_dir / name
+
+    # ------------------------------------------------------------------ the archive (read-only)
+
+    def list_archive(self) -> list[FileStat]:
+        def listing(sftp: paramiko.SFTPClient) -> list[FileStat]:
+            try:
+                return self._list(sftp, self.archive)
+            except FileNotFoundError:
+                return []  # removed since the connection made it: nothing archived
+
+        return newest_first(self._run(f"list {self.settings.archive_dir}/", listing, self.archive), self._rules)
+
+    def fetch_archived(self, name: str, staging_dir: Path, max_bytes: int,
+                       on_data: Callable[[bytes], None] | None = None) -> Path:
+        remote = posixpath.join(self.archive, name)
+        where = f"{self._where}{remote}"
+        archived_data_name(name, self._rules, where)
+        what = f"fetch from {self.settings.archive_dir}/"
+        prepare_staging(staging_dir, what)
+        self._clean_staging(staging_dir)
+
+        def fetch(sftp: paramiko.SFTPClient) -> None:
+            self._check_own(sftp, self.archive)
+            listed = sftp.lstat(_b(remote))  # lstat: a symlink is seen as one, never followed
+            refuse_unless_regular(listed.st_mode or 0, where)
+            size = int(listed.st_size or 0)
+            if size > max_bytes:
+                raise too_large(where, max_bytes, size)
+            with sftp.open(_b(remote), "rb") as source:
+                # SFTP opens follow symlinks and have no O_NOFOLLOW: what was opened (fstat) must be
+                # the regular file just seen, or a link put in its place meanwhile could be read
+                opened = source.stat()
+                refuse_unless_regular(opened.st_mode or 0, where)
+                if (opened.st_size, opened.st_mtime, opened.st_uid) != (listed.st_size, listed.st_mtime, listed.st_uid):
+                    raise ArchivedFileRefused(f"cannot fetch {display_name(where)}: it changed while it was opened "
+                                              "(replaced, or still being written); try again")
+                source.prefetch(size, self.settings.prefetch_max_requests)  # pipelined reads, as getfo
+                with staged_file(staging_dir, name, what) as out:
+                    copy_bounded(source.read, out, max_bytes, on_data, lambda: too_large(where, max_bytes))
+
+        self._run(what, fetch, remote)
+        return staging_dir / name
 
     def put_receipt(self, local_path: Path, name: str) -> None:
         check_name(name)

@@ -45,8 +45,9 @@ kind="retry") -> Awaited``
 
 ``retry_file(work, file_id, progress=None) -> FileResult``
     Send one file's failed events again, rewrite its receipt (and its rejected-rows file from the
-    original in a local feed's archive/) and publish it through the inbox (the lease checked before
-    each receipt file). The one implementation behind requests and the periodic retry.
+    original, fetched from the feed's archive/ through its inbox, local or SFTP) and publish it
+    through the inbox (the lease checked before each receipt file). The one implementation behind
+    requests and the periodic retry.
 
 Reading requests back (state, who, when, result): ``journal.get_retry_request(id)`` and
 ``journal.retry_requests(feed=..., file_id=..., states=..., limit=...)`` (newest first);
@@ -61,7 +62,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,16 @@ from batch.store.journal import (
     RetryState,
 )
 from batch.store.leases import LeaseLost
-from batch.store.rejected import archived_original
+from batch.store.rejected import original_from_archive
 
 log = logging.getLogger(__name__)
 
 #: ``FileResult.status`` of a file that had no failed events left when its request ran.
 NOTHING_LEFT = "nothing_left"
 NOTHING_LEFT_MESSAGE = "no failed events any more (they were sent again meanwhile)"
+
+#: Where, under a feed's staging folder, `retry_file` fetches a file's original from its archive/.
+ORIGINALS_DIR = "originals"
 
 ProgressFactory = Callable[[], AbstractContextManager[Progress]]
 
@@ -183,18 +187,24 @@ def request_retry(journal: JournalStore, config: ServiceConfig, *, requested_by:
 
 def retry_file(work: FeedWork, file_id: int, progress: Progress | None = None) -> FileResult:
     """Send one file's failed (and any pending) events again, rewrite its receipt and publish it."""
-    journal, settings = work.journal, work.settings
+    journal = work.journal
     record = journal.get_file(file_id)
     receipt_dir = work.inbox.receipt_dir(work.staging)
     receipt_dir.mkdir(parents=True, exist_ok=True)
-    # the rejected-rows file is rewritten from the original, found in a local feed's archive/
-    source = archived_original(settings, record.name, record.size, record.sha256)
-    outcome = work.processor.retry(file_id, work.runtime, receipt_dir, progress, source)
     notes: list[str] = []
+    with ExitStack() as originals:
+        # the rejected-rows file is rewritten from the original, fetched from the feed's archive/ through
+        # its inbox (local or SFTP) into the staging folder, and removed once the receipt is written
+        missing = "the original is not in the feed's archive/"
+        try:
+            source = originals.enter_context(original_from_archive(
+                work.inbox, work.staging / ORIGINALS_DIR, record.name, record.size, record.sha256))
+        except (InboxError, OSError) as exc:
+            source, missing = None, f"the feed's archive/ could not be read ({exc})"
+        outcome = work.processor.retry(file_id, work.runtime, receipt_dir, progress, source)
     exit_status = outcome.exit_status
     if source is None and (outcome.counts.get("invalid") or outcome.counts.get("rejected")):
-        notes.append(f"{record.name}: its rejected-rows file was not rewritten: the original is not in the feed's "
-                     "local archive/ (an SFTP feed's is on the server)")
+        notes.append(f"{record.name}: its rejected-rows file was not rewritten: {missing}")
     receipt = outcome.receipt
     where: dict[Path, str] = {}
     if receipt is not None:

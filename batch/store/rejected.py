@@ -22,21 +22,23 @@ from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import glob
 import hashlib
 import io
 import os
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from lxml import etree
 
 from batch.config.inbox import InboxSettings, LocalLocation
 from batch.config.mapping import CsvOptions, FixedOptions, Mapping, XlsxOptions, XmlOptions
+from batch.errors import InputFileError
 from batch.fsutil import NAME_MAX, atomic_writer, fit_name, real_name
 from batch.syntax.xmlpaths import clark_steps
 from batch.transform.compressed import opened_export
@@ -98,21 +100,78 @@ def write_rejected(directory: Path, input_name: str, source: Path, mapping: Mapp
     return path
 
 
+class ArchivedEntry(Protocol):
+    """One file of an archive listing (batch.inbox.base.FileStat)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+class Archive(Protocol):
+    """What `original_from_archive` needs of a feed's inbox: batch.inbox.base.Inbox's read-only
+    archive access (named by its shape here: the store does not import the inbox layer)."""
+
+    def list_archive(self) -> Sequence[ArchivedEntry]: ...
+
+    def fetch_archived(self, name: str, staging_dir: Path, max_bytes: int,
+                       on_data: Callable[[bytes], None] | None = None) -> Path: ...
+
+
+def original_names(name: str, archived: Iterable[str]) -> list[str]:
+    """The names in archive/ (of `archived`) that may hold the processed file `name`: its own
+    name first, then the names stamped when archive/ held one already (``export.<stamp>.csv``,
+    batch.inbox.base.stamped_name), the newest stamp first."""
+    real = real_name(os.path.basename(name))
+    stem, dot, ext = real.rpartition(".")
+    pattern = f"{glob.escape(stem)}.*.{glob.escape(ext)}" if dot and stem else f"{glob.escape(real)}.*"
+    names = set(archived)
+    stamped = sorted((one for one in names if one != real and fnmatch.fnmatchcase(one, pattern)), reverse=True)
+    return ([real] if real in names else []) + stamped
+
+
+@contextmanager
+def original_from_archive(archive: Archive, staging_dir: Path, name: str, size: int,
+                          sha256: str) -> Iterator[Path | None]:
+    """The processed file `name` as its feed's archive/ holds it (`original_names`), recognised
+    by its size and sha256, to write its rejected-rows file again (`retry`): a copy fetched into
+    `staging_dir` through the feed's inbox, local or SFTP -- only candidates of the right size
+    are fetched, each hashed while it is copied, and no more than that size is read -- removed
+    when the block ends. None when it is not there. The inbox's own errors (the server cannot be
+    reached, the staging disk is full) are raised: the caller says why it was not rewritten."""
+    sized = [entry.name for entry in archive.list_archive() if entry.size == size]
+    found: Path | None = None
+    try:
+        for candidate in original_names(name, sized):
+            digest = hashlib.sha256()
+            try:
+                copy = archive.fetch_archived(candidate, staging_dir, size, digest.update)
+            except (FileNotFoundError, InputFileError):
+                continue  # gone since the listing, or not the file listed any more (grown, replaced)
+            if digest.hexdigest() == sha256:
+                found = copy
+                break
+            copy.unlink(missing_ok=True)
+        yield found
+    finally:
+        if found is not None:
+            found.unlink(missing_ok=True)
+
+
 def archived_original(settings: InboxSettings, name: str, size: int, sha256: str) -> Path | None:
-    """A processed file in its local feed's archive/ (under its name, or the name stamped when
-    archive/ held one already), recognised by its size and sha256, to write its rejected-rows
-    file again (`retry`); None when it is not there (an SFTP feed's archive is on the server)."""
+    """A processed file in place in its local feed's archive/ (`original_names`), recognised by
+    its size and sha256, for the console's file page to serve from there; None when it is not
+    there, and for an SFTP feed. (`retry` fetches the original through the inbox instead, for
+    any feed: `original_from_archive`.)"""
     location = settings.location
     if not isinstance(location, LocalLocation):
         return None
     archive = Path(settings.archive_dir)
     archive = archive if archive.is_absolute() else location.path / archive
-    real = real_name(os.path.basename(name))
-    stem, dot, ext = real.rpartition(".")
-    stamped = f"{stem}.*.{ext}" if dot and stem else f"{real}.*"
     try:
-        for candidate in [archive / real, *sorted(archive.glob(glob.escape(stem or real) + stamped[len(stem or real):]),
-                                                   reverse=True)]:
+        for candidate in (archive / one for one in original_names(name, os.listdir(archive))):
             if (candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == size
                     and _sha256(candidate) == sha256):
                 return candidate
