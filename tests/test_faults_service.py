@@ -93,6 +93,9 @@ def test_F10_second_sigterm_during_shutdown_exits_0(tmp_path: Path, sandbox, api
                 service.signal(signal.SIGTERM)
             time.sleep(0.001)
         assert service.wait(30) == 0, f"trial {trial}: exit {service.proc.returncode}\n{service.text()}"
+        log = service.text()  # said once each, however many signals came
+        assert log.count("SIGTERM: stopping; files in flight finish") == 1, log
+        assert log.count("SIGTERM again: still finishing the files in flight") <= 1, log
 
 
 # --------------------------------------------------------------------------- F1 / D7

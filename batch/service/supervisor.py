@@ -99,6 +99,7 @@ from batch.store.leases import Lease, LeaseStore, default_instance_name, open_le
 log = logging.getLogger("batch.service.supervisor")
 
 PRUNE_EVERY_SECONDS = 6 * 3600.0  # journal retention is applied at start and then this often
+SIGNAL_POLL_SECONDS = 0.1  # how soon the main thread acts on a signal's note
 LATE_CHECK_SECONDS = 5.0  # how often the feeds' schedules are checked (at most; the reload interval if longer)
 
 
@@ -116,6 +117,8 @@ class Service:
         self._lock = threading.Lock()
         self._signalled = False
         self._said_again = False
+        self._signals: list[int] = []  # appended by the signal handler, read by the main thread
+        self._signals_at_stop = 0
         config = loaded.config
         journal = open_journal(config)
         assert journal is not None  # create=True: always a journal
@@ -177,28 +180,43 @@ class Service:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT: stop claiming, let the in-flight file finish or journal it, exit 0."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
 
-        def handler(signum: int, frame: Any) -> None:
-            self.request_stop(signum)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a note, acted on by the main thread within SIGNAL_POLL_SECONDS. A handler runs
+        # between any two bytecodes of the main thread: inside a log line it is writing (a storm
+        # of SIGTERMs re-entered logging until the recursion limit, exit 3) or inside a lock it
+        # holds (Event.set from here could wait for the main thread's own lock for ever).
+        self._signals.append(signum)
 
     def request_stop(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.is_set():
-            # said once: a storm of signals would otherwise re-enter logging from the handler
-            # (it runs between any two bytecodes of the main thread) until the recursion limit
-            if not self._said_again:
-                self._said_again = True
-                log.warning("%s again: still finishing the files in flight", name)
-            return
-        # stop first, then say so: a signal that comes while this line is being logged re-enters
-        # here, and must find the stop set (else it logs too, and the next one, until the
-        # recursion limit: seen with a SIGTERM every millisecond on a loaded machine)
-        self._signalled = True
-        self.stop.set()
-        log.info("%s: stopping; files in flight finish or stay in processing/ to resume", name)
+        """Stop as a signal would (a signal that came before the handlers were installed)."""
+        self._signals.append(signum)
+
+    def _act_on_signals(self) -> bool:
+        """Main thread: stop when a signal asked for it (said once, and once 'again'); True when
+        the service is stopping."""
+        if self._signals and not self.stop.is_set():
+            self._signalled = True
+            self._signals_at_stop = len(self._signals)
+            self.stop.set()
+            log.info("%s: stopping; files in flight finish or stay in processing/ to resume",
+                     signal.Signals(self._signals[0]).name)
+        elif len(self._signals) > self._signals_at_stop > 0 and not self._said_again:
+            self._said_again = True
+            log.warning("%s again: still finishing the files in flight", signal.Signals(self._signals[-1]).name)
+        return self.stop.is_set()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking for a stop (set by a thread, or asked by a signal)."""
+        deadline = time.monotonic() + seconds
+        while not self._act_on_signals():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stop.wait(min(left, SIGNAL_POLL_SECONDS))
+        return True
 
     # -- health
 
@@ -256,10 +274,10 @@ class Service:
                 if self.once:
                     if not any(worker.is_alive() for worker in self.workers.values()):
                         break
-                    if self.stop.wait(0.1):
+                    if self._wait(0.1):
                         break
                     continue
-                if self.stop.wait(self.reload_interval):
+                if self._wait(self.reload_interval):
                     break
                 self._reload()
                 self._check_workers()
@@ -268,7 +286,9 @@ class Service:
         finally:
             self.stop.set()
             for worker in list(self.workers.values()):
-                worker.join()
+                while worker.is_alive():
+                    worker.join(SIGNAL_POLL_SECONDS)
+                    self._act_on_signals()  # a SIGTERM while the files in flight finish: said once
             self.notifier.close()
             self.close()
         codes = [worker.exit_code for worker in self.workers.values()]
