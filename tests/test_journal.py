@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
+from batch.errors import ExitStatus
 from batch.store import journal as journal_module
 from batch.store.journal import (
     MIGRATIONS,
@@ -29,6 +30,7 @@ from batch.store.journal import (
     JournalError,
     JournalStore,
     JournalUnavailable,
+    JournalUnusable,
     NewEvent,
     Result,
     ResultOutcome,
@@ -193,6 +195,16 @@ def test_a_newer_schema_is_refused(db: Path) -> None:
     raw.close()
     with pytest.raises(JournalError, match="newer"):
         Journal(db)
+
+
+def test_a_file_that_is_no_database_is_an_unusable_journal_that_says_what_to_do(db: Path) -> None:
+    db.write_bytes(b"this is a spreadsheet, not a journal\n" * 1000)
+    with pytest.raises(JournalUnusable) as info:
+        Journal(db)
+    assert str(info.value) == (
+        f"{db}: the journal cannot be read: file is not a database (a damaged file, or another file at its path): "
+        "restore it from a backup, or move it away to start a new journal")
+    assert info.value.exit_status == ExitStatus.UNUSABLE  # a configuration problem: not an internal error
 
 
 def test_synchronous_mode_is_normal_by_default_and_restored_after_flush(sqlite_journal: Journal) -> None:

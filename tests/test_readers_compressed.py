@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import pytest
 
 from batch.cli import commands as cli
 from batch.config.mapping import CompressionOptions, load_mapping_text
-from batch.transform.compressed import INFLATED_FLOOR, opened_export
+from batch.transform.compressed import (
+    INFLATED_FLOOR,
+    MAX_ZIP_DIRECTORY_BYTES,
+    MAX_ZIP_ENTRIES,
+    check_zip_directory,
+    opened_export,
+)
 from batch.transform.extract import mapped_chunks
 from batch.transform.mapping import CompiledMapping
 from batch.transform.readers import FileError
@@ -132,6 +139,35 @@ def test_a_zip_bomb_is_refused_by_its_ratio():
     # the same file with a higher limit is read through
     with opened_export(io.BytesIO(packed), CompressionOptions(max_ratio=5000)) as export:
         assert len(export.read()) == len(bomb)
+
+
+def test_a_zip_whose_directory_lists_too_many_entries_is_refused_before_it_is_read():
+    many = zipped({f"part{n}.csv": b"" for n in range(MAX_ZIP_ENTRIES + 1)}, zipfile.ZIP_STORED)
+    message = refused(many)
+    assert message.startswith(f"the zip file's directory lists {MAX_ZIP_ENTRIES + 1:,} entries in ")
+    assert message.endswith(f"bytes: more than the {MAX_ZIP_ENTRIES:,} entries or {MAX_ZIP_DIRECTORY_BYTES:,} bytes "
+                            "read (an export zip holds one file, a workbook a few dozen parts)")
+    # more than 65,535 entries: the count is in the zip64 end record
+    zip64 = zipped({f"p{n}": b"" for n in range(70_000)}, zipfile.ZIP_STORED)
+    assert refused(zip64).startswith("the zip file's directory lists 70,000 entries in ")
+    # an end record that understates the count: the directory's size still bounds what is read
+    names = {f"{'n' * 200}{n}.csv": b"" for n in range(MAX_ZIP_DIRECTORY_BYTES // 250)}
+    lying = bytearray(zipped(names, zipfile.ZIP_STORED))
+    end = lying.rindex(b"PK\x05\x06")
+    lying[end + 8:end + 12] = struct.pack("<HH", 1, 1)
+    assert "bytes: more than the 10,000 entries or" in refused(bytes(lying))
+    check_zip_directory(io.BytesIO(zipped({"a.csv": CSV})))  # one member: nothing to say
+
+
+def test_a_workbook_whose_directory_lists_too_many_parts_is_refused():
+    from batch.config.mapping import XlsxOptions
+    from batch.transform.workbook import read_xlsx
+
+    many = zipped({"xl/workbook.xml": b"<workbook/>", **{f"xl/p{n}.xml": b"" for n in range(MAX_ZIP_ENTRIES)}},
+                  zipfile.ZIP_STORED)
+    with pytest.raises(FileError) as info:
+        next(read_xlsx(io.BytesIO(many), XlsxOptions(), []))
+    assert str(info.value).startswith(f"the zip file's directory lists {MAX_ZIP_ENTRIES + 1:,} entries")
 
 
 def test_inflating_is_streamed_not_whole():

@@ -1027,6 +1027,11 @@ class Journal(JournalStore):
         except sqlite3.OperationalError as error:
             self._conn.close()
             raise JournalUnavailable(self.path, "open it", error) from error
+        except sqlite3.DatabaseError as error:  # not a database at all, or damaged: waiting will not help
+            self._conn.close()
+            raise JournalUnusable(f"{self.path}: the journal cannot be read: {error} (a damaged file, or another "
+                                  "file at its path): restore it from a backup, or move it away to start a new "
+                                  "journal") from None
         except BaseException:
             self._conn.close()
             raise

@@ -25,7 +25,7 @@ import yaml
 from batch.config.mapping import CompressionOptions
 from batch.errors import ConfigurationError
 from batch.syntax.timeparse import compile_format
-from batch.transform.compressed import opened_export
+from batch.transform.compressed import check_zip_directory, opened_export
 from batch.transform.magic import sniff
 from batch.transform.readers import FileError, detect_encoding
 
@@ -94,9 +94,11 @@ def detect_sample(data: bytes) -> Detected:
 
 def _is_workbook(data: bytes) -> bool:
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        stream = io.BytesIO(data)
+        check_zip_directory(stream)
+        with zipfile.ZipFile(stream) as archive:
             return "xl/workbook.xml" in archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, FileError):
         return False
 
 

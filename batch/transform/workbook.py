@@ -31,7 +31,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, BinaryIO
 
 from batch.config.mapping import CompressionOptions, XlsxOptions
-from batch.transform.compressed import check_declared
+from batch.transform.compressed import check_declared, check_zip_directory
 from batch.transform.magic import sniff
 from batch.transform.readers import DEFAULT_CHUNK_SIZE, FileError
 from batch.transform.records import LISTED_NAMES, Chunk, short_list
@@ -70,6 +70,7 @@ def _open(stream: BinaryIO, limits: CompressionOptions, max_shared_mb: int) -> A
         raise FileError(
             "the file is not an xlsx workbook (an .xlsx starts like a zip file): is format: xlsx right for this feed?"
         )
+    check_zip_directory(stream)
     try:
         with zipfile.ZipFile(stream) as archive:
             for info in archive.infolist():  # a zip bomb dressed as a workbook: refused before parsing
