@@ -33,15 +33,29 @@ log = logging.getLogger("batch.console")
 WAIT_SECONDS = 900.0
 
 
+#: How many problems of retry requests the console remembers (the oldest forgotten first): a
+#: console that runs for months, or a flood of retry clicks, does not grow without end.
+MAX_PROBLEMS = 1000
+
+
 class Retries:
     """The console's threads that see its retry requests through; stopped with the console."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_problems: int = MAX_PROBLEMS) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        #: request id -> why the console could not see it through (shown on the file page)
+        self.max_problems = max_problems
+        #: request id -> why the console could not see it through (shown on the file page), at most
+        #: max_problems, in the order they were noted
         self.problems: dict[int, str] = {}
+
+    def note_problem(self, request_id: int, why: str) -> None:
+        with self._lock:
+            self.problems.pop(request_id, None)
+            self.problems[request_id] = why
+            while len(self.problems) > self.max_problems:
+                del self.problems[next(iter(self.problems))]
 
     def start(self, loaded: LoadedService, ids: list[int]) -> None:
         thread = threading.Thread(target=self._see_through, args=(loaded, ids), daemon=True,
@@ -58,13 +72,13 @@ class Retries:
             for request in awaited.waiting:
                 why = awaited.refused.get(request.feed)
                 if why:
-                    self.problems[request.id] = f"{why}; it stays queued for the instance that holds the feed next"
+                    self.note_problem(request.id, f"{why}; it stays queued for the instance that holds the feed next")
         except Exception as exc:  # noqa: BLE001 - shown on the page; the request stays queued
             text = installed_filter().redact(str(exc))
             log.warning("retry requests %s: %s", ids, text)
             for one in ids:
-                self.problems[one] = (f"the console could not carry it out ({text}); it stays queued for the "
-                                      "instance that holds the feed next")
+                self.note_problem(one, f"the console could not carry it out ({text}); it stays queued for the "
+                                       "instance that holds the feed next")
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
