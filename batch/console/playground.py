@@ -22,8 +22,9 @@ Routes (mounted under /playground by batch.console.app):
 Every POST carries the CSRF token (the script sends it as X-CSRF-Token; security.CsrfMiddleware
 checks it before any of these runs). The work itself (mapping files, the file system) runs in a
 worker thread; diffs and previews one at a time per console (another one meanwhile is refused
-with 429, not queued), so that an administrator's clicks cannot stack up CPU-bound runs on the
-service's machine nor hold the worker threads every page needs.
+with 429, not queued), checks as you type one at a time per session (``Checks``), so that an
+administrator's clicks cannot stack up CPU-bound runs on the service's machine nor hold the
+worker threads every page needs.
 
 The engine is elsewhere: batch.transform.mapcheck (the text's problems, as `validate`),
 batch.transform.mapdiff (diff and preview through the production mapping path),
@@ -71,6 +72,7 @@ from batch.console.mapping_store import (
     save_mapping,
 )
 from batch.console.render import console_state, current_user, render
+from batch.console.security import SESSION_CSRF
 from batch.transform.mapcheck import check_mapping_text
 from batch.transform.mapdiff import DEFAULT_SAMPLE, diff_files, preview_file
 from batch.transform.mapping import CompiledMapping
@@ -148,6 +150,42 @@ def _one_at_a_time(work: Callable[[], Any]) -> Any:
         _RUNS.release()
 
 
+class Checks:
+    """The checks as you type that run now: one per session at a time, at most `most` in all.
+
+    A check takes a worker thread for as long as the loader needs (a second for a megabyte of
+    text); the editor sends one after each pause in the typing and waits for its answer before it
+    sends the next. A burst of checks from one session (a script, a stuck key) is refused (429)
+    beyond the first, not queued: queued, each would hold a worker thread that every page shares.
+    Per session rather than the preview's one-at-a-time per console, so that one administrator's
+    diff or typing does not stop another's problems from showing; `most` bounds the threads that
+    sessions made without a login (on loopback) can take together."""
+
+    def __init__(self, most: int = 4) -> None:
+        self.most = most
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+
+    def enter(self, session: str) -> str | None:
+        """None when `session` may check now (then ``leave`` it), else why not."""
+        with self._lock:
+            if session in self._running:
+                return CHECK_BUSY
+            if len(self._running) >= self.most:
+                return CHECKS_FULL
+            self._running.add(session)
+            return None
+
+    def leave(self, session: str) -> None:
+        with self._lock:
+            self._running.discard(session)
+
+
+CHECK_BUSY = "a check of this session's mapping is running already: its answer comes first, then check again"
+CHECKS_FULL = "the console is checking other mappings now: try again in a moment"
+_CHECKS = Checks()
+
+
 # --------------------------------------------------------------------------- pages
 
 
@@ -200,7 +238,14 @@ def version(request: Request) -> Response:
 async def validate(request: Request) -> Response:
     feed = _feed(request)
     text = _text(await _json_body(request))
-    checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)
+    session = str(request.session.get(SESSION_CSRF))  # every session has one (the CSRF check passed)
+    refused = _CHECKS.enter(session)
+    if refused:
+        return _error(429, refused)
+    try:
+        checked = await run_in_threadpool(check_mapping_text, text, feed.mapping.name)
+    finally:
+        _CHECKS.leave(session)
     return JSONResponse({"ok": checked.ok, "problems": [p.as_dict() for p in checked.problems]})
 
 

@@ -20,6 +20,8 @@
   let diffedText = null; // the text whose diff is shown: Save saves exactly that
   let checkTimer = null;
   let checkSeq = 0;
+  let checking = false;
+  let checkAgain = false;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -95,10 +97,20 @@
   }
 
   async function check() {
+    // one check at a time (the console refuses a second one of this session while one runs):
+    // keystrokes meanwhile ask for one more check when the answer is in
+    if (checking) { checkAgain = true; return; }
+    checking = true;
     const seq = ++checkSeq;
     checkState.textContent = "checking…";
     checkState.className = "check";
-    const result = await post("/validate", { text: text.value });
+    let result;
+    try {
+      result = await post("/validate", { text: text.value });
+    } finally {
+      checking = false;
+    }
+    if (checkAgain) { checkAgain = false; check(); return; }
     if (seq !== checkSeq) return; // a later keystroke's answer is coming
     if (!result.ok) {
       checkState.textContent = result.payload.error || "cannot check: HTTP " + result.status;
