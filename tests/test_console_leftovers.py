@@ -13,7 +13,7 @@ from batch.console import playground
 from batch.console.retries import Retries
 from tests.fixtures_browser import LiveConsole
 from tests.service_helpers import write_config
-from tests.test_console_hostile import token
+from tests.test_console_hostile import cookie_header, raw_request, token
 
 
 @pytest.fixture
@@ -21,6 +21,26 @@ def open_config(tmp_path: Path, sandbox) -> Path:
     inbox = tmp_path / "inbox"
     (inbox / "archive").mkdir(parents=True)
     return write_config(tmp_path, sandbox, [{"name": "local", "inbox": str(inbox)}])
+
+
+def test_an_upload_without_the_csrf_header_is_refused_before_its_body_is_read(open_config: Path,
+                                                                               live_console) -> None:
+    console = live_console(open_config)
+    csrf = token(console)
+    # 60 MB announced, none sent: an answer at all shows that nothing waited for the body
+    answer = raw_request(console, (
+        "POST /playground/feed/local/preview HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Cookie: {cookie_header(console)}\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 60000000\r\n\r\n"
+        f"--xyz\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n"))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert (b"an upload must carry its security token (CSRF) in the X-CSRF-Token header. Nothing was done: reload "
+            b"the page and try again.") in body
+    text = (open_config.parent / "mapping.yaml").read_text()
+    with_header = console.post("/playground/feed/local/preview", {"text": text}, headers={"X-CSRF-Token": csrf},
+                               files={"sample": ("s.csv", b"")})
+    assert with_header.status_code != 403
 
 
 def test_checks_as_you_type_run_one_at_a_time_per_session_and_a_few_in_all(open_config: Path,

@@ -12,9 +12,9 @@ a feed's folders.
 - **Logout**: ``LiveSessions`` keeps the id of every login in force; a logout ends it, so a copy
   of the cookie taken before the logout no longer logs anyone in.
 - **CSRF**: every session (logged in or not) has a random token; every form carries it as the
-  field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``); ``CsrfMiddleware``
-  refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with 403 before the
-  route runs, so a route cannot forget the check.
+  field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``, which an upload must);
+  ``CsrfMiddleware`` refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with
+  403 before the route runs, so a route cannot forget the check.
 - **Request bodies**: ``BodyLimit`` refuses one bigger than its path allows (``body_limit``: 64 MB
   for a sample upload, 8 MB for the playground's other requests, 64 KB for a form such as the
   login) with 413: by its Content-Length before a byte of it is read, else as soon as the bytes
@@ -190,8 +190,9 @@ class CsrfMiddleware:
     """Refuses every unsafe request (POST ...) without the session's CSRF token, before any route.
 
     Sits inside the session middleware (it reads ``scope["session"]``). The token comes in the
-    ``X-CSRF-Token`` header or as the form field ``csrf``; to read the field, the body is read
-    here (at most what ``body_limit`` allows: BodyLimit sits outside) and handed on to the route unchanged.
+    ``X-CSRF-Token`` header or as the field ``csrf`` of a url-encoded form; to read the field, the
+    body is read here (at most what ``body_limit`` allows: BodyLimit sits outside) and handed on to
+    the route unchanged. A multipart upload without the header is refused before its body is read.
     """
 
     def __init__(self, app: ASGIApp, refuse: Callable[[Scope, Receive, Send, str], Awaitable[None]]) -> None:
@@ -210,8 +211,15 @@ class CsrfMiddleware:
             else:
                 await self.refuse(scope, receive, send, "the form's security token (CSRF) is wrong")
             return
-        body = await _read_body(receive)  # at most body_limit(path): BodyLimit, outside, stops it there
-        sent = await _form_token(scope, headers.get("content-type", ""), body)
+        if _content_kind(headers) == "multipart/form-data":
+            # an upload (a sample, up to 64 MB): its token must come in the header, checked before a
+            # byte of the body is read; the token as a form field would need the whole body parsed
+            # first (the playground's script sends the header; no form of the console is multipart)
+            await self.refuse(scope, receive, send, "an upload must carry its security token (CSRF) in the "
+                              "X-CSRF-Token header")
+            return
+        body = await _read_body(receive)  # a small form: at most body_limit(path), BodyLimit stops it there
+        sent = _form_token(headers, body)
         if not csrf_valid(expected, sent):
             why = ("the form has no security token (CSRF)" if sent is None
                    else "the form's security token (CSRF) is wrong or expired")
@@ -244,20 +252,14 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _form_token(scope: Scope, content_type: str, body: bytes) -> str | None:
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
+def _content_kind(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _form_token(headers: dict[str, str], body: bytes) -> str | None:
+    if _content_kind(headers) == "application/x-www-form-urlencoded":
         values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get(CSRF_FIELD)
         return values[0] if values else None
-    if kind == "multipart/form-data":
-        from starlette.requests import Request
-
-        form = await Request(scope, _replay(body)).form()
-        try:
-            value = form.get(CSRF_FIELD)
-            return value if isinstance(value, str) else None
-        finally:
-            await form.close()
     return None
 
 
