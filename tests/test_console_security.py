@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ APICODE = "s3cr3t-apicode-value"
 WEBHOOK = "https://hooks.example/services/T000/B000/s3cr3t-webhook-token"
 
 
-def with_console(workspace: Path, console: dict[str, str] | None, name: str) -> Path:
+def with_console(workspace: Path, console: dict[str, Any] | None, name: str) -> Path:
     """A copy of the workspace's service.yaml (same journal and feeds) with a `console:` section."""
     config = yaml.safe_load((workspace / "service.yaml").read_text(encoding="utf-8"))
     if console is not None:
@@ -61,8 +62,11 @@ def test_the_command_refuses_it_with_one_line_and_exit_2(demo_workspace):
         "listen on 127.0.0.1"]
 
 
-def test_a_non_loopback_address_with_a_password_is_allowed(password_config):
-    create_app(password_config, host="0.0.0.0")  # builds; nothing listens
+def test_a_non_loopback_address_with_a_password_and_its_host_names_is_allowed(demo_workspace, monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    config = with_console(demo_workspace, {"password": "${" + PASSWORD_ENV + "}",
+                                           "allowed_hosts": ["console.example.org"]}, "service.hosts.yaml")
+    create_app(config, host="0.0.0.0")  # builds; nothing listens (without allowed_hosts: test_console_deploy.py)
 
 
 def test_loopback_addresses():

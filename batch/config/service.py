@@ -16,6 +16,7 @@ from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -215,6 +216,15 @@ class ConsoleSettings(BaseModel):
                                   "feed's last archived files the current and the edited mapping are run over.")
     mapping_versions: int = Field(10, ge=0, le=1000, description="The mapping playground's save: how many earlier "
                                   "versions of a mapping are kept beside it (NAME.yaml.1, NAME.yaml.2, ...).")
+    allowed_hosts: tuple[str, ...] | None = Field(None, description="The host names (NAME or NAME:PORT) "
+                                                 "browsers reach the console by; required off loopback, where a "
+                                                 "request for another Host is refused (400).")
+    public_url: str | None = Field(None, description="The URL browsers open when a reverse proxy is in front "
+                                   "(https://NAME[:PORT]/): with https, a Secure session cookie, HSTS and "
+                                   "redirects to it.")
+    trusted_proxies: tuple[str, ...] = Field((), description="The reverse proxies' addresses or networks (CIDR): "
+                                             "only from them is X-Forwarded-For believed (the login throttle's "
+                                             "client address).")
 
     @field_validator("password", mode="before")
     @classmethod
@@ -226,11 +236,76 @@ class ConsoleSettings(BaseModel):
     def _expand_password_file(cls, value: object) -> object:
         return expand_env_path(value)
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _check_hosts(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            raise ValueError("give a list of host names, e.g. [console.example.org]")
+        return tuple(console_host(one) for one in value)
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _check_public_url(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("give the URL browsers open, as https://NAME[:PORT]/")
+        parts = urlsplit(value.strip())
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment or parts.username or parts.password or not port_ok):
+            # a path prefix (https://example.org/console/) is not supported: the pages link from /
+            raise ValueError("give the URL browsers open, as https://NAME[:PORT]/ (no path, query or user)")
+        return f"{parts.scheme}://{parts.netloc.lower()}"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _check_proxies(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ValueError("give a list of addresses or networks, e.g. [127.0.0.1, 10.0.0.0/24]")
+        for one in value:
+            try:
+                ipaddress.ip_network(str(one), strict=False)
+            except ValueError:
+                raise ValueError(f"{str(one)!r} is not an address or a network (CIDR)") from None
+        return tuple(str(one) for one in value)
+
     @model_validator(mode="after")
     def _one_password(self) -> ConsoleSettings:
         if self.password is not None and self.password_file is not None:
             raise ValueError("give either password or password_file, not both")
         return self
+
+
+def console_host(value: object) -> str:
+    """An entry of console.allowed_hosts, lowercased: a name or an address, with an optional port
+    ("console.example.org", "console.example.org:8443", "10.0.0.5", "[2001:db8::5]:443")."""
+    text = str(value).strip().lower().rstrip(".") if isinstance(value, str) else ""
+    name, port = text, ""
+    if text.startswith("["):
+        name, _, rest = text.partition("]")
+        name += "]"
+        port = rest[1:] if rest.startswith(":") else ("x" if rest else "")
+    elif text.count(":") == 1:
+        name, _, port = text.partition(":")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{value!r} is not a host name with an optional port (NAME or NAME:PORT)")
+    if name.startswith("["):
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a host name with an optional port (NAME or NAME:PORT)") from None
+    elif not name or not all(part and len(part) < 64 and part.replace("-", "").replace("_", "").isalnum()
+                             and part.isascii() for part in name.split(".")):
+        raise ValueError(f"{value!r} is not a host name with an optional port (NAME or NAME:PORT)")
+    return text
 
 
 class ServiceConfig(BaseModel):

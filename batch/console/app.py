@@ -2,8 +2,9 @@
 playground's routes together; ``serve`` runs it with uvicorn on a socket the caller bound.
 
 Middleware, outermost first: the Host check (on loopback only loopback names: a DNS-rebinding
-page cannot reach the console), security headers (a strict Content-Security-Policy: scripts and
-styles only from /static, no framing), the signed session cookie (HttpOnly, SameSite=Strict),
+page cannot reach the console; off loopback only console.allowed_hosts), security headers (a
+strict Content-Security-Policy: scripts and styles only from /static, no framing; behind HTTPS
+HSTS), the signed session cookie (HttpOnly, SameSite=Strict, Secure behind HTTPS),
 the limit of a request body's size (refused before it is read), the login (when a password is
 configured), the CSRF check of every POST.
 """
@@ -11,6 +12,7 @@ configured), the CSRF check of every POST.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import secrets
@@ -34,6 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from batch.config.service import ConsoleSettings
 from batch.console import pages, playground, retries
 from batch.console.render import STATIC, console_state, render, templates
 from batch.console.security import (
@@ -50,7 +53,9 @@ from batch.console.security import (
     Scope,
     Send,
     check_listening,
+    client_address,
     console_password,
+    host_allowed,
     is_loopback,
 )
 from batch.console.state import ConsoleState
@@ -74,41 +79,53 @@ SECURITY_HEADERS = [
 
 
 class HostCheck:
-    """On loopback, refuses a request whose Host header is not a loopback name (a page of another
-    site that made its name resolve to 127.0.0.1 -- DNS rebinding -- sends its own name)."""
+    """Refuses (400) a request whose Host header is not a name the console answers to: on loopback
+    the loopback names (a page of another site that made its name resolve to 127.0.0.1 -- DNS
+    rebinding -- sends its own name) and any of ``console.allowed_hosts``; off loopback only
+    ``console.allowed_hosts``."""
 
-    def __init__(self, app: ASGIApp, loopback_only: bool) -> None:
-        self.app, self.loopback_only = app, loopback_only
+    def __init__(self, app: ASGIApp, allowed: frozenset[str], loopback: bool) -> None:
+        self.app, self.allowed, self.loopback = app, allowed, loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.loopback_only:
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            if host_name(host) not in LOOPBACK_NAMES:
-                response = HTMLResponse("<h1>400: not a loopback host name</h1>", status_code=400)
-                await response(scope, receive, send)
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not host_allowed(host, self.allowed):
+                text = ("<h1>400: not a loopback host name</h1>" if self.loopback and self.allowed == LOOPBACK_NAMES
+                        else "<h1>400: not a host name of this console</h1><p>It answers only to the names of "
+                             "console.allowed_hosts in its configuration.</p>")
+                await HTMLResponse(text, status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def host_name(host: str) -> str:
-    """The name of a Host header, without its port ("[::1]:8780" -> "[::1]")."""
-    if host.startswith("["):
-        return host[:host.find("]") + 1]
-    return host.rpartition(":")[0] if ":" in host else host
-
-
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """The security headers on every response; behind HTTPS (``console.public_url: https://…``)
+    HSTS too, and a redirect's relative Location made absolute under the public URL."""
+
+    def __init__(self, app: ASGIApp, public_url: str | None = None) -> None:
+        self.app, self.public_url = app, public_url
+        self.headers = list(SECURITY_HEADERS)
+        if public_url is not None and public_url.startswith("https://"):
+            # not includeSubDomains: the console cannot speak for the other hosts of its domain
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+                headers = [(key, self._located(value) if key.lower() == b"location" else value)
+                           for key, value in message.get("headers", [])]
+                message["headers"] = headers + self.headers
             await send(message)
 
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+    def _located(self, location: bytes) -> bytes:
+        # the console's own redirects are paths ("/login?next=…"); the browser behind the proxy
+        # is sent to the public URL, not to the address the console listens on
+        if self.public_url is None or not location.startswith(b"/") or location.startswith(b"//"):
+            return location
+        return self.public_url.encode("latin-1") + location
 
 
 class LoginGate:
@@ -167,7 +184,7 @@ async def login(request: Request) -> Response:
         return render(request, "login.html", {"next": safe_next(target), "name": name,
                                               "error": "Give your name (recorded with what you do)."}, status_code=400)
     throttle: LoginThrottle = request.app.state.login_throttle
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request.scope, request.app.state.trusted_proxies)  # behind a proxy: its X-Forwarded-For
     wait = throttle.start(client)
     if wait:
         log.warning("login refused for %s: too many wrong passwords", client)
@@ -255,8 +272,13 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     ConfigurationError (an unusable configuration) before anything listens. `secret_key` signs
     the session cookies (default: random, so sessions end when the console stops)."""
     state = ConsoleState(Path(config_path))
-    password = console_password(state.loaded.config.console)
-    check_listening(host, password, state.config_path)
+    settings = state.loaded.config.console or ConsoleSettings()
+    password = console_password(settings)
+    check_listening(host, password, state.config_path, settings.allowed_hosts)
+    allowed = frozenset(settings.allowed_hosts or ())
+    if is_loopback(host):
+        allowed |= LOOPBACK_NAMES
+    https = settings.public_url is not None and settings.public_url.startswith("https://")
     sessions = LiveSessions(SESSION_SECONDS)
     routes: list[BaseRoute] = [
         Route("/login", login_page, methods=["GET"]),
@@ -269,10 +291,11 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     if playground.routes:
         routes.append(Mount("/playground", routes=playground.routes))
     middleware = [
-        Middleware(HostCheck, loopback_only=is_loopback(host)),
-        Middleware(SecurityHeaders),
+        Middleware(HostCheck, allowed=allowed, loopback=is_loopback(host)),
+        Middleware(SecurityHeaders, public_url=settings.public_url),
+        # https_only: the cookie is Secure (a browser never sends it over plain http)
         Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_urlsafe(32),
-                   session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=False),
+                   session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, same_site="strict", https_only=https),
         Middleware(BodyLimit, refuse=refuse_body),
         # the login before the CSRF check: a POST without a login is refused before its body is read
         Middleware(LoginGate, password=password, sessions=sessions),
@@ -285,6 +308,7 @@ def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | 
     app.state.retries = retries.Retries()
     app.state.password = password
     app.state.login_throttle = LoginThrottle()
+    app.state.trusted_proxies = tuple(ipaddress.ip_network(one, strict=False) for one in settings.trusted_proxies)
     app.state.sessions = sessions
     app.state.playground_enabled = bool(playground.routes)
     return app

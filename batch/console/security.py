@@ -15,6 +15,10 @@ a feed's folders.
   field ``csrf`` (or a script sends it as the header ``X-CSRF-Token``, which an upload must);
   ``CsrfMiddleware`` refuses any POST (PUT, PATCH, DELETE) whose token is missing or wrong with
   403 before the route runs, so a route cannot forget the check.
+- **Host names**: on loopback only loopback names (and ``console.allowed_hosts``); off loopback
+  ``console.allowed_hosts`` is required (``HostsRequired``) and is all it answers to.
+- **Client address** (the login throttle's): ``client_address`` believes X-Forwarded-For only
+  from a peer in ``console.trusted_proxies``.
 - **Request bodies**: ``BodyLimit`` refuses one bigger than its path allows (``body_limit``: 64 MB
   for a sample upload, 8 MB for the playground's other requests, 64 KB for a form such as the
   login) with 413: by its Content-Length before a byte of it is read, else as soon as the bytes
@@ -114,12 +118,65 @@ def console_password(settings: ConsoleSettings | None) -> Password | None:
     return None if secret is None else Password(secret)
 
 
-def check_listening(host: str, password: Password | None, config_path: Path) -> None:
-    """Refuse a non-loopback address without a login (LoginRequired, one line)."""
-    if password is None and not is_loopback(host):
+class HostsRequired(ConfigurationError):
+    """The console would listen on a non-loopback address without console.allowed_hosts."""
+
+
+def check_listening(host: str, password: Password | None, config_path: Path,
+                    allowed_hosts: tuple[str, ...] | None = None) -> None:
+    """Refuse a non-loopback address without a login (LoginRequired) or without the host names
+    it answers to (HostsRequired), each in one line."""
+    if is_loopback(host):
+        return
+    if password is None:
         raise LoginRequired(
             f"the console would listen on {host}, which is not loopback, without a login: set "
             f"console.password (${{ENV_NAME}}) or console.password_file in {config_path}, or listen on 127.0.0.1")
+    if not allowed_hosts:
+        raise HostsRequired(
+            f"the console would listen on {host}, which is not loopback, without console.allowed_hosts: list the "
+            f"host names browsers reach it by (e.g. [console.example.org]) in {config_path}, or listen on 127.0.0.1")
+
+
+def host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    """True when the Host header `host` ("name", "name:port", "[v6]:port") is one of `allowed`:
+    an entry without a port allows the name on any port, one with a port only that port."""
+    host = host.strip().lower()
+    name = host.partition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+    name = name.rstrip(".")
+    port = host[len(name):].lstrip(".")
+    return bool(name) and (name in allowed or (name + port) in allowed)
+
+
+def client_address(scope: Scope, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """The address of the client that sent the request: the peer's, unless the peer is one of the
+    `trusted` reverse proxies; then the last hop of X-Forwarded-For that is not a trusted proxy
+    (every header is read, right to left: the left part is whatever the client wrote, only the
+    hops that trusted proxies appended are believed). A forged header from any other peer
+    changes nothing."""
+    peer = scope["client"][0] if scope.get("client") else "unknown"
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    if not trusted or not is_trusted(peer):
+        return peer
+    hops = [hop.strip() for key, value in scope["headers"] if key.lower() == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return client  # not an address: no hop left of it is believed either
+        client = hop
+        if not is_trusted(hop):
+            return hop
+    return client
 
 
 class LoginThrottle:
