@@ -81,3 +81,57 @@ def test_the_retry_problems_kept_are_bounded() -> None:
     retries.note_problem(3, "again")  # noted again: the newest
     retries.note_problem(6, "problem 6")
     assert retries.problems == {5: "problem 5", 3: "again", 6: "problem 6"}
+
+
+def test_an_sftp_feeds_original_is_downloaded_from_its_server_through_a_copy_that_is_removed(
+        tmp_path: Path, sandbox, sshd, remote_inbox: Path, live_console, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import tempfile
+
+    from batch.store.journal import Journal
+    from tests.service_helpers import export
+
+    archive = remote_inbox / "archive"
+    archive.mkdir()
+    data = export("n1", 10)
+    (archive / "night1.csv").write_bytes(b"another file of the same name, archived before")
+    (archive / "night1.20261129T010203Z.csv").write_bytes(data)  # stamped: archive/ held a night1.csv already
+    config = write_config(tmp_path, sandbox, [{
+        "name": "remote", "inbox": f"{sshd.url_prefix}{remote_inbox}", "private_key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts), "connect_timeout_seconds": 5, "io_timeout_seconds": 10,
+        "reconnect_initial_seconds": 0.2, "reconnect_max_seconds": 1}])
+    (tmp_path / "var").mkdir()
+    with Journal(tmp_path / "var" / "journal.sqlite3") as journal:
+        found = journal.begin_file("night1.csv", hashlib.sha256(data).hexdigest(), len(data), "remote").file.id
+        journal.finish_file(found, "done")
+        missing = journal.begin_file("gone.csv", "b" * 64, 5, "remote").file.id
+        journal.finish_file(missing, "done")
+        huge = journal.begin_file("huge.csv", "c" * 64, 300_000_000, "remote").file.id
+        journal.finish_file(huge, "done")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the console's copies go
+    console = live_console(config)
+    page = console.get(f"/files/{found}").text
+    assert f'<a href="/files/{found}/original" download>Original</a>' in page
+    assert "(from its server's archive; the receipts of an SFTP feed are on its server)" in page
+    answer = console.get(f"/files/{found}/original")
+    assert answer.status_code == 200
+    assert answer.content == data
+    assert answer.headers["content-disposition"] == 'attachment; filename="night1.20261129T010203Z.csv"'
+    assert (answer.headers["content-type"], answer.headers["cache-control"]) == ("text/csv; charset=utf-8", "no-store")
+    assert list(temporary.iterdir()) == []  # the copy is gone once it was sent
+    gone = console.get(f"/files/{missing}/original")
+    assert gone.status_code == 404
+    assert "gone.csv is not in the feed&#39;s archive/ (moved, or not finished)" in gone.text
+    too_big = console.get(f"/files/{huge}/original")
+    assert too_big.status_code == 404
+    assert ("feed remote: huge.csv is 300,000,000 bytes, larger than the limit of 268,435,456 bytes the console "
+            "downloads from an archive") in too_big.text
+    sshd.kill()
+    down = console.get(f"/files/{found}/original")
+    assert down.status_code == 503
+    assert (f"feed remote: its archive cannot be read now: {sshd.url_prefix}{remote_inbox}: cannot connect: "
+            "ConnectionRefusedError: [Errno 111] Connection refused") in down.text
+    assert list(temporary.iterdir()) == []
+    assert sorted(p.name for p in archive.iterdir()) == ["night1.20261129T010203Z.csv", "night1.csv"]

@@ -40,6 +40,7 @@ from batch.inbox import (
     UnsafeNameError,
     open_inbox,
 )
+from batch.store.rejected import original_from_archive
 from batch.transform.mapcheck import MAX_MAPPING_CHARS, Problem, check_mapping_text
 
 DEFAULT_VERSIONS = 10  # earlier versions kept beside a mapping: NAME.yaml.1 … NAME.yaml.10
@@ -296,3 +297,16 @@ def last_archived_copies(feed: FeedSettings, count: int) -> Iterator[list[tuple[
             files = [(entry.name, _fetch(feed, inbox, entry.name, Path(staging)))
                      for entry in inbox.list_archive()[:count]]
         yield files
+
+
+@contextmanager
+def original_copy(feed: FeedSettings, name: str, size: int, sha256: str, staging: Path) -> Iterator[Path | None]:
+    """The processed file `name` as the feed's archive holds it (under its name or a stamped one),
+    recognised by its size and sha256, fetched through the feed's inbox (local or SFTP) into
+    `staging` (batch.store.rejected.original_from_archive) and removed when the block ends; None
+    when it is not there. Larger than ARCHIVE_MAX_BYTES: PlaygroundError, nothing fetched."""
+    if size > ARCHIVE_MAX_BYTES:
+        raise PlaygroundError(f"feed {feed.name}: {name} is {size:,} bytes, larger than the limit of "
+                              f"{ARCHIVE_MAX_BYTES:,} bytes the console downloads from an archive")
+    with _archive(feed) as inbox, original_from_archive(inbox, staging, name, size, sha256) as copy:
+        yield copy

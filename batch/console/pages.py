@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batch.config.inbox import LocalLocation
 from batch.config.service import FeedSettings, LoadedService
+from batch.console.mapping_store import ArchiveNotAvailable, PlaygroundError, original_copy
 from batch.console.render import console_state, render
 from batch.console.retries import MAX_FILE_ID, request_view
 from batch.console.security import Refused, confined
@@ -162,10 +165,11 @@ def _page_link(file_id: int, outcome: str, search: str) -> Any:
 
 def downloads(settings: FeedSettings, record: FileRecord) -> list[dict[str, Any]]:
     """The files of `record` a local feed's folders hold: receipt, summary, rejected rows,
-    original (none for an SFTP feed: they are on its server)."""
+    original; of an SFTP feed the original (fetched from its server's archive; its receipts are
+    on its server)."""
     outbox = local_outbox(settings)
     if outbox is None:
-        return []
+        return [{"kind": "original", "label": "Original", "available": True, "url": f"/files/{record.id}/original"}]
     names = receipt_names(record.name)
     summary = receipt_summary(Path(outbox), record)
     found = []
@@ -207,6 +211,8 @@ def file_download(request: Request) -> Response:
     record = _file_record(journal, request.path_params["file_id"])
     kind = request.path_params["kind"]
     settings = _feed_settings(console_state(request).loaded, record.feed)
+    if settings is not None and kind == "original" and not isinstance(settings.location, LocalLocation):
+        return _fetched_original(settings, record)
     if settings is None or not isinstance(settings.location, LocalLocation):
         raise HTTPException(404, "this feed's files are on its SFTP server, not here")
     if kind == "original":
@@ -259,6 +265,35 @@ def _send(folder: Path, name: str) -> Response:
         raise HTTPException(404, f"{name!r}: {exc}") from None
     return FileResponse(path, filename=path.name, media_type=_media_type(path.name),
                         headers={"Cache-Control": "no-store"})
+
+
+def _fetched_original(settings: FeedSettings, record: FileRecord) -> Response:
+    """The original of `record` from an SFTP feed's archive: downloaded through the feed's inbox
+    into a temporary folder (at most ARCHIVE_MAX_BYTES, hashed as it comes), opened, and the folder
+    removed before the response starts: the client is sent the open file, and nothing stays on
+    this disk whether the client reads it all or goes away."""
+    with tempfile.TemporaryDirectory(prefix="usageplace-console-") as staging:
+        try:
+            with original_copy(settings, record.name, record.size, record.sha256, Path(staging)) as copy:
+                if copy is None:
+                    raise HTTPException(404, f"{record.name} is not in the feed's archive/ (moved, or not finished)")
+                name = copy.name
+                stream = open(copy, "rb")  # noqa: SIM115 - closed by _chunks, after the folder is gone
+        except ArchiveNotAvailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        except PlaygroundError as exc:
+            raise HTTPException(404, str(exc)) from None
+    quoted = quote(name)
+    disposition = (f"attachment; filename*=utf-8''{quoted}" if quoted != name  # as FileResponse writes it
+                   else f'attachment; filename="{name}"')
+    return StreamingResponse(_chunks(stream), media_type=_media_type(name), headers={
+        "Content-Disposition": disposition, "Content-Length": str(record.size), "Cache-Control": "no-store"})
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    with stream:
+        while block := stream.read(1 << 20):
+            yield block
 
 
 def _media_type(name: str) -> str:
