@@ -16,6 +16,7 @@ raises them and subclass their group here, so that this module imports nothing o
     │   ├── HandoverRefused                 batch.service.leasing: `handover` while the other lease lives
     │   ├── TemplateMismatch                batch.transform.samplefile: a template that cannot take a sample
     │   ├── LoginRequired                   batch.console.security: a console off loopback without a password
+    │   ├── HostsRequired                   batch.console.security: a console off loopback without allowed_hosts
     │   └── PlaygroundError                 batch.console.mapping_store: what the playground cannot do
     │       ├── ArchiveNotAvailable             the feed's archive cannot be read now (server unreachable)
     │       ├── ConcurrentEdit                  the mapping changed since the editor loaded it
