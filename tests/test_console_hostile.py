@@ -354,10 +354,12 @@ def test_a_journal_that_is_no_database_is_a_clear_page_and_read_again_once_it_is
     console = live_console(feed_config)
     for path in ("/", "/files/1"):
         page = console.get(path)
-        assert page.status_code == 503
+        assert page.status_code == 503, path
         assert "<h1>The journal cannot be read</h1>" in page.text
-        assert (f'<p class="error-message">journal {journal_path}: file is not a database (the console reads it '
-                "again at the next page)</p>") in page.text
+        # the journal's own words since 44ff874 (JournalUnusable when it is opened)
+        assert (f'<p class="error-message">{journal_path}: the journal cannot be read: file is not a database (a '
+                "damaged file, or another file at its path): restore it from a backup, or move it away to start a "
+                "new journal</p>") in page.text
         assert "Traceback" not in page.text and "please report it" not in page.text
     journal_path.unlink()
     with Journal(journal_path) as journal:
