@@ -98,6 +98,8 @@ def test_the_console_settings_are_checked(deploy_config) -> None:
              "console.public_url: give the URL browsers open, as https://NAME[:PORT]/ (no path, query or user)"),
             ({"public_url": "ftp://console.example.org"},
              "console.public_url: give the URL browsers open, as https://NAME[:PORT]/ (no path, query or user)"),
+            ({"allowed_hosts": ["other.example.org", f"{PUBLIC}:8443"], "public_url": f"https://{PUBLIC}/"},
+             "console: public_url's host console.example.org is not one of allowed_hosts"),
             ({"trusted_proxies": ["10.0.0.300"]},
              "console.trusted_proxies: '10.0.0.300' is not an address or a network (CIDR)"),
             ({"trusted_proxies": "10.0.0.1"},

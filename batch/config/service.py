@@ -281,6 +281,12 @@ class ConsoleSettings(BaseModel):
     def _one_password(self) -> ConsoleSettings:
         if self.password is not None and self.password_file is not None:
             raise ValueError("give either password or password_file, not both")
+        if self.public_url is not None and self.allowed_hosts:
+            netloc = urlsplit(self.public_url).netloc
+            name = netloc.partition("]")[0] + "]" if netloc.startswith("[") else netloc.partition(":")[0]
+            if netloc not in self.allowed_hosts and name not in self.allowed_hosts:
+                # the redirects go there: every one of them would be refused (400)
+                raise ValueError(f"public_url's host {netloc} is not one of allowed_hosts")
         return self
 
 
