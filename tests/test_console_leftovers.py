@@ -148,6 +148,17 @@ def test_an_sftp_feeds_original_is_downloaded_from_its_server_through_a_copy_tha
     assert too_big.status_code == 404
     assert ("feed remote: huge.csv is 300,000,000 bytes, larger than the limit of 268,435,456 bytes the console "
             "downloads from an archive") in too_big.text
+    from batch.console import pages
+
+    assert pages._FETCHES.acquire(blocking=False) and pages._FETCHES.acquire(blocking=False)  # two downloads run
+    try:
+        busy = console.get(f"/files/{found}/original")
+        assert busy.status_code == 429
+        assert ("two originals are being downloaded from SFTP servers already (at most two at a time on this "
+                "console): try again when one has finished") in busy.text
+    finally:
+        pages._FETCHES.release()
+        pages._FETCHES.release()
     sshd.kill()
     down = console.get(f"/files/{found}/original")
     assert down.status_code == 503

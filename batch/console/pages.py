@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -267,11 +268,27 @@ def _send(folder: Path, name: str) -> Response:
                         headers={"Cache-Control": "no-store"})
 
 
+#: SFTP originals fetched at once (each up to 256 MB of the temporary folder and a worker thread
+#: while it downloads); another one meanwhile is refused (429), not queued.
+_FETCHES = threading.Semaphore(2)
+FETCHES_BUSY = ("two originals are being downloaded from SFTP servers already (at most two at a time on this "
+                "console): try again when one has finished")
+
+
 def _fetched_original(settings: FeedSettings, record: FileRecord) -> Response:
     """The original of `record` from an SFTP feed's archive: downloaded through the feed's inbox
     into a temporary folder (at most ARCHIVE_MAX_BYTES, hashed as it comes), opened, and the folder
     removed before the response starts: the client is sent the open file, and nothing stays on
     this disk whether the client reads it all or goes away."""
+    if not _FETCHES.acquire(blocking=False):
+        raise HTTPException(429, FETCHES_BUSY)
+    try:
+        return _fetch_original(settings, record)
+    finally:
+        _FETCHES.release()
+
+
+def _fetch_original(settings: FeedSettings, record: FileRecord) -> Response:
     with tempfile.TemporaryDirectory(prefix="usageplace-console-") as staging:
         try:
             with original_copy(settings, record.name, record.size, record.sha256, Path(staging)) as copy:
