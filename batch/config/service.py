@@ -204,8 +204,9 @@ class MetricsSettings(BaseModel):
 
 
 class ConsoleSettings(BaseModel):
-    """The web console (`usageplace-batch console`): its login. A password is required for any
-    address but loopback, optional on loopback (given, the console asks for it there too)."""
+    """The web console (`usageplace-batch console`): its login, the host names it answers to and
+    what it needs behind a reverse proxy. A password and allowed_hosts are required for any address
+    but loopback, optional on loopback (given, the console asks for the password there too)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, hide_input_in_errors=True)
 

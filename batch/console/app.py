@@ -268,7 +268,8 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 def create_app(config_path: Path, *, host: str = "127.0.0.1", secret_key: str | None = None) -> Starlette:
     """The console for the service configuration at `config_path`, to listen on `host`.
 
-    Raises LoginRequired (a non-loopback `host` without a configured password), ConfigError /
+    Raises LoginRequired (a non-loopback `host` without a configured password), HostsRequired (one
+    without console.allowed_hosts), ConfigError /
     ConfigurationError (an unusable configuration) before anything listens. `secret_key` signs
     the session cookies (default: random, so sessions end when the console stops)."""
     state = ConsoleState(Path(config_path))
