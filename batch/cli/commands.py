@@ -814,18 +814,20 @@ def _print_instances(loaded: LoadedService, leases: LeaseStore) -> None:
 @main.command()
 @CONFIG_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; any but loopback needs the configuration's console password.")
+              help="Address to listen on; any but loopback needs the configuration's console.password and "
+                   "console.allowed_hosts.")
 @click.option("--port", default=8780, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 def console(config_path: Path, host: str, port: int) -> None:
     """The web console in a browser: the feeds, every record of a file, retries, downloads.
 
     Reads the service's configuration (reloaded when it changes) and journal; runs beside the
-    service until Ctrl-C. Loopback by default; another address needs `console.password`."""
+    service until Ctrl-C. Loopback by default; another address needs `console.password` and
+    `console.allowed_hosts` (README: "Deploying off loopback")."""
     from batch.console.app import bind, create_app, serve
 
     settings = _load_service(config_path).config.logging  # the log redacts the configuration's secrets
     setup_logging(settings.level, settings.format)
-    app = create_app(config_path, host=host)  # refuses a non-loopback address without a login
+    app = create_app(config_path, host=host)  # refuses a non-loopback address without a login and host names
     try:
         sock = bind(host, port)
     except OSError as exc:
