@@ -454,7 +454,9 @@ class Processor:
             journal.flush()
             file = journal.get_file(file_id)
             return FileOutcome(FileStatus.AUTH_FAILED, file, None, report.auth_error, report)
-        if report.stopped and journal.file_counts(file_id)["pending"]:
+        # pending events left: stopped (also by a stop that is no longer set: a lease not known to
+        # be valid for a moment, LeaseStop, halts the delivery and is clear again once renewed)
+        if journal.file_counts(file_id)["pending"]:
             journal.flush()
             return FileOutcome(FileStatus.INTERRUPTED, journal.get_file(file_id), None,
                                "stopped before every event was sent", report)

@@ -277,9 +277,10 @@ def check(sandbox, database: PgDatabase, folders: dict[str, Path], services: dic
     offset = time.time() - time.monotonic()  # the sandbox's arrival times are this process's monotonic clock
     connection_holder: dict[int, str] = {}
     woken: Counter[tuple[str, float, str]] = Counter()  # (instance, its SIGCONT, feed): requests finished late
-    first_epoch: dict[str, tuple[str, int]] = {}
+    # a duplicate is charged to the epoch of the id's previous acceptance: that epoch ended before
+    # its result was journaled (a resend whose own result is lost again is the next epoch's)
+    last_epoch: dict[str, tuple[str, int]] = {}
     resent: Counter[tuple[str, int]] = Counter()
-    seen: set[str] = set()
     for arrival in arrivals:
         if arrival.id is None:
             continue  # a body cut short by a kill
@@ -296,15 +297,14 @@ def check(sandbox, database: PgDatabase, folders: dict[str, Path], services: dic
             assert woken[owner, cont, feed] <= MAX_IN_FLIGHT, (owner, feed, woken)
         if arrival.status != 200:
             continue
-        if arrival.id in seen:
-            resent[first_epoch[arrival.id]] += 1
-        else:
-            seen.add(arrival.id)
-            first_epoch[arrival.id] = (feed, epoch)
+        if arrival.id in last_epoch:
+            resent[last_epoch[arrival.id]] += 1
+        last_epoch[arrival.id] = (feed, epoch)
     for (feed, epoch), count in resent.items():
         began = next(at for at, number, _ in starts[feed] if number == epoch)
         ended = next((at for at, number, _ in starts[feed] if number > epoch), float("inf"))
-        restarts = sum(1 for stopped, _ in chaos.pg_restarts if began <= stopped < ended)
+        # a restart that overlaps the epoch (also one that began before it and was not over yet)
+        restarts = sum(1 for stopped, started in chaos.pg_restarts if stopped < ended and started > began)
         assert count <= MAX_IN_FLIGHT * (1 + restarts), (feed, epoch, count, restarts)
     print(f"duplicates per ended epoch (feed, epoch): {dict(resent)}; max_in_flight {MAX_IN_FLIGHT}; "
           f"epochs per feed: { {feed: len(s) for feed, s in starts.items()} }; requests that reached the sandbox "

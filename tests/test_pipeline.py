@@ -9,6 +9,7 @@ receipts) live in tests/fixtures_pipeline.py.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -355,6 +356,49 @@ def test_a_stopped_file_is_interrupted_and_resumed_without_resending(
     # a graceful stop finishes the requests in flight and journals them: nothing is sent twice
     assert sandbox.duplicates == {}
     assert len(sandbox.arrivals) == 300 and sent_before < 300
+
+
+def test_a_stop_that_is_clear_again_when_delivery_ends_still_leaves_the_file_interrupted(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        runtimes: list[Runtime]) -> None:
+    """The service's stop is also set while the feed's lease is not known to be valid (LeaseStop):
+    a heartbeat late for a moment halts the delivery, and the stop reads clear again once the
+    lease is renewed. The file must end interrupted (resumed later), not 'done' with pending
+    events (the journal refused that: JournalMisuse, seen in the chaos test)."""
+
+    class Blink(threading.Event):
+        """Reads set once, when armed; clear before and after."""
+
+        armed = False
+
+        def is_set(self) -> bool:
+            if self.armed:
+                self.armed = False
+                return True
+            return False
+
+    sandbox = make_sandbox(faults=Faults(latency_ms=2))
+    ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
+    rows = make_rows(300, 50)
+    path = write_feed(ws.inbox / "a.csv", rows)
+    ws.outbox.mkdir()
+    runtime = ws.runtime()
+    runtimes.append(runtime)
+    blink = Blink()
+    runtime.processor.stop = blink
+    seen = itertools.count(1)
+
+    def on_result(_: Any) -> None:
+        if next(seen) == 50:
+            blink.armed = True
+
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox,
+                                        progress=Progress(on_result=on_result))
+    assert outcome.status == "interrupted" and outcome.receipt is None, outcome.message
+    assert outcome.counts["pending"] == 300 - outcome.counts["accepted"] > 0
+    outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
+    assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
+    assert sandbox.duplicates == {}
 
 
 # --------------------------------------------------------------------------- sent but not journaled
