@@ -396,6 +396,7 @@ def test_a_stop_that_is_clear_again_when_delivery_ends_still_leaves_the_file_int
                                         progress=Progress(on_result=on_result))
     assert outcome.status == "interrupted" and outcome.receipt is None, outcome.message
     assert outcome.counts["pending"] == 300 - outcome.counts["accepted"] > 0
+    assert outcome.delivery is not None and outcome.delivery.stopped  # the delivery report says so too
     outcome = runtime.processor.process(path, runtime.feeds[FEED], ws.outbox)
     assert_all_accepted(ws, outcome, sandbox, rows, "a.csv")
     assert sandbox.duplicates == {}

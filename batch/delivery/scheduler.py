@@ -549,7 +549,9 @@ def deliver(
         for thread in workers:
             thread.join()
     report.elapsed = time.monotonic() - started
-    report.stopped = stop.is_set()
+    # a stop may read clear again by now (the service's LeaseStop, once the lease is renewed): the
+    # events it left pending say that it stopped the run all the same
+    report.stopped = stop.is_set() or report.counts[State.PENDING] > 0
     report.deadline_hit = run.deadline_hit
     report.auth_error = run.auth_error
     return report
