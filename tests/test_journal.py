@@ -4,6 +4,8 @@ them has (SQLite's file and pragmas; PostgreSQL's schema table, server restarts,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -302,18 +304,28 @@ def test_a_valid_event_needs_a_payload(journal: JournalStore) -> None:
         journal.record_events(file_id, [NewEvent(1, "E1", None, None, None)])
 
 
-def test_payload_is_stored_as_json_with_a_content_hash(journal: JournalStore) -> None:
+def test_payload_is_stored_as_json_in_the_order_given(journal: JournalStore) -> None:
     file_id = new_file(journal)
     payload = {"id": "E1", "usageplacecode": "U1", "invoices": [{"jobid": 12, "invoicenumber": "Ä1"}]}
-    journal.record_events(file_id, [NewEvent.valid(1, payload),
-                                    NewEvent.valid(2, dict(reversed(payload.items())) | {"id": "E2"})])
-    first, second = journal.file_events(file_id)
+    journal.record_events(file_id, [NewEvent.valid(1, payload)])
+    [first] = journal.file_events(file_id)
     assert first.payload == payload
-    assert '"Ä1"' in first.payload_json  # not \\u-escaped
+    assert first.payload_json == '{"id":"E1","usageplacecode":"U1","invoices":[{"jobid":12,"invoicenumber":"Ä1"}]}'
     assert first.usageplacecode == "U1"
-    assert len(first.payload_sha256 or "") == 64 and first.payload_sha256 != second.payload_sha256
-    same_content_other_order = NewEvent.valid(1, dict(reversed(payload.items())))
-    assert journal_module.event_insert_params(1, same_content_other_order, "t")[6] == first.payload_sha256
+
+
+def test_same_content_ignores_the_order_of_keys_and_nothing_else() -> None:
+    same_content = journal_module.same_content
+    payload = {"id": "E1", "usageplacecode": "U1", "invoices": [{"jobid": 12, "invoicenumber": "Ä1"}]}
+    reordered = {"invoices": [{"invoicenumber": "Ä1", "jobid": 12}], "usageplacecode": "U1", "id": "E1"}
+    text = journal_module.canonical_json
+    assert same_content(text(payload), text(reordered))
+    assert not same_content(text(payload), text({**payload, "usageplacecode": "U2"}))
+    assert not same_content(text(payload), text({**payload, "invoices": [{"jobid": "12", "invoicenumber": "Ä1"}]}))
+    assert not same_content(text(payload), text({**payload, "invoices": list(reversed(
+        payload["invoices"] + [{"jobid": 13, "invoicenumber": "B"}]))}))  # a list's order is content
+    assert same_content(None, None) and not same_content(text(payload), None)
+    assert not same_content("not json", text(payload)) and same_content("not json", "not json")
 
 
 def test_to_send_returns_pending_in_record_order_and_failed_only_for_retry(journal: JournalStore) -> None:
@@ -1081,7 +1093,7 @@ def test_sqlite_schema_2_is_migrated_an_old_error_becomes_one_error_with_its_mes
         old_file = journal.get_file(1)
         assert (old_file.filtered, old_file.note) == (0, "5 records were filtered out by the mapping's keep rule.")
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     conn.close()
 
 
@@ -1106,7 +1118,69 @@ def test_pg_schema_1_is_migrated_an_old_error_becomes_one_error_with_its_message
                                        "message": "status (column 'Tila' = 'X'): value is not in the map"}]
         assert old_invalid.message == "status (column 'Tila' = 'X'): value is not in the map"
         assert old_accepted.errors == [] and journal.get_file(1).filtered == 0
-    assert store_.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION == 4
+    assert store_.count("SELECT version FROM journal_schema") == PG_SCHEMA_VERSION == 5
+
+
+# A payload as versions before SQLite schema 6 / PostgreSQL 5 wrote it, with the digest of its
+# content they kept for every event (sha256 of its JSON with sorted keys).
+OLD_PAYLOAD = {"id": "E1", "usageplacecode": "643007572000000001", "time": "2024-01-02 03:04:05",
+               "status": "disconnected", "description": "Äänekoski 😀",
+               "invoices": [{"invoicenumber": "1001", "jobid": 7}]}
+OLD_PAYLOAD_JSON = json.dumps(OLD_PAYLOAD, ensure_ascii=False, separators=(",", ":"))
+OLD_DIGEST = hashlib.sha256(json.dumps(OLD_PAYLOAD, ensure_ascii=False, separators=(",", ":"),
+                                       sort_keys=True).encode()).hexdigest()
+
+
+def test_sqlite_schema_5_loses_the_payload_digests_and_still_tells_a_repeat_by_its_content(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    for steps in MIGRATIONS[:5]:
+        for statement in steps:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=5")
+    conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner)"
+                 " VALUES (1, 'monday.csv', 'aa', 1, 'feed', 'done', '2026-01-01T00:00:00+00:00', 'h:1')")
+    conn.execute("INSERT INTO events (file_id, line, event_id, payload, payload_sha256, state, updated_at)"
+                 " VALUES (1, 1, 'E1', ?, ?, 'accepted', '2026-01-01T00:00:00+00:00')", (OLD_PAYLOAD_JSON, OLD_DIGEST))
+    conn.close()
+    with Journal(db) as journal:
+        _told_by_content(journal)
+    conn = sqlite3.connect(db)
+    assert "payload_sha256" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    conn.close()
+
+
+def test_pg_schema_4_loses_the_payload_digests_and_still_tells_a_repeat_by_its_content(
+        pg_database: PgDatabase) -> None:
+    from batch.store.journal_pg import PG_MIGRATIONS
+
+    with pg_database.connect() as conn:  # type: ignore[attr-defined]
+        for steps in PG_MIGRATIONS[:4]:
+            for statement in steps:
+                conn.execute(statement)
+        conn.execute("CREATE TABLE journal_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO journal_schema (version) VALUES (4)")
+        [first] = conn.execute("INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
+                               " VALUES ('monday.csv', 'aa', 1, 'feed', 'done', now(), 'h:1') RETURNING id").fetchone()
+        conn.execute("INSERT INTO events (file_id, line, event_id, payload, payload_sha256, state, updated_at)"
+                     " VALUES (%s, 1, 'E1', %s, %s, 'accepted', now())", (first, OLD_PAYLOAD_JSON, OLD_DIGEST))
+    store_ = PgStore(pg_database)
+    with store_.open() as journal:
+        _told_by_content(journal)
+    assert store_.count("SELECT count(*) FROM information_schema.columns"
+                        " WHERE table_name = 'events' AND column_name = 'payload_sha256'") == 0
+
+
+def _told_by_content(journal: JournalStore) -> None:
+    """The old file's event comes again: in another key order it is the same content, with one
+    value changed it is not."""
+    second = journal.begin_file("tuesday.csv", "b" * 64, 1, "feed").file.id
+    reordered = dict(reversed(list(OLD_PAYLOAD.items())))
+    changed = {**OLD_PAYLOAD, "description": "other"}
+    journal.record_events(second, [NewEvent.valid(1, reordered), NewEvent.valid(2, changed)])
+    same, different = journal.file_events(second)
+    assert (same.state, same.message) == ("duplicate", "event id already accepted: file 'monday.csv', line 1")
+    assert (different.state, different.message) == (
+        "duplicate", "event id already accepted: file 'monday.csv', line 1, with different content")
 
 
 # --- a chunk of valid events journaled as columns ------------------------------------------------

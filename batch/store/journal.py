@@ -39,7 +39,6 @@ What it cannot prevent
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -137,8 +136,8 @@ class NewEvent(NamedTuple):
     data, each a mapping of ``field``, ``source``, ``value`` and ``message`` (stored as a JSON
     list; without it the message alone is stored as one error).
 
-    It holds the payload as the journal stores it — its JSON text (``canonical_json``) and
-    digest (``payload_digest``), made right away — not the payload dict. The pipeline makes
+    It holds the payload as the journal stores it — its JSON text (``canonical_json``), made
+    right away — not the payload dict. The pipeline makes
     NewEvents chunk by chunk as records are mapped (a chunk whose records are all valid: one
     ``ValidEvents``, the same rows by columns) and records them thousands at a time:
     serialised while the event is still in the CPU's cache, with the dict freed there and then,
@@ -153,22 +152,21 @@ class NewEvent(NamedTuple):
     status: str | None
     payload_json: str | None  # None: nothing of the record could be mapped
     error: str | None = None
-    payload_sha256: str | None = None  # with payload_json, always
     errors: Sequence[Mapping[str, Any]] | None = None
 
     @classmethod
     def valid(cls, line: int, payload: Mapping[str, Any]) -> NewEvent:
         return cls(line, _opt_str(payload.get("id")), _opt_str(payload.get("usageplacecode")),
-                   _opt_str(payload.get("status")), canonical_json(payload), None, payload_digest(payload))
+                   _opt_str(payload.get("status")), canonical_json(payload))
 
     @classmethod
     def invalid(cls, line: int, error: str, payload: Mapping[str, Any] | None = None,
                 errors: Sequence[Mapping[str, Any]] | None = None) -> NewEvent:
         """An invalid record; ``payload`` is whatever part of the event could be mapped."""
         if payload is None:
-            return cls(line, None, None, None, None, error, None, errors)
+            return cls(line, None, None, None, None, error, errors)
         return cls(line, _opt_str(payload.get("id")), _opt_str(payload.get("usageplacecode")),
-                   _opt_str(payload.get("status")), canonical_json(payload), error, payload_digest(payload), errors)
+                   _opt_str(payload.get("status")), canonical_json(payload), error, errors)
 
     @property
     def payload(self) -> dict[str, Any] | None:
@@ -181,14 +179,13 @@ class ValidEvents:
     (the same row in the journal), without a Python object per event.
 
     The mapper's chunk path hands over a chunk whose records are all valid as lists (lines,
-    ids, payloads); the payloads' JSON texts and digests are made here with loops that run in C
-    (``jsonenc.each_event_bytes``, sha256 over each), while the chunk is in the CPU's cache, and
-    ``insert_params`` zips the columns into the journal's rows. Per record that saves a
-    MappedRecord, a NewEvent, two function calls of serialising and a row built in Python
-    (bench/bench_mapping.py).
+    ids, payloads); the payloads' JSON texts are made here with a loop that runs in C
+    (``jsonenc.each_event_bytes``), while the chunk is in the CPU's cache, and ``insert_params``
+    zips the columns into the journal's rows. Per record that saves a MappedRecord, a NewEvent,
+    a function call of serialising and a row built in Python (bench/bench_mapping.py).
     """
 
-    __slots__ = ("lines", "event_ids", "usageplacecodes", "statuses", "payload_jsons", "payload_sha256s")
+    __slots__ = ("lines", "event_ids", "usageplacecodes", "statuses", "payload_jsons")
 
     def __init__(self, lines: Sequence[int], payloads: Sequence[dict[str, Any]]) -> None:
         self.lines = lines
@@ -196,9 +193,6 @@ class ValidEvents:
         self.usageplacecodes = _text_column(payloads, "usageplacecode")
         self.statuses = _text_column(payloads, "status")
         self.payload_jsons = list(map(bytes.decode, each_event_bytes(payloads)))
-        # payload_digest of each payload
-        self.payload_sha256s = [hashlib.sha256(sorted_json).hexdigest()
-                                for sorted_json in each_event_bytes(payloads, sorted_keys=True)]
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -206,7 +200,7 @@ class ValidEvents:
     def insert_params(self, file_id: int, now: str) -> list[tuple[Any, ...]]:
         """The SQL_INSERT_EVENT parameters of each event, as event_insert_params makes them."""
         return list(zip(repeat(file_id), self.lines, self.event_ids, self.usageplacecodes, self.statuses,
-                        self.payload_jsons, self.payload_sha256s, repeat(EventState.PENDING), repeat(None),
+                        self.payload_jsons, repeat(EventState.PENDING), repeat(None),
                         repeat(None), repeat(now)))
 
 
@@ -244,7 +238,6 @@ class EventRecord:
     http_status: int | None
     message: str | None
     payload_json: str | None
-    payload_sha256: str | None
     updated_at: datetime
     errors_json: str | None = None  # an invalid record's problems (a JSON list; see ``errors``)
     title: str | None = None  # a rejected event's problem title and detail, as Ropo One sent them
@@ -549,7 +542,7 @@ class JournalStore(ABC):
 
 # --------------------------------------------------------------------------- schema
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1: tuple[str, ...] = (
     """
@@ -707,8 +700,16 @@ _SCHEMA_V5: tuple[str, ...] = (
     """,
 )
 
+# Version 6: no digest of each payload. It served only to tell a duplicate "with different
+# content", which same_content now answers from the two payloads when an id comes again; making
+# one for every event cost a third of the serialising (bench/bench_mapping.py). Dropping the
+# column rewrites the events table once.
+_SCHEMA_V6: tuple[str, ...] = (
+    "ALTER TABLE events DROP COLUMN payload_sha256",
+)
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6)
 
 # --------------------------------------------------------------------------- SQL (pure)
 
@@ -720,14 +721,13 @@ _FILE_COLUMNS = (
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, payload_sha256, updated_at, errors, problem_title, problem_detail"
+    " payload, updated_at, errors, problem_title, problem_detail"
 )
 
 SQL_INSERT_EVENT = """
     INSERT OR IGNORE INTO events
-        (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
-         state, message, errors, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        (file_id, line, event_id, usageplacecode, status, payload, state, message, errors, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 SQL_RECORD_RESULT = """
@@ -744,8 +744,8 @@ SQL_MARK_ALREADY_ACCEPTED = """
        SET state = 'duplicate', updated_at = :now,
            message = (SELECT 'event id already accepted: file ' || quote(f.name)
                              || ', line ' || a.line
-                             || CASE WHEN a.payload_sha256 IS NOT events.payload_sha256
-                                     THEN ', with different content' ELSE '' END
+                             || CASE WHEN same_content(a.payload, events.payload)
+                                     THEN '' ELSE ', with different content' END
                         FROM events AS a INDEXED BY events_by_event_id JOIN files AS f ON f.id = a.file_id
                        WHERE a.event_id = events.event_id AND a.state = 'accepted'
                        ORDER BY a.file_id, a.line LIMIT 1)
@@ -844,17 +844,26 @@ def canonical_json(payload: Mapping[str, Any]) -> str:
     return event_bytes(payload).decode("utf-8")
 
 
-def payload_digest(payload: Mapping[str, Any]) -> str:
-    """A hash of the content, independent of key order, to tell same from different content:
-    sha256 of ``jsonenc.event_bytes`` with sorted keys (the bytes digests were always made of)."""
-    return hashlib.sha256(event_bytes(payload, sorted_keys=True)).hexdigest()
+def same_content(payload_json: str | None, other_json: str | None) -> bool:
+    """Do two stored payloads hold the same event, whatever the order of their keys?
+
+    What tells a duplicate "with different content" from a plain one: the two payloads'
+    ``jsonenc.event_bytes`` with sorted keys are equal (the bytes journals before schema 6 kept a
+    sha256 of, for every event; asked only when an id comes again, it costs nothing the rest of
+    the time). A text that is not JSON (never written by us) is compared as it is."""
+    if payload_json == other_json:
+        return True
+    if payload_json is None or other_json is None:
+        return False
+    try:
+        return (event_bytes(json.loads(payload_json), sorted_keys=True)
+                == event_bytes(json.loads(other_json), sorted_keys=True))
+    except (ValueError, TypeError):
+        return False
 
 
 def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, ...]:
     """The SQL_INSERT_EVENT parameters for one mapped record."""
-    if (event.payload_json is None) != (event.payload_sha256 is None):
-        raise ValueError(f"line {event.line}: a payload's JSON text and digest come together "
-                         "(make NewEvents with NewEvent.valid or NewEvent.invalid)")
     if event.error is not None:
         state = EventState.INVALID
     elif event.payload_json is None:
@@ -862,7 +871,7 @@ def event_insert_params(file_id: int, event: NewEvent, now: str) -> tuple[Any, .
     else:
         state = EventState.PENDING
     return (file_id, event.line, event.event_id, event.usageplacecode, event.status,
-            event.payload_json, event.payload_sha256, state, event.error,
+            event.payload_json, state, event.error,
             None if event.error is None else errors_json(event), now)
 
 
@@ -922,9 +931,9 @@ def file_from_row(row: Sequence[Any]) -> FileRecord:
 
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     (file_id, line, event_id, code, status, state, attempts, http_status, message, payload,
-     digest, updated, errors, title, detail) = row
+     updated, errors, title, detail) = row
     return EventRecord(file_id, line, event_id, code, status, EventState(state), attempts, http_status,
-                       message, payload, digest, from_required_text(updated), errors, title, detail)
+                       message, payload, from_required_text(updated), errors, title, detail)
 
 
 RETRY_COLUMNS = ("id, feed, file_id, requested_by, requested_at, state, taken_by, started_at, finished_at,"
@@ -1123,6 +1132,8 @@ class Journal(JournalStore):
         self._enable_wal()
         self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # SQL_MARK_ALREADY_ACCEPTED asks it of each duplicate (only: a write connection's need)
+        self._conn.create_function("same_content", 2, same_content, deterministic=True)
 
     def _enable_wal(self) -> None:
         # Switching a new database to WAL can fail with "database is locked" without the

@@ -90,7 +90,7 @@ from batch.store.journal import (
 
 # --------------------------------------------------------------------------- schema
 
-PG_SCHEMA_VERSION = 4
+PG_SCHEMA_VERSION = 5
 
 _STATES_OF_FILES = "'processing', 'done', 'error', 'skipped'"
 _STATES_OF_EVENTS = "'pending', 'accepted', 'rejected', 'invalid', 'failed', 'duplicate', 'not_sent'"
@@ -212,8 +212,16 @@ _PG_SCHEMA_V4: tuple[str, ...] = (
     """,
 )
 
+# Version 5: what SQLite's schema version 6 drops (the digest of each payload: a duplicate's
+# content is compared in SQL_MARK_ALREADY_ACCEPTED, as jsonb, which ignores the order of keys;
+# a valid payload holds no control character, so every stored one casts to jsonb).
+_PG_SCHEMA_V5: tuple[str, ...] = (
+    "ALTER TABLE events DROP COLUMN payload_sha256",
+)
+
 #: PG_MIGRATIONS[i] takes the schema from version i to version i + 1.
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_PG_SCHEMA_V1, _PG_SCHEMA_V2, _PG_SCHEMA_V3, _PG_SCHEMA_V4)
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _PG_SCHEMA_V1, _PG_SCHEMA_V2, _PG_SCHEMA_V3, _PG_SCHEMA_V4, _PG_SCHEMA_V5)
 
 # The first key of every advisory lock this journal takes (always transaction-scoped):
 # 'UPBJ'; the second key says what is locked.
@@ -232,16 +240,16 @@ _FILE_COLUMNS = (
 )
 _EVENT_COLUMNS = (
     "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, payload_sha256, updated_at, errors, problem_title, problem_detail"
+    " payload, updated_at, errors, problem_title, problem_detail"
 )
 
 # One statement for a whole batch (the parameters of journal.events_insert_params, by column).
 SQL_INSERT_EVENTS = """
-    INSERT INTO events (file_id, line, event_id, usageplacecode, status, payload, payload_sha256,
-                        state, message, errors, updated_at)
-    SELECT %s, u.line, u.event_id, u.code, u.status, u.payload, u.digest, u.state, u.message, u.errors, %s
+    INSERT INTO events (file_id, line, event_id, usageplacecode, status, payload, state, message, errors,
+                        updated_at)
+    SELECT %s, u.line, u.event_id, u.code, u.status, u.payload, u.state, u.message, u.errors, %s
       FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                  %s::text[], %s::text[]) AS u(line, event_id, code, status, payload, digest, state, message, errors)
+                  %s::text[]) AS u(line, event_id, code, status, payload, state, message, errors)
     ON CONFLICT (file_id, line) DO NOTHING
 """
 
@@ -260,8 +268,8 @@ SQL_MARK_ALREADY_ACCEPTED = f"""
        SET state = 'duplicate', updated_at = %(now)s,
            message = (SELECT 'event id already accepted: file ' || {_QUOTED_NAME}
                              || ', line ' || a.line
-                             || CASE WHEN a.payload_sha256 IS DISTINCT FROM e.payload_sha256
-                                     THEN ', with different content' ELSE '' END
+                             || CASE WHEN a.payload = e.payload OR a.payload::jsonb = e.payload::jsonb
+                                     THEN '' ELSE ', with different content' END
                         FROM events AS a JOIN files AS f ON f.id = a.file_id
                        WHERE a.event_id = e.event_id AND a.state = 'accepted'
                        ORDER BY a.file_id, a.line LIMIT 1)
@@ -636,10 +644,10 @@ class PgJournal(JournalStore):
         if not params:
             return 0
         lines = [p[1] for p in params]
-        # by column: line, event_id, usageplacecode, status, payload, digest, state, message, errors
-        columns: list[list[Any]] = [list(column) for column in zip(*(p[1:10] for p in params))]
-        columns[6] = [str(state) for state in columns[6]]
-        for index in (1, 2, 3, 7, 8):  # event id, usage place code, status, message, errors: from the input
+        # by column: line, event_id, usageplacecode, status, payload, state, message, errors
+        columns: list[list[Any]] = [list(column) for column in zip(*(p[1:9] for p in params))]
+        columns[5] = [str(state) for state in columns[5]]
+        for index in (1, 2, 3, 6, 7):  # event id, usage place code, status, message, errors: from the input
             columns[index] = [text(value) for value in columns[index]]
         with self._write("record events") as conn:
             inserted = conn.execute(SQL_INSERT_EVENTS, (file_id, now, *columns)).rowcount
