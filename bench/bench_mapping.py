@@ -5,7 +5,7 @@
 
 "ours" is exactly what production runs between reading a file and the journal's INSERT: the
 file's sha256 (`pipeline.file_digest`), then `Processor._record` (reader, mapping, validation,
-each record's `NewEvent` with the JSON text stored and sent and the payload digest, batches of
+each record's `NewEvent` with the JSON text stored and sent (and a generated id's hash), batches of
 `JOURNAL_BATCH`) into a journal whose `record_events` stops where SQLite starts: it builds the
 very INSERT parameters `Journal.record_events` builds (`journal.events_insert_params`), but
 executes no SQL. Next to it, on the same
@@ -156,7 +156,7 @@ class ParamsOnlyJournal:
 
 
 def ours(mapping_path: Path, data_path: Path) -> dict[str, Any]:
-    """file digest + read + map + validate + serialise + hash, through the pipeline's own code."""
+    """file digest + read + map + validate + serialise, through the pipeline's own code."""
     from batch.config.api import DeliverySettings
     from batch.config.mapping import load_mapping
     from batch.pipeline import FeedRuntime, Processor, Progress, file_digest
