@@ -471,6 +471,7 @@ def _split_halves(fmt: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
 
 
 _ISO_FORMATS = {"%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"}
+_HOUR_BUT_A_SECOND = timedelta(minutes=59, seconds=59)
 
 
 def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> _FastParser | None:
@@ -484,12 +485,20 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> _FastPa
     except ValueError:  # Python 3.10 knows no 'Z': the general path handles these
         return None
 
-    def exact(text: str, match: re.Match[str]) -> str | None:
+    def aware(text: str, match: re.Match[str]) -> datetime | None:
         offset = match.group("z").replace(":", "")
         if len(offset) == 5 and offset[3:] > "59":
             return None  # fromisoformat would take +01:75; the general path refuses it
         try:
-            moment = datetime.fromisoformat(text)
+            return datetime.fromisoformat(text)
+        except (ValueError, OverflowError):
+            return None  # the general path says why
+
+    def exact(text: str, match: re.Match[str]) -> str | None:
+        moment = aware(text, match)
+        if moment is None:
+            return None
+        try:
             return _format(moment.astimezone(output))
         except (ValueError, OverflowError):
             return None  # the general path says why
@@ -527,22 +536,29 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> _FastPa
 
     def remember(head: str, offset: str) -> None:
         """hours[offset][head] = the output up to the hour, when the hour moves whole: its first
-        and last second are texts of the usual layout and convert with their minutes and
-        seconds into one output hour. (Then so does the text that has this head and offset.)"""
+        second is a text of the usual layout, and it and the hour's last second convert with
+        their minutes and seconds into one output hour. (Then so does any text with this head
+        and offset and a real ':MM:SS'.) The last second is the first's moment 59:59 later:
+        exactly what its own text reads as (the same offset, the same date and hour)."""
         nonlocal remembered
         if remembered >= 100_000:
             return
-        first = _whole(head + ":00:00" + offset)
-        last = _whole(head + ":59:59" + offset)
-        if first and last and first[13:] == ":00:00" and last[13:] == ":59:59" and first[:13] == last[:13]:
-            hours.setdefault(offset, {})[head] = first[:13]
-            remembered += 1
-
-    def _whole(text: str) -> str | None:
+        text = head + ":00:00" + offset
         match = pattern.fullmatch(text)
         if match is None or match.end("H") != 13 or match.start("z") != 19:
-            return None
-        return exact(text, match)
+            return
+        moment = aware(text, match)
+        if moment is None:
+            return
+        try:
+            first = moment.astimezone(output)
+            last = (moment + _HOUR_BUT_A_SECOND).astimezone(output)
+        except (ValueError, OverflowError):
+            return
+        if (first.minute == first.second == 0 and last.minute == last.second == 59
+                and (first.year, first.month, first.day, first.hour) == (last.year, last.month, last.day, last.hour)):
+            hours.setdefault(offset, {})[head] = _format(first)[:13]
+            remembered += 1
 
     def column(texts: Sequence[str], one: Callable[[str], str | None]) -> list[str | None]:
         """parse for a column whose texts all have one length and the first text's offset (the
