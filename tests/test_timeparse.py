@@ -312,3 +312,234 @@ def test_a_remembered_iso_hour_takes_only_what_the_pattern_takes(other):
     general = TimeConverter(["%Y-%m-%dT%H:%M:%S%z"], "Europe/Helsinki", "Europe/Helsinki")
     general._fast = []
     assert warm.convert(other) == general.convert(other)
+
+
+# --- a column at once (convert_column) agrees with convert_text, one text at a time ------------------
+#
+# Each converter lives for the whole run, so what its column form learned in one example is
+# there in the next (as across a file's chunks); a fresh pair checks cold caches, in both orders.
+
+_COLUMN_CONVERTERS = {
+    # halves by minute (the time half ends with its seconds), with a second format after it
+    "halves": (["%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M"], HEL, HEL),
+    "halves-compact": (["%Y%m%d %H%M%S"], HEL, HEL),  # by minute, no separator before the seconds
+    "halves-no-seconds": (["%d.%m.%Y %H:%M"], HEL, HEL),  # by the whole time of day
+    "halves-utc": (["%d.%m.%Y %H:%M:%S"], "UTC", "UTC"),
+    "other-zone": (["%d.%m.%Y %H:%M:%S"], "UTC", HEL),  # no fast parser: one by one
+    "iso": (["%Y-%m-%dT%H:%M:%S%z", "%d.%m.%Y %H:%M:%S"], HEL, HEL),
+    "iso-space": (["%Y-%m-%d %H:%M:%S%z"], HEL, HEL),
+    "iso-utc": (["%Y-%m-%dT%H:%M:%S%z"], HEL, "UTC"),
+    "iso-lord-howe": (["%Y-%m-%dT%H:%M:%S%z"], HEL, "Australia/Lord_Howe"),  # half-hour summer time
+    "iso-kathmandu": (["%Y-%m-%dT%H:%M:%S%z"], HEL, "Asia/Kathmandu"),  # +05:45
+    "wall-clock": (["%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S%z"], HEL, HEL),  # a fast parser, no column form
+}
+_WARM_COLUMNS = {name: TimeConverter(*args) for name, args in _COLUMN_CONVERTERS.items()}
+
+# days around the changes of summer time in Helsinki, New York and Lord Howe, and ordinary ones
+_DAYS = st.sampled_from([(2024, 3, 31), (2024, 10, 27), (2024, 3, 10), (2024, 10, 6), (2024, 4, 7),
+                         (2024, 1, 4), (2024, 2, 29), (2023, 2, 29), (2024, 12, 31), (9999, 12, 31), (1, 1, 1)])
+_ODD_DIGITS = ["١", "٤", "²", "０"]  # non-ASCII digits: \d takes them, the remembered parts never do
+
+
+@st.composite
+def _clock(draw, seconds: bool = True) -> str:
+    """'H:MM:SS' or 'HH:MM' (or both kinds), sometimes out of range, rarely with an odd digit."""
+    hour, minute, second = draw(st.integers(0, 25)), draw(st.integers(0, 60)), draw(st.integers(0, 61))
+    text = f"{hour}:{minute:02d}" if draw(st.booleans()) else f"{hour:02d}:{minute:02d}"
+    if seconds:
+        text += f":{second:02d}"
+    if draw(st.integers(0, 19)) == 0:
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from(_ODD_DIGITS)) + text[at + 1:]
+    return text
+
+
+@st.composite
+def _halves_chunk(draw) -> list[str]:
+    """A chunk of 'D.M.YYYY H:MM:SS' (the layouts the converters take) with odd values; or, as
+    often, with odd texts and layouts among them."""
+    mixed = draw(st.booleans())
+
+    def one_text() -> str:
+        year, month, day = draw(_DAYS)
+        kind = draw(st.integers(0, 12)) if mixed else draw(st.integers(0, 7))
+        clock = draw(_clock(seconds=kind != 1))
+        if kind == 5:  # odd seconds, or a time shorter than seconds
+            return f"{day}.{month}.{year:04d} " + draw(st.sampled_from([clock[:-2] + odd for odd in (
+                "6٤", "٤6", "60", "70", "99", "0²", "1", "x0")] + ["6", "", "1:"]))
+        if kind <= 7:
+            return f"{day}.{month}.{year:04d} {clock}"
+        if kind == 8:
+            return f"{year:04d}{month:02d}{day:02d} {clock.replace(':', '')}"
+        if kind == 9:  # extra, missing or other blanks
+            return draw(st.sampled_from([f"{day}.{month}.{year}  {clock}", f"{day}.{month}.{year}\t{clock}",
+                                         f"{day}.{month}.{year}{clock}", f" {day}.{month}.{year} {clock}",
+                                         f"{day}.{month}.{year} {clock} ", f"{day}.{month}.{year} "]))
+        if kind == 10:
+            return draw(st.sampled_from(["", " ", "x", "x y", "1.1.2024 1", "1.1.2024 1:0", "1.1.2024 :00:00"]))
+        return draw(st.text(alphabet="0123456789.: \t١", max_size=20))
+
+    texts = [one_text() for _ in range(draw(st.integers(0, 40 if mixed else 12)))]
+    if len(texts) > 1 and draw(st.integers(0, 3)) == 0:
+        # as many spaces as texts, but one text without its time and the next with two: the
+        # halves of all joined are the halves of the texts before, each text's own no more
+        at = draw(st.integers(0, len(texts) - 2))
+        head, _, tail = texts[at].partition(" ")
+        texts[at:at + 2] = [head, tail + " " + texts[at + 1]]
+    return texts
+
+
+_OFFSETS = ["+02:00", "+03:00", "Z", "z", "-03:30", "+0545", "+14", "+01:75", "+24:00", "-00:00", "+5"]
+
+
+@st.composite
+def _iso_chunk(draw) -> list[str]:
+    """A chunk of texts of one layout and one offset (as a feed's) with odd clocks and the odd
+    offset of the same length; or, as often, with other texts among them."""
+    mixed = draw(st.booleans())
+    offset = draw(st.sampled_from(_OFFSETS))
+    others = [other for other in _OFFSETS if len(other) == len(offset)]  # the same width
+    separator = draw(st.sampled_from(["T", " "]))
+
+    def one_text() -> str:
+        year, month, day = draw(_DAYS)
+        kind = draw(st.integers(0, 12)) if mixed else draw(st.integers(0, 11)) % 10
+        hour, minute, second = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 60))
+        start = f"{year:04d}-{month:02d}-{day:02d}{separator}{hour:02d}"
+        if kind <= 7:
+            return f"{start}:{minute:02d}:{second:02d}{offset}"
+        if kind == 8:  # another offset of the same length
+            return f"{start}:{minute:02d}:{second:02d}{draw(st.sampled_from(others))}"
+        if kind == 9:  # an odd clock of the same length
+            clock = draw(st.sampled_from([":٤١:40", ":41:4²", ":41:4٤", ":4:400", "-41:40", ":41;40", ":5a:00", ":60:00",
+                                          ":00:60", ":6١:00"]))
+            return f"{start}{clock}{offset}"
+        if kind == 10:  # another layout or length
+            other = draw(st.sampled_from(["+02:00", "Z", "+0200", "-10:00", ".5+02:00"]))
+            return f"{year:04d}-{month}-{day:02d}{separator}{hour:02d}:{minute:02d}:{second:02d}{other}"
+        return draw(st.one_of(_ISO_TEXT, _NEAR_CHANGES, st.text(alphabet="0123456789-:+TZ ", max_size=28)))
+
+    return [one_text() for _ in range(draw(st.integers(0, 40 if mixed else 12)))]
+
+
+def _one_by_one(name: str, texts: list[str]) -> list[str | None]:
+    reference = TimeConverter(*_COLUMN_CONVERTERS[name])
+    return [reference.convert_text(text) for text in texts]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(sorted(_COLUMN_CONVERTERS)), st.data())
+def test_a_column_converts_as_each_text_alone(name, data):
+    texts = data.draw(_iso_chunk() if name.startswith("iso") else _halves_chunk())
+    expected = _one_by_one(name, texts)
+    # warm: what earlier examples (chunks) left remembered
+    assert _WARM_COLUMNS[name].convert_column(texts) == expected
+    assert _WARM_COLUMNS[name].convert_column(texts) == expected  # now remembered by this chunk too
+    # cold, column first: then one by one from what the column remembered
+    cold = TimeConverter(*_COLUMN_CONVERTERS[name])
+    assert cold.convert_column(texts) == expected
+    assert [cold.convert_text(text) for text in texts] == expected
+    # cold, one by one first: then the column from what they remembered
+    other = TimeConverter(*_COLUMN_CONVERTERS[name])
+    assert [other.convert_text(text) for text in texts] == expected
+    assert other.convert_column(texts) == expected
+    assert other.convert_column(tuple(texts)) == expected  # the chunk mapper's columns may be tuples
+
+
+@pytest.mark.parametrize("name, texts, expected", [
+    ("halves", ["5.2.2024 6:30:00", "5.2.2024 6:30:59", "05.02.2024 23:59:01", "6.2.2024 6:30", "31.2.2024 6:30:00",
+                "5.2.2024 6:30:60", "5.2.2024 24:00:00", "5.2.2024 6:30:0١", "5.2.2024  6:30:00", "x"],
+     ["2024-02-05 06:30:00", "2024-02-05 06:30:59", "2024-02-05 23:59:01", "2024-02-06 06:30:00", None,
+      None, None, "2024-02-05 06:30:01", "2024-02-05 06:30:00", None]),
+    # the day summer time begins: its skipped hour is no time, the rest of the day is
+    ("halves", ["31.3.2024 2:59:59", "31.3.2024 3:30:00", "31.3.2024 4:00:00", "27.10.2024 3:30:00"],
+     ["2024-03-31 02:59:59", None, "2024-03-31 04:00:00", "2024-10-27 03:30:00"]),
+    ("halves-compact", ["20240205 063000", "20240205 063059", "20240205 0630", "20240205 246000"],
+     ["2024-02-05 06:30:00", "2024-02-05 06:30:59", None, None]),
+    ("iso", ["2024-01-04T10:41:40+02:00", "2024-01-04T10:00:00+02:00", "2024-01-04T10:59:59+02:00",
+             "2024-01-04T11:05:09+02:00", "2024-01-04T10:60:00+02:00", "2024-01-04T10:٤١:40+02:00", "5.2.2024 6:30:00"],
+     # the pattern's \d takes any digit, and so does the general path: not the remembered hour's check
+     ["2024-01-04 10:41:40", "2024-01-04 10:00:00", "2024-01-04 10:59:59", "2024-01-04 11:05:09", None,
+      "2024-01-04 10:41:40", "2024-02-05 06:30:00"]),
+    # summer time begins at 01:00 UTC; an offset of 75 minutes is none
+    ("iso", ["2024-03-31T00:30:00Z", "2024-03-31T01:30:00Z", "2024-03-31T02:30:00+02:00", "2024-01-01T00:00:00+01:75"],
+     ["2024-03-31 02:30:00", "2024-03-31 04:30:00", "2024-03-31 02:30:00", None]),
+    ("iso-kathmandu", ["2024-01-04T10:41:40+02:00", "2024-01-04T10:41:40Z"], ["2024-01-04 14:26:40", "2024-01-04 16:26:40"]),
+])
+def test_a_column_exactly(name, texts, expected):
+    for _ in range(2):  # then from what the first time remembered
+        assert TimeConverter(*_COLUMN_CONVERTERS[name]).convert_column(texts) == expected
+        assert _WARM_COLUMNS[name].convert_column(texts) == expected
+    assert TimeConverter(*_COLUMN_CONVERTERS[name]).convert_column([]) == []
+
+
+_REGULAR = {"iso": ["2024-01-04T10:41:40+02:00", "2024-01-04T10:00:00+02:00", "2024-01-04T11:59:59+02:00"],
+            "halves": ["5.2.2024 6:30:00", "5.2.2024 6:31:59", "6.2.2024 23:00:01"]}
+
+
+@pytest.mark.parametrize("name, odd, expected", [
+    # each of the column-wide checks, failed by one text among texts of remembered hours
+    ("iso", "2024-01-04T10:41:40+03:00", "2024-01-04 09:41:40"),  # another offset of the same length
+    ("iso", "2024-01-04T10:60:00+02:00", None),
+    ("iso", "2024-01-04T10:00:60+02:00", None),
+    ("iso", "2024-01-04T10:41;40+02:00", None),
+    ("iso", "2024-01-04T10-41:40+02:00", None),
+    ("iso", "2024-01-04T10:41:4²+02:00", None),  # not a digit to \d
+    ("iso", "2024-01-04T10:41:4٤+02:00", "2024-01-04 10:41:44"),  # a digit to \d: the general path's answer
+    ("iso", "2024-01-04T10:4١:40+02:00", "2024-01-04 10:41:40"),
+    ("iso", "2024-01-04T10:41:40+02:0", None),  # another length
+    ("iso", "2024-01-04T10:41:40+02:00x", None),
+    ("halves", "5.2.2024 6:30:70", None),
+    ("halves", "5.2.2024 6:30:6٤", None),
+    ("halves", "5.2.2024 6:30:0٤", "2024-02-05 06:30:04"),
+    ("halves", "5.2.2024 6:30:0²", None),
+    ("halves", "5.2.2024 6:30:5x", None),
+    ("halves", "5.2.2024 6:3٤:00", "2024-02-05 06:34:00"),
+    ("halves", "5.2.2024 6:60:00", None),  # a minute or an hour that is none, not learned
+    ("halves", "5.2.2024 24:00:00", None),
+    ("halves", "5.2.2024 6:30", "2024-02-05 06:30:00"),  # the second format
+    ("halves", "5.2.2024 1", None),  # a time shorter than seconds
+    ("halves", "5.2.2024  6:30:00", "2024-02-05 06:30:00"),  # two spaces
+])
+def test_one_odd_text_in_a_column_gets_its_own_answer(name, odd, expected):
+    converter = TimeConverter(*_COLUMN_CONVERTERS[name])
+    converter.convert_column(_REGULAR[name])
+    regular = _REGULAR[name] * 2
+    for at in (0, len(regular) // 2, len(regular)):  # first, among the others, last
+        texts = regular[:at] + [odd] + regular[at:]
+        assert converter.convert_column(texts) == _one_by_one(name, texts)
+        assert converter.convert_column(texts)[at] == expected
+
+
+@pytest.mark.parametrize("texts", [
+    ["5.2.2024 1", "5.2.2024 6:30:70"],  # the short one shifts the seconds of the others by one
+    ["5.2.2024", "6:30:00 5.2.2024 6:30:00"],  # two texts with two spaces, though not one each
+])
+def test_texts_that_look_like_a_column_of_halves_only_together(texts):
+    converter = TimeConverter(*_COLUMN_CONVERTERS["halves"])
+    converter.convert_column(_REGULAR["halves"])
+    assert converter.convert_column(texts) == [None, None]
+
+
+@pytest.mark.parametrize("name, first, second", [
+    # the next chunk has new times of day (new hours), in the same layout: learned for all at once
+    ("halves", ["5.2.2024 6:30:00", "6.2.2024 7:02:59"],
+     ["6.2.2024 6:30:01", "5.2.2024 8:15:15", "6.2.2024 23:59:00", "5.2.2024 0:00:00"]),
+    ("iso", ["2024-01-04T10:41:40+02:00", "2024-01-04T10:42:40+02:00", "2024-01-04T11:00:00+02:00"],
+     ["2024-01-04T10:43:07+02:00", "2024-01-04T11:59:59+02:00", "2024-01-04T10:00:00+02:00"]),
+])
+def test_a_column_of_remembered_times_needs_no_text_alone(name, first, second):
+    # the point of the column form: once a chunk has taught the converter a layout and its dates,
+    # the next converts in the column loops, with no call for a text alone
+    converter = TimeConverter(*_COLUMN_CONVERTERS[name])
+    converter.convert_column(first)
+    alone: list[str] = []
+    convert_text = converter.convert_text
+
+    def counted(text: str) -> str | None:
+        alone.append(text)
+        return convert_text(text)
+
+    converter.convert_text = counted  # type: ignore[method-assign]  # counts the calls for one text
+    assert converter.convert_column(second) == _one_by_one(name, second)
+    assert alone == []

@@ -9,14 +9,21 @@ unchanged, and converted to another zone it is taken as the first of the two (fo
 Pure. Formats use strftime codes; each is compiled once into a regular expression, which is
 about twice as fast as datetime.strptime and lets single-digit days and hours ('5.2.2024
 6:30:00') through the way legacy exports write them.
+
+A whole column of a chunk converts at once (`TimeConverter.convert_column`): the texts that the
+first format's remembered parts already cover are looked up with loops that run in C (`map` over
+a dict's `get`, `str.join` and `split`, extended slices of the joined texts) instead of one
+Python call a value; the rest go one by one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from itertools import chain, compress, repeat
+from operator import add, attrgetter, contains, itemgetter, le, not_
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from batch.errors import ConfigurationError
@@ -97,13 +104,18 @@ class TimeConverter:
         self._same_zone = source_zone == output_zone
         self._cache: dict[str, tuple[str | None, str | None]] = {}
         # the leading formats that have a fast parser get it (see _wall_clock_parser, _iso_parser)
-        self._fast = []
+        self._fast: list[Callable[[str], str | None]] = []
+        # the first format's column form, if it has one: only the first, since the first format
+        # that matches decides (a text it takes must get its result, whatever a later one says)
+        self._column: _Column | None = None
         for fmt, pattern in zip(self.formats, self._patterns):
             parser = _wall_clock_parser(pattern, fmt, self._source) if self._same_zone else None
             parser = parser or _iso_parser(fmt, pattern, self._output)
             if parser is None:
                 break  # keep the formats' order: a later fast one must not win over this one
-            self._fast.append(parser)
+            if not self._fast:
+                self._column = parser.column
+            self._fast.append(parser.parse)
 
     def expected(self) -> str:
         return "a time as " + " or ".join(repr(f) for f in self.formats)
@@ -117,6 +129,22 @@ class TimeConverter:
             if result is not None:
                 return result
         return self.convert(text)[0]
+
+    def convert_column(self, texts: Sequence[str]) -> list[str | None]:
+        """`[convert_text(text) for text in texts]`, a chunk's column at once: the mapper's
+        column-by-column fast path.
+
+        Why: for nearly every text of a column, the first format's parser has remembered what
+        it needs (the date and the minute; the hour and the offset), or learns it for the
+        column at once; the column form then looks all texts up in loops that run in C, with no
+        Python call a text. The same answer: it takes a text only where that parser, called
+        alone, returns a result built the same way from parts it checks the same way (see the
+        column forms in _wall_clock_parser and _iso_parser); every other text (an invalid one,
+        or anything in doubt) goes through convert_text alone.
+        """
+        if self._column is None:
+            return list(map(self.convert_text, texts))
+        return self._column(texts, self.convert_text)
 
     def convert(self, text: str) -> tuple[str | None, str | None]:
         for fast in self._fast:
@@ -212,10 +240,45 @@ _NOT_REAL: Any = object()  # a wall-clock parser's "this format matched, but not
 _SKIPS: Any = object()  # a date on which the zone skips wall-clock times: never cached as a real date
 _WALL_CLOCK_CODES = {"Y", "y", "m", "d", "H", "M", "S"}
 
+# texts, and convert_text for one text -> each text's convert_text, done for a column at once
+_Column = Callable[[Sequence[str], Callable[[str], "str | None"]], "list[str | None]"]
+# for the column forms: parts of each text, and checks of all of them: ASCII digits 0-5 (0-9)
+_HEAD = itemgetter(slice(0, 13))  # an ISO text up to its hour
+_CLOCK = itemgetter(slice(13, 19))  # its ':MM:SS'
+_LAST_TWO = itemgetter(slice(-2, None))
+_BUT_LAST_TWO = itemgetter(slice(0, -2))
+_TENS = re.compile("[0-5]*").fullmatch
+_DIGITS = re.compile("[0-9]*").fullmatch
 
-def _wall_clock_parser(
-    pattern: re.Pattern[str], fmt: str, zone: ZoneInfo
-) -> Callable[[str], str | None] | None:
+
+class _FastParser(NamedTuple):
+    parse: Callable[[str], str | None]  # text -> result, _NOT_REAL, or None (see _wall_clock_parser)
+    column: _Column | None  # its column form, for when it is the first format
+
+
+def _first_of_each_new(keys: list[str], known: dict[str, Any], texts: Sequence[str],
+                       one: Callable[[str], str | None]) -> None:
+    """one(text) for the first text of each key that `known` lacks, so that `one` remembers it
+    (where it can) before the column's lookups look again: in a feed sorted by time, a day's
+    first chunk meets its date, and its other texts then find it.
+
+    The keys come from a set difference and their first positions from list.index, in C: a
+    Python call for each new key, not for each text."""
+    for i in sorted(map(keys.index, set(keys).difference(known))):
+        one(texts[i])
+
+
+def _redo(results: list[str | None], texts: Sequence[str], one: Callable[[str], str | None],
+          *lookups: list[str]) -> None:
+    """results[i] = one(texts[i]) wherever a lookup found nothing ('') for text i.
+
+    The positions come from `compress`, in C; only the misses cost a Python call."""
+    positions = range(len(texts))
+    for i in sorted(set(chain.from_iterable(compress(positions, map(not_, found)) for found in lookups))):
+        results[i] = one(texts[i])
+
+
+def _wall_clock_parser(pattern: re.Pattern[str], fmt: str, zone: ZoneInfo) -> _FastParser | None:
     """For a format with no offset, no 12-hour clock and no fraction, in an unchanged zone:
     text -> 'YYYY-MM-DD HH:MM:SS' or _NOT_REAL (matched, but no real date/time) or None (no
     match; the general path then explains why). The date and the time of day are checked and
@@ -276,7 +339,7 @@ def _wall_clock_parser(
 
     halves = _split_halves(fmt)
     if halves is None:
-        return parse
+        return _FastParser(parse, None)
     date_half, time_half = halves
     known_dates: dict[str, str] = {}  # a text that is exactly a real date of date_half -> its output
     known_times: dict[str, str] = {}  # likewise for time_half
@@ -312,7 +375,86 @@ def _wall_clock_parser(
                 known_times[tail] = result[11:]
         return result
 
-    return parse_halves
+    # The column form's own table of times of day, filled by learn_clocks: a tail -> ' HH:MM:SS'.
+    # When the time half ends with its seconds (the usual '%H:%M:%S'), a tail without them
+    # -> ' HH:MM:' instead: a day's 1,440 minutes then cover all 86,400 times of day, learned in
+    # a feed's first day and looked up in a small table (a large one costs cache misses).
+    by_minute = time_half.pattern.endswith(r"(?P<S>\d{2})")
+    column_clocks: dict[str, str] = {}
+    clock_numbers = [itemgetter(name) if name else None for name in clock_groups]
+
+    def column(texts: Sequence[str], one: Callable[[str], str | None]) -> list[str | None]:
+        """parse_halves for a column, where each text has exactly one space.
+
+        Then the texts joined by spaces split on spaces into exactly each text's two halves, in
+        order: the very head and tail that parse_halves' partition gives. A text whose head is a
+        remembered date and whose tail a learned time of day gets date + ' ' + clock: what
+        parse_halves returns for a known date and a tail that time_half matches. By minute, the
+        tail's last two characters are checked for all texts at once (ASCII digits 00-59): then
+        time_half matches the tail exactly as it matches the minute's tail with '00' (its
+        seconds group is its last two characters; the rest matches the same text before them)
+        and time_text's clock is the minute's with these seconds. The other texts (a '' from a
+        lookup: no remembered value is empty) go through `one`; with any text of another shape,
+        or seconds out of the check, every text does.
+        """
+        count = len(texts)
+        joined = " ".join(texts)
+        # exactly one each: at least one in each text, and as many as texts (plus the joins)
+        if joined.count(" ") != 2 * count - 1 or not all(map(contains, texts, repeat(" "))):
+            return list(map(one, texts))
+        halves = joined.split(" ")
+        heads, keys = halves[0::2], halves[1::2]
+        seconds: list[str] = []
+        if by_minute:
+            seconds = list(map(_LAST_TWO, keys))
+            digits = "".join(seconds)  # shorter than two a text when any tail is shorter than two
+            if len(digits) != 2 * count or not _TENS(digits[0::2]) or not _DIGITS(digits[1::2]):
+                return list(map(one, texts))
+            keys = list(map(_BUT_LAST_TWO, keys))
+        dates = list(map(known_dates.get, heads, repeat("")))
+        if "" in dates:  # a new date: remembered from its first text, then looked up again
+            _first_of_each_new(heads, known_dates, texts, one)
+            dates = list(map(known_dates.get, heads, repeat("")))
+        clocks = list(map(column_clocks.get, keys, repeat("")))
+        if "" in clocks:
+            learn_clocks(sorted(set(keys).difference(column_clocks)))
+            clocks = list(map(column_clocks.get, keys, repeat("")))
+        results: list[str | None] = list(map(add, map(add, dates, clocks), seconds) if by_minute
+                                         else map(add, dates, clocks))
+        if "" in dates or "" in clocks:
+            _redo(results, texts, one, dates, clocks)
+        return results
+
+    def learn_clocks(keys: list[str]) -> None:
+        """column_clocks for these keys (none of them known yet): time_half's match of each tail
+        (by minute, of the key + '00') and time_text's clock, for all keys at once; a key that
+        does not match, or whose clock is not a time of day, is left out.
+
+        Why: a year's export meets most of the 86,400 times of day for the first time in its
+        first months, and parse_halves' known-date branch costs ~3 us a new one through
+        convert_text; here the match, the numbers, their check and the clock each run as one
+        loop in C. The same clock: int() of the same groups, the same limits, the same
+        zero-padded digits.
+        """
+        keys = keys[:max(200_000 - len(column_clocks), 0)]
+        found = list(filter(None, map(time_half.fullmatch, map(add, keys, repeat("00")) if by_minute else keys)))
+        if not found:
+            return
+        numbers = [list(map(int, map(group, found))) if group else [0] * len(found) for group in clock_numbers]
+        hours_, minutes, seconds = numbers
+        if max(hours_) > 23 or max(minutes) > 59 or max(seconds) > 59:
+            real = list(map(all, zip(map(le, hours_, repeat(23)), map(le, minutes, repeat(59)),
+                                     map(le, seconds, repeat(59)))))
+            found = list(compress(found, real))
+            hours_, minutes, seconds = (list(compress(number, real)) for number in numbers)
+        tails = map(attrgetter("string"), found)
+        clocks = map(" {:02d}:{:02d}:{:02d}".format, hours_, minutes, seconds)
+        if by_minute:
+            column_clocks.update(zip(map(_BUT_LAST_TWO, tails), map(_BUT_LAST_TWO, clocks)))
+        else:
+            column_clocks.update(zip(tails, clocks))
+
+    return _FastParser(parse_halves, column)
 
 
 def _split_halves(fmt: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
@@ -329,9 +471,10 @@ def _split_halves(fmt: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
 
 
 _ISO_FORMATS = {"%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"}
+_HOUR_BUT_A_SECOND = timedelta(minutes=59, seconds=59)
 
 
-def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callable[[str], str | None] | None:
+def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> _FastParser | None:
     """ISO 8601 times with an offset ('2024-01-04T10:41:40+02:00', '...Z'): the strict pattern
     decides what is accepted, then the C-implemented datetime.fromisoformat does the parsing —
     three times faster than assembling the parts by hand. None where it does not apply."""
@@ -342,32 +485,42 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
     except ValueError:  # Python 3.10 knows no 'Z': the general path handles these
         return None
 
-    def exact(text: str, match: re.Match[str]) -> str | None:
+    def aware(text: str, match: re.Match[str]) -> datetime | None:
         offset = match.group("z").replace(":", "")
         if len(offset) == 5 and offset[3:] > "59":
             return None  # fromisoformat would take +01:75; the general path refuses it
         try:
-            moment = datetime.fromisoformat(text)
+            return datetime.fromisoformat(text)
+        except (ValueError, OverflowError):
+            return None  # the general path says why
+
+    def exact(text: str, match: re.Match[str]) -> str | None:
+        moment = aware(text, match)
+        if moment is None:
+            return None
+        try:
             return _format(moment.astimezone(output))
         except (ValueError, OverflowError):
             return None  # the general path says why
 
-    # Most of a feed's times share their hour and offset with others: the text up to the hour
-    # plus the offset ('2024-01-04T10' '+02:00') -> the output up to the hour ('2024-01-04 10'),
+    # Most of a feed's times share their hour and offset with others: the offset, then the text up
+    # to the hour ('+02:00' -> '2024-01-04T10') -> the output up to the hour ('2024-01-04 10'),
     # kept only for an hour that moves whole in the output zone (its first and last second keep
     # their minutes and seconds and land in the same output hour: no offset change inside it, no
     # offset of 30 or 45 minutes). Any minute and second of such an hour is the output hour
     # plus the text's own ':MM:SS' (~0.4 us instead of ~1.5).
     # Only texts of the usual layout are remembered ('YYYY-MM-DDTHH' is 13 characters, the
-    # offset starts at 19), so a text whose first 13 characters and offset make a known key is
-    # exactly a remembered text with another ':MM:SS': with ASCII digits there, the pattern
+    # offset starts at 19), so a text whose offset from 19 on and first 13 characters are known
+    # is exactly a remembered text with another ':MM:SS': with ASCII digits there, the pattern
     # matches it too, and no regular expression needs to run.
-    hours: dict[str, str] = {}
+    hours: dict[str, dict[str, str]] = {}
+    remembered = 0
 
     def parse(text: str) -> str | None:
-        known = hours.get(text[:13] + text[19:])
+        by_head = hours.get(text[19:])  # never '': an offset has at least one character
+        known = None if by_head is None else by_head.get(text[:13])
         if known is not None:
-            clock = text[13:19]  # six characters: a known key is at least one longer than 13
+            clock = text[13:19]  # six characters: the text goes on after 19
             minute, second = clock[1:3], clock[4:6]
             if (clock[0] == ":" == clock[3] and clock.isascii() and (minute + second).isdigit()
                     and minute < "60" and second < "60"):
@@ -376,19 +529,77 @@ def _iso_parser(fmt: str, pattern: re.Pattern[str], output: ZoneInfo) -> Callabl
         if match is None:
             return None
         result = exact(text, match)
-        if (result is not None and match.end("H") == 13 and match.start("z") == 19 and len(hours) < 100_000
-                and text[:13] + text[19:] not in hours):
-            first = _whole(text[:13] + ":00:00" + text[19:])
-            last = _whole(text[:13] + ":59:59" + text[19:])
-            if first and last and first[13:] == ":00:00" and last[13:] == ":59:59" and first[:13] == last[:13]:
-                hours[text[:13] + text[19:]] = first[:13]
+        if (result is not None and match.end("H") == 13 and match.start("z") == 19
+                and text[:13] not in hours.get(text[19:], {})):
+            remember(text[:13], text[19:])
         return result
 
-    def _whole(text: str) -> str | None:
+    def remember(head: str, offset: str) -> None:
+        """hours[offset][head] = the output up to the hour, when the hour moves whole: its first
+        second is a text of the usual layout, and it and the hour's last second convert with
+        their minutes and seconds into one output hour. (Then so does any text with this head
+        and offset and a real ':MM:SS'.) The last second is the first's moment 59:59 later:
+        exactly what its own text reads as (the same offset, the same date and hour)."""
+        nonlocal remembered
+        if remembered >= 100_000:
+            return
+        text = head + ":00:00" + offset
         match = pattern.fullmatch(text)
-        return None if match is None else exact(text, match)
+        if match is None or match.end("H") != 13 or match.start("z") != 19:
+            return
+        moment = aware(text, match)
+        if moment is None:
+            return
+        try:
+            first = moment.astimezone(output)
+            last = (moment + _HOUR_BUT_A_SECOND).astimezone(output)
+        except (ValueError, OverflowError):
+            return
+        if (first.minute == first.second == 0 and last.minute == last.second == 59
+                and (first.year, first.month, first.day, first.hour) == (last.year, last.month, last.day, last.hour)):
+            hours.setdefault(offset, {})[head] = _format(first)[:13]
+            remembered += 1
 
-    return parse
+    def column(texts: Sequence[str], one: Callable[[str], str | None]) -> list[str | None]:
+        """parse for a column whose texts all have one length and the first text's offset (the
+        usual case: one feed, one zone, one season).
+
+        Then the texts joined end to end hold each text's character k at k, k + width, ...: the
+        extended slice joined[k::width] is column k of all texts, so one comparison for each
+        character of the offset checks that every text has it, and three checks cover every
+        clock ':MM:SS' as parse checks one (':' at 0 and 3, ASCII digits, minute and second
+        below 60: a first digit 0-5). A text whose hour is remembered for that offset gets
+        known + clock, as from parse; the others (a '' from the lookup: no remembered value is
+        empty) go through `one`. When any text differs in length or offset, or any clock fails
+        the check, every text goes through `one`.
+        """
+        if not texts:
+            return []
+        width = len(texts[0])
+        offset = texts[0][19:]
+        count = len(texts)
+        if not offset or set(map(len, texts)) != {width}:
+            return list(map(one, texts))
+        joined = "".join(texts)
+        if (any(joined[k::width] != char * count for k, char in enumerate(offset, 19))
+                or joined[13::width] + joined[16::width] != ":" * (2 * count)
+                or not _TENS(joined[14::width] + joined[17::width])
+                or not _DIGITS(joined[15::width] + joined[18::width])):
+            return list(map(one, texts))
+        heads = list(map(_HEAD, texts))
+        knowns = list(map(hours.get(offset, {}).get, heads, repeat("")))
+        if "" in knowns:
+            # hours not remembered yet (in a feed sorted by time, most of a chunk's hours are
+            # new): each remembered once here, then looked up again, instead of by its first text
+            for head in sorted(set(heads).difference(hours.get(offset, {}))):
+                remember(head, offset)
+            knowns = list(map(hours.get(offset, {}).get, heads, repeat("")))
+        results: list[str | None] = list(map(add, knowns, map(_CLOCK, texts)))
+        if "" in knowns:
+            _redo(results, texts, one, knowns)
+        return results
+
+    return _FastParser(parse, column)
 
 
 def _format(moment: datetime) -> str:

@@ -359,8 +359,9 @@ def _emit_column_clean(src: _Source, var: str, value: Any, nonempty: bool = Fals
             pattern = src.const(value.pattern, "pat")
             src.add(1, f"if not all(map({pattern}, {var})): return None")
     if value.converter is not None:
-        convert = src.const(value.converter.convert_text, "conv")
-        src.add(1, f"{var} = list(map({convert}, {var}))")
+        # the whole column at once: its common case is looked up in C loops (see convert_column)
+        convert = src.const(value.converter.convert_column, "conv")
+        src.add(1, f"{var} = {convert}({var})")
         src.add(1, f"if None in {var}: return None")
     if value.integer:
         src.add(1, f"if not (all(map(str.isdigit, {var})) and all(map(str.isascii, {var}))): return None")
