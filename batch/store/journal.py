@@ -1008,6 +1008,24 @@ def owner_is_other_live_process(owner: str) -> bool:
     return True
 
 
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One SQLite write transaction on ``conn`` (the journal's, the lease store's): BEGIN IMMEDIATE
+    takes the file's write lock at once (waiting up to the busy timeout), so the transaction never
+    fails half-way for a lock; committed when the block ends, rolled back on an exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the file is broken; SQLite rolls back when it can read it again
+        raise
+
+
 def is_unavailable(error: sqlite3.Error) -> bool:
     """A fault of the database file or its disk (not of the SQL or the data)."""
     return isinstance(error, sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
@@ -1721,20 +1739,10 @@ class Journal(SqlJournal):
         raises JournalUnavailable naming the operation; the transaction is rolled back.
         A fence set by this thread (``set_fence``) runs first, inside the transaction."""
         fence = self._fence()
-        with self._lock, self._unavailable_as(operation):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if fence is not None:
-                    fence(self._conn)
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    try:
-                        self._conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the file is broken; SQLite rolls back when it can read it again
-                raise
+        with self._lock, self._unavailable_as(operation), immediate_transaction(self._conn) as conn:
+            if fence is not None:
+                fence(conn)
+            yield conn
 
     @contextmanager
     def _reading(self, operation: str) -> Iterator[sqlite3.Connection]:

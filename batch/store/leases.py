@@ -47,7 +47,7 @@ from typing import Any, cast
 
 from batch.config.journal import PostgresJournal
 from batch.errors import TransientError
-from batch.store.journal import JournalUnavailable, SqlConnection
+from batch.store.journal import JournalUnavailable, SqlConnection, immediate_transaction
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -356,19 +356,8 @@ class SqliteLeaseStore(SqlLeaseStore):
 
     @contextmanager
     def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._unavailable_as(operation):
-            conn = self._connection
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+        with self._lock, self._unavailable_as(operation), immediate_transaction(self._connection) as conn:
+            yield conn
 
     @contextmanager
     def _reading(self, operation: str) -> Iterator[sqlite3.Connection]:
