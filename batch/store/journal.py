@@ -1008,6 +1008,19 @@ def owner_is_other_live_process(owner: str) -> bool:
     return True
 
 
+def migrate(execute: Callable[[str], object], location: str | Path, version: int, newest: int,
+            migrations: Sequence[Sequence[str]]) -> None:
+    """Take a journal's schema from ``version`` to ``newest`` (``migrations[i]`` goes from
+    version i to i + 1), running each statement with ``execute``, inside the caller's
+    transaction; JournalUnusable for a schema newer than this program's."""
+    if version > newest:
+        raise JournalUnusable(f"{location}: journal schema version {version} is newer "
+                              f"than this program supports ({newest})")
+    for steps in migrations[version:newest]:
+        for statement in steps:
+            execute(statement)
+
+
 @contextmanager
 def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One SQLite write transaction on ``conn`` (the journal's, the lease store's): BEGIN IMMEDIATE
@@ -1723,12 +1736,7 @@ class Journal(SqlJournal):
             return
         with self._write() as conn:  # IMMEDIATE: two processes never create it twice
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalUnusable(f"{self.path}: journal schema version {version} is newer "
-                                   f"than this program supports ({SCHEMA_VERSION})")
-            for steps in MIGRATIONS[version:]:
-                for statement in steps:
-                    conn.execute(statement)
+            migrate(conn.execute, self.path, version, SCHEMA_VERSION, MIGRATIONS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager

@@ -54,10 +54,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from batch.redact import redact_text
 from batch.store.journal import (
     JournalUnavailable,
-    JournalUnusable,
     SqlConnection,
     SqlJournal,
     duplicate_marks,
+    migrate,
     utc_now,
 )
 
@@ -378,12 +378,7 @@ class PgJournal(SqlJournal):
             conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")
             row = conn.execute("SELECT version FROM journal_schema").fetchone()
             version = 0 if row is None else int(row[0])
-            if version > PG_SCHEMA_VERSION:
-                raise JournalUnusable(f"{self.location}: journal schema version {version} is newer "
-                                      f"than this program supports ({PG_SCHEMA_VERSION})")
-            for steps in PG_MIGRATIONS[version:]:
-                for statement in steps:
-                    conn.execute(statement)
+            migrate(conn.execute, self.location, version, PG_SCHEMA_VERSION, PG_MIGRATIONS)
             if row is None:
                 conn.execute("INSERT INTO journal_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
             elif version != PG_SCHEMA_VERSION:
