@@ -12,6 +12,7 @@ Connections
     psycopg 3 with a psycopg_pool pool (autocommit connections; every write is one explicit
     transaction, committed when the method returns). A pooled connection is checked before it
     is handed out, so one that a server restart broke is replaced instead of failing a call.
+    ``PgDatabase`` holds them, and the lease store (batch.store.leases_pg) has one too.
 
 Concurrency
     Instances on other hosts write the same tables. ``begin_file`` serialises the registrations
@@ -283,6 +284,80 @@ class PgStatements:
         return cursor
 
 
+class PgDatabase:
+    """The connections to one PostgreSQL database of a journal or of its lease store.
+
+    ``conninfo``: a libpq URI or key=value string without the password (it names the database
+    in messages); ``password``: given to libpq apart (None: libpq reads PGPASSWORD or PGPASSFILE).
+    First a connection of its own runs ``setup`` in one transaction (the schema), so that a
+    refusal gives libpq's reason, not the pool's timeout; then a pool of autocommit connections
+    (every write is one explicit transaction), each checked before it is handed out, so one that
+    a server restart broke is replaced instead of failing a call. Every fault of the server raises
+    JournalUnavailable naming the URI (never the password) and the operation.
+    """
+
+    def __init__(self, conninfo: str, *, password: str | None, timeout_s: float, max_connections: int,
+                 application_name: str, pool_name: str, setup: Callable[[Connection], None],
+                 operation: str) -> None:
+        self.location = conninfo  # holds no password: that comes apart
+        self.timeout_s = timeout_s
+        self._password = password
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(conninfo):
+            kwargs["connect_timeout"] = max(2, round(timeout_s))  # libpq takes whole seconds, at least 2
+        if password is not None:
+            kwargs["password"] = password
+        self._kwargs = kwargs
+        with self.unavailable_as(operation), psycopg.connect(conninfo, **kwargs) as conn, conn.transaction():
+            setup(conn)
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            conninfo, kwargs=kwargs, min_size=1, max_size=max(1, max_connections), open=False,
+            check=ConnectionPool.check_connection, timeout=timeout_s, name=pool_name)
+        self._pool.open(wait=False)
+
+    @contextmanager
+    def unavailable_as(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except UNAVAILABLE as error:
+            reason = self._why_no_connection() if isinstance(error, PoolTimeout) else error
+            secrets = [self._password] if self._password else []
+            raise JournalUnavailable(self.location, operation, redact_text(one_line(reason), secrets)) from error
+
+    def _why_no_connection(self) -> BaseException:
+        """The pool only says it waited in vain; one connection attempt of our own gives libpq's
+        reason (refused, unknown host, password refused, the server starting up)."""
+        try:
+            psycopg.connect(self.location, **self._kwargs).close()
+        except psycopg.Error as error:
+            return error
+        return psycopg.OperationalError(f"no free connection within {self.timeout_s:g} s")
+
+    @contextmanager
+    def connection(self, operation: str) -> Iterator[Connection]:
+        """A pooled connection (autocommit)."""
+        with self.unavailable_as(operation), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self, operation: str) -> Iterator[Connection]:
+        """A pooled connection in one transaction, committed when the block ends (rolled back on
+        an exception)."""
+        with self.unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def reconnect(self, operation: str) -> None:
+        """Drop the connections a lost server broke and connect again; JournalUnavailable
+        while the server still cannot be reached."""
+        with self.unavailable_as(operation):
+            self._pool.check()
+            with self._pool.connection(timeout=self.timeout_s) as conn:
+                conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
 # One statement for a whole batch (the parameters of journal.events_insert_params, by column),
 # where SQLite runs SQL_INSERT_EVENT per row.
 SQL_INSERT_EVENTS = pg_sql("""
@@ -325,28 +400,11 @@ class PgJournal(SqlJournal):
                  timeout_s: float = 10.0, clock: Callable[[], datetime] = utc_now) -> None:
         self.clock = clock
         self.timeout_s = timeout_s
-        self._password = password
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "usageplace-batch"}
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        if "connect_timeout" not in params:
-            kwargs["connect_timeout"] = max(2, round(timeout_s))  # libpq takes whole seconds, at least 2
-        if password is not None:
-            kwargs["password"] = password
-        self._location = conninfo  # holds no password: that comes apart
         self._fences = threading.local()  # set_fence: a check per thread, run in every write
-        self._kwargs = kwargs
-        self._conninfo = conninfo
-        # a connection of its own first: a refusal gives libpq's reason, not the pool's timeout
-        with self._unavailable_as("open it"), psycopg.connect(conninfo, **kwargs) as conn:
-            self._migrate(conn)
-        self._pool = self._new_pool(max_connections)
-
-    def _new_pool(self, max_connections: int) -> ConnectionPool[Connection]:
-        pool: ConnectionPool[Connection] = ConnectionPool(
-            self._conninfo, kwargs=self._kwargs, min_size=1, max_size=max(1, max_connections), open=False,
-            check=ConnectionPool.check_connection, timeout=self.timeout_s, name="journal")
-        pool.open(wait=False)
-        return pool
+        self._location = conninfo  # holds no password: that comes apart
+        self._db = PgDatabase(conninfo, password=password, timeout_s=timeout_s, max_connections=max_connections,
+                              application_name="usageplace-batch", pool_name="journal", setup=self._migrate,
+                              operation="open it")
 
     @property
     def location(self) -> str:
@@ -355,7 +413,7 @@ class PgJournal(SqlJournal):
     # -- lifecycle
 
     def close(self) -> None:
-        self._pool.close()
+        self._db.close()
 
     def __enter__(self) -> PgJournal:
         return self
@@ -363,56 +421,35 @@ class PgJournal(SqlJournal):
     def reopen(self) -> None:
         """Drop the connections a lost server broke and connect again; JournalUnavailable
         while the server still cannot be reached."""
-        with self._unavailable_as("connect again"):
-            self._pool.check()
-            with self._pool.connection(timeout=self.timeout_s) as conn:
-                conn.execute("SELECT 1")
+        self._db.reconnect("connect again")
 
     def flush(self) -> None:
         """Nothing to do: a PostgreSQL commit is durable when it returns (synchronous_commit)."""
 
     def _migrate(self, conn: Connection) -> None:
-        with conn.transaction():
-            # two instances starting at once: the second waits here, then finds the schema done
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATION))
-            conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")
-            row = conn.execute("SELECT version FROM journal_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            migrate(conn.execute, self.location, version, PG_SCHEMA_VERSION, PG_MIGRATIONS)
-            if row is None:
-                conn.execute("INSERT INTO journal_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
-            elif version != PG_SCHEMA_VERSION:
-                conn.execute("UPDATE journal_schema SET version = %s", (PG_SCHEMA_VERSION,))
-
-    @contextmanager
-    def _unavailable_as(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except UNAVAILABLE as error:
-            reason = self._why_no_connection() if isinstance(error, PoolTimeout) else error
-            secrets = [self._password] if self._password else []
-            raise JournalUnavailable(self.location, operation, redact_text(one_line(reason), secrets)) from error
-
-    def _why_no_connection(self) -> BaseException:
-        """The pool only says it waited in vain; one connection attempt of our own gives libpq's
-        reason (refused, unknown host, password refused, the server starting up)."""
-        try:
-            psycopg.connect(self._conninfo, **self._kwargs).close()
-        except psycopg.Error as error:
-            return error
-        return psycopg.OperationalError(f"no free connection within {self.timeout_s:g} s")
+        """Create or migrate the schema (PgDatabase's setup: in one transaction, at open)."""
+        # two instances starting at once: the second waits here, then finds the schema done
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATION))
+        conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT version FROM journal_schema").fetchone()
+        version = 0 if row is None else int(row[0])
+        migrate(conn.execute, self.location, version, PG_SCHEMA_VERSION, PG_MIGRATIONS)
+        if row is None:
+            conn.execute("INSERT INTO journal_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
+        elif version != PG_SCHEMA_VERSION:
+            conn.execute("UPDATE journal_schema SET version = %s", (PG_SCHEMA_VERSION,))
 
     @contextmanager
     def _write(self, operation: str = "write to it") -> Iterator[PgStatements]:
         fence = self._fence()
-        with self._unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
+        with self._db.transaction(operation) as conn:
             if fence is not None:
                 fence(conn)  # the lease store's fence runs psycopg's statements
             yield PgStatements(conn)
 
     @contextmanager
     def _reading(self, operation: str) -> Iterator[PgStatements]:
-        with self._unavailable_as(operation), self._pool.connection() as conn:
+        with self._db.connection(operation) as conn:
             yield PgStatements(conn)
 
     def _time(self, moment: datetime) -> datetime:

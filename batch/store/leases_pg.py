@@ -26,12 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
-from psycopg_pool import ConnectionPool
-
-from batch.redact import redact_text
-from batch.store.journal import JournalUnavailable, SqlConnection
-from batch.store.journal_pg import LOCK_CLASS, UNAVAILABLE, Connection, PgStatements, one_line, pg_sql
+from batch.store.journal import SqlConnection
+from batch.store.journal_pg import LOCK_CLASS, Connection, PgDatabase, PgStatements, pg_sql
 from batch.store.leases import SQL_CURRENT, SqlLeaseStore
 
 LOCK_LEASE_SCHEMA = 1  # pg_advisory_xact_lock(LOCK_CLASS, this): creating the lease tables
@@ -71,40 +67,24 @@ class PgLeaseStore(SqlLeaseStore):
     def __init__(self, conninfo: str, *, password: str | None = None, timeout_s: float = 10.0,
                  clock: Callable[[], float] | None = None) -> None:
         self.clock = clock  # None: the server's clock
-        self._location = conninfo  # holds no password
-        self._password = password
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "usageplace-batch leases"}
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(conninfo):
-            kwargs["connect_timeout"] = max(2, round(timeout_s))
-        if password is not None:
-            kwargs["password"] = password
-        # a connection of its own first: a refusal gives libpq's reason, not the pool's timeout
-        with (self._unavailable_as("open it for leases"), psycopg.connect(conninfo, **kwargs) as conn,
-              conn.transaction()):
-            # two instances starting at once take turns
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_LEASE_SCHEMA))
-            self.journal_id = self._create_tables(PgStatements(conn), _PG_SCHEMA)
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            conninfo, kwargs=kwargs, min_size=1, max_size=2, open=False,
-            check=ConnectionPool.check_connection, timeout=timeout_s, name="leases")
-        self._pool.open(wait=False)
+        self._db = PgDatabase(conninfo, password=password, timeout_s=timeout_s, max_connections=2,
+                              application_name="usageplace-batch leases", pool_name="leases",
+                              setup=self._create, operation="open it for leases")
 
-    @contextmanager
-    def _unavailable_as(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except UNAVAILABLE as error:
-            hidden = [self._password] if self._password else []
-            raise JournalUnavailable(self._location, operation, redact_text(one_line(error), hidden)) from error
+    def _create(self, conn: Connection) -> None:
+        """Create the tables (PgDatabase's setup: in one transaction, at open)."""
+        # two instances starting at once take turns
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_LEASE_SCHEMA))
+        self.journal_id = self._create_tables(PgStatements(conn), _PG_SCHEMA)
 
     @contextmanager
     def _write(self, operation: str) -> Iterator[PgStatements]:
-        with self._unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
+        with self._db.transaction(operation) as conn:
             yield PgStatements(conn)
 
     @contextmanager
     def _reading(self, operation: str) -> Iterator[PgStatements]:
-        with self._unavailable_as(operation), self._pool.connection() as conn:
+        with self._db.connection(operation) as conn:
             yield PgStatements(conn)
 
     @staticmethod
@@ -119,4 +99,4 @@ class PgLeaseStore(SqlLeaseStore):
         return float(row[0])
 
     def close(self) -> None:
-        self._pool.close()
+        self._db.close()
