@@ -12,7 +12,7 @@ Connections
     psycopg 3 with a psycopg_pool pool (autocommit connections; every write is one explicit
     transaction, committed when the method returns). A pooled connection is checked before it
     is handed out, so one that a server restart broke is replaced instead of failing a call.
-    ``PgDatabase`` holds them, and the lease store (batch.store.leases_pg) has one too.
+    ``PgConnections`` holds them, and the lease store (batch.store.leases_pg) has one too.
 
 Concurrency
     Instances on other hosts write the same tables. ``begin_file`` serialises the registrations
@@ -284,7 +284,7 @@ class PgStatements:
         return cursor
 
 
-class PgDatabase:
+class PgConnections:
     """The connections to one PostgreSQL database of a journal or of its lease store.
 
     ``conninfo``: a libpq URI or key=value string without the password (it names the database
@@ -402,7 +402,7 @@ class PgJournal(SqlJournal):
         self.timeout_s = timeout_s
         self._fences = threading.local()  # set_fence: a check per thread, run in every write
         self._location = conninfo  # holds no password: that comes apart
-        self._db = PgDatabase(conninfo, password=password, timeout_s=timeout_s, max_connections=max_connections,
+        self._db = PgConnections(conninfo, password=password, timeout_s=timeout_s, max_connections=max_connections,
                               application_name="usageplace-batch", pool_name="journal", setup=self._migrate,
                               operation="open it")
 
@@ -427,7 +427,7 @@ class PgJournal(SqlJournal):
         """Nothing to do: a PostgreSQL commit is durable when it returns (synchronous_commit)."""
 
     def _migrate(self, conn: Connection) -> None:
-        """Create or migrate the schema (PgDatabase's setup: in one transaction, at open)."""
+        """Create or migrate the schema (PgConnections's setup: in one transaction, at open)."""
         # two instances starting at once: the second waits here, then finds the schema done
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATION))
         conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from batch.store.journal import SqlConnection
-from batch.store.journal_pg import LOCK_CLASS, Connection, PgDatabase, PgStatements, pg_sql
+from batch.store.journal_pg import LOCK_CLASS, Connection, PgConnections, PgStatements, pg_sql
 from batch.store.leases import SQL_CURRENT, SqlLeaseStore
 
 LOCK_LEASE_SCHEMA = 1  # pg_advisory_xact_lock(LOCK_CLASS, this): creating the lease tables
@@ -67,12 +67,12 @@ class PgLeaseStore(SqlLeaseStore):
     def __init__(self, conninfo: str, *, password: str | None = None, timeout_s: float = 10.0,
                  clock: Callable[[], float] | None = None) -> None:
         self.clock = clock  # None: the server's clock
-        self._db = PgDatabase(conninfo, password=password, timeout_s=timeout_s, max_connections=2,
+        self._db = PgConnections(conninfo, password=password, timeout_s=timeout_s, max_connections=2,
                               application_name="usageplace-batch leases", pool_name="leases",
                               setup=self._create, operation="open it for leases")
 
     def _create(self, conn: Connection) -> None:
-        """Create the tables (PgDatabase's setup: in one transaction, at open)."""
+        """Create the tables (PgConnections's setup: in one transaction, at open)."""
         # two instances starting at once take turns
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_LEASE_SCHEMA))
         self.journal_id = self._create_tables(PgStatements(conn), _PG_SCHEMA)
