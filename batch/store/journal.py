@@ -9,7 +9,9 @@ one test suite (tests/test_journal.py, parametrised over both): ``Journal`` here
 file (the embedded default, for one host), and ``PgJournal`` (batch.store.journal_pg), a
 PostgreSQL database that instances on several hosts share. ``batch.store.journals.open_journal``
 opens the one a configuration names. The rows, states, errors and the pure helpers below
-(parameters of an event, counts, row conversions) are shared by both.
+(parameters of an event, counts, row conversions) are shared by both, and so is ``SqlJournal``,
+their base: every method's steps and statements, written once; each backend adds its connection,
+how it stores a time and the few steps its database does its own way.
 
 SQLite: one file (path given by the caller), WAL mode, schema created on first use and
 versioned with ``PRAGMA user_version``.
@@ -47,12 +49,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from batch.errors import BatchError, ConfigurationError, InternalError, TransientError
 from batch.strenum import StrEnum
@@ -738,39 +740,52 @@ SQL_RECORD_RESULT = """
 """
 
 # An event whose id some other event already got accepted with (any file, including an
-# earlier line of this one) is a duplicate and is never sent.
-SQL_MARK_ALREADY_ACCEPTED = """
+# earlier line of this one) is a duplicate and is never sent. A backend fills the holes (see
+# ``duplicate_marks``): {by_event_id} after each lookup of an event by its id, {quoted_name} the
+# file's name in quotes, {same_content} whether the two payloads hold the same event.
+_MARK_ALREADY_ACCEPTED = """
     UPDATE events
        SET state = 'duplicate', updated_at = :now,
-           message = (SELECT 'event id already accepted: file ' || quote(f.name)
+           message = (SELECT 'event id already accepted: file ' || {quoted_name}
                              || ', line ' || a.line
-                             || CASE WHEN same_content(a.payload, events.payload)
+                             || CASE WHEN {same_content}
                                      THEN '' ELSE ', with different content' END
-                        FROM events AS a INDEXED BY events_by_event_id JOIN files AS f ON f.id = a.file_id
+                        FROM events AS a{by_event_id} JOIN files AS f ON f.id = a.file_id
                        WHERE a.event_id = events.event_id AND a.state = 'accepted'
                        ORDER BY a.file_id, a.line LIMIT 1)
      WHERE file_id = :file_id AND line BETWEEN :first AND :last
        AND state IN ('pending', 'failed') AND event_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM events AS a INDEXED BY events_by_event_id
+       AND EXISTS (SELECT 1 FROM events AS a{by_event_id}
                     WHERE a.event_id = events.event_id AND a.state = 'accepted')
 """
 
 # A later line repeating an event id of an earlier valid line of the same file would send
-# the id twice; it is marked duplicate of that line. INDEXED BY: without statistics the
-# planner would walk the primary key over all earlier lines (quadratic in the file).
-SQL_MARK_REPEATED_IN_FILE = """
+# the id twice; it is marked duplicate of that line.
+_MARK_REPEATED_IN_FILE = """
     UPDATE events
        SET state = 'duplicate', updated_at = :now,
            message = 'same event id as line ' ||
-                     (SELECT min(b.line) FROM events AS b INDEXED BY events_by_event_id
+                     (SELECT min(b.line) FROM events AS b{by_event_id}
                        WHERE b.event_id = events.event_id AND b.file_id = events.file_id
                          AND b.line < events.line AND b.state <> 'invalid')
      WHERE file_id = :file_id AND line BETWEEN :first AND :last
        AND state IN ('pending', 'failed') AND event_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM events AS b INDEXED BY events_by_event_id
+       AND EXISTS (SELECT 1 FROM events AS b{by_event_id}
                     WHERE b.event_id = events.event_id AND b.file_id = events.file_id
                       AND b.line < events.line AND b.state <> 'invalid')
 """
+
+
+def duplicate_marks(by_event_id: str, quoted_name: str, same_content: str) -> tuple[str, str]:
+    """(SQL_MARK_ALREADY_ACCEPTED, SQL_MARK_REPEATED_IN_FILE) in a backend's dialect."""
+    holes = {"by_event_id": by_event_id, "quoted_name": quoted_name, "same_content": same_content}
+    return _MARK_ALREADY_ACCEPTED.format(**holes), _MARK_REPEATED_IN_FILE.format(**holes)
+
+
+# SQLite: INDEXED BY, because without statistics the planner would walk the primary key over
+# all earlier lines (quadratic in the file); same_content is a function of the connection.
+SQL_MARK_ALREADY_ACCEPTED, SQL_MARK_REPEATED_IN_FILE = duplicate_marks(
+    " INDEXED BY events_by_event_id", "quote(f.name)", "same_content(a.payload, events.payload)")
 
 # Finished files with nothing left to send or retry (the stored counts are final once a
 # file is finished; retry refreshes them).
@@ -782,40 +797,42 @@ SQL_PRUNABLE_FILES = """
 """
 
 SQL_DELETE_EVENTS_OF_FILE = """
-    DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE file_id = ? LIMIT ?)
+    DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE file_id = :file_id LIMIT :rows)
 """
 
 SQL_COUNT_BY_STATE = "SELECT state, count(*) FROM events WHERE file_id = ? GROUP BY state"
+
+SQL_SENT_ANY = ("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
+                " ('accepted', 'rejected', 'failed')) LIMIT 1")
 
 SQL_FAILED_BY_FEED = ("SELECT f.feed, count(*) FROM events AS e JOIN files AS f ON f.id = e.file_id"
                       " WHERE e.state = 'failed' GROUP BY f.feed")
 
 
-def events_filter(states: Sequence[str], search: str | None, mark: str = "?") -> tuple[str, tuple[Any, ...]]:
-    """The WHERE clause after ``file_id = ?`` of ``events_page`` and ``count_events`` (``mark``:
-    the backend's parameter mark), and its parameters."""
+def events_filter(states: Sequence[str], search: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause after ``file_id = ?`` of ``events_page`` and ``count_events``, and its
+    parameters."""
     unknown = sorted(set(states) - set(OUTCOMES))
     if unknown:
         raise ValueError(f"not an outcome: {', '.join(unknown)}")
     sql = ""
     params: tuple[Any, ...] = ()
     if states:
-        sql += f" AND state IN ({', '.join(mark for _ in states)})"
+        sql += f" AND state IN ({', '.join('?' for _ in states)})"
         params += tuple(states)
     if search:
-        sql += f" AND (event_id = {mark} OR usageplacecode = {mark})"
+        sql += " AND (event_id = ? OR usageplacecode = ?)"
         params += (search, search)
     return sql, params
 
 
-def events_page_sql(states: Sequence[str], search: str | None, mark: str = "?") -> tuple[str, str, tuple[Any, ...]]:
+def events_page_sql(states: Sequence[str], search: str | None) -> tuple[str, str, tuple[Any, ...]]:
     """(the query of the page's first line, the query of the page, the filter's parameters) of
     ``events_page``: the first takes (file_id, *filter, offset), the second (file_id, *filter,
     first line, limit). The first reads only the (file_id, line) key when nothing filters."""
-    where, params = events_filter(states, search, mark)
-    first = f"SELECT line FROM events WHERE file_id = {mark}{where} ORDER BY line LIMIT 1 OFFSET {mark}"
-    page = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = {mark}{where} AND line >= {mark}"
-            f" ORDER BY line LIMIT {mark}")
+    where, params = events_filter(states, search)
+    first = f"SELECT line FROM events WHERE file_id = ?{where} ORDER BY line LIMIT 1 OFFSET ?"
+    page = f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ?{where} AND line >= ? ORDER BY line LIMIT ?"
     return first, page, params
 
 
@@ -991,6 +1008,37 @@ def owner_is_other_live_process(owner: str) -> bool:
     return True
 
 
+def migrate(execute: Callable[[str], object], location: str | Path, version: int, newest: int,
+            migrations: Sequence[Sequence[str]]) -> None:
+    """Take a journal's schema from ``version`` to ``newest`` (``migrations[i]`` goes from
+    version i to i + 1), running each statement with ``execute``, inside the caller's
+    transaction; JournalUnusable for a schema newer than this program's."""
+    if version > newest:
+        raise JournalUnusable(f"{location}: journal schema version {version} is newer "
+                              f"than this program supports ({newest})")
+    for steps in migrations[version:newest]:
+        for statement in steps:
+            execute(statement)
+
+
+@contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One SQLite write transaction on ``conn`` (the journal's, the lease store's): BEGIN IMMEDIATE
+    takes the file's write lock at once (waiting up to the busy timeout), so the transaction never
+    fails half-way for a lock; committed when the block ends, rolled back on an exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the file is broken; SQLite rolls back when it can read it again
+        raise
+
+
 def is_unavailable(error: sqlite3.Error) -> bool:
     """A fault of the database file or its disk (not of the SQL or the data)."""
     return isinstance(error, sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
@@ -1000,10 +1048,543 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+# --------------------------------------------------------------------------- the SQL backends' shared steps
+
+
+class SqlCursor(Protocol):
+    """What a statement gives back, in sqlite3 and psycopg alike."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlConnection(Protocol):
+    """A connection that runs ``SqlJournal``'s statements, written with SQLite's parameter marks
+    (``?``, ``:name``): the sqlite3 connection itself, or PostgreSQL's, which translates them
+    (batch.store.journal_pg.PgStatements). ``executemany``'s rowcount is the sum of its rows'."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> SqlCursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> SqlCursor: ...
+
+
+class SqlJournal(JournalStore):
+    """What both SQL backends do alike: every method's steps and statements, written once.
+
+    ``Journal`` (SQLite) and ``PgJournal`` (PostgreSQL, batch.store.journal_pg) supply the
+    connection (``_write``: one write transaction; ``_reading``: a connection to read with), how
+    a time is stored (``_time``: ISO text, or timestamptz) and a text (``_text``: PostgreSQL's
+    cannot hold a NUL), and the few steps their databases do differently: the abstract hooks
+    and dialect attributes below, each saying in the backend why it differs there.
+    """
+
+    _fences: threading.local  # set_fence: a check per thread, run in every write
+
+    #: The duplicate marking statements (the backend's form of ``mark_already_accepted_sql`` and
+    #: ``SQL_MARK_REPEATED_IN_FILE``'s template), with SQLite's parameter marks.
+    SQL_MARK_ALREADY_ACCEPTED: str
+    SQL_MARK_REPEATED_IN_FILE: str
+    #: Delete up to ``:rows`` events of file ``:file_id`` (prune, a batch at a time).
+    SQL_DELETE_EVENTS_OF_FILE: str
+    #: What ``take_retry_request``'s SELECT of the oldest waiting request ends with.
+    SQL_TAKE_LOCK: str
+
+    # -- what a backend supplies
+
+    @abstractmethod
+    def _write(self, operation: str = "write to it") -> AbstractContextManager[SqlConnection]:
+        """One write transaction, committed when the block ends (rolled back on an exception);
+        a fence set by this thread runs first, inside it. A fault of the storage raises
+        JournalUnavailable naming ``operation``."""
+
+    @abstractmethod
+    def _reading(self, operation: str) -> AbstractContextManager[SqlConnection]:
+        """A connection to read with (faults: JournalUnavailable naming ``operation``)."""
+
+    @abstractmethod
+    def _time(self, moment: datetime) -> Any:
+        """A timezone-aware time as the backend stores it (ValueError for a naive one)."""
+
+    @staticmethod
+    def _text(value: str | None) -> str | None:
+        """A text from outside (an error, a server's answer, a note) as the backend stores it."""
+        return value
+
+    @staticmethod
+    def _texts(rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> list[tuple[Any, ...]]:
+        """``_text`` of the given columns of each row."""
+        return rows
+
+    @abstractmethod
+    def _lock_content(self, conn: SqlConnection, feed: str, sha256: str) -> None:
+        """Make ``begin_file``'s registrations of one content wait for each other."""
+
+    @abstractmethod
+    def _lock_file(self, conn: SqlConnection, file_id: int) -> None:
+        """Keep the file's events from taking a result until this transaction ends."""
+
+    @abstractmethod
+    def _insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT of one row that has an ``id`` column; the new row's id."""
+
+    @abstractmethod
+    def _insert_events(self, conn: SqlConnection, file_id: int, params: list[tuple[Any, ...]], now: Any) -> int:
+        """Insert the rows of ``events_insert_params`` (a line already there is left as it is);
+        returns how many were inserted."""
+
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (),
+              operation: str = "read it") -> list[Any]:
+        with self._reading(operation) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _now(self) -> Any:
+        """Now, by the journal's clock, as the backend stores a time."""
+        return self._time(self.clock())
+
+    def set_fence(self, fence: Callable[[Any], None] | None) -> None:
+        """See ``JournalStore.set_fence``: ``fence`` gets the backend's own connection (sqlite3's,
+        psycopg's). A feed's worker thread makes all of its feed's journal writes (delivery
+        records results in the calling thread). On PostgreSQL the lease store's fence reads the
+        lease row ``FOR SHARE``: a takeover's UPDATE of that row then waits for this write's
+        COMMIT, so a write is either committed under the current epoch or refused."""
+        self._fences.fence = fence
+
+    def _fence(self) -> Callable[[Any], None] | None:
+        fence: Callable[[Any], None] | None = getattr(self._fences, "fence", None)
+        return fence
+
+    # -- files
+
+    def begin_file(self, name: str, sha256: str, size: int, feed: str,
+                   force: bool = False) -> BeginResult:
+        """Register a file before processing it; see ``BeginResult`` for the three outcomes.
+
+        Same content = same ``sha256`` in the same ``feed``. A completed (``done``) file with
+        that content makes this one ``already_processed`` (recorded as ``skipped``) unless
+        ``force``; an unfinished one (crash, kill, resume after an exception) is returned to
+        be resumed, whatever ``force`` says; ``error`` files do not count (the content is
+        processed anew once the cause is fixed). Raises ``FileInProgress`` if the unfinished
+        file belongs to another live process. Forcing does not send an event twice: ids
+        already accepted become ``duplicate`` when the events are recorded.
+        """
+        now = self._now()
+        with self._write("register the file") as conn:
+            self._lock_content(conn, feed, sha256)
+            unfinished = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
+                " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
+            if unfinished is not None:
+                record = file_from_row(unfinished)
+                # with a fence set (batch.store.leases) the feed's lease decides who works it
+                if self._fence() is None and owner_is_other_live_process(record.owner):
+                    raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
+                                         f"#{record.id}) is being processed by {record.owner}")
+                conn.execute("UPDATE files SET owner = ? WHERE id = ?", (this_process(), record.id))
+                return BeginResult(self._file(conn, record.id), "resumed")
+
+            done = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
+                " AND state = 'done' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
+            if done is not None and not force:
+                original = file_from_row(done)
+                file_id = self._insert_id(conn, (
+                    "INSERT INTO files (name, sha256, size, feed, state, started_at, finished_at,"
+                    " error, original_id, owner) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)"),
+                    (name, sha256, size, feed, now, now, already_processed_message(original),
+                     original.id, this_process()))
+                return BeginResult(self._file(conn, file_id), "already_processed", original)
+
+            file_id = self._insert_id(conn, (
+                "INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
+                " VALUES (?, ?, ?, ?, 'processing', ?, ?)"),
+                (name, sha256, size, feed, now, this_process()))
+            return BeginResult(self._file(conn, file_id), "new")
+
+    def mark_recorded(self, file_id: int) -> None:
+        """Say that every record of the file is now in the journal (a resume may skip reading)."""
+        with self._write("mark the file recorded") as conn:
+            conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, ?) WHERE id = ?",
+                         (self._now(), file_id))
+
+    def finish_file(self, file_id: int, state: Literal[FileState.DONE, FileState.ERROR, "done", "error"],
+                    error: str | None = None) -> FileRecord:
+        """Close the file: state, finish time, counts per outcome from its events; then flush().
+
+        ``done`` is refused while events are still pending (they would never be sent).
+        ``error`` gives the events still pending their final outcome ``not_sent``, with the
+        message "file error: <error>" (they will never be sent; prune may forget the file).
+        """
+        if state not in (FileState.DONE, FileState.ERROR):
+            raise ValueError(f"a file finishes as done or error, not {str(state)!r}")
+        now = self._now()
+        with self._write("finish the file") as conn:
+            if state == FileState.ERROR:
+                conn.execute("UPDATE events SET state = 'not_sent', message = ?, updated_at = ?"
+                             " WHERE file_id = ? AND state = 'pending'",
+                             (self._text(not_sent_message(error)), now, file_id))
+            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
+            if state == FileState.DONE and counts[EventState.PENDING]:
+                raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
+            changed = conn.execute(
+                f"UPDATE files SET state = ?, finished_at = ?, error = ?, {_SET_COUNTS} WHERE id = ?",
+                (str(state), now, self._text(error), *(counts[o] for o in OUTCOMES), file_id)).rowcount
+            if not changed:
+                raise JournalMisuse(f"no file #{file_id}")
+        self.flush()
+        return self.get_file(file_id)
+
+    def refresh_counts(self, file_id: int) -> FileRecord:
+        """Recompute a finished file's counts (after ``retry`` delivered some failed events)."""
+        with self._write("update the file's counts") as conn:
+            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
+            conn.execute(f"UPDATE files SET {_SET_COUNTS} WHERE id = ?",
+                         (*(counts[o] for o in OUTCOMES), file_id))
+        return self.get_file(file_id)
+
+    def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None:
+        """The file of this feed with this name and content, if its latest record is finished.
+
+        A file resumed from processing/ that the journal already finished was killed (or
+        failed) between finishing and its archive move: its receipt is this record's."""
+        rows = self._read("SELECT id, state FROM files WHERE feed = ? AND sha256 = ? AND name = ?"
+                          " ORDER BY id DESC LIMIT 1", (feed, sha256, name), "look the file up")
+        return self.get_file(rows[0][0]) if rows and rows[0][1] in FILE_FINAL_STATES else None
+
+    def unfinished_named(self, feed: str, name: str) -> FileRecord | None:
+        """The latest unfinished (processing) file of this feed with this name, if any."""
+        rows = self._read("SELECT id FROM files WHERE feed = ? AND name = ? AND state = 'processing'"
+                          " ORDER BY id DESC LIMIT 1", (feed, name), "look the file up")
+        return self.get_file(rows[0][0]) if rows else None
+
+    def set_mapping_version(self, file_id: int, version: str) -> None:
+        """Say which mapping version (a hash) the file's events are recorded with."""
+        with self._write("note the mapping version") as conn:
+            conn.execute("UPDATE files SET mapping_version = ? WHERE id = ?", (version, file_id))
+
+    def sent_any(self, file_id: int) -> bool:
+        """True once any event of the file went to Ropo One (or got a delivery result)."""
+        return bool(self._read(SQL_SENT_ANY, (file_id,), "read the events"))
+
+    def restart_recording(self, file_id: int, version: str) -> None:
+        """Forget what was recorded of an unfinished file that sent nothing, to record it
+        anew with mapping ``version``. Refused (JournalError) once an event was sent: a
+        file is never delivered under two mappings."""
+        with self._write("start the file's recording over") as conn:
+            self._lock_file(conn, file_id)  # no result recorded meanwhile
+            if conn.execute(SQL_SENT_ANY, (file_id,)).fetchone() is not None:
+                raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
+            conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))
+            conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = ? WHERE id = ?",
+                         (version, file_id))
+
+    def add_note(self, file_id: int, note: str) -> None:
+        """Add a sentence to the file's note (shown in its receipt summary)."""
+        with self._write("note on the file") as conn:
+            conn.execute("UPDATE files SET note = CASE WHEN note IS NULL THEN ? ELSE note || ' ' || ? END"
+                         " WHERE id = ?", (self._text(note), self._text(note), file_id))
+
+    def set_finish_problem(self, file_id: int, problem: str | None) -> None:
+        """Note (or clear, None) why a finished file's receipt / archive move is still to do."""
+        with self._write("note the finishing problem") as conn:
+            conn.execute("UPDATE files SET finish_problem = ? WHERE id = ?", (self._text(problem), file_id))
+
+    def set_filtered(self, file_id: int, filtered: int) -> None:
+        with self._write("note the filtered records") as conn:
+            conn.execute("UPDATE files SET n_filtered = ? WHERE id = ?", (filtered, file_id))
+
+    # -- attempts on a file in processing/ (by feed and name: it may have no file row yet)
+
+    def count_file_attempt(self, feed: str, name: str, error: str) -> int:
+        """One more failed attempt on the file ``name`` in the feed's processing/; returns the
+        count so far (kept across restarts until ``clear_file_attempts``)."""
+        with self._write("count the file's attempt") as conn:
+            conn.execute(
+                "INSERT INTO file_attempts (feed, name, attempts, last_error, updated_at)"
+                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (feed, name) DO UPDATE SET"
+                " attempts = file_attempts.attempts + 1, last_error = excluded.last_error,"
+                " updated_at = excluded.updated_at",
+                (feed, name, self._text(error), self._now()))
+            return int(conn.execute("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
+                                    (feed, name)).fetchone()[0])
+
+    def clear_file_attempts(self, feed: str, name: str) -> None:
+        with self._write("clear the file's attempts") as conn:
+            conn.execute("DELETE FROM file_attempts WHERE feed = ? AND name = ?", (feed, name))
+
+    def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
+        """Forget the files that finished before ``finished_before`` with nothing left to send
+        or retry (no pending, no failed events), and their events, and the retry requests that
+        finished before then; returns (files, events).
+
+        What is forgotten is no longer recognised: the same content dropped again is processed
+        anew, and its event ids are no longer duplicates. Events go in transactions of
+        ``batch_rows`` so that the writers of other threads and processes wait briefly.
+        """
+        before = self._time(finished_before)
+        file_ids = [row[0] for row in self._read(SQL_PRUNABLE_FILES, (before,), "prune it")]
+        events = 0
+        for file_id in file_ids:
+            while True:
+                with self._write("prune it") as conn:
+                    deleted = conn.execute(self.SQL_DELETE_EVENTS_OF_FILE,
+                                           {"file_id": file_id, "rows": batch_rows}).rowcount
+                    events += deleted
+                    if deleted < batch_rows:
+                        conn.execute("UPDATE files SET original_id = NULL WHERE original_id = ?", (file_id,))
+                        conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+                        break
+        with self._write("prune it") as conn:  # finished retry requests and notifications: as long as files
+            conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < ?",
+                         (before,))
+            # a notification said long ago is not said again: its due time or file is long gone
+            conn.execute("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < ?", (before,))
+        return len(file_ids), events
+
+    def get_file(self, file_id: int) -> FileRecord:
+        with self._reading("read the file's record") as conn:
+            return self._file(conn, file_id)
+
+    def _file(self, conn: SqlConnection, file_id: int) -> FileRecord:
+        row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            raise JournalMisuse(f"no file #{file_id}")
+        return self._live(conn, file_from_row(row))
+
+    @staticmethod
+    def _live(conn: SqlConnection, record: FileRecord) -> FileRecord:
+        if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
+            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (record.id,)).fetchall())
+            record = replace(record, counts=live)
+        return record
+
+    def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]:
+        """The latest files, newest first, optionally of one feed."""
+        where, params = ("WHERE feed = ?", (feed, limit)) if feed is not None else ("", (limit,))
+        with self._reading("read the recent files") as conn:
+            ids = [row[0] for row in conn.execute(
+                f"SELECT id FROM files {where} ORDER BY id DESC LIMIT ?", params).fetchall()]
+            return [self._file(conn, file_id) for file_id in ids]
+
+    def file_counts(self, file_id: int) -> dict[str, int]:
+        """Live counts per outcome from the events table."""
+        return counts_from_rows(self._read(SQL_COUNT_BY_STATE, (file_id,)))
+
+    # -- events
+
+    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int:
+        """Record mapped events (one transaction), before anything is sent.
+
+        Idempotent on (file, line): a resumed run recording the same lines again changes
+        nothing. Events whose id was already accepted (or repeats an earlier line of this
+        file) become ``duplicate``. Returns the number of rows newly inserted.
+        """
+        now = self._now()
+        params = events_insert_params(file_id, events, now)
+        if not params:
+            return 0
+        lines = [p[1] for p in params]
+        with self._write("record events") as conn:
+            inserted = self._insert_events(conn, file_id, params, now)
+            self._mark_duplicates(conn, file_id, min(lines), max(lines), now)
+        return inserted
+
+    def mark_duplicates(self, file_id: int) -> int:
+        """Mark the file's unsent events whose id was accepted meanwhile; returns how many."""
+        with self._write("mark duplicate events") as conn:
+            return self._mark_duplicates(conn, file_id, None, None, self._now())
+
+    def _mark_duplicates(self, conn: SqlConnection, file_id: int, first: int | None, last: int | None,
+                         now: Any) -> int:
+        bounds = {"file_id": file_id, "now": now,
+                  "first": -(2**63) if first is None else first,
+                  "last": 2**63 - 1 if last is None else last}
+        marked = conn.execute(self.SQL_MARK_ALREADY_ACCEPTED, bounds).rowcount
+        return marked + conn.execute(self.SQL_MARK_REPEATED_IN_FILE, bounds).rowcount
+
+    def to_send(self, file_id: int, include_failed: bool = False) -> Iterator[EventRecord]:
+        """The events still to deliver (pending; and failed, for a retry), in record order.
+
+        First marks as duplicate those whose id got accepted meanwhile (e.g. by another file),
+        so a retry never re-sends an accepted id. Read lazily in pages; results recorded
+        while iterating do not disturb it.
+        """
+        self.mark_duplicates(file_id)
+        states = [str(state) for state in (SENDABLE_STATES if include_failed else (EventState.PENDING,))]
+        marks = ", ".join("?" for _ in states)
+        return self._paged_events(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND state IN ({marks})"
+            " AND line > ? ORDER BY line LIMIT ?", (file_id, *states))
+
+    def file_events(self, file_id: int) -> Iterator[EventRecord]:
+        """Every event of the file in record order (for the receipt), read lazily in pages."""
+        return self._paged_events(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line > ?"
+            " ORDER BY line LIMIT ?", (file_id,))
+
+    def _paged_events(self, sql: str, params: tuple[Any, ...]) -> Iterator[EventRecord]:
+        # Keyset pagination on line, a page per read (SQLite: the lock held per page only;
+        # PostgreSQL: a pooled connection per page), so worker threads can record results
+        # while a caller walks a large file.
+        after = -(2**63)
+        while True:
+            rows = self._read(sql, (*params, after, PAGE_SIZE), "read the events")
+            yield from (event_from_row(row) for row in rows)
+            if len(rows) < PAGE_SIZE:
+                return
+            after = rows[-1][1]
+
+    def failed_events(self, file_id: int | None = None) -> list[EventRecord]:
+        """Events whose delivery failed (transient errors outlasted retries), by file and line."""
+        where, params = ("AND file_id = ?", (file_id,)) if file_id is not None else ("", ())
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
+                          " ORDER BY file_id, line", params, "read the failed events")
+        return [event_from_row(row) for row in rows]
+
+    # -- queries of the console
+
+    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
+                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
+        first, page, params = events_page_sql(states, search)
+        with self._reading("read a page of the file's events") as conn:
+            start = conn.execute(first, (file_id, *params, max(0, offset))).fetchone()
+            if start is None:
+                return []
+            rows = conn.execute(page, (file_id, *params, start[0], limit)).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
+        where, params = events_filter(states, search)
+        rows = self._read(f"SELECT count(*) FROM events WHERE file_id = ?{where}", (file_id, *params),
+                          "count the file's events")
+        return int(rows[0][0])
+
+    def failed_by_feed(self) -> dict[str, int]:
+        return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
+
+    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
+        with self._reading("read the recent files") as conn:
+            rows = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE started_at >= ? ORDER BY id DESC"
+                                " LIMIT ?", (self._time(since), limit)).fetchall()
+            return [self._live(conn, file_from_row(row)) for row in rows]
+
+    # -- results
+
+    def record_results(self, results: Iterable[Result]) -> int:
+        """Record delivery results in one transaction; committed when this returns (survives
+        SIGKILL). A result applies only to an event still pending or failed, so a late or
+        repeated result never overwrites ``accepted``; results apply in order (a later result
+        for a line an earlier one finished does not apply); returns how many applied."""
+        now = self._now()
+        params = [result_params(result, now) for result in results]
+        if not params:
+            return 0
+        params = self._texts(params, (2, 3, 4))  # message, problem title and detail: from the server
+        with self._write("record delivery results") as conn:
+            return conn.executemany(SQL_RECORD_RESULT, params).rowcount
+
+    # -- retry requests
+
+    def add_retry_request(self, feed: str, file_id: int | None, requested_by: str) -> RetryRequest:
+        with self._write("record the retry request") as conn:
+            request_id = self._insert_id(
+                conn, "INSERT INTO retry_requests (feed, file_id, requested_by, requested_at, state)"
+                " VALUES (?, ?, ?, ?, 'waiting')", (feed, file_id, self._text(requested_by), self._now()))
+            return self._retry_request(conn, request_id)
+
+    def take_retry_request(self, feed: str, taken_by: str) -> RetryRequest | None:
+        with self._write("take a retry request") as conn:
+            row = conn.execute("SELECT id FROM retry_requests WHERE feed = ? AND state = 'waiting'"
+                               f" ORDER BY id LIMIT 1{self.SQL_TAKE_LOCK}", (feed,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE retry_requests SET state = 'running', taken_by = ?, started_at = ?, message = NULL"
+                         " WHERE id = ?", (self._text(taken_by), self._now(), row[0]))
+            return self._retry_request(conn, row[0])
+
+    def requeue_retry_requests(self, feed: str, message: str | None = None) -> int:
+        with self._write("put retry requests back") as conn:
+            return conn.execute("UPDATE retry_requests SET state = 'waiting', taken_by = NULL, started_at = NULL,"
+                                " message = ? WHERE feed = ? AND state = 'running'",
+                                (self._text(message), feed)).rowcount
+
+    def finish_retry_request(self, request_id: int, state: Literal[RetryState.DONE, RetryState.FAILED],
+                             counts: Mapping[str, int] | None = None,
+                             files: Sequence[Mapping[str, Any]] | None = None,
+                             message: str | None = None) -> RetryRequest:
+        if state not in RETRY_FINAL_STATES:
+            raise ValueError(f"a retry request finishes as done or failed, not {str(state)!r}")
+        counts_json, files_json = retry_result_json(counts, files)
+        with self._write("finish the retry request") as conn:
+            changed = conn.execute(
+                "UPDATE retry_requests SET state = ?, finished_at = ?, counts = ?, files = ?, message = ?"
+                " WHERE id = ? AND state = 'running'",
+                (RetryState(state).value, self._now(), counts_json, self._text(files_json), self._text(message),
+                 request_id)).rowcount
+            if not changed:
+                raise JournalMisuse(f"retry request #{request_id} is not running")
+            return self._retry_request(conn, request_id)
+
+    def get_retry_request(self, request_id: int) -> RetryRequest:
+        with self._reading("read the retry request") as conn:
+            return self._retry_request(conn, request_id)
+
+    @staticmethod
+    def _retry_request(conn: SqlConnection, request_id: int) -> RetryRequest:
+        row = conn.execute(f"SELECT {RETRY_COLUMNS} FROM retry_requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise JournalMisuse(f"no retry request #{request_id}")
+        return retry_request_from_row(row)
+
+    def retry_requests(self, *, feed: str | None = None, file_id: int | None = None,
+                       states: Iterable[RetryState | str] | None = None, limit: int = 20) -> list[RetryRequest]:
+        where: list[str] = []
+        params: list[Any] = []
+        if feed is not None:
+            where.append("feed = ?")
+            params.append(feed)
+        if file_id is not None:
+            where.append("file_id = ?")
+            params.append(file_id)
+        words = retry_states(states)
+        if words is not None:
+            where.append(f"state IN ({', '.join('?' for _ in words)})" if words else "FALSE")
+            params += words
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT ?",
+                          (*params, limit), "read the retry requests")
+        return [retry_request_from_row(row) for row in rows]
+
+    # -- notifications
+
+    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
+        now = self._now()
+        with self._write("record a notification") as conn:
+            return conn.execute(
+                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, kind, subject) DO NOTHING",
+                (feed, kind, subject, self._text(message), state, now, now)).rowcount == 1
+
+    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
+                            error: str | None) -> None:
+        with self._write("record a notification's result") as conn:
+            conn.execute("UPDATE notifications SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
+                         " WHERE feed = ? AND kind = ? AND subject = ?",
+                         (state, attempts, self._text(error), self._now(), feed, kind, subject))
+
+    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
+        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = ? AND state = 'pending'"
+                          " AND updated_at < ? ORDER BY created_at", (feed, self._time(claimed_before)))
+        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]
+
+
 # --------------------------------------------------------------------------- connection
 
 
-class Journal(JournalStore):
+class Journal(SqlJournal):
     """The journal in one SQLite file; safe to share between the threads of a process."""
 
     def __init__(self, path: str | os.PathLike[str], *,
@@ -1155,20 +1736,8 @@ class Journal(JournalStore):
             return
         with self._write() as conn:  # IMMEDIATE: two processes never create it twice
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalUnusable(f"{self.path}: journal schema version {version} is newer "
-                                   f"than this program supports ({SCHEMA_VERSION})")
-            for steps in MIGRATIONS[version:]:
-                for statement in steps:
-                    conn.execute(statement)
+            migrate(conn.execute, self.path, version, SCHEMA_VERSION, MIGRATIONS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def set_fence(self, fence: Callable[[sqlite3.Connection], None] | None) -> None:
-        """Fencing (batch.store.leases): every later write transaction *of the calling thread*
-        first runs ``fence(connection)`` inside the transaction; it raises (LeaseLost) to refuse
-        the write, which is then rolled back. None removes it. A feed's worker thread makes all
-        of its feed's journal writes (delivery records results in the calling thread)."""
-        self._fences.fence = fence
 
     @contextmanager
     def _write(self, operation: str = "write to it") -> Iterator[sqlite3.Connection]:
@@ -1177,26 +1746,16 @@ class Journal(JournalStore):
         A fault of the file itself (I/O error, read-only or full disk, locked too long)
         raises JournalUnavailable naming the operation; the transaction is rolled back.
         A fence set by this thread (``set_fence``) runs first, inside the transaction."""
-        fence = getattr(self._fences, "fence", None)
-        with self._lock, self._unavailable_as(operation):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if fence is not None:
-                    fence(self._conn)
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    try:
-                        self._conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the file is broken; SQLite rolls back when it can read it again
-                raise
+        fence = self._fence()
+        with self._lock, self._unavailable_as(operation), immediate_transaction(self._conn) as conn:
+            if fence is not None:
+                fence(conn)
+            yield conn
 
-    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (),
-              operation: str = "read it") -> list[Any]:
+    @contextmanager
+    def _reading(self, operation: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._unavailable_as(operation):
-            return self._conn.execute(sql, params).fetchall()
+            yield self._conn
 
     @contextmanager
     def _unavailable_as(self, operation: str) -> Iterator[None]:
@@ -1209,8 +1768,29 @@ class Journal(JournalStore):
                 raise JournalUnavailable(self.path, operation, error) from error
             raise
 
-    def _now(self) -> str:
-        return to_text(self.clock())
+    _time = staticmethod(to_text)  # ISO text in UTC: SQLite has no time type
+
+    # -- what SQLite does its own way
+
+    SQL_MARK_ALREADY_ACCEPTED = SQL_MARK_ALREADY_ACCEPTED
+    SQL_MARK_REPEATED_IN_FILE = SQL_MARK_REPEATED_IN_FILE
+    SQL_DELETE_EVENTS_OF_FILE = SQL_DELETE_EVENTS_OF_FILE
+    SQL_TAKE_LOCK = ""  # a write transaction (BEGIN IMMEDIATE) is the one writer of the file: one taker at a time
+
+    def _lock_content(self, conn: SqlConnection, feed: str, sha256: str) -> None:
+        """Nothing to do: a write transaction (BEGIN IMMEDIATE) is the file's one writer."""
+
+    def _lock_file(self, conn: SqlConnection, file_id: int) -> None:
+        """Nothing to do: a write transaction (BEGIN IMMEDIATE) is the file's one writer."""
+
+    def _insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
+        # sqlite3's lastrowid (INSERT ... RETURNING needs SQLite 3.35)
+        row_id = cast(sqlite3.Connection, conn).execute(sql, params).lastrowid
+        assert row_id is not None  # set by every INSERT
+        return row_id
+
+    def _insert_events(self, conn: SqlConnection, file_id: int, params: list[tuple[Any, ...]], now: Any) -> int:
+        return conn.executemany(SQL_INSERT_EVENT, params).rowcount
 
     # -- durability
 
@@ -1228,429 +1808,3 @@ class Journal(JournalStore):
                                  (self._now(),))
             finally:
                 self._conn.execute(f"PRAGMA synchronous={self.synchronous}")
-
-    # -- files
-
-    def begin_file(self, name: str, sha256: str, size: int, feed: str,
-                   force: bool = False) -> BeginResult:
-        """Register a file before processing it; see ``BeginResult`` for the three outcomes.
-
-        Same content = same ``sha256`` in the same ``feed``. A completed (``done``) file with
-        that content makes this one ``already_processed`` (recorded as ``skipped``) unless
-        ``force``; an unfinished one (crash, kill, resume after an exception) is returned to
-        be resumed, whatever ``force`` says; ``error`` files do not count (the content is
-        processed anew once the cause is fixed). Raises ``FileInProgress`` if the unfinished
-        file belongs to another live process. Forcing does not send an event twice: ids
-        already accepted become ``duplicate`` when the events are recorded.
-        """
-        now = self._now()
-        with self._write("register the file") as conn:
-            unfinished = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
-                " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
-            if unfinished is not None:
-                record = file_from_row(unfinished)
-                # with a fence set (batch.store.leases) the feed's lease decides who works it
-                if getattr(self._fences, "fence", None) is None and owner_is_other_live_process(record.owner):
-                    raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
-                                         f"#{record.id}) is being processed by {record.owner}")
-                conn.execute("UPDATE files SET owner = ? WHERE id = ?", (this_process(), record.id))
-                return BeginResult(self._file(conn, record.id), "resumed")
-
-            done = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = ? AND sha256 = ?"
-                " AND state = 'done' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
-            if done is not None and not force:
-                original = file_from_row(done)
-                file_id = conn.execute(
-                    "INSERT INTO files (name, sha256, size, feed, state, started_at, finished_at,"
-                    " error, original_id, owner) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)",
-                    (name, sha256, size, feed, now, now, already_processed_message(original),
-                     original.id, this_process())).lastrowid
-                assert file_id is not None  # set by every INSERT
-                return BeginResult(self._file(conn, file_id), "already_processed", original)
-
-            file_id = conn.execute(
-                "INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
-                " VALUES (?, ?, ?, ?, 'processing', ?, ?)",
-                (name, sha256, size, feed, now, this_process())).lastrowid
-            assert file_id is not None  # set by every INSERT
-            return BeginResult(self._file(conn, file_id), "new")
-
-    def mark_recorded(self, file_id: int) -> None:
-        """Say that every record of the file is now in the journal (a resume may skip reading)."""
-        with self._write("mark the file recorded") as conn:
-            conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, ?) WHERE id = ?",
-                         (self._now(), file_id))
-
-    def finish_file(self, file_id: int, state: Literal[FileState.DONE, FileState.ERROR, "done", "error"],
-                    error: str | None = None) -> FileRecord:
-        """Close the file: state, finish time, counts per outcome from its events; then flush().
-
-        ``done`` is refused while events are still pending (they would never be sent).
-        ``error`` gives the events still pending their final outcome ``not_sent``, with the
-        message "file error: <error>" (they will never be sent; prune may forget the file).
-        """
-        if state not in (FileState.DONE, FileState.ERROR):
-            raise ValueError(f"a file finishes as done or error, not {str(state)!r}")
-        now = self._now()
-        with self._write("finish the file") as conn:
-            if state == FileState.ERROR:
-                conn.execute("UPDATE events SET state = 'not_sent', message = ?, updated_at = ?"
-                             " WHERE file_id = ? AND state = 'pending'",
-                             (not_sent_message(error), now, file_id))
-            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
-            if state == FileState.DONE and counts[EventState.PENDING]:
-                raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
-            changed = conn.execute(
-                f"UPDATE files SET state = ?, finished_at = ?, error = ?, {_SET_COUNTS} WHERE id = ?",
-                (state, now, error, *(counts[o] for o in OUTCOMES), file_id)).rowcount
-            if not changed:
-                raise JournalMisuse(f"no file #{file_id}")
-        self.flush()
-        return self.get_file(file_id)
-
-    def refresh_counts(self, file_id: int) -> FileRecord:
-        """Recompute a finished file's counts (after ``retry`` delivered some failed events)."""
-        with self._write("update the file's counts") as conn:
-            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)))
-            conn.execute(f"UPDATE files SET {_SET_COUNTS} WHERE id = ?",
-                         (*(counts[o] for o in OUTCOMES), file_id))
-        return self.get_file(file_id)
-
-    def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None:
-        """The file of this feed with this name and content, if its latest record is finished.
-
-        A file resumed from processing/ that the journal already finished was killed (or
-        failed) between finishing and its archive move: its receipt is this record's."""
-        rows = self._read("SELECT id, state FROM files WHERE feed = ? AND sha256 = ? AND name = ?"
-                          " ORDER BY id DESC LIMIT 1", (feed, sha256, name), "look the file up")
-        return self.get_file(rows[0][0]) if rows and rows[0][1] in FILE_FINAL_STATES else None
-
-    def unfinished_named(self, feed: str, name: str) -> FileRecord | None:
-        """The latest unfinished (processing) file of this feed with this name, if any."""
-        rows = self._read("SELECT id FROM files WHERE feed = ? AND name = ? AND state = 'processing'"
-                          " ORDER BY id DESC LIMIT 1", (feed, name), "look the file up")
-        return self.get_file(rows[0][0]) if rows else None
-
-    def set_mapping_version(self, file_id: int, version: str) -> None:
-        """Say which mapping version (a hash) the file's events are recorded with."""
-        with self._write("note the mapping version") as conn:
-            conn.execute("UPDATE files SET mapping_version = ? WHERE id = ?", (version, file_id))
-
-    def sent_any(self, file_id: int) -> bool:
-        """True once any event of the file went to Ropo One (or got a delivery result)."""
-        rows = self._read("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
-                          " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,), "read the events")
-        return bool(rows)
-
-    def restart_recording(self, file_id: int, version: str) -> None:
-        """Forget what was recorded of an unfinished file that sent nothing, to record it
-        anew with mapping ``version``. Refused (JournalError) once an event was sent: a
-        file is never delivered under two mappings."""
-        with self._write("start the file's recording over") as conn:
-            sent = conn.execute("SELECT 1 FROM events WHERE file_id = ? AND (attempts > 0 OR state IN"
-                                " ('accepted', 'rejected', 'failed')) LIMIT 1", (file_id,)).fetchone()
-            if sent is not None:
-                raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
-            conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))
-            conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = ? WHERE id = ?",
-                         (version, file_id))
-
-    def add_note(self, file_id: int, note: str) -> None:
-        """Add a sentence to the file's note (shown in its receipt summary)."""
-        with self._write("note on the file") as conn:
-            conn.execute("UPDATE files SET note = CASE WHEN note IS NULL THEN ? ELSE note || ' ' || ? END"
-                         " WHERE id = ?", (note, note, file_id))
-
-    def set_finish_problem(self, file_id: int, problem: str | None) -> None:
-        """Note (or clear, None) why a finished file's receipt / archive move is still to do."""
-        with self._write("note the finishing problem") as conn:
-            conn.execute("UPDATE files SET finish_problem = ? WHERE id = ?", (problem, file_id))
-
-    def set_filtered(self, file_id: int, filtered: int) -> None:
-        with self._write("note the filtered records") as conn:
-            conn.execute("UPDATE files SET n_filtered = ? WHERE id = ?", (filtered, file_id))
-
-    # -- attempts on a file in processing/ (by feed and name: it may have no file row yet)
-
-    def count_file_attempt(self, feed: str, name: str, error: str) -> int:
-        """One more failed attempt on the file ``name`` in the feed's processing/; returns the
-        count so far (kept across restarts until ``clear_file_attempts``)."""
-        with self._write("count the file's attempt") as conn:
-            conn.execute(
-                "INSERT INTO file_attempts (feed, name, attempts, last_error, updated_at)"
-                " VALUES (?, ?, 1, ?, ?) ON CONFLICT (feed, name) DO UPDATE SET"
-                " attempts = attempts + 1, last_error = excluded.last_error, updated_at = excluded.updated_at",
-                (feed, name, error, self._now()))
-            return conn.execute("SELECT attempts FROM file_attempts WHERE feed = ? AND name = ?",
-                                (feed, name)).fetchone()[0]
-
-    def clear_file_attempts(self, feed: str, name: str) -> None:
-        with self._write("clear the file's attempts") as conn:
-            conn.execute("DELETE FROM file_attempts WHERE feed = ? AND name = ?", (feed, name))
-
-    def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
-        """Forget the files that finished before ``finished_before`` with nothing left to send
-        or retry (no pending, no failed events), and their events, and the retry requests that
-        finished before then; returns (files, events).
-
-        What is forgotten is no longer recognised: the same content dropped again is processed
-        anew, and its event ids are no longer duplicates. Events go in transactions of
-        ``batch_rows`` so that the writers of other threads and processes wait briefly.
-        """
-        file_ids = [row[0] for row in self._read(SQL_PRUNABLE_FILES, (to_text(finished_before),))]
-        events = 0
-        for file_id in file_ids:
-            while True:
-                with self._write("prune it") as conn:
-                    deleted = conn.execute(SQL_DELETE_EVENTS_OF_FILE, (file_id, batch_rows)).rowcount
-                    events += deleted
-                    if deleted < batch_rows:
-                        conn.execute("UPDATE files SET original_id = NULL WHERE original_id = ?", (file_id,))
-                        conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-                        break
-        with self._write("prune it") as conn:  # finished retry requests and notifications: as long as files
-            conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < ?",
-                         (to_text(finished_before),))
-            # a notification said long ago is not said again: its due time or file is long gone
-            conn.execute("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < ?",
-                         (to_text(finished_before),))
-        return len(file_ids), events
-
-    def get_file(self, file_id: int) -> FileRecord:
-        with self._lock, self._unavailable_as("read the file's record"):
-            return self._file(self._conn, file_id)
-
-    def _file(self, conn: sqlite3.Connection, file_id: int) -> FileRecord:
-        row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
-        if row is None:
-            raise JournalMisuse(f"no file #{file_id}")
-        return self._live(conn, file_from_row(row))
-
-    @staticmethod
-    def _live(conn: sqlite3.Connection, record: FileRecord) -> FileRecord:
-        if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
-            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (record.id,)))
-            record = replace(record, counts=live)
-        return record
-
-    def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]:
-        """The latest files, newest first, optionally of one feed."""
-        where, params = ("WHERE feed = ?", (feed, limit)) if feed is not None else ("", (limit,))
-        with self._lock, self._unavailable_as("read the recent files"):
-            ids = [row[0] for row in self._conn.execute(
-                f"SELECT id FROM files {where} ORDER BY id DESC LIMIT ?", params)]
-            return [self._file(self._conn, file_id) for file_id in ids]
-
-    def file_counts(self, file_id: int) -> dict[str, int]:
-        """Live counts per outcome from the events table."""
-        return counts_from_rows(self._read(SQL_COUNT_BY_STATE, (file_id,)))
-
-    # -- events
-
-    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int:
-        """Record mapped events (one transaction), before anything is sent.
-
-        Idempotent on (file, line): a resumed run recording the same lines again changes
-        nothing. Events whose id was already accepted (or repeats an earlier line of this
-        file) become ``duplicate``. Returns the number of rows newly inserted.
-        """
-        now = self._now()
-        params = events_insert_params(file_id, events, now)
-        if not params:
-            return 0
-        lines = [p[1] for p in params]
-        with self._write("record events") as conn:
-            before = conn.total_changes
-            conn.executemany(SQL_INSERT_EVENT, params)
-            inserted = conn.total_changes - before
-            self._mark_duplicates(conn, file_id, min(lines), max(lines), now)
-        return inserted
-
-    def mark_duplicates(self, file_id: int) -> int:
-        """Mark the file's unsent events whose id was accepted meanwhile; returns how many."""
-        with self._write("mark duplicate events") as conn:
-            return self._mark_duplicates(conn, file_id, None, None, self._now())
-
-    @staticmethod
-    def _mark_duplicates(conn: sqlite3.Connection, file_id: int, first: int | None,
-                         last: int | None, now: str) -> int:
-        bounds = {"file_id": file_id, "now": now,
-                  "first": -(2**63) if first is None else first,
-                  "last": 2**63 - 1 if last is None else last}
-        marked = conn.execute(SQL_MARK_ALREADY_ACCEPTED, bounds).rowcount
-        return marked + conn.execute(SQL_MARK_REPEATED_IN_FILE, bounds).rowcount
-
-    def to_send(self, file_id: int, include_failed: bool = False) -> Iterator[EventRecord]:
-        """The events still to deliver (pending; and failed, for a retry), in record order.
-
-        First marks as duplicate those whose id got accepted meanwhile (e.g. by another file),
-        so a retry never re-sends an accepted id. Read lazily in pages; results recorded
-        while iterating do not disturb it.
-        """
-        self.mark_duplicates(file_id)
-        states = SENDABLE_STATES if include_failed else (EventState.PENDING,)
-        marks = ", ".join("?" for _ in states)
-        return self._paged_events(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND state IN ({marks})"
-            " AND line > ? ORDER BY line LIMIT ?", (file_id, *states))
-
-    def file_events(self, file_id: int) -> Iterator[EventRecord]:
-        """Every event of the file in record order (for the receipt), read lazily in pages."""
-        return self._paged_events(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = ? AND line > ?"
-            " ORDER BY line LIMIT ?", (file_id,))
-
-    def _paged_events(self, sql: str, params: tuple[Any, ...]) -> Iterator[EventRecord]:
-        # Keyset pagination on line: the lock is held per page only, so worker threads can
-        # record results while a caller walks a large file.
-        after = -(2**63)
-        while True:
-            rows = self._read(sql, (*params, after, PAGE_SIZE))
-            yield from (event_from_row(row) for row in rows)
-            if len(rows) < PAGE_SIZE:
-                return
-            after = rows[-1][1]
-
-    def failed_events(self, file_id: int | None = None) -> list[EventRecord]:
-        """Events whose delivery failed (transient errors outlasted retries), by file and line."""
-        where, params = ("AND file_id = ?", (file_id,)) if file_id is not None else ("", ())
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
-                          " ORDER BY file_id, line", params)
-        return [event_from_row(row) for row in rows]
-
-    # -- queries of the console
-
-    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
-                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
-        first, page, params = events_page_sql(states, search)
-        with self._lock, self._unavailable_as("read a page of the file's events"):
-            start = self._conn.execute(first, (file_id, *params, max(0, offset))).fetchone()
-            if start is None:
-                return []
-            rows = self._conn.execute(page, (file_id, *params, start[0], limit)).fetchall()
-        return [event_from_row(row) for row in rows]
-
-    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
-        where, params = events_filter(states, search)
-        rows = self._read(f"SELECT count(*) FROM events WHERE file_id = ?{where}", (file_id, *params),
-                          "count the file's events")
-        return int(rows[0][0])
-
-    def failed_by_feed(self) -> dict[str, int]:
-        return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
-
-    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
-        with self._lock, self._unavailable_as("read the recent files"):
-            rows = self._conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE started_at >= ? ORDER BY id DESC"
-                                      " LIMIT ?", (to_text(since), limit)).fetchall()
-            return [self._live(self._conn, file_from_row(row)) for row in rows]
-
-    # -- results
-
-    def record_results(self, results: Iterable[Result]) -> int:
-        """Record delivery results in one transaction; committed when this returns (survives
-        SIGKILL). A result applies only to an event still pending or failed, so a late or
-        repeated result never overwrites ``accepted``; returns how many applied."""
-        now = self._now()
-        params = [result_params(result, now) for result in results]
-        if not params:
-            return 0
-        with self._write("record delivery results") as conn:
-            before = conn.total_changes
-            conn.executemany(SQL_RECORD_RESULT, params)
-            return conn.total_changes - before
-
-    # -- retry requests
-
-    def add_retry_request(self, feed: str, file_id: int | None, requested_by: str) -> RetryRequest:
-        with self._write("record the retry request") as conn:
-            request_id = conn.execute(
-                "INSERT INTO retry_requests (feed, file_id, requested_by, requested_at, state)"
-                " VALUES (?, ?, ?, ?, 'waiting')", (feed, file_id, requested_by, self._now())).lastrowid
-            assert request_id is not None  # set by every INSERT
-            return self._retry_request(conn, request_id)
-
-    def take_retry_request(self, feed: str, taken_by: str) -> RetryRequest | None:
-        with self._write("take a retry request") as conn:  # BEGIN IMMEDIATE: one taker at a time
-            row = conn.execute("SELECT id FROM retry_requests WHERE feed = ? AND state = 'waiting'"
-                               " ORDER BY id LIMIT 1", (feed,)).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE retry_requests SET state = 'running', taken_by = ?, started_at = ?, message = NULL"
-                         " WHERE id = ?", (taken_by, self._now(), row[0]))
-            return self._retry_request(conn, row[0])
-
-    def requeue_retry_requests(self, feed: str, message: str | None = None) -> int:
-        with self._write("put retry requests back") as conn:
-            return conn.execute("UPDATE retry_requests SET state = 'waiting', taken_by = NULL, started_at = NULL,"
-                                " message = ? WHERE feed = ? AND state = 'running'", (message, feed)).rowcount
-
-    def finish_retry_request(self, request_id: int, state: Literal[RetryState.DONE, RetryState.FAILED],
-                             counts: Mapping[str, int] | None = None,
-                             files: Sequence[Mapping[str, Any]] | None = None,
-                             message: str | None = None) -> RetryRequest:
-        if state not in RETRY_FINAL_STATES:
-            raise ValueError(f"a retry request finishes as done or failed, not {str(state)!r}")
-        counts_json, files_json = retry_result_json(counts, files)
-        with self._write("finish the retry request") as conn:
-            changed = conn.execute(
-                "UPDATE retry_requests SET state = ?, finished_at = ?, counts = ?, files = ?, message = ?"
-                " WHERE id = ? AND state = 'running'",
-                (RetryState(state).value, self._now(), counts_json, files_json, message, request_id)).rowcount
-            if not changed:
-                raise JournalMisuse(f"retry request #{request_id} is not running")
-            return self._retry_request(conn, request_id)
-
-    def get_retry_request(self, request_id: int) -> RetryRequest:
-        with self._lock, self._unavailable_as("read the retry request"):
-            return self._retry_request(self._conn, request_id)
-
-    @staticmethod
-    def _retry_request(conn: sqlite3.Connection, request_id: int) -> RetryRequest:
-        row = conn.execute(f"SELECT {RETRY_COLUMNS} FROM retry_requests WHERE id = ?", (request_id,)).fetchone()
-        if row is None:
-            raise JournalMisuse(f"no retry request #{request_id}")
-        return retry_request_from_row(row)
-
-    def retry_requests(self, *, feed: str | None = None, file_id: int | None = None,
-                       states: Iterable[RetryState | str] | None = None, limit: int = 20) -> list[RetryRequest]:
-        where: list[str] = []
-        params: list[Any] = []
-        if feed is not None:
-            where.append("feed = ?")
-            params.append(feed)
-        if file_id is not None:
-            where.append("file_id = ?")
-            params.append(file_id)
-        words = retry_states(states)
-        if words is not None:
-            where.append(f"state IN ({', '.join('?' for _ in words)})" if words else "0")
-            params += words
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT ?",
-                          (*params, limit), "read the retry requests")
-        return [retry_request_from_row(row) for row in rows]
-
-    # -- notifications
-
-    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
-        now = self._now()
-        with self._write("record a notification") as conn:
-            return conn.execute(
-                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, kind, subject) DO NOTHING",
-                (feed, kind, subject, message, state, now, now)).rowcount == 1
-
-    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
-                            error: str | None) -> None:
-        with self._write("record a notification's result") as conn:
-            conn.execute("UPDATE notifications SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
-                         " WHERE feed = ? AND kind = ? AND subject = ?",
-                         (state, attempts, error, self._now(), feed, kind, subject))
-
-    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
-        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = ? AND state = 'pending'"
-                          " AND updated_at < ? ORDER BY created_at", (feed, to_text(claimed_before)))
-        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]

@@ -3,12 +3,16 @@
 The same interface and semantics as the SQLite journal (batch.store.journal; one test suite
 for both): files, events, duplicates (same sha256, same event id, across every instance),
 attempts on files, finishing problems, notes, retention, status queries. The states, rows and
-the pure helpers (event parameters, counts, row conversions, messages) are the SQLite module's.
+the pure helpers (event parameters, counts, row conversions, messages) are the SQLite module's,
+and so are the methods' steps and statements (``SqlJournal``): they are written with SQLite's
+parameter marks, which ``pg_sql`` translates to psycopg's. What is PostgreSQL's own is here: the
+schema, the connections, the locks between instances, the bulk insert of events, timestamptz.
 
 Connections
     psycopg 3 with a psycopg_pool pool (autocommit connections; every write is one explicit
     transaction, committed when the method returns). A pooled connection is checked before it
     is handed out, so one that a server restart broke is replaced instead of failing a call.
+    ``PgConnections`` holds them, and the lease store (batch.store.leases_pg) has one too.
 
 Concurrency
     Instances on other hosts write the same tables. ``begin_file`` serialises the registrations
@@ -37,54 +41,24 @@ Text
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from batch.redact import redact_text
 from batch.store.journal import (
-    FILE_FINAL_STATES,
-    OUTCOMES,
-    PAGE_SIZE,
-    RETRY_COLUMNS,
-    RETRY_FINAL_STATES,
-    SENDABLE_STATES,
-    SQL_FAILED_BY_FEED,
-    BeginResult,
-    EventRecord,
-    EventState,
-    FileInProgress,
-    FileRecord,
-    FileState,
-    JournalMisuse,
-    JournalStore,
     JournalUnavailable,
-    JournalUnusable,
-    NewEvent,
-    Result,
-    RetryRequest,
-    RetryState,
-    ValidEvents,
-    already_processed_message,
-    counts_from_rows,
-    event_from_row,
-    events_filter,
-    events_insert_params,
-    events_page_sql,
-    file_from_row,
-    not_sent_message,
-    owner_is_other_live_process,
-    result_params,
-    retry_request_from_row,
-    retry_result_json,
-    retry_states,
-    this_process,
+    SqlConnection,
+    SqlJournal,
+    duplicate_marks,
+    migrate,
     utc_now,
 )
 
@@ -230,85 +204,6 @@ LOCK_MIGRATION = 0
 # begin_file: pg_advisory_xact_lock(LOCK_CLASS, hashtext(feed || sha256)); a hash collision
 # only makes two registrations wait for each other
 
-# --------------------------------------------------------------------------- SQL
-
-_COUNT_COLUMNS = ", ".join(f"n_{outcome}" for outcome in OUTCOMES)
-_SET_COUNTS = ", ".join(f"n_{outcome} = %s" for outcome in OUTCOMES)
-_FILE_COLUMNS = (
-    "id, name, sha256, size, feed, state, started_at, finished_at, error, recorded_at,"
-    f" original_id, owner, mapping_version, finish_problem, note, n_filtered, {_COUNT_COLUMNS}"
-)
-_EVENT_COLUMNS = (
-    "file_id, line, event_id, usageplacecode, status, state, attempts, http_status, message,"
-    " payload, updated_at, errors, problem_title, problem_detail"
-)
-
-# One statement for a whole batch (the parameters of journal.events_insert_params, by column).
-SQL_INSERT_EVENTS = """
-    INSERT INTO events (file_id, line, event_id, usageplacecode, status, payload, state, message, errors,
-                        updated_at)
-    SELECT %s, u.line, u.event_id, u.code, u.status, u.payload, u.state, u.message, u.errors, %s
-      FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                  %s::text[]) AS u(line, event_id, code, status, payload, state, message, errors)
-    ON CONFLICT (file_id, line) DO NOTHING
-"""
-
-SQL_RECORD_RESULT = """
-    UPDATE events
-       SET state = %s, http_status = %s, message = %s, problem_title = %s, problem_detail = %s,
-           attempts = attempts + %s, updated_at = %s
-     WHERE file_id = %s AND line = %s AND state IN ('pending', 'failed')
-"""
-
-# SQLite's quote() of a name: in single quotes, a quote doubled
-_QUOTED_NAME = "'''' || replace(f.name, '''', '''''') || ''''"
-
-SQL_MARK_ALREADY_ACCEPTED = f"""
-    UPDATE events AS e
-       SET state = 'duplicate', updated_at = %(now)s,
-           message = (SELECT 'event id already accepted: file ' || {_QUOTED_NAME}
-                             || ', line ' || a.line
-                             || CASE WHEN a.payload = e.payload OR a.payload::jsonb = e.payload::jsonb
-                                     THEN '' ELSE ', with different content' END
-                        FROM events AS a JOIN files AS f ON f.id = a.file_id
-                       WHERE a.event_id = e.event_id AND a.state = 'accepted'
-                       ORDER BY a.file_id, a.line LIMIT 1)
-     WHERE e.file_id = %(file_id)s AND e.line BETWEEN %(first)s AND %(last)s
-       AND e.state IN ('pending', 'failed') AND e.event_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM events AS a WHERE a.event_id = e.event_id AND a.state = 'accepted')
-"""
-
-SQL_MARK_REPEATED_IN_FILE = """
-    UPDATE events AS e
-       SET state = 'duplicate', updated_at = %(now)s,
-           message = 'same event id as line ' ||
-                     (SELECT min(b.line) FROM events AS b
-                       WHERE b.event_id = e.event_id AND b.file_id = e.file_id
-                         AND b.line < e.line AND b.state <> 'invalid')
-     WHERE e.file_id = %(file_id)s AND e.line BETWEEN %(first)s AND %(last)s
-       AND e.state IN ('pending', 'failed') AND e.event_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM events AS b
-                    WHERE b.event_id = e.event_id AND b.file_id = e.file_id
-                      AND b.line < e.line AND b.state <> 'invalid')
-"""
-
-SQL_PRUNABLE_FILES = """
-    SELECT id FROM files
-     WHERE state IN ('done', 'error', 'skipped') AND finished_at < %s
-       AND n_pending = 0 AND n_failed = 0
-     ORDER BY id
-"""
-
-SQL_DELETE_EVENTS_OF_FILE = """
-    DELETE FROM events
-     WHERE file_id = %s AND line IN (SELECT line FROM events WHERE file_id = %s ORDER BY line LIMIT %s)
-"""
-
-SQL_COUNT_BY_STATE = "SELECT state, count(*) FROM events WHERE file_id = %s GROUP BY state"
-
-SQL_SENT_ANY = ("SELECT 1 FROM events WHERE file_id = %s AND (attempts > 0 OR state IN"
-                " ('accepted', 'rejected', 'failed')) LIMIT 1")
-
 # What a PostgreSQL journal cannot do now, but may do again (see the module's "Faults").
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
 
@@ -326,87 +221,102 @@ def one_line(error: BaseException) -> str:
     return "; ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
 
 
-# --------------------------------------------------------------------------- connection
+# --------------------------------------------------------------------------- SQL
+
+# The journal's statements are written once (batch.store.journal.SqlJournal), with SQLite's
+# parameter marks; psycopg takes its own, so each is translated once (pg_sql) and run by
+# PgStatements. The statements below are PostgreSQL's own (where its dialect differs).
+
+_SQL_TOKEN = re.compile(r"""'[^']*'|"[^"]*"|::|\?|:([A-Za-z_][A-Za-z0-9_]*)|%""")
 
 
-class PgJournal(JournalStore):
-    """The journal in a PostgreSQL database; safe to share between the threads of a process.
+class PgSql(str):
+    """A statement in psycopg's parameter style (``pg_sql`` made it): PgStatements runs it as it is."""
 
-    ``conninfo``: a libpq URI or key=value string without the password; ``password``: given
-    to libpq apart (None: libpq reads PGPASSWORD or PGPASSFILE). ``max_connections`` bounds
-    the pool (delivery threads record results while the feed's thread reads pages).
+    __slots__ = ()
+
+
+def pg_sql(sql: str) -> PgSql:
+    """``sql``, written with SQLite's parameter marks, in psycopg's: ``?`` -> ``%s``, ``:name`` ->
+    ``%(name)s``, a literal ``%`` -> ``%%``; quoted strings and names and ``::`` casts stay as
+    they are. A PgSql is translated already. ValueError for both kinds of marks in one statement
+    (psycopg takes one kind)."""
+    return sql if isinstance(sql, PgSql) else _translated(sql)
+
+
+@lru_cache(maxsize=1024)  # a statement is translated once (the filters of a console page make a few more)
+def _translated(sql: str) -> PgSql:
+    kinds: set[str] = set()
+
+    def translate(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "?":
+            kinds.add("?")
+            return "%s"
+        if match.group(1) is not None:
+            kinds.add(":name")
+            return f"%({match.group(1)})s"
+        return "%%" if token == "%" else token  # a quoted string or name, a cast: as it is
+
+    translated = _SQL_TOKEN.sub(translate, sql)
+    if len(kinds) > 1:
+        raise ValueError(f"both ? and :name parameters in one statement: {sql.strip()}")
+    return PgSql(translated)
+
+
+class PgStatements:
+    """A psycopg connection that runs the journal's statements (SqlJournal's, with SQLite's
+    parameter marks), each through ``pg_sql``."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Any = (), /) -> psycopg.Cursor[tuple[Any, ...]]:
+        return self.raw.execute(pg_sql(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> psycopg.Cursor[tuple[Any, ...]]:
+        """One pipeline of statements run in order; the cursor's rowcount is their sum (it holds
+        no rows: nothing to close; closing it would forget the count)."""
+        cursor = self.raw.cursor()
+        cursor.executemany(pg_sql(sql), parameters)
+        return cursor
+
+
+class PgConnections:
+    """The connections to one PostgreSQL database of a journal or of its lease store.
+
+    ``conninfo``: a libpq URI or key=value string without the password (it names the database
+    in messages); ``password``: given to libpq apart (None: libpq reads PGPASSWORD or PGPASSFILE).
+    First a connection of its own runs ``setup`` in one transaction (the schema), so that a
+    refusal gives libpq's reason, not the pool's timeout; then a pool of autocommit connections
+    (every write is one explicit transaction), each checked before it is handed out, so one that
+    a server restart broke is replaced instead of failing a call. Every fault of the server raises
+    JournalUnavailable naming the URI (never the password) and the operation.
     """
 
-    def __init__(self, conninfo: str, *, password: str | None = None, max_connections: int = 4,
-                 timeout_s: float = 10.0, clock: Callable[[], datetime] = utc_now) -> None:
-        self.clock = clock
+    def __init__(self, conninfo: str, *, password: str | None, timeout_s: float, max_connections: int,
+                 application_name: str, pool_name: str, setup: Callable[[Connection], None],
+                 operation: str) -> None:
+        self.location = conninfo  # holds no password: that comes apart
         self.timeout_s = timeout_s
         self._password = password
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "usageplace-batch"}
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-        if "connect_timeout" not in params:
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(conninfo):
             kwargs["connect_timeout"] = max(2, round(timeout_s))  # libpq takes whole seconds, at least 2
         if password is not None:
             kwargs["password"] = password
-        self._location = conninfo  # holds no password: that comes apart
-        self._fences = threading.local()  # set_fence: a check per thread, run in every write
         self._kwargs = kwargs
-        self._conninfo = conninfo
-        # a connection of its own first: a refusal gives libpq's reason, not the pool's timeout
-        with self._unavailable_as("open it"), psycopg.connect(conninfo, **kwargs) as conn:
-            self._migrate(conn)
-        self._pool = self._new_pool(max_connections)
-
-    def _new_pool(self, max_connections: int) -> ConnectionPool[Connection]:
-        pool: ConnectionPool[Connection] = ConnectionPool(
-            self._conninfo, kwargs=self._kwargs, min_size=1, max_size=max(1, max_connections), open=False,
-            check=ConnectionPool.check_connection, timeout=self.timeout_s, name="journal")
-        pool.open(wait=False)
-        return pool
-
-    @property
-    def location(self) -> str:
-        return self._location
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        self._pool.close()
-
-    def __enter__(self) -> PgJournal:
-        return self
-
-    def reopen(self) -> None:
-        """Drop the connections a lost server broke and connect again; JournalUnavailable
-        while the server still cannot be reached."""
-        with self._unavailable_as("connect again"):
-            self._pool.check()
-            with self._pool.connection(timeout=self.timeout_s) as conn:
-                conn.execute("SELECT 1")
-
-    def flush(self) -> None:
-        """Nothing to do: a PostgreSQL commit is durable when it returns (synchronous_commit)."""
-
-    def _migrate(self, conn: Connection) -> None:
-        with conn.transaction():
-            # two instances starting at once: the second waits here, then finds the schema done
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATION))
-            conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")
-            row = conn.execute("SELECT version FROM journal_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > PG_SCHEMA_VERSION:
-                raise JournalUnusable(f"{self.location}: journal schema version {version} is newer "
-                                      f"than this program supports ({PG_SCHEMA_VERSION})")
-            for steps in PG_MIGRATIONS[version:]:
-                for statement in steps:
-                    conn.execute(statement)
-            if row is None:
-                conn.execute("INSERT INTO journal_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
-            elif version != PG_SCHEMA_VERSION:
-                conn.execute("UPDATE journal_schema SET version = %s", (PG_SCHEMA_VERSION,))
+        with self.unavailable_as(operation), psycopg.connect(conninfo, **kwargs) as conn, conn.transaction():
+            setup(conn)
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            conninfo, kwargs=kwargs, min_size=1, max_size=max(1, max_connections), open=False,
+            check=ConnectionPool.check_connection, timeout=timeout_s, name=pool_name)
+        self._pool.open(wait=False)
 
     @contextmanager
-    def _unavailable_as(self, operation: str) -> Iterator[None]:
+    def unavailable_as(self, operation: str) -> Iterator[None]:
         try:
             yield
         except UNAVAILABLE as error:
@@ -418,415 +328,169 @@ class PgJournal(JournalStore):
         """The pool only says it waited in vain; one connection attempt of our own gives libpq's
         reason (refused, unknown host, password refused, the server starting up)."""
         try:
-            psycopg.connect(self._conninfo, **self._kwargs).close()
+            psycopg.connect(self.location, **self._kwargs).close()
         except psycopg.Error as error:
             return error
         return psycopg.OperationalError(f"no free connection within {self.timeout_s:g} s")
 
-    def set_fence(self, fence: Callable[[Any], None] | None) -> None:
-        """See ``JournalStore.set_fence``. A PostgreSQL lease store's fence reads the lease row
-        ``FOR SHARE``: a takeover's UPDATE of that row then waits for this write's COMMIT, so a
-        write is either committed under the current epoch or refused."""
-        self._fences.fence = fence
-
-    def _fence(self) -> Callable[[Any], None] | None:
-        fence: Callable[[Any], None] | None = getattr(self._fences, "fence", None)
-        return fence
-
     @contextmanager
-    def _write(self, operation: str = "write to it") -> Iterator[Connection]:
-        """One write transaction, committed when the block ends (rolled back on an exception);
-        a fence set by this thread runs first, inside it."""
-        fence = self._fence()
-        with self._unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
-            if fence is not None:
-                fence(conn)
+    def connection(self, operation: str) -> Iterator[Connection]:
+        """A pooled connection (autocommit)."""
+        with self.unavailable_as(operation), self._pool.connection() as conn:
             yield conn
 
-    def _read(self, sql: str, params: Sequence[Any] = (), operation: str = "read it") -> list[Any]:
-        with self._unavailable_as(operation), self._pool.connection() as conn:
-            return conn.execute(sql, params).fetchall()
+    @contextmanager
+    def transaction(self, operation: str) -> Iterator[Connection]:
+        """A pooled connection in one transaction, committed when the block ends (rolled back on
+        an exception)."""
+        with self.unavailable_as(operation), self._pool.connection() as conn, conn.transaction():
+            yield conn
 
-    def _now(self) -> datetime:
-        moment = self.clock()
+    def reconnect(self, operation: str) -> None:
+        """Drop the connections a lost server broke and connect again; JournalUnavailable
+        while the server still cannot be reached."""
+        with self.unavailable_as(operation):
+            self._pool.check()
+            with self._pool.connection(timeout=self.timeout_s) as conn:
+                conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# One statement for a whole batch (the parameters of journal.events_insert_params, by column),
+# where SQLite runs SQL_INSERT_EVENT per row.
+SQL_INSERT_EVENTS = pg_sql("""
+    INSERT INTO events (file_id, line, event_id, usageplacecode, status, payload, state, message, errors,
+                        updated_at)
+    SELECT ?, u.line, u.event_id, u.code, u.status, u.payload, u.state, u.message, u.errors, ?
+      FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
+                  ?::text[]) AS u(line, event_id, code, status, payload, state, message, errors)
+    ON CONFLICT (file_id, line) DO NOTHING
+""")
+
+# SQLite's quote() of a name: in single quotes, a quote doubled
+_QUOTED_NAME = "'''' || replace(f.name, '''', '''''') || ''''"
+
+# No index hints: the planner finds the event id indexes (see the schema). Two payloads hold the
+# same event when their texts are equal or, whatever the order of their keys, their jsonb are.
+SQL_MARK_ALREADY_ACCEPTED, SQL_MARK_REPEATED_IN_FILE = map(pg_sql, duplicate_marks(
+    "", _QUOTED_NAME, "(a.payload = events.payload OR a.payload::jsonb = events.payload::jsonb)"))
+
+# PostgreSQL's DELETE has no LIMIT and its rows no rowid: the first lines of the file.
+SQL_DELETE_EVENTS_OF_FILE = pg_sql("""
+    DELETE FROM events
+     WHERE file_id = :file_id
+       AND line IN (SELECT line FROM events WHERE file_id = :file_id ORDER BY line LIMIT :rows)
+""")
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class PgJournal(SqlJournal):
+    """The journal in a PostgreSQL database; safe to share between the threads of a process.
+
+    ``conninfo``: a libpq URI or key=value string without the password; ``password``: given
+    to libpq apart (None: libpq reads PGPASSWORD or PGPASSFILE). ``max_connections`` bounds
+    the pool (delivery threads record results while the feed's thread reads pages).
+    """
+
+    def __init__(self, conninfo: str, *, password: str | None = None, max_connections: int = 4,
+                 timeout_s: float = 10.0, clock: Callable[[], datetime] = utc_now) -> None:
+        self.clock = clock
+        self.timeout_s = timeout_s
+        self._fences = threading.local()  # set_fence: a check per thread, run in every write
+        self._location = conninfo  # holds no password: that comes apart
+        self._db = PgConnections(conninfo, password=password, timeout_s=timeout_s, max_connections=max_connections,
+                              application_name="usageplace-batch", pool_name="journal", setup=self._migrate,
+                              operation="open it")
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PgJournal:
+        return self
+
+    def reopen(self) -> None:
+        """Drop the connections a lost server broke and connect again; JournalUnavailable
+        while the server still cannot be reached."""
+        self._db.reconnect("connect again")
+
+    def flush(self) -> None:
+        """Nothing to do: a PostgreSQL commit is durable when it returns (synchronous_commit)."""
+
+    def _migrate(self, conn: Connection) -> None:
+        """Create or migrate the schema (PgConnections's setup: in one transaction, at open)."""
+        # two instances starting at once: the second waits here, then finds the schema done
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATION))
+        conn.execute("CREATE TABLE IF NOT EXISTS journal_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT version FROM journal_schema").fetchone()
+        version = 0 if row is None else int(row[0])
+        migrate(conn.execute, self.location, version, PG_SCHEMA_VERSION, PG_MIGRATIONS)
+        if row is None:
+            conn.execute("INSERT INTO journal_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
+        elif version != PG_SCHEMA_VERSION:
+            conn.execute("UPDATE journal_schema SET version = %s", (PG_SCHEMA_VERSION,))
+
+    @contextmanager
+    def _write(self, operation: str = "write to it") -> Iterator[PgStatements]:
+        fence = self._fence()
+        with self._db.transaction(operation) as conn:
+            if fence is not None:
+                fence(conn)  # the lease store's fence runs psycopg's statements
+            yield PgStatements(conn)
+
+    @contextmanager
+    def _reading(self, operation: str) -> Iterator[PgStatements]:
+        with self._db.connection(operation) as conn:
+            yield PgStatements(conn)
+
+    def _time(self, moment: datetime) -> datetime:
         if moment.tzinfo is None:
             raise ValueError("journal times must be timezone-aware")
-        return moment
+        return moment  # timestamptz
 
-    # -- files
-
-    def begin_file(self, name: str, sha256: str, size: int, feed: str, force: bool = False) -> BeginResult:
-        """See ``Journal.begin_file``: the same three outcomes, the same FileInProgress."""
-        now = self._now()
-        with self._write("register the file") as conn:
-            # registrations of one content wait for each other (instances on several hosts)
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, f"{feed}\n{sha256}"))
-            unfinished = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = %s AND sha256 = %s"
-                " AND state = 'processing' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
-            if unfinished is not None:
-                record = file_from_row(unfinished)
-                # with a fence set (feed leases) the feed's lease decides who works it
-                if self._fence() is None and owner_is_other_live_process(record.owner):
-                    raise FileInProgress(f"{name}: the same content ({record.name!r}, file "
-                                         f"#{record.id}) is being processed by {record.owner}")
-                conn.execute("UPDATE files SET owner = %s WHERE id = %s", (this_process(), record.id))
-                return BeginResult(self._file(conn, record.id), "resumed")
-
-            done = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE feed = %s AND sha256 = %s"
-                " AND state = 'done' ORDER BY id LIMIT 1", (feed, sha256)).fetchone()
-            if done is not None and not force:
-                original = file_from_row(done)
-                file_id = self._insert_id(conn, (
-                    "INSERT INTO files (name, sha256, size, feed, state, started_at, finished_at,"
-                    " error, original_id, owner) VALUES (%s, %s, %s, %s, 'skipped', %s, %s, %s, %s, %s) RETURNING id"),
-                    (name, sha256, size, feed, now, now, already_processed_message(original), original.id,
-                     this_process()))
-                return BeginResult(self._file(conn, file_id), "already_processed", original)
-
-            file_id = self._insert_id(conn, (
-                "INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
-                " VALUES (%s, %s, %s, %s, 'processing', %s, %s) RETURNING id"),
-                (name, sha256, size, feed, now, this_process()))
-            return BeginResult(self._file(conn, file_id), "new")
+    _text = staticmethod(text)
 
     @staticmethod
-    def _insert_id(conn: Connection, sql: str, params: Sequence[Any]) -> int:
-        row = conn.execute(sql, params).fetchone()
+    def _texts(rows: list[tuple[Any, ...]], columns: tuple[int, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(text(value) if index in columns else value for index, value in enumerate(row))
+                for row in rows]
+
+    # -- what PostgreSQL does its own way
+
+    SQL_MARK_ALREADY_ACCEPTED = SQL_MARK_ALREADY_ACCEPTED
+    SQL_MARK_REPEATED_IN_FILE = SQL_MARK_REPEATED_IN_FILE
+    SQL_DELETE_EVENTS_OF_FILE = SQL_DELETE_EVENTS_OF_FILE
+    # SKIP LOCKED: a request another taker has just locked is not waited for, and once that
+    # taker commits it is no longer waiting: two takers never get the same request
+    SQL_TAKE_LOCK = " FOR UPDATE SKIP LOCKED"
+
+    def _lock_content(self, conn: SqlConnection, feed: str, sha256: str) -> None:
+        # instances on several hosts: registrations of one content wait for each other
+        conn.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_CLASS, f"{feed}\n{sha256}"))
+
+    def _lock_file(self, conn: SqlConnection, file_id: int) -> None:
+        # READ COMMITTED: another instance could record a result between the check and the delete
+        conn.execute("SELECT 1 FROM files WHERE id = ? FOR UPDATE", (file_id,))
+
+    def _insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
+        row = conn.execute(f"{sql} RETURNING id", params).fetchone()  # psycopg has no lastrowid
         assert row is not None  # RETURNING id of an INSERT that inserts
         return int(row[0])
 
-    def mark_recorded(self, file_id: int) -> None:
-        with self._write("mark the file recorded") as conn:
-            conn.execute("UPDATE files SET recorded_at = coalesce(recorded_at, %s) WHERE id = %s",
-                         (self._now(), file_id))
-
-    def finish_file(self, file_id: int, state: Literal[FileState.DONE, FileState.ERROR, "done", "error"],
-                    error: str | None = None) -> FileRecord:
-        """See ``Journal.finish_file``."""
-        if state not in (FileState.DONE, FileState.ERROR):
-            raise ValueError(f"a file finishes as done or error, not {str(state)!r}")
-        now = self._now()
-        with self._write("finish the file") as conn:
-            if state == FileState.ERROR:
-                conn.execute("UPDATE events SET state = 'not_sent', message = %s, updated_at = %s"
-                             " WHERE file_id = %s AND state = 'pending'", (text(not_sent_message(error)), now, file_id))
-            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
-            if state == FileState.DONE and counts[EventState.PENDING]:
-                raise JournalMisuse(f"file #{file_id}: {counts['pending']} events still pending")
-            changed = conn.execute(
-                f"UPDATE files SET state = %s, finished_at = %s, error = %s, {_SET_COUNTS} WHERE id = %s",
-                (str(state), now, text(error), *(counts[o] for o in OUTCOMES), file_id)).rowcount
-            if not changed:
-                raise JournalMisuse(f"no file #{file_id}")
-        return self.get_file(file_id)
-
-    def refresh_counts(self, file_id: int) -> FileRecord:
-        with self._write("update the file's counts") as conn:
-            counts = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (file_id,)).fetchall())
-            conn.execute(f"UPDATE files SET {_SET_COUNTS} WHERE id = %s", (*(counts[o] for o in OUTCOMES), file_id))
-        return self.get_file(file_id)
-
-    def finished_as(self, feed: str, sha256: str, name: str) -> FileRecord | None:
-        rows = self._read("SELECT id, state FROM files WHERE feed = %s AND sha256 = %s AND name = %s"
-                          " ORDER BY id DESC LIMIT 1", (feed, sha256, name), "look the file up")
-        return self.get_file(rows[0][0]) if rows and rows[0][1] in FILE_FINAL_STATES else None
-
-    def unfinished_named(self, feed: str, name: str) -> FileRecord | None:
-        rows = self._read("SELECT id FROM files WHERE feed = %s AND name = %s AND state = 'processing'"
-                          " ORDER BY id DESC LIMIT 1", (feed, name), "look the file up")
-        return self.get_file(rows[0][0]) if rows else None
-
-    def set_mapping_version(self, file_id: int, version: str) -> None:
-        with self._write("note the mapping version") as conn:
-            conn.execute("UPDATE files SET mapping_version = %s WHERE id = %s", (version, file_id))
-
-    def sent_any(self, file_id: int) -> bool:
-        return bool(self._read(SQL_SENT_ANY, (file_id,), "read the events"))
-
-    def restart_recording(self, file_id: int, version: str) -> None:
-        """See ``Journal.restart_recording``."""
-        with self._write("start the file's recording over") as conn:
-            conn.execute("SELECT 1 FROM files WHERE id = %s FOR UPDATE", (file_id,))  # no result recorded meanwhile
-            if conn.execute(SQL_SENT_ANY, (file_id,)).fetchone() is not None:
-                raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
-            conn.execute("DELETE FROM events WHERE file_id = %s", (file_id,))
-            conn.execute("UPDATE files SET recorded_at = NULL, mapping_version = %s WHERE id = %s", (version, file_id))
-
-    def add_note(self, file_id: int, note: str) -> None:
-        with self._write("note on the file") as conn:
-            conn.execute("UPDATE files SET note = CASE WHEN note IS NULL THEN %s ELSE note || ' ' || %s END"
-                         " WHERE id = %s", (text(note), text(note), file_id))
-
-    def set_finish_problem(self, file_id: int, problem: str | None) -> None:
-        with self._write("note the finishing problem") as conn:
-            conn.execute("UPDATE files SET finish_problem = %s WHERE id = %s", (text(problem), file_id))
-
-    def set_filtered(self, file_id: int, filtered: int) -> None:
-        with self._write("note the filtered records") as conn:
-            conn.execute("UPDATE files SET n_filtered = %s WHERE id = %s", (filtered, file_id))
-
-    # -- attempts on a file in processing/
-
-    def count_file_attempt(self, feed: str, name: str, error: str) -> int:
-        with self._write("count the file's attempt") as conn:
-            row = conn.execute(
-                "INSERT INTO file_attempts (feed, name, attempts, last_error, updated_at)"
-                " VALUES (%s, %s, 1, %s, %s) ON CONFLICT (feed, name) DO UPDATE SET"
-                " attempts = file_attempts.attempts + 1, last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at RETURNING attempts",
-                (feed, name, text(error), self._now())).fetchone()
-            assert row is not None  # RETURNING of an upsert
-            return int(row[0])
-
-    def clear_file_attempts(self, feed: str, name: str) -> None:
-        with self._write("clear the file's attempts") as conn:
-            conn.execute("DELETE FROM file_attempts WHERE feed = %s AND name = %s", (feed, name))
-
-    def prune(self, finished_before: datetime, batch_rows: int = 20_000) -> tuple[int, int]:
-        """See ``Journal.prune``."""
-        if finished_before.tzinfo is None:
-            raise ValueError("journal times must be timezone-aware")
-        file_ids = [row[0] for row in self._read(SQL_PRUNABLE_FILES, (finished_before,), "prune it")]
-        events = 0
-        for file_id in file_ids:
-            while True:
-                with self._write("prune it") as conn:
-                    deleted = conn.execute(SQL_DELETE_EVENTS_OF_FILE, (file_id, file_id, batch_rows)).rowcount
-                    events += deleted
-                    if deleted < batch_rows:
-                        conn.execute("UPDATE files SET original_id = NULL WHERE original_id = %s", (file_id,))
-                        conn.execute("DELETE FROM files WHERE id = %s", (file_id,))
-                        break
-        with self._write("prune it") as conn:  # finished retry requests and notifications: as long as files
-            conn.execute("DELETE FROM retry_requests WHERE state IN ('done', 'failed') AND finished_at < %s",
-                         (finished_before,))
-            # a notification said long ago is not said again: its due time or file is long gone
-            conn.execute("DELETE FROM notifications WHERE state <> 'pending' AND updated_at < %s",
-                         (finished_before,))
-        return len(file_ids), events
-
-    def get_file(self, file_id: int) -> FileRecord:
-        with self._unavailable_as("read the file's record"), self._pool.connection() as conn:
-            return self._file(conn, file_id)
-
-    @staticmethod
-    def _file(conn: Connection, file_id: int) -> FileRecord:
-        row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = %s", (file_id,)).fetchone()
-        if row is None:
-            raise JournalMisuse(f"no file #{file_id}")
-        return PgJournal._live(conn, file_from_row(row))
-
-    @staticmethod
-    def _live(conn: Connection, record: FileRecord) -> FileRecord:
-        if record.state == FileState.PROCESSING:  # stored counts are set at finish; show live ones
-            live = counts_from_rows(conn.execute(SQL_COUNT_BY_STATE, (record.id,)).fetchall())
-            record = replace(record, counts=live)
-        return record
-
-    def recent_files(self, limit: int = 20, feed: str | None = None) -> list[FileRecord]:
-        where, params = ("WHERE feed = %s", (feed, limit)) if feed is not None else ("", (limit,))
-        with self._unavailable_as("read the recent files"), self._pool.connection() as conn:
-            ids = [row[0] for row in conn.execute(
-                f"SELECT id FROM files {where} ORDER BY id DESC LIMIT %s", params)]
-            return [self._file(conn, file_id) for file_id in ids]
-
-    def file_counts(self, file_id: int) -> dict[str, int]:
-        return counts_from_rows(self._read(SQL_COUNT_BY_STATE, (file_id,)))
-
-    # -- events
-
-    def record_events(self, file_id: int, events: Iterable[NewEvent | ValidEvents]) -> int:
-        """See ``Journal.record_events``: one transaction, idempotent per line, duplicates marked."""
-        now = self._now()
-        params = events_insert_params(file_id, events, now.isoformat())
-        if not params:
-            return 0
-        lines = [p[1] for p in params]
+    def _insert_events(self, conn: SqlConnection, file_id: int, params: list[tuple[Any, ...]], now: Any) -> int:
+        # one statement over columns (unnest) instead of a statement per row: one round trip
         # by column: line, event_id, usageplacecode, status, payload, state, message, errors
         columns: list[list[Any]] = [list(column) for column in zip(*(p[1:9] for p in params))]
         columns[5] = [str(state) for state in columns[5]]
         for index in (1, 2, 3, 6, 7):  # event id, usage place code, status, message, errors: from the input
             columns[index] = [text(value) for value in columns[index]]
-        with self._write("record events") as conn:
-            inserted = conn.execute(SQL_INSERT_EVENTS, (file_id, now, *columns)).rowcount
-            self._mark_duplicates(conn, file_id, min(lines), max(lines), now)
-        return inserted
-
-    def mark_duplicates(self, file_id: int) -> int:
-        with self._write("mark duplicate events") as conn:
-            return self._mark_duplicates(conn, file_id, None, None, self._now())
-
-    @staticmethod
-    def _mark_duplicates(conn: Connection, file_id: int, first: int | None, last: int | None, now: datetime) -> int:
-        bounds = {"file_id": file_id, "now": now,
-                  "first": -(2**63) if first is None else first,
-                  "last": 2**63 - 1 if last is None else last}
-        marked = conn.execute(SQL_MARK_ALREADY_ACCEPTED, bounds).rowcount
-        return marked + conn.execute(SQL_MARK_REPEATED_IN_FILE, bounds).rowcount
-
-    def to_send(self, file_id: int, include_failed: bool = False) -> Iterator[EventRecord]:
-        """See ``Journal.to_send``."""
-        self.mark_duplicates(file_id)
-        states = [str(state) for state in (SENDABLE_STATES if include_failed else (EventState.PENDING,))]
-        return self._paged_events(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = %s AND state = ANY(%s)"
-            " AND line > %s ORDER BY line LIMIT %s", (file_id, states))
-
-    def file_events(self, file_id: int) -> Iterator[EventRecord]:
-        return self._paged_events(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE file_id = %s AND line > %s ORDER BY line LIMIT %s",
-            (file_id,))
-
-    def _paged_events(self, sql: str, params: tuple[Any, ...]) -> Iterator[EventRecord]:
-        # keyset pagination on line, one pooled connection per page: results recorded while a
-        # caller walks a large file do not disturb it
-        after = -(2**63)
-        while True:
-            rows = self._read(sql, (*params, after, PAGE_SIZE), "read the events")
-            yield from (event_from_row(row) for row in rows)
-            if len(rows) < PAGE_SIZE:
-                return
-            after = rows[-1][1]
-
-    def failed_events(self, file_id: int | None = None) -> list[EventRecord]:
-        where, params = ("AND file_id = %s", (file_id,)) if file_id is not None else ("", ())
-        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE state = 'failed' {where}"
-                          " ORDER BY file_id, line", params, "read the failed events")
-        return [event_from_row(row) for row in rows]
-
-    # -- queries of the console
-
-    def events_page(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None,
-                    offset: int = 0, limit: int = 100) -> list[EventRecord]:
-        """See ``JournalStore.events_page``."""
-        first, page, params = events_page_sql(states, search, "%s")
-        with self._unavailable_as("read a page of the file's events"), self._pool.connection() as conn:
-            start = conn.execute(first, (file_id, *params, max(0, offset))).fetchone()
-            if start is None:
-                return []
-            rows = conn.execute(page, (file_id, *params, start[0], limit)).fetchall()
-        return [event_from_row(row) for row in rows]
-
-    def count_events(self, file_id: int, *, states: Sequence[str] = (), search: str | None = None) -> int:
-        where, params = events_filter(states, search, "%s")
-        rows = self._read(f"SELECT count(*) FROM events WHERE file_id = %s{where}", (file_id, *params),
-                          "count the file's events")
-        return int(rows[0][0])
-
-    def failed_by_feed(self) -> dict[str, int]:
-        return {feed: number for feed, number in self._read(SQL_FAILED_BY_FEED, (), "count the failed events")}
-
-    def files_since(self, since: datetime, limit: int = 500) -> list[FileRecord]:
-        with self._unavailable_as("read the recent files"), self._pool.connection() as conn:
-            rows = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE started_at >= %s ORDER BY id DESC LIMIT %s",
-                                (since, limit)).fetchall()
-            return [self._live(conn, file_from_row(row)) for row in rows]
-
-    # -- results
-
-    def record_results(self, results: Iterable[Result]) -> int:
-        """See ``Journal.record_results``: one transaction, applied in order (a later result for
-        a line that an earlier one finished does not apply); returns how many applied."""
-        now = self._now()
-        params = [result_params(result, now.isoformat()) for result in results]
-        if not params:
-            return 0
-        # executemany: one pipeline of statements run in order, rowcount their sum
-        with self._write("record delivery results") as conn, conn.cursor() as cursor:
-            cursor.executemany(SQL_RECORD_RESULT, [(one[0], one[1], text(one[2]), text(one[3]), text(one[4]),
-                                                    one[5], now, *one[7:]) for one in params])
-            return cursor.rowcount
-
-    # -- retry requests (see JournalStore)
-
-    def add_retry_request(self, feed: str, file_id: int | None, requested_by: str) -> RetryRequest:
-        with self._write("record the retry request") as conn:
-            row = conn.execute(
-                "INSERT INTO retry_requests (feed, file_id, requested_by, requested_at, state)"
-                f" VALUES (%s, %s, %s, %s, 'waiting') RETURNING {RETRY_COLUMNS}",
-                (feed, file_id, text(requested_by), self._now())).fetchone()
-            assert row is not None  # RETURNING of an INSERT
-            return retry_request_from_row(row)
-
-    def take_retry_request(self, feed: str, taken_by: str) -> RetryRequest | None:
-        # SKIP LOCKED: a request another taker has just locked is not waited for, and once that
-        # taker commits it is no longer waiting: two takers never get the same request
-        with self._write("take a retry request") as conn:
-            row = conn.execute(
-                "UPDATE retry_requests SET state = 'running', taken_by = %s, started_at = %s, message = NULL"
-                " WHERE id = (SELECT id FROM retry_requests WHERE feed = %s AND state = 'waiting'"
-                f" ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {RETRY_COLUMNS}",
-                (text(taken_by), self._now(), feed)).fetchone()
-            return None if row is None else retry_request_from_row(row)
-
-    def requeue_retry_requests(self, feed: str, message: str | None = None) -> int:
-        with self._write("put retry requests back") as conn:
-            return conn.execute("UPDATE retry_requests SET state = 'waiting', taken_by = NULL, started_at = NULL,"
-                                " message = %s WHERE feed = %s AND state = 'running'", (text(message), feed)).rowcount
-
-    def finish_retry_request(self, request_id: int, state: Literal[RetryState.DONE, RetryState.FAILED],
-                             counts: Mapping[str, int] | None = None,
-                             files: Sequence[Mapping[str, Any]] | None = None,
-                             message: str | None = None) -> RetryRequest:
-        if state not in RETRY_FINAL_STATES:
-            raise ValueError(f"a retry request finishes as done or failed, not {str(state)!r}")
-        counts_json, files_json = retry_result_json(counts, files)
-        with self._write("finish the retry request") as conn:
-            row = conn.execute(
-                "UPDATE retry_requests SET state = %s, finished_at = %s, counts = %s, files = %s, message = %s"
-                f" WHERE id = %s AND state = 'running' RETURNING {RETRY_COLUMNS}",
-                (RetryState(state).value, self._now(), counts_json, text(files_json), text(message),
-                 request_id)).fetchone()
-            if row is None:
-                raise JournalMisuse(f"retry request #{request_id} is not running")
-            return retry_request_from_row(row)
-
-    def get_retry_request(self, request_id: int) -> RetryRequest:
-        rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests WHERE id = %s", (request_id,),
-                          "read the retry request")
-        if not rows:
-            raise JournalMisuse(f"no retry request #{request_id}")
-        return retry_request_from_row(rows[0])
-
-    def retry_requests(self, *, feed: str | None = None, file_id: int | None = None,
-                       states: Iterable[RetryState | str] | None = None, limit: int = 20) -> list[RetryRequest]:
-        where: list[str] = []
-        params: list[Any] = []
-        if feed is not None:
-            where.append("feed = %s")
-            params.append(feed)
-        if file_id is not None:
-            where.append("file_id = %s")
-            params.append(file_id)
-        words = retry_states(states)
-        if words is not None:
-            where.append("state = ANY(%s)")
-            params.append(words)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(f"SELECT {RETRY_COLUMNS} FROM retry_requests {clause} ORDER BY id DESC LIMIT %s",
-                          (*params, limit), "read the retry requests")
-        return [retry_request_from_row(row) for row in rows]
-
-    # -- notifications
-
-    def claim_notification(self, feed: str, kind: str, subject: str, message: str, state: str) -> bool:
-        now = self._now()
-        with self._write("record a notification") as conn:
-            return conn.execute(
-                "INSERT INTO notifications (feed, kind, subject, message, state, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (feed, kind, subject) DO NOTHING",
-                (feed, kind, subject, text(message), state, now, now)).rowcount == 1
-
-    def finish_notification(self, feed: str, kind: str, subject: str, state: str, attempts: int,
-                            error: str | None) -> None:
-        with self._write("record a notification's result") as conn:
-            conn.execute("UPDATE notifications SET state = %s, attempts = attempts + %s, last_error = %s,"
-                         " updated_at = %s WHERE feed = %s AND kind = %s AND subject = %s",
-                         (state, attempts, None if error is None else text(error), self._now(), feed, kind, subject))
-
-    def stale_notifications(self, feed: str, claimed_before: datetime) -> list[tuple[str, str, str]]:
-        rows = self._read("SELECT kind, subject, message FROM notifications WHERE feed = %s AND state = 'pending'"
-                          " AND updated_at < %s ORDER BY created_at", (feed, claimed_before))
-        return [(str(kind), str(subject), str(message)) for kind, subject, message in rows]
+        return conn.execute(SQL_INSERT_EVENTS, (file_id, now, *columns)).rowcount

@@ -21,7 +21,8 @@ The interface (``LeaseStore``) is small on purpose; a backend keeps two tables:
 Times are unix seconds by the *store's* clock (SQLite: the host's, the only one that can
 share the file; a shared server should use its own ``now()``), so callers pass durations,
 never instants. ``SqliteLeaseStore`` keeps both tables in the journal's own SQLite file, so the
-processes of one host that share a journal share its leases.
+processes of one host that share a journal share its leases; ``SqlLeaseStore`` holds what it and
+the PostgreSQL store (batch.store.leases_pg) do alike.
 
 ``journal_id`` names the journal a store belongs to: the lease marker an instance keeps in
 the inbox (batch.inbox.base.LeaseMarker) carries it, so that an instance with *another*
@@ -38,15 +39,15 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from batch.config.journal import PostgresJournal
 from batch.errors import TransientError
-from batch.store.journal import JournalUnavailable
+from batch.store.journal import JournalUnavailable, SqlConnection, immediate_transaction
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -155,6 +156,134 @@ class LeaseStore(abc.ABC):
         """Release the connection. Idempotent."""
 
 
+# --------------------------------------------------------------------------- SQL (both backends)
+
+#: Is (holder, epoch) the feed's current token?
+SQL_CURRENT = "SELECT 1 FROM leases WHERE feed = ? AND holder = ? AND epoch = ?"
+INSTANCES_KEPT_SECONDS = 7 * 86400.0  # rows of instances not seen for this long are removed
+
+
+class SqlLeaseStore(LeaseStore):
+    """What both SQL lease stores do alike: every method's steps and statements, written once
+    with SQLite's parameter marks (batch.store.journal.SqlJournal's, which the PostgreSQL store's
+    connection translates). A backend supplies the connection (``_write``, ``_reading``,
+    ``_statements``), its clock (``_now``) and its dialect (the attributes below)."""
+
+    #: Run by ``fence`` inside a journal write: ``SQL_CURRENT``, or a form of it that keeps a
+    #: takeover from committing before the write does.
+    SQL_FENCE: str
+    #: What ``acquire``'s SELECT of the feed's row ends with (a lock on the row, where needed).
+    SQL_LOCK_ROW: str
+
+    @abc.abstractmethod
+    def _write(self, operation: str) -> AbstractContextManager[SqlConnection]:
+        """One write transaction (JournalUnavailable naming ``operation`` on a fault)."""
+
+    @abc.abstractmethod
+    def _reading(self, operation: str) -> AbstractContextManager[SqlConnection]:
+        """A connection to read with (JournalUnavailable naming ``operation`` on a fault)."""
+
+    @abc.abstractmethod
+    def _statements(self, journal_connection: Any) -> SqlConnection:
+        """The journal's own connection (a fence's argument), running this module's statements."""
+
+    @abc.abstractmethod
+    def _now(self, conn: SqlConnection) -> float:
+        """Now, in unix seconds, by the store's clock."""
+
+    @staticmethod
+    def _create_tables(conn: SqlConnection, schema: Sequence[str]) -> str:
+        """Create the tables (if not there) and the journal's id (once); returns that id."""
+        for statement in schema:
+            conn.execute(statement)
+        row = conn.execute("SELECT id FROM lease_journal").fetchone()
+        if row is None:
+            row = (secrets.token_hex(8),)
+            conn.execute("INSERT INTO lease_journal (id) VALUES (?)", row)
+        return str(row[0])
+
+    # -- instances
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        with self._write("note the instance's heartbeat") as conn:
+            now = self._now(conn)
+            conn.execute(
+                "INSERT INTO instances (name, host, pid, started_at, seen_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                " seen_at = excluded.seen_at, stopped_at = NULL",
+                (instance.name, instance.host, instance.pid, instance.started_at, now))
+            conn.execute("DELETE FROM instances WHERE seen_at < ?", (now - INSTANCES_KEPT_SECONDS,))
+
+    def instance_stopped(self, name: str) -> None:
+        with self._write("note the instance stopped") as conn:
+            conn.execute("UPDATE instances SET stopped_at = ? WHERE name = ?", (self._now(conn), name))
+
+    def instances(self, within: float) -> list[InstanceInfo]:
+        with self._reading("read the instances") as conn:
+            rows = conn.execute("SELECT name, host, pid, started_at, seen_at, stopped_at FROM instances"
+                                " WHERE seen_at > ? ORDER BY name", (self._now(conn) - within,)).fetchall()
+        return [InstanceInfo(*row) for row in rows]
+
+    # -- leases
+
+    def acquire(self, feed: str, holder: str, seconds: float, *, take_from: str | None = None) -> Lease | None:
+        with self._write("take the feed's lease") as conn:
+            # a feed's row is made on first use (epoch 0, expired), so that there is a row to lock
+            conn.execute("INSERT INTO leases (feed, holder, epoch, expires_at, acquired_at)"
+                         " VALUES (?, '', 0, 0, 0) ON CONFLICT (feed) DO NOTHING", (feed,))
+            row = conn.execute(f"SELECT holder, epoch, expires_at FROM leases WHERE feed = ?{self.SQL_LOCK_ROW}",
+                               (feed,)).fetchone()
+            assert row is not None
+            current, epoch, expires_at = row
+            now = self._now(conn)  # after the row lock: a taker that waited sees the time it acts
+            if expires_at > now and current not in (holder, take_from):
+                return None
+            epoch += 1
+            conn.execute("UPDATE leases SET holder = ?, epoch = ?, expires_at = ?, acquired_at = ?"
+                         " WHERE feed = ?", (holder, epoch, now + seconds, now, feed))
+        return Lease(feed, holder, epoch, now + seconds, now)
+
+    def renew(self, lease: Lease, seconds: float) -> Lease:
+        with self._write("renew the feed's lease") as conn:
+            now = self._now(conn)
+            changed = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE feed = ? AND holder = ? AND epoch = ?",
+                (now + seconds, lease.feed, lease.holder, lease.epoch)).rowcount
+            if not changed:
+                raise LeaseLost(lease.feed, self._why_lost(conn, lease))
+        return Lease(lease.feed, lease.holder, lease.epoch, now + seconds, lease.acquired_at)
+
+    def release(self, lease: Lease) -> None:
+        with self._write("release the feed's lease") as conn:
+            conn.execute("UPDATE leases SET expires_at = ? WHERE feed = ? AND holder = ? AND epoch = ?",
+                         (self._now(conn), lease.feed, lease.holder, lease.epoch))
+
+    def check(self, lease: Lease) -> None:
+        with self._reading("check the feed's lease") as conn:
+            if conn.execute(SQL_CURRENT, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
+                raise LeaseLost(lease.feed, self._why_lost(conn, lease))
+
+    def fence(self, lease: Lease) -> Callable[[Any], None]:
+        def check_in_transaction(journal_connection: Any) -> None:
+            conn = self._statements(journal_connection)
+            if conn.execute(self.SQL_FENCE, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
+                raise LeaseLost(lease.feed, self._why_lost(conn, lease) + "; the journal write was refused")
+        return check_in_transaction
+
+    @staticmethod
+    def _why_lost(conn: SqlConnection, lease: Lease) -> str:
+        row = conn.execute("SELECT holder, epoch FROM leases WHERE feed = ?", (lease.feed,)).fetchone()
+        if row is None or row[1] == 0:
+            return f"no lease row (held as epoch {lease.epoch})"
+        return f"held as epoch {lease.epoch} by {lease.holder}; now epoch {row[1]} of {row[0]}"
+
+    def leases(self) -> list[Lease]:
+        with self._reading("read the leases") as conn:
+            rows = conn.execute("SELECT feed, holder, epoch, expires_at, acquired_at FROM leases"
+                                " WHERE epoch > 0 ORDER BY feed").fetchall()
+        return [Lease(*row) for row in rows]
+
+
 # --------------------------------------------------------------------------- SQLite
 
 # Created with CREATE TABLE IF NOT EXISTS rather than in the journal's versioned migrations:
@@ -183,15 +312,17 @@ _SQLITE_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS lease_journal (id TEXT NOT NULL)",
 )
 
-SQL_FENCE = "SELECT 1 FROM leases WHERE feed = ? AND holder = ? AND epoch = ?"
-INSTANCES_KEPT_SECONDS = 7 * 86400.0  # rows of instances not seen for this long are removed
 
-
-class SqliteLeaseStore(LeaseStore):
+class SqliteLeaseStore(SqlLeaseStore):
     """Leases in the journal's SQLite file (its own connection; WAL, as the journal sets it).
 
     After a fault of the file (I/O error, read-only disk) the connection is closed at once, so
     that the disk can be unmounted and repaired, and opened again on the next call."""
+
+    # A write transaction (BEGIN IMMEDIATE) is the file's one writer: a journal write's fence
+    # and a takeover cannot interleave, and two takers take turns; nothing to lock.
+    SQL_FENCE = SQL_CURRENT
+    SQL_LOCK_ROW = ""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -203,13 +334,7 @@ class SqliteLeaseStore(LeaseStore):
         self._connect(self.path)
         try:
             with self._write("create the lease tables") as conn:
-                for statement in _SQLITE_SCHEMA:
-                    conn.execute(statement)
-                row = conn.execute("SELECT id FROM lease_journal").fetchone()
-                if row is None:
-                    row = (secrets.token_hex(8),)
-                    conn.execute("INSERT INTO lease_journal (id) VALUES (?)", row)
-                self.journal_id = str(row[0])
+                self.journal_id = self._create_tables(conn, _SQLITE_SCHEMA)
         except BaseException:
             self.close()
             raise
@@ -231,19 +356,17 @@ class SqliteLeaseStore(LeaseStore):
 
     @contextmanager
     def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._unavailable_as(operation), immediate_transaction(self._connection) as conn:
+            yield conn
+
+    @contextmanager
+    def _reading(self, operation: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._unavailable_as(operation):
-            conn = self._connection
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+            yield self._connection
+
+    @staticmethod
+    def _statements(journal_connection: Any) -> sqlite3.Connection:
+        return cast(sqlite3.Connection, journal_connection)  # the journal's: it runs them as they are
 
     @contextmanager
     def _unavailable_as(self, operation: str) -> Iterator[None]:
@@ -253,86 +376,8 @@ class SqliteLeaseStore(LeaseStore):
             self.close()  # let go of the file: the next call opens it again
             raise JournalUnavailable(self.path, operation, error) from error
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock, self._unavailable_as("read the leases"):
-            return self._connection.execute(sql, params).fetchall()
-
-    # -- instances
-
-    def heartbeat(self, instance: InstanceInfo) -> None:
-        now = self.clock()
-        with self._write("note the instance's heartbeat") as conn:
-            conn.execute(
-                "INSERT INTO instances (name, host, pid, started_at, seen_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                " seen_at = excluded.seen_at, stopped_at = NULL",
-                (instance.name, instance.host, instance.pid, instance.started_at, now))
-            conn.execute("DELETE FROM instances WHERE seen_at < ?", (now - INSTANCES_KEPT_SECONDS,))
-
-    def instance_stopped(self, name: str) -> None:
-        with self._write("note the instance stopped") as conn:
-            conn.execute("UPDATE instances SET stopped_at = ? WHERE name = ?", (self.clock(), name))
-
-    def instances(self, within: float) -> list[InstanceInfo]:
-        rows = self._read("SELECT name, host, pid, started_at, seen_at, stopped_at FROM instances"
-                          " WHERE seen_at > ? ORDER BY name", (self.clock() - within,))
-        return [InstanceInfo(*row) for row in rows]
-
-    # -- leases
-
-    def acquire(self, feed: str, holder: str, seconds: float, *, take_from: str | None = None) -> Lease | None:
-        now = self.clock()
-        with self._write("take the feed's lease") as conn:
-            row = conn.execute("SELECT holder, epoch, expires_at FROM leases WHERE feed = ?", (feed,)).fetchone()
-            if row is None:
-                epoch = 1
-                conn.execute("INSERT INTO leases (feed, holder, epoch, expires_at, acquired_at)"
-                             " VALUES (?, ?, ?, ?, ?)", (feed, holder, epoch, now + seconds, now))
-            else:
-                current, epoch, expires_at = row
-                if expires_at > now and current not in (holder, take_from):
-                    return None
-                epoch += 1
-                conn.execute("UPDATE leases SET holder = ?, epoch = ?, expires_at = ?, acquired_at = ?"
-                             " WHERE feed = ?", (holder, epoch, now + seconds, now, feed))
-            return Lease(feed, holder, epoch, now + seconds, now)
-
-    def renew(self, lease: Lease, seconds: float) -> Lease:
-        now = self.clock()
-        with self._write("renew the feed's lease") as conn:
-            changed = conn.execute("UPDATE leases SET expires_at = ? WHERE feed = ? AND holder = ? AND epoch = ?",
-                                   (now + seconds, lease.feed, lease.holder, lease.epoch)).rowcount
-            if not changed:
-                raise LeaseLost(lease.feed, self._why_lost(conn, lease))
-        return Lease(lease.feed, lease.holder, lease.epoch, now + seconds, lease.acquired_at)
-
-    def release(self, lease: Lease) -> None:
-        with self._write("release the feed's lease") as conn:
-            conn.execute("UPDATE leases SET expires_at = ? WHERE feed = ? AND holder = ? AND epoch = ?",
-                         (self.clock(), lease.feed, lease.holder, lease.epoch))
-
-    def check(self, lease: Lease) -> None:
-        with self._lock, self._unavailable_as("check the feed's lease"):
-            conn = self._connection
-            if conn.execute(SQL_FENCE, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
-                raise LeaseLost(lease.feed, self._why_lost(conn, lease))
-
-    def fence(self, lease: Lease) -> Callable[[Any], None]:
-        def check_in_transaction(conn: sqlite3.Connection) -> None:
-            if conn.execute(SQL_FENCE, (lease.feed, lease.holder, lease.epoch)).fetchone() is None:
-                raise LeaseLost(lease.feed, self._why_lost(conn, lease) + "; the journal write was refused")
-        return check_in_transaction
-
-    @staticmethod
-    def _why_lost(conn: sqlite3.Connection, lease: Lease) -> str:
-        row = conn.execute("SELECT holder, epoch FROM leases WHERE feed = ?", (lease.feed,)).fetchone()
-        if row is None:
-            return f"no lease row (held as epoch {lease.epoch})"
-        return f"held as epoch {lease.epoch} by {lease.holder}; now epoch {row[1]} of {row[0]}"
-
-    def leases(self) -> list[Lease]:
-        rows = self._read("SELECT feed, holder, epoch, expires_at, acquired_at FROM leases ORDER BY feed")
-        return [Lease(*row) for row in rows]
+    def _now(self, conn: SqlConnection) -> float:
+        return self.clock()  # the host's: only its processes share the file
 
     def close(self) -> None:
         with self._lock:
