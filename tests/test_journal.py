@@ -928,6 +928,24 @@ def test_pg_a_lost_server_is_journal_unavailable_and_nothing_is_lost(pg_store: P
         assert journal.finish_file(file_id, "done").counts["accepted"] == 2
 
 
+@pytest.mark.slow
+def test_pg_reopen_connects_as_soon_as_the_server_is_back_after_a_long_outage(pg_store: PgStore) -> None:
+    """Down for 16 s, the pool's own refills back off (1, 2, 4, 8, 16 s): reopen() must not wait for
+    the next one (it did, past its 5 s timeout, when it asked the old pool for a connection)."""
+    cluster = pg_store.database.cluster
+    with pg_store.open() as journal:
+        file_id = new_file(journal)
+        cluster.stop()
+        try:
+            with pytest.raises(JournalUnavailable):
+                journal.get_file(file_id)  # the pool finds its connection broken and starts refilling
+            time.sleep(16)
+        finally:
+            cluster.start()
+        journal.reopen()  # within its 5 s: the old pool's next refill was some 14 s away
+        assert journal.get_file(file_id).id == file_id
+
+
 def test_pg_a_server_that_is_down_at_start_is_journal_unavailable(pg_store: PgStore) -> None:
     cluster = pg_store.database.cluster
     cluster.stop()

@@ -308,12 +308,16 @@ class PgConnections:
         if password is not None:
             kwargs["password"] = password
         self._kwargs = kwargs
+        self._max_size, self._pool_name = max(1, max_connections), pool_name
         with self.unavailable_as(operation), psycopg.connect(conninfo, **kwargs) as conn, conn.transaction():
             setup(conn)
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            conninfo, kwargs=kwargs, min_size=1, max_size=max(1, max_connections), open=False,
-            check=ConnectionPool.check_connection, timeout=timeout_s, name=pool_name)
+        self._pool = self._new_pool()
         self._pool.open(wait=False)
+
+    def _new_pool(self) -> ConnectionPool[Connection]:
+        return ConnectionPool(self.location, kwargs=self._kwargs, min_size=1, max_size=self._max_size,
+                              open=False, check=ConnectionPool.check_connection, timeout=self.timeout_s,
+                              name=self._pool_name)
 
     @contextmanager
     def unavailable_as(self, operation: str) -> Iterator[None]:
@@ -348,11 +352,22 @@ class PgConnections:
 
     def reconnect(self, operation: str) -> None:
         """Drop the connections a lost server broke and connect again; JournalUnavailable
-        while the server still cannot be reached."""
-        with self.unavailable_as(operation):
-            self._pool.check()
-            with self._pool.connection(timeout=self.timeout_s) as conn:
-                conn.execute("SELECT 1")
+        while the server still cannot be reached.
+
+        A new pool, not the old one checked: while the server was down, the old pool's own
+        attempts to refill itself backed off (1, 2, 4, 8 s ...), and a caller asking it for a
+        connection waits for the next attempt however long ago the server came back. The old
+        pool is closed once the new one has a connection: a call still waiting on it fails as
+        the server's absence made it fail (JournalUnavailable), and is tried again."""
+        fresh = self._new_pool()
+        try:
+            with self.unavailable_as(operation):
+                fresh.open(wait=True, timeout=self.timeout_s)
+        except JournalUnavailable:
+            fresh.close()
+            raise
+        old, self._pool = self._pool, fresh
+        old.close(timeout=1.0)
 
     def close(self) -> None:
         self._pool.close()
