@@ -8,6 +8,7 @@ axes) goes to `etree.XPath`, where a default namespace needs an explicit prefix.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -162,6 +163,47 @@ def compile_row_extractor(
     namespace: dict[str, Any] = dict(constants)
     exec(compile("\n".join(source), "<xml row extractor>", "exec"), namespace)  # noqa: S102 - our own generated code
     return namespace["extract"]
+
+
+def row_plan(exprs: list[str], namespaces: dict[str, str], groups: list[tuple[str, list[str]]] | None = None) -> tuple:
+    """What compile_row_extractor reads, as data for the compiled reader (_xmlrows.Plan):
+    (slots, [(slot, own attribute)], [(slot, child tag, child attribute or None)],
+    [(slot, extractor of anything else)], [(slot, plain steps or None, finder or None, part plan)]).
+    The expressions are sorted exactly as compile_row_extractor sorts them."""
+    own: list[tuple[int, str]] = []
+    children: list[tuple[int, str, str | None]] = []
+    python: list[tuple[int, Extractor]] = []
+    for slot, expr in enumerate(exprs):
+        expr = expr.strip()
+        attribute = _ATTRIBUTE.fullmatch(expr)
+        child, attr = (None, None) if attribute else _direct_child(expr, namespaces)
+        if attribute:
+            own.append((slot, _attribute_name(attribute.group(1), namespaces)))
+        elif child is not None:
+            children.append((slot, child, attr))
+        else:
+            python.append((slot, compile_text_extractor(expr, namespaces)))
+    planned: list[tuple] = []
+    for number, (element, parts) in enumerate(groups or ()):
+        tags = _plain_steps(element, namespaces)
+        finder = None if tags is not None else compile_element_finder(element, namespaces)
+        planned.append((len(exprs) + number, tags, finder, row_plan(parts, namespaces)))
+    return (len(exprs) + len(planned), own, children, python, planned)
+
+
+def compiled_row_extractor(
+    exprs: list[str], namespaces: dict[str, str], groups: list[tuple[str, list[str]]] | None = None
+) -> Callable[[etree._Element], list] | None:
+    """compile_row_extractor's function read in C (batch/syntax/_xmlrows.pyx), or None when that
+    module is not built (PROTOTYPE: `cythonize -i`, see bench/README or the branch's report)."""
+    try:
+        compiled = importlib.import_module("batch.syntax._xmlrows")  # present only where it was built
+    except ImportError:
+        return None
+    try:
+        return compiled.RowExtractor(row_plan(exprs, namespaces, groups))
+    except ValueError:  # more values than it reads in one record
+        return None
 
 
 def _plain_steps(expr: str, namespaces: dict[str, str]) -> list[str] | None:

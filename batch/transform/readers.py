@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from lxml import etree
 
 from batch.errors import InputFileError
-from batch.syntax.xmlpaths import clark_steps, compile_row_extractor
+from batch.syntax.xmlpaths import clark_steps, compile_row_extractor, compiled_row_extractor
 from batch.transform.records import LISTED_NAMES, Chunk, XmlPlan, short_list
 
 if TYPE_CHECKING:
@@ -401,7 +401,10 @@ def _xml_chunks(
     steps = clark_steps(record_path, namespaces)
     record_tag = steps[-1][1]
     matches_path = path_matcher(steps)
-    extract = compile_row_extractor(plan.texts, namespaces, plan.groups)
+    # the compiled reader when it is built (batch/syntax/_xmlrows.pyx), the same values in Python when not
+    extract = compiled_row_extractor(plan.texts, namespaces, plan.groups) or compile_row_extractor(
+        plan.texts, namespaces, plan.groups
+    )
     columns = list(plan.texts) + [element for element, _ in plan.groups]
     blocks = _Blocks(stream, each_block)
     chunk = Chunk(columns)
