@@ -123,6 +123,7 @@ cdef class Plan:
     cdef list groups          # [(slot, [Name as (href, local)] steps, finder or None, Plan)]
     cdef Name** group_steps   # per group: its steps after the first
     cdef int* group_depth
+    cdef int n_steps          # group_steps entries allocated
     cdef list group_plans
     cdef list finder_groups   # [(slot, finder, Plan)]
     cdef bint needs_proxy     # Python slots read the lxml element
@@ -133,7 +134,7 @@ cdef class Plan:
         self.rules = NULL
         self.group_steps = NULL
         self.group_depth = NULL
-        self.n_own = self.n_rules = 0
+        self.n_own = self.n_rules = self.n_steps = 0
 
     def __dealloc__(self):
         cdef int i
@@ -141,7 +142,7 @@ cdef class Plan:
         free(self.own_slots)
         free(self.rules)
         if self.group_steps is not NULL:
-            for i in range(len(self.group_plans)):
+            for i in range(self.n_steps):
                 free(self.group_steps[i])
             free(self.group_steps)
         free(self.group_depth)
@@ -167,6 +168,9 @@ cdef class Plan:
         self.group_plans = []
         self.group_steps = <Name**>malloc(max(1, len(plain)) * sizeof(Name*))
         self.group_depth = <int*>malloc(max(1, len(plain)) * sizeof(int))
+        if (self.own is NULL or self.own_slots is NULL or self.rules is NULL or self.group_steps is NULL
+                or self.group_depth is NULL):
+            raise MemoryError()
         r = 0
         for slot, tag, attr in children:
             self.rules[r].kind = CHILD_TEXT if attr is None else CHILD_ATTR
@@ -182,6 +186,9 @@ cdef class Plan:
             self._name(steps[0], &self.rules[r].tag)
             self.group_depth[g] = len(steps) - 1
             self.group_steps[g] = <Name*>malloc(max(1, len(steps) - 1) * sizeof(Name))
+            if self.group_steps[g] is NULL:
+                raise MemoryError()
+            self.n_steps += 1
             for d, step in enumerate(steps[1:]):
                 self._name(step, &self.group_steps[g][d])
             self.group_plans.append(Plan(sub))
