@@ -1,4 +1,4 @@
-"""The compiled record reader (batch/syntax/_xmlrows.pyx, PROTOTYPE) against the Python
+"""The compiled record reader (batch/syntax/_xmlrows.pyx) against the Python
 extractor, on the ERP export of bench_mapping (issue 9).
 
     PYTHONPATH=$PWD python3 bench/bench_xmlrows.py [--records N]

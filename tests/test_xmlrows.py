@@ -1,4 +1,4 @@
-"""The compiled record reader (batch/syntax/_xmlrows.pyx, PROTOTYPE) gives exactly the values
+"""The compiled record reader (batch/syntax/_xmlrows.pyx) gives exactly the values
 the Python extractor (xmlpaths.compile_row_extractor) gives, which test_readers checks against
 lxml's own find/findall/XPath. Skipped when the extension is not built
 (`python3 setup.py build_ext --inplace`)."""

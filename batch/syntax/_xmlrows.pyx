@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A record's values read straight from libxml2's nodes (PROTOTYPE, issue 9).
+"""A record's values read straight from libxml2's nodes: the XML parser process's hot loop.
 
 xmlpaths.compile_row_extractor reads a record through lxml's Python API: one proxy object and
 one new tag string for each child element. This module walks the same nodes in C and gives the
