@@ -705,9 +705,11 @@ _SCHEMA_V5: tuple[str, ...] = (
 # Version 6: no digest of each payload. It served only to tell a duplicate "with different
 # content", which same_content now answers from the two payloads when an id comes again; making
 # one for every event cost a third of the serialising (bench/bench_mapping.py). Dropping the
-# column rewrites the events table once.
+# column rewrites the events table once. SQLite before 3.35 (Debian 11's 3.34) cannot drop a
+# column: there it stays, NULL in every row written since and read by nothing (every statement
+# names its columns).
 _SCHEMA_V6: tuple[str, ...] = (
-    "ALTER TABLE events DROP COLUMN payload_sha256",
+    ("ALTER TABLE events DROP COLUMN payload_sha256",) if sqlite3.sqlite_version_info >= (3, 35) else ()
 )
 
 #: MIGRATIONS[i] takes the schema from version i to version i + 1.
@@ -1084,8 +1086,8 @@ class SqlJournal(JournalStore):
 
     _fences: threading.local  # set_fence: a check per thread, run in every write
 
-    #: The duplicate marking statements (the backend's form of ``mark_already_accepted_sql`` and
-    #: ``SQL_MARK_REPEATED_IN_FILE``'s template), with SQLite's parameter marks.
+    #: The duplicate marking statements (``duplicate_marks`` filled in the backend's dialect),
+    #: with SQLite's parameter marks.
     SQL_MARK_ALREADY_ACCEPTED: str
     SQL_MARK_REPEATED_IN_FILE: str
     #: Delete up to ``:rows`` events of file ``:file_id`` (prune, a batch at a time).
