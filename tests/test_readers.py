@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from batch.config.mapping import CsvOptions, XmlOptions
 from batch.transform.readers import FileError, detect_encoding, read_csv, read_xml
 from batch.transform.records import XmlPlan
+from tests.fixtures_xml import xml_elements
 
 CANARY = "CANARY-7f3a9c0e-do-not-leak"
 
@@ -438,17 +439,9 @@ _PARTS = [["@id", "A"], [".", "B/@id"], ["inv:C"], []]
 
 
 def _xml_element(depth: int) -> st.SearchStrategy[str]:
-    text = st.one_of(st.none(), st.sampled_from(["", " x ", "y", "&amp;", "<![CDATA[c]]>z"]))
-    attributes = st.dictionaries(st.sampled_from(["id", "n", "inv:n"]), st.sampled_from(["1", "", "v"]), max_size=2)
-    children = st.lists(_xml_element(depth - 1), max_size=4) if depth > 0 else st.just([])
-    tail = st.sampled_from(["", "t", "<!-- c -->", "<?pi x?>"])
-
-    def render(parts) -> str:
-        tag, attrs, inner, kids, after = parts
-        attrs_text = "".join(f' {name}="{value}"' for name, value in attrs.items())
-        return f"<{tag}{attrs_text}>{inner or ''}{''.join(kids)}</{tag}>{after}"
-
-    return st.tuples(st.sampled_from(_TAGS), attributes, text, children, tail).map(render)
+    return xml_elements(depth, tags=_TAGS, texts=["", " x ", "y", "&amp;", "<![CDATA[c]]>z"],
+                        attribute_names=["id", "n", "inv:n"], values=["1", "", "v"],
+                        tails=["", "t", "<!-- c -->", "<?pi x?>"], max_attributes=2)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from lxml import etree
 
 from batch.syntax.xmlpaths import compile_row_extractor, compiled_row_extractor
 from batch.transform.readers import PARSER_OPTIONS
+from tests.fixtures_xml import xml_elements
 
 pytest.importorskip("batch.syntax._xmlrows")
 
@@ -28,19 +29,8 @@ _VALUES = ["1", "", "v", "a&amp;b", "&#10;x", "x&e;y"]
 
 
 def _xml_element(depth: int) -> st.SearchStrategy[str]:
-    text = st.one_of(st.none(), st.sampled_from(_TEXTS))
-    attributes = st.dictionaries(st.sampled_from(["id", "n", "inv:n", "u:id", "dflt"]), st.sampled_from(_VALUES),
-                                 max_size=3)
-    children = st.lists(_xml_element(depth - 1), max_size=4) if depth > 0 else st.just([])
-    tail = st.sampled_from(["", "t", "<!-- c -->", "<?pi x?>", "&e;"])
-
-    def render(parts) -> str:
-        tag, attrs, inner, kids, after = parts
-        attrs_text = "".join(f' {name}="{value}"' for name, value in attrs.items())
-        declare = ' xmlns=""' if tag == "N" else ""
-        return f"<{tag}{declare}{attrs_text}>{inner or ''}{''.join(kids)}</{tag}>{after}"
-
-    return st.tuples(st.sampled_from(_TAGS), attributes, text, children, tail).map(render)
+    return xml_elements(depth, tags=_TAGS, texts=_TEXTS, attribute_names=["id", "n", "inv:n", "u:id", "dflt"],
+                        values=_VALUES, tails=["", "t", "<!-- c -->", "<?pi x?>", "&e;"], max_attributes=3)
 
 
 # entities are declared in an internal subset here (the reader refuses a DOCTYPE, but the
