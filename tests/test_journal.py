@@ -24,7 +24,6 @@ import pytest
 from batch.errors import ExitStatus
 from batch.store import journal as journal_module
 from batch.store.journal import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     EventRecord,
     FileInProgress,
@@ -38,6 +37,7 @@ from batch.store.journal import (
     ResultOutcome,
     utc_now,
 )
+from tests.fixtures_journal import old_journal, old_pg_journal
 from tests.fixtures_pg import PgDatabase
 
 SHA_A = "a" * 64
@@ -733,10 +733,8 @@ def test_D14_file_in_error_gives_its_pending_events_not_sent_and_can_be_pruned(s
 
 
 def test_journal_schema_1_is_migrated_keeping_every_row(db: Path) -> None:
+    old_journal(db, 1)
     conn = sqlite3.connect(db, isolation_level=None)
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version=1")
     conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner)"
                  " VALUES (1, 'old.csv', 'aa', 1, 'feed', 'processing', '2026-01-01T00:00:00+00:00', 'h:1')")
     conn.execute("INSERT INTO events (file_id, line, event_id, state, attempts, updated_at)"
@@ -1087,11 +1085,8 @@ def test_the_filtered_count_is_a_number_of_the_file(store: Store) -> None:
 
 
 def test_sqlite_schema_2_is_migrated_an_old_error_becomes_one_error_with_its_message(db: Path) -> None:
+    old_journal(db, 2)
     conn = sqlite3.connect(db, isolation_level=None)
-    for steps in MIGRATIONS[:2]:
-        for statement in steps:
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version=2")
     conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner, note)"
                  " VALUES (1, 'old.csv', 'aa', 1, 'feed', 'done', '2026-01-01T00:00:00+00:00', 'h:1',"
                  " '5 records were filtered out by the mapping''s keep rule.')")
@@ -1116,13 +1111,10 @@ def test_sqlite_schema_2_is_migrated_an_old_error_becomes_one_error_with_its_mes
 
 
 def test_pg_schema_1_is_migrated_an_old_error_becomes_one_error_with_its_message(pg_database: PgDatabase) -> None:
-    from batch.store.journal_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION
+    from batch.store.journal_pg import PG_SCHEMA_VERSION
 
     with pg_database.connect() as conn:  # type: ignore[attr-defined]
-        for statement in PG_MIGRATIONS[0]:
-            conn.execute(statement)
-        conn.execute("CREATE TABLE journal_schema (version integer NOT NULL)")
-        conn.execute("INSERT INTO journal_schema (version) VALUES (1)")
+        old_pg_journal(conn, 1)
         conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner)"
                      " VALUES (1, 'old.csv', 'aa', 1, 'feed', 'done', now(), 'h:1')")
         conn.execute("INSERT INTO events (file_id, line, state, message, updated_at) VALUES"
@@ -1150,11 +1142,8 @@ OLD_DIGEST = hashlib.sha256(json.dumps(OLD_PAYLOAD, ensure_ascii=False, separato
 
 
 def test_sqlite_schema_5_loses_the_payload_digests_and_still_tells_a_repeat_by_its_content(db: Path) -> None:
+    old_journal(db, 5)
     conn = sqlite3.connect(db, isolation_level=None)
-    for steps in MIGRATIONS[:5]:
-        for statement in steps:
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version=5")
     conn.execute("INSERT INTO files (id, name, sha256, size, feed, state, started_at, owner)"
                  " VALUES (1, 'monday.csv', 'aa', 1, 'feed', 'done', '2026-01-01T00:00:00+00:00', 'h:1')")
     conn.execute("INSERT INTO events (file_id, line, event_id, payload, payload_sha256, state, updated_at)"
@@ -1171,14 +1160,8 @@ def test_sqlite_schema_5_loses_the_payload_digests_and_still_tells_a_repeat_by_i
 
 def test_pg_schema_4_loses_the_payload_digests_and_still_tells_a_repeat_by_its_content(
         pg_database: PgDatabase) -> None:
-    from batch.store.journal_pg import PG_MIGRATIONS
-
     with pg_database.connect() as conn:  # type: ignore[attr-defined]
-        for steps in PG_MIGRATIONS[:4]:
-            for statement in steps:
-                conn.execute(statement)
-        conn.execute("CREATE TABLE journal_schema (version integer NOT NULL)")
-        conn.execute("INSERT INTO journal_schema (version) VALUES (4)")
+        old_pg_journal(conn, 4)
         [first] = conn.execute("INSERT INTO files (name, sha256, size, feed, state, started_at, owner)"
                                " VALUES ('monday.csv', 'aa', 1, 'feed', 'done', now(), 'h:1') RETURNING id").fetchone()
         conn.execute("INSERT INTO events (file_id, line, event_id, payload, payload_sha256, state, updated_at)"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batch.store.journal import MIGRATIONS, SCHEMA_VERSION, Journal, JournalUnusable
+from batch.store.journal import SCHEMA_VERSION, Journal, JournalUnusable
+from tests.fixtures_journal import old_journal
 
 APICODE_ENV = "UPB_RO_TEST_APICODE"
 
@@ -114,16 +115,6 @@ def test_status_reads_an_immutable_journal_file_and_folder(tmp_path: Path) -> No
         for target in (folder, journal):
             subprocess.run(["chattr", "-i", str(target)], capture_output=True)
         os.chmod(folder, 0o755)
-
-
-def old_journal(path: Path, version: int) -> None:
-    """A journal made by an earlier program: the schema up to `version`, nothing later."""
-    with sqlite3.connect(path) as conn:
-        for steps in MIGRATIONS[:version]:
-            for statement in steps:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={version}")
-    conn.close()
 
 
 def test_status_refuses_an_older_journal_schema_and_does_not_migrate_it(tmp_path: Path) -> None:
