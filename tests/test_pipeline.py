@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -328,9 +329,10 @@ def test_a_fault_half_way_through_the_file_sends_nothing(
 # --------------------------------------------------------------------------- stop and resume
 
 
-def test_a_stopped_file_is_interrupted_and_resumed_without_resending(
-        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
-        runtimes: list[Runtime]) -> None:
+def _feed_of_300(make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+                 runtimes: list[Runtime]) -> tuple[Sandbox, Workspace, list[dict[str, str]], Path, Runtime]:
+    """A 300-record file (50 usage places) to deliver 4 at a time, 2 ms an answer: long enough
+    to stop half-way. (sandbox, workspace, rows, the file, the runtime)"""
     sandbox = make_sandbox(faults=Faults(latency_ms=2))
     ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
     rows = make_rows(300, 50)
@@ -338,6 +340,13 @@ def test_a_stopped_file_is_interrupted_and_resumed_without_resending(
     ws.outbox.mkdir()
     runtime = ws.runtime()
     runtimes.append(runtime)
+    return sandbox, ws, rows, path, runtime
+
+
+def test_a_stopped_file_is_interrupted_and_resumed_without_resending(
+        make_sandbox: Callable[..., Sandbox], workspace_for: Callable[..., Workspace],
+        runtimes: list[Runtime]) -> None:
+    sandbox, ws, rows, path, runtime = _feed_of_300(make_sandbox, workspace_for, runtimes)
     seen = itertools.count(1)
 
     def on_result(_: Any) -> None:
@@ -377,13 +386,7 @@ def test_a_stop_that_is_clear_again_when_delivery_ends_still_leaves_the_file_int
                 return True
             return False
 
-    sandbox = make_sandbox(faults=Faults(latency_ms=2))
-    ws = workspace_for(sandbox, delivery={"max_in_flight": 4})
-    rows = make_rows(300, 50)
-    path = write_feed(ws.inbox / "a.csv", rows)
-    ws.outbox.mkdir()
-    runtime = ws.runtime()
-    runtimes.append(runtime)
+    sandbox, ws, rows, path, runtime = _feed_of_300(make_sandbox, workspace_for, runtimes)
     blink = Blink()
     runtime.processor.stop = blink
     seen = itertools.count(1)
