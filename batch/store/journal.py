@@ -1127,7 +1127,8 @@ class SqlJournal(JournalStore):
 
     @abstractmethod
     def _lock_file(self, conn: SqlConnection, file_id: int) -> None:
-        """Keep the file's events from taking a result until this transaction ends."""
+        """Make two restarts of one file's recording take turns. (What keeps another instance's
+        results out meanwhile is the feed's lease: its fence refuses their write.)"""
 
     @abstractmethod
     def _insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
@@ -1276,7 +1277,7 @@ class SqlJournal(JournalStore):
         anew with mapping ``version``. Refused (JournalError) once an event was sent: a
         file is never delivered under two mappings."""
         with self._write("start the file's recording over") as conn:
-            self._lock_file(conn, file_id)  # no result recorded meanwhile
+            self._lock_file(conn, file_id)
             if conn.execute(SQL_SENT_ANY, (file_id,)).fetchone() is not None:
                 raise JournalMisuse(f"file #{file_id}: events were sent already; its recording stays")
             conn.execute("DELETE FROM events WHERE file_id = ?", (file_id,))

@@ -493,7 +493,8 @@ class PgJournal(SqlJournal):
         conn.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_CLASS, f"{feed}\n{sha256}"))
 
     def _lock_file(self, conn: SqlConnection, file_id: int) -> None:
-        # READ COMMITTED: another instance could record a result between the check and the delete
+        # READ COMMITTED: the file's row, so that two restarts of it take turns (the lock does not
+        # hold back an UPDATE of its events: the feed's lease and its fence keep others' results out)
         conn.execute("SELECT 1 FROM files WHERE id = ? FOR UPDATE", (file_id,))
 
     def _insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
